@@ -1,0 +1,169 @@
+"""Routed inference: each expert runs once per batch, on the rows routed to it."""
+
+import keras
+import numpy as np
+
+# Sub-batches are padded up to one of these sizes (x 1.5 steps) so that
+# compiled backends trace each expert a handful of times, not once per size.
+_BUCKETS = sorted({int(b * f) for b in 2 ** np.arange(0, 16) for f in (1.0, 1.5)} - {0})
+
+
+def routed_predict(model, x, batch_size=32, verbose="auto", steps=None):
+    """Predict with hard routing, running only the chosen expert of each row.
+
+    Per batch: the trunk and the gate run on every row; the rows are then
+    grouped by the expert chosen for them; each expert runs once, on its
+    rows only (an expert chosen by no row does not run); the results are put
+    back in the original order. Rows that hedge (top gate probability below
+    `model.confidence_threshold`) also run their second-best expert.
+
+    Returns the same dict as `ConditionalModel.predict`, as numpy arrays;
+    `"experts"` is zero where an expert did not run.
+    """
+    runner = _runner(model)
+    batches = list(_batches(x, batch_size, steps))
+    progbar = _progbar(len(batches), verbose)
+    outputs = []
+    for i, batch in enumerate(batches):
+        outputs.append(runner.run(batch))
+        if progbar is not None:
+            progbar.update(i + 1)
+    return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
+
+
+def plan_routes(weights):
+    """Rows each expert must run on: the groups with a non-zero weight."""
+    return [np.flatnonzero(weights[:, g] > 0) for g in range(weights.shape[1])]
+
+
+def routing_weights(probabilities, confidence_threshold=None):
+    """Numpy twin of `routing.top_two_weights` / `hard_weights` for inference."""
+    rows = np.arange(len(probabilities))
+    order = np.argsort(-probabilities, axis=1, kind="stable")
+    weights = np.zeros_like(probabilities)
+    weights[rows, order[:, 0]] = 1.0
+    if confidence_threshold is None or probabilities.shape[1] < 2:
+        return weights
+    unsure = probabilities[rows, order[:, 0]] < confidence_threshold
+    first = probabilities[rows, order[:, 0]]
+    second = probabilities[rows, order[:, 1]]
+    total = np.maximum(first + second, 1e-7)
+    weights[unsure, order[unsure, 0]] = first[unsure] / total[unsure]
+    weights[unsure, order[unsure, 1]] = second[unsure] / total[unsure]
+    return weights
+
+
+def bucket_size(rows):
+    """The padded size for a sub-batch of `rows` rows."""
+    return next(b for b in _BUCKETS if b >= rows)
+
+
+class _Runner:
+    """Compiled pieces of one ConditionalModel: front (trunk + gate), experts."""
+
+    def __init__(self, model):
+        self.model = model
+        self.front = None
+        self.experts = {}
+        self.pad = keras.backend.backend() != "torch"  # eager torch never retraces
+
+    def run(self, batch):
+        model, hierarchy = self.model, self.model.hierarchy
+        front = self._front(batch).predict_on_batch(batch)
+        groups = np.asarray(front["groups"], "float32")
+        weights = routing_weights(groups, model.confidence_threshold)
+        classes = np.zeros((len(batch), hierarchy.num_classes), "float32")
+        experts = np.zeros_like(classes)
+        for g, rows in enumerate(plan_routes(weights)):
+            if rows.size == 0:
+                continue
+            group = hierarchy.groups[g]
+            tap = model.expert_taps[group]
+            features = (batch if tap is None else front[tap])[rows]
+            columns = hierarchy.group_slice(group)
+            experts[rows, columns] = self._expert(group, features)
+            classes[rows, columns] = weights[rows, g : g + 1] * experts[rows, columns]
+        route = np.argmax(weights, axis=1).astype("int32")
+        return {"classes": classes, "groups": groups, "route": route, "experts": experts}
+
+    def _front(self, batch):
+        if self.front is None:
+            inputs = keras.Input(shape=batch.shape[1:], dtype=str(batch.dtype))
+            taps = self.model.tap_features(inputs)
+            outputs = {"groups": self.model.gate(taps[self.model.gate_tap])}
+            for tap in set(self.model.expert_taps.values()) - {None}:
+                outputs[tap] = taps[tap]
+            self.front = keras.Model(inputs, outputs, name="condnet_front")
+        return self.front
+
+    def _expert(self, group, features):
+        expert = self.model.experts[group]
+        if expert is None:
+            return np.ones((len(features), 1), "float32")
+        if hasattr(expert, "hierarchy") and hasattr(expert, "routes_at_inference"):
+            return routed_predict(expert, features, batch_size=len(features), verbose=0)[
+                "classes"
+            ]
+        rows = len(features)
+        if self.pad:
+            features = _pad(features, bucket_size(rows))
+        probabilities = self._expert_model(group, features).predict_on_batch(features)
+        return np.asarray(probabilities, "float32")[:rows]
+
+    def _expert_model(self, group, features):
+        if group not in self.experts:
+            inputs = keras.Input(shape=features.shape[1:], dtype=str(features.dtype))
+            outputs = self.model.expert_probabilities(group, inputs)
+            self.experts[group] = keras.Model(inputs, outputs, name=f"condnet_expert_{group}")
+        return self.experts[group]
+
+
+def _runner(model):
+    runner = model.__dict__.get("_condnet_runner")
+    if runner is None:
+        runner = _Runner(model)
+        object.__setattr__(model, "_condnet_runner", runner)  # not a tracked layer
+    return runner
+
+
+def _pad(rows, size):
+    if len(rows) == size:
+        return rows
+    padding = np.zeros((size - len(rows),) + rows.shape[1:], rows.dtype)
+    return np.concatenate([rows, padding])
+
+
+def _batches(x, batch_size, steps):
+    """Yield numpy input batches from arrays, PyDatasets, tf.data or iterables."""
+    if isinstance(x, keras.utils.PyDataset):
+        count = len(x) if steps is None else min(steps, len(x))
+        for i in range(count):
+            yield _inputs_of(x[i])
+        return
+    if hasattr(x, "as_numpy_iterator"):
+        x = x.as_numpy_iterator()
+    elif hasattr(x, "shape"):
+        array = keras.ops.convert_to_numpy(x)
+        for start in range(0, len(array), batch_size):
+            yield array[start : start + batch_size]
+        return
+    for i, batch in enumerate(x):
+        if steps is not None and i >= steps:
+            return
+        yield _inputs_of(batch)
+
+
+def _inputs_of(batch):
+    inputs = batch[0] if isinstance(batch, tuple | list) else batch
+    if isinstance(inputs, dict):
+        raise TypeError(
+            "Routed predict takes one input tensor per batch. Received a dict input "
+            f"with keys {sorted(inputs)}"
+        )
+    return keras.ops.convert_to_numpy(inputs)
+
+
+def _progbar(count, verbose):
+    if verbose == "auto":
+        verbose = 1 if count > 1 else 0
+    return keras.utils.Progbar(count, verbose=verbose) if verbose and count else None
