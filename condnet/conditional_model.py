@@ -110,7 +110,8 @@ class ConditionalModel(keras.Model):
         self.temperature = temperature
         self.confidence_threshold = confidence_threshold
         self.seed = seed
-        self._check_sizes(_known_input_shape(self.trunk, gate, self.expert_models))
+        input_shape = _known_input_shape(self.trunk, gate, self.expert_models)
+        self._check_sizes(input_shape)
 
         # === State ===
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -123,6 +124,8 @@ class ConditionalModel(keras.Model):
             name="group_accuracy"
         )
         self.loss_part_metrics = [keras.metrics.Mean(name=f"{p}_loss") for p in _LOSS_PARTS]
+        if input_shape is not None:
+            self.build(input_shape)
 
     # === Parts ===
 
@@ -386,7 +389,7 @@ def _flat_labels(y):
 
 def _mean_nll(probabilities, labels, sample_weight):
     picked = ops.take_along_axis(probabilities, ops.expand_dims(labels, -1), axis=-1)
-    nll = -ops.log(ops.clip(ops.squeeze(picked, -1), _EPSILON, 1.0))
+    nll = -ops.log(ops.squeeze(picked, -1) + _EPSILON)  # NaN stays NaN: StopOnNaN sees it
     if sample_weight is None:
         return ops.mean(nll)
     weight = ops.reshape(ops.cast(sample_weight, nll.dtype), (-1,))

@@ -46,6 +46,7 @@ def top_two_weights(probabilities, threshold):
     A row whose top probability is below `threshold` hedges: its two most
     likely experts are mixed in proportion to their probabilities.
     """
+    probabilities = ops.convert_to_tensor(probabilities)
     top = hard_weights(probabilities)
     rest = probabilities - top * 2.0  # push the top group below every other
     second = hard_weights(rest)
@@ -71,6 +72,7 @@ def route_weights(
     here it behaves like hard routing (`ConditionalModel.compute_loss`
     substitutes the true groups while training).
     """
+    probabilities = ops.convert_to_tensor(probabilities)
     if routing == "soft":
         return probabilities
     if training and routing == "gumbel":

@@ -1,0 +1,285 @@
+"""Multiply-accumulate (MAC) and parameter counts computed from layer shapes."""
+
+import math
+
+import keras
+from keras import layers
+
+
+def count_macs(model_or_layer, input_shape=None, return_details=False):
+    """Counts the multiply-accumulates of one forward pass for one example.
+
+    The count is computed from the shapes of the layers, not by profiling. It
+    walks the functional graph node by node, so a layer or sub-model called
+    twice is counted twice, and it recurses into nested functional and
+    `Sequential` models.
+
+    What is counted:
+
+    - `Dense`: input features x units, once per position (a `Dense` on a
+      sequence or a feature map runs at every position).
+    - `Conv1D`/`Conv2D`/`Conv3D` (with `groups`), `DepthwiseConv1D`/`2D`:
+      kernel volume x input channels per group x output channels x output
+      positions. `SeparableConv1D`/`2D`: the depthwise plus the pointwise
+      part. `Conv*Transpose`: kernel volume x input x output channels x
+      input positions.
+    - Everything else counts 0: normalization (it folds into the preceding
+      convolution at inference), activations, pooling, `Add`/`Multiply`,
+      `Rescaling`, `Embedding` (a lookup) and raw `keras.ops` calls. This is
+      how published figures are quoted (at 224x224: VGG16 15.5 G, ResNet50
+      3.9 G, MobileNetV3Small 57 M).
+      Bias additions are not counted either.
+    - A layer of another type that holds weights (for example
+      `MultiHeadAttention`, an RNN or a custom layer) also counts 0 and is
+      listed among the unknown layers, so that an undercount is never silent.
+
+    Args:
+        model_or_layer: `keras.Model` or `keras.layers.Layer`. A built model
+            or layer. Functional and `Sequential` models are walked; any other
+            model is counted as a single (unknown) layer.
+        input_shape: tuple of ints, or list of tuples for a model with several
+            inputs. The shape of one example, without the batch dimension.
+            Overrides the model's own input shape (useful for a model built
+            with `(None, None, 3)` inputs) and builds an unbuilt model.
+            Defaults to `None`, the shape the model was built with.
+        return_details: bool. Whether to also return the count per layer and
+            the layers that were not understood. Defaults to `False`.
+
+    Returns:
+        The MACs per example, an `int`. With `return_details=True`, a tuple
+        `(total, macs_per_layer, unknown_layers)`: `macs_per_layer` maps each
+        layer's name to its MACs (summed over its calls; layers inside a
+        sub-model are named `"sub_model/layer"`), and `unknown_layers` lists
+        the names of layers with weights whose cost is not known.
+
+    Example:
+
+    ```python
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(10)])
+    count_macs(model)  # 320
+    ```
+    """
+    specs = _input_specs(model_or_layer, input_shape)
+    macs_per_layer, unknown_layers = {}, []
+    tally = (macs_per_layer, unknown_layers)
+    if _is_graph(model_or_layer):
+        _run_graph(model_or_layer, (specs,), "", tally)
+    else:
+        _run(model_or_layer, specs if len(specs) == 1 else (specs,), {}, "", tally)
+    total = sum(macs_per_layer.values())
+    if return_details:
+        return total, macs_per_layer, unknown_layers
+    return total
+
+
+def count_params(model):
+    """Counts the weights of a built model or layer, trainable or not.
+
+    Args:
+        model: `keras.Model` or `keras.layers.Layer`. A built model or layer.
+
+    Returns:
+        The number of scalars in all its weights, an `int`.
+
+    Example:
+
+    ```python
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(10)])
+    count_params(model)  # 330
+    ```
+    """
+    if not model.built:
+        raise ValueError(
+            f"Cannot count the parameters of '{model.name}': it is not built yet. "
+            "Build it first, e.g. `model.build((None, 224, 224, 3))` or by "
+            f"calling it on data. Received: model={model.name} (built=False)"
+        )
+    return int(model.count_params())
+
+
+# === Input shapes ===
+
+
+def _input_specs(model, input_shape):
+    """Symbolic inputs (batch dimension `None`) to propagate through `model`."""
+    if input_shape is None:
+        shapes, dtypes = _built_input_shapes(model)
+    else:
+        shapes = _check_input_shape(input_shape)
+        dtypes = [None] * len(shapes)
+        if not model.built:
+            model.build(_batched(shapes))
+        if isinstance(model, keras.Function) and len(shapes) != len(model.inputs):
+            raise ValueError(
+                f"Model '{model.name}' has {len(model.inputs)} inputs but "
+                f"input_shape describes {len(shapes)}. Pass one shape per input. "
+                f"Received: input_shape={input_shape}"
+            )
+    for shape in shapes:
+        _check_known(shape, model)
+    return [
+        keras.KerasTensor((None, *shape), dtype=dtype or "float32")
+        for shape, dtype in zip(shapes, dtypes)
+    ]
+
+
+def _built_input_shapes(model):
+    """Per-example shapes and dtypes of the inputs `model` was built with."""
+    if not model.built:
+        raise ValueError(
+            f"Cannot count the MACs of '{model.name}': it is not built yet, so "
+            "its layer shapes are unknown. Build it (e.g. start a Sequential "
+            "model with `keras.Input(shape)`) or pass the shape of one example, "
+            f"e.g. `input_shape=(224, 224, 3)`. Received: input_shape=None"
+        )
+    try:
+        inputs = model.inputs if _is_graph(model) else keras.tree.flatten(model.input)
+    except (AttributeError, ValueError):
+        raise ValueError(
+            f"Cannot tell the input shape of '{model.name}': it was built "
+            "without being called on a symbolic input. Pass the shape of one "
+            "example, e.g. `input_shape=(224, 224, 3)`. Received: input_shape=None"
+        ) from None
+    return [tuple(x.shape[1:]) for x in inputs], [x.dtype for x in inputs]
+
+
+def _check_input_shape(input_shape):
+    """Normalizes `input_shape` to a list of per-example shape tuples."""
+    several = bool(input_shape) and isinstance(input_shape[0], (tuple, list))
+    shapes = [tuple(s) for s in input_shape] if several else [tuple(input_shape)]
+    for shape in shapes:
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ValueError(
+                "input_shape must be the shape of one example, without the batch "
+                "dimension: positive ints, e.g. `(224, 224, 3)`, or a list of such "
+                f"tuples for a model with several inputs. Received: input_shape={input_shape}"
+            )
+    return shapes
+
+
+def _check_known(shape, model):
+    if any(d is None for d in shape):
+        raise ValueError(
+            f"Model '{model.name}' takes inputs of shape {(None, *shape)} whose "
+            "size is not fixed, so its MACs are not defined. Pass the shape of "
+            f"one example, e.g. `input_shape=(224, 224, 3)`. Received: input_shape=None"
+        )
+
+
+def _batched(shapes):
+    batched = [(None, *shape) for shape in shapes]
+    return batched[0] if len(batched) == 1 else batched
+
+
+# === Graph walk ===
+
+
+def _is_graph(operation):
+    return isinstance(operation, (keras.Function, keras.Sequential))
+
+
+def _run(operation, args, kwargs, prefix, tally):
+    """Propagates shapes through `operation`, tallying the MACs of its layers."""
+    if _is_graph(operation):
+        return _run_graph(operation, args, f"{prefix}{operation.name}/", tally)
+    outputs = operation.compute_output_spec(*args, **kwargs)
+    _tally_leaf(operation, args, outputs, prefix + operation.name, tally)
+    return outputs
+
+
+def _run_graph(model, args, prefix, tally):
+    if isinstance(model, keras.Sequential):
+        return _run_sequential(model, args, prefix, tally)
+    return _run_functional(model, args, prefix, tally)
+
+
+def _run_functional(model, args, prefix, tally):
+    # `_run_through_graph` is how Functional itself propagates specs node by
+    # node; each node is one call, so shared layers are counted per call.
+    def operation_fn(operation):
+        return lambda *a, **k: _run(operation, a, k, prefix, tally)
+
+    return model._run_through_graph(args[0], operation_fn=operation_fn)
+
+
+def _run_sequential(model, args, prefix, tally):
+    x = args[0]
+    x = x[0] if isinstance(x, (list, tuple)) and len(x) == 1 else x
+    for layer in model.layers:
+        x = _run(layer, (x,), {}, prefix, tally)
+    return x
+
+
+def _tally_leaf(operation, args, outputs, name, tally):
+    macs_per_layer, unknown_layers = tally
+    macs = _leaf_macs(operation, _first_shape(args), _first_shape(outputs))
+    if macs is None:
+        macs = 0
+        if name not in unknown_layers:
+            unknown_layers.append(name)
+    macs_per_layer[name] = macs_per_layer.get(name, 0) + macs
+
+
+def _first_shape(structure):
+    tensors = [x for x in keras.tree.flatten(structure) if isinstance(x, keras.KerasTensor)]
+    return tuple(tensors[0].shape) if tensors else ()
+
+
+# === MACs of one layer ===
+
+
+def _leaf_macs(operation, input_shape, output_shape):
+    """MACs of one call, or `None` for a layer with weights of unknown cost."""
+    for types, counter in _COUNTERS:
+        if isinstance(operation, types):
+            return counter(operation, input_shape, output_shape)
+    if isinstance(operation, keras.layers.Layer) and operation.weights:
+        return None
+    return 0
+
+
+def _positions(shape, data_format="channels_last"):
+    """Number of positions of a per-example shape: all but batch and channels."""
+    spatial = shape[2:] if data_format == "channels_first" else shape[1:-1]
+    return math.prod(spatial)
+
+
+def _dense_macs(layer, input_shape, output_shape):
+    return _positions(output_shape) * input_shape[-1] * layer.units
+
+
+def _conv_macs(layer, input_shape, output_shape):
+    return math.prod(layer.kernel.shape) * _positions(output_shape, layer.data_format)
+
+
+def _separable_macs(layer, input_shape, output_shape):
+    kernels = math.prod(layer.depthwise_kernel.shape) + math.prod(layer.pointwise_kernel.shape)
+    return kernels * _positions(output_shape, layer.data_format)
+
+
+def _transpose_macs(layer, input_shape, output_shape):
+    return math.prod(layer.kernel.shape) * _positions(input_shape, layer.data_format)
+
+
+def _zero_macs(layer, input_shape, output_shape):
+    return 0
+
+
+_COUNTERS = (
+    (layers.Dense, _dense_macs),
+    ((layers.Conv1D, layers.Conv2D, layers.Conv3D), _conv_macs),
+    ((layers.DepthwiseConv1D, layers.DepthwiseConv2D), _conv_macs),
+    ((layers.SeparableConv1D, layers.SeparableConv2D), _separable_macs),
+    ((layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose), _transpose_macs),
+    (
+        (
+            layers.BatchNormalization,
+            layers.LayerNormalization,
+            layers.GroupNormalization,
+            layers.Normalization,
+            layers.Embedding,
+            layers.PReLU,
+        ),
+        _zero_macs,
+    ),
+)

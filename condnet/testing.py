@@ -1,0 +1,87 @@
+"""Small builders and checks shared by condnet's tests."""
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from condnet.conditional_model import ConditionalModel
+from condnet.hierarchy import Hierarchy
+
+CATS_AND_DOGS = {"cat": ["persian", "siamese"], "dog": ["beagle", "pug", "boxer"]}
+
+
+def mlp(units, input_dim=8, name=None, hidden=8, seed=0):
+    """A tiny softmax classifier on a flat input."""
+    inputs = keras.Input((input_dim,))
+    hidden_layer = layers.Dense(
+        hidden, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed)
+    )
+    outputs = layers.Dense(
+        units, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed + 1)
+    )(hidden_layer(inputs))
+    return keras.Model(inputs, outputs, name=name)
+
+
+def sign_gate(input_dim=8, sharpness=10.0, name="gate"):
+    """A fixed gate: group 0 when x[:, 0] > 0, else group 1."""
+    inputs = keras.Input((input_dim,))
+    kernel = np.zeros((input_dim, 2), "float32")
+    kernel[0] = [sharpness, -sharpness]
+    dense = layers.Dense(2, activation="softmax", name=f"{name}_dense")
+    outputs = dense(inputs)
+    dense.set_weights([kernel, np.zeros(2, "float32")])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def cats_and_dogs_model(routing="soft", gate=None, **kwargs):
+    hierarchy = Hierarchy(CATS_AND_DOGS)
+    return ConditionalModel(
+        hierarchy,
+        gate=gate or mlp(2, name="gate"),
+        experts={"cat": mlp(2, name="cat", seed=2), "dog": mlp(3, name="dog", seed=4)},
+        routing=routing,
+        **kwargs,
+    )
+
+
+def random_data(num_samples=64, input_dim=8, num_classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_samples, input_dim)).astype("float32")
+    return x, rng.integers(0, num_classes, num_samples).astype("int32")
+
+
+def numpy_outputs(model, x, training=False):
+    outputs = model(x, training=training)
+    return {k: ops.convert_to_numpy(v) for k, v in outputs.items()}
+
+
+def assert_reload_equal(model, x, tmp_path, **predict_kwargs):
+    """Save as .keras, load with safe_mode=True, compare predictions; return the copy."""
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    before = model.predict(x, verbose=0, **predict_kwargs)
+    after = loaded.predict(x, verbose=0, **predict_kwargs)
+    for key in before:
+        np.testing.assert_allclose(after[key], before[key], atol=1e-6)
+    assert loaded.get_config()["hierarchy"] == model.get_config()["hierarchy"]
+    return loaded
+
+
+class RowCounter(layers.Layer):
+    """Identity layer that counts the rows it has processed (in a variable)."""
+
+    def build(self, input_shape):
+        self.rows = self.add_weight(shape=(), initializer="zeros", trainable=False, name="rows")
+
+    def call(self, inputs):
+        self.rows.assign_add(ops.cast(ops.shape(inputs)[0], "float32"))
+        return inputs
+
+
+def counted_mlp(units, input_dim=8, name=None, seed=0):
+    """An mlp preceded by a RowCounter; returns (model, counter)."""
+    inputs = keras.Input((input_dim,))
+    counter = RowCounter(name=f"{name}_rows")
+    outputs = mlp(units, input_dim, name=f"{name}_mlp", seed=seed)(counter(inputs))
+    return keras.Model(inputs, outputs, name=name), counter
