@@ -117,15 +117,11 @@ class StopOnNaN(keras.callbacks.Callback):
 def _check_steps(schedule):
     for epoch, weights in schedule.items():
         if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(
-                f"Schedule keys are starting epochs (ints >= 0). Received: {epoch!r}"
-            )
+            raise ValueError(f"Schedule keys are starting epochs (ints >= 0). Received: {epoch!r}")
         _check_parts(weights)
 
 
 def _check_parts(weights):
     unknown = [k for k in weights if k not in _PARTS]
     if unknown:
-        raise ValueError(
-            f"Loss weight names must be among {list(_PARTS)}. Received: {unknown}"
-        )
+        raise ValueError(f"Loss weight names must be among {list(_PARTS)}. Received: {unknown}")

@@ -120,9 +120,7 @@ class ConditionalModel(keras.Model):
         )
         self._class_to_group = np.asarray(hierarchy.class_to_group, "int32")
         self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.group_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(
-            name="group_accuracy"
-        )
+        self.group_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="group_accuracy")
         self.loss_part_metrics = [keras.metrics.Mean(name=f"{p}_loss") for p in _LOSS_PARTS]
         if input_shape is not None:
             self.build(input_shape)

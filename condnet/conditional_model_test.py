@@ -82,7 +82,10 @@ def _tapped_model(routing="soft"):
 def test_experts_read_their_taps_of_a_shared_trunk():
     model, trunk = _tapped_model()
     x = np.random.default_rng(0).normal(size=(6, 12, 12, 3)).astype("float32")
-    taps = {n: keras.Model(trunk.input, trunk.get_layer(n).output)(x) for n in ("conv_02", "conv_03", "conv_04")}
+    taps = {
+        n: keras.Model(trunk.input, trunk.get_layer(n).output)(x)
+        for n in ("conv_02", "conv_03", "conv_04")
+    }
     gate = keras.ops.convert_to_numpy(model.gate(taps["conv_04"]))
     cat = keras.ops.convert_to_numpy(model.experts["cat"](taps["conv_03"]))
     dog = keras.ops.convert_to_numpy(model.experts["dog"](taps["conv_02"]))
@@ -115,9 +118,7 @@ def _train_only_on(model, x, y, epochs=2):
     before = {g: [w.copy() for w in e.get_weights()] for g, e in model.experts.items()}
     model.fit(x, y, epochs=epochs, batch_size=16, verbose=0)
     after = {g: e.get_weights() for g, e in model.experts.items()}
-    changed = {
-        g: max(np.abs(a - b).max() for a, b in zip(after[g], before[g])) for g in before
-    }
+    changed = {g: max(np.abs(a - b).max() for a, b in zip(after[g], before[g])) for g in before}
     return changed
 
 
@@ -148,7 +149,9 @@ def test_loss_parts_match_their_definitions():
         np.testing.assert_allclose(results[name], value, rtol=1e-4)
     np.testing.assert_allclose(results["loss"], sum(expected.values()), rtol=1e-4)
     np.testing.assert_allclose(results["accuracy"], (outputs["classes"].argmax(1) == y).mean())
-    np.testing.assert_allclose(results["group_accuracy"], (outputs["groups"].argmax(1) == groups).mean())
+    np.testing.assert_allclose(
+        results["group_accuracy"], (outputs["groups"].argmax(1) == groups).mean()
+    )
 
 
 def test_teacher_forcing_trains_the_class_output_through_the_true_expert():
@@ -193,13 +196,20 @@ def test_nan_loss_stops_training_with_a_clear_message():
 
 
 def test_nested_conditional_expert_gives_a_three_level_model(tmp_path):
-    deep = {"pets": {"cats": ["persian", "siamese"], "dogs": ["pug", "boxer"]}, "wild": ["fox", "wolf"]}
+    deep = {
+        "pets": {"cats": ["persian", "siamese"], "dogs": ["pug", "boxer"]},
+        "wild": ["fox", "wolf"],
+    }
     inner = ConditionalModel(
-        deep["pets"], gate=mlp(2, name="pets_gate"),
-        experts={"cats": mlp(2, name="cats"), "dogs": mlp(2, name="dogs")}, routing="hard",
+        deep["pets"],
+        gate=mlp(2, name="pets_gate"),
+        experts={"cats": mlp(2, name="cats"), "dogs": mlp(2, name="dogs")},
+        routing="hard",
     )
     model = ConditionalModel(
-        deep, gate=mlp(2, name="gate"), experts={"pets": inner, "wild": mlp(2, name="wild")},
+        deep,
+        gate=mlp(2, name="gate"),
+        experts={"pets": inner, "wild": mlp(2, name="wild")},
         routing="hard",
     )
     x, _ = random_data(40, num_classes=6)
@@ -217,14 +227,22 @@ def test_nested_conditional_expert_gives_a_three_level_model(tmp_path):
 
 
 def test_gate_with_the_wrong_number_of_outputs_is_rejected_by_name():
-    with pytest.raises(ValueError, match=r"2 groups \(\['cat', 'dog'\]\) but the gate outputs 3. Received: gate=main"):
-        ConditionalModel(CATS_AND_DOGS, gate=mlp(3, name="main"),
-                         experts={"cat": mlp(2), "dog": mlp(3)})
+    with pytest.raises(
+        ValueError,
+        match=r"2 groups \(\['cat', 'dog'\]\) but the gate outputs 3. Received: gate=main",
+    ):
+        ConditionalModel(
+            CATS_AND_DOGS, gate=mlp(3, name="main"), experts={"cat": mlp(2), "dog": mlp(3)}
+        )
 
 
 def test_expert_with_the_wrong_number_of_outputs_is_rejected_by_name():
-    with pytest.raises(ValueError, match=r"group 'dog'.*3 \(\['beagle', 'pug', 'boxer'\]\), but it outputs 2"):
-        ConditionalModel(CATS_AND_DOGS, gate=mlp(2), experts={"cat": mlp(2), "dog": mlp(2, name="d")})
+    with pytest.raises(
+        ValueError, match=r"group 'dog'.*3 \(\['beagle', 'pug', 'boxer'\]\), but it outputs 2"
+    ):
+        ConditionalModel(
+            CATS_AND_DOGS, gate=mlp(2), experts={"cat": mlp(2), "dog": mlp(2, name="d")}
+        )
 
 
 @pytest.mark.parametrize(
@@ -257,9 +275,13 @@ def test_bad_options_are_rejected_before_any_weights(kwargs, message):
 
 def test_unknown_tap_lists_the_trunk_layers():
     with pytest.raises(ValueError, match="no layer named 'conv_09'.*conv_01"):
-        ConditionalModel(CATS_AND_DOGS, trunk=_trunk(), gate=_head((4, 4, 4), 2, "g"),
-                         experts={"cat": _head((4, 4, 4), 2, "c"), "dog": _head((4, 4, 4), 3, "d")},
-                         gate_tap="conv_09")
+        ConditionalModel(
+            CATS_AND_DOGS,
+            trunk=_trunk(),
+            gate=_head((4, 4, 4), 2, "g"),
+            experts={"cat": _head((4, 4, 4), 2, "c"), "dog": _head((4, 4, 4), 3, "d")},
+            gate_tap="conv_09",
+        )
 
 
 def test_out_of_range_labels_are_rejected_before_training():

@@ -101,9 +101,7 @@ class _Runner:
         if expert is None:
             return np.ones((len(features), 1), "float32")
         if hasattr(expert, "hierarchy") and hasattr(expert, "routes_at_inference"):
-            return routed_predict(expert, features, batch_size=len(features), verbose=0)[
-                "classes"
-            ]
+            return routed_predict(expert, features, batch_size=len(features), verbose=0)["classes"]
         rows = len(features)
         if self.pad:
             features = _pad(features, bucket_size(rows))

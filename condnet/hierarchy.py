@@ -46,9 +46,7 @@ class Hierarchy:
         self.group_sizes = sizes
         self.class_to_group = np.repeat(np.arange(len(sizes)), sizes)
         self.group_offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
-        self.class_to_local = np.arange(len(self.classes)) - np.repeat(
-            self.group_offsets, sizes
-        )
+        self.class_to_local = np.arange(len(self.classes)) - np.repeat(self.group_offsets, sizes)
 
     # === Sizes and names ===
 

@@ -1,7 +1,6 @@
 """Routing: how the gate's group probabilities become per-expert mixing weights."""
 
-from keras import ops
-from keras import random
+from keras import ops, random
 
 ROUTINGS = ("soft", "hard", "gumbel", "teacher")
 

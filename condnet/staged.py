@@ -1,5 +1,7 @@
 """Staged training: the gate first, then each expert on its own group's rows."""
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -41,10 +43,14 @@ def fit_staged(
         (a stage that did not run is absent).
     """
     data = _Data.of(x, y, model.hierarchy)
-    validation = None if validation_data is None else _Data.of(*_pair(validation_data), model.hierarchy)
+    validation = (
+        None if validation_data is None else _Data.of(*_pair(validation_data), model.hierarchy)
+    )
     histories = {}
     if gate_epochs:
-        histories["gate"] = _fit_gate(model, data, validation, gate_epochs, learning_rate, fit_kwargs)
+        histories["gate"] = _fit_gate(
+            model, data, validation, gate_epochs, learning_rate, fit_kwargs
+        )
     if expert_epochs:
         histories["experts"] = _fit_experts(
             model, data, validation, expert_epochs, learning_rate, fit_kwargs
@@ -66,8 +72,14 @@ def _fit_gate(model, data, validation, epochs, learning_rate, fit_kwargs):
 
     gate_model = _stage_model(data.input_shape, gate_of, "condnet_gate_stage")
     groups = model.hierarchy.class_to_group
-    return _fit(gate_model, data.relabel(groups), _relabel(validation, groups), epochs,
-                learning_rate, fit_kwargs)
+    return _fit(
+        gate_model,
+        data.relabel(groups),
+        _relabel(validation, groups),
+        epochs,
+        learning_rate,
+        fit_kwargs,
+    )
 
 
 def _fit_experts(model, data, validation, epochs, learning_rate, fit_kwargs):
@@ -81,13 +93,26 @@ def _fit_experts(model, data, validation, epochs, learning_rate, fit_kwargs):
             if model.experts[group] is None:
                 continue
             rows = np.flatnonzero(hierarchy.class_to_group[data.labels] == g)
-            val_rows = None if validation is None else np.flatnonzero(
-                hierarchy.class_to_group[validation.labels] == g
+            if rows.size == 0:
+                warnings.warn(
+                    f"Group {group!r} has no training rows, so its expert was not "
+                    "trained. Add samples of its classes.",
+                    stacklevel=3,
+                )
+                continue
+            val_rows = (
+                None
+                if validation is None
+                else np.flatnonzero(hierarchy.class_to_group[validation.labels] == g)
             )
             histories[group] = _fit_expert(
-                model, group, data.subset(rows),
+                model,
+                group,
+                data.subset(rows),
                 None if validation is None else validation.subset(val_rows),
-                epochs, learning_rate, fit_kwargs,
+                epochs,
+                learning_rate,
+                fit_kwargs,
             )
         return histories
     finally:
@@ -106,8 +131,14 @@ def _fit_expert(model, group, data, validation, epochs, learning_rate, fit_kwarg
         return model.expert_probabilities(group, model.tap_features(inputs)[tap])
 
     expert_model = _stage_model(data.input_shape, expert_of, f"condnet_{group}_stage")
-    return _fit(expert_model, data.relabel(local), _relabel(validation, local), epochs,
-                learning_rate, fit_kwargs)
+    return _fit(
+        expert_model,
+        data.relabel(local),
+        _relabel(validation, local),
+        epochs,
+        learning_rate,
+        fit_kwargs,
+    )
 
 
 def _fit_nested(model, group, data, validation, epochs, learning_rate, fit_kwargs):
@@ -115,12 +146,19 @@ def _fit_nested(model, group, data, validation, epochs, learning_rate, fit_kwarg
     features = data.features(model, model.expert_taps[group])
     val_pair = None
     if validation is not None:
-        val_pair = (validation.features(model, model.expert_taps[group]),
-                    validation.labels - offset)
+        val_pair = (
+            validation.features(model, model.expert_taps[group]),
+            validation.labels - offset,
+        )
     staged = fit_staged(
-        model.experts[group], features, data.labels - offset,
-        gate_epochs=epochs, expert_epochs=epochs, learning_rate=learning_rate,
-        validation_data=val_pair, **fit_kwargs,
+        model.experts[group],
+        features,
+        data.labels - offset,
+        gate_epochs=epochs,
+        expert_epochs=epochs,
+        learning_rate=learning_rate,
+        validation_data=val_pair,
+        **fit_kwargs,
     )
     return staged.get("gate")
 
