@@ -51,6 +51,8 @@ def test_small_cnn_rejects_bad_filters(filters):
 
 
 # === application_trunk ===
+# Tests that build keras.applications models are marked slow: on JAX the first
+# build of each compiles its initializers (about a minute in all on 2 cores).
 
 # name as a user might spell it -> (channels of the last feature map, caffe preprocessing)
 _APPLICATIONS = {
@@ -61,6 +63,7 @@ _APPLICATIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(_APPLICATIONS))
 def test_application_trunk_builds_each_application(name):
     channels, caffe = _APPLICATIONS[name]
@@ -71,6 +74,7 @@ def test_application_trunk_builds_each_application(name):
     assert default_taps(trunk)[-1] == trunk.layers[-1].name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, taps",
     [
@@ -126,6 +130,7 @@ def test_application_trunk_rejects_other_weights():
         application_trunk("VGG16", weights=3)
 
 
+@pytest.mark.slow
 def test_application_trunk_loads_a_local_weights_file(tmp_path):
     saved = application_trunk("MobileNetV3Small", input_shape=(32, 32, 3))
     path = tmp_path / "trunk.weights.h5"
@@ -141,6 +146,7 @@ def test_application_trunk_loads_a_local_weights_file(tmp_path):
     np.testing.assert_allclose(_predict(loaded, x), _predict(saved, x), rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_application_trunk_loads_weights_saved_from_keras_applications(tmp_path):
     # The trunk adds only weightless CaffePreprocess to the application, so a
     # file saved from the plain application loads, and preprocessing matches.
@@ -212,6 +218,7 @@ def test_unfreeze_top_trains_top_layers_and_keeps_batchnorm_frozen():
     np.testing.assert_allclose(training, _predict(trunk, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_unfreeze_top_counts_layers_from_the_output_of_an_application():
     trunk = unfreeze_top(application_trunk("ResNet50", input_shape=(32, 32, 3)), 3)
     trainable = [layer.name for layer in trunk.layers if layer.trainable_weights]

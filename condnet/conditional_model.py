@@ -289,8 +289,11 @@ class ConditionalModel(keras.Model):
         elif hasattr(x, "labels") and hasattr(x, "hierarchy"):
             self.hierarchy.check_labels(x.labels)
         callbacks = list(callbacks or [])
-        if not any(isinstance(c, StopOnNaN) for c in callbacks):
-            callbacks.append(StopOnNaN())
+        guard = next((c for c in callbacks if isinstance(c, StopOnNaN)), None)
+        if guard is None:
+            guard = StopOnNaN()
+            callbacks.append(guard)
+        object.__setattr__(self, "_nan_guard", guard)  # read by the recipe; not tracked
         return super().fit(x, y, callbacks=callbacks, **kwargs)
 
     # === Inference ===

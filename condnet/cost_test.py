@@ -143,11 +143,13 @@ def _vgg16_conv_macs(side):
     return total
 
 
+@pytest.mark.slow
 def test_vgg16_matches_analytic_count():
     model = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
     assert count_macs(model) == _vgg16_conv_macs(32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "application, published",
     [

@@ -1,0 +1,347 @@
+"""The training recipe: from a folder of images to a trained, checkpointed, reported run."""
+
+import json
+import platform
+import shutil
+from pathlib import Path
+
+import keras
+
+from condnet import checkpoint as ckpt
+from condnet.augmentation import make_augmentation
+from condnet.backbones import unfreeze_top
+from condnet.callbacks import LossWeightSchedule
+from condnet.folders import load_folders
+from condnet.image_model import PLACEMENTS, backbone_of, build_image_model
+from condnet.routing import check_routing
+
+STRATEGIES = ("joint", "staged")
+SCHEDULES = (None, "coarse_to_fine")
+CONFIG = "config.json"
+RUN_FILES = (CONFIG, "hierarchy.json", ckpt.STATE, ckpt.BEST, ckpt.HISTORY, "metrics.json",
+             "report.md", "report.html", ckpt.CHECKPOINTS, "logs")
+
+
+def train(
+    data_dir,
+    run_dir,
+    hierarchy=None,
+    routing="soft",
+    strategy="joint",
+    backbone="small_cnn",
+    weights=None,
+    image_size=64,
+    epochs=10,
+    batch_size=32,
+    validation_split=0.2,
+    seed=1337,
+    learning_rate=1e-3,
+    expert_placement="taps",
+    augment=True,
+    filters=(32, 64, 128, 256),
+    fine_tune_epochs=0,
+    fine_tune_layers=20,
+    fine_tune_learning_rate=1e-5,
+    loss_schedule=None,
+    patience=5,
+    tensorboard=False,
+    color_mode="rgb",
+    resume=False,
+    overwrite=False,
+    callbacks=None,
+    **fit_kwargs,
+):
+    """Train a conditional image classifier on a folder and write a run directory.
+
+    The run directory receives `config.json` (every option, to reproduce
+    the run), `hierarchy.json`, `model.keras` (the best epoch by validation
+    accuracy), `history.csv`, `metrics.json`, `report.md` / `report.html`
+    with plots, and `checkpoints/` + `state.json` for `resume=True`.
+
+    The recipe: EarlyStopping on the validation loss (restoring the best
+    weights), ReduceLROnPlateau, a crash-safe checkpoint every epoch, an
+    optional TensorBoard log and loss-weight schedule. A pretrained backbone
+    (`weights`) stays frozen while gate and experts train; `fine_tune_epochs`
+    then unfreezes its top `fine_tune_layers` layers (BatchNormalization stays
+    frozen) at `fine_tune_learning_rate`. The `staged` strategy trains the gate
+    (expert losses off), then the experts (trunk and gate frozen, each expert
+    trained by its own group's rows through the masked expert loss), then
+    everything jointly.
+
+    `resume=True` continues a run from its last completed epoch, optimizer
+    state included, with the options saved in its `config.json`.
+
+    Args:
+        data_dir: folder of images, `root/<group>/<class>/*` or
+            `root/<class>/*` with `hierarchy`.
+        run_dir: output folder.
+        hierarchy: `Hierarchy`, dict or path to a JSON/YAML file, for flat folders.
+        routing, strategy, backbone, weights, image_size, epochs, batch_size,
+        validation_split, seed, learning_rate, expert_placement, augment,
+        filters, fine_tune_epochs, fine_tune_layers, fine_tune_learning_rate,
+        loss_schedule, patience, tensorboard, color_mode: the recipe's options
+            (see `condnet train --help`).
+        resume: bool. Continue the run in `run_dir`.
+        overwrite: bool. Replace a run already in `run_dir`.
+        callbacks: extra Keras callbacks.
+        **fit_kwargs: passed to every `model.fit` call.
+
+    Returns:
+        dict with `"metrics"` (see `condnet.metrics.evaluate_predictions`),
+        `"model"` (the best model) and `"run_dir"`.
+    """
+    options = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}
+    run_dir = Path(run_dir)
+    if resume:
+        options, state = _resume_options(run_dir), _resume_state(run_dir)
+    else:
+        _check_options(options)
+        _claim_run_dir(run_dir, overwrite)
+        state = None
+    train_data, validation = _load(options)
+    hierarchy = train_data.hierarchy
+    if state is None:
+        model = _build(options, hierarchy, train_data.channels)
+        _write_config(run_dir, options, hierarchy)
+    else:
+        model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
+    state = _run_phases(model, run_dir, options, state, train_data, validation,
+                        list(callbacks or []), fit_kwargs)
+    return finish_run(run_dir, hierarchy, validation or train_data, state)
+
+
+_NOT_OPTIONS = ("resume", "overwrite", "callbacks", "fit_kwargs")
+
+
+def finish_run(run_dir, hierarchy, data, state):
+    """Evaluate the best model on `data` and write metrics and the report."""
+    from condnet.report import write_report
+    from condnet.runs import evaluate_model
+
+    model = keras.models.load_model(Path(run_dir) / ckpt.BEST)
+    metrics = evaluate_model(model, data)
+    ckpt.write_atomic(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=1))
+    history = _history_columns(state["history"] if state else [])
+    write_report(run_dir, hierarchy, metrics, history=history, title=f"condnet run {Path(run_dir).name}")
+    return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
+
+
+# === Phases ===
+
+
+def plan_phases(strategy, epochs, fine_tune_epochs=0, learning_rate=1e-3,
+                fine_tune_learning_rate=1e-5):
+    """The training phases: name, epochs, loss weights and learning rate each."""
+    phases = []
+    if strategy == "staged":
+        third = max(1, epochs // 3)
+        phases += [
+            {"name": "gate", "epochs": third, "weights": (1.0, 0.0, 0.0)},
+            {"name": "experts", "epochs": third, "weights": (0.0, 0.0, 1.0)},
+            {"name": "joint", "epochs": max(0, epochs - 2 * third), "weights": (1.0, 1.0, 1.0)},
+        ]
+    else:
+        phases.append({"name": "joint", "epochs": epochs, "weights": (1.0, 1.0, 1.0)})
+    for phase in phases:
+        phase["learning_rate"] = learning_rate
+    if fine_tune_epochs:
+        phases.append({"name": "fine_tune", "epochs": fine_tune_epochs,
+                       "weights": (1.0, 1.0, 1.0), "learning_rate": fine_tune_learning_rate})
+    return [p for p in phases if p["epochs"] > 0]
+
+
+def set_phase_trainable(model, phase, pretrained, fine_tune_layers=20):
+    """Freeze what a phase must not train (then compile again)."""
+    model.trainable = True
+    backbone = backbone_of(model)
+    if phase == "fine_tune" and backbone is not None:
+        unfreeze_top(backbone, min(fine_tune_layers, _tunable_count(backbone)))
+    elif pretrained and backbone is not None:
+        backbone.trainable = False
+    if phase == "gate":
+        for expert in model.expert_models:
+            if expert is not None:
+                expert.trainable = False
+    if phase == "experts":
+        model.trunk.trainable = False
+        model.gate.trainable = False
+
+
+def _run_phases(model, run_dir, options, state, train_data, validation, callbacks, fit_kwargs):
+    phases = plan_phases(options["strategy"], options["epochs"], options["fine_tune_epochs"],
+                         options["learning_rate"], options["fine_tune_learning_rate"])
+    start = 0
+    for index, phase in enumerate(phases):
+        end = start + phase["epochs"]
+        done = state is not None and (index < state["phase"] or (
+            index == state["phase"] and (state["phase_done"] or state["epoch"] >= end)))
+        if not done:
+            resuming = state is not None and index == state["phase"]
+            if not resuming:
+                _prepare_phase(model, phase, options)
+            initial = state["epoch"] if resuming else start
+            checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state)
+            model.fit(train_data, validation_data=validation, initial_epoch=initial, epochs=end,
+                      callbacks=[checkpoint, *_recipe_callbacks(run_dir, options, phase, validation),
+                                 *callbacks], **fit_kwargs)
+            checkpoint.end_phase()
+            state = ckpt.read_state(run_dir)
+            if state is None or nan_stop(model) is not None:
+                raise RuntimeError(
+                    f"Training stopped on a NaN loss in phase {phase['name']!r} (see the "
+                    f"warning above); completed epochs are saved in {str(run_dir)!r}. Lower "
+                    "the learning rate, then --resume or start again with --overwrite."
+                )
+        start = end
+    return state
+
+
+def _prepare_phase(model, phase, options):
+    set_phase_trainable(model, phase["name"], options["weights"] is not None,
+                        options["fine_tune_layers"])
+    model.compile(optimizer=keras.optimizers.Adam(phase["learning_rate"]))
+    model.set_loss_weights(*phase["weights"])
+
+
+def _recipe_callbacks(run_dir, options, phase, validation):
+    monitor = "val_loss" if validation is not None else "loss"
+    patience = options["patience"]
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
+                                      restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
+                                          patience=max(1, patience // 2), min_lr=1e-6),
+    ]
+    if options["tensorboard"]:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / "logs")))
+    if options["loss_schedule"] == "coarse_to_fine" and phase["name"] == "joint":
+        callbacks.append(LossWeightSchedule.coarse_to_fine(phase["epochs"]))
+    return callbacks
+
+
+def nan_stop(model):
+    """(epoch, batch) where the last fit stopped on a NaN loss, or None."""
+    guard = model.__dict__.get("_nan_guard")
+    return None if guard is None else guard.stopped_at
+
+
+# === Run directory ===
+
+
+def _claim_run_dir(run_dir, overwrite):
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(
+            f"The run directory {str(run_dir)!r} already holds a run ({', '.join(existing)}). "
+            "Pass --overwrite to replace it, --resume to continue it, or choose another --out."
+        )
+    for name in existing:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _resume_state(run_dir):
+    state = ckpt.read_state(run_dir)
+    if state is None:
+        raise ValueError(
+            f"There is no run to resume in {str(run_dir)!r}: it has no {ckpt.STATE} (no "
+            "epoch was completed there). Start a new run without --resume."
+        )
+    if not (run_dir / ckpt.CHECKPOINTS / state["checkpoint"]).is_file():
+        raise ValueError(
+            f"The run in {str(run_dir)!r} cannot resume: its checkpoint "
+            f"{state['checkpoint']!r} is missing. Start a new run with --overwrite."
+        )
+    return state
+
+
+def _resume_options(run_dir):
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise ValueError(
+            f"There is no run to resume in {str(run_dir)!r}: {CONFIG} is missing. Start a "
+            "new run without --resume."
+        )
+    return json.loads(path.read_text())["options"]
+
+
+def _write_config(run_dir, options, hierarchy):
+    from condnet import __version__
+
+    config = {
+        "options": options,
+        "hierarchy": hierarchy.to_dict(),
+        "versions": {"condnet": __version__, "keras": keras.__version__,
+                     "backend": keras.backend.backend(), "python": platform.python_version()},
+    }
+    ckpt.write_atomic(run_dir / CONFIG, json.dumps(config, indent=1, default=str))
+    hierarchy.save(run_dir / "hierarchy.json")
+
+
+# === Data and model ===
+
+
+def _load(options):
+    hierarchy = options["hierarchy"]
+    return load_folders(
+        options["data_dir"], hierarchy=hierarchy, image_size=options["image_size"],
+        batch_size=options["batch_size"], validation_split=options["validation_split"],
+        seed=options["seed"], color_mode=options["color_mode"],
+    )
+
+
+def _build(options, hierarchy, channels):
+    keras.utils.set_random_seed(options["seed"])
+    augmentation = make_augmentation(seed=options["seed"]) if options["augment"] else None
+    return build_image_model(
+        hierarchy, backbone=options["backbone"], image_size=options["image_size"],
+        channels=channels, weights=options["weights"],
+        expert_placement=options["expert_placement"], augmentation=augmentation,
+        routing=options["routing"], filters=tuple(options["filters"]), seed=options["seed"],
+    )
+
+
+def _check_options(options):
+    check_routing(options["routing"])
+    _check_choice("strategy", options["strategy"], STRATEGIES)
+    _check_choice("expert_placement", options["expert_placement"], PLACEMENTS)
+    _check_choice("loss_schedule", options["loss_schedule"], SCHEDULES)
+    for name in ("epochs", "batch_size", "patience"):
+        if not isinstance(options[name], int) or options[name] < 1:
+            raise ValueError(f"{name} must be an int >= 1. Received: {name}={options[name]!r}")
+    if not isinstance(options["fine_tune_epochs"], int) or options["fine_tune_epochs"] < 0:
+        raise ValueError(
+            f"fine_tune_epochs must be an int >= 0. Received: {options['fine_tune_epochs']!r}"
+        )
+    for name in ("learning_rate", "fine_tune_learning_rate"):
+        if not options[name] > 0:
+            raise ValueError(f"{name} must be > 0. Received: {name}={options[name]!r}")
+    if isinstance(options["hierarchy"], str | Path):
+        options["hierarchy"] = str(options["hierarchy"])
+    elif options["hierarchy"] is not None and not isinstance(options["hierarchy"], dict):
+        options["hierarchy"] = options["hierarchy"].to_dict()
+    options["data_dir"] = str(options["data_dir"])
+    options["run_dir"] = str(options["run_dir"])
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}. Received: {name}={value!r}")
+
+
+def _tunable_count(backbone):
+    return sum(
+        1 for layer in backbone._flatten_layers(include_self=False)
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+        and not isinstance(layer, keras.Model)
+    )
+
+
+def _history_columns(history):
+    columns = {}
+    for row in history:
+        for key, value in row.items():
+            if key not in ("epoch", "phase"):
+                columns.setdefault(key, []).append(value)
+    return columns
