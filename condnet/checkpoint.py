@@ -85,6 +85,8 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
+        for part, weight in getattr(self.model, "loss_weights_dict", {}).items():
+            logs[f"{part}_loss_weight"] = weight
         self.history.append({"epoch": epoch + 1, "phase": self.phase, **logs})
         folder = self.run_dir / CHECKPOINTS
         folder.mkdir(parents=True, exist_ok=True)

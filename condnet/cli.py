@@ -42,73 +42,144 @@ def build_parser():
 
 
 def _train_parser(commands):
-    p = commands.add_parser("train", help="train a conditional model on a folder of images",
-                            description="Train on DATA_DIR (root/<group>/<class>/* or "
-                            "root/<class>/* with --hierarchy) and write RUN_DIR.")
+    p = commands.add_parser(
+        "train",
+        help="train a conditional model on a folder of images",
+        description="Train on DATA_DIR (root/<group>/<class>/* or "
+        "root/<class>/* with --hierarchy) and write RUN_DIR.",
+    )
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     _add_training_options(p)
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in RUN_DIR from its last completed epoch")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its last completed epoch",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
     p.set_defaults(run=_train)
 
 
 def _add_training_options(p):
-    p.add_argument("--hierarchy", metavar="FILE",
-                   help="JSON/YAML file mapping group -> classes (for flat folders)")
-    p.add_argument("--routing", default="soft", choices=["soft", "hard", "gumbel", "teacher"],
-                   help="routing while training and at inference (default: soft)")
-    p.add_argument("--strategy", default="joint", choices=["joint", "staged"],
-                   help="joint: one model, one loss; staged: gate, then experts, then "
-                   "joint (default: joint)")
-    p.add_argument("--backbone", default="small_cnn",
-                   help="small_cnn (from scratch) or MobileNetV3Small, EfficientNetB0, "
-                   "ResNet50, VGG16 (default: small_cnn)")
-    p.add_argument("--weights", default=None,
-                   help="pretrained backbone weights: 'imagenet' or a weights file "
-                   "(default: none, train from scratch)")
-    p.add_argument("--expert-placement", default="taps", choices=["taps", "top", "separate"],
-                   help="where experts branch: taps (an earlier stage), top (shared trunk), "
-                   "separate (own CNNs) (default: taps)")
+    p.add_argument(
+        "--hierarchy",
+        metavar="FILE",
+        help="JSON/YAML file mapping group -> classes (for flat folders)",
+    )
+    p.add_argument(
+        "--routing",
+        default="soft",
+        choices=["soft", "hard", "gumbel", "teacher"],
+        help="routing while training and at inference (default: soft)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="joint",
+        choices=["joint", "staged"],
+        help="joint: one model, one loss; staged: gate, then experts, then joint (default: joint)",
+    )
+    p.add_argument(
+        "--backbone",
+        default="small_cnn",
+        help="small_cnn (from scratch) or MobileNetV3Small, EfficientNetB0, "
+        "ResNet50, VGG16 (default: small_cnn)",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="pretrained backbone weights: 'imagenet' or a weights file "
+        "(default: none, train from scratch)",
+    )
+    p.add_argument(
+        "--expert-placement",
+        default="taps",
+        choices=["taps", "top", "separate"],
+        help="where experts branch: taps (an earlier stage), top (shared trunk), "
+        "separate (own CNNs) (default: taps)",
+    )
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
-    p.add_argument("--color-mode", default="rgb", choices=["rgb", "grayscale"],
-                   help="read images as RGB or grayscale (default: rgb)")
+    p.add_argument(
+        "--color-mode",
+        default="rgb",
+        choices=["rgb", "grayscale"],
+        help="read images as RGB or grayscale (default: rgb)",
+    )
     p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate "
-                   "(default 1e-3)")
-    p.add_argument("--validation-split", type=float, default=0.2,
-                   help="share of each class held out for validation (default 0.2)")
+    p.add_argument(
+        "--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)"
+    )
+    p.add_argument(
+        "--validation-split",
+        type=float,
+        default=0.2,
+        help="share of each class held out for validation (default 0.2)",
+    )
     p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
-    p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="turn off flip/rotation/zoom/translation/contrast augmentation")
-    p.add_argument("--fine-tune-epochs", type=int, default=0,
-                   help="epochs of fine-tuning the unfrozen top of a pretrained backbone "
-                   "(default 0)")
-    p.add_argument("--fine-tune-layers", type=int, default=20,
-                   help="top backbone layers to unfreeze when fine-tuning (default 20)")
-    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-5,
-                   help="learning rate when fine-tuning (default 1e-5)")
-    p.add_argument("--loss-schedule", default=None, choices=["coarse_to_fine"],
-                   help="change loss weights over epochs: gate first, then classes")
-    p.add_argument("--patience", type=int, default=5,
-                   help="epochs without validation improvement before stopping (default 5)")
-    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to "
-                   "RUN_DIR/logs")
+    p.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="turn off flip/rotation/zoom/translation/contrast augmentation",
+    )
+    p.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=0,
+        help="epochs of fine-tuning the unfrozen top of a pretrained backbone (default 0)",
+    )
+    p.add_argument(
+        "--fine-tune-layers",
+        type=int,
+        default=20,
+        help="top backbone layers to unfreeze when fine-tuning (default 20)",
+    )
+    p.add_argument(
+        "--fine-tune-learning-rate",
+        type=float,
+        default=1e-5,
+        help="learning rate when fine-tuning (default 1e-5)",
+    )
+    p.add_argument(
+        "--loss-schedule",
+        default=None,
+        choices=["coarse_to_fine"],
+        help="change loss weights over epochs: gate first, then classes",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="epochs without validation improvement before stopping (default 5)",
+    )
+    p.add_argument(
+        "--tensorboard", action="store_true", help="write TensorBoard logs to RUN_DIR/logs"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _train_options(args):
     return dict(
-        hierarchy=args.hierarchy, routing=args.routing, strategy=args.strategy,
-        backbone=args.backbone, weights=args.weights, image_size=args.image_size,
-        epochs=args.epochs, batch_size=args.batch_size, validation_split=args.validation_split,
-        seed=args.seed, learning_rate=args.learning_rate,
-        expert_placement=args.expert_placement, augment=args.augment,
-        fine_tune_epochs=args.fine_tune_epochs, fine_tune_layers=args.fine_tune_layers,
-        fine_tune_learning_rate=args.fine_tune_learning_rate, loss_schedule=args.loss_schedule,
-        patience=args.patience, tensorboard=args.tensorboard, color_mode=args.color_mode,
+        hierarchy=args.hierarchy,
+        routing=args.routing,
+        strategy=args.strategy,
+        backbone=args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation_split=args.validation_split,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        expert_placement=args.expert_placement,
+        augment=args.augment,
+        fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_layers=args.fine_tune_layers,
+        fine_tune_learning_rate=args.fine_tune_learning_rate,
+        loss_schedule=args.loss_schedule,
+        patience=args.patience,
+        tensorboard=args.tensorboard,
+        color_mode=args.color_mode,
     )
 
 
@@ -116,8 +187,14 @@ def _train(args):
     from condnet.recipe import train
     from condnet.report import summary_table
 
-    result = train(args.data_dir, args.out, resume=args.resume, overwrite=args.overwrite,
-                   verbose=0 if args.quiet else "auto", **_train_options(args))
+    result = train(
+        args.data_dir,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        verbose=0 if args.quiet else "auto",
+        **_train_options(args),
+    )
     print(summary_table(result["metrics"]))
     print(f"Run written to {args.out} (model.keras, report.md, history.csv).")
 
@@ -126,13 +203,17 @@ def _train(args):
 
 
 def _evaluate_parser(commands):
-    p = commands.add_parser("evaluate", help="metrics of a trained run on another folder",
-                            description="Evaluate RUN_DIR on DATA_DIR (same groups and classes).")
+    p = commands.add_parser(
+        "evaluate",
+        help="metrics of a trained run on another folder",
+        description="Evaluate RUN_DIR on DATA_DIR (same groups and classes).",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images, e.g. a test split")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--report-dir", default=None,
-                   help="where to write the report (default RUN_DIR/evaluation)")
+    p.add_argument(
+        "--report-dir", default=None, help="where to write the report (default RUN_DIR/evaluation)"
+    )
     p.set_defaults(run=_evaluate)
 
 
@@ -193,16 +274,28 @@ def _info(args):
 
 
 def _demo_parser(commands):
-    p = commands.add_parser("demo", help="generate the shapes data set, train, evaluate, report",
-                            description="The whole workflow on an embedded data set of drawn "
-                            "shapes (round: circle/ellipse/ring; angular: triangle/square/star).")
-    p.add_argument("--out", default="condnet-demo", metavar="RUN_DIR",
-                   help="where to write the data and the run (default ./condnet-demo)")
+    p = commands.add_parser(
+        "demo",
+        help="generate the shapes data set, train, evaluate, report",
+        description="The whole workflow on an embedded data set of drawn "
+        "shapes (round: circle/ellipse/ring; angular: triangle/square/star).",
+    )
+    p.add_argument(
+        "--out",
+        default="condnet-demo",
+        metavar="RUN_DIR",
+        help="where to write the data and the run (default ./condnet-demo)",
+    )
     p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
-    p.add_argument("--samples-per-class", type=int, default=300,
-                   help="training images per class (default 300)")
-    p.add_argument("--routing", default="soft", choices=["soft", "hard", "gumbel", "teacher"],
-                   help="routing mode (default: soft)")
+    p.add_argument(
+        "--samples-per-class", type=int, default=300, help="training images per class (default 300)"
+    )
+    p.add_argument(
+        "--routing",
+        default="soft",
+        choices=["soft", "hard", "gumbel", "teacher"],
+        help="routing mode (default: soft)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_demo)
 
@@ -210,8 +303,13 @@ def _demo_parser(commands):
 def _demo(args):
     from condnet.demo import run_demo
 
-    run_demo(Path(args.out), epochs=args.epochs, samples_per_class=args.samples_per_class,
-             routing=args.routing, verbose=0 if args.quiet else "auto")
+    run_demo(
+        Path(args.out),
+        epochs=args.epochs,
+        samples_per_class=args.samples_per_class,
+        routing=args.routing,
+        verbose=0 if args.quiet else "auto",
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from condnet.hierarchy import Hierarchy
 
 SHAPES = {"round": ["circle", "ellipse", "ring"], "angular": ["triangle", "square", "star"]}
 _SUPERSAMPLE = 4
-_MIN_CONTRAST = 90.0
+_MIN_CONTRAST = 120.0
 
 
 def make_shapes_dataset(
@@ -106,13 +106,13 @@ def _render(class_name, rng, image_size):
     shape = np.clip(color * shade[..., None], 0, 255)
     image = background * (1 - mask[..., None]) + shape * mask[..., None]
     image = _lines(image, rng, count=rng.integers(0, 2), width=1)
-    image = image + rng.normal(0, rng.uniform(3, 12), image.shape)
+    image = image + rng.normal(0, rng.uniform(2, 8), image.shape)
     return np.clip(np.rint(image), 0, 255).astype("uint8"), mask
 
 
 def _outline(class_name, rng, image_size):
     """Polygons in pixel units: the outline, then any hole."""
-    radius = rng.uniform(0.2, 0.34) * image_size
+    radius = rng.uniform(0.24, 0.38) * image_size
     center = rng.uniform(radius + 1, image_size - radius - 1, size=2)
     angle = rng.uniform(0, 2 * math.pi)
     if class_name == "circle":
@@ -172,7 +172,7 @@ def _mask(polygons, image_size):
 def _background(rng, image_size):
     start, end = rng.uniform(0, 255, size=(2, 3))
     background = start + (end - start) * _ramp(rng, image_size)[..., None]
-    return _lines(background, rng, count=rng.integers(2, 5), width=rng.integers(1, 3))
+    return _lines(background, rng, count=rng.integers(1, 4), width=1)
 
 
 def _ramp(rng, image_size):

@@ -62,8 +62,13 @@ def build_image_model(
     tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
     conv_filters = tap_shapes[gate_tap][-1] if expert_tap != gate_tap else None
     experts = {
-        group: _head(tap_shapes[expert_tap], len(hierarchy.classes_of(group)), f"expert_{_safe(group)}",
-                     dropout, conv_filters)
+        group: _head(
+            tap_shapes[expert_tap],
+            len(hierarchy.classes_of(group)),
+            f"expert_{_safe(group)}",
+            dropout,
+            conv_filters,
+        )
         for group in hierarchy.groups
     }
     return ConditionalModel(
@@ -115,7 +120,8 @@ def _backbone(name, shape, weights, filters):
 def _trunk(shape, base, taps, augmentation):
     """Input -> augmentation -> backbone, with the tapped stages as named outputs."""
     tapped = keras.Model(
-        base.inputs, {tap: base.get_layer(tap).output for tap in dict.fromkeys(taps)},
+        base.inputs,
+        {tap: base.get_layer(tap).output for tap in dict.fromkeys(taps)},
         name="backbone",
     )
     inputs = keras.Input(shape, name="image")
@@ -151,7 +157,10 @@ def _separate_model(hierarchy, shape, augmentation, routing, filters, dropout, k
         hierarchy,
         trunk=trunk,
         gate=classifier(hierarchy.num_groups, "gate"),
-        experts={g: classifier(len(hierarchy.classes_of(g)), f"expert_{_safe(g)}") for g in hierarchy.groups},
+        experts={
+            g: classifier(len(hierarchy.classes_of(g)), f"expert_{_safe(g)}")
+            for g in hierarchy.groups
+        },
         gate_tap="image",
         expert_taps={g: "image" for g in hierarchy.groups},
         routing=routing,

@@ -8,7 +8,6 @@ from pathlib import Path
 import keras
 
 from condnet import checkpoint as ckpt
-from condnet.augmentation import make_augmentation
 from condnet.backbones import unfreeze_top
 from condnet.callbacks import LossWeightSchedule
 from condnet.folders import load_folders
@@ -18,8 +17,18 @@ from condnet.routing import check_routing
 STRATEGIES = ("joint", "staged")
 SCHEDULES = (None, "coarse_to_fine")
 CONFIG = "config.json"
-RUN_FILES = (CONFIG, "hierarchy.json", ckpt.STATE, ckpt.BEST, ckpt.HISTORY, "metrics.json",
-             "report.md", "report.html", ckpt.CHECKPOINTS, "logs")
+RUN_FILES = (
+    CONFIG,
+    "hierarchy.json",
+    ckpt.STATE,
+    ckpt.BEST,
+    ckpt.HISTORY,
+    "metrics.json",
+    "report.md",
+    "report.html",
+    ckpt.CHECKPOINTS,
+    "logs",
+)
 
 
 def train(
@@ -105,8 +114,9 @@ def train(
         _write_config(run_dir, options, hierarchy)
     else:
         model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
-    state = _run_phases(model, run_dir, options, state, train_data, validation,
-                        list(callbacks or []), fit_kwargs)
+    state = _run_phases(
+        model, run_dir, options, state, train_data, validation, list(callbacks or []), fit_kwargs
+    )
     return finish_run(run_dir, hierarchy, validation or train_data, state)
 
 
@@ -122,15 +132,18 @@ def finish_run(run_dir, hierarchy, data, state):
     metrics = evaluate_model(model, data)
     ckpt.write_atomic(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=1))
     history = _history_columns(state["history"] if state else [])
-    write_report(run_dir, hierarchy, metrics, history=history, title=f"condnet run {Path(run_dir).name}")
+    write_report(
+        run_dir, hierarchy, metrics, history=history, title=f"condnet run {Path(run_dir).name}"
+    )
     return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
 
 
 # === Phases ===
 
 
-def plan_phases(strategy, epochs, fine_tune_epochs=0, learning_rate=1e-3,
-                fine_tune_learning_rate=1e-5):
+def plan_phases(
+    strategy, epochs, fine_tune_epochs=0, learning_rate=1e-3, fine_tune_learning_rate=1e-5
+):
     """The training phases: name, epochs, loss weights and learning rate each."""
     phases = []
     if strategy == "staged":
@@ -145,14 +158,21 @@ def plan_phases(strategy, epochs, fine_tune_epochs=0, learning_rate=1e-3,
     for phase in phases:
         phase["learning_rate"] = learning_rate
     if fine_tune_epochs:
-        phases.append({"name": "fine_tune", "epochs": fine_tune_epochs,
-                       "weights": (1.0, 1.0, 1.0), "learning_rate": fine_tune_learning_rate})
+        phases.append(
+            {
+                "name": "fine_tune",
+                "epochs": fine_tune_epochs,
+                "weights": (1.0, 1.0, 1.0),
+                "learning_rate": fine_tune_learning_rate,
+            }
+        )
     return [p for p in phases if p["epochs"] > 0]
 
 
 def set_phase_trainable(model, phase, pretrained, fine_tune_layers=20):
     """Freeze what a phase must not train (then compile again)."""
-    model.trainable = True
+    for layer in model._flatten_layers(include_self=True):
+        layer.trainable = True  # layer by layer: `model.trainable = True` may not reach them
     backbone = backbone_of(model)
     if phase == "fine_tune" and backbone is not None:
         unfreeze_top(backbone, min(fine_tune_layers, _tunable_count(backbone)))
@@ -163,27 +183,44 @@ def set_phase_trainable(model, phase, pretrained, fine_tune_layers=20):
             if expert is not None:
                 expert.trainable = False
     if phase == "experts":
-        model.trunk.trainable = False
+        if model.trunk is not None:
+            model.trunk.trainable = False
         model.gate.trainable = False
 
 
 def _run_phases(model, run_dir, options, state, train_data, validation, callbacks, fit_kwargs):
-    phases = plan_phases(options["strategy"], options["epochs"], options["fine_tune_epochs"],
-                         options["learning_rate"], options["fine_tune_learning_rate"])
+    phases = plan_phases(
+        options["strategy"],
+        options["epochs"],
+        options["fine_tune_epochs"],
+        options["learning_rate"],
+        options["fine_tune_learning_rate"],
+    )
     start = 0
     for index, phase in enumerate(phases):
         end = start + phase["epochs"]
-        done = state is not None and (index < state["phase"] or (
-            index == state["phase"] and (state["phase_done"] or state["epoch"] >= end)))
+        done = state is not None and (
+            index < state["phase"]
+            or (index == state["phase"] and (state["phase_done"] or state["epoch"] >= end))
+        )
         if not done:
             resuming = state is not None and index == state["phase"]
             if not resuming:
                 _prepare_phase(model, phase, options)
             initial = state["epoch"] if resuming else start
             checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state)
-            model.fit(train_data, validation_data=validation, initial_epoch=initial, epochs=end,
-                      callbacks=[checkpoint, *_recipe_callbacks(run_dir, options, phase, validation),
-                                 *callbacks], **fit_kwargs)
+            model.fit(
+                train_data,
+                validation_data=validation,
+                initial_epoch=initial,
+                epochs=end,
+                callbacks=[
+                    checkpoint,
+                    *_recipe_callbacks(run_dir, options, phase, validation),
+                    *callbacks,
+                ],
+                **fit_kwargs,
+            )
             checkpoint.end_phase()
             state = ckpt.read_state(run_dir)
             if state is None or nan_stop(model) is not None:
@@ -197,8 +234,9 @@ def _run_phases(model, run_dir, options, state, train_data, validation, callback
 
 
 def _prepare_phase(model, phase, options):
-    set_phase_trainable(model, phase["name"], options["weights"] is not None,
-                        options["fine_tune_layers"])
+    set_phase_trainable(
+        model, phase["name"], options["weights"] is not None, options["fine_tune_layers"]
+    )
     model.compile(optimizer=keras.optimizers.Adam(phase["learning_rate"]))
     model.set_loss_weights(*phase["weights"])
 
@@ -207,10 +245,12 @@ def _recipe_callbacks(run_dir, options, phase, validation):
     monitor = "val_loss" if validation is not None else "loss"
     patience = options["patience"]
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
-                                      restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
-                                          patience=max(1, patience // 2), min_lr=1e-6),
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
+        ),
     ]
     if options["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / "logs")))
@@ -272,8 +312,12 @@ def _write_config(run_dir, options, hierarchy):
     config = {
         "options": options,
         "hierarchy": hierarchy.to_dict(),
-        "versions": {"condnet": __version__, "keras": keras.__version__,
-                     "backend": keras.backend.backend(), "python": platform.python_version()},
+        "versions": {
+            "condnet": __version__,
+            "keras": keras.__version__,
+            "backend": keras.backend.backend(),
+            "python": platform.python_version(),
+        },
     }
     ckpt.write_atomic(run_dir / CONFIG, json.dumps(config, indent=1, default=str))
     hierarchy.save(run_dir / "hierarchy.json")
@@ -285,20 +329,34 @@ def _write_config(run_dir, options, hierarchy):
 def _load(options):
     hierarchy = options["hierarchy"]
     return load_folders(
-        options["data_dir"], hierarchy=hierarchy, image_size=options["image_size"],
-        batch_size=options["batch_size"], validation_split=options["validation_split"],
-        seed=options["seed"], color_mode=options["color_mode"],
+        options["data_dir"],
+        hierarchy=hierarchy,
+        image_size=options["image_size"],
+        batch_size=options["batch_size"],
+        validation_split=options["validation_split"],
+        seed=options["seed"],
+        color_mode=options["color_mode"],
     )
 
 
 def _build(options, hierarchy, channels):
     keras.utils.set_random_seed(options["seed"])
-    augmentation = make_augmentation(seed=options["seed"]) if options["augment"] else None
+    augmentation = None
+    if options["augment"]:
+        from condnet.augmentation import make_augmentation
+
+        augmentation = make_augmentation(seed=options["seed"])
     return build_image_model(
-        hierarchy, backbone=options["backbone"], image_size=options["image_size"],
-        channels=channels, weights=options["weights"],
-        expert_placement=options["expert_placement"], augmentation=augmentation,
-        routing=options["routing"], filters=tuple(options["filters"]), seed=options["seed"],
+        hierarchy,
+        backbone=options["backbone"],
+        image_size=options["image_size"],
+        channels=channels,
+        weights=options["weights"],
+        expert_placement=options["expert_placement"],
+        augmentation=augmentation,
+        routing=options["routing"],
+        filters=tuple(options["filters"]),
+        seed=options["seed"],
     )
 
 
@@ -332,8 +390,10 @@ def _check_choice(name, value, choices):
 
 def _tunable_count(backbone):
     return sum(
-        1 for layer in backbone._flatten_layers(include_self=False)
-        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+        1
+        for layer in backbone._flatten_layers(include_self=False)
+        if layer.weights
+        and not isinstance(layer, keras.layers.BatchNormalization)
         and not isinstance(layer, keras.Model)
     )
 

@@ -296,6 +296,7 @@ def _plot_history(path, history):
                 epochs = range(1, len(history[key]) + 1)
                 axes.plot(epochs, history[key], marker=".", label=key)
         axes.set(title=name, xlabel="epoch")
+        axes.xaxis.get_major_locator().set_params(integer=True)
         axes.legend()
     figure.savefig(path, dpi=100)
     return path

@@ -35,8 +35,11 @@ def evaluate_model(model, data):
         labels.append(np.asarray(batch_labels))
     stacked = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
     return evaluate_predictions(
-        model.hierarchy, np.concatenate(labels), stacked["classes"],
-        group_probabilities=stacked["groups"], route=stacked["route"],
+        model.hierarchy,
+        np.concatenate(labels),
+        stacked["classes"],
+        group_probabilities=stacked["groups"],
+        route=stacked["route"],
     )
 
 
@@ -59,8 +62,9 @@ def predict_paths(run_dir, inputs, batch_size=64):
     model, config = load_run(run_dir)
     paths = _image_paths(inputs)
     hierarchy = model.hierarchy
-    data = ImageFolder(paths, np.zeros(len(paths), "int32"), hierarchy,
-                       **_image_options(config, batch_size))
+    data = ImageFolder(
+        paths, np.zeros(len(paths), "int32"), hierarchy, **_image_options(config, batch_size)
+    )
     results = []
     for index in range(len(data)):
         images, _ = data[index][:2]
@@ -79,10 +83,14 @@ def run_info(run_dir):
     channels = 1 if config["options"]["color_mode"] == "grayscale" else 3
     shape = (None, *size, channels)
     taps = model._tap_shapes(shape)
-    parts = {"trunk": model.trunk, "gate": model.gate, **{
-        f"expert {g}": e for g, e in model.experts.items()}}
-    params = {name: int(part.count_params()) if part is not None else 0
-              for name, part in parts.items()}
+    parts = {
+        "trunk": model.trunk,
+        "gate": model.gate,
+        **{f"expert {g}": e for g, e in model.experts.items()},
+    }
+    params = {
+        name: int(part.count_params()) if part is not None else 0 for name, part in parts.items()
+    }
     macs = {
         "trunk": count_macs(model.trunk, shape) if model.trunk is not None else 0,
         "gate": count_macs(model.gate, taps[model.gate_tap]),
@@ -128,8 +136,11 @@ def _prediction(hierarchy, path, outputs, row):
 
 def _image_options(config, batch_size):
     options = config["options"]
-    return {"image_size": options["image_size"], "color_mode": options["color_mode"],
-            "batch_size": batch_size}
+    return {
+        "image_size": options["image_size"],
+        "color_mode": options["color_mode"],
+        "batch_size": batch_size,
+    }
 
 
 def _folder_for(model, config, data_dir, batch_size):
@@ -148,8 +159,12 @@ def _folder_for(model, config, data_dir, batch_size):
                 f"but the run was trained on {hierarchy.to_dict()}. Evaluate on folders with "
                 "the run's groups and classes."
             ) from None
-    return ImageFolder(paths, Hierarchy.from_config(found.get_config()).check_labels(labels),
-                       hierarchy, **_image_options(config, batch_size))
+    return ImageFolder(
+        paths,
+        Hierarchy.from_config(found.get_config()).check_labels(labels),
+        hierarchy,
+        **_image_options(config, batch_size),
+    )
 
 
 def _image_paths(inputs):
@@ -157,8 +172,11 @@ def _image_paths(inputs):
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not p.name.startswith("."))
+            paths += sorted(
+                p
+                for p in item.rglob("*")
+                if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+            )
         elif item.is_file():
             paths.append(item)
         else:

@@ -1,0 +1,161 @@
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from condnet.checkpoint import read_state
+from condnet.demo_data import make_shapes_dataset
+from condnet.recipe import plan_phases, set_phase_trainable, train
+from condnet.testing import cats_and_dogs_model
+
+TINY = dict(image_size=32, filters=(8, 8, 8, 8), batch_size=16, augment=False, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes_dataset(root, samples_per_class=12, image_size=32, test_samples_per_class=4)
+    return root
+
+
+def _history_rows(run_dir):
+    with open(run_dir / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_run_directory(shapes, tmp_path):
+    run = tmp_path / "run"
+    result = train(shapes / "train", run, epochs=2, **TINY)
+    for name in (
+        "model.keras",
+        "config.json",
+        "hierarchy.json",
+        "history.csv",
+        "metrics.json",
+        "report.md",
+        "report.html",
+        "routing_matrix.png",
+        "state.json",
+    ):
+        assert (run / name).is_file(), name
+    assert [row["epoch"] for row in _history_rows(run)] == ["1", "2"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["image_size"] == 32 and config["options"]["epochs"] == 2
+    assert config["hierarchy"] == {
+        "angular": ["square", "star", "triangle"],
+        "round": ["circle", "ellipse", "ring"],
+    }
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_samples"] == 6 * 12 - len(result["model"].hierarchy.classes) * 10
+    best = max(float(row["val_accuracy"]) for row in _history_rows(run))
+    np.testing.assert_allclose(metrics["accuracy"], best, atol=1e-6)  # model.keras is the best
+
+
+@pytest.mark.slow
+def test_staged_strategy_runs_gate_expert_and_joint_phases(shapes, tmp_path):
+    run = tmp_path / "run"
+    train(shapes / "train", run, epochs=3, strategy="staged", routing="hard", **TINY)
+    assert [row["phase"] for row in _history_rows(run)] == ["0", "1", "2"]
+    weights = [(r["gate_loss_weight"], r["expert_loss_weight"]) for r in _history_rows(run)]
+    assert weights == [("1.0", "0.0"), ("0.0", "1.0"), ("1.0", "1.0")]
+
+
+_KILLED_RUN = """
+import os, signal, sys, keras
+from condnet.recipe import train
+
+class Kill(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 2 and batch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(sys.argv[1], sys.argv[2], epochs=4, callbacks=[Kill()], patience=10,
+      image_size=32, filters=(8, 8, 8, 8), batch_size=16, augment=False, verbose=0)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_from_its_last_epoch(shapes, tmp_path):
+    run = tmp_path / "run"
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent(_KILLED_RUN))
+    killed = subprocess.run(
+        [sys.executable, str(script), str(shapes / "train"), str(run)],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = read_state(run)
+    assert state["epoch"] == 2 and not (run / "report.md").exists()
+    checkpoint = keras.models.load_model(run / "checkpoints" / state["checkpoint"])
+    steps = (
+        int(
+            checkpoint.optimizer.iterations.numpy()
+            if hasattr(checkpoint.optimizer.iterations, "numpy")
+            else checkpoint.optimizer.iterations
+        )
+        // 2
+    )
+    assert steps > 0
+
+    result = train("ignored", run, resume=True, verbose=0)
+    assert [row["epoch"] for row in _history_rows(run)] == ["1", "2", "3", "4"]
+    final = keras.models.load_model(run / "checkpoints" / read_state(run)["checkpoint"])
+    iterations = int(keras.ops.convert_to_numpy(final.optimizer.iterations))
+    assert iterations == 4 * steps  # optimizer state carried over, not restarted
+    assert result["metrics"]["num_samples"] > 0
+
+
+def test_refuses_a_run_directory_that_holds_a_run(shapes, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds a run \\(config.json\\).*--overwrite"):
+        train(shapes / "train", tmp_path, epochs=1, **TINY)
+    assert (tmp_path / "config.json").read_text() == "{}"  # nothing lost
+
+
+def test_resume_needs_a_run(tmp_path):
+    with pytest.raises(ValueError, match="no run to resume"):
+        train("data", tmp_path, resume=True)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"routing": "top1"}, "routing='top1'"),
+        ({"strategy": "greedy"}, "strategy must be one of"),
+        ({"epochs": 0}, "epochs must be an int >= 1"),
+        ({"expert_placement": "middle"}, "expert_placement must be one of"),
+    ],
+)
+def test_bad_options_fail_before_any_file_is_written(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        train("data", tmp_path / "run", **options)
+    assert not (tmp_path / "run").exists()
+
+
+def test_plan_phases_splits_staged_training():
+    phases = plan_phases("staged", 7, fine_tune_epochs=2)
+    assert [(p["name"], p["epochs"]) for p in phases] == [
+        ("gate", 2),
+        ("experts", 2),
+        ("joint", 3),
+        ("fine_tune", 2),
+    ]
+    assert phases[1]["weights"] == (0.0, 0.0, 1.0)
+    assert phases[-1]["learning_rate"] == 1e-5
+
+
+def test_expert_phase_freezes_trunk_and_gate():
+    model = cats_and_dogs_model()
+    set_phase_trainable(model, "experts", pretrained=False)
+    assert not model.gate.trainable and all(e.trainable for e in model.expert_models)
+    set_phase_trainable(model, "gate", pretrained=False)
+    assert model.gate.trainable and not any(e.trainable for e in model.expert_models)
