@@ -10,7 +10,7 @@ from condnet.hierarchy import Hierarchy
 
 SHAPES = {"round": ["circle", "ellipse", "ring"], "angular": ["triangle", "square", "star"]}
 _SUPERSAMPLE = 4
-_MIN_CONTRAST = 120.0
+_MIN_CONTRAST = 80.0
 
 
 def make_shapes_dataset(
@@ -170,7 +170,7 @@ def _mask(polygons, image_size):
 
 
 def _background(rng, image_size):
-    start, end = rng.uniform(0, 255, size=(2, 3))
+    start, end = rng.uniform(0, 140, size=(2, 3))
     background = start + (end - start) * _ramp(rng, image_size)[..., None]
     return _lines(background, rng, count=rng.integers(1, 4), width=1)
 
@@ -195,12 +195,16 @@ def _lines(image, rng, count, width):
 
 
 def _shape_color(rng, behind):
-    """A random colour that stands out from the background behind the shape."""
-    for _ in range(20):
+    """A random colour clearly brighter than the background behind the shape."""
+    for _ in range(50):
         color = rng.uniform(0, 255, size=3)
-        if np.linalg.norm(color - behind) >= _MIN_CONTRAST:
+        if _luminance(color) - _luminance(behind) >= _MIN_CONTRAST:
             return color
-    return np.where(behind > 127, 0.0, 255.0)
+    return np.full(3, 255.0)
+
+
+def _luminance(color):
+    return float(np.dot(color, [0.299, 0.587, 0.114]))
 
 
 # === Checks ===

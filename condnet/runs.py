@@ -92,11 +92,11 @@ def run_info(run_dir):
         name: int(part.count_params()) if part is not None else 0 for name, part in parts.items()
     }
     macs = {
-        "trunk": count_macs(model.trunk, shape) if model.trunk is not None else 0,
-        "gate": count_macs(model.gate, taps[model.gate_tap]),
+        "trunk": count_macs(model.trunk, shape[1:]) if model.trunk is not None else 0,
+        "gate": count_macs(model.gate, taps[model.gate_tap][1:]),
     }
     for group, expert in model.experts.items():
-        tap_shape = taps[model.expert_taps[group]]
+        tap_shape = taps[model.expert_taps[group]][1:]
         macs[f"expert {group}"] = count_macs(expert, tap_shape) if expert is not None else 0
     shared = macs["trunk"] + macs["gate"]
     routes = {g: shared + macs[f"expert {g}"] for g in model.hierarchy.groups}
@@ -125,8 +125,9 @@ def _prediction(hierarchy, path, outputs, row):
     best = int(classes.argmax())
     return {
         "path": str(path),
-        "group": hierarchy.groups[int(outputs["route"][row])],
+        "group": hierarchy.group_of(hierarchy.classes[best]),
         "class": hierarchy.classes[best],
+        "expert": hierarchy.groups[int(outputs["route"][row])],
         "confidence": float(classes[best]),
         "group_probabilities": {
             g: float(p) for g, p in zip(hierarchy.groups, outputs["groups"][row])
