@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from condnet import capacity as capacity_lib
 from condnet import routing as routing_lib
 from condnet.hierarchy import Hierarchy
 
@@ -54,6 +55,17 @@ class ConditionalModel(keras.Model):
             routing, rows whose top gate probability is below it mix their two
             most likely experts. Defaults to `None` (never hedge).
         seed: int or None. Seed of the Gumbel noise. Defaults to `None`.
+        dispatch: str. How hard routing runs inside `call` (training,
+            `evaluate`, exported graphs): `"dense"` computes every expert on
+            every row and selects with a one-hot; `"capacity"` gathers each
+            expert's rows into a buffer of static size and runs each expert
+            once on it (see `condnet.capacity`), so a training step costs about
+            `capacity_factor` experts per row instead of all of them. Defaults
+            to `"dense"`. `predict` routes rows exactly either way.
+        capacity_factor: float. Buffer size per expert as a multiple of
+            `batch / num_groups` while training (at least 2.0 at inference).
+            Rows beyond it go to their next-best expert, or are dropped and
+            counted in the `dropped_rate` metric. Defaults to `1.25`.
 
     Call arguments:
         inputs: the model's input batch.
@@ -91,11 +103,14 @@ class ConditionalModel(keras.Model):
         temperature=1.0,
         confidence_threshold=None,
         seed=None,
+        dispatch="dense",
+        capacity_factor=1.25,
         **kwargs,
     ):
         hierarchy = _as_hierarchy(hierarchy)
         routing_lib.check_routing(routing)
         _check_options(temperature, confidence_threshold)
+        _check_dispatch(dispatch, capacity_factor, routing, confidence_threshold)
         _check_layer("gate", gate)
         experts = _experts_by_group(hierarchy, experts)
         gate_tap, expert_taps = _resolve_taps(hierarchy, trunk, gate_tap, expert_taps)
@@ -110,6 +125,8 @@ class ConditionalModel(keras.Model):
         self.temperature = temperature
         self.confidence_threshold = confidence_threshold
         self.seed = seed
+        self.dispatch = dispatch
+        self.capacity_factor = capacity_factor
         input_shape = _known_input_shape(self.trunk, gate, self.expert_models)
         self._check_sizes(input_shape)
 
@@ -122,6 +139,8 @@ class ConditionalModel(keras.Model):
         self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.group_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="group_accuracy")
         self.loss_part_metrics = [keras.metrics.Mean(name=f"{p}_loss") for p in _LOSS_PARTS]
+        if dispatch == "capacity":
+            self.dropped_metric = keras.metrics.Mean(name="dropped_rate")
         if input_shape is not None:
             self.build(input_shape)
 
@@ -166,13 +185,6 @@ class ConditionalModel(keras.Model):
     def call(self, inputs, training=False):
         taps = self.tap_features(inputs, training=training)
         groups = ops.cast(self.gate(taps[self.gate_tap], training=training), "float32")
-        experts = ops.concatenate(
-            [
-                self.expert_probabilities(g, taps[self.expert_taps[g]], training)
-                for g in self.hierarchy.groups
-            ],
-            axis=-1,
-        )
         weights = routing_lib.route_weights(
             groups,
             self.routing,
@@ -181,9 +193,52 @@ class ConditionalModel(keras.Model):
             seed=self.seed_generator,
             confidence_threshold=self.confidence_threshold,
         )
+        if self.dispatch == "capacity" and self.routing != "soft":
+            return self._capacity_call(taps, groups, weights, training)
+        experts = ops.concatenate(
+            [
+                self.expert_probabilities(g, taps[self.expert_taps[g]], training)
+                for g in self.hierarchy.groups
+            ],
+            axis=-1,
+        )
         classes = routing_lib.expand_to_classes(weights, self._class_to_group) * experts
         route = ops.cast(ops.argmax(weights, axis=-1), "int32")
         return {"classes": classes, "groups": groups, "route": route, "experts": experts}
+
+    def _capacity_call(self, taps, groups, weights, training):
+        """Hard routing with static-capacity buffers: each expert runs on its rows only."""
+        batch_size = ops.shape(groups)[0]
+        num_groups = self.hierarchy.num_groups
+        factor = self.capacity_factor if training else max(self.capacity_factor, 2.0)
+        capacity = capacity_lib.capacity_of(batch_size, num_groups, factor)
+        first = ops.argmax(weights, axis=-1)
+        expert, slot, kept = capacity_lib.assign_slots(first, groups, capacity)
+        row_of_slot = capacity_lib.gather_rows(slot, num_groups * capacity, batch_size)
+        buffers = {
+            tap: capacity_lib.to_buffers(taps[tap], row_of_slot)
+            for tap in dict.fromkeys(self.expert_taps.values())
+        }
+        outputs = []
+        for g, group in enumerate(self.hierarchy.groups):
+            rows = buffers[self.expert_taps[group]][g * capacity : (g + 1) * capacity]
+            columns = self.hierarchy.group_slice(group)
+            probabilities = self.expert_probabilities(group, rows, training)
+            padding = [[0, 0], [columns.start, self.hierarchy.num_classes - columns.stop]]
+            outputs.append(ops.pad(probabilities, padding))
+        experts = capacity_lib.from_buffers(ops.concatenate(outputs, axis=0), slot)
+        used = ops.one_hot(expert, num_groups, dtype=groups.dtype)
+        if training:
+            used = routing_lib.straight_through(used, groups)
+        classes = routing_lib.expand_to_classes(used, self._class_to_group) * experts
+        dropped = 1.0 - ops.cast(kept, "float32")
+        return {
+            "classes": classes,
+            "groups": groups,
+            "route": expert,
+            "experts": experts,
+            "dropped": dropped,
+        }
 
     # === Training ===
 
@@ -259,10 +314,15 @@ class ConditionalModel(keras.Model):
             forced = ops.one_hot(true_groups, self.hierarchy.num_groups)
             classes = routing_lib.expand_to_classes(forced, self._class_to_group)
             classes = classes * y_pred["experts"]
+        served, routed_right = None, None
+        if "dropped" in y_pred:  # capacity dispatch: only the expert that ran has outputs
+            served = 1.0 - y_pred["dropped"]
+            routed_right = served * ops.cast(ops.equal(y_pred["route"], true_groups), "float32")
+            self.dropped_metric.update_state(y_pred["dropped"])
         parts = [
             _mean_nll(y_pred["groups"], true_groups, sample_weight),
-            _mean_nll(classes, labels, sample_weight),
-            _mean_nll(y_pred["experts"], labels, sample_weight),
+            _mean_nll(classes, labels, _combine(sample_weight, served)),
+            _mean_nll(y_pred["experts"], labels, _combine(sample_weight, routed_right)),
         ]
         for metric, value in zip(self.loss_part_metrics, parts):
             metric.update_state(value)
@@ -333,6 +393,8 @@ class ConditionalModel(keras.Model):
             "temperature": self.temperature,
             "confidence_threshold": self.confidence_threshold,
             "seed": self.seed,
+            "dispatch": self.dispatch,
+            "capacity_factor": self.capacity_factor,
         }
 
     @classmethod
@@ -388,6 +450,14 @@ def _flat_labels(y):
     return ops.reshape(ops.cast(y, "int32"), (-1,))
 
 
+def _combine(sample_weight, mask):
+    if mask is None:
+        return sample_weight
+    if sample_weight is None:
+        return mask
+    return ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) * mask
+
+
 def _mean_nll(probabilities, labels, sample_weight):
     picked = ops.take_along_axis(probabilities, ops.expand_dims(labels, -1), axis=-1)
     nll = -ops.log(ops.squeeze(picked, -1) + _EPSILON)  # NaN stays NaN: StopOnNaN sees it
@@ -415,6 +485,31 @@ def _check_options(temperature, confidence_threshold):
         raise ValueError(
             "confidence_threshold must be in (0, 1] (or None to never hedge). "
             f"Received: confidence_threshold={confidence_threshold!r}"
+        )
+
+
+def _check_dispatch(dispatch, capacity_factor, routing, confidence_threshold):
+    if dispatch not in ("dense", "capacity"):
+        raise ValueError(
+            "dispatch must be 'dense' (every expert computes every row while training; "
+            "hard modes select with a one-hot) or 'capacity' (each expert runs on a "
+            f"fixed-size buffer of its own rows). Received: dispatch={dispatch!r}"
+        )
+    if not isinstance(capacity_factor, int | float) or not capacity_factor > 0:
+        raise ValueError(
+            f"capacity_factor must be a number > 0. Received: capacity_factor={capacity_factor!r}"
+        )
+    if dispatch == "capacity" and routing == "teacher":
+        raise ValueError(
+            "Teacher forcing needs the true group inside the model, which capacity dispatch "
+            "does not see. Use routing='hard' (or 'gumbel') with dispatch='capacity', or "
+            "dispatch='dense'. Received: routing='teacher', dispatch='capacity'"
+        )
+    if dispatch == "capacity" and confidence_threshold is not None:
+        raise ValueError(
+            "Hedging (confidence_threshold) runs two experts per row; capacity dispatch runs "
+            "one. Use dispatch='dense' (predict() hedges either way). Received: "
+            f"confidence_threshold={confidence_threshold!r}, dispatch='capacity'"
         )
 
 

@@ -57,7 +57,7 @@ def scan_directory(root, hierarchy=None):
 
     ```python
     hierarchy, paths, labels = scan_directory("shapes/train")
-    hierarchy.classes  # ['circle', 'ellipse', 'ring', 'square', 'star', 'triangle']
+    hierarchy.classes  # ['square', 'star', 'triangle', 'circle', 'ellipse', 'ring']
     ```
     """
     root = _check_root(root)
@@ -413,9 +413,8 @@ class ImageFolder(keras.utils.PyDataset):
         """
         images = [self._image(row) for row in range(self.num_samples)]
         kept = [row for row, image in enumerate(images) if image is not None]
-        stacked = np.stack([images[row] for row in kept]) if kept else None
-        if stacked is None:
-            stacked = np.zeros((0, *self.image_size, self.channels), "uint8")
+        empty = np.zeros((0, *self.image_size, self.channels))
+        stacked = np.stack([images[row] for row in kept]) if kept else empty
         return stacked.astype("float32"), self.labels[kept]
 
     def __repr__(self):

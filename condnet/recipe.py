@@ -6,20 +6,23 @@ import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from condnet import checkpoint as ckpt
 from condnet.backbones import unfreeze_top
 from condnet.callbacks import LossWeightSchedule
-from condnet.folders import load_folders
+from condnet.folders import ImageFolder, load_folders, scan_directory
 from condnet.image_model import PLACEMENTS, backbone_of, build_image_model
 from condnet.routing import check_routing
 
 STRATEGIES = ("joint", "staged")
 SCHEDULES = (None, "coarse_to_fine")
 CONFIG = "config.json"
+DISCOVERED = "hierarchy.discovered.json"
 RUN_FILES = (
     CONFIG,
     "hierarchy.json",
+    DISCOVERED,
     ckpt.STATE,
     ckpt.BEST,
     ckpt.HISTORY,
@@ -55,6 +58,8 @@ def train(
     patience=5,
     tensorboard=False,
     color_mode="rgb",
+    discovery_groups=2,
+    split=None,
     resume=False,
     overwrite=False,
     callbacks=None,
@@ -84,12 +89,19 @@ def train(
         data_dir: folder of images, `root/<group>/<class>/*` or
             `root/<class>/*` with `hierarchy`.
         run_dir: output folder.
-        hierarchy: `Hierarchy`, dict or path to a JSON/YAML file, for flat folders.
+        hierarchy: `Hierarchy`, dict or path to a JSON/YAML file, for flat folders;
+            or `"auto"` to discover `discovery_groups` groups from a flat folder
+            (see `discover_for_run`).
         routing, strategy, backbone, weights, image_size, epochs, batch_size,
         validation_split, seed, learning_rate, expert_placement, augment,
         filters, fine_tune_epochs, fine_tune_layers, fine_tune_learning_rate,
         loss_schedule, patience, tensorboard, color_mode: the recipe's options
             (see `condnet train --help`).
+        discovery_groups: int. Number of groups `hierarchy="auto"` discovers.
+        split: optional pair `(train_indices, validation_indices)` of rows of
+            `scan_directory(data_dir, hierarchy)`, used instead of
+            `validation_split` (one fold of `cross_validate`); saved in
+            `config.json`, so the run reproduces.
         resume: bool. Continue the run in `run_dir`.
         overwrite: bool. Replace a run already in `run_dir`.
         callbacks: extra Keras callbacks.
@@ -107,6 +119,8 @@ def train(
         _check_options(options)
         _claim_run_dir(run_dir, overwrite)
         state = None
+        if options["hierarchy"] == "auto":
+            options["hierarchy"] = discover_for_run(options, run_dir, fit_kwargs)
     train_data, validation = _load(options)
     hierarchy = train_data.hierarchy
     if state is None:
@@ -328,6 +342,8 @@ def _write_config(run_dir, options, hierarchy):
 
 def _load(options):
     hierarchy = options["hierarchy"]
+    if options.get("split") is not None:
+        return _load_split(options)
     return load_folders(
         options["data_dir"],
         hierarchy=hierarchy,
@@ -381,6 +397,7 @@ def _check_options(options):
         options["hierarchy"] = options["hierarchy"].to_dict()
     options["data_dir"] = str(options["data_dir"])
     options["run_dir"] = str(options["run_dir"])
+    _check_discovery_and_split(options)
 
 
 def _check_choice(name, value, choices):
@@ -405,3 +422,96 @@ def _history_columns(history):
             if key not in ("epoch", "phase"):
                 columns.setdefault(key, []).append(value)
     return columns
+
+
+# === Discovered hierarchy and explicit split ===
+
+
+def discover_for_run(options, run_dir, fit_kwargs):
+    """`hierarchy="auto"`: discover the groups of a flat folder for this run.
+
+    A flat classifier trains on the run's data with the run's image size,
+    epochs, batch size, filters, seed and validation share (0.2 when the run
+    has none); its validation confusions are clustered into
+    `discovery_groups` groups (`condnet.discovery`). The hierarchy is written
+    to `RUN_DIR/hierarchy.discovered.json` to edit and reuse with
+    `--hierarchy FILE`; its dict replaces "auto" in the run's options, so
+    `resume` keeps it. Only that grouping carries over to the run; since it
+    reorders the classes, the run's validation rows (same share and seed)
+    need not be the ones discovery held out.
+    """
+    from condnet.discovery import discover_from_folder
+
+    hierarchy, _ = discover_from_folder(
+        options["data_dir"],
+        num_groups=options["discovery_groups"],
+        image_size=options["image_size"],
+        epochs=options["epochs"],
+        validation_split=options["validation_split"] or 0.2,
+        seed=options["seed"],
+        batch_size=options["batch_size"],
+        filters=tuple(options["filters"]),
+        learning_rate=options["learning_rate"],
+        color_mode=options["color_mode"],
+        **fit_kwargs,
+    )
+    hierarchy.save(Path(run_dir) / DISCOVERED)
+    return hierarchy.to_dict()
+
+
+def _load_split(options):
+    """Training and validation ImageFolders on the rows `options["split"]` names."""
+    hierarchy, paths, labels = scan_directory(options["data_dir"], options["hierarchy"])
+    train_rows, validation_rows = (list(rows) for rows in options["split"])
+    outside = [row for row in train_rows + validation_rows if row >= len(paths)]
+    if outside:
+        raise ValueError(
+            f"split names rows up to {max(outside)}, but {options['data_dir']!r} holds "
+            f"{len(paths)} images. The indices refer to scan_directory(data_dir, "
+            "hierarchy); the folder has changed since they were drawn."
+        )
+    common = dict(
+        image_size=options["image_size"],
+        batch_size=options["batch_size"],
+        color_mode=options["color_mode"],
+    )
+
+    def folder(rows, **kwargs):
+        return ImageFolder([paths[r] for r in rows], labels[rows], hierarchy, **common, **kwargs)
+
+    train = folder(train_rows, shuffle=True, seed=options["seed"])
+    return train, folder(validation_rows) if validation_rows else None
+
+
+def _check_discovery_and_split(options):
+    from condnet.discovery import check_num_groups
+
+    check_num_groups(options["discovery_groups"])
+    split = options["split"]
+    if split is None:
+        return
+    if options["hierarchy"] == "auto":
+        raise ValueError(
+            "split indices refer to the rows of a known hierarchy, so they cannot be "
+            "combined with hierarchy='auto'. Discover the hierarchy first "
+            "(condnet.discovery.discover_from_folder), save it, and pass its file. "
+            "Received: hierarchy='auto' with split"
+        )
+    if not isinstance(split, list | tuple) or len(split) != 2:
+        raise TypeError(
+            "split must be a pair (train_indices, validation_indices). Received: "
+            f"{type(split).__name__} {split!r:.100}"
+        )
+    rows = [[_row(value) for value in part] for part in split]
+    if not rows[0] or set(rows[0]) & set(rows[1]):
+        raise ValueError(
+            "split needs at least one training row and no row in both parts. Received: "
+            f"{len(rows[0])} training rows, {len(set(rows[0]) & set(rows[1]))} shared"
+        )
+    options["split"] = rows
+
+
+def _row(value):
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
+        raise TypeError(f"split indices must be ints >= 0. Received: {value!r}")
+    return int(value)

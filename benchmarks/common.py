@@ -1,0 +1,230 @@
+"""Helpers shared by the benchmark scripts: backend choice, timing, machine, results file.
+
+Nothing here imports Keras, so a script can pick the backend with
+`choose_backend()` before Keras is imported.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+BACKENDS = ("tensorflow", "jax", "torch")
+BENCHMARKS = Path(__file__).resolve().parent
+REPOSITORY = BENCHMARKS.parent
+RESULTS = BENCHMARKS / "RESULTS.md"
+CIFAR = REPOSITORY.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+_HEADER = """# Benchmark results
+
+Written by the scripts in `benchmarks/`; each run replaces its own section.
+Absolute images/s depend on the machine and on what else it runs; compare the
+ratios, which are measured side by side in one process.
+"""
+
+
+# === Command line ===
+
+
+def parse_args(description, argv=None):
+    """The options every benchmark takes."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--backend", choices=BACKENDS, default=_default_backend())
+    parser.add_argument(
+        "--all-backends",
+        action="store_true",
+        help="run this script once per backend, one after the other",
+    )
+    parser.add_argument("--quick", action="store_true", help="a small subset, fewer repeats")
+    parser.add_argument("--data", type=Path, default=CIFAR, help="CIFAR-10 JPEG tarball")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
+    return parser.parse_args(argv)
+
+
+def choose_backend():
+    """The backend to set in KERAS_BACKEND, read from the command line.
+
+    With `--all-backends`, rerun the calling script once per backend (never
+    two at once) and exit.
+    """
+    args = parse_args(sys.argv[0], sys.argv[1:])
+    if not args.all_backends:
+        return args.backend
+    rest = [a for a in sys.argv[1:] if a != "--all-backends"]
+    rest = [a for i, a in enumerate(rest) if a != "--backend" and rest[i - 1 : i] != ["--backend"]]
+    rest = [a for a in rest if not a.startswith("--backend=")]
+    for backend in BACKENDS:
+        command = [sys.executable, sys.argv[0], "--backend", backend, *rest]
+        print(f"\n$ {shlex.join(command)}", flush=True)
+        subprocess.run(command, check=True)
+    sys.exit(0)
+
+
+def _default_backend():
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    return backend if backend in BACKENDS else "tensorflow"
+
+
+def command_line():
+    """The command that ran this script, as typed from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    if script.is_relative_to(REPOSITORY):
+        script = script.relative_to(REPOSITORY)
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+# === Timing ===
+
+
+def time_side_by_side(functions, repeats, warmup=1):
+    """Seconds per call of each function, measured in interleaved rounds.
+
+    Each function is first called `warmup` times (tracing, compilation,
+    caches). Then `repeats` rounds call every function once in turn, so a
+    slow spell of a shared machine hits all of them alike.
+
+    Args:
+        functions: dict of name -> callable taking no arguments.
+        repeats: int. Timed rounds.
+        warmup: int. Untimed calls per function before the rounds.
+
+    Returns:
+        dict of name -> `{"median": seconds, "first": seconds of the first
+        warm-up call, "runs": [seconds, ...]}`.
+    """
+    first = {}
+    for name, function in functions.items():
+        first[name] = _seconds(function)
+        for _ in range(warmup - 1):
+            function()
+    runs = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            runs[name].append(_seconds(function))
+    return {
+        name: {"median": statistics.median(runs[name]), "first": first[name], "runs": runs[name]}
+        for name in functions
+    }
+
+
+def _seconds(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+# === Machine ===
+
+
+def machine(backend):
+    """Lines describing where and how the benchmark ran."""
+    packages = ["keras", *_PACKAGES[backend], "numpy"]
+    versions = ", ".join(f"{p} {_version(p)}" for p in packages if _version(p))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [
+        f"- machine: {_cpu_model()}, {cores} cores usable ({os.cpu_count()} online), "
+        f"Python {platform.python_version()}, {platform.system()}",
+        f"- backend: {backend} ({versions})",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- command: `{command_line()}`",
+    ]
+
+
+_PACKAGES = {
+    "tensorflow": ["tensorflow", "tensorflow-cpu"],
+    "jax": ["jax", "jaxlib"],
+    "torch": ["torch"],
+}
+
+
+def _cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _version(package):
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# === Results file ===
+
+
+def markdown_table(headers, rows):
+    """A markdown table; numbers right-aligned."""
+    cells = [[str(c) for c in row] for row in rows]
+    numeric = [all(_is_number(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(headers) + " |"]
+    lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def _is_number(text):
+    try:
+        float(text.rstrip("x%"))
+        return True
+    except ValueError:
+        return False
+
+
+def write_section(heading, body, path=RESULTS):
+    """Put `## heading` + body in the results file, replacing a section of that heading."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else _HEADER
+    lines = text.rstrip("\n").split("\n")
+    title = f"## {heading}"
+    section = [title, "", *body.strip("\n").split("\n")]
+    if title in lines:
+        start = lines.index(title)
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        lines[start:end] = section + [""]
+    else:
+        lines += ["", *section]
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")
+    return path
+
+
+# === Data ===
+
+
+def extract_cifar(tarball, per_class, split="test"):
+    """Extract the first `per_class` JPEGs of each CIFAR-10 class into a temp folder.
+
+    Returns the `TemporaryDirectory` (delete it with `.cleanup()`) and the
+    path of its `cifar10/<split>` folder (flat layout: `<class>/NNNN.jpg`),
+    or `(None, None)` when the tarball is absent.
+    """
+    if not Path(tarball).exists():
+        return None, None
+    folder = tempfile.TemporaryDirectory(prefix="condnet-bench-")
+    counts = {}
+    prefix = f"cifar10/{split}/"
+    with tarfile.open(tarball) as archive:
+        for member in archive:
+            if not (member.isfile() and member.name.startswith(prefix)):
+                continue
+            name = member.name.split("/")[2]
+            if counts.get(name, 0) < per_class:
+                counts[name] = counts.get(name, 0) + 1
+                archive.extract(member, folder.name, filter="data")
+            if len(counts) == 10 and min(counts.values()) >= per_class:
+                break  # CIFAR-10 has 10 classes
+    return folder, Path(folder.name) / "cifar10" / split
