@@ -134,12 +134,6 @@ def balance_gate(gate, images, sweeps=20):
     return before, route_shares((logits + bias).argmax(1), num_groups)
 
 
-def is_unbalanced(shares):
-    """True when some group gets under half or over 1.5 times its even share."""
-    even = 1 / len(shares)
-    return bool(shares.min() < 0.5 * even or shares.max() > 1.5 * even)
-
-
 # === Data ===
 
 

@@ -1,4 +1,4 @@
-"""The `condnet` command line: train, evaluate, predict, info, demo."""
+"""The `condnet` command line: train, evaluate, predict, info, demo, cv, calibrate."""
 
 import argparse
 import json
@@ -35,6 +35,8 @@ def build_parser():
     _predict_parser(commands)
     _info_parser(commands)
     _demo_parser(commands)
+    _cv_parser(commands)
+    _calibrate_parser(commands)
     return parser
 
 
@@ -60,11 +62,20 @@ def _train_parser(commands):
     p.set_defaults(run=_train)
 
 
-def _add_training_options(p):
+def _add_training_options(p, validation_split=True):
     p.add_argument(
         "--hierarchy",
         metavar="FILE",
-        help="JSON/YAML file mapping group -> classes (for flat folders)",
+        help="JSON/YAML file mapping group -> classes (for flat folders), or 'auto' to "
+        "discover the groups from the classes a flat classifier confuses (written to "
+        "RUN_DIR/hierarchy.discovered.json, to edit and reuse)",
+    )
+    p.add_argument(
+        "--discovery-groups",
+        type=int,
+        default=2,
+        metavar="N",
+        help="number of groups --hierarchy auto discovers (default 2)",
     )
     p.add_argument(
         "--routing",
@@ -109,12 +120,13 @@ def _add_training_options(p):
     p.add_argument(
         "--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)"
     )
-    p.add_argument(
-        "--validation-split",
-        type=float,
-        default=0.2,
-        help="share of each class held out for validation (default 0.2)",
-    )
+    if validation_split:
+        p.add_argument(
+            "--validation-split",
+            type=float,
+            default=0.2,
+            help="share of each class held out for validation (default 0.2)",
+        )
     p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
     p.add_argument(
         "--no-augment",
@@ -168,7 +180,7 @@ def _train_options(args):
         image_size=args.image_size,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        validation_split=args.validation_split,
+        validation_split=getattr(args, "validation_split", None),
         seed=args.seed,
         learning_rate=args.learning_rate,
         expert_placement=args.expert_placement,
@@ -180,6 +192,7 @@ def _train_options(args):
         patience=args.patience,
         tensorboard=args.tensorboard,
         color_mode=args.color_mode,
+        discovery_groups=args.discovery_groups,
     )
 
 
@@ -310,6 +323,70 @@ def _demo(args):
         routing=args.routing,
         verbose=0 if args.quiet else "auto",
     )
+
+
+# === cv, calibrate ===
+
+
+def _cv_parser(commands):
+    p = commands.add_parser(
+        "cv",
+        help="stratified K-fold cross-validation of the training recipe",
+        description="Train one run per fold of DATA_DIR (each image validated once) in "
+        "OUT_DIR/fold-K/, then write OUT_DIR/cv.json and print mean ± std.",
+    )
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="folder for the fold runs")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    _add_training_options(p, validation_split=False)
+    p.add_argument("--overwrite", action="store_true", help="replace runs already in OUT_DIR")
+    p.set_defaults(run=_cv)
+
+
+def _cv(args):
+    from condnet.cross_validation import cross_validate, summary_table
+
+    options = _train_options(args)
+    del options["validation_split"]
+    summary = cross_validate(
+        args.data_dir,
+        args.out,
+        folds=args.folds,
+        overwrite=args.overwrite,
+        verbose=0 if args.quiet else "auto",
+        **options,
+    )
+    print(summary_table(summary))
+    print(f"Cross-validation written to {args.out}/cv.json (runs in fold-1 ... fold-{args.folds}).")
+
+
+def _calibrate_parser(commands):
+    p = commands.add_parser(
+        "calibrate",
+        help="fit gate and expert temperatures on a run's validation split",
+        description="Temperature-scale RUN_DIR's model on its validation split (drawn "
+        "again from config.json); write model.calibrated.keras and calibration.json.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(run=_calibrate)
+
+
+def _calibrate(args):
+    from condnet.calibration import calibrate_run
+
+    report = calibrate_run(args.run_dir)
+    if args.json:
+        print(json.dumps(report))
+        return
+    temperatures = report["temperatures"]
+    print(f"Temperatures: gate {temperatures['gate']:.3f}, experts {temperatures['experts']:.3f}")
+    print(f"{'level':<8}{'ECE before':>12}{'ECE after':>12}")
+    for level in ("group", "class"):
+        before = report["before"]["expected_calibration_error"][level]
+        after = report["after"]["expected_calibration_error"][level]
+        print(f"{level:<8}{before:>12.4f}{after:>12.4f}")
+    print(f"Calibrated model written to {Path(args.run_dir) / report['model']}.")
 
 
 if __name__ == "__main__":

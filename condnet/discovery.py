@@ -135,8 +135,14 @@ def discover_from_folder(
 
     def folder(rows, shuffle):
         return ImageFolder(
-            [paths[row] for row in rows], labels[rows], placeholder, image_size=image_size,
-            batch_size=batch_size, color_mode=color_mode, shuffle=shuffle, seed=seed,
+            [paths[row] for row in rows],
+            labels[rows],
+            placeholder,
+            image_size=image_size,
+            batch_size=batch_size,
+            color_mode=color_mode,
+            shuffle=shuffle,
+            seed=seed,
         )
 
     train, validation = folder(train_rows, True), folder(validation_rows, False)
@@ -182,10 +188,6 @@ def flat_class_names(data_dir):
             "move the class folders up one level."
         )
     return [f.name for f in folders]
-
-
-def _is_folder(path):
-    return path.is_dir() and not path.name.startswith(".")
 
 
 def check_num_groups(num_groups, num_classes=None):
@@ -240,12 +242,15 @@ def _hierarchy_of(clusters, class_names, num_groups):
     )
 
 
+def _is_folder(path):
+    return path.is_dir() and not path.name.startswith(".")
+
+
 def _spectral_clustering():
     try:
         from sklearn.cluster import SpectralClustering
     except ImportError:
         raise ImportError(
-            "Hierarchy discovery needs scikit-learn: "
-            '`pip install "condnet[discovery]"`.'
+            'Hierarchy discovery needs scikit-learn: `pip install "condnet[discovery]"`.'
         ) from None
     return SpectralClustering

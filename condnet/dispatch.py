@@ -65,11 +65,13 @@ class _Runner:
         self.model = model
         self.front = None
         self.experts = {}
-        self.pad = keras.backend.backend() != "torch"  # eager torch never retraces
+        # JAX compiles one program per input shape: pad sub-batches to a few sizes.
+        # TensorFlow graphs take any batch size; eager torch needs no compiling.
+        self.pad = keras.backend.backend() == "jax"
 
     def run(self, batch):
         model, hierarchy = self.model, self.model.hierarchy
-        front = self._front(batch).predict_on_batch(batch)
+        front = self._front(batch)(batch)
         groups = np.asarray(front["groups"], "float32")
         weights = routing_weights(groups, model.confidence_threshold)
         classes = np.zeros((len(batch), hierarchy.num_classes), "float32")
@@ -93,7 +95,8 @@ class _Runner:
             outputs = {"groups": self.model.gate(taps[self.model.gate_tap])}
             for tap in set(self.model.expert_taps.values()) - {None}:
                 outputs[tap] = taps[tap]
-            self.front = keras.Model(inputs, outputs, name="condnet_front")
+            front = keras.Model(inputs, outputs, name="condnet_front")
+            self.front = compiled_call(front, batch.shape[1:], str(batch.dtype))
         return self.front
 
     def _expert(self, group, features):
@@ -105,15 +108,73 @@ class _Runner:
         rows = len(features)
         if self.pad:
             features = _pad(features, bucket_size(rows))
-        probabilities = self._expert_model(group, features).predict_on_batch(features)
+        probabilities = self._expert_call(group, features)(features)
         return np.asarray(probabilities, "float32")[:rows]
 
-    def _expert_model(self, group, features):
+    def _expert_call(self, group, features):
         if group not in self.experts:
             inputs = keras.Input(shape=features.shape[1:], dtype=str(features.dtype))
             outputs = self.model.expert_probabilities(group, inputs)
-            self.experts[group] = keras.Model(inputs, outputs, name=f"condnet_expert_{group}")
+            expert = keras.Model(inputs, outputs, name=f"condnet_expert_{group}")
+            self.experts[group] = compiled_call(expert, features.shape[1:], str(features.dtype))
         return self.experts[group]
+
+
+# === One compiled inference function per backend ===
+
+
+def compiled_call(model, input_shape, dtype="float32"):
+    """numpy batch -> numpy outputs of `model(x, training=False)`, compiled once.
+
+    TensorFlow: one `tf.function` with a dynamic batch dimension. JAX: one
+    `jax.jit` of `stateless_call` per input shape (callers pad to buckets),
+    with state updates written back. torch: eager under `no_grad`.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_call(model, input_shape, dtype)
+    if backend == "jax":
+        return _jax_call(model)
+    return _eager_call(model)
+
+
+def _tensorflow_call(model, input_shape, dtype):
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, *input_shape), dtype)]
+    function = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    return lambda x: keras.tree.map_structure(lambda t: t.numpy(), function(x))
+
+
+def _jax_call(model):
+    import jax
+
+    @jax.jit
+    def function(trainable, non_trainable, x):
+        return model.stateless_call(trainable, non_trainable, x, training=False)
+
+    def call(x):
+        outputs, state = function(
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            x,
+        )
+        for variable, value in zip(model.non_trainable_variables, state):
+            variable.assign(value)
+        return keras.tree.map_structure(np.asarray, outputs)
+
+    return call
+
+
+def _eager_call(model):
+    import torch
+
+    def call(x):
+        with torch.no_grad():
+            outputs = model(x, training=False)
+        return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+
+    return call
 
 
 def _runner(model):
