@@ -1,18 +1,39 @@
-"""condnet: conditional neural networks for Keras 3."""
+"""condnet: conditional neural networks for Keras 3.
 
-from condnet.callbacks import LossWeightSchedule, StopOnNaN
-from condnet.conditional_model import ConditionalModel
-from condnet.dispatch import routed_predict
-from condnet.hierarchy import Hierarchy
-from condnet.staged import fit_staged
+Names are imported on first use, so `condnet.cli` can configure the backend's
+logging before Keras (and TensorFlow) load.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConditionalModel",
-    "Hierarchy",
-    "LossWeightSchedule",
-    "StopOnNaN",
-    "fit_staged",
-    "routed_predict",
-]
+_EXPORTS = {
+    "ConditionalModel": "condnet.conditional_model",
+    "Hierarchy": "condnet.hierarchy",
+    "LossWeightSchedule": "condnet.callbacks",
+    "StopOnNaN": "condnet.callbacks",
+    "build_image_model": "condnet.image_model",
+    "evaluate_predictions": "condnet.metrics",
+    "fit_staged": "condnet.staged",
+    "load_folders": "condnet.folders",
+    "make_augmentation": "condnet.augmentation",
+    "make_shapes_dataset": "condnet.demo_data",
+    "routed_predict": "condnet.dispatch",
+    "train": "condnet.recipe",
+    "write_report": "condnet.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'condnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
