@@ -159,3 +159,40 @@ def test_expert_phase_freezes_trunk_and_gate():
     assert not model.gate.trainable and all(e.trainable for e in model.expert_models)
     set_phase_trainable(model, "gate", pretrained=False)
     assert model.gate.trainable and not any(e.trainable for e in model.expert_models)
+
+
+def _backbone_weights(model):
+    from condnet.image_model import backbone_of
+
+    backbone = backbone_of(model)
+    return {w.path: keras.ops.convert_to_numpy(w).copy() for w in backbone.weights}
+
+
+@pytest.mark.slow
+def test_transfer_recipe_freezes_the_base_then_fine_tunes_its_top(shapes, tmp_path):
+    from condnet.backbones import application_trunk
+
+    base = application_trunk("MobileNetV3Small", input_shape=(32, 32, 3))
+    weights_file = tmp_path / "base.weights.h5"
+    base.save_weights(weights_file)
+    options = dict(TINY, backbone="MobileNetV3Small", weights=str(weights_file), patience=10)
+    frozen = train(shapes / "train", tmp_path / "frozen", epochs=1, **options)["model"]
+    start = _backbone_weights(frozen)
+    loaded = {w.path: keras.ops.convert_to_numpy(w) for w in base.weights}
+    assert sum(np.array_equal(loaded[k], v) for k, v in start.items() if k in loaded) > 0
+    assert all(np.array_equal(loaded[k], start[k]) for k in loaded if k in start)  # frozen
+
+    train(
+        shapes / "train",
+        tmp_path / "tuned",
+        epochs=1,
+        fine_tune_epochs=1,
+        fine_tune_layers=3,
+        fine_tune_learning_rate=1e-2,
+        **options,
+    )
+    last = read_state(tmp_path / "tuned")["checkpoint"]  # model.keras is the best epoch
+    after = _backbone_weights(keras.models.load_model(tmp_path / "tuned" / "checkpoints" / last))
+    changed = [k for k in start if not np.array_equal(start[k], after[k])]
+    assert changed, "fine-tuning changed no backbone weight"
+    assert not any("batch_norm" in k or "/gamma" in k or "moving" in k for k in changed)
