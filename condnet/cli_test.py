@@ -101,7 +101,7 @@ def test_cli_errors_say_what_was_wrong(tmp_path, capsys, argv, message):
 def test_every_cli_option_has_help_text():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"train", "evaluate", "predict", "info", "demo"}
+    assert set(commands) == {"train", "evaluate", "predict", "info", "demo", "cv", "calibrate"}
     for name, command in commands.items():
         for action in command._actions:
             assert action.help, f"condnet {name} {action.option_strings or action.dest}"

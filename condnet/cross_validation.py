@@ -147,7 +147,9 @@ def _fold_row(number, run_dir, split, metrics):
 
 
 def _check_folds(folds):
-    if not isinstance(folds, int | np.integer) or isinstance(folds, bool) or folds < 2:
+    if not isinstance(folds, int | np.integer) or isinstance(folds, bool):
+        raise TypeError(f"folds must be an int. Received: folds={folds!r}")
+    if folds < 2:
         raise ValueError(
             "folds must be an int >= 2: each fold is validated by a model trained on "
             f"the others. Received: folds={folds!r}"

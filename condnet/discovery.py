@@ -5,6 +5,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from condnet.backbones import small_cnn
 from condnet.folders import ImageFolder, scan_directory, split_indices
 from condnet.hierarchy import Hierarchy
 from condnet.metrics import confusion_matrix
@@ -160,8 +161,6 @@ def discover_from_folder(
 
 def flat_classifier(num_classes, image_size, channels=3, filters=(32, 64, 128, 256), seed=0):
     """A `small_cnn` with a softmax over every class: the model discovery trains."""
-    from condnet.backbones import small_cnn
-
     keras.utils.set_random_seed(seed)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     base = small_cnn((*size, channels), filters=tuple(filters))

@@ -62,7 +62,9 @@ def build_image_model(
     tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
     conv_filters = tap_shapes[gate_tap][-1] if expert_tap != gate_tap else None
     experts = {
-        group: _head(
+        group: None  # a single-class group needs no expert: its class has probability 1
+        if len(hierarchy.classes_of(group)) == 1
+        else _head(
             tap_shapes[expert_tap],
             len(hierarchy.classes_of(group)),
             f"expert_{_safe(group)}",
@@ -159,6 +161,8 @@ def _separate_model(hierarchy, shape, augmentation, routing, filters, dropout, k
         gate=classifier(hierarchy.num_groups, "gate"),
         experts={
             g: classifier(len(hierarchy.classes_of(g)), f"expert_{_safe(g)}")
+            if len(hierarchy.classes_of(g)) > 1
+            else None
             for g in hierarchy.groups
         },
         gate_tap="image",

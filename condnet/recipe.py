@@ -11,6 +11,7 @@ import numpy as np
 from condnet import checkpoint as ckpt
 from condnet.backbones import unfreeze_top
 from condnet.callbacks import LossWeightSchedule
+from condnet.discovery import check_num_groups, discover_from_folder
 from condnet.folders import ImageFolder, load_folders, scan_directory
 from condnet.image_model import PLACEMENTS, backbone_of, build_image_model
 from condnet.routing import check_routing
@@ -440,8 +441,6 @@ def discover_for_run(options, run_dir, fit_kwargs):
     reorders the classes, the run's validation rows (same share and seed)
     need not be the ones discovery held out.
     """
-    from condnet.discovery import discover_from_folder
-
     hierarchy, _ = discover_from_folder(
         options["data_dir"],
         num_groups=options["discovery_groups"],
@@ -484,8 +483,6 @@ def _load_split(options):
 
 
 def _check_discovery_and_split(options):
-    from condnet.discovery import check_num_groups
-
     check_num_groups(options["discovery_groups"])
     split = options["split"]
     if split is None:

@@ -1,0 +1,42 @@
+import keras
+import numpy as np
+import pytest
+
+from condnet import Hierarchy
+from condnet.image_model import backbone_of, build_image_model
+
+SEVEN = {
+    "airplane": ["airplane"],
+    "ship": ["ship"],
+    "road": ["automobile", "truck"],
+    "pets": ["cat", "dog"],
+}
+
+
+@pytest.mark.parametrize(
+    "placement, gate_tap, expert_tap",
+    [("taps", "conv_04", "conv_03"), ("top", "conv_04", "conv_04"), ("separate", "image", "image")],
+)
+def test_expert_placement_chooses_where_experts_branch(placement, gate_tap, expert_tap):
+    model = build_image_model(
+        Hierarchy(SEVEN), image_size=32, filters=(4, 4, 4, 4), expert_placement=placement
+    )
+    assert model.gate_tap == gate_tap
+    assert set(model.expert_taps.values()) == {expert_tap}
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    classes = keras.ops.convert_to_numpy(model(x)["classes"])
+    np.testing.assert_allclose(classes.sum(1), 1.0, atol=1e-5)
+
+
+def test_single_class_groups_get_no_expert():
+    model = build_image_model(Hierarchy(SEVEN), image_size=32, filters=(4, 4, 4, 4))
+    assert model.experts["airplane"] is None and model.experts["ship"] is None
+    assert model.experts["road"].output_shape[-1] == 2
+    assert backbone_of(model).name == "backbone"
+
+
+def test_unknown_placement_and_small_cnn_weights_are_rejected():
+    with pytest.raises(ValueError, match="expert_placement must be one of"):
+        build_image_model(Hierarchy(SEVEN), expert_placement="middle")
+    with pytest.raises(ValueError, match="small_cnn trains from scratch"):
+        build_image_model(Hierarchy(SEVEN), weights="imagenet")
