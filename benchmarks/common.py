@@ -133,6 +133,9 @@ def machine(backend):
         f"- machine: {_cpu_model()}, {cores} cores usable ({os.cpu_count()} online), "
         f"Python {platform.python_version()}, {platform.system()}",
         f"- backend: {backend} ({versions})",
+        "- load average at the end (1, 5, 15 min): "
+        + ", ".join(f"{load:.2f}" for load in os.getloadavg())
+        + " (other processes share the cores: compare ratios, not images/s)",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- command: `{command_line()}`",
     ]

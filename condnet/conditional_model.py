@@ -121,12 +121,12 @@ class ConditionalModel(keras.Model):
         self.trunk = _tap_model(trunk, [gate_tap, *expert_taps.values()])
         self.gate_tap = gate_tap
         self.expert_taps = expert_taps
-        self.routing = routing
-        self.temperature = temperature
-        self.confidence_threshold = confidence_threshold
+        self._routing = routing
+        self._temperature = temperature
+        self._confidence_threshold = confidence_threshold
         self.seed = seed
-        self.dispatch = dispatch
-        self.capacity_factor = capacity_factor
+        self._dispatch = dispatch
+        self._capacity_factor = capacity_factor
         input_shape = _known_input_shape(self.trunk, gate, self.expert_models)
         self._check_sizes(input_shape)
 
@@ -143,6 +143,57 @@ class ConditionalModel(keras.Model):
             self.dropped_metric = keras.metrics.Mean(name="dropped_rate")
         if input_shape is not None:
             self.build(input_shape)
+
+    # === Settings that may change after construction ===
+    # Each setter validates, then drops the compiled train/test/predict
+    # functions so the next fit, evaluate or predict uses the new value.
+
+    @property
+    def routing(self):
+        return self._routing
+
+    @routing.setter
+    def routing(self, value):
+        routing_lib.check_routing(value)
+        _check_dispatch(self._dispatch, self._capacity_factor, value, self._confidence_threshold)
+        self._change("_routing", value)
+
+    @property
+    def temperature(self):
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value):
+        _check_options(value, self._confidence_threshold)
+        self._change("_temperature", value)
+
+    @property
+    def confidence_threshold(self):
+        return self._confidence_threshold
+
+    @confidence_threshold.setter
+    def confidence_threshold(self, value):
+        _check_options(self._temperature, value)
+        _check_dispatch(self._dispatch, self._capacity_factor, self._routing, value)
+        self._change("_confidence_threshold", value)
+
+    @property
+    def capacity_factor(self):
+        return self._capacity_factor
+
+    @capacity_factor.setter
+    def capacity_factor(self, value):
+        _check_dispatch(self._dispatch, value, self._routing, self._confidence_threshold)
+        self._change("_capacity_factor", value)
+
+    @property
+    def dispatch(self):
+        """`"dense"` or `"capacity"`, fixed at construction (it changes the outputs)."""
+        return self._dispatch
+
+    def _change(self, name, value):
+        object.__setattr__(self, name, value)
+        self.train_function = self.test_function = self.predict_function = None
 
     # === Parts ===
 

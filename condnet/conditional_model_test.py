@@ -295,3 +295,22 @@ def test_out_of_range_labels_are_rejected_before_training():
 def test_compile_rejects_a_loss_argument():
     with pytest.raises(TypeError, match="builds its own hierarchical loss"):
         cats_and_dogs_model().compile(loss="mse")
+
+
+def test_changing_the_routing_after_use_takes_effect():
+    model = cats_and_dogs_model("soft")
+    model.compile()
+    x, y = random_data(32)
+    soft = model.evaluate(x, y, verbose=0, return_dict=True)
+    model.routing = "hard"
+    hard = model.evaluate(x, y, verbose=0, return_dict=True)
+    fresh = cats_and_dogs_model("hard")
+    fresh.set_weights(model.get_weights())
+    fresh.compile()
+    expected = fresh.evaluate(x, y, verbose=0, return_dict=True)
+    np.testing.assert_allclose(hard["class_loss"], expected["class_loss"], rtol=1e-5)
+    assert hard["class_loss"] != pytest.approx(soft["class_loss"])
+    with pytest.raises(ValueError, match="routing='top1'"):
+        model.routing = "top1"
+    with pytest.raises(AttributeError):
+        model.dispatch = "capacity"
