@@ -299,7 +299,7 @@ def _demo_parser(commands):
         metavar="RUN_DIR",
         help="where to write the data and the run (default ./condnet-demo)",
     )
-    p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
     p.add_argument(
         "--samples-per-class", type=int, default=300, help="training images per class (default 300)"
     )
