@@ -131,7 +131,9 @@ def main(argv=None):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a tiny subset, 3 epochs (~3 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny subset, 3 epochs (about 2 min)"
+    )
     parser.add_argument("--train-per-class", type=int, help="training images per class")
     parser.add_argument("--test-per-class", type=int, help="test images per class")
     parser.add_argument("--epochs", type=int, help="epochs of every configuration")
@@ -149,14 +151,20 @@ def parse_args(argv):
         help="where the archive is extracted once, with subsets and hierarchy files",
     )
     parser.add_argument("--results", type=Path, default=common.RESULTS)
-    parser.add_argument("--json", type=Path, help="defaults to benchmarks/accuracy_cifar10.json")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="defaults to benchmarks/accuracy_cifar10.json (--quick: in the cache folder)",
+    )
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.json is None:
-        name = "accuracy_cifar10.quick.json" if args.quick else "accuracy_cifar10.json"
-        args.json = common.BENCHMARKS / name
+        folder = args.cache / "accuracy_cifar10" if args.quick else common.BENCHMARKS
+        args.json = folder / (
+            "accuracy_cifar10.quick.json" if args.quick else "accuracy_cifar10.json"
+        )
     if "discovered" in args.configs and "flat" not in args.configs:
         parser.error("--configs: 'discovered' needs 'flat' (its confusions)")
     return args
@@ -454,10 +462,6 @@ def score_switch(model, data):
     }
 
 
-def summary(metrics):
-    return {key: metrics[key] for key in _SUMMARY}
-
-
 # === The benchmark ===
 
 
@@ -468,11 +472,17 @@ class Benchmark:
         self.settings, self.seed = settings, seed
         self.train_dir, self.test_dir, self.work = train_dir, test_dir, work
         self.json_path = json_path
+        self.start = time.perf_counter()
         self.data = {}
         for name, groups in HIERARCHIES.items():
             path = work / f"hierarchy-{name.replace(' ', '-')}.json"
             path.write_text(json.dumps(groups, indent=1) + "\n")
             self.data[name] = Data(name, path, train_dir, test_dir, settings, seed)
+        orders = {name: data.hierarchy.classes for name, data in self.data.items()}
+        if len({tuple(order) for order in orders.values()}) != 1:
+            raise ValueError(
+                f"The hierarchies must list the classes in one order. Received: {orders}"
+            )
         self.rows = []
         self.facts = {"settings": dict(settings), "seed": seed, "hierarchies": HIERARCHIES}
         first = self.data["2 groups"]
@@ -634,7 +644,8 @@ class Benchmark:
 
     def add(self, row):
         self.rows.append(row)
-        print(one_line(row), flush=True)
+        elapsed = (time.perf_counter() - self.start) / 60
+        print(f"{one_line(row)} ({elapsed:.1f} min since the start)", flush=True)
         self.save()
 
     def save(self):
@@ -671,6 +682,14 @@ def report(bench, args):
         f"`small_cnn` filters {settings['filters']}, Adam {LEARNING_RATE:g}, "
         f"`make_augmentation(seed={bench.seed})`, dropout {DROPOUT}, seed {bench.seed}; "
         f"the whole run took {facts['wall_seconds'] / 60:.1f} min",
+        *(
+            [
+                "- quick run: far too few images and epochs for the verdicts below to mean "
+                "anything; it checks that the script runs"
+            ]
+            if args.quick
+            else []
+        ),
         "",
         *table(bench.rows),
         "",
@@ -683,8 +702,8 @@ def report(bench, args):
 
 def table(rows):
     headers = [
-        "#", "configuration", "hierarchy", "accuracy", "group acc.", "hier. F1", "MACs/image",
-        "routed accuracy", "routed group acc.", "routed hier. F1", "routed MACs/image",
+        "#", "configuration", "hierarchy", "accuracy", "group acc.", "hier. F1",
+        "MMACs/image", "routed accuracy", "routed hier. F1", "routed MMACs/image",
         "routed - mixture", "s/epoch",
     ]  # fmt: skip
     numbers = {key: str(i) for i, key in enumerate(CONFIGS[:-1], start=1)}
@@ -699,11 +718,12 @@ def table(rows):
             number = "8" if name.startswith("discovered") else numbers[row["config"]]
             same = " (same model)" if flat and name != "2 groups" else ""
             cells = [number, row["title"] + same, name]
-            cells += [_percent(mixture[k]) for k in _SUMMARY] + [f"{row['macs'][MIXTURE]:,}"]
+            cells += [_percent(mixture[k]) for k in _SUMMARY] + [_millions(row["macs"][MIXTURE])]
             if routed is None:
-                cells += ["-"] * 5
+                cells += ["-"] * 4
             else:
-                cells += [_percent(routed[k]) for k in _SUMMARY] + [f"{row['macs'][ROUTED]:,}"]
+                cells += [_percent(routed["accuracy"]), _percent(routed["hierarchical_f1"])]
+                cells.append(_millions(row["macs"][ROUTED]))
                 cells.append(f"{100 * (routed['accuracy'] - mixture['accuracy']):+.2f}")
             cells.append(f"{row['seconds_per_epoch']:.1f}")
             body.append(cells)
@@ -715,15 +735,21 @@ def table(rows):
         "P(group) x P(class | group) of a conditional model); the routed block is the same "
         'weights with `model.routing = "hard"` and condnet\'s routed predict (only the '
         "gate's top expert runs). For the soft switch, routed is the argmax within the gate's "
-        "top group of the same outputs. Flat rows are one model, scored against each hierarchy "
-        "(group = the group of the predicted class). MACs per image by `condnet.cost.count_macs` "
-        "(trunk + gate + all experts / + the costliest expert). s/epoch: training seconds over "
-        "epochs, validation and first-epoch tracing included.",
+        "top group of the same outputs. Group accuracy is the gate's (the same in both "
+        "modes); for the flat rows, one model scored against each hierarchy, it is the group "
+        "of the predicted class. MMACs: millions of multiply-accumulates per image by "
+        "`condnet.cost.count_macs` (trunk + gate + every expert; routed: + the costliest "
+        "expert). s/epoch: training seconds over epochs, validation and first-epoch tracing "
+        "included.",
     ]
 
 
 def _percent(value):
     return f"{100 * value:.2f}"
+
+
+def _millions(macs):
+    return f"{macs / 1e6:.3f}"
 
 
 # === Targets ===
@@ -758,12 +784,14 @@ def targets(bench):
             f"{gain:+.2f} points. (Its mixture, {100 * mixture:.2f}% at "
             f"{row['macs'][MIXTURE]:,} MACs, is {100 * (mixture - flat_accuracy):+.2f} points "
             f"from that flat CNN, which costs less than the mixture.)"
+            + _versus_plain(flats, routed)
         )
     else:
         lines.append("1. Not evaluated: no flat CNN costs as much as the routed model.")
     difference = 100 * (routed - mixture)
     lines.append(
-        f"2. Hard-routed within 0.5 points of soft (same weights, best config): "
+        f"2. Hard-routed within 0.5 points of soft (same weights, best config; routed at most "
+        f"0.5 points below the mixture): "
         f"**{_verdict(difference >= -0.5)}**: routed {100 * routed:.2f}% vs mixture "
         f"{100 * mixture:.2f}% ({difference:+.2f} points). Every conditional row: "
         + ", ".join(f"{r['config']} {r['hierarchy']} {_signed(r)}" for r in rows if r["hierarchy"])
@@ -771,6 +799,17 @@ def targets(bench):
     )
     lines.append(_discovery_target(rows, best))
     return lines
+
+
+def _versus_plain(flats, routed):
+    plain = [r for r in flats if r["config"] == "flat"]
+    if not plain:
+        return ""
+    accuracy = plain[0]["scores"]["2 groups"][MIXTURE]["accuracy"]
+    return (
+        f" Against the plain flat CNN ({plain[0]['macs'][MIXTURE]:,} MACs, "
+        f"{100 * accuracy:.2f}%): {100 * (routed - accuracy):+.2f} points."
+    )
 
 
 def _discovery_target(rows, best):
