@@ -62,15 +62,7 @@ def build_image_model(
     tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
     conv_filters = tap_shapes[gate_tap][-1] if expert_tap != gate_tap else None
     experts = {
-        group: None  # a single-class group needs no expert: its class has probability 1
-        if len(hierarchy.classes_of(group)) == 1
-        else _head(
-            tap_shapes[expert_tap],
-            len(hierarchy.classes_of(group)),
-            f"expert_{_safe(group)}",
-            dropout,
-            conv_filters,
-        )
+        group: _expert(hierarchy, group, tap_shapes[expert_tap], dropout, conv_filters, routing)
         for group in hierarchy.groups
     }
     return ConditionalModel(
@@ -129,6 +121,26 @@ def _trunk(shape, base, taps, augmentation):
     inputs = keras.Input(shape, name="image")
     x = augmentation(inputs) if augmentation is not None else inputs
     return keras.Model(inputs, tapped(x), name="trunk")
+
+
+def _expert(hierarchy, group, input_shape, dropout, conv_filters, routing):
+    """One group's expert: None for a single class, a nested ConditionalModel for subgroups."""
+    classes = hierarchy.classes_of(group)
+    if len(classes) == 1:
+        return None  # a single-class group needs no expert: its class has probability 1
+    name = f"expert_{_safe(group)}"
+    sub = hierarchy.subhierarchy(group)
+    if sub is None:
+        return _head(input_shape, len(classes), name, dropout, conv_filters)
+    return ConditionalModel(
+        sub,
+        gate=_head(input_shape, sub.num_groups, f"{name}_gate", dropout, conv_filters),
+        experts={
+            g: _expert(sub, g, input_shape, dropout, conv_filters, routing) for g in sub.groups
+        },
+        routing=routing,
+        name=name,
+    )
 
 
 def _head(input_shape, units, name, dropout, conv_filters=None):

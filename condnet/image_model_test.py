@@ -40,3 +40,30 @@ def test_unknown_placement_and_small_cnn_weights_are_rejected():
         build_image_model(Hierarchy(SEVEN), expert_placement="middle")
     with pytest.raises(ValueError, match="small_cnn trains from scratch"):
         build_image_model(Hierarchy(SEVEN), weights="imagenet")
+
+
+def test_deeper_trees_get_nested_conditional_experts(tmp_path):
+    from condnet import ConditionalModel
+
+    deep = {
+        "vehicles": {"air": ["airplane"], "road": ["automobile", "truck"]},
+        "animals": {"pets": ["cat", "dog"], "wild": ["deer", "horse"], "frogs": ["frog"]},
+    }
+    model = build_image_model(Hierarchy(deep), image_size=32, filters=(4, 4, 4, 4), routing="hard")
+    inner = model.experts["animals"]
+    assert isinstance(inner, ConditionalModel) and inner.hierarchy.groups == [
+        "pets",
+        "wild",
+        "frogs",
+    ]
+    assert inner.experts["frogs"] is None
+    x = np.random.default_rng(1).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    routed = model.predict(x, verbose=0)
+    dense = model.predict(x, verbose=0, routed=False)
+    np.testing.assert_allclose(routed["classes"], dense["classes"], atol=1e-5)
+    np.testing.assert_allclose(routed["classes"].sum(1), 1.0, atol=1e-5)
+    model.save(tmp_path / "deep.keras")
+    loaded = keras.models.load_model(tmp_path / "deep.keras")
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0)["classes"], routed["classes"], atol=1e-5
+    )

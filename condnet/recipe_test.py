@@ -196,3 +196,30 @@ def test_transfer_recipe_freezes_the_base_then_fine_tunes_its_top(shapes, tmp_pa
     changed = [k for k in start if not np.array_equal(start[k], after[k])]
     assert changed, "fine-tuning changed no backbone weight"
     assert not any("batch_norm" in k or "/gamma" in k or "moving" in k for k in changed)
+
+
+@pytest.mark.slow
+def test_a_three_level_folder_trains_routes_and_reports(shapes, tmp_path):
+    import shutil
+
+    layout = {
+        "round": {"hollow": ["ring"], "filled": ["circle", "ellipse"]},
+        "angular": {"pointed": ["star", "triangle"], "boxy": ["square"]},
+    }
+    source = {"round": "round", "angular": "angular"}
+    for group, subgroups in layout.items():
+        for subgroup, classes in subgroups.items():
+            for name in classes:
+                shutil.copytree(
+                    shapes / "train" / source[group] / name,
+                    tmp_path / "deep" / group / subgroup / name,
+                )
+    result = train(tmp_path / "deep", tmp_path / "run", epochs=1, routing="hard", **TINY)
+    model, metrics = result["model"], result["metrics"]
+    assert model.hierarchy.depth == 3
+    assert model.experts["round"].hierarchy.groups == ["filled", "hollow"]
+    assert len(metrics["level_accuracy"]) == 3
+    assert (
+        metrics["level_accuracy"][0] >= metrics["level_accuracy"][1] >= metrics["level_accuracy"][2]
+    )
+    assert "level_accuracy" in (tmp_path / "run" / "report.md").read_text()
