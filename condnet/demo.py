@@ -10,7 +10,12 @@ DEMO_FILTERS = (16, 32, 64, 128)
 
 
 def run_demo(
-    out, epochs=12, samples_per_class=300, test_samples_per_class=100, routing="soft", verbose="auto"
+    out,
+    epochs=12,
+    samples_per_class=300,
+    test_samples_per_class=100,
+    routing="soft",
+    verbose="auto",
 ):
     """Generate the shapes data (once), train on it, evaluate on its test split.
 
