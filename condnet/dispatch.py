@@ -1,5 +1,7 @@
 """Routed inference: each expert runs once per batch, on the rows routed to it."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import keras
 import numpy as np
 
@@ -9,7 +11,7 @@ import numpy as np
 _BUCKET_STEPS = ((16, 1), (128, 8), (512, 32), (4096, 128))
 
 
-def routed_predict(model, x, batch_size=32, verbose="auto", steps=None):
+def routed_predict(model, x, batch_size=32, verbose="auto", steps=None, pipeline=True):
     """Predict with hard routing, running only the chosen expert of each row.
 
     Per batch: the trunk and the gate run on every row; the rows are then
@@ -18,18 +20,56 @@ def routed_predict(model, x, batch_size=32, verbose="auto", steps=None):
     back in the original order. Rows that hedge (top gate probability below
     `model.confidence_threshold`) also run their second-best expert.
 
+    Batches are read lazily (a large `PyDataset` streams); with `pipeline`
+    (default), batch i+1 is read and its trunk and gate run while the
+    experts of batch i run.
+
     Returns the same dict as `ConditionalModel.predict`, as numpy arrays;
     `"experts"` is zero where an expert did not run.
     """
     runner = _runner(model)
-    batches = list(_batches(x, batch_size, steps))
-    progbar = _progbar(len(batches), verbose)
+    progbar = _progbar(_count(x, batch_size, steps), verbose)
     outputs = []
-    for i, batch in enumerate(batches):
-        outputs.append(runner.run(batch))
+    for i, (batch, front) in enumerate(_fronts(runner, _batches(x, batch_size, steps), pipeline)):
+        outputs.append(runner.route(batch, front))
         if progbar is not None:
             progbar.update(i + 1)
+    if not outputs:
+        raise ValueError(f"Nothing to predict: the input yielded no batch. Received: x={x!r:.200}")
     return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
+
+
+def _fronts(runner, batches, pipeline):
+    """Yield (batch, trunk + gate outputs), reading ahead when pipelined.
+
+    With `pipeline`, a worker thread reads batch i+1 and runs its trunk and
+    gate while the experts of batch i run (the backends release the GIL in
+    their kernels), so loading and the front overlap the experts.
+    """
+    if not pipeline:
+        for batch in batches:
+            yield batch, runner.front_of(batch)
+        return
+
+    def read_ahead():
+        batch = next(batches, None)
+        return None if batch is None else (batch, runner.front_of(batch))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read_ahead)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(read_ahead)
+            yield item
+
+
+def _count(x, batch_size, steps):
+    if isinstance(x, keras.utils.PyDataset):
+        count = len(x)
+    elif hasattr(x, "shape") and not hasattr(x, "as_numpy_iterator"):
+        count = -(-int(x.shape[0]) // batch_size)
+    else:
+        return steps
+    return count if steps is None else min(steps, count)
 
 
 def plan_routes(weights):
@@ -72,8 +112,15 @@ class _Runner:
         self.pad = keras.backend.backend() == "jax"
 
     def run(self, batch):
+        return self.route(batch, self.front_of(batch))
+
+    def front_of(self, batch):
+        """Trunk taps and gate probabilities of a batch, as numpy."""
+        return self._front(batch)(batch)
+
+    def route(self, batch, front):
+        """Run each expert on its rows of `batch`, given the batch's front outputs."""
         model, hierarchy = self.model, self.model.hierarchy
-        front = self._front(batch)(batch)
         groups = np.asarray(front["groups"], "float32")
         weights = routing_weights(groups, model.confidence_threshold)
         classes = np.zeros((len(batch), hierarchy.num_classes), "float32")
@@ -106,7 +153,10 @@ class _Runner:
         if expert is None:
             return np.ones((len(features), 1), "float32")
         if hasattr(expert, "hierarchy") and hasattr(expert, "routes_at_inference"):
-            return routed_predict(expert, features, batch_size=len(features), verbose=0)["classes"]
+            nested = routed_predict(
+                expert, features, batch_size=len(features), verbose=0, pipeline=False
+            )
+            return nested["classes"]
         rows = len(features)
         if self.pad:
             features = _pad(features, bucket_size(rows))

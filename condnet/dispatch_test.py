@@ -105,3 +105,33 @@ def test_routed_predict_reads_py_datasets():
     np.testing.assert_allclose(
         outputs["classes"], model.predict(x, verbose=0)["classes"], atol=1e-6
     )
+
+
+def test_pipelined_and_sequential_routed_predict_agree():
+    model, _ = _counted_model(confidence_threshold=0.9)
+    x, _ = random_data(100, seed=7)
+    x[:, 0] *= 0.1
+    pipelined = routed_predict(model, x, batch_size=16, verbose=0, pipeline=True)
+    sequential = routed_predict(model, x, batch_size=16, verbose=0, pipeline=False)
+    for key in pipelined:
+        np.testing.assert_array_equal(pipelined[key], sequential[key])
+    assert len(pipelined["classes"]) == 100
+
+
+def test_routed_predict_streams_batches_in_order():
+    model, _ = _counted_model()
+    x, _ = random_data(50)
+    read = []
+
+    def batches():
+        for start in range(0, 50, 10):
+            read.append(start)
+            yield x[start : start + 10]
+
+    outputs = routed_predict(model, batches(), verbose=0)
+    np.testing.assert_allclose(
+        outputs["classes"], model.predict(x, verbose=0)["classes"], atol=1e-6
+    )
+    assert read == [0, 10, 20, 30, 40]
+    with pytest.raises(ValueError, match="Nothing to predict"):
+        routed_predict(model, iter([]), verbose=0)

@@ -115,7 +115,7 @@ def run_info(run_dir):
 
 def _predict_batch(model, images):
     if model.routes_at_inference:
-        return routed_predict(model, images, batch_size=len(images), verbose=0)
+        return routed_predict(model, images, batch_size=len(images), verbose=0, pipeline=False)
     outputs = model.predict_on_batch(images)
     return {k: np.asarray(v) for k, v in outputs.items()}
 
