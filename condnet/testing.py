@@ -64,7 +64,8 @@ def assert_reload_equal(model, x, tmp_path, **predict_kwargs):
     after = loaded.predict(x, verbose=0, **predict_kwargs)
     for key in before:
         np.testing.assert_allclose(after[key], before[key], atol=1e-6)
-    assert loaded.get_config()["hierarchy"] == model.get_config()["hierarchy"]
+    if loaded.get_config()["hierarchy"] != model.get_config()["hierarchy"]:
+        raise AssertionError("The reloaded model's hierarchy differs from the saved one.")
     return loaded
 
 
