@@ -1,10 +1,13 @@
 """condnet: conditional neural networks for Keras 3.
 
-Names are imported on first use, so `condnet.cli` can configure the backend's
-logging before Keras (and TensorFlow) load.
+The modules that register Keras classes are imported here, so that
+`import condnet` is enough for `keras.models.load_model` to rebuild a saved
+model; other names are imported on first use.
 """
 
 import importlib
+
+from condnet import backbones, calibration, conditional_model  # noqa: F401  (registrations)
 
 __version__ = "0.1.0"
 

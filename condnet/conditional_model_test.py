@@ -314,3 +314,23 @@ def test_changing_the_routing_after_use_takes_effect():
         model.routing = "top1"
     with pytest.raises(AttributeError):
         model.dispatch = "capacity"
+
+
+def test_import_condnet_is_enough_to_load_a_saved_model(tmp_path):
+    import subprocess
+    import sys
+
+    model = cats_and_dogs_model("hard")
+    x, _ = random_data(4)
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", x)
+    expected = model.predict(x, verbose=0)["classes"]
+    script = (
+        "import sys, numpy as np, keras, condnet\n"
+        "model = keras.models.load_model(sys.argv[1])\n"
+        "np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0)['classes'])\n"
+    )
+    paths = [str(tmp_path / name) for name in ("m.keras", "x.npy", "y.npy")]
+    done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1500:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-6)
