@@ -50,6 +50,7 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
+import models
 import numpy as np
 from keras import layers, ops
 
@@ -391,20 +392,6 @@ def soft_switch(hierarchy, settings, seed):
 # === Training ===
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Seconds of each epoch (validation included), from epoch begin to epoch end."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def staged_epochs(epochs):
     """(gate, experts, joint) epochs adding up to `epochs`: about 40/30/30%."""
     joint = max(1, round(0.3 * epochs))
@@ -414,7 +401,7 @@ def staged_epochs(epochs):
 
 def timed_fit(fit, epochs):
     """Run `fit(callbacks)`; seconds per epoch (total / epochs, tracing included)."""
-    timer = EpochTimer()
+    timer = models.EpochTimer()
     start = time.perf_counter()
     history = fit([timer])
     seconds = time.perf_counter() - start

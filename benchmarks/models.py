@@ -4,6 +4,8 @@ Imports Keras: import this module only after `common.choose_backend()` has
 set `KERAS_BACKEND`.
 """
 
+import time
+
 import keras
 import numpy as np
 from common import extract_cifar
@@ -164,3 +166,20 @@ def load_images(tarball, count, seed=0):
         "condnet.folders.load_folders(image_size=32)"
     )
     return images[order], labels[order], source
+
+
+# === Timing ===
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Seconds of each epoch (validation included), from epoch begin to epoch end."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)

@@ -24,7 +24,6 @@ import inspect
 import math
 import os
 import statistics
-import time
 
 import common
 
@@ -79,20 +78,6 @@ def configurations():
 # === Measurements ===
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Seconds of each epoch, from `on_epoch_begin` to `on_epoch_end`."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def train_side_by_side(configs, images, labels, epochs):
     """Train each configuration one epoch per round; the first round is the warm-up."""
     trained = {}
@@ -100,7 +85,7 @@ def train_side_by_side(configs, images, labels, epochs):
         model = models.conditional_model(NUM_GROUPS, seed=0, **kwargs)  # same weights
         models.balance_gate(model.gate, images)
         model.compile()
-        trained[name] = {"model": model, "timer": EpochTimer(), "kwargs": kwargs, "logs": {}}
+        trained[name] = {"model": model, "timer": models.EpochTimer(), "kwargs": kwargs, "logs": {}}
     for round_ in range(1 + epochs):
         for name, run in trained.items():
             history = run["model"].fit(

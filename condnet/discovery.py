@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from condnet.backbones import small_cnn
-from condnet.folders import ImageFolder, scan_directory, split_indices
+from condnet.folders import ImageFolder, _subfolders, scan_directory, split_indices
 from condnet.hierarchy import Hierarchy
 from condnet.metrics import confusion_matrix
 
@@ -177,8 +177,8 @@ def flat_class_names(data_dir):
             "Discovery needs a flat image folder, root/<class>/*. Received: "
             f"data_dir={str(data_dir)!r}, which is not a folder."
         )
-    folders = sorted(p for p in root.iterdir() if _is_folder(p))
-    nested = [f.name for f in folders if any(_is_folder(p) for p in f.iterdir())]
+    folders = _subfolders(root)
+    nested = [f.name for f in folders if _subfolders(f)]
     if nested:
         raise ValueError(
             f"Discovery needs a flat folder root/<class>/*, but {nested[:5]} in "
@@ -239,10 +239,6 @@ def _hierarchy_of(clusters, class_names, num_groups):
             for index, cluster in enumerate(found, start=1)
         }
     )
-
-
-def _is_folder(path):
-    return path.is_dir() and not path.name.startswith(".")
 
 
 def _spectral_clustering():
