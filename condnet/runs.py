@@ -10,7 +10,6 @@ from condnet.checkpoint import BEST
 from condnet.cost import count_macs
 from condnet.dispatch import routed_predict
 from condnet.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
-from condnet.hierarchy import Hierarchy
 from condnet.metrics import evaluate_predictions
 
 
@@ -162,7 +161,7 @@ def _folder_for(model, config, data_dir, batch_size):
             ) from None
     return ImageFolder(
         paths,
-        Hierarchy.from_config(found.get_config()).check_labels(labels),
+        labels,  # indices in `found`, which equals the run's hierarchy
         hierarchy,
         **_image_options(config, batch_size),
     )
