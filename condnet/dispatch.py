@@ -116,9 +116,6 @@ class _Runner:
         # TensorFlow graphs take any batch size; eager torch needs no compiling.
         self.pad = keras.backend.backend() == "jax"
 
-    def run(self, batch):
-        return self.route(batch, self.front_of(batch))
-
     def front_of(self, batch):
         """Trunk taps and gate probabilities of a batch, as numpy."""
         return self._front(batch)(batch)
