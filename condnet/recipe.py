@@ -214,37 +214,54 @@ def _run_phases(model, run_dir, options, state, train_data, validation, callback
     start = 0
     for index, phase in enumerate(phases):
         end = start + phase["epochs"]
-        done = state is not None and (
-            index < state["phase"]
-            or (index == state["phase"] and (state["phase_done"] or state["epoch"] >= end))
-        )
-        if not done:
+        if not _phase_done(state, index, end):
             resuming = state is not None and index == state["phase"]
             if not resuming:
                 _prepare_phase(model, phase, options)
             initial = state["epoch"] if resuming else start
-            checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state)
-            model.fit(
-                train_data,
-                validation_data=validation,
-                initial_epoch=initial,
-                epochs=end,
-                callbacks=[
-                    checkpoint,
-                    *_recipe_callbacks(run_dir, options, phase, validation),
-                    *callbacks,
-                ],
-                **fit_kwargs,
+            state = _fit_phase(
+                model,
+                run_dir,
+                options,
+                state,
+                (index, phase),
+                (initial, end),
+                (train_data, validation),
+                callbacks,
+                fit_kwargs,
             )
-            checkpoint.end_phase()
-            state = ckpt.read_state(run_dir)
-            if state is None or nan_stop(model) is not None:
-                raise RuntimeError(
-                    f"Training stopped on a NaN loss in phase {phase['name']!r} (see the "
-                    f"warning above); completed epochs are saved in {str(run_dir)!r}. Lower "
-                    "the learning rate, then --resume or start again with --overwrite."
-                )
         start = end
+    return state
+
+
+def _phase_done(state, index, end):
+    """Whether a resumed run already finished phase `index` (ending at epoch `end`)."""
+    if state is None or index > state["phase"]:
+        return False
+    return index < state["phase"] or state["phase_done"] or state["epoch"] >= end
+
+
+def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, callbacks, fit_kwargs):
+    """Fit one phase from epoch `initial` to `end`; return the committed state."""
+    (index, phase), (initial, end), (train_data, validation) = indexed_phase, epochs, data
+    checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state)
+    recipe = _recipe_callbacks(run_dir, options, phase, validation)
+    model.fit(
+        train_data,
+        validation_data=validation,
+        initial_epoch=initial,
+        epochs=end,
+        callbacks=[checkpoint, *recipe, *callbacks],
+        **fit_kwargs,
+    )
+    checkpoint.end_phase()
+    state = ckpt.read_state(run_dir)
+    if state is None or nan_stop(model) is not None:
+        raise RuntimeError(
+            f"Training stopped on a NaN loss in phase {phase['name']!r} (see the "
+            f"warning above); completed epochs are saved in {str(run_dir)!r}. Lower "
+            "the learning rate, then --resume or start again with --overwrite."
+        )
     return state
 
 
