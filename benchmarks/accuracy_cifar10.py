@@ -7,24 +7,35 @@ into `--cache`; without the archive the script says so and exits 0) through
 condnet's own loader: `load_folders(train, hierarchy=FILE, image_size=32,
 validation_split=0.1, seed=...)` for training, `scan_directory(test, hierarchy)`
 + `ImageFolder` for the test images. Every model trains for the same epochs with
-the same augmentation (`make_augmentation(seed=...)`), optimizer (Adam 1e-3),
-batch size, seed and training images (the same shuffles), on TensorFlow:
+the same augmentation (`make_augmentation(seed=...)`), optimizer (Adam 1e-3
+decayed to 0 by a cosine over the run), batch size, seed and training images
+(the same shuffles), on TensorFlow:
 
 1. flat CNN: `small_cnn` + GlobalAveragePooling + Dropout + Dense(10, softmax);
 2. the flat CNN widened until its MACs reach those of a routed conditional model
    (trunk + gate + one expert, 2-group hierarchy);
-3. the "Stack Overflow soft switch": the same trunk, gate and expert heads as
+3. a flat CNN with the layers of the routed path (the trunk, then one expert's
+   two conv layers, 10 outputs), widened to the same cost: as deep as the
+   conditional model, so only the routing differs;
+4. the "Stack Overflow soft switch": the same trunk, gate and expert heads as
    `build_image_model` wired by hand into a two-output Keras model (each head's
    probabilities times its gate probability, concatenated by a small layer, no
    Lambda), fixed loss weights on the gate and the final output;
-4. condnet joint, soft routing (`build_image_model(..., routing="soft")`);
-5. condnet joint, hard routing (straight-through);
-6. condnet staged (`fit_staged`: gate, experts, joint; the same total epochs);
-7. condnet soft with the B-CNN-style `LossWeightSchedule.coarse_to_fine`;
-8. the most accurate of 4-7 (routed, on the validation split) trained with a
+5. condnet joint, soft routing (`build_image_model(..., routing="soft")`, whose
+   `expert_placement="auto"` is `"branch"` for `small_cnn`);
+6. condnet joint, hard routing (straight-through);
+7. condnet staged (`fit_staged`: gate, experts, joint; the same total epochs);
+8. condnet soft with the B-CNN-style `LossWeightSchedule.coarse_to_fine`;
+9. condnet soft with `expert_placement="taps"` (2 groups only);
+10. condnet soft on the 3-level hierarchy 2 -> 7 -> 10 (nested experts);
+11. the most accurate of 5-8 (routed, on the validation split) trained with a
    2-group hierarchy discovered from the flat CNN's validation confusions.
 
-Rows 3-7 run with the 2-group and the 7-group hierarchy. Each conditional
+Rows 4-8 run with the 2-group and the 7-group hierarchy. Then the best
+condnet configuration and the most accurate flat CNN of at least its routed
+cost are trained again with `--repeats` more seeds (same data, other
+initialisation, dropout and augmentation draws), and target 1 is judged on the
+mean. Each conditional
 model is scored on the test images twice with the same weights: mixture
 (`routing="soft"`, every expert runs) and routed (`routing="hard"`, the chosen
 expert only, condnet's routed predict). Prints one line per configuration
@@ -54,12 +65,13 @@ import models
 import numpy as np
 from keras import layers, ops
 
+from condnet import ConditionalModel
 from condnet.augmentation import make_augmentation
 from condnet.backbones import small_cnn
 from condnet.callbacks import LossWeightSchedule
 from condnet.cost import count_macs
 from condnet.folders import ImageFolder, load_folders, scan_directory
-from condnet.image_model import build_image_model
+from condnet.image_model import BRANCH_EXPERT_WIDTHS, build_image_model
 from condnet.metrics import confusion_matrix, evaluate_predictions
 from condnet.runs import evaluate_model
 from condnet.staged import fit_staged
@@ -68,6 +80,19 @@ IMAGE_SHAPE = (32, 32, 3)
 CLASSES_PER_SET = {"train": 5000, "test": 1000}
 # Both hierarchies list the classes in the same order, so their class indices,
 # and with them load_folders' validation split, are the same.
+THREE_LEVELS = {
+    "vehicles": {
+        "aircraft": ["airplane"],
+        "ships": ["ship"],
+        "road_vehicles": ["automobile", "truck"],
+    },
+    "animals": {
+        "birds": ["bird"],
+        "frogs": ["frog"],
+        "cats_and_dogs": ["cat", "dog"],
+        "deer_and_horses": ["deer", "horse"],
+    },
+}
 HIERARCHIES = {
     "2 groups": {
         "vehicles": ["airplane", "ship", "automobile", "truck"],
@@ -84,22 +109,36 @@ HIERARCHIES = {
     },
 }
 FULL = dict(
-    train_per_class=1500, test_per_class=1000, epochs=10, batch_size=64, filters=(16, 32, 64, 128)
+    train_per_class=1500,
+    test_per_class=1000,
+    epochs=10,
+    batch_size=64,
+    filters=(16, 32, 64, 128),
+    repeats=2,
 )
 QUICK = dict(
-    train_per_class=40, test_per_class=30, epochs=3, batch_size=32, filters=(8, 16, 32, 64)
-)
-CONFIGS = ("flat", "flat_wide", "switch", "soft", "hard", "staged", "schedule", "discovered")
+    train_per_class=40, test_per_class=30, epochs=3, batch_size=32, filters=(8, 16, 32, 64),
+    repeats=1,
+)  # fmt: skip
+CONFIGS = (
+    "flat", "flat_wide", "flat_deep", "switch", "soft", "hard", "staged", "schedule", "taps",
+    "three_levels", "discovered",
+)  # fmt: skip
 CONDNET = ("soft", "hard", "staged", "schedule")
 TITLES = {
     "flat": "flat CNN",
     "flat_wide": "flat CNN, widened to the routed cost",
+    "flat_deep": "flat CNN with the routed path's layers, widened to the routed cost",
     "switch": "soft switch (Stack Overflow), fixed loss weights",
     "soft": "condnet joint, soft routing",
     "hard": "condnet joint, hard routing (straight-through)",
     "staged": "condnet staged (gate, experts, joint)",
     "schedule": "condnet soft + coarse_to_fine schedule",
+    "taps": "condnet joint, soft routing, expert_placement='taps'",
+    "three_levels": "condnet joint, soft routing, 3 levels (2 -> 7 -> 10)",
+    "discovered": "discovered hierarchy",
 }
+THREE = "3 levels"
 LEARNING_RATE = 1e-3
 CROSS_ENTROPY = "sparse_categorical_crossentropy"
 DROPOUT = 0.3  # build_image_model's default, used by the flat CNNs too
@@ -141,6 +180,11 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--filters", type=_ints, help="small_cnn blocks, e.g. 16,32,64,128")
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="extra seeds for the best condnet row and its flat rival (default 2; quick 1)",
+    )
     parser.add_argument(
         "--configs", type=_names, default=CONFIGS, help=f"subset of {','.join(CONFIGS)}"
     )
@@ -271,34 +315,58 @@ class WithGroups(keras.utils.PyDataset):
 # === Models ===
 
 
-def flat_cnn(filters, seed, num_classes=10):
-    """Augmentation, `small_cnn`, GlobalAveragePooling, Dropout, Dense softmax."""
+def optimizer(epochs, steps_per_epoch):
+    """Adam from `LEARNING_RATE`, decayed to 0 by a cosine over the whole run."""
+    schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, epochs * steps_per_epoch)
+    return keras.optimizers.Adam(schedule)
+
+
+def flat_cnn(filters, seed, head_filters=(), num_classes=10):
+    """Augmentation, `small_cnn`, the `head_filters` convs, pooling, Dropout, Dense softmax.
+
+    `head_filters` are `(filters, pool)` pairs, each a 3x3 conv + BatchNorm +
+    ReLU (+ 2x2 max pooling): row 3 gives the flat CNN an expert's layers.
+    """
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = make_augmentation(seed=seed)(inputs)
     x = small_cnn(IMAGE_SHAPE, filters=tuple(filters))(x)
+    for width, pool in head_filters:
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x) if pool else x
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(DROPOUT)(x)
     outputs = layers.Dense(num_classes, activation="softmax")(x)
-    model = keras.Model(inputs, outputs, name="flat_cnn")
-    model.compile(
-        optimizer=keras.optimizers.Adam(LEARNING_RATE),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
+    return keras.Model(inputs, outputs, name="flat_cnn")
 
 
-def widened_filters(filters, target_macs):
-    """The narrowest uniform widening of `filters` whose flat CNN has >= `target_macs`."""
+def widened(layout, target_macs):
+    """The narrowest uniform widening of `layout` whose flat CNN has >= `target_macs`.
+
+    `layout` is `(filters, head_filters)` as `flat_cnn` takes them.
+    """
+    filters, head = layout
     for step in range(400):
-        wide = tuple(round(f * (1 + step / 100)) for f in filters)
-        if count_macs(flat_cnn(wide, seed=0)) >= target_macs:
+        scale = 1 + step / 100
+        wide = (
+            tuple(round(f * scale) for f in filters),
+            tuple((round(f * scale), pool) for f, pool in head),
+        )
+        if count_macs(flat_cnn(*wide[:1], seed=0, head_filters=wide[1])) >= target_macs:
             return wide
-    raise ValueError(f"no widening of {filters} up to 5x reaches {target_macs} MACs")
+    raise ValueError(f"no widening of {layout} up to 5x reaches {target_macs} MACs")
 
 
-def conditional(hierarchy, settings, seed, routing):
+def routed_path_layout(filters):
+    """The layers a routed image runs under `expert_placement="branch"`, as a flat CNN:
+    `small_cnn` without its last block, then one expert's convs."""
+    widths = [round(filters[-1] * w) for w in BRANCH_EXPERT_WIDTHS]
+    return tuple(filters[:-1]), tuple((w, i == 0) for i, w in enumerate(widths))
+
+
+def conditional(hierarchy, settings, seed, routing, placement="auto"):
     keras.utils.set_random_seed(seed)
     return build_image_model(
         hierarchy,
@@ -307,19 +375,32 @@ def conditional(hierarchy, settings, seed, routing):
         augmentation=make_augmentation(seed=seed),
         routing=routing,
         dropout=DROPOUT,
+        expert_placement=placement,
     )
 
 
 def conditional_macs(model):
-    """MACs per image: routed (trunk + gate + the costliest expert) and mixture (all)."""
+    """MACs per image: routed (trunk + gate + the costliest route) and mixture (all)."""
     shared = count_macs(model.trunk) + count_macs(model.gate)
-    experts = [count_macs(e) if e is not None else 0 for e in model.expert_models]
+    experts = [_routed_macs(e) for e in model.expert_models]
+    every = [_routed_macs(e, every_route=True) for e in model.expert_models]
     return {
         ROUTED: shared + max(experts),
-        MIXTURE: shared + sum(experts),
+        MIXTURE: shared + sum(every),
         "trunk_and_gate": shared,
         "experts": experts,
     }
+
+
+def _routed_macs(expert, every_route=False):
+    """An expert's MACs: a nested ConditionalModel runs its gate and its costliest
+    route (or, with `every_route`, all its experts)."""
+    if expert is None:
+        return 0
+    if isinstance(expert, ConditionalModel):
+        inner = [_routed_macs(e, every_route) for e in expert.expert_models]
+        return count_macs(expert.gate) + (sum(inner) if every_route else max(inner))
+    return count_macs(expert)
 
 
 def average_routed_macs(macs, routed_metrics):
@@ -363,7 +444,7 @@ class SoftSwitch(layers.Layer):
         return {**super().get_config(), "has_branch": self.has_branch}
 
 
-def soft_switch(hierarchy, settings, seed):
+def soft_switch(hierarchy, settings, seed, optimizer):
     """The hand-wired two-output model, from the parts `build_image_model` makes.
 
     Returns the compiled model and the ConditionalModel whose parts it reuses
@@ -381,7 +462,7 @@ def soft_switch(hierarchy, settings, seed):
     classes = SoftSwitch(has_branch, name="soft_switch")([gate, *branches])
     model = keras.Model(inputs, {"gate": gate, "classes": classes}, name="soft_switch_model")
     model.compile(
-        optimizer=keras.optimizers.Adam(LEARNING_RATE),
+        optimizer=optimizer,
         loss={"gate": CROSS_ENTROPY, "classes": CROSS_ENTROPY},
         loss_weights={"gate": 1.0, "classes": 1.0},
         metrics={"gate": ["accuracy"], "classes": ["accuracy"]},
@@ -461,7 +542,7 @@ class Benchmark:
         self.json_path = json_path
         self.start = time.perf_counter()
         self.data = {}
-        for name, groups in HIERARCHIES.items():
+        for name, groups in {**HIERARCHIES, THREE: THREE_LEVELS}.items():
             path = work / f"hierarchy-{name.replace(' ', '-')}.json"
             path.write_text(json.dumps(groups, indent=1) + "\n")
             self.data[name] = Data(name, path, train_dir, test_dir, settings, seed)
@@ -471,7 +552,12 @@ class Benchmark:
                 f"The hierarchies must list the classes in one order. Received: {orders}"
             )
         self.rows = []
-        self.facts = {"settings": dict(settings), "seed": seed, "hierarchies": HIERARCHIES}
+        self.facts = {
+            "settings": dict(settings),
+            "seed": seed,
+            "hierarchies": {**HIERARCHIES, THREE: THREE_LEVELS},
+            "repeats": {},
+        }
         first = self.data["2 groups"]
         self.facts["images"] = {
             "train": first.train.num_samples,
@@ -482,24 +568,43 @@ class Benchmark:
 
     def run(self, configs):
         two = self.data["2 groups"]
-        if "flat" in configs:
-            self.flat()
-        if "flat_wide" in configs:
-            self.flat_wide()
-        for data in self.data.values():
+        for config in ("flat", "flat_wide", "flat_deep"):
+            if config in configs:
+                self.fit_flat(config)
+        for name in HIERARCHIES:
             for config in ("switch", *CONDNET):
                 if config in configs:
-                    self.conditional_row(config, data)
+                    self.conditional_row(config, self.data[name])
+        if "taps" in configs:
+            self.conditional_row("taps", two)
+        if "three_levels" in configs:
+            self.conditional_row("three_levels", self.data[THREE])
         if "discovered" in configs:
             self.discovered(two)
+        self.repeat_target_pair()
+
+    def optimizer(self):
+        return optimizer(self.settings["epochs"], len(self.data["2 groups"].train))
 
     # === Rows ===
 
-    def fit_flat(self, key, filters):
+    def flat_layout(self, key):
+        """`(filters, head_filters)` of a flat row, and the MACs it was widened to."""
+        filters = tuple(self.settings["filters"])
+        if key == "flat":
+            return (filters, ()), None
+        two = self.data["2 groups"].hierarchy
+        target = conditional_macs(conditional(two, self.settings, self.seed, "soft"))[ROUTED]
+        layout = (filters, ()) if key == "flat_wide" else routed_path_layout(filters)
+        return widened(layout, target), target
+
+    def fit_flat(self, key, seed=None):
         data = self.data["2 groups"]
-        model = flat_cnn(filters, self.seed)
+        (filters, head), target = self.flat_layout(key)
+        model = flat_cnn(filters, seed or self.seed, head_filters=head)
+        model.compile(optimizer=self.optimizer(), loss=CROSS_ENTROPY, metrics=["accuracy"])
         epochs = self.settings["epochs"]
-        print(f"\n=== {TITLES[key]}: filters {filters} ===", flush=True)
+        print(f"\n=== {TITLES[key]}: filters {filters} + {head} ===", flush=True)
 
         def fit(callbacks):
             return model.fit(
@@ -521,37 +626,32 @@ class Benchmark:
             "title": TITLES[key],
             "hierarchy": None,
             "filters": list(filters),
+            "head_filters": [list(pair) for pair in head],
+            "target_macs": target,
             "macs": {MIXTURE: count_macs(model)},
             "scores": {name: {MIXTURE: s} for name, s in scores.items()},
             **timing,
         }
-        self.add(row)
-        return model
+        if seed is None:
+            self.add(row)
+            self.flat_model = model if key == "flat" else self.flat_model
+        return row
 
-    def flat(self):
-        self.flat_model = self.fit_flat("flat", self.settings["filters"])
-
-    def flat_wide(self):
-        target = conditional_macs(
-            conditional(self.data["2 groups"].hierarchy, self.settings, self.seed, "soft")
-        )[ROUTED]
-        filters = widened_filters(self.settings["filters"], target)
-        self.fit_flat("flat_wide", filters)
-        self.rows[-1]["target_macs"] = target
-
-    def conditional_row(self, config, data, hierarchy_name=None, title=None):
+    def conditional_row(self, config, data, hierarchy_name=None, title=None, seed=None):
         epochs = self.settings["epochs"]
         name = hierarchy_name or data.name
-        print(f"\n=== {title or TITLES[config]}: {name} ===", flush=True)
+        seed = seed or self.seed
+        print(f"\n=== {title or TITLES[config]}: {name}, seed {seed} ===", flush=True)
         if config == "switch":
-            model, parts = soft_switch(data.hierarchy, self.settings, self.seed)
+            model, parts = soft_switch(data.hierarchy, self.settings, seed, self.optimizer())
             macs = conditional_macs(parts)
         else:
             routing = "hard" if config == "hard" else "soft"
-            model = conditional(data.hierarchy, self.settings, self.seed, routing)
+            placement = "taps" if config == "taps" else "auto"
+            model = conditional(data.hierarchy, self.settings, seed, routing, placement)
             macs = conditional_macs(model)
             if config != "staged":
-                model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
+                model.compile(optimizer=self.optimizer())
         _, timing = timed_fit(lambda callbacks: self.fit(config, model, data, callbacks), epochs)
         scores = (score_switch if config == "switch" else score_conditional)(model, data)
         macs["routed_average_on_test"] = average_routed_macs(macs, scores[ROUTED])
@@ -567,8 +667,39 @@ class Benchmark:
         }
         if config == "staged":
             row["staged_epochs"] = dict(zip(("gate", "experts", "joint"), staged_epochs(epochs)))
-        self.add(row)
+        if seed == self.seed:
+            self.add(row)
         return row
+
+    def repeat_target_pair(self):
+        """Train the best condnet row and its flat rival again with `repeats` more seeds."""
+        best = self.best_condnet("2 groups")
+        rival = self.flat_rival(best)
+        if best is None or rival is None:
+            return
+        seeds = [self.seed + i for i in range(1, self.settings["repeats"] + 1)]
+        two = self.data["2 groups"]
+        for seed in seeds:
+            rows = [
+                self.conditional_row(best, two, seed=seed),
+                self.fit_flat(rival["config"], seed=seed),
+            ]
+            for row in rows:
+                mode = ROUTED if row["hierarchy"] else MIXTURE
+                accuracy = row["scores"]["2 groups"][mode]["accuracy"]
+                self.facts["repeats"].setdefault(row["config"], {})[str(seed)] = accuracy
+                print(f"--> seed {seed}: {row['title']} {mode} accuracy {accuracy:.4f}")
+            self.save()
+
+    def flat_rival(self, best):
+        """The most accurate flat row that costs at least the best condnet row's route."""
+        if best is None:
+            return None
+        routed = _row(self.rows, best, "2 groups")["macs"][ROUTED]
+        rivals = [r for r in self.rows if r["hierarchy"] is None and r["macs"][MIXTURE] >= routed]
+        if not rivals:
+            return None
+        return max(rivals, key=lambda r: r["scores"]["2 groups"][MIXTURE]["accuracy"])
 
     def fit(self, config, model, data, callbacks):
         epochs = self.settings["epochs"]
@@ -666,7 +797,8 @@ def report(bench, args):
         f"{images['validation']:,} validation images; {images['test']:,} test images "
         f"({settings['test_per_class']} per class)",
         f"- budget: {settings['epochs']} epochs per configuration, batch {settings['batch_size']}, "
-        f"`small_cnn` filters {settings['filters']}, Adam {LEARNING_RATE:g}, "
+        f"`small_cnn` filters {settings['filters']}, Adam {LEARNING_RATE:g} with cosine decay "
+        f"to 0, "
         f"`make_augmentation(seed={bench.seed})`, dropout {DROPOUT}, seed {bench.seed}; "
         f"the whole run took {facts['wall_seconds'] / 60:.1f} min",
         *(
@@ -693,16 +825,16 @@ def table(rows):
         "MMACs/image", "routed accuracy", "routed hier. F1", "routed MMACs/image",
         "routed - mixture", "s/epoch",
     ]  # fmt: skip
-    numbers = {key: str(i) for i, key in enumerate(CONFIGS[:-1], start=1)}
+    numbers = {key: str(i) for i, key in enumerate(CONFIGS, start=1)}
     body = []
-    for name in [*HIERARCHIES, "discovered (2 groups)"]:
+    for name in [*HIERARCHIES, THREE, "discovered (2 groups)"]:
         for row in rows:
             flat = row["hierarchy"] is None
             if not flat and row["hierarchy"] != name or flat and name not in row["scores"]:
                 continue
             modes = row["scores"][name]
             mixture, routed = modes[MIXTURE], modes.get(ROUTED)
-            number = "8" if name.startswith("discovered") else numbers[row["config"]]
+            number = numbers["discovered" if name.startswith("discovered") else row["config"]]
             same = " (same model)" if flat and name != "2 groups" else ""
             cells = [number, row["title"] + same, name]
             cells += [_percent(mixture[k]) for k in _SUMMARY] + [_millions(row["macs"][MIXTURE])]
@@ -753,25 +885,27 @@ def targets(bench):
     mixture = _accuracy(row, MIXTURE)
     lines += [
         "",
-        f"The best condnet configuration (4-7, 2-group hierarchy), chosen by routed accuracy "
+        f"The best condnet configuration (5-8, 2-group hierarchy), chosen by routed accuracy "
         f"on the validation split: **{TITLES[best]}** (validation "
         f"{100 * row['validation_routed_accuracy']:.2f}%).",
         "",
     ]
-    rivals = [r for r in flats if r["macs"][MIXTURE] >= row["macs"][ROUTED]]
-    if rivals:
-        rival = max(rivals, key=lambda r: r["scores"]["2 groups"][MIXTURE]["accuracy"])
+    rival = bench.flat_rival(best)
+    if rival:
         flat_accuracy = rival["scores"]["2 groups"][MIXTURE]["accuracy"]
-        gain = 100 * (routed - flat_accuracy)
+        ours, theirs = _seeds(bench, row, routed), _seeds(bench, rival, flat_accuracy)
+        gain = 100 * (statistics.mean(ours) - statistics.mean(theirs))
         lines.append(
             f"1. Best condnet config, routed, vs the most accurate flat CNN of equal or "
             f"greater inference cost: >= +1.0 point with the 2-group hierarchy. "
-            f"**{_verdict(gain >= 1.0)}**: {100 * routed:.2f}% ({row['macs'][ROUTED]:,} MACs) "
-            f"vs {rival['title']} {100 * flat_accuracy:.2f}% ({rival['macs'][MIXTURE]:,} MACs): "
-            f"{gain:+.2f} points. (Its mixture, {100 * mixture:.2f}% at "
-            f"{row['macs'][MIXTURE]:,} MACs, is {100 * (mixture - flat_accuracy):+.2f} points "
-            f"from that flat CNN, which costs less than the mixture.)"
-            + _versus_plain(flats, routed)
+            f"**{_verdict(gain >= 1.0)}** ({gain:+.2f} points, mean of {len(ours)} seeds): "
+            f"{_spread(ours)} ({row['macs'][ROUTED]:,} MACs) vs {rival['title']} "
+            f"{_spread(theirs)} ({rival['macs'][MIXTURE]:,} MACs). First seed alone: "
+            f"{100 * routed:.2f}% vs {100 * flat_accuracy:.2f}%. (Its mixture, "
+            f"{100 * mixture:.2f}% at {row['macs'][MIXTURE]:,} MACs, is "
+            f"{100 * (mixture - flat_accuracy):+.2f} points from that flat CNN, which costs "
+            f"less than the mixture.)"
+            + _versus_others(flats, rival, routed)
         )
     else:
         lines.append("1. Not evaluated: no flat CNN costs as much as the routed model.")
@@ -788,14 +922,27 @@ def targets(bench):
     return lines
 
 
-def _versus_plain(flats, routed):
-    plain = [r for r in flats if r["config"] == "flat"]
-    if not plain:
-        return ""
-    accuracy = plain[0]["scores"]["2 groups"][MIXTURE]["accuracy"]
-    return (
-        f" Against the plain flat CNN ({plain[0]['macs'][MIXTURE]:,} MACs, "
-        f"{100 * accuracy:.2f}%): {100 * (routed - accuracy):+.2f} points."
+def _seeds(bench, row, first):
+    """Test accuracy of `row`'s configuration for the benchmark seed and each repeat."""
+    repeats = bench.facts["repeats"].get(row["config"], {})
+    return [first, *repeats.values()]
+
+
+def _spread(accuracies):
+    mean = 100 * statistics.mean(accuracies)
+    each = ", ".join(f"{100 * a:.2f}" for a in accuracies)
+    if len(accuracies) < 2:
+        return f"{mean:.2f}%"
+    return f"{mean:.2f} +- {100 * statistics.stdev(accuracies):.2f}% ({each})"
+
+
+def _versus_others(flats, rival, routed):
+    others = [r for r in flats if r is not rival]
+    return "".join(
+        f" Against {r['title']} ({r['macs'][MIXTURE]:,} MACs, "
+        f"{100 * r['scores']['2 groups'][MIXTURE]['accuracy']:.2f}%): "
+        f"{100 * (routed - r['scores']['2 groups'][MIXTURE]['accuracy']):+.2f} points (first seed)."
+        for r in others
     )
 
 
@@ -834,13 +981,15 @@ def _verdict(met):
 
 def notes(bench):
     lines = ["### Notes", ""]
-    wide = [r for r in bench.rows if r["config"] == "flat_wide"]
-    if wide:
-        lines.append(
-            f"- Row 2 widens the flat CNN's filters to {tuple(wide[0]['filters'])}, the narrowest "
-            f"uniform widening with at least the routed MACs of the 2-group conditional models "
-            f"({wide[0]['target_macs']:,})."
-        )
+    for row in bench.rows:
+        if row["config"] in ("flat_wide", "flat_deep"):
+            head = [tuple(pair) for pair in row["head_filters"]]
+            convs = f", then (filters, pool) convs {head}" if head else ""
+            lines.append(
+                f"- Row {CONFIGS.index(row['config']) + 1}: `small_cnn` filters "
+                f"{tuple(row['filters'])}{convs}, the narrowest uniform widening with at least "
+                f"the routed MACs of the 2-group conditional models ({row['target_macs']:,})."
+            )
     cheaper = [
         r
         for r in bench.rows
@@ -857,13 +1006,27 @@ def notes(bench):
             )
             + "."
         )
+    for row in bench.rows:
+        if row["config"] == "three_levels":
+            scores = row["scores"][THREE]
+            levels = {
+                mode: ", ".join(f"{100 * a:.2f}" for a in scores[mode]["level_accuracy"])
+                for mode in (MIXTURE, ROUTED)
+            }
+            lines.append(
+                f"- Row 10, accuracy per level (groups, subgroups, classes) in %: mixture "
+                f"{levels[MIXTURE]}; routed {levels[ROUTED]}. Its routed MACs count the top "
+                "gate, then the subgroup gate and the costliest expert of the costliest group; "
+                "its flat rows are the 2-group flat models scored against the 3-level tree."
+            )
     staged = [r for r in bench.rows if r["config"] == "staged"]
     if staged:
         epochs = staged[0]["staged_epochs"]
         lines.append(
             f"- Staged: gate {epochs['gate']}, experts {epochs['experts']} (each on its own "
-            f"group's rows), joint {epochs['joint']} epochs; `fit_staged` fine-tunes the joint "
-            "stage at its default learning rate 1e-4."
+            f"group's rows), joint {epochs['joint']} epochs; `fit_staged` uses a constant "
+            f"learning rate ({LEARNING_RATE:g}, then its default 1e-4 for the joint stage), "
+            "not the cosine decay of the other rows."
         )
     found = [r for r in bench.rows if r["hierarchy"] == "discovered (2 groups)"]
     if found and not found[0]["same_split_as_hand_made"]:
@@ -872,9 +1035,11 @@ def notes(bench):
             "a different validation split from the same training images; the test images are "
             "the same."
         )
+    repeats = bench.facts["repeats"]
     lines.append(
-        "- One training run per row, one seed: the run-to-run spread was not measured, so "
-        "differences of a point or so may not repeat with another seed."
+        "- One training run per row and seed. Only the two rows of target 1 were repeated "
+        f"({', '.join(f'{k}: seeds {list(v)}' for k, v in repeats.items()) or 'none'}); "
+        "other differences of a point or so may not repeat with another seed."
     )
     return lines
 

@@ -103,10 +103,11 @@ def _add_training_options(p, validation_split=True):
     )
     p.add_argument(
         "--expert-placement",
-        default="taps",
-        choices=["taps", "top", "separate"],
-        help="where experts branch: taps (an earlier stage), top (shared trunk), "
-        "separate (own CNNs) (default: taps)",
+        default="auto",
+        choices=["auto", "branch", "taps", "top", "separate"],
+        help="where experts branch: branch (small_cnn only: each expert owns the last "
+        "block), taps (an earlier stage), top (shared trunk), separate (own CNNs) "
+        "(default: auto = branch for small_cnn, taps for pretrained backbones)",
     )
     p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument(

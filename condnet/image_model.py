@@ -6,7 +6,12 @@ from keras import layers
 from condnet.backbones import application_trunk, default_taps, small_cnn
 from condnet.conditional_model import ConditionalModel
 
-PLACEMENTS = ("taps", "top", "separate")
+PLACEMENTS = ("auto", "branch", "taps", "top", "separate")
+# "branch": a gate of a quarter of the last stage's width is cheap, and two
+# conv layers per expert (the last stage's block, then 1.25x its width) gave
+# the most accurate routed model for its cost on CIFAR-10 (benchmarks/RESULTS.md).
+BRANCH_GATE_WIDTH = 0.25
+BRANCH_EXPERT_WIDTHS = (1.0, 1.25)
 
 
 def build_image_model(
@@ -15,7 +20,7 @@ def build_image_model(
     image_size=64,
     channels=3,
     weights=None,
-    expert_placement="taps",
+    expert_placement="auto",
     augmentation=None,
     routing="soft",
     filters=(32, 64, 128, 256),
@@ -34,10 +39,15 @@ def build_image_model(
         weights: None, `"imagenet"` or a path to a weights file, for
             application backbones. Defaults to None.
         expert_placement: str. Where experts branch from the trunk:
-            `"taps"` (experts read the second-to-last stage and add their own
-            conv block; the gate reads the last stage), `"top"` (gate and
-            experts share the whole trunk) or `"separate"` (gate and each
-            expert are their own small CNN on the image). Defaults to `"taps"`.
+            `"branch"` (`small_cnn` only: the trunk stops before its last
+            block; each expert gets its own copy of that block plus a conv
+            layer 1.25x as wide, and the gate a conv a quarter as wide, so a
+            routed image runs one deep expert and a cheap gate), `"taps"`
+            (experts read the second-to-last stage and add their own conv
+            layer; the gate reads the last stage), `"top"` (gate and experts
+            share the whole trunk) or `"separate"` (gate and each expert are
+            their own small CNN on the image). Defaults to `"auto"`:
+            `"branch"` for `small_cnn`, `"taps"` for application backbones.
         augmentation: a Keras model of preprocessing layers run first (active
             in training only), or None. Defaults to None.
         routing: str. Routing mode of the ConditionalModel. Defaults to `"soft"`.
@@ -46,35 +56,48 @@ def build_image_model(
         dropout: float. Dropout before each head's classifier. Defaults to 0.3.
         **kwargs: passed to `ConditionalModel`.
     """
-    if expert_placement not in PLACEMENTS:
-        raise ValueError(
-            f"expert_placement must be one of {list(PLACEMENTS)}. "
-            f"Received: expert_placement={expert_placement!r}"
-        )
+    expert_placement = resolve_placement(expert_placement, backbone)
     shape = _image_shape(image_size, channels)
     if expert_placement == "separate":
         return _separate_model(hierarchy, shape, augmentation, routing, filters, dropout, kwargs)
     base = _backbone(backbone, shape, weights, filters)
     taps = default_taps(base)
-    gate_tap = taps[-1]
-    expert_tap = taps[-2] if expert_placement == "taps" and len(taps) > 1 else gate_tap
+    gate_tap, expert_tap, convs = _placement(expert_placement, taps, base)
     trunk = _trunk(shape, base, [gate_tap, expert_tap], augmentation)
     tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
-    conv_filters = tap_shapes[gate_tap][-1] if expert_tap != gate_tap else None
-    experts = {
-        group: _expert(hierarchy, group, tap_shapes[expert_tap], dropout, conv_filters, routing)
-        for group in hierarchy.groups
-    }
+
+    def make(units, name, part, tap=expert_tap):
+        return _head(tap_shapes[tap], units, name, dropout, convs[part])
+
+    experts = {group: _expert(hierarchy, group, make, routing) for group in hierarchy.groups}
     return ConditionalModel(
         hierarchy,
         trunk=trunk,
-        gate=_head(tap_shapes[gate_tap], hierarchy.num_groups, "gate", dropout),
+        gate=make(hierarchy.num_groups, "gate", "gate", tap=gate_tap),
         experts=experts,
         gate_tap=gate_tap,
         expert_taps={group: expert_tap for group in hierarchy.groups},
         routing=routing,
         **kwargs,
     )
+
+
+def resolve_placement(expert_placement, backbone):
+    """The placement `build_image_model` uses: `"auto"` resolved, bad values rejected."""
+    if expert_placement not in PLACEMENTS:
+        raise ValueError(
+            f"expert_placement must be one of {list(PLACEMENTS)}. "
+            f"Received: expert_placement={expert_placement!r}"
+        )
+    if expert_placement == "auto":
+        return "branch" if backbone == "small_cnn" else "taps"
+    if expert_placement == "branch" and backbone != "small_cnn":
+        raise ValueError(
+            "expert_placement='branch' gives each expert its own copy of small_cnn's "
+            "last block, so it needs backbone='small_cnn'. For a pretrained backbone use "
+            f"'taps' or 'top'. Received: backbone={backbone!r}"
+        )
+    return expert_placement
 
 
 def backbone_of(model):
@@ -123,7 +146,27 @@ def _trunk(shape, base, taps, augmentation):
     return keras.Model(inputs, tapped(x), name="trunk")
 
 
-def _expert(hierarchy, group, input_shape, dropout, conv_filters, routing):
+def _placement(placement, taps, base):
+    """Where the gate and the experts read, and the conv layers their heads add.
+
+    Returns `(gate_tap, expert_tap, convs)`; `convs` maps `"gate"` (the
+    top-level gate), `"inner_gate"` (the gate of a group with subgroups, which
+    reads the experts' tap) and `"expert"` to tuples of `(filters, pool)`.
+    """
+    width = base.get_layer(taps[-1]).output.shape[-1]
+    if placement == "branch" and len(taps) > 1:
+        gate = ((max(1, round(width * BRANCH_GATE_WIDTH)), False),)
+        expert = tuple(
+            (max(1, round(width * w)), i == 0) for i, w in enumerate(BRANCH_EXPERT_WIDTHS)
+        )
+        return taps[-2], taps[-2], {"gate": gate, "inner_gate": gate, "expert": expert}
+    if placement == "taps" and len(taps) > 1:
+        own = ((width, False),)  # the experts' stand-in for the stage they skip
+        return taps[-1], taps[-2], {"gate": (), "inner_gate": own, "expert": own}
+    return taps[-1], taps[-1], {"gate": (), "inner_gate": (), "expert": ()}
+
+
+def _expert(hierarchy, group, make, routing):
     """One group's expert: None for a single class, a nested ConditionalModel for subgroups."""
     classes = hierarchy.classes_of(group)
     if len(classes) == 1:
@@ -131,25 +174,26 @@ def _expert(hierarchy, group, input_shape, dropout, conv_filters, routing):
     name = f"expert_{_safe(group)}"
     sub = hierarchy.subhierarchy(group)
     if sub is None:
-        return _head(input_shape, len(classes), name, dropout, conv_filters)
+        return make(len(classes), name, "expert")
     return ConditionalModel(
         sub,
-        gate=_head(input_shape, sub.num_groups, f"{name}_gate", dropout, conv_filters),
-        experts={
-            g: _expert(sub, g, input_shape, dropout, conv_filters, routing) for g in sub.groups
-        },
+        gate=make(sub.num_groups, f"{name}_gate", "inner_gate"),
+        experts={g: _expert(sub, g, make, routing) for g in sub.groups},
         routing=routing,
         name=name,
     )
 
 
-def _head(input_shape, units, name, dropout, conv_filters=None):
+def _head(input_shape, units, name, dropout, convs=()):
+    """`(filters, pool)` convs (+ BatchNorm, ReLU, 2x2 max pooling if `pool`),
+    global average pooling, dropout, a softmax Dense."""
     inputs = keras.Input(input_shape)
     x = inputs
-    if conv_filters:
-        x = layers.Conv2D(conv_filters, 3, padding="same", use_bias=False)(x)
+    for filters, pool in convs:
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x) if pool else x
     x = layers.GlobalAveragePooling2D()(x) if len(input_shape) == 3 else x
     x = layers.Dropout(dropout)(x) if dropout else x
     return keras.Model(inputs, layers.Dense(units, activation="softmax")(x), name=name)

@@ -15,7 +15,13 @@ SEVEN = {
 
 @pytest.mark.parametrize(
     "placement, gate_tap, expert_tap",
-    [("taps", "conv_04", "conv_03"), ("top", "conv_04", "conv_04"), ("separate", "image", "image")],
+    [
+        ("auto", "conv_03", "conv_03"),
+        ("branch", "conv_03", "conv_03"),
+        ("taps", "conv_04", "conv_03"),
+        ("top", "conv_04", "conv_04"),
+        ("separate", "image", "image"),
+    ],
 )
 def test_expert_placement_chooses_where_experts_branch(placement, gate_tap, expert_tap):
     model = build_image_model(
@@ -26,6 +32,29 @@ def test_expert_placement_chooses_where_experts_branch(placement, gate_tap, expe
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     classes = keras.ops.convert_to_numpy(model(x)["classes"])
     np.testing.assert_allclose(classes.sum(1), 1.0, atol=1e-5)
+
+
+def test_branch_placement_gives_each_expert_its_own_last_block():
+    model = build_image_model(
+        Hierarchy(SEVEN), image_size=32, filters=(4, 8, 16, 32), expert_placement="branch"
+    )
+    assert set(model.trunk.output) == {"conv_03"}  # the trunk stops before the last block
+    assert "conv_04_conv" not in [layer.name for layer in backbone_of(model).layers]
+    expert = model.experts["pets"]
+    convs = [layer for layer in expert.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [conv.filters for conv in convs] == [32, 40]  # the last block's width, then 1.25x
+    assert expert.output_shape == (None, 2)
+    gate_convs = [layer for layer in model.gate.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [conv.filters for conv in gate_convs] == [8]  # a quarter of the last block
+    pets, road = model.experts["pets"], model.experts["road"]
+    assert pets.layers[1].kernel is not road.layers[1].kernel  # not shared between experts
+
+
+def test_branch_placement_needs_small_cnn():
+    with pytest.raises(ValueError, match="needs backbone='small_cnn'.*MobileNetV3Small"):
+        build_image_model(
+            Hierarchy(SEVEN), backbone="MobileNetV3Small", expert_placement="branch"
+        )
 
 
 def test_single_class_groups_get_no_expert():

@@ -13,7 +13,7 @@ from condnet.backbones import unfreeze_top
 from condnet.callbacks import LossWeightSchedule
 from condnet.discovery import check_num_groups, discover_from_folder
 from condnet.folders import ImageFolder, load_folders, scan_directory
-from condnet.image_model import PLACEMENTS, backbone_of, build_image_model
+from condnet.image_model import backbone_of, build_image_model, resolve_placement
 from condnet.routing import check_routing
 
 STRATEGIES = ("joint", "staged")
@@ -49,7 +49,7 @@ def train(
     validation_split=0.2,
     seed=1337,
     learning_rate=1e-3,
-    expert_placement="taps",
+    expert_placement="auto",
     augment=True,
     filters=(32, 64, 128, 256),
     fine_tune_epochs=0,
@@ -397,7 +397,7 @@ def _build(options, hierarchy, channels):
 def _check_options(options):
     check_routing(options["routing"])
     _check_choice("strategy", options["strategy"], STRATEGIES)
-    _check_choice("expert_placement", options["expert_placement"], PLACEMENTS)
+    resolve_placement(options["expert_placement"], options["backbone"])
     _check_choice("loss_schedule", options["loss_schedule"], SCHEDULES)
     for name in ("epochs", "batch_size", "patience"):
         if not isinstance(options[name], int) or options[name] < 1:

@@ -133,6 +133,10 @@ def test_resume_needs_a_run(tmp_path):
         ({"strategy": "greedy"}, "strategy must be one of"),
         ({"epochs": 0}, "epochs must be an int >= 1"),
         ({"expert_placement": "middle"}, "expert_placement must be one of"),
+        (
+            {"expert_placement": "branch", "backbone": "EfficientNetB0"},
+            "needs backbone='small_cnn'",
+        ),
     ],
 )
 def test_bad_options_fail_before_any_file_is_written(tmp_path, options, message):
