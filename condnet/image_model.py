@@ -8,8 +8,10 @@ from condnet.conditional_model import ConditionalModel
 
 PLACEMENTS = ("auto", "branch", "taps", "top", "separate")
 # "branch": a gate of a quarter of the last stage's width is cheap, and two
-# conv layers per expert (the last stage's block, then 1.25x its width) gave
-# the most accurate routed model for its cost on CIFAR-10 (benchmarks/RESULTS.md).
+# conv layers per expert (the last stage's block, then 1.25x its width) were the
+# most accurate for their routed cost of the layouts tried on CIFAR-10 (a wider
+# gate with narrower experts, one wide conv per expert, branching a stage
+# earlier); see benchmarks/RESULTS.md.
 BRANCH_GATE_WIDTH = 0.25
 BRANCH_EXPERT_WIDTHS = (1.0, 1.25)
 
