@@ -46,6 +46,7 @@ and the table to the "CIFAR-10 accuracy" section of benchmarks/RESULTS.md.
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -163,7 +164,7 @@ def main(argv=None):
     body = report(bench, args)
     bench.save()
     print("\n" + body)
-    heading = "CIFAR-10 accuracy" + (" (quick)" if args.quick else "")
+    heading = "CIFAR-10 accuracy" + section_suffix(args)
     print(f"\nwrote section '{heading}' of {common.write_section(heading, body, args.results)}")
     print(f"wrote {args.json}")
     return 0
@@ -206,13 +207,24 @@ def parse_args(argv):
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.json is None:
-        folder = args.cache / "accuracy_cifar10" if args.quick else common.BENCHMARKS
-        args.json = folder / (
-            "accuracy_cifar10.quick.json" if args.quick else "accuracy_cifar10.json"
-        )
+        suffix = section_suffix(args)
+        folder = common.BENCHMARKS if not args.quick else args.cache / "accuracy_cifar10"
+        name = re.sub(r"[^a-z0-9]+", "-", suffix.lower()).strip("-")
+        args.json = folder / (f"accuracy_cifar10.{name}.json" if name else "accuracy_cifar10.json")
     if "discovered" in args.configs and "flat" not in args.configs:
         parser.error("--configs: 'discovered' needs 'flat' (its confusions)")
     return args
+
+
+def section_suffix(args):
+    """`""` for the default run, `" (quick)"`, or the settings that differ from the default,
+    so that a run with other settings gets its own RESULTS.md section and JSON file."""
+    if args.quick:
+        return " (quick)"
+    changed = [f"{key} {getattr(args, key)}" for key in FULL if getattr(args, key) != FULL[key]]
+    if args.configs != CONFIGS:
+        changed.append("configs " + ",".join(args.configs))
+    return f" ({'; '.join(changed)})" if changed else ""
 
 
 def _ints(text):
@@ -898,7 +910,8 @@ def targets(bench):
         lines.append(
             f"1. Best condnet config, routed, vs the most accurate flat CNN of equal or "
             f"greater inference cost: >= +1.0 point with the 2-group hierarchy. "
-            f"**{_verdict(gain >= 1.0)}** ({gain:+.2f} points, mean of {len(ours)} seeds): "
+            f"**{_verdict(gain >= 1.0)}** ({gain:+.2f} points, mean of {len(ours)} "
+            f"seed{'s' if len(ours) > 1 else ''}): "
             f"{_spread(ours)} ({row['macs'][ROUTED]:,} MACs) vs {rival['title']} "
             f"{_spread(theirs)} ({rival['macs'][MIXTURE]:,} MACs). First seed alone: "
             f"{100 * routed:.2f}% vs {100 * flat_accuracy:.2f}%. (Its mixture, "
