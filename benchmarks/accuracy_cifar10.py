@@ -73,7 +73,7 @@ from condnet.backbones import small_cnn
 from condnet.callbacks import LossWeightSchedule
 from condnet.cost import count_macs
 from condnet.folders import ImageFolder, load_folders, scan_directory
-from condnet.image_model import BRANCH_EXPERT_WIDTHS, build_image_model
+from condnet.image_model import branch_convs, build_image_model, classifier_head
 from condnet.metrics import confusion_matrix, evaluate_predictions
 from condnet.runs import evaluate_model
 from condnet.staged import fit_staged
@@ -335,24 +335,17 @@ def optimizer(epochs, steps_per_epoch):
 
 
 def flat_cnn(filters, seed, head_filters=(), num_classes=10):
-    """Augmentation, `small_cnn`, the `head_filters` convs, pooling, Dropout, Dense softmax.
+    """Augmentation, `small_cnn`, then a `classifier_head` with the `head_filters` convs.
 
-    `head_filters` are `(filters, pool)` pairs, each a 3x3 conv + BatchNorm +
-    ReLU (+ 2x2 max pooling): row 3 gives the flat CNN an expert's layers.
+    `head_filters` are `(filters, pool)` pairs, as `classifier_head` takes
+    them: row 3 gives the flat CNN an expert's layers.
     """
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = make_augmentation(seed=seed)(inputs)
     x = small_cnn(IMAGE_SHAPE, filters=tuple(filters))(x)
-    for width, pool in head_filters:
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU()(x)
-        x = layers.MaxPooling2D()(x) if pool else x
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(DROPOUT)(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs, name="flat_cnn")
+    head = classifier_head(tuple(x.shape[1:]), num_classes, "head", DROPOUT, tuple(head_filters))
+    return keras.Model(inputs, head(x), name="flat_cnn")
 
 
 def widened(layout, target_macs):
@@ -375,8 +368,7 @@ def widened(layout, target_macs):
 def routed_path_layout(filters):
     """The layers a routed image runs under `expert_placement="branch"`, as a flat CNN:
     `small_cnn` without its last block, then one expert's convs."""
-    widths = [round(filters[-1] * w) for w in BRANCH_EXPERT_WIDTHS]
-    return tuple(filters[:-1]), tuple((w, i == 0) for i, w in enumerate(widths))
+    return tuple(filters[:-1]), branch_convs(filters[-1])["expert"]
 
 
 def conditional(hierarchy, settings, seed, routing, placement="auto"):

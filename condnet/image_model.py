@@ -69,7 +69,7 @@ def build_image_model(
     tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
 
     def make(units, name, part, tap=expert_tap):
-        return _head(tap_shapes[tap], units, name, dropout, convs[part])
+        return classifier_head(tap_shapes[tap], units, name, dropout, convs[part])
 
     experts = {group: _expert(hierarchy, group, make, routing) for group in hierarchy.groups}
     return ConditionalModel(
@@ -157,15 +157,23 @@ def _placement(placement, taps, base):
     """
     width = base.get_layer(taps[-1]).output.shape[-1]
     if placement == "branch" and len(taps) > 1:
-        gate = ((max(1, round(width * BRANCH_GATE_WIDTH)), False),)
-        expert = tuple(
-            (max(1, round(width * w)), i == 0) for i, w in enumerate(BRANCH_EXPERT_WIDTHS)
-        )
-        return taps[-2], taps[-2], {"gate": gate, "inner_gate": gate, "expert": expert}
+        convs = branch_convs(width)
+        return taps[-2], taps[-2], {**convs, "inner_gate": convs["gate"]}
     if placement == "taps" and len(taps) > 1:
         own = ((width, False),)  # the experts' stand-in for the stage they skip
         return taps[-1], taps[-2], {"gate": (), "inner_gate": own, "expert": own}
     return taps[-1], taps[-1], {"gate": (), "inner_gate": (), "expert": ()}
+
+
+def branch_convs(width):
+    """The `(filters, pool)` convs of the gate and of each expert under `"branch"`,
+    for a backbone whose last block has `width` filters."""
+    return {
+        "gate": ((max(1, round(width * BRANCH_GATE_WIDTH)), False),),
+        "expert": tuple(
+            (max(1, round(width * w)), i == 0) for i, w in enumerate(BRANCH_EXPERT_WIDTHS)
+        ),
+    }
 
 
 def _expert(hierarchy, group, make, routing):
@@ -186,9 +194,9 @@ def _expert(hierarchy, group, make, routing):
     )
 
 
-def _head(input_shape, units, name, dropout, convs=()):
-    """`(filters, pool)` convs (+ BatchNorm, ReLU, 2x2 max pooling if `pool`),
-    global average pooling, dropout, a softmax Dense."""
+def classifier_head(input_shape, units, name, dropout, convs=()):
+    """A head model: `(filters, pool)` convs (3x3 + BatchNorm + ReLU, 2x2 max
+    pooling if `pool`), global average pooling, dropout, a softmax Dense."""
     inputs = keras.Input(input_shape)
     x = inputs
     for filters, pool in convs:
@@ -210,7 +218,7 @@ def _separate_model(hierarchy, shape, augmentation, routing, filters, dropout, k
         base = small_cnn(shape, filters=tuple(filters), name=f"{name}_cnn")
         image = keras.Input(shape)
         features = base(image)
-        head = _head(tuple(features.shape[1:]), units, f"{name}_head", dropout)
+        head = classifier_head(tuple(features.shape[1:]), units, f"{name}_head", dropout)
         return keras.Model(image, head(features), name=name)
 
     return ConditionalModel(
