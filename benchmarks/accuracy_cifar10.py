@@ -68,15 +68,15 @@ import numpy as np
 from keras import layers, ops
 
 from condnet import ConditionalModel
-from condnet.augmentation import make_augmentation
-from condnet.backbones import small_cnn
-from condnet.callbacks import LossWeightSchedule
-from condnet.cost import count_macs
-from condnet.folders import ImageFolder, load_folders, scan_directory
-from condnet.image_model import branch_convs, build_image_model, classifier_head
-from condnet.metrics import confusion_matrix, evaluate_predictions
-from condnet.runs import evaluate_model
-from condnet.staged import fit_staged
+from condnet.data.folders import ImageFolder, load_folders, scan_directory
+from condnet.evaluation.cost import count_macs
+from condnet.evaluation.evaluate import evaluate_model
+from condnet.evaluation.metrics import confusion_matrix, evaluate_predictions
+from condnet.training.callbacks import LossWeightSchedule
+from condnet.training.staged import fit_staged
+from condnet.vision.augmentation import make_augmentation
+from condnet.vision.backbones import small_cnn
+from condnet.vision.image_model import branch_convs, build_image_model, classifier_head
 
 IMAGE_SHAPE = (32, 32, 3)
 CLASSES_PER_SET = {"train": 5000, "test": 1000}
@@ -739,7 +739,7 @@ class Benchmark:
 
     def discovered(self, two):
         try:
-            from condnet.discovery import discover_hierarchy
+            from condnet.evaluation.discovery import discover_hierarchy
         except ImportError as error:
             print(f"\nskipped the discovered hierarchy: {error}")
             return
@@ -867,7 +867,8 @@ def table(rows):
         "top group of the same outputs. Group accuracy is the gate's (the same in both "
         "modes); for the flat rows, one model scored against each hierarchy, it is the group "
         "of the predicted class. MMACs: millions of multiply-accumulates per image by "
-        "`condnet.cost.count_macs` (trunk + gate + every expert; routed: + the costliest "
+        "`condnet.evaluation.cost.count_macs` (trunk + gate + every expert; routed: + the "
+        "costliest "
         "expert). s/epoch: training seconds over epochs, validation and first-epoch tracing "
         "included.",
     ]
@@ -915,8 +916,7 @@ def targets(bench):
             f"{100 * routed:.2f}% vs {100 * flat_accuracy:.2f}%. (Its mixture, "
             f"{100 * mixture:.2f}% at {row['macs'][MIXTURE]:,} MACs, is "
             f"{100 * (mixture - flat_accuracy):+.2f} points from that flat CNN, which costs "
-            f"less than the mixture.)"
-            + _versus_others(flats, rival, routed)
+            f"less than the mixture.)" + _versus_others(flats, rival, routed)
         )
     else:
         lines.append("1. Not evaluated: no flat CNN costs as much as the routed model.")

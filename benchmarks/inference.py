@@ -31,7 +31,7 @@ import keras
 import models
 import numpy as np
 
-from condnet.cost import count_macs
+from condnet.evaluation.cost import count_macs
 
 FULL = {
     "groups": (2, 4, 8),
@@ -171,7 +171,7 @@ def report(results, backend, source, settings):
         "- weights: random (seeded); the bias of the gate's last Dense is then set so that "
         "its top choice splits the images evenly (shares of the random gate below)",
         "",
-        "### Models (MACs per image, `condnet.cost.count_macs`)",
+        "### Models (MACs per image, `condnet.evaluation.cost.count_macs`)",
         "",
         setup_table(results),
         "",

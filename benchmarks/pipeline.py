@@ -21,8 +21,8 @@ import keras  # noqa: E402
 import models  # noqa: E402
 import numpy as np  # noqa: E402
 
-from condnet.dispatch import routed_predict  # noqa: E402
-from condnet.folders import ImageFolder  # noqa: E402
+from condnet.data.folders import ImageFolder  # noqa: E402
+from condnet.models.dispatch import routed_predict  # noqa: E402
 
 
 def _folder(images, batch_size, root):

@@ -7,24 +7,27 @@ model; other names are imported on first use.
 
 import importlib
 
-from condnet import backbones, calibration, conditional_model  # noqa: F401  (registrations)
+# Registrations of the saved classes (ConditionalModel, backbone layers, TemperatureScaling).
+from condnet.evaluation import calibration  # noqa: F401
+from condnet.models import conditional_model  # noqa: F401
+from condnet.vision import backbones  # noqa: F401
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ConditionalModel": "condnet.conditional_model",
+    "ConditionalModel": "condnet.models.conditional_model",
     "Hierarchy": "condnet.hierarchy",
-    "LossWeightSchedule": "condnet.callbacks",
-    "StopOnNaN": "condnet.callbacks",
-    "build_image_model": "condnet.image_model",
-    "evaluate_predictions": "condnet.metrics",
-    "fit_staged": "condnet.staged",
-    "load_folders": "condnet.folders",
-    "make_augmentation": "condnet.augmentation",
-    "make_shapes_dataset": "condnet.demo_data",
-    "routed_predict": "condnet.dispatch",
-    "train": "condnet.recipe",
-    "write_report": "condnet.report",
+    "LossWeightSchedule": "condnet.training.callbacks",
+    "StopOnNaN": "condnet.training.callbacks",
+    "build_image_model": "condnet.vision.image_model",
+    "evaluate_predictions": "condnet.evaluation.metrics",
+    "fit_staged": "condnet.training.staged",
+    "load_folders": "condnet.data.folders",
+    "make_augmentation": "condnet.vision.augmentation",
+    "make_shapes_dataset": "condnet.data.demo_data",
+    "routed_predict": "condnet.models.dispatch",
+    "train": "condnet.runs.recipe",
+    "write_report": "condnet.evaluation.report",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from condnet.conditional_model import ConditionalModel
 from condnet.hierarchy import Hierarchy
+from condnet.models.conditional_model import ConditionalModel
 
 CATS_AND_DOGS = {"cat": ["persian", "siamese"], "dog": ["beagle", "pug", "boxer"]}
 
@@ -86,3 +86,39 @@ def counted_mlp(units, input_dim=8, name=None, seed=0):
     counter = RowCounter(name=f"{name}_rows")
     outputs = mlp(units, input_dim, name=f"{name}_mlp", seed=seed)(counter(inputs))
     return keras.Model(inputs, outputs, name=name), counter
+
+
+def loss_and_gradient_norm(model, x, y):
+    """Training loss of one batch and the global L2 norm of its gradient, on any backend."""
+    x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return _jax_loss_and_gradient_norm(model, x, y)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x, y, model(x, training=True), training=True)
+        gradients = tape.gradient(loss, model.trainable_variables)
+    else:
+        loss = model.compute_loss(x, y, model(x, training=True), training=True)
+        loss.backward()
+        gradients = [v.value.grad for v in model.trainable_variables]
+    norms = [float(ops.convert_to_numpy(ops.sum(g * g))) for g in gradients if g is not None]
+    return float(ops.convert_to_numpy(loss)), float(np.sqrt(sum(norms)))
+
+
+def _jax_loss_and_gradient_norm(model, x, y):
+    import jax
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def loss_of(trainable):
+        with keras.StatelessScope():  # metric updates inside compute_loss stay local
+            y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+            return model.compute_loss(x, y, y_pred, training=True)
+
+    loss, gradients = jax.value_and_grad(loss_of)(trainable)
+    norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in gradients))
+    return float(loss), float(norm)

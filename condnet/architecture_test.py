@@ -1,0 +1,79 @@
+"""The package's one-way import rule, checked by walking every module's imports."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parent
+
+# Each part of condnet may import only the parts listed here (and itself).
+# `runs` (the application: recipe, run directories, CLI) may import anything;
+# nothing outside it imports it.
+ALLOWED = {
+    "hierarchy": set(),
+    "testing": {"hierarchy", "models"},
+    "models": {"hierarchy"},
+    "data": {"hierarchy"},
+    "vision": {"hierarchy", "models"},
+    "training": {"hierarchy", "models", "data", "vision"},
+    "evaluation": {"hierarchy", "models", "data", "vision"},
+    "runs": {"hierarchy", "models", "data", "vision", "training", "evaluation", ""},
+    "": {"hierarchy", "models", "data", "vision", "training", "evaluation", "runs"},
+}
+
+
+def _part(module):
+    """'condnet.models.routing' -> 'models'; 'condnet' -> ''."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _module_name(path):
+    relative = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = relative.parts[:-1] if relative.name == "__init__" else relative.parts
+    return ".".join(parts)
+
+
+def _imports(path):
+    """Every condnet module a file imports, at top level or inside functions."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] == "condnet":
+                yield name
+
+
+def _library_files():
+    return [p for p in PACKAGE.rglob("*.py") if not p.name.endswith("_test.py")]
+
+
+def test_imports_follow_the_layers():
+    wrong = []
+    for path in _library_files():
+        source = _part(_module_name(path))
+        for name in _imports(path):
+            target = _part(name)
+            known = target in ALLOWED or (PACKAGE / f"{target}.py").exists()
+            if target != source and known and target not in ALLOWED[source]:
+                wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
+    assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
+
+
+def test_nothing_outside_runs_imports_runs():
+    offenders = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in _library_files()
+        if _part(_module_name(path)) not in ("runs", "")
+        and any(_part(name) == "runs" for name in _imports(path))
+    ]
+    assert not offenders
+
+
+def test_the_rule_checker_sees_an_import_inside_a_function(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text("def f():\n    from condnet.runs.recipe import train\n")
+    assert list(_imports(path)) == ["condnet.runs.recipe", "condnet.runs.recipe.train"]

@@ -1,0 +1,140 @@
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from condnet.evaluation.metrics import evaluate_predictions
+from condnet.evaluation.report import summary_table, write_report
+from condnet.hierarchy import Hierarchy
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("training_curves.png", "group_confusion.png", "class_confusion.png", "routing_matrix.png")
+HIERARCHY = Hierarchy({"cat": ["persian", "siamese"], "dog": ["beagle", "pug", "<unk>"]})
+HISTORY = {
+    "loss": [1.2, 0.8, 0.5],
+    "val_loss": [1.3, 0.9, 0.7],
+    "class_accuracy": [0.4, 0.6, 0.8],
+    "val_class_accuracy": [0.3, 0.5, 0.7],
+}
+
+
+def make_metrics(hierarchy=HIERARCHY):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, hierarchy.num_classes, size=30)
+    logits = rng.normal(size=(30, hierarchy.num_classes))
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return evaluate_predictions(hierarchy, labels, probabilities)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "report"
+    metrics = make_metrics()
+    paths = write_report(run_dir, HIERARCHY, metrics, history=HISTORY, title="Pets & <co>")
+    return run_dir, metrics, paths
+
+
+def read(run_dir, name):
+    return (run_dir / name).read_text(encoding="utf-8")
+
+
+def test_write_report_writes_every_file(report):
+    run_dir, _, paths = report
+    expected = ["report.md", "report.html", *PLOTS]
+    assert [path.name for path in paths] == expected
+    assert all(path.parent == run_dir and path.is_file() for path in paths)
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_write_report_plots_are_valid_pngs(report, name):
+    path = report[0] / name
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.width > 0 and image.height > 0
+
+
+def test_write_report_markdown_summary_and_links(report):
+    run_dir, metrics, _ = report
+    markdown = read(run_dir, "report.md")
+    assert f"| accuracy | {metrics['accuracy']:.4f} |" in markdown
+    assert f"| num_samples | {metrics['num_samples']} |" in markdown
+    for group, count in metrics["routing"]["samples_per_expert"].items():
+        assert f"| {group} | {count} | " in markdown
+    for name in PLOTS:
+        assert f"![{name}]({name})" in markdown
+
+
+@pytest.mark.parametrize("name", HIERARCHY.classes)
+def test_write_report_markdown_has_a_row_per_class(report, name):
+    run_dir, metrics, _ = report
+    scores = metrics["per_class"][name]
+    cells = [name.replace("<", "\\<"), HIERARCHY.group_of(name)]
+    cells += [f"{scores[key]:.4f}" for key in ("precision", "recall", "f1")]
+    row = "| " + " | ".join([*cells, str(scores["support"])]) + " |"
+    assert row in read(run_dir, "report.md").splitlines()
+
+
+def test_write_report_html_escapes_names(report):
+    page = read(report[0], "report.html")
+    assert "<td>&lt;unk&gt;</td>" in page
+    assert "<unk>" not in page
+    assert "<h1>Pets &amp; &lt;co&gt;</h1>" in page
+    assert '<img src="class_confusion.png"' in page
+
+
+def test_write_report_without_history_skips_curves(tmp_path):
+    paths = write_report(tmp_path, HIERARCHY, make_metrics())
+    assert "training_curves.png" not in [path.name for path in paths]
+    assert not (tmp_path / "training_curves.png").exists()
+    assert "No training history was given" in read(tmp_path, "report.md")
+
+
+def test_write_report_without_matplotlib_notes_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.warns(UserWarning, match="matplotlib is not installed"):
+        paths = write_report(tmp_path, HIERARCHY, make_metrics(), history=HISTORY)
+    assert [path.name for path in paths] == ["report.md", "report.html"]
+    assert 'pip install "condnet[plots]"' in read(tmp_path, "report.md")
+
+
+def test_write_report_accepts_a_keras_history_object(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+
+    class History:
+        history = {"loss": []}
+
+    with pytest.warns(UserWarning):
+        write_report(tmp_path, HIERARCHY, make_metrics(), history=History())
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_write_report_rejects_incomplete_metrics_before_writing(tmp_path):
+    metrics = make_metrics()
+    del metrics["routing"]
+    with pytest.raises(ValueError, match=r"metrics is missing \['routing'\]"):
+        write_report(tmp_path / "run", HIERARCHY, metrics)
+    assert not (tmp_path / "run").exists()
+
+
+def test_write_report_rejects_metrics_of_another_hierarchy(tmp_path):
+    other = Hierarchy({"a": ["x", "y"], "b": ["z"]})
+    with pytest.raises(ValueError, match="computed for 3 classes in 2 groups"):
+        write_report(tmp_path, HIERARCHY, make_metrics(other))
+
+
+def test_write_report_rejects_history_of_wrong_type(tmp_path):
+    with pytest.raises(TypeError, match="Received: history of type list"):
+        write_report(tmp_path, HIERARCHY, make_metrics(), history=[0.5, 0.4])
+
+
+def test_summary_table_lists_headline_metrics():
+    metrics = make_metrics()
+    lines = summary_table(metrics).splitlines()
+    assert lines[0].split() == ["metric", "value"]
+    assert set(lines[1]) == {"-"}
+    rows = dict(line.split(None, 1) for line in lines[2:])
+    assert rows["accuracy"] == f"{metrics['accuracy']:.4f}"
+    assert rows["wrong_expert_share"] == f"{metrics['routing']['wrong_expert_share']:.4f}"
+    assert rows["class_ece"] == f"{metrics['expected_calibration_error']['class']:.4f}"

@@ -1,0 +1,748 @@
+"""ConditionalModel: a gate routes each input to the expert of its group."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from condnet.hierarchy import Hierarchy
+from condnet.models import capacity as capacity_lib
+from condnet.models import routing as routing_lib
+
+_EPSILON = 1e-7
+_LOSS_PARTS = ("gate", "class", "expert")
+
+
+@keras.saving.register_keras_serializable(package="condnet")
+class ConditionalModel(keras.Model):
+    """A gate model picks a group; that group's expert picks the class.
+
+    The gate outputs one probability per group of the hierarchy; each expert
+    outputs the probabilities of its group's classes. The model's main output,
+    `"classes"`, is a distribution over every class of the hierarchy: in soft
+    routing P(group) x P(class | group), in hard routing the chosen expert's
+    distribution with zeros elsewhere, so predictions always agree with the
+    hierarchy.
+
+    Gate and experts see the raw input, or named intermediate layers ("taps")
+    of a shared `trunk`: the gate on `gate_tap`, expert `g` on
+    `expert_taps[g]`. Both ways build the same class.
+
+    Under `dispatch="dense"` every expert runs on every row inside `call`
+    (training, `evaluate`, `predict_on_batch`, `model(x)`); hard modes select
+    with a straight-through one-hot. Under `dispatch="capacity"` each expert
+    runs in-graph on a fixed-size buffer of its own rows. `predict` with a
+    hard routing runs only the chosen expert on the rows routed to it, either
+    way (see `condnet.models.dispatch`).
+
+    Args:
+        hierarchy: `Hierarchy` or dict. The groups and their classes.
+        gate: Keras model or layer. Maps the input (or the gate tap) to
+            `num_groups` probabilities (end it with a softmax).
+        experts: dict of group name -> Keras model or layer, each mapping the
+            input (or its tap) to its group's class probabilities. A list is
+            accepted when each model is named after its group; experts are
+            always matched to groups by name, never by position. A group with
+            a single class may map to `None` (its class has probability 1).
+            An expert may itself be a `ConditionalModel` over the group's
+            sub-hierarchy.
+        trunk: optional functional Keras model shared by the gate and the
+            experts. Defaults to `None` (gate and experts see the input).
+        gate_tap: str. Name of the trunk layer the gate reads. Defaults to
+            the trunk's output layer.
+        expert_taps: dict of group name -> trunk layer name. Defaults to
+            `gate_tap` for every group.
+        routing: str. `"soft"`, `"hard"`, `"gumbel"` or `"teacher"`.
+            Defaults to `"soft"`.
+        temperature: float. Gumbel-softmax temperature. Defaults to `1.0`.
+        confidence_threshold: float or None. At inference with a hard
+            routing, rows whose top gate probability is below it mix their two
+            most likely experts. Defaults to `None` (never hedge).
+        seed: int or None. Seed of the Gumbel noise. Defaults to `None`.
+        dispatch: str. How hard routing runs inside `call` (training,
+            `evaluate`, exported graphs): `"dense"` computes every expert on
+            every row and selects with a one-hot; `"capacity"` gathers each
+            expert's rows into a buffer of static size and runs each expert
+            once on it (see `condnet.models.capacity`), so a training step costs about
+            `capacity_factor` experts per row instead of all of them. Defaults
+            to `"dense"`. `predict` routes rows exactly either way.
+        capacity_factor: float. Buffer size per expert as a multiple of
+            `batch / num_groups` while training (at least 2.0 at inference).
+            Rows beyond it go to their next-best expert, or are dropped and
+            counted in the `dropped_rate` metric. Defaults to `1.25`.
+
+    Call arguments:
+        inputs: the model's input batch.
+        training: bool. Training mode (Gumbel noise, straight-through).
+
+    Returns a dict: `"classes"` (batch, num_classes) probabilities,
+    `"groups"` (batch, num_groups) gate probabilities, `"route"` (batch,)
+    index of the chosen group, `"experts"` (batch, num_classes) each expert's
+    conditional probabilities side by side.
+
+    Example:
+
+    ```python
+    model = condnet.ConditionalModel(
+        {"cat": ["persian", "siamese"], "dog": ["beagle", "pug", "boxer"]},
+        gate=model_01,
+        experts={"cat": model_02_1, "dog": model_02_2},
+    )
+    model.compile()
+    model.fit(images, labels, epochs=5)
+    model.routing = "hard"
+    outputs = model.predict(images)  # only the chosen expert runs per image
+    ```
+    """
+
+    def __init__(
+        self,
+        hierarchy,
+        gate,
+        experts,
+        trunk=None,
+        gate_tap=None,
+        expert_taps=None,
+        routing="soft",
+        temperature=1.0,
+        confidence_threshold=None,
+        seed=None,
+        dispatch="dense",
+        capacity_factor=1.25,
+        **kwargs,
+    ):
+        hierarchy = _as_hierarchy(hierarchy)
+        routing_lib.check_routing(routing)
+        _check_options(temperature, confidence_threshold)
+        _check_dispatch(dispatch, capacity_factor, routing, confidence_threshold)
+        _check_layer("gate", gate)
+        experts = _experts_by_group(hierarchy, experts)
+        gate_tap, expert_taps = _resolve_taps(hierarchy, trunk, gate_tap, expert_taps)
+        super().__init__(**kwargs)
+        self.hierarchy = hierarchy
+        self.gate = gate
+        self.expert_models = [experts[g] for g in hierarchy.groups]
+        self.trunk = _tap_model(trunk, [gate_tap, *expert_taps.values()])
+        self.gate_tap = gate_tap
+        self.expert_taps = expert_taps
+        self._routing = routing
+        self._temperature = temperature
+        self._confidence_threshold = confidence_threshold
+        self.seed = seed
+        self._dispatch = dispatch
+        self._capacity_factor = capacity_factor
+        self._routed_runner = None
+        input_shape = _known_input_shape(self.trunk, gate, self.expert_models)
+        self._check_sizes(input_shape)
+
+        # === State ===
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.loss_weights_variable = self.add_weight(
+            shape=(3,), initializer="ones", trainable=False, name="loss_weights"
+        )
+        self._class_to_group = np.asarray(hierarchy.class_to_group, "int32")
+        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.group_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="group_accuracy")
+        self.loss_part_metrics = [keras.metrics.Mean(name=f"{p}_loss") for p in _LOSS_PARTS]
+        if dispatch == "capacity":
+            self.dropped_metric = keras.metrics.Mean(name="dropped_rate")
+        if input_shape is not None:
+            self.build(input_shape)
+
+    # === Settings that may change after construction ===
+    # Each setter validates, then drops the compiled train/test/predict
+    # functions so the next fit, evaluate or predict uses the new value.
+
+    @property
+    def routing(self):
+        return self._routing
+
+    @routing.setter
+    def routing(self, value):
+        routing_lib.check_routing(value)
+        _check_dispatch(self._dispatch, self._capacity_factor, value, self._confidence_threshold)
+        self._change("_routing", value)
+
+    @property
+    def temperature(self):
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value):
+        _check_options(value, self._confidence_threshold)
+        self._change("_temperature", value)
+
+    @property
+    def confidence_threshold(self):
+        return self._confidence_threshold
+
+    @confidence_threshold.setter
+    def confidence_threshold(self, value):
+        _check_options(self._temperature, value)
+        _check_dispatch(self._dispatch, self._capacity_factor, self._routing, value)
+        self._change("_confidence_threshold", value)
+
+    @property
+    def capacity_factor(self):
+        return self._capacity_factor
+
+    @capacity_factor.setter
+    def capacity_factor(self, value):
+        _check_dispatch(self._dispatch, value, self._routing, self._confidence_threshold)
+        self._change("_capacity_factor", value)
+
+    @property
+    def dispatch(self):
+        """`"dense"` or `"capacity"`, fixed at construction (it changes the outputs)."""
+        return self._dispatch
+
+    def _change(self, name, value):
+        object.__setattr__(self, name, value)
+        self.train_function = self.test_function = self.predict_function = None
+
+    # === Parts ===
+
+    @property
+    def experts(self):
+        """The experts as a dict: group name -> model (or None)."""
+        return dict(zip(self.hierarchy.groups, self.expert_models))
+
+    @property
+    def routes_at_inference(self):
+        """True when inference runs one expert per row (every mode but soft)."""
+        return self.routing != "soft"
+
+    def build(self, input_shape):
+        taps = self._tap_shapes(input_shape)
+        if not self.gate.built:
+            self.gate.build(taps[self.gate_tap])
+        for group, expert in self.experts.items():
+            if expert is not None and not expert.built:
+                expert.build(taps[self.expert_taps[group]])
+        self._check_sizes(input_shape)
+        self.built = True
+
+    def tap_features(self, inputs, training=False):
+        """The tensors the gate and experts read: {tap name: tensor}."""
+        if self.trunk is None:
+            return {None: inputs}
+        return self.trunk(inputs, training=training)
+
+    def expert_probabilities(self, group, features, training=False):
+        """One expert's conditional class probabilities for a batch of its tap."""
+        expert = self.experts[group]
+        if expert is None:
+            return ops.ones((ops.shape(features)[0], 1), dtype="float32")
+        outputs = expert(features, training=training)
+        if isinstance(outputs, dict):
+            outputs = outputs["classes"]
+        return ops.cast(outputs, "float32")
+
+    def dense_outputs(self, inputs, training=False):
+        """Gate probabilities and every expert's conditional probabilities on every row.
+
+        Returns `(groups, experts, taps)`: `(batch, num_groups)`, `(batch,
+        num_classes)` (each expert's columns side by side) and the tap features.
+        Calibration uses it to see every expert whatever the dispatch.
+        """
+        taps = self.tap_features(inputs, training=training)
+        groups = ops.cast(self.gate(taps[self.gate_tap], training=training), "float32")
+        experts = ops.concatenate(
+            [
+                self.expert_probabilities(g, taps[self.expert_taps[g]], training)
+                for g in self.hierarchy.groups
+            ],
+            axis=-1,
+        )
+        return groups, experts, taps
+
+    def call(self, inputs, training=False):
+        if self.dispatch == "capacity" and self.routing != "soft":
+            taps = self.tap_features(inputs, training=training)
+            groups = ops.cast(self.gate(taps[self.gate_tap], training=training), "float32")
+            return self._capacity_call(taps, groups, self._weights(groups, training), training)
+        groups, experts, _ = self.dense_outputs(inputs, training=training)
+        weights = self._weights(groups, training)
+        classes = routing_lib.expand_to_classes(weights, self._class_to_group) * experts
+        route = ops.cast(ops.argmax(weights, axis=-1), "int32")
+        return {"classes": classes, "groups": groups, "route": route, "experts": experts}
+
+    def _weights(self, groups, training):
+        return routing_lib.route_weights(
+            groups,
+            self.routing,
+            training=training,
+            temperature=self.temperature,
+            seed=self.seed_generator,
+            confidence_threshold=self.confidence_threshold,
+        )
+
+    def _capacity_call(self, taps, groups, weights, training):
+        """Hard routing with static-capacity buffers: each expert runs on its rows only."""
+        batch_size = ops.shape(groups)[0]
+        num_groups = self.hierarchy.num_groups
+        factor = self.capacity_factor if training else max(self.capacity_factor, 2.0)
+        capacity = capacity_lib.capacity_of(batch_size, num_groups, factor)
+        first = ops.argmax(weights, axis=-1)
+        expert, slot, kept = capacity_lib.assign_slots(first, groups, capacity)
+        row_of_slot = capacity_lib.gather_rows(slot, num_groups * capacity, batch_size)
+        buffers = {
+            tap: capacity_lib.to_buffers(taps[tap], row_of_slot)
+            for tap in dict.fromkeys(self.expert_taps.values())
+        }
+        outputs = []
+        for g, group in enumerate(self.hierarchy.groups):
+            rows = buffers[self.expert_taps[group]][g * capacity : (g + 1) * capacity]
+            columns = self.hierarchy.group_slice(group)
+            probabilities = self.expert_probabilities(group, rows, training)
+            padding = [[0, 0], [columns.start, self.hierarchy.num_classes - columns.stop]]
+            outputs.append(ops.pad(probabilities, padding))
+        experts = capacity_lib.from_buffers(ops.concatenate(outputs, axis=0), slot)
+        used = ops.one_hot(expert, num_groups, dtype=groups.dtype)
+        if training:
+            used = routing_lib.straight_through(used, groups)
+        classes = routing_lib.expand_to_classes(used, self._class_to_group) * experts
+        dropped = 1.0 - ops.cast(kept, "float32")
+        return {
+            "classes": classes,
+            "groups": groups,
+            "route": expert,
+            "experts": experts,
+            "dropped": dropped,
+        }
+
+    # === Training ===
+
+    def compile(
+        self,
+        optimizer="auto",
+        gate_loss_weight=1.0,
+        class_loss_weight=1.0,
+        expert_loss_weight=1.0,
+        metrics=None,
+        **kwargs,
+    ):
+        """Configure training; the hierarchical loss is built in.
+
+        The loss is `gate_loss_weight * CE(true group, gate)` +
+        `class_loss_weight * CE(true class, classes)` +
+        `expert_loss_weight * CE(true class, expert of the true group)`. The
+        expert term of a sample reaches only its own group's expert, so a dog
+        image never trains the cat expert. The weights live in a variable, so
+        `LossWeightSchedule` can change them between epochs.
+
+        Args:
+            optimizer: optimizer or `"auto"` (Adam, learning rate 1e-3).
+            gate_loss_weight, class_loss_weight, expert_loss_weight: floats.
+            metrics: extra Keras metrics on the `"classes"` output.
+            **kwargs: passed to `keras.Model.compile` (not `loss`).
+        """
+        if "loss" in kwargs or "loss_weights" in kwargs:
+            raise TypeError(
+                "ConditionalModel builds its own hierarchical loss. Set its parts "
+                "with gate_loss_weight=, class_loss_weight=, expert_loss_weight= "
+                f"instead. Received: {sorted(k for k in kwargs if k.startswith('loss'))}"
+            )
+        weights = (gate_loss_weight, class_loss_weight, expert_loss_weight)
+        self.set_loss_weights(*weights)
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+        self._compile_config.config.update(
+            dict(zip(("gate_loss_weight", "class_loss_weight", "expert_loss_weight"), weights))
+        )
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        config = {k: v for k, v in config.items() if k not in ("loss", "loss_weights")}
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def set_loss_weights(self, gate=None, class_=None, expert=None):
+        """Change the loss weights; `None` keeps a weight as it is."""
+        current = ops.convert_to_numpy(self.loss_weights_variable).copy()
+        for i, value in enumerate((gate, class_, expert)):
+            if value is not None:
+                if not np.isfinite(value) or value < 0:
+                    raise ValueError(
+                        f"Loss weights must be finite and >= 0. Received: "
+                        f"{_LOSS_PARTS[i]} weight={value!r}"
+                    )
+                current[i] = value
+        self.loss_weights_variable.assign(current)
+
+    @property
+    def loss_weights_dict(self):
+        values = ops.convert_to_numpy(self.loss_weights_variable)
+        return {part: float(v) for part, v in zip(_LOSS_PARTS, values)}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        labels = _flat_labels(y)
+        true_groups = ops.take(self._class_to_group, labels)
+        classes = y_pred["classes"]
+        if training and self.routing == "teacher":
+            forced = ops.one_hot(true_groups, self.hierarchy.num_groups)
+            classes = routing_lib.expand_to_classes(forced, self._class_to_group)
+            classes = classes * y_pred["experts"]
+        routed_right = ops.cast(ops.equal(y_pred["route"], true_groups), "float32")
+        served, class_mask, expert_mask = None, None, None
+        if "dropped" in y_pred:  # capacity dispatch: only the expert that ran has outputs
+            served = 1.0 - y_pred["dropped"]
+            expert_mask = served * routed_right
+            class_mask = served
+            self.dropped_metric.update_state(y_pred["dropped"])
+        if training and self.routing in ("hard", "gumbel"):
+            # A row routed away from its true group has probability exactly 0 for
+            # its class (only the chosen expert is in the output), so its class
+            # loss would be -log(1e-7) with a huge gradient. The gate loss trains
+            # the route; the class term learns only from rows routed right.
+            class_mask = _combine(class_mask, routed_right)
+        parts = [
+            _mean_nll(y_pred["groups"], true_groups, sample_weight),
+            _mean_nll(classes, labels, _combine(sample_weight, class_mask)),
+            _mean_nll(y_pred["experts"], labels, _combine(sample_weight, expert_mask)),
+        ]
+        for metric, value in zip(self.loss_part_metrics, parts):
+            metric.update_state(value)
+        total = ops.sum(ops.stack(parts) * self.loss_weights_variable)
+        for extra in self.losses:
+            total = total + ops.cast(extra, total.dtype)
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        labels = _flat_labels(y)
+        self.accuracy_metric.update_state(labels, y_pred["classes"], sample_weight)
+        self.group_accuracy_metric.update_state(
+            ops.take(self._class_to_group, labels), y_pred["groups"], sample_weight
+        )
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(labels, y_pred["classes"], sample_weight)
+        return self.get_metrics_result()
+
+    def fit(self, x=None, y=None, **kwargs):
+        """`keras.Model.fit`, after checking the labels against the hierarchy.
+
+        An `ImageFolder` (anything with `hierarchy` and `labels`) must carry
+        this model's hierarchy: its labels index that hierarchy's classes.
+        """
+        if y is not None and not hasattr(y, "element_spec"):
+            self.hierarchy.check_labels(ops.convert_to_numpy(y))
+        elif hasattr(x, "labels") and hasattr(x, "hierarchy"):
+            self._check_data_hierarchy(x.hierarchy)
+            self.hierarchy.check_labels(x.labels)
+        return super().fit(x, y, **kwargs)
+
+    def _check_data_hierarchy(self, hierarchy):
+        if hierarchy != self.hierarchy:
+            raise ValueError(
+                "The data's hierarchy differs from the model's, so its labels would "
+                f"name other classes. Model: {self.hierarchy.to_dict()}. Received: data "
+                f"with hierarchy {hierarchy.to_dict()}"
+            )
+
+    # === Inference ===
+
+    @property
+    def routed_runner(self):
+        """The compiled pieces routed `predict` reuses (`condnet.models.dispatch.Runner`).
+
+        Built on first use and kept for the model's life: the trunk + gate
+        ("front") and each expert are compiled once per input shape.
+        """
+        if self._routed_runner is None:
+            from condnet.models.dispatch import Runner
+
+            object.__setattr__(self, "_routed_runner", Runner(self))  # not a tracked layer
+        return self._routed_runner
+
+    def predict(
+        self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, routed=None, **kwargs
+    ):
+        """Predict; with a hard routing only the chosen experts run.
+
+        Args:
+            x, batch_size, verbose, steps, callbacks: as in `keras.Model.predict`.
+            routed: bool or None. `True` runs only the chosen expert(s) of each
+                row (`condnet.models.dispatch.routed_predict`), `False` every
+                expert through `keras.Model.predict`. Defaults to `None`:
+                routed whenever the routing is not `"soft"`.
+
+        Returns a dict of numpy arrays (see the class docstring). Under routed
+        predict, `"experts"` holds zeros for the experts that did not run on a row.
+        """
+        if kwargs:
+            raise TypeError(
+                "ConditionalModel.predict takes x, batch_size, verbose, steps, callbacks "
+                f"and routed. Received unknown arguments: {sorted(kwargs)}"
+            )
+        if routed is None:
+            routed = self.routes_at_inference
+        if not routed:
+            return super().predict(
+                x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+            )
+        from condnet.models.dispatch import routed_predict
+
+        return routed_predict(
+            self, x, batch_size=batch_size or 32, verbose=verbose, steps=steps, callbacks=callbacks
+        )
+
+    # === Config ===
+
+    def get_config(self):
+        serialize = keras.saving.serialize_keras_object
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "hierarchy": self.hierarchy.get_config(),
+            "gate": serialize(self.gate),
+            "experts": {g: serialize(e) for g, e in self.experts.items()},
+            "trunk": serialize(self.trunk) if self.trunk is not None else None,
+            "gate_tap": self.gate_tap,
+            "expert_taps": dict(self.expert_taps),
+            "routing": self.routing,
+            "temperature": self.temperature,
+            "confidence_threshold": self.confidence_threshold,
+            "seed": self.seed,
+            "dispatch": self.dispatch,
+            "capacity_factor": self.capacity_factor,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        config["hierarchy"] = Hierarchy.from_config(config["hierarchy"])
+        config["gate"] = deserialize(config["gate"])
+        config["experts"] = {
+            g: deserialize(e) if e is not None else None for g, e in config["experts"].items()
+        }
+        if config.get("trunk") is not None:
+            config["trunk"] = deserialize(config["trunk"])
+        return cls(**config)
+
+    # === Shape checks ===
+
+    def _tap_shapes(self, input_shape):
+        shape = tuple(input_shape)
+        if self.trunk is None:
+            return {None: shape}
+        specs = self.trunk.compute_output_spec(keras.KerasTensor(shape))
+        return {tap: tuple(spec.shape) for tap, spec in specs.items()}
+
+    def _check_sizes(self, input_shape):
+        if input_shape is None:
+            return
+        taps = self._tap_shapes(input_shape)
+        gate_size = _output_size(self.gate, taps[self.gate_tap])
+        if gate_size is not None and gate_size != self.hierarchy.num_groups:
+            raise ValueError(
+                f"The gate must output one probability per group. The hierarchy has "
+                f"{self.hierarchy.num_groups} groups ({self.hierarchy.groups}) but the "
+                f"gate outputs {gate_size}. Received: gate={self.gate.name}"
+            )
+        for group, expert in self.experts.items():
+            if expert is None:
+                continue
+            size = _output_size(expert, taps[self.expert_taps[group]])
+            expected = len(self.hierarchy.classes_of(group))
+            if size is not None and size != expected:
+                raise ValueError(
+                    f"The expert of group {group!r} must output one probability per "
+                    f"class of that group: {expected} ({self.hierarchy.classes_of(group)}), "
+                    f"but it outputs {size}. Received: expert={expert.name}"
+                )
+
+
+# === Helpers ===
+
+
+def _flat_labels(y):
+    return ops.reshape(ops.cast(y, "int32"), (-1,))
+
+
+def _combine(sample_weight, mask):
+    if mask is None:
+        return sample_weight
+    if sample_weight is None:
+        return mask
+    return ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) * mask
+
+
+def _mean_nll(probabilities, labels, sample_weight):
+    picked = ops.take_along_axis(probabilities, ops.expand_dims(labels, -1), axis=-1)
+    nll = -ops.log(ops.squeeze(picked, -1) + _EPSILON)  # NaN stays NaN: StopOnNaN sees it
+    if sample_weight is None:
+        return ops.mean(nll)
+    weight = ops.reshape(ops.cast(sample_weight, nll.dtype), (-1,))
+    return ops.sum(nll * weight) / ops.maximum(ops.sum(weight), _EPSILON)
+
+
+def _as_hierarchy(hierarchy):
+    if isinstance(hierarchy, Hierarchy):
+        return hierarchy
+    if isinstance(hierarchy, dict):
+        return Hierarchy(hierarchy)
+    raise TypeError(
+        "hierarchy must be a condnet.Hierarchy or a dict mapping group -> classes. "
+        f"Received: hierarchy of type {type(hierarchy).__name__}"
+    )
+
+
+def _check_options(temperature, confidence_threshold):
+    if not isinstance(temperature, int | float) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0. Received: temperature={temperature!r}")
+    if confidence_threshold is not None and not 0 < confidence_threshold <= 1:
+        raise ValueError(
+            "confidence_threshold must be in (0, 1] (or None to never hedge). "
+            f"Received: confidence_threshold={confidence_threshold!r}"
+        )
+
+
+def _check_dispatch(dispatch, capacity_factor, routing, confidence_threshold):
+    if dispatch not in ("dense", "capacity"):
+        raise ValueError(
+            "dispatch must be 'dense' (every expert computes every row while training; "
+            "hard modes select with a one-hot) or 'capacity' (each expert runs on a "
+            f"fixed-size buffer of its own rows). Received: dispatch={dispatch!r}"
+        )
+    if not isinstance(capacity_factor, int | float) or not capacity_factor > 0:
+        raise ValueError(
+            f"capacity_factor must be a number > 0. Received: capacity_factor={capacity_factor!r}"
+        )
+    if dispatch == "capacity" and routing == "teacher":
+        raise ValueError(
+            "Teacher forcing needs the true group inside the model, which capacity dispatch "
+            "does not see. Use routing='hard' (or 'gumbel') with dispatch='capacity', or "
+            "dispatch='dense'. Received: routing='teacher', dispatch='capacity'"
+        )
+    if dispatch == "capacity" and confidence_threshold is not None:
+        raise ValueError(
+            "Hedging (confidence_threshold) runs two experts per row; capacity dispatch runs "
+            "one. Use dispatch='dense' (predict() hedges either way). Received: "
+            f"confidence_threshold={confidence_threshold!r}, dispatch='capacity'"
+        )
+
+
+def _check_layer(role, layer):
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(
+            f"The {role} must be a Keras model or layer. Received: {role} of type "
+            f"{type(layer).__name__}"
+        )
+
+
+def _experts_by_group(hierarchy, experts):
+    if isinstance(experts, list | tuple):
+        names = [getattr(e, "name", None) for e in experts]
+        if sorted(map(str, names)) != sorted(hierarchy.groups):
+            raise TypeError(
+                "Pass experts as a dict {group: model}: experts are matched to groups "
+                f"by name, never by position. A list works only when each model is "
+                f"named after its group. The groups are {hierarchy.groups}. Received: "
+                f"a list of models named {names}"
+            )
+        experts = dict(zip(names, experts))
+    if not isinstance(experts, dict):
+        raise TypeError(
+            f"experts must be a dict {{group: model}}. Received: {type(experts).__name__}"
+        )
+    missing = [g for g in hierarchy.groups if g not in experts]
+    extra = [g for g in experts if g not in hierarchy.groups]
+    if missing or extra:
+        raise ValueError(
+            f"experts must have exactly one entry per group {hierarchy.groups}. "
+            f"Missing: {missing}; not in the hierarchy: {extra}. Received: "
+            f"experts for {list(experts)}"
+        )
+    for group, expert in experts.items():
+        _check_expert(hierarchy, group, expert)
+    return experts
+
+
+def _check_expert(hierarchy, group, expert):
+    if expert is None:
+        if len(hierarchy.classes_of(group)) != 1:
+            raise ValueError(
+                f"Only a group with a single class may have no expert. Group {group!r} "
+                f"has classes {hierarchy.classes_of(group)}. Received: experts[{group!r}]=None"
+            )
+        return
+    _check_layer(f"expert of group {group!r}", expert)
+    if isinstance(expert, ConditionalModel):
+        sub = hierarchy.subhierarchy(group)
+        if sub != expert.hierarchy:
+            raise ValueError(
+                f"The expert of group {group!r} is a ConditionalModel, so its hierarchy "
+                f"must be that group's subtree {sub!r}. Received: {expert.hierarchy!r}"
+            )
+
+
+def _resolve_taps(hierarchy, trunk, gate_tap, expert_taps):
+    if trunk is None:
+        if gate_tap is not None or any(t is not None for t in (expert_taps or {}).values()):
+            raise ValueError(
+                "gate_tap and expert_taps name layers of a trunk, but no trunk was "
+                f"given. Pass trunk=. Received: gate_tap={gate_tap!r}, "
+                f"expert_taps={expert_taps!r}"
+            )
+        return None, {g: None for g in hierarchy.groups}
+    _check_layer("trunk", trunk)
+    if not getattr(trunk, "inputs", None):
+        raise TypeError(
+            "The trunk must be a functional Keras model (built from keras.Input) so "
+            f"its intermediate layers can be tapped. Received: trunk={trunk.name}"
+        )
+    if gate_tap is None:
+        gate_tap = _default_tap(trunk)
+    expert_taps = dict(expert_taps or {})
+    unknown = [g for g in expert_taps if g not in hierarchy.groups]
+    if unknown:
+        raise ValueError(
+            f"expert_taps names groups that are not in the hierarchy {hierarchy.groups}. "
+            f"Received: {unknown}"
+        )
+    return gate_tap, {g: expert_taps.get(g, gate_tap) for g in hierarchy.groups}
+
+
+def _default_tap(trunk):
+    if isinstance(trunk.output, dict):
+        return list(trunk.output)[-1]
+    return trunk.output._keras_history.operation.name
+
+
+def _tap_model(trunk, taps):
+    """The trunk as a model whose outputs are the tapped layers, by name."""
+    if trunk is None:
+        return None
+    if isinstance(trunk.output, dict) and set(taps) <= set(trunk.output):
+        return trunk
+    names = [layer.name for layer in trunk.layers]
+    outputs = {}
+    for tap in dict.fromkeys(taps):
+        if tap not in names:
+            raise ValueError(
+                f"The trunk {trunk.name!r} has no layer named {tap!r} to tap. Its layers "
+                f"are {names}. Received: tap={tap!r}"
+            )
+        outputs[tap] = trunk.get_layer(tap).output
+    return keras.Model(trunk.inputs, outputs, name=trunk.name)
+
+
+def _known_input_shape(trunk, gate, experts):
+    source = trunk if trunk is not None else gate
+    inputs = getattr(source, "inputs", None)
+    if trunk is None and not all(getattr(e, "inputs", True) for e in experts):
+        return None
+    if inputs and len(inputs) == 1:
+        return tuple(inputs[0].shape)
+    return None
+
+
+def _output_size(model, input_shape):
+    if not model.built:
+        return None
+    spec = model.compute_output_spec(keras.KerasTensor(input_shape))
+    if isinstance(spec, dict):
+        spec = spec["classes"]
+    return spec.shape[-1]

@@ -1,0 +1,294 @@
+"""Routed inference: each expert runs once per batch, on the rows routed to it."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+
+from condnet.models.routing import route_weights
+
+# JAX compiles one program per input shape, so sub-batches are padded up to a
+# multiple of a step that grows with the size: at most 8 rows (~12%) of padding
+# around 64 rows, and a few dozen distinct shapes in all.
+_BUCKET_STEPS = ((16, 1), (128, 8), (512, 32), (4096, 128))
+
+
+def routed_predict(
+    model, x, batch_size=32, verbose="auto", steps=None, callbacks=None, pipeline="auto"
+):
+    """Predict with hard routing, running only the chosen expert of each row.
+
+    Per batch: the trunk and the gate run on every row; the rows are then
+    grouped by the expert chosen for them; each expert runs once, on its
+    rows only (an expert chosen by no row does not run); the results are put
+    back in the original order. Rows that hedge (top gate probability below
+    `model.confidence_threshold`) also run their second-best expert.
+
+    Batches are read lazily (a large `PyDataset` streams); `steps` stops
+    after that many batches. `callbacks` receive `on_predict_begin`,
+    `on_predict_batch_begin` / `_end` (with `{"outputs": ...}`) and
+    `on_predict_end`, as in `keras.Model.predict`; `verbose` shows Keras's
+    progress bar. With `pipeline`, batch i+1 is read and its trunk and gate
+    run while the experts of batch i run. `"auto"` pipelines inputs read from
+    disk or a generator on TensorFlow and JAX, where `benchmarks/pipeline.py`
+    measured 1.09-1.25x on an `ImageFolder`; it does not pipeline in-memory
+    arrays (0.82-1.02x) nor on torch (0.67-0.91x: its kernels already use
+    every core).
+
+    Returns the same dict as `ConditionalModel.predict`, as numpy arrays;
+    `"experts"` is zero where an expert did not run.
+    """
+    runner = model.routed_runner
+    if pipeline == "auto":
+        pipeline = keras.backend.backend() != "torch" and not hasattr(x, "shape")
+    count = _count(x, batch_size, steps)
+    if verbose == "auto":
+        verbose = 1 if count and count > 1 else 0
+    callback_list = keras.callbacks.CallbackList(
+        callbacks,
+        add_history=False,
+        add_progbar=bool(verbose),
+        model=model,
+        verbose=verbose,
+        epochs=1,
+        steps=count,
+    )
+    callback_list.on_predict_begin()
+    outputs = []
+    for i, (batch, front) in enumerate(_fronts(runner, _batches(x, batch_size, steps), pipeline)):
+        callback_list.on_predict_batch_begin(i)
+        outputs.append(runner.route(batch, front))
+        callback_list.on_predict_batch_end(i, {"outputs": outputs[-1]})
+    callback_list.on_predict_end()
+    if not outputs:
+        raise ValueError(f"Nothing to predict: the input yielded no batch. Received: x={x!r:.200}")
+    return {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
+
+
+def _fronts(runner, batches, pipeline):
+    """Yield (batch, trunk + gate outputs), reading ahead when pipelined.
+
+    With `pipeline`, a worker thread reads batch i+1 and runs its trunk and
+    gate while the experts of batch i run (the backends release the GIL in
+    their kernels), so loading and the front overlap the experts.
+    """
+    if not pipeline:
+        for batch in batches:
+            yield batch, runner.front_of(batch)
+        return
+
+    def read_ahead():
+        batch = next(batches, None)
+        return None if batch is None else (batch, runner.front_of(batch))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read_ahead)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(read_ahead)
+            yield item
+
+
+def _count(x, batch_size, steps):
+    if isinstance(x, keras.utils.PyDataset):
+        count = len(x)
+    elif hasattr(x, "shape") and not hasattr(x, "as_numpy_iterator"):
+        count = -(-int(x.shape[0]) // batch_size)
+    else:
+        return steps
+    return count if steps is None else min(steps, count)
+
+
+def inference_weights(model, probabilities):
+    """Numpy per-group weights of `model` at inference: `routing.route_weights`."""
+    weights = route_weights(
+        probabilities,
+        model.routing,
+        training=False,
+        confidence_threshold=model.confidence_threshold,
+    )
+    return np.asarray(keras.ops.convert_to_numpy(weights), "float32")
+
+
+def plan_routes(weights):
+    """Rows each expert must run on: the groups with a non-zero weight."""
+    return [np.flatnonzero(weights[:, g] > 0) for g in range(weights.shape[1])]
+
+
+def bucket_size(rows):
+    """The padded size for a sub-batch of `rows` rows."""
+    step = next((step for limit, step in _BUCKET_STEPS if rows <= limit), 512)
+    return -(-rows // step) * step
+
+
+class Runner:
+    """Compiled pieces of one ConditionalModel: front (trunk + gate), experts."""
+
+    def __init__(self, model):
+        self.model = model
+        self.front = None
+        self.experts = {}
+        # JAX compiles one program per input shape: pad sub-batches to a few sizes.
+        # TensorFlow graphs take any batch size; eager torch needs no compiling.
+        self.pad = keras.backend.backend() == "jax"
+
+    def front_of(self, batch):
+        """Trunk taps and gate probabilities of a batch, as numpy."""
+        return self._front(batch)(batch)
+
+    def route(self, batch, front):
+        """Run each expert on its rows of `batch`, given the batch's front outputs."""
+        model, hierarchy = self.model, self.model.hierarchy
+        groups = np.asarray(front["groups"], "float32")
+        weights = inference_weights(model, groups)
+        classes = np.zeros((len(batch), hierarchy.num_classes), "float32")
+        experts = np.zeros_like(classes)
+        for g, rows in enumerate(plan_routes(weights)):
+            if rows.size == 0:
+                continue
+            group = hierarchy.groups[g]
+            tap = model.expert_taps[group]
+            features = (batch if tap is None else front[tap])[rows]
+            columns = hierarchy.group_slice(group)
+            experts[rows, columns] = self._expert(group, features)
+            classes[rows, columns] = weights[rows, g : g + 1] * experts[rows, columns]
+        route = np.argmax(weights, axis=1).astype("int32")
+        return {"classes": classes, "groups": groups, "route": route, "experts": experts}
+
+    def _front(self, batch):
+        if self.front is None:
+            inputs = keras.Input(shape=batch.shape[1:], dtype=str(batch.dtype))
+            taps = self.model.tap_features(inputs)
+            outputs = {"groups": self.model.gate(taps[self.model.gate_tap])}
+            for tap in set(self.model.expert_taps.values()) - {None}:
+                outputs[tap] = taps[tap]
+            front = keras.Model(inputs, outputs, name="condnet_front")
+            self.front = compiled_call(front, batch.shape[1:], str(batch.dtype))
+        return self.front
+
+    def _expert(self, group, features):
+        expert = self.model.experts[group]
+        if expert is None:
+            return np.ones((len(features), 1), "float32")
+        if hasattr(expert, "hierarchy") and hasattr(expert, "routes_at_inference"):
+            # A nested ConditionalModel routes (or mixes) as its own routing says.
+            return expert.predict(features, batch_size=len(features), verbose=0)["classes"]
+        rows = len(features)
+        if self.pad:
+            features = _pad(features, bucket_size(rows))
+        probabilities = self._expert_call(group, features)(features)
+        return np.asarray(probabilities, "float32")[:rows]
+
+    def _expert_call(self, group, features):
+        if group not in self.experts:
+            inputs = keras.Input(shape=features.shape[1:], dtype=str(features.dtype))
+            outputs = self.model.expert_probabilities(group, inputs)
+            expert = keras.Model(inputs, outputs, name=f"condnet_expert_{group}")
+            self.experts[group] = compiled_call(expert, features.shape[1:], str(features.dtype))
+        return self.experts[group]
+
+
+# === One compiled inference function per backend ===
+
+
+def compiled_call(model, input_shape, dtype="float32"):
+    """numpy batch -> numpy outputs of `model(x, training=False)`, compiled once.
+
+    TensorFlow: one `tf.function` with a dynamic batch dimension. JAX: one
+    `jax.jit` of `stateless_call` per input shape (callers pad to buckets),
+    with state updates written back. torch: eager under `no_grad`.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_call(model, input_shape, dtype)
+    if backend == "jax":
+        return _jax_call(model)
+    return _eager_call(model)
+
+
+def _tensorflow_call(model, input_shape, dtype):
+    import tensorflow as tf
+
+    _quiet_retracing_warning(tf)
+    signature = [tf.TensorSpec((None, *input_shape), dtype)]
+    function = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    return lambda x: keras.tree.map_structure(lambda t: t.numpy(), function(x))
+
+
+def _quiet_retracing_warning(tf):
+    """Each part gets its own tf.function, traced once; TF's heuristic warns anyway."""
+    logger = tf.get_logger()
+    if not any(isinstance(f, _RetracingFilter) for f in logger.filters):
+        logger.addFilter(_RetracingFilter())
+
+
+class _RetracingFilter:
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _jax_call(model):
+    import jax
+
+    @jax.jit
+    def function(trainable, non_trainable, x):
+        return model.stateless_call(trainable, non_trainable, x, training=False)
+
+    def call(x):
+        outputs, state = function(
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            x,
+        )
+        for variable, value in zip(model.non_trainable_variables, state):
+            variable.assign(value)
+        return keras.tree.map_structure(np.asarray, outputs)
+
+    return call
+
+
+def _eager_call(model):
+    import torch
+
+    def call(x):
+        with torch.no_grad():
+            outputs = model(x, training=False)
+        return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+
+    return call
+
+
+def _pad(rows, size):
+    if len(rows) == size:
+        return rows
+    padding = np.zeros((size - len(rows),) + rows.shape[1:], rows.dtype)
+    return np.concatenate([rows, padding])
+
+
+def _batches(x, batch_size, steps):
+    """Yield numpy input batches from arrays, PyDatasets, tf.data or iterables."""
+    if isinstance(x, keras.utils.PyDataset):
+        count = len(x) if steps is None else min(steps, len(x))
+        for i in range(count):
+            yield _inputs_of(x[i])
+        return
+    if hasattr(x, "as_numpy_iterator"):
+        x = x.as_numpy_iterator()
+    elif hasattr(x, "shape"):
+        array = keras.ops.convert_to_numpy(x)
+        for start in range(0, len(array), batch_size):
+            yield array[start : start + batch_size]
+        return
+    for i, batch in enumerate(x):
+        if steps is not None and i >= steps:
+            return
+        yield _inputs_of(batch)
+
+
+def _inputs_of(batch):
+    inputs = batch[0] if isinstance(batch, tuple | list) else batch
+    if isinstance(inputs, dict):
+        raise TypeError(
+            "Routed predict takes one input tensor per batch. Received a dict input "
+            f"with keys {sorted(inputs)}"
+        )
+    return keras.ops.convert_to_numpy(inputs)

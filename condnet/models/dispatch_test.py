@@ -1,0 +1,141 @@
+import keras
+import numpy as np
+import pytest
+
+from condnet import ConditionalModel
+from condnet.models.dispatch import bucket_size, plan_routes, routed_predict
+from condnet.models.routing import route_weights
+from condnet.testing import CATS_AND_DOGS, counted_mlp, random_data, sign_gate
+
+
+def _counted_model(**kwargs):
+    cat, cat_rows = counted_mlp(2, name="cat")
+    dog, dog_rows = counted_mlp(3, name="dog", seed=3)
+    model = ConditionalModel(
+        CATS_AND_DOGS, gate=sign_gate(), experts={"cat": cat, "dog": dog}, routing="hard", **kwargs
+    )
+    return model, {"cat": cat_rows, "dog": dog_rows}
+
+
+def _rows_seen(counters):
+    return {g: int(keras.ops.convert_to_numpy(c.rows)) for g, c in counters.items()}
+
+
+def _reset(counters):
+    for counter in counters.values():
+        counter.rows.assign(0.0)
+
+
+def _padded(rows):
+    return bucket_size(rows) if keras.backend.backend() == "jax" else rows
+
+
+def test_hard_routing_skips_other_experts():
+    model, counters = _counted_model()
+    x, _ = random_data(40)
+    x[:, 0] = np.where(np.arange(40) < 13, 1.0, -1.0)  # 13 cats, 27 dogs
+    _reset(counters)
+    model.predict(x, batch_size=40, verbose=0)
+    assert _rows_seen(counters) == {"cat": _padded(13), "dog": _padded(27)}
+
+    x[:, 0] = 1.0  # every row is a cat: the dog expert must not run at all
+    _reset(counters)
+    outputs = model.predict(x, batch_size=40, verbose=0)
+    assert _rows_seen(counters) == {"cat": _padded(40), "dog": 0}
+    np.testing.assert_array_equal(outputs["experts"][:, 2:], 0.0)
+
+
+def test_soft_routing_runs_every_expert_on_every_row():
+    model, counters = _counted_model()
+    model.routing = "soft"
+    x, _ = random_data(40)
+    x[:, 0] = 1.0
+    _reset(counters)
+    model.predict(x, batch_size=40, verbose=0)
+    assert _rows_seen(counters) == {"cat": 40, "dog": 40}
+
+
+@pytest.mark.parametrize("threshold", [None, 0.9])
+def test_routed_predict_equals_running_every_expert(threshold):
+    model, _ = _counted_model(confidence_threshold=threshold)
+    x, _ = random_data(100, seed=3)
+    x[:, 0] *= 0.1  # some rows are unsure, so they hedge when threshold is set
+    routed = model.predict(x, batch_size=32, verbose=0)
+    dense = model.predict(x, batch_size=32, verbose=0, routed=False)
+    for key in ("classes", "groups", "route"):
+        np.testing.assert_allclose(routed[key], dense[key], atol=1e-5)
+    if threshold is not None:
+        hedged = routed["groups"].max(1) < threshold
+        assert hedged.any()
+        np.testing.assert_array_less(0, routed["classes"][hedged, :2].sum(1))
+        np.testing.assert_array_less(0, routed["classes"][hedged, 2:].sum(1))
+
+
+def test_hedged_rows_also_run_their_second_expert():
+    model, counters = _counted_model(confidence_threshold=0.99)
+    x, _ = random_data(10)
+    x[:, 0] = np.where(np.arange(10) < 4, 0.01, 1.0)  # 4 unsure cats, 6 sure cats
+    _reset(counters)
+    model.predict(x, batch_size=10, verbose=0)
+    assert _rows_seen(counters) == {"cat": _padded(10), "dog": _padded(4)}
+
+
+def test_plan_routes_lists_rows_per_expert():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45]], "float32")
+    weights = keras.ops.convert_to_numpy(
+        route_weights(probabilities, "hard", confidence_threshold=0.6)
+    )
+    rows = plan_routes(weights)
+    assert rows[0].tolist() == [0, 2] and rows[1].tolist() == [1, 2]
+
+
+def test_bucket_sizes_cover_every_batch_with_little_padding():
+    for rows in range(1, 600):
+        assert rows <= bucket_size(rows) <= max(2, int(rows * 1.5) + 1)
+
+
+def test_routed_predict_reads_py_datasets():
+    model, _ = _counted_model()
+    x, y = random_data(20)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return x[i * 8 : (i + 1) * 8], y[i * 8 : (i + 1) * 8]
+
+    outputs = routed_predict(model, Batches(), verbose=0)
+    np.testing.assert_allclose(
+        outputs["classes"], model.predict(x, verbose=0)["classes"], atol=1e-6
+    )
+
+
+def test_pipelined_and_sequential_routed_predict_agree():
+    model, _ = _counted_model(confidence_threshold=0.9)
+    x, _ = random_data(100, seed=7)
+    x[:, 0] *= 0.1
+    pipelined = routed_predict(model, x, batch_size=16, verbose=0, pipeline=True)
+    sequential = routed_predict(model, x, batch_size=16, verbose=0, pipeline=False)
+    for key in pipelined:
+        np.testing.assert_array_equal(pipelined[key], sequential[key])
+    assert len(pipelined["classes"]) == 100
+
+
+def test_routed_predict_streams_batches_in_order():
+    model, _ = _counted_model()
+    x, _ = random_data(50)
+    read = []
+
+    def batches():
+        for start in range(0, 50, 10):
+            read.append(start)
+            yield x[start : start + 10]
+
+    outputs = routed_predict(model, batches(), verbose=0)
+    np.testing.assert_allclose(
+        outputs["classes"], model.predict(x, verbose=0)["classes"], atol=1e-6
+    )
+    assert read == [0, 10, 20, 30, 40]
+    with pytest.raises(ValueError, match="Nothing to predict"):
+        routed_predict(model, iter([]), verbose=0)

@@ -1,0 +1,137 @@
+"""Training callbacks: loss-weight schedules and a clear stop on NaN losses."""
+
+import math
+import warnings
+
+import keras
+
+_PARTS = ("gate", "class", "expert")
+
+
+class LossWeightSchedule(keras.callbacks.Callback):
+    """Change a ConditionalModel's loss weights at the start of epochs.
+
+    Keras 3 fixes `compile(loss_weights=...)` at compile time, so condnet keeps
+    its three loss weights (gate, class, expert) in a model variable that this
+    callback assigns between epochs; it works on every backend.
+
+    Args:
+        schedule: dict or callable. A dict maps a starting epoch (0-based) to
+            the weights from that epoch on, e.g.
+            `{0: {"gate": 1.0, "class": 0.1}, 5: {"class": 1.0}}`; weights not
+            named keep their value. A callable takes the epoch and returns
+            such a dict.
+        verbose: int. 1 prints each change. Defaults to 0.
+        start_epoch: int. The fit epoch the schedule's epoch 0 falls on, for a
+            schedule used in a later training phase (`fit(initial_epoch=...)`).
+            Defaults to 0.
+
+    Example:
+
+    ```python
+    schedule = LossWeightSchedule.coarse_to_fine(epochs=10)
+    model.fit(x, y, epochs=10, callbacks=[schedule])
+    ```
+    """
+
+    def __init__(self, schedule, verbose=0, start_epoch=0):
+        super().__init__()
+        if not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ValueError(
+                f"start_epoch must be an int >= 0. Received: start_epoch={start_epoch!r}"
+            )
+        self.start_epoch = start_epoch
+        if isinstance(schedule, dict):
+            _check_steps(schedule)
+        elif not callable(schedule):
+            raise TypeError(
+                "schedule must be a dict {epoch: {part: weight}} or a callable "
+                f"epoch -> {{part: weight}}. Received: {type(schedule).__name__}"
+            )
+        self.schedule = schedule
+        self.verbose = verbose
+
+    @classmethod
+    def coarse_to_fine(cls, epochs, start_epoch=0):
+        """Gate first, then classes: a B-CNN-style schedule over `epochs`.
+
+        The first fifth of the epochs weights the gate, the next fifth
+        balances gate and classes, and the rest weights the final classes.
+        """
+        one_fifth = max(1, epochs // 5)
+        return cls(
+            {
+                0: {"gate": 1.0, "class": 0.1, "expert": 0.5},
+                one_fifth: {"gate": 0.5, "class": 0.5, "expert": 0.5},
+                2 * one_fifth: {"gate": 0.1, "class": 1.0, "expert": 0.2},
+            },
+            start_epoch=start_epoch,
+        )
+
+    def weights_for(self, epoch):
+        """The weights in force at schedule epoch `epoch` (fit epoch - `start_epoch`)."""
+        if callable(self.schedule):
+            return dict(self.schedule(epoch))
+        weights = {}
+        for start in sorted(self.schedule):
+            if start <= epoch:
+                weights.update(self.schedule[start])
+        return weights
+
+    def on_epoch_begin(self, epoch, logs=None):
+        weights = self.weights_for(max(0, epoch - self.start_epoch))
+        _check_parts(weights)
+        self.model.set_loss_weights(
+            weights.get("gate"), weights.get("class"), weights.get("expert")
+        )
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: loss weights {self.model.loss_weights_dict}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            for part, value in self.model.loss_weights_dict.items():
+                logs[f"{part}_loss_weight"] = value
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop training with a clear message when the loss becomes NaN or inf.
+
+    Training stops after the offending batch; weights saved by earlier
+    callbacks (checkpoints) are kept. `stopped_at` holds (epoch, batch).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stopped_at = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        self.stopped_at = (self._epoch, batch)
+        self.model.stop_training = True
+        warnings.warn(
+            f"Training stopped at epoch {self._epoch + 1}, batch {batch + 1}: the loss "
+            f"became {float(loss)}. Usual causes: a learning rate too high (try 10x "
+            "lower), inputs with NaN/inf values, or a gate or expert that does not "
+            "end in a softmax. Received: loss={loss}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _check_steps(schedule):
+    for epoch, weights in schedule.items():
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"Schedule keys are starting epochs (ints >= 0). Received: {epoch!r}")
+        _check_parts(weights)
+
+
+def _check_parts(weights):
+    unknown = [k for k in weights if k not in _PARTS]
+    if unknown:
+        raise ValueError(f"Loss weight names must be among {list(_PARTS)}. Received: {unknown}")

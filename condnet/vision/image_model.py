@@ -1,0 +1,238 @@
+"""Conditional image classifiers built from a backbone name: trunk, gate and expert heads."""
+
+import keras
+from keras import layers
+
+from condnet.models.conditional_model import ConditionalModel
+from condnet.vision.backbones import application_trunk, default_taps, small_cnn
+
+PLACEMENTS = ("auto", "branch", "taps", "top", "separate")
+# "branch": a gate of a quarter of the last stage's width is cheap, and two
+# conv layers per expert (the last stage's block, then 1.25x its width) were the
+# most accurate for their routed cost of the layouts tried on CIFAR-10 (a wider
+# gate with narrower experts, one wide conv per expert, branching a stage
+# earlier); see benchmarks/RESULTS.md.
+BRANCH_GATE_WIDTH = 0.25
+BRANCH_EXPERT_WIDTHS = (1.0, 1.25)
+
+
+def build_image_model(
+    hierarchy,
+    backbone="small_cnn",
+    image_size=64,
+    channels=3,
+    weights=None,
+    expert_placement="auto",
+    augmentation=None,
+    routing="soft",
+    filters=(32, 64, 128, 256),
+    dropout=0.3,
+    **kwargs,
+):
+    """A ConditionalModel for images: a backbone trunk, a gate head, one head per group.
+
+    Args:
+        hierarchy: `Hierarchy`. Groups and classes.
+        backbone: str. `"small_cnn"` (from scratch) or a `keras.applications`
+            name (`"MobileNetV3Small"`, `"EfficientNetB0"`, `"ResNet50"`,
+            `"VGG16"`). Defaults to `"small_cnn"`.
+        image_size: int or (height, width). Defaults to 64.
+        channels: int. 3 for RGB, 1 for grayscale. Defaults to 3.
+        weights: None, `"imagenet"` or a path to a weights file, for
+            application backbones. Defaults to None.
+        expert_placement: str. Where experts branch from the trunk:
+            `"branch"` (`small_cnn` only: the trunk stops before its last
+            block; each expert gets its own copy of that block plus a conv
+            layer 1.25x as wide, and the gate a conv a quarter as wide, so a
+            routed image runs one deep expert and a cheap gate), `"taps"`
+            (experts read the second-to-last stage and add their own conv
+            layer; the gate reads the last stage), `"top"` (gate and experts
+            share the whole trunk) or `"separate"` (gate and each expert are
+            their own small CNN on the image). Defaults to `"auto"`:
+            `"branch"` for `small_cnn`, `"taps"` for application backbones.
+        augmentation: a Keras model of preprocessing layers run first (active
+            in training only), or None. Defaults to None.
+        routing: str. Routing mode of the ConditionalModel. Defaults to `"soft"`.
+        filters: tuple of ints. Blocks of `small_cnn`. Defaults to
+            `(32, 64, 128, 256)`.
+        dropout: float. Dropout before each head's classifier. Defaults to 0.3.
+        **kwargs: passed to `ConditionalModel`.
+    """
+    expert_placement = resolve_placement(expert_placement, backbone)
+    shape = _image_shape(image_size, channels)
+    if expert_placement == "separate":
+        return _separate_model(hierarchy, shape, augmentation, routing, filters, dropout, kwargs)
+    base = _backbone(backbone, shape, weights, filters)
+    taps = default_taps(base)
+    gate_tap, expert_tap, convs = _placement(expert_placement, taps, base)
+    trunk = _trunk(shape, base, [gate_tap, expert_tap], augmentation)
+    tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
+
+    def make(units, name, part, tap=expert_tap):
+        return classifier_head(tap_shapes[tap], units, name, dropout, convs[part])
+
+    experts = {group: _expert(hierarchy, group, make, routing) for group in hierarchy.groups}
+    return ConditionalModel(
+        hierarchy,
+        trunk=trunk,
+        gate=make(hierarchy.num_groups, "gate", "gate", tap=gate_tap),
+        experts=experts,
+        gate_tap=gate_tap,
+        expert_taps={group: expert_tap for group in hierarchy.groups},
+        routing=routing,
+        **kwargs,
+    )
+
+
+def resolve_placement(expert_placement, backbone):
+    """The placement `build_image_model` uses: `"auto"` resolved, bad values rejected."""
+    if expert_placement not in PLACEMENTS:
+        raise ValueError(
+            f"expert_placement must be one of {list(PLACEMENTS)}. "
+            f"Received: expert_placement={expert_placement!r}"
+        )
+    if expert_placement == "auto":
+        return "branch" if backbone == "small_cnn" else "taps"
+    if expert_placement == "branch" and backbone != "small_cnn":
+        raise ValueError(
+            "expert_placement='branch' gives each expert its own copy of small_cnn's "
+            "last block, so it needs backbone='small_cnn'. For a pretrained backbone use "
+            f"'taps' or 'top'. Received: backbone={backbone!r}"
+        )
+    return expert_placement
+
+
+def backbone_of(model):
+    """The backbone model inside a ConditionalModel built here (or None)."""
+    if model.trunk is None:
+        return None
+    for layer in model.trunk.layers:
+        if layer.name == "backbone":
+            return layer
+    return None
+
+
+# === Parts ===
+
+
+def _safe(name):
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+
+
+def _image_shape(image_size, channels):
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    return (*size, channels)
+
+
+def _backbone(name, shape, weights, filters):
+    if name == "small_cnn":
+        if weights is not None:
+            raise ValueError(
+                "small_cnn trains from scratch and takes no pretrained weights. Pick an "
+                "application backbone (e.g. backbone='MobileNetV3Small') or weights=None. "
+                f"Received: weights={weights!r}"
+            )
+        return small_cnn(shape, filters=tuple(filters))
+    return application_trunk(name, input_shape=shape, weights=weights)
+
+
+def _trunk(shape, base, taps, augmentation):
+    """Input -> augmentation -> backbone, with the tapped stages as named outputs."""
+    tapped = keras.Model(
+        base.inputs,
+        {tap: base.get_layer(tap).output for tap in dict.fromkeys(taps)},
+        name="backbone",
+    )
+    inputs = keras.Input(shape, name="image")
+    x = augmentation(inputs) if augmentation is not None else inputs
+    return keras.Model(inputs, tapped(x), name="trunk")
+
+
+def _placement(placement, taps, base):
+    """Where the gate and the experts read, and the conv layers their heads add.
+
+    Returns `(gate_tap, expert_tap, convs)`; `convs` maps `"gate"` (the
+    top-level gate), `"inner_gate"` (the gate of a group with subgroups, which
+    reads the experts' tap) and `"expert"` to tuples of `(filters, pool)`.
+    """
+    width = base.get_layer(taps[-1]).output.shape[-1]
+    if placement == "branch" and len(taps) > 1:
+        convs = branch_convs(width)
+        return taps[-2], taps[-2], {**convs, "inner_gate": convs["gate"]}
+    if placement == "taps" and len(taps) > 1:
+        own = ((width, False),)  # the experts' stand-in for the stage they skip
+        return taps[-1], taps[-2], {"gate": (), "inner_gate": own, "expert": own}
+    return taps[-1], taps[-1], {"gate": (), "inner_gate": (), "expert": ()}
+
+
+def branch_convs(width):
+    """The `(filters, pool)` convs of the gate and of each expert under `"branch"`,
+    for a backbone whose last block has `width` filters."""
+    return {
+        "gate": ((max(1, round(width * BRANCH_GATE_WIDTH)), False),),
+        "expert": tuple(
+            (max(1, round(width * w)), i == 0) for i, w in enumerate(BRANCH_EXPERT_WIDTHS)
+        ),
+    }
+
+
+def _expert(hierarchy, group, make, routing):
+    """One group's expert: None for a single class, a nested ConditionalModel for subgroups."""
+    classes = hierarchy.classes_of(group)
+    if len(classes) == 1:
+        return None  # a single-class group needs no expert: its class has probability 1
+    name = f"expert_{_safe(group)}"
+    sub = hierarchy.subhierarchy(group)
+    if sub is None:
+        return make(len(classes), name, "expert")
+    return ConditionalModel(
+        sub,
+        gate=make(sub.num_groups, f"{name}_gate", "inner_gate"),
+        experts={g: _expert(sub, g, make, routing) for g in sub.groups},
+        routing=routing,
+        name=name,
+    )
+
+
+def classifier_head(input_shape, units, name, dropout, convs=()):
+    """A head model: `(filters, pool)` convs (3x3 + BatchNorm + ReLU, 2x2 max
+    pooling if `pool`), global average pooling, dropout, a softmax Dense."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for filters, pool in convs:
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x) if pool else x
+    x = layers.GlobalAveragePooling2D()(x) if len(input_shape) == 3 else x
+    x = layers.Dropout(dropout)(x) if dropout else x
+    return keras.Model(inputs, layers.Dense(units, activation="softmax")(x), name=name)
+
+
+def _separate_model(hierarchy, shape, augmentation, routing, filters, dropout, kwargs):
+    inputs = keras.Input(shape, name="image")
+    x = augmentation(inputs) if augmentation is not None else inputs
+    trunk = keras.Model(inputs, {"image": layers.Identity(name="image_out")(x)}, name="trunk")
+
+    def classifier(units, name):
+        base = small_cnn(shape, filters=tuple(filters), name=f"{name}_cnn")
+        image = keras.Input(shape)
+        features = base(image)
+        head = classifier_head(tuple(features.shape[1:]), units, f"{name}_head", dropout)
+        return keras.Model(image, head(features), name=name)
+
+    return ConditionalModel(
+        hierarchy,
+        trunk=trunk,
+        gate=classifier(hierarchy.num_groups, "gate"),
+        experts={
+            g: classifier(len(hierarchy.classes_of(g)), f"expert_{_safe(g)}")
+            if len(hierarchy.classes_of(g)) > 1
+            else None
+            for g in hierarchy.groups
+        },
+        gate_tap="image",
+        expert_taps={g: "image" for g in hierarchy.groups},
+        routing=routing,
+        **kwargs,
+    )

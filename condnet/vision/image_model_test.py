@@ -1,0 +1,96 @@
+import keras
+import numpy as np
+import pytest
+
+from condnet import Hierarchy
+from condnet.vision.image_model import backbone_of, build_image_model
+
+SEVEN = {
+    "airplane": ["airplane"],
+    "ship": ["ship"],
+    "road": ["automobile", "truck"],
+    "pets": ["cat", "dog"],
+}
+
+
+@pytest.mark.parametrize(
+    "placement, gate_tap, expert_tap",
+    [
+        ("auto", "conv_03", "conv_03"),
+        ("branch", "conv_03", "conv_03"),
+        ("taps", "conv_04", "conv_03"),
+        ("top", "conv_04", "conv_04"),
+        ("separate", "image", "image"),
+    ],
+)
+def test_expert_placement_chooses_where_experts_branch(placement, gate_tap, expert_tap):
+    model = build_image_model(
+        Hierarchy(SEVEN), image_size=32, filters=(4, 4, 4, 4), expert_placement=placement
+    )
+    assert model.gate_tap == gate_tap
+    assert set(model.expert_taps.values()) == {expert_tap}
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    classes = keras.ops.convert_to_numpy(model(x)["classes"])
+    np.testing.assert_allclose(classes.sum(1), 1.0, atol=1e-5)
+
+
+def test_branch_placement_gives_each_expert_its_own_last_block():
+    model = build_image_model(
+        Hierarchy(SEVEN), image_size=32, filters=(4, 8, 16, 32), expert_placement="branch"
+    )
+    assert set(model.trunk.output) == {"conv_03"}  # the trunk stops before the last block
+    assert "conv_04_conv" not in [layer.name for layer in backbone_of(model).layers]
+    expert = model.experts["pets"]
+    convs = [layer for layer in expert.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [conv.filters for conv in convs] == [32, 40]  # the last block's width, then 1.25x
+    assert expert.output_shape == (None, 2)
+    gate_convs = [layer for layer in model.gate.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [conv.filters for conv in gate_convs] == [8]  # a quarter of the last block
+    pets, road = model.experts["pets"], model.experts["road"]
+    assert pets.layers[1].kernel is not road.layers[1].kernel  # not shared between experts
+
+
+def test_branch_placement_needs_small_cnn():
+    with pytest.raises(ValueError, match="needs backbone='small_cnn'.*MobileNetV3Small"):
+        build_image_model(Hierarchy(SEVEN), backbone="MobileNetV3Small", expert_placement="branch")
+
+
+def test_single_class_groups_get_no_expert():
+    model = build_image_model(Hierarchy(SEVEN), image_size=32, filters=(4, 4, 4, 4))
+    assert model.experts["airplane"] is None and model.experts["ship"] is None
+    assert model.experts["road"].output_shape[-1] == 2
+    assert backbone_of(model).name == "backbone"
+
+
+def test_unknown_placement_and_small_cnn_weights_are_rejected():
+    with pytest.raises(ValueError, match="expert_placement must be one of"):
+        build_image_model(Hierarchy(SEVEN), expert_placement="middle")
+    with pytest.raises(ValueError, match="small_cnn trains from scratch"):
+        build_image_model(Hierarchy(SEVEN), weights="imagenet")
+
+
+def test_deeper_trees_get_nested_conditional_experts(tmp_path):
+    from condnet import ConditionalModel
+
+    deep = {
+        "vehicles": {"air": ["airplane"], "road": ["automobile", "truck"]},
+        "animals": {"pets": ["cat", "dog"], "wild": ["deer", "horse"], "frogs": ["frog"]},
+    }
+    model = build_image_model(Hierarchy(deep), image_size=32, filters=(4, 4, 4, 4), routing="hard")
+    inner = model.experts["animals"]
+    assert isinstance(inner, ConditionalModel) and inner.hierarchy.groups == [
+        "pets",
+        "wild",
+        "frogs",
+    ]
+    assert inner.experts["frogs"] is None
+    x = np.random.default_rng(1).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    routed = model.predict(x, verbose=0)
+    dense = model.predict(x, verbose=0, routed=False)
+    np.testing.assert_allclose(routed["classes"], dense["classes"], atol=1e-5)
+    np.testing.assert_allclose(routed["classes"].sum(1), 1.0, atol=1e-5)
+    model.save(tmp_path / "deep.keras")
+    loaded = keras.models.load_model(tmp_path / "deep.keras")
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0)["classes"], routed["classes"], atol=1e-5
+    )
