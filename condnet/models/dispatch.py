@@ -275,7 +275,8 @@ def _batches(x, batch_size, steps):
         x = x.as_numpy_iterator()
     elif hasattr(x, "shape"):
         array = keras.ops.convert_to_numpy(x)
-        for start in range(0, len(array), batch_size):
+        starts = range(0, len(array), batch_size)
+        for start in starts if steps is None else starts[:steps]:
             yield array[start : start + batch_size]
         return
     for i, batch in enumerate(x):
