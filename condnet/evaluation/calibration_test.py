@@ -113,6 +113,23 @@ def test_calibration_of_an_overconfident_model_softens_it(routing):
         )
 
 
+def test_calibration_of_a_capacity_model_sees_every_expert_and_keeps_its_dispatch():
+    model, x, y = _overconfident("hard")
+    capacity = ConditionalModel(
+        model.hierarchy,
+        gate=model.gate,
+        experts=model.experts,
+        routing="hard",
+        dispatch="capacity",
+        capacity_factor=1.5,
+    )
+    dense_temperatures = fit_temperatures(model, (x, y))
+    calibrated, report = calibrate(capacity, (x, y))
+    np.testing.assert_allclose(report["temperatures"]["gate"], dense_temperatures["gate"])
+    np.testing.assert_allclose(report["temperatures"]["experts"], dense_temperatures["experts"])
+    assert calibrated.dispatch == "capacity" and calibrated.capacity_factor == 1.5
+
+
 def test_fit_temperatures_reads_batches_like_an_image_folder():
     model, x, y = _overconfident()
     batches = [(x[i : i + 100], y[i : i + 100]) for i in range(0, len(y), 100)]

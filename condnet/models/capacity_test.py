@@ -123,3 +123,93 @@ def test_bad_dispatch_options_are_rejected(kwargs, message):
         ConditionalModel(
             CATS_AND_DOGS, gate=mlp(2), experts={"cat": mlp(2), "dog": mlp(3)}, **kwargs
         )
+
+
+THREE_GROUPS = {"cat": ["persian", "siamese"], "dog": ["beagle", "pug", "boxer"], "fish": ["tench"]}
+
+
+def _gate_to(group_index, num_groups=3, input_dim=8):
+    """A fixed gate that sends every row to one group (probability ~0.9)."""
+    inputs = keras.Input((input_dim,))
+    dense = keras.layers.Dense(num_groups, activation="softmax")
+    outputs = dense(inputs)
+    bias = np.zeros(num_groups, "float32")
+    bias[group_index] = 3.0
+    dense.set_weights([np.zeros((input_dim, num_groups), "float32"), bias])
+    return keras.Model(inputs, outputs, name="gate")
+
+
+def _three_group_model(gate, **kwargs):
+    return ConditionalModel(
+        THREE_GROUPS,
+        gate=gate,
+        experts={
+            "cat": mlp(2, name="cat", seed=2),
+            "dog": mlp(3, name="dog", seed=4),
+            "fish": None,
+        },
+        routing="hard",
+        **kwargs,
+    )
+
+
+def test_capacity_with_three_groups_and_a_none_expert_agrees_with_dense_at_inference():
+    x, _ = random_data(30, seed=2)
+    gate = mlp(3, name="gate", seed=9)
+    dense = _three_group_model(gate)
+    routed = _three_group_model(gate, dispatch="capacity", capacity_factor=3.0)
+    expected, outputs = numpy_outputs(dense, x), numpy_outputs(routed, x)
+    assert outputs["dropped"].sum() == 0
+    for key in ("classes", "route"):
+        np.testing.assert_allclose(outputs[key], expected[key], atol=1e-6)
+    fish = outputs["route"] == 2
+    np.testing.assert_allclose(outputs["classes"][fish, 5], 1.0)  # the single class, no expert
+
+
+def test_imbalanced_groups_overflow_to_the_next_expert_then_drop():
+    model = _three_group_model(_gate_to(0), dispatch="capacity", capacity_factor=1.0)
+    x, _ = random_data(30)
+    outputs = numpy_outputs(model, x)  # inference capacity: 2.0 x 30 / 3 = 20 rows per expert
+    assert (outputs["route"] == 0).sum() == 20  # the first 20 fit in the chosen expert
+    assert outputs["dropped"].sum() == 0  # the other 10 fall back to their second choice
+    outputs = numpy_outputs(model, x, training=True)  # training capacity: 1.0 x 30 / 3 = 10
+    assert (outputs["route"][outputs["dropped"] == 0] == 0).sum() == 10
+    assert outputs["dropped"].sum() == 10  # 10 in expert 0, 10 in the fallback, 10 nowhere
+
+
+def test_dropped_rows_count_as_wrong_not_as_class_zero():
+    model = _three_group_model(_gate_to(0), dispatch="capacity", capacity_factor=0.3)
+    model.compile()
+    x, _ = random_data(30)
+    labels = np.zeros(30, "int32")  # every row is class 0, the class an empty row argmaxes to
+    outputs = numpy_outputs(model, x, training=True)
+    served = outputs["dropped"] == 0
+    assert not served.all()
+    model.trainable = False  # measure only
+    logs = model.evaluate(x, labels, batch_size=30, verbose=0, return_dict=True)
+    outputs = numpy_outputs(model, x)
+    served = outputs["dropped"] == 0
+    expected = np.mean((outputs["classes"].argmax(1) == 0) & served)
+    np.testing.assert_allclose(logs["accuracy"], expected, atol=1e-6)
+    assert logs["accuracy"] <= served.mean()
+
+
+def test_capacity_experts_read_their_own_taps():
+    inputs = keras.Input((8,))
+    low = keras.layers.Dense(6, name="low")(inputs)
+    high = keras.layers.Dense(4, name="high")(low)
+    trunk = keras.Model(inputs, high, name="trunk")
+    parts = dict(
+        trunk=trunk,
+        gate=mlp(2, input_dim=4, name="gate"),
+        experts={"cat": mlp(2, input_dim=6, name="cat"), "dog": mlp(3, input_dim=4, name="dog")},
+        gate_tap="high",
+        expert_taps={"cat": "low", "dog": "high"},
+        routing="hard",
+    )
+    dense = ConditionalModel(CATS_AND_DOGS, **parts)
+    routed = ConditionalModel(CATS_AND_DOGS, dispatch="capacity", capacity_factor=2.0, **parts)
+    x, _ = random_data(24, seed=3)
+    np.testing.assert_allclose(
+        numpy_outputs(routed, x)["classes"], numpy_outputs(dense, x)["classes"], atol=1e-6
+    )

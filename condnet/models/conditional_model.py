@@ -140,7 +140,7 @@ class ConditionalModel(keras.Model):
             shape=(3,), initializer="ones", trainable=False, name="loss_weights"
         )
         self._class_to_group = np.asarray(hierarchy.class_to_group, "int32")
-        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.accuracy_metric = keras.metrics.Mean(name="accuracy")
         self.group_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="group_accuracy")
         self.loss_part_metrics = [keras.metrics.Mean(name=f"{p}_loss") for p in _LOSS_PARTS]
         if dispatch == "capacity":
@@ -411,7 +411,11 @@ class ConditionalModel(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels = _flat_labels(y)
-        self.accuracy_metric.update_state(labels, y_pred["classes"], sample_weight)
+        predicted = ops.cast(ops.argmax(y_pred["classes"], axis=-1), "int32")
+        correct = ops.cast(ops.equal(predicted, labels), "float32")
+        if "dropped" in y_pred:  # a dropped row has no prediction: it is wrong, not class 0
+            correct = correct * (1.0 - y_pred["dropped"])
+        self.accuracy_metric.update_state(correct, sample_weight=_flat_weight(sample_weight))
         self.group_accuracy_metric.update_state(
             ops.take(self._class_to_group, labels), y_pred["groups"], sample_weight
         )
@@ -559,6 +563,10 @@ class ConditionalModel(keras.Model):
 
 def _flat_labels(y):
     return ops.reshape(ops.cast(y, "int32"), (-1,))
+
+
+def _flat_weight(sample_weight):
+    return None if sample_weight is None else ops.reshape(sample_weight, (-1,))
 
 
 def _combine(sample_weight, mask):
