@@ -29,8 +29,16 @@ def evaluate_predictions(
             expert each sample was sent to. Defaults to `None`, which takes the
             predicted group.
 
+    Two group accuracies answer two questions (see `GLOSSARY`):
+    `gate_accuracy` (also `group_accuracy`) scores the gate's own choice;
+    `predicted_class_group_accuracy` scores the group of the final class. Under
+    hard routing without hedging they are equal (the class comes from the
+    chosen expert); under the soft mixture a peaked expert of a less likely
+    group can win the final argmax, so they can differ.
+
     Returns:
         A dict with `num_samples`, `accuracy`, `group_accuracy`,
+        `gate_accuracy`, `predicted_class_group_accuracy`,
         `level_accuracy`, `hierarchical_precision`, `hierarchical_recall`,
         `hierarchical_f1`, `routing`, `per_class`, `per_group`,
         `expected_calibration_error`, `group_confusion`, `class_confusion`,
@@ -59,6 +67,10 @@ def evaluate_predictions(
         "num_samples": int(len(labels)),
         "accuracy": _mean(predictions == labels),
         "group_accuracy": _mean(group_predictions == true_groups),
+        "gate_accuracy": _mean(group_predictions == true_groups),
+        "predicted_class_group_accuracy": _mean(
+            hierarchy.class_to_group[predictions] == true_groups
+        ),
         "level_accuracy": _level_accuracy(hierarchy, labels, predictions),
         **hierarchical_scores(hierarchy, labels, predictions),
         "routing": _routing(hierarchy, true_groups, route),
@@ -76,6 +88,21 @@ def evaluate_predictions(
         "groups": list(hierarchy.groups),
         "classes": list(hierarchy.classes),
     }
+
+
+GLOSSARY = {
+    "accuracy": "share of images whose final class is right",
+    "gate_accuracy": "share of images the gate sends to their true group (its top group)",
+    "group_accuracy": "same as gate_accuracy (the name metrics and logs have always used)",
+    "predicted_class_group_accuracy": "share of images whose final class lies in the true "
+    "group; equals gate_accuracy under hard routing, can differ under the soft mixture",
+    "level_accuracy": "accuracy at each depth of the tree, following the final class's path",
+    "hierarchical_f1": "F1 over the nodes of the predicted and true paths (Kiritchenko et "
+    "al., 2006): a wrong class in the right group earns partial credit",
+    "expected_calibration_error": "mean gap between confidence and accuracy over 15 "
+    "confidence bins (0 = confidences mean what they say)",
+    "wrong_expert_share": "share of images whose expert is not their true group's",
+}
 
 
 # === Reusable scores ===

@@ -235,3 +235,18 @@ def test_evaluate_predictions_rejects_no_samples():
 def test_evaluate_predictions_rejects_bad_route(route, error, message):
     with pytest.raises(error, match=message):
         pets_metrics(route=np.array(route))
+
+
+def test_gate_and_predicted_class_group_accuracies_are_told_apart():
+    from condnet.hierarchy import Hierarchy
+
+    hierarchy = Hierarchy({"cat": ["persian", "siamese"], "dog": ["pug", "boxer", "beagle"]})
+    labels = np.array([0, 0, 2])
+    # Row 0: the gate says cat (0.6) but a peaked dog expert wins the soft mixture.
+    gate = np.array([[0.6, 0.4], [0.9, 0.1], [0.2, 0.8]])
+    classes = np.array(
+        [[0.3, 0.3, 0.4, 0.0, 0.0], [0.8, 0.1, 0.1, 0.0, 0.0], [0.1, 0.1, 0.8, 0.0, 0.0]]
+    )
+    metrics = evaluate_predictions(hierarchy, labels, classes, group_probabilities=gate)
+    assert metrics["gate_accuracy"] == metrics["group_accuracy"] == 1.0
+    np.testing.assert_allclose(metrics["predicted_class_group_accuracy"], 2 / 3)
