@@ -1,9 +1,16 @@
 """The label hierarchy: groups, their classes, and the index maps between them."""
 
+import functools
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
+
+MAX_DEPTH = 32
+MAX_NAMES = 1_000_000
+MAX_FILE_BYTES = 16 * 2**20
 
 
 class Hierarchy:
@@ -21,7 +28,8 @@ class Hierarchy:
 
     Args:
         groups: dict. Maps each group name to a list of class names or to a
-            dict of subgroups (same form, at least two of them).
+            dict of subgroups (same form, at least two of them). At most
+            `MAX_DEPTH` (32) levels and `MAX_NAMES` (1,000,000) names.
 
     Example:
 
@@ -35,6 +43,7 @@ class Hierarchy:
     """
 
     def __init__(self, groups):
+        _check_size(groups)
         _validate_level(groups, path=())
         self._tree = _copy_tree(groups)
         self.groups = list(self._tree)
@@ -161,26 +170,31 @@ class Hierarchy:
 
     def save(self, path):
         """Write the hierarchy as a JSON file (group -> classes)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def from_file(cls, path):
-        """Read a hierarchy from a JSON or YAML file (group -> classes)."""
+        """Read a hierarchy from a JSON or YAML file (group -> classes).
+
+        The file must be UTF-8 text of at most `MAX_FILE_BYTES` (16 MiB). A
+        key written twice in one mapping is refused (JSON and YAML parsers
+        would keep the last one silently). YAML is read with
+        `yaml.safe_load`, so tags such as `!!python/object` are refused. Every
+        problem raises a `ValueError` (or a `TypeError` for a tree of the
+        wrong shape) that names the file.
+        """
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(
-                f"Hierarchy file not found. Expected a JSON (or YAML) file mapping "
-                f"each group to its classes. Received: path={str(path)!r}"
-            )
-        text = path.read_text()
+        text = _read_text(path)
         if path.suffix.lower() in (".yaml", ".yml"):
-            return cls(_load_yaml(text, path))
+            tree = _load_yaml(text, path)
+        else:
+            tree = _load_json(text, path)
         try:
-            return cls(json.loads(text))
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"The hierarchy file {str(path)!r} is not valid JSON ({error}). "
-                'Expected e.g. {"cat": ["persian", "siamese"], "dog": ["pug"]}.'
+            return cls(tree)
+        except (ValueError, TypeError) as error:
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(
+                f"The hierarchy file {str(path)!r} does not describe a valid hierarchy: {error}"
             ) from None
 
     def __eq__(self, other):
@@ -199,6 +213,27 @@ class Hierarchy:
 
 
 # === Tree helpers ===
+
+
+def _check_size(groups):
+    """Refuse trees too deep or too large to walk, before any recursion."""
+    pending = [(groups, 1)] if isinstance(groups, dict | list) else []
+    names = 0
+    while pending:
+        node, depth = pending.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > MAX_DEPTH:
+            raise ValueError(
+                f"A hierarchy may have at most {MAX_DEPTH} levels. Received: a tree "
+                f"nested more than {MAX_DEPTH} levels deep"
+            )
+        names += len(node)
+        if names > MAX_NAMES:
+            raise ValueError(
+                f"A hierarchy may hold at most {MAX_NAMES:,} group and class names. "
+                f"Received: a tree of more than {MAX_NAMES:,} names"
+            )
+        pending += [(child, depth + 1) for child in children if isinstance(child, dict | list)]
 
 
 def _validate_level(node, path):
@@ -291,6 +326,77 @@ def _find_path(node, name):
     return None
 
 
+# === Files ===
+
+
+def _read_text(path):
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is None:
+        raise ValueError(
+            f"Hierarchy file not found. Expected a JSON (or YAML) file mapping "
+            f"each group to its classes. Received: path={str(path)!r}"
+        )
+    if not stat.S_ISREG(mode):
+        raise ValueError(
+            "The hierarchy path is not a regular file (a folder, device or pipe). "
+            "Expected a JSON (or YAML) file mapping each group to its classes. "
+            f"Received: path={str(path)!r}"
+        )
+    if os.stat(path).st_size > MAX_FILE_BYTES:
+        raise ValueError(
+            f"The hierarchy file {str(path)!r} is larger than {MAX_FILE_BYTES // 2**20} "
+            f"MiB; a hierarchy is a small JSON or YAML file. Received: "
+            f"{os.stat(path).st_size} bytes"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(
+            f"Cannot read the hierarchy file {str(path)!r}. Check its permissions. "
+            f"Received: {error}"
+        ) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"The hierarchy file {str(path)!r} is not UTF-8 text: byte "
+            f"0x{data[error.start]:02x} at position {error.start} is not valid UTF-8. "
+            f"Save the file as UTF-8. Received: path={str(path)!r}"
+        ) from None
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs):
+    mapping = dict(pairs)
+    if len(mapping) < len(pairs):
+        seen = set()
+        raise _DuplicateKeyError(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return mapping
+
+
+def _load_json(text, path):
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    except _DuplicateKeyError as error:
+        raise ValueError(_duplicate_message(path, error.key)) from None
+    except RecursionError:
+        raise ValueError(_too_deep_message(path)) from None
+    except ValueError as error:  # JSONDecodeError, or an integer too long to read
+        raise ValueError(
+            f"The hierarchy file {str(path)!r} is not valid JSON. Expected e.g. "
+            '{"cat": ["persian", "siamese"], "dog": ["pug"]}. Received: '
+            f"{type(error).__name__}: {error}"
+        ) from None
+
+
 def _load_yaml(text, path):
     try:
         import yaml
@@ -299,4 +405,55 @@ def _load_yaml(text, path):
             f"Reading {str(path)!r} needs PyYAML: `pip install pyyaml`, or write "
             "the hierarchy as JSON."
         ) from None
-    return yaml.safe_load(text)
+    try:
+        return yaml.load(text, Loader=_unique_key_loader())  # a yaml.SafeLoader
+    except _DuplicateKeyError as error:
+        raise ValueError(_duplicate_message(path, error.key)) from None
+    except RecursionError:
+        raise ValueError(_too_deep_message(path)) from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as error:
+        raise ValueError(
+            f"The hierarchy file {str(path)!r} is not valid YAML for a hierarchy. It "
+            "is read with yaml.safe_load, so tags such as !!python/object are refused. "
+            "Expected e.g. 'cat: [persian, siamese]' on one line and 'dog: [pug]' on "
+            f"the next. Received: {type(error).__name__}: {error}"
+        ) from None
+
+
+@functools.cache
+def _unique_key_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """`yaml.SafeLoader` that refuses a key written twice in one mapping."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            pairs = node.value if isinstance(node, yaml.MappingNode) else []
+            for key_node, _ in pairs:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str | int | float | bool):
+                    if key in seen:
+                        raise _DuplicateKeyError(key)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def _duplicate_message(path, key):
+    return (
+        f"The hierarchy file {str(path)!r} has the key {key!r} twice in one mapping. "
+        "A parser would keep only the last one and silently drop the other's classes: "
+        f"merge the two entries or rename one. Received: duplicate key {key!r}"
+    )
+
+
+def _too_deep_message(path):
+    return (
+        f"The hierarchy file {str(path)!r} nests too deeply to read (a hierarchy has "
+        f"at most {MAX_DEPTH} levels). Received: a file nested beyond Python's "
+        "recursion limit"
+    )

@@ -84,3 +84,67 @@ def test_hierarchy_file_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json' is not valid JSON"):
         Hierarchy.from_file(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("twice.json", '{"cat": ["persian"], "dog": ["pug"], "cat": ["siamese"]}'),
+        ("twice.yaml", "cat: [persian]\ndog: [pug]\ncat: [siamese]\n"),
+        ("nested.json", '{"a": {"x": ["1"], "x": ["2"]}, "b": ["3"]}'),
+    ],
+)
+def test_hierarchy_file_refuses_a_key_written_twice(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=rf"{name}' has the key '(cat|x)' twice"):
+        Hierarchy.from_file(tmp_path / name)
+
+
+def test_hierarchy_yaml_file_never_runs_python_tags(tmp_path):
+    marker = tmp_path / "ran"
+    text = f"cat: !!python/object/apply:os.system ['touch {marker}']\ndog: [pug]\n"
+    (tmp_path / "h.yaml").write_text(text)
+    with pytest.raises(ValueError, match=r"(?s)h.yaml' is not valid YAML.*safe_load"):
+        Hierarchy.from_file(tmp_path / "h.yaml")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, error, message",
+    [
+        ("latin.json", b'{"caf\xe9": ["x"], "b": ["y"]}', ValueError, "not UTF-8 text: byte 0xe9"),
+        ("deep.json", b"[" * 100_000, ValueError, "nests too deeply"),
+        ("deep.yaml", b"a: " + b"[" * 100_000, ValueError, "nests too deeply"),
+        ("broken.yaml", b"cat: [persian\ndog: pug", ValueError, "is not valid YAML"),
+        ("digits.json", b'{"a": ' + b"1" * 5000 + b"}", ValueError, "is not valid JSON"),
+        ("list.json", b'["cat", "dog"]', TypeError, "Received at the top level: list"),
+        ("empty.yaml", b"", TypeError, "Received at the top level: NoneType"),
+        ("numbers.yaml", b"1: [a]\n2: [b]\n", TypeError, "Group names must be non-empty"),
+    ],
+)
+def test_hierarchy_file_errors_are_condnet_errors_naming_the_file(
+    tmp_path, name, content, error, message
+):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(error, match=rf"(?s){name}'.*{message}"):
+        Hierarchy.from_file(tmp_path / name)
+
+
+def test_hierarchy_file_error_not_a_regular_file(tmp_path):
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(ValueError, match="not a regular file.*folder.json"):
+        Hierarchy.from_file(tmp_path / "folder.json")
+
+
+def test_hierarchy_refuses_trees_too_deep_or_too_large(tmp_path):
+    deep = ["leaf"]
+    for level in range(40):
+        deep = {f"g{level}": deep, f"h{level}": ["x"]}
+    with pytest.raises(ValueError, match="at most 32 levels"):
+        Hierarchy(deep)
+    laughs = "a: &a [" + ", ".join(["x"] * 10) + "]\n"
+    for previous, name in zip("abcde", "bcdef"):
+        laughs += f"{name}: &{name} [" + ", ".join([f"*{previous}"] * 10) + "]\n"
+    (tmp_path / "laughs.yaml").write_text(laughs)  # aliases that expand to 10**6 names
+    with pytest.raises(ValueError, match="laughs.yaml'.*at most 1,000,000"):
+        Hierarchy.from_file(tmp_path / "laughs.yaml")
