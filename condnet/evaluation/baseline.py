@@ -1,0 +1,161 @@
+"""The flat baseline of a conditional model: same trunk, one head over every class, same cost.
+
+A conditional model is worth its routing only if it beats the flat classifier a
+user would train instead at the same inference cost. `flat_baseline` builds
+that classifier from the conditional model itself: a fresh copy of its trunk
+(with the same initial weights, pretrained or not), then a copy of its
+costliest expert head with every convolution widened (or narrowed) by one
+factor and a softmax over all classes, the factor chosen so that the flat
+model's multiply-accumulates per image match the conditional model's routed
+cost (trunk + gate + one expert) as closely as possible without exceeding it.
+"""
+
+import keras
+from keras import layers
+
+from condnet.evaluation.cost import count_macs
+from condnet.models.conditional_model import ConditionalModel
+
+_SEARCH_STEPS = 24
+
+
+def routed_macs(model, input_shape):
+    """MACs per image of a routed inference: trunk + gate + the costliest expert.
+
+    Args:
+        model: `ConditionalModel`.
+        input_shape: shape of one input, e.g. `(32, 32, 3)`.
+
+    Returns:
+        A dict with `"trunk"`, `"gate"`, `"experts"` (group -> MACs), `"routed"`
+        (the costliest route) and `"all_experts"` (soft routing: every expert).
+    """
+    shape = (None, *tuple(input_shape))
+    taps = model._tap_shapes(shape)
+    trunk = count_macs(model.trunk, shape[1:]) if model.trunk is not None else 0
+    gate = count_macs(model.gate, taps[model.gate_tap][1:])
+    experts = {
+        group: count_macs(expert, taps[model.expert_taps[group]][1:]) if expert is not None else 0
+        for group, expert in model.experts.items()
+    }
+    return {
+        "trunk": trunk,
+        "gate": gate,
+        "experts": experts,
+        "routed": trunk + gate + max(experts.values()),
+        "all_experts": trunk + gate + sum(experts.values()),
+    }
+
+
+def flat_baseline(model, input_shape, name="flat_baseline"):
+    """A flat classifier over all classes of `model`, at `model`'s routed cost.
+
+    Args:
+        model: `ConditionalModel` whose trunk is a functional model (as
+            `build_image_model` builds) and whose experts include at least one
+            functional Keras model.
+        input_shape: shape of one input, e.g. `(32, 32, 3)`.
+        name: str. Name of the returned model. Defaults to `"flat_baseline"`.
+
+    Returns:
+        A functional `keras.Model` from the input to `num_classes`
+        probabilities. Its trunk starts from the same weights as `model`'s.
+
+    Example:
+
+    ```python
+    model = build_image_model(hierarchy, image_size=32)
+    baseline = flat_baseline(model, (32, 32, 3))
+    baseline.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    ```
+    """
+    _check_model(model)
+    input_shape = tuple(input_shape)
+    budget = routed_macs(model, input_shape)["routed"]
+    group, template = _costliest_expert(model, input_shape)
+    tap = model.expert_taps[group]
+    num_classes = model.hierarchy.num_classes
+
+    def build(factor):
+        return _assemble(model, input_shape, tap, template, factor, num_classes, name)
+
+    low, high = 0.25, 4.0
+    best = build(low)
+    if count_macs(best, input_shape) > budget:
+        return best  # even a quarter width costs more: the narrowest we build
+    for _ in range(_SEARCH_STEPS):
+        middle = (low + high) / 2
+        candidate = build(middle)
+        if count_macs(candidate, input_shape) <= budget:
+            low, best = middle, candidate
+        else:
+            high = middle
+    return best
+
+
+def _assemble(model, input_shape, tap, template, factor, num_classes, name):
+    inputs = keras.Input(input_shape, name="image")
+    features = inputs
+    if model.trunk is not None:
+        trunk = keras.models.clone_model(model.trunk)
+        trunk.set_weights(model.trunk.get_weights())
+        features = trunk(inputs)[tap] if isinstance(trunk.output, dict) else trunk(inputs)
+    head = keras.models.clone_model(
+        template, clone_function=lambda layer: _resized(layer, factor, num_classes, template)
+    )
+    return keras.Model(inputs, head(features), name=name)
+
+
+def _resized(layer, factor, num_classes, template):
+    config = layer.get_config()
+    if isinstance(layer, layers.Conv2D | layers.Conv1D | layers.Conv3D):
+        config["filters"] = max(1, round(layer.filters * factor))
+        config["name"] = f"{layer.name}_flat"
+        return layer.__class__.from_config(config)
+    if isinstance(layer, layers.Dense) and layer is _output_layer(template):
+        config["units"] = num_classes
+        config["name"] = f"{layer.name}_flat"
+        return layer.__class__.from_config(config)
+    config["name"] = f"{layer.name}_flat"
+    return layer.__class__.from_config(config)
+
+
+def _output_layer(template):
+    return template.layers[-1]
+
+
+def _costliest_expert(model, input_shape):
+    taps = model._tap_shapes((None, *input_shape))
+    candidates = [
+        (count_macs(expert, taps[model.expert_taps[group]][1:]), group, expert)
+        for group, expert in model.experts.items()
+        if expert is not None
+        and not isinstance(expert, ConditionalModel)
+        and getattr(expert, "inputs", None)
+    ]
+    if not candidates:
+        raise ValueError(
+            "flat_baseline copies one of the model's experts as its head, so it needs at least "
+            "one expert that is a functional Keras model (not None, not a nested "
+            f"ConditionalModel). Received: experts {_describe(model.experts)}"
+        )
+    _, group, expert = max(candidates, key=lambda item: item[0])
+    if not isinstance(_output_layer(expert), layers.Dense):
+        raise ValueError(
+            "flat_baseline widens an expert's last Dense layer to every class; the costliest "
+            f"expert ({group!r}) ends in {type(_output_layer(expert)).__name__}. Received: "
+            f"expert={expert.name}"
+        )
+    return group, expert
+
+
+def _describe(experts):
+    return {g: type(e).__name__ if e is not None else None for g, e in experts.items()}
+
+
+def _check_model(model):
+    if not isinstance(model, ConditionalModel):
+        raise TypeError(
+            "flat_baseline builds the flat twin of a condnet.ConditionalModel. Received: "
+            f"{type(model).__name__}"
+        )
