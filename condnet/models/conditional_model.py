@@ -495,9 +495,9 @@ class ConditionalModel(keras.Model):
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object
+        config = super().get_config()  # name, trainable, dtype policy
         return {
-            "name": self.name,
-            "trainable": self.trainable,
+            **config,
             "hierarchy": self.hierarchy.get_config(),
             "gate": serialize(self.gate),
             "experts": {g: serialize(e) for g, e in self.experts.items()},

@@ -3,10 +3,12 @@
 import csv
 import io
 import json
+import math
 import os
 from pathlib import Path
 
 import keras
+import numpy as np
 
 STATE = "state.json"
 BEST = "model.keras"
@@ -38,11 +40,52 @@ def save_model_atomic(model, path):
 
 
 def read_state(run_dir):
-    """The state of the last completed epoch of a run, or None."""
+    """The state of the last completed epoch of a run, or None.
+
+    The checkpoint it names must be a file name inside `RUN_DIR/checkpoints`
+    (no folder, no `..`): a resume loads nothing from elsewhere.
+    """
     path = Path(run_dir) / STATE
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text())
+        checkpoint = state["checkpoint"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{str(path)!r} is damaged ({type(error).__name__}: {error}). Start the run again "
+            "with --overwrite, or restore the file."
+        ) from None
+    if not _is_plain_name(checkpoint):
+        raise ValueError(
+            f"{str(path)!r} names the checkpoint {checkpoint!r}, which is not a file inside "
+            f"{str(Path(run_dir) / CHECKPOINTS)!r}; a resume loads only from there. Restore "
+            f"the file or start again with --overwrite. Received: checkpoint={checkpoint!r}"
+        )
+    return state
+
+
+def _is_plain_name(name):
+    return (
+        isinstance(name, str)
+        and name.endswith(".keras")
+        and Path(name).name == name
+        and name not in (".", "..")
+        and "\\" not in name
+        and not Path(name).is_absolute()
+    )
+
+
+def non_finite(model, logs):
+    """What is not finite after an epoch (a loss in `logs`, or a weight), or None."""
+    for key, value in (logs or {}).items():
+        if key.endswith("loss") and not math.isfinite(float(value)):
+            return f"{key}={float(value)}"
+    variables = list(model.weights) + list(getattr(model.optimizer, "variables", None) or [])
+    for variable in variables:
+        if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
+            return f"non-finite values in the weight {variable.path!r}"
+    return None
 
 
 def history_csv(history):
@@ -64,6 +107,10 @@ class RunCheckpoint(keras.callbacks.Callback):
     A run killed at any moment resumes from the epoch `state.json` names;
     older checkpoints are deleted only after the commit.
 
+    An epoch whose logs hold a non-finite loss (or whose weights are not
+    finite) is never written: training stops, `refused` says which epoch and
+    why, and the last good epoch stays the resume point.
+
     Args:
         run_dir: path. The run directory.
         phase: int. Index of the training phase being run.
@@ -72,9 +119,10 @@ class RunCheckpoint(keras.callbacks.Callback):
             wins. Defaults to `"val_accuracy"` (falls back to `"accuracy"`
             without validation). Accuracy, unlike the loss, compares across
             phases that weight the loss differently.
+        on_commit: callable or None. Called after each committed epoch.
     """
 
-    def __init__(self, run_dir, phase, state=None, monitor="val_accuracy"):
+    def __init__(self, run_dir, phase, state=None, monitor="val_accuracy", on_commit=None):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.phase = phase
@@ -82,8 +130,15 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.history = list(state.get("history", []))
         self.best = state.get("best")
         self.monitor = monitor
+        self.on_commit = on_commit
+        self.refused = None
 
     def on_epoch_end(self, epoch, logs=None):
+        problem = non_finite(self.model, logs)
+        if problem is not None:
+            self.refused = (epoch + 1, problem)
+            self.model.stop_training = True
+            return
         logs = {k: float(v) for k, v in (logs or {}).items()}
         for part, weight in getattr(self.model, "loss_weights_dict", {}).items():
             logs[f"{part}_loss_weight"] = weight
@@ -101,6 +156,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         for old in folder.glob("epoch-*.keras"):
             if old.name != name:
                 old.unlink()
+        if self.on_commit is not None:
+            self.on_commit()
 
     def end_phase(self):
         """Mark the phase finished (all epochs, or stopped early)."""

@@ -1,76 +1,55 @@
 """The training recipe: from a folder of images to a trained, checkpointed, reported run."""
 
+import dataclasses
+import difflib
+import inspect
 import json
 import platform
-import shutil
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from condnet.data.folders import ImageFolder, load_folders, scan_directory
-from condnet.evaluation.discovery import check_num_groups, discover_from_folder
-from condnet.models.routing import check_routing
+from condnet.evaluation.discovery import check_num_groups, discover_from_folder, flat_class_names
+from condnet.hierarchy import Hierarchy
 from condnet.runs import checkpoint as ckpt
+from condnet.runs.claim import CONFIG, RunClaim, check_run_dir, clean_temporary_files
+from condnet.runs.lock import run_lock
+from condnet.runs.options import TrainingOptions, label
 from condnet.training.callbacks import LossWeightSchedule, StopOnNaN
-from condnet.training.staged import STRATEGIES, plan_phases, prepare_phase, set_phase_trainable
-from condnet.vision.image_model import backbone_of, build_image_model, resolve_placement
+from condnet.training.staged import plan_phases, prepare_phase, set_phase_trainable
+from condnet.vision.image_model import backbone_of, build_image_model
 
-SCHEDULES = (None, "coarse_to_fine")
-CONFIG = "config.json"
 DISCOVERED = "hierarchy.discovered.json"
-RUN_FILES = (
-    CONFIG,
-    "hierarchy.json",
-    DISCOVERED,
-    ckpt.STATE,
-    ckpt.BEST,
-    ckpt.HISTORY,
-    "metrics.json",
-    "report.md",
-    "report.html",
-    ckpt.CHECKPOINTS,
-    "logs",
+# model.fit arguments a caller may pass through; the recipe sets the others itself.
+FIT_KEYWORDS = tuple(
+    name
+    for name in inspect.signature(keras.Model.fit).parameters
+    if name
+    not in ("self", "x", "y", "batch_size", "epochs", "callbacks", "validation_split")
+    + ("validation_data", "initial_epoch")
 )
+# Options a resume may change: more epochs, other learning rates (after a NaN), and the
+# callbacks' settings. Any other difference would make the run a different one.
+RESUME_CHANGES = ("epochs", "learning_rate", "fine_tune_learning_rate", "patience", "tensorboard")
 
 
 def train(
     data_dir,
     run_dir,
-    hierarchy=None,
-    routing="soft",
-    strategy="joint",
-    backbone="small_cnn",
-    weights=None,
-    image_size=64,
-    epochs=10,
-    batch_size=32,
-    validation_split=0.2,
-    seed=1337,
-    learning_rate=1e-3,
-    expert_placement="auto",
-    augment=True,
-    filters=(32, 64, 128, 256),
-    fine_tune_epochs=0,
-    fine_tune_layers=20,
-    fine_tune_learning_rate=1e-5,
-    loss_schedule=None,
-    patience=5,
-    tensorboard=False,
-    color_mode="rgb",
-    discovery_groups=2,
-    split=None,
-    resume=False,
+    options=None,
+    *,
     overwrite=False,
+    break_lock=False,
     callbacks=None,
-    **fit_kwargs,
+    **fields_and_fit_kwargs,
 ):
     """Train a conditional image classifier on a folder and write a run directory.
 
     The run directory receives `config.json` (every option, to reproduce
     the run), `hierarchy.json`, `model.keras` (the best epoch by validation
     accuracy), `history.csv`, `metrics.json`, `report.md` / `report.html`
-    with plots, and `checkpoints/` + `state.json` for `resume=True`.
+    with plots, and `checkpoints/` + `state.json` for `resume`.
 
     The recipe: EarlyStopping on the validation loss (restoring the best
     weights), ReduceLROnPlateau, a crash-safe checkpoint every epoch, an
@@ -82,59 +61,138 @@ def train(
     trained by its own group's rows through the masked expert loss), then
     everything jointly.
 
-    `resume=True` continues a run from its last completed epoch, optimizer
-    state included, with the options saved in its `config.json`.
+    Nothing is lost: the options, `data_dir`, a hierarchy file and the model
+    are checked before anything is written; the run directory is then locked
+    (`run_lock`). A directory holding a committed run is refused unless
+    `overwrite`; its files are moved aside and deleted only once the new run
+    has committed its first epoch, and put back if it fails before. An epoch
+    with a non-finite loss or weights is never saved.
 
     Args:
-        data_dir: folder of images, `root/<group>/<class>/*` or
-            `root/<class>/*` with `hierarchy`.
-        run_dir: output folder.
-        hierarchy: `Hierarchy`, dict or path to a JSON/YAML file, for flat folders;
-            or `"auto"` to discover `discovery_groups` groups from a flat folder
-            (see `discover_for_run`).
-        routing, strategy, backbone, weights, image_size, epochs, batch_size,
-        validation_split, seed, learning_rate, expert_placement, augment,
-        filters, fine_tune_epochs, fine_tune_layers, fine_tune_learning_rate,
-        loss_schedule, patience, tensorboard, color_mode: the recipe's options
-            (see `condnet train --help`).
-        discovery_groups: int. Number of groups `hierarchy="auto"` discovers.
-        split: optional pair `(train_indices, validation_indices)` of rows of
-            `scan_directory(data_dir, hierarchy)`, used instead of
-            `validation_split` (one fold of `cross_validate`); saved in
-            `config.json`, so the run reproduces.
-        resume: bool. Continue the run in `run_dir`.
+        data_dir: folder of images, `root/<group>/<class>/*`, or `root/<class>/*`
+            with a `hierarchy`.
+        run_dir: output folder (not inside `data_dir`, nor containing it).
+        options: `TrainingOptions`. Defaults to `TrainingOptions()`.
         overwrite: bool. Replace a run already in `run_dir`.
+        break_lock: bool. Remove a stale lock left by a dead process.
         callbacks: extra Keras callbacks.
-        **fit_kwargs: passed to every `model.fit` call.
+        **fields_and_fit_kwargs: `TrainingOptions` fields (they replace those of
+            `options`, e.g. `epochs=5`), then arguments of `model.fit` (e.g.
+            `verbose=0`), passed to every `fit` call. `hierarchy` may be a
+            `Hierarchy`, a dict, the path of a JSON/YAML file, or `"auto"` to
+            discover `discovery_groups` groups from a flat folder (see
+            `discover_for_run`). `split` is an optional pair
+            `(train_indices, validation_indices)` of rows of
+            `scan_directory(data_dir, hierarchy)`, used instead of
+            `validation_split` (one fold of `cross_validate`).
 
     Returns:
         dict with `"metrics"` (see `condnet.evaluation.metrics.evaluate_predictions`),
         `"model"` (the best model) and `"run_dir"`.
+
+    Example:
+
+    ```python
+    result = condnet.train("demo/data/train", "runs/shapes", image_size=48, epochs=5)
+    ```
     """
-    options = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}
+    if "resume" in fields_and_fit_kwargs:
+        raise TypeError(
+            "train() starts runs; continue one with condnet.runs.recipe.resume(run_dir, ...) "
+            "(`condnet train ... --resume`). Received: resume="
+            f"{fields_and_fit_kwargs['resume']!r}"
+        )
+    options, fit_kwargs = _options_and_fit_kwargs(options, fields_and_fit_kwargs)
+    data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
+    check_run_dir(run_dir, data_dir)
+    prepared = None if options.hierarchy == "auto" else _prepare(options, data_dir)
+    if prepared is None:
+        check_num_groups(options.discovery_groups, len(flat_class_names(data_dir)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, break_lock=break_lock), RunClaim(run_dir, overwrite) as claim:
+        if prepared is None:
+            options = discover_for_run(options, data_dir, run_dir, fit_kwargs)
+            prepared = _prepare(options, data_dir)
+        options, (train_data, validation), model = prepared
+        _write_config(run_dir, data_dir, options, train_data.hierarchy)
+        state = _run_phases(
+            model,
+            run_dir,
+            options,
+            None,
+            (train_data, validation),
+            (list(callbacks or []), fit_kwargs, claim.commit),
+        )
+        return finish_run(run_dir, train_data.hierarchy, validation or train_data, state)
+
+
+def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **changes_and_fit_kwargs):
+    """Continue the run in `run_dir` from its last committed epoch, optimizer state included.
+
+    The run keeps the options its `config.json` stores. Options passed here
+    must agree with them, except for the changes that make sense on a
+    resume (`RESUME_CHANGES`): a larger `epochs` trains the extra epochs (of
+    the phase the run is in, even when it had finished or stopped early),
+    other learning rates apply from the next epoch on (e.g. lower after a
+    NaN stop), and `patience` / `tensorboard` set the callbacks.
+
+    Args:
+        run_dir: a run directory written by `train`.
+        data_dir: the image folder; must be the run's own (the default).
+        break_lock: bool. Remove a stale lock left by a dead process.
+        callbacks: extra Keras callbacks.
+        **changes_and_fit_kwargs: `TrainingOptions` fields (see above), then
+            arguments of `model.fit` (e.g. `verbose=0`).
+
+    Returns:
+        dict with `"metrics"`, `"model"` and `"run_dir"`, as `train`.
+    """
     run_dir = Path(run_dir)
-    if resume:
-        options, state = _resume_options(run_dir), _resume_state(run_dir)
-    else:
-        _check_options(options)
-        _claim_run_dir(run_dir, overwrite)
-        state = None
-        if options["hierarchy"] == "auto":
-            options["hierarchy"] = discover_for_run(options, run_dir, fit_kwargs)
-    train_data, validation = load_data(options)
-    hierarchy = train_data.hierarchy
-    if state is None:
-        model = _build(options, hierarchy, train_data.channels)
-        _write_config(run_dir, options, hierarchy)
-    else:
+    stored, stored_data_dir = read_config(run_dir)
+    changes, fit_kwargs = TrainingOptions.fields_of(changes_and_fit_kwargs)
+    _check_fit_kwargs(fit_kwargs)
+    if data_dir is not None and Path(data_dir).resolve() != Path(stored_data_dir).resolve():
+        raise ValueError(
+            f"DATA_DIR {str(data_dir)!r} is not the run's image folder {stored_data_dir!r}; a "
+            "resume continues on the images it started with. Pass that folder (or none), "
+            f"or start a new run. Received: DATA_DIR={str(data_dir)!r}"
+        )
+    with run_lock(run_dir, break_lock=break_lock):
+        state = _resume_state(run_dir)
+        options = _resumed_options(stored, changes, state)
+        state = _reopen_phase(stored, options, state)
+        clean_temporary_files(run_dir)
+        train_data, validation = load_data(options, stored_data_dir)
         model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
-    state = _run_phases(
-        model, run_dir, options, state, train_data, validation, list(callbacks or []), fit_kwargs
-    )
-    return finish_run(run_dir, hierarchy, validation or train_data, state)
+        if options != stored:
+            _write_config(run_dir, stored_data_dir, options, train_data.hierarchy)
+        state = _run_phases(
+            model,
+            run_dir,
+            options,
+            state,
+            (train_data, validation),
+            (list(callbacks or []), fit_kwargs, None),
+        )
+        return finish_run(run_dir, train_data.hierarchy, validation or train_data, state)
 
 
-_NOT_OPTIONS = ("resume", "overwrite", "callbacks", "fit_kwargs")
+def read_config(run_dir):
+    """`(TrainingOptions, data_dir)` of the run in `run_dir`, from its config.json."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise ValueError(
+            f"There is no run to resume in {str(run_dir)!r}: {CONFIG} is missing. Start a "
+            "new run without --resume."
+        )
+    try:
+        stored = json.loads(path.read_text())["options"]
+        return TrainingOptions.from_config(stored), stored["data_dir"]
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(
+            f"{str(path)!r} is not a readable run config ({type(error).__name__}: {error}). "
+            "Restore it, or start a new run with --overwrite."
+        ) from None
 
 
 def finish_run(run_dir, hierarchy, data, state):
@@ -150,6 +208,102 @@ def finish_run(run_dir, hierarchy, data, state):
         run_dir, hierarchy, metrics, history=history, title=f"condnet run {Path(run_dir).name}"
     )
     return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
+
+
+# === Options ===
+
+
+def _options_and_fit_kwargs(options, kwargs):
+    fields, fit_kwargs = TrainingOptions.fields_of(kwargs)
+    if options is None:
+        options = TrainingOptions(**fields)
+    elif not isinstance(options, TrainingOptions):
+        raise TypeError(
+            "options must be a TrainingOptions (or None, with the options as keyword "
+            f"arguments). Received: options of type {type(options).__name__}"
+        )
+    elif fields:
+        options = dataclasses.replace(options, **fields)
+    _check_fit_kwargs(fit_kwargs)
+    return options, fit_kwargs
+
+
+def _check_fit_kwargs(fit_kwargs):
+    unknown = [name for name in fit_kwargs if name not in FIT_KEYWORDS]
+    if unknown:
+        known = [f.name for f in dataclasses.fields(TrainingOptions)] + list(FIT_KEYWORDS)
+        hints = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+        shown = ", ".join(
+            f"{name!r}" + (f" (did you mean {hints[name][0]!r}?)" if hints[name] else "")
+            for name in unknown
+        )
+        raise TypeError(
+            f"Unknown keyword argument {shown}: neither a TrainingOptions field nor a "
+            f"model.fit argument ({', '.join(FIT_KEYWORDS)}). Received: {sorted(unknown)}"
+        )
+
+
+def _resumed_options(stored, changes, state):
+    """The stored options with the allowed `changes`; any other difference is refused."""
+    differences = []
+    for name, value in changes.items():
+        old = getattr(stored, name)
+        if _same(name, value, old):
+            continue
+        if name == "epochs" and isinstance(value, int) and value < old:
+            differences.append(
+                f"{label(name)} {value} is fewer than the run's {old} (a resume can add "
+                "epochs, not remove them)"
+            )
+        elif name not in RESUME_CHANGES:
+            differences.append(f"{label(name)} {value!r} differs from the run's {old!r}")
+    if differences:
+        raise ValueError(
+            "A resume continues the run with its stored options, and these contradict them: "
+            + "; ".join(differences)
+            + ". Leave them out, or start a new run (another --out, or --overwrite)."
+        )
+    return dataclasses.replace(stored, **changes)
+
+
+def _same(name, value, old):
+    if name != "hierarchy" or value is None or old is None or value == "auto":
+        return TrainingOptions(**{name: value}) == TrainingOptions(**{name: old})
+    as_hierarchy = Hierarchy.from_file if isinstance(value, str | Path) else Hierarchy
+    return as_hierarchy(value) == Hierarchy(old)
+
+
+def _reopen_phase(stored, options, state):
+    """The state to continue when `epochs` grew: the run's phase ends later, and is reopened.
+
+    Phases before the run's current one must keep their epochs.
+    """
+    if options.epochs == stored.epochs:
+        return state
+    before, after = _phase_plan(stored), _phase_plan(options)
+    index = state["phase"]
+    if before[:index] != after[:index] or len(after) <= index:
+        raise ValueError(
+            f"{label('epochs')} {options.epochs} would change the phases this run already "
+            f"finished ({[name for name, _ in before[:index]]}); a resume can only lengthen "
+            f"the phase it is in ({before[index][0]!r}). Start a new run with --overwrite. "
+            f"Received: epochs={options.epochs}"
+        )
+    return {**state, "phase_done": False}
+
+
+def _phase_plan(options):
+    return [(phase.name, phase.epochs) for phase in _phases(options)]
+
+
+def _phases(options):
+    return plan_phases(
+        options.strategy,
+        options.epochs,
+        options.fine_tune_epochs,
+        options.learning_rate,
+        options.fine_tune_learning_rate,
+    )
 
 
 # === Phases ===
