@@ -162,7 +162,7 @@ def conditional(image_size, hierarchy, routing, expert_width, gate_width):
         h = head_inputs
         for _ in range(blocks):
             h = plain_block(h, width)
-        if not blocks:
+        if not blocks and width:
             h = conv_bn_relu(h, width)
         h = layers.Dropout(0.3)(layers.GlobalAveragePooling2D()(h))
         return keras.Model(head_inputs, layers.Dense(units, activation="softmax")(h), name=name)
@@ -175,6 +175,22 @@ def conditional(image_size, hierarchy, routing, expert_width, gate_width):
         hierarchy, trunk=trunk, gate=head(hierarchy.num_groups, "gate", gate_width, 0),
         experts=experts, gate_tap="shared", routing=routing,
     )
+
+
+def upcycle(flat, model):
+    """Copy the flat CNN's first blocks into the trunk and its last block into every expert."""
+    def parts(m):
+        found = [layer for layer in m._flatten_layers() if isinstance(
+            layer, layers.Conv2D | layers.BatchNormalization)]
+        return found
+
+    source = parts(flat)
+    shared = len(parts(model.trunk))
+    for target, layer in zip(parts(model.trunk), source):
+        target.set_weights(layer.get_weights())
+    for expert in model.expert_models:
+        for target, layer in zip(parts(expert), source[shared:]):
+            target.set_weights(layer.get_weights())
 
 
 def routed_macs(model, image_size):
@@ -229,12 +245,19 @@ def score(model, hierarchy, x, y):
 
 def run_row(row, data, hierarchy, args, seed):
     keras.utils.set_random_seed(seed)
+    train, validation = split_validation(*data["train"], 0.2, seed)
+    seconds, epochs = 0.0, 0
     if row == "plain":
         model = plain_cnn(args.image_size, hierarchy.num_classes)
+    elif row == "upcycled":  # half the epochs flat, then the conditional copy of it
+        flat = plain_cnn(args.image_size, hierarchy.num_classes)
+        seconds, epochs = fit(flat, train, validation, args.epochs // 2, seed)
+        model = conditional(args.image_size, hierarchy, "soft", PLAIN_FILTERS[-1], 0)
+        upcycle(flat, model)
     else:
         model = conditional(args.image_size, hierarchy, row, args.expert_width, args.gate_width)
-    train, validation = split_validation(*data["train"], 0.2, seed)
-    seconds, epochs = fit(model, train, validation, args.epochs, seed)
+    more_seconds, more_epochs = fit(model, train, validation, args.epochs - epochs, seed)
+    seconds, epochs = seconds + more_seconds, epochs + more_epochs
     result = {
         "row": row,
         "seed": seed,
