@@ -30,20 +30,44 @@ REQUIRED_KEYS = (
 SCORE_COLUMNS = ("precision", "recall", "f1", "support")
 ROUTING_COLUMNS = ("expert", "samples routed", "share", "samples of its group", "routed right")
 STYLE = (
-    "body{font-family:sans-serif;margin:2em;max-width:70em}"
+    "body{font-family:sans-serif;margin:0;display:grid;grid-template-columns:14em 1fr}"
+    "nav{position:sticky;top:0;height:100vh;overflow:auto;padding:1em;background:#f5f5f5}"
+    "main{padding:1em 2em;max-width:90em}"
     "table{border-collapse:collapse;margin-bottom:1em}"
     "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
     "th:first-child,td:first-child{text-align:left}img{max-width:100%}"
+    ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(28em,1fr));gap:1em}"
+    ".gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(9em,1fr));gap:.5em}"
+    "figure{margin:0}.example img{width:96px;height:96px;object-fit:contain;"
+    "image-rendering:pixelated}figcaption{font-size:.75em}"
+    "@media (max-width:50em){body{display:block}nav{position:static;height:auto}}"
 )
 
 
-def write_report(run_dir, hierarchy, metrics, history=None, title="condnet report"):
+def write_report(
+    run_dir,
+    hierarchy,
+    metrics,
+    history=None,
+    title="condnet report",
+    header=None,
+    baseline=None,
+    examples=None,
+):
     """Write `report.md`, `report.html` and PNG plots of a run into `run_dir`.
 
-    The report holds a summary table, precision/recall/F1/support per group and
-    per class, how many samples each expert received, and the plots:
-    `training_curves.png` (when a history is given), `group_confusion.png`,
-    `class_confusion.png` and `routing_matrix.png` (true group x expert chosen).
+    The report opens with what it describes (`header`: data, split, best
+    epoch, configuration), then the headline metrics, the comparison with a
+    flat baseline (when given), a glossary of the metric names,
+    precision/recall/F1/support per group and per class, how many samples
+    each expert received, a gallery of example images (misrouted,
+    misclassified, correct), and the plots: `training_curves.png` (when a
+    history is given; series that never change, such as fixed loss weights,
+    are left out), `routing_matrix.png` (true group x expert chosen),
+    `group_confusion.png` only when the gate's choices differ from the
+    routes, and `class_confusion.png` (row-normalised, grouped by group with
+    boundaries, counts written in the cells). The HTML page has a table of
+    contents and lays plots and images out in a grid.
 
     Plots need matplotlib (`pip install "condnet[plots]"`). Without it the
     report is still written, with a warning and a note in place of the plots,
@@ -57,6 +81,16 @@ def write_report(run_dir, hierarchy, metrics, history=None, title="condnet repor
             (`loss`, `val_loss`, ...), or the `History` returned by `model.fit`.
             Defaults to `None` (no training curves).
         title: str. Heading of the report. Defaults to `"condnet report"`.
+        header: optional dict. `label -> text` lines shown first (e.g. `"data"`,
+            `"split"`, `"best epoch"`), and optionally `"configuration"`: a
+            dict of options shown as a table.
+        baseline: optional dict `{"conditional": scores, "flat": scores}`, each
+            with any of `accuracy`, `group_accuracy`, `hierarchical_f1`,
+            `macs_per_image`, `images_per_second`: shown side by side with a
+            one-line verdict.
+        examples: optional list of dicts, one per image, with `path`, `true`
+            (class), `predicted` (class), `expert` (group that ran), `true_group`
+            and `confidence`: up to 8 of each kind are shown as thumbnails.
 
     Returns:
         The list of written paths: `report.md`, `report.html`, then the PNGs.
@@ -74,7 +108,9 @@ def write_report(run_dir, hierarchy, metrics, history=None, title="condnet repor
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plots, notes = _write_plots(run_dir, hierarchy, metrics, history)
+    gallery = _write_gallery(run_dir, examples or [])
     sections = _sections(hierarchy, metrics, plots, notes)
+    sections[1:1] = _extra_sections(metrics, header, baseline, gallery)
     markdown, page = run_dir / "report.md", run_dir / "report.html"
     markdown.write_text(_markdown(title, sections), encoding="utf-8")
     page.write_text(_html(title, sections), encoding="utf-8")
@@ -125,6 +161,77 @@ def _sections(hierarchy, metrics, plots, notes):
     ]
 
 
+def _extra_sections(metrics, header, baseline, gallery):
+    """Baseline, glossary and examples, placed after the summary."""
+    from condnet.evaluation.metrics import GLOSSARY
+
+    sections = []
+    if baseline:
+        sections.append(("Flat baseline", _baseline_items(baseline)))
+    glossary = [(name, text) for name, text in GLOSSARY.items()]
+    sections.append(("Glossary", [("table", ("name", "meaning"), glossary)]))
+    if gallery:
+        sections.append(("Examples", gallery))
+    if header:
+        sections.insert(0, ("About this run", _header_items(header)))
+    return sections
+
+
+def _header_items(header):
+    header = dict(header)
+    configuration = header.pop("configuration", None)
+    items = [("table", ("", ""), [(k, str(v)) for k, v in header.items()])]
+    if configuration:
+        rows = [(k, json_text(v)) for k, v in configuration.items()]
+        items.append(("table", ("option", "value"), rows))
+    return items
+
+
+def json_text(value):
+    """A compact text form of an option value for a table cell."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _baseline_items(baseline):
+    keys = ("accuracy", "group_accuracy", "hierarchical_f1", "macs_per_image", "images_per_second")
+    conditional, flat = baseline.get("conditional", {}), baseline.get("flat", {})
+    rows = [
+        (key, _cell(conditional.get(key)), _cell(flat.get(key)))
+        for key in keys
+        if key in conditional or key in flat
+    ]
+    return [
+        ("table", ("", "conditional (routed)", "flat baseline"), rows),
+        ("text", baseline_verdict(conditional, flat)),
+    ]
+
+
+def baseline_verdict(conditional, flat):
+    """One line: which model is more accurate, and at what cost."""
+    if "accuracy" not in conditional or "accuracy" not in flat:
+        return "No verdict: both models need an accuracy."
+    gain = conditional["accuracy"] - flat["accuracy"]
+    cost = ""
+    if conditional.get("macs_per_image") and flat.get("macs_per_image"):
+        cost = (
+            f" at {conditional['macs_per_image'] / flat['macs_per_image']:.2f}x its MACs per image"
+        )
+    if abs(gain) < 0.005:
+        return f"The conditional model ties the flat baseline ({gain:+.4f}){cost}."
+    better = "beats" if gain > 0 else "loses to"
+    return f"The conditional model {better} the flat baseline by {abs(gain):.4f} accuracy{cost}."
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value < 10:
+        return _number(value)
+    return f"{value:,.0f}" if isinstance(value, int | float) else str(value)
+
+
 def _score_rows(scores):
     return [
         (name, *(_number(s[key]) for key in SCORE_COLUMNS[:3]), str(s["support"]))
@@ -158,6 +265,55 @@ def _number(value):
     return f"{value:.4f}"
 
 
+# === Example images ===
+
+GALLERY_KINDS = (
+    ("misrouted", "sent to another group's expert"),
+    ("misclassified", "right expert, wrong class"),
+    ("correct", "right class"),
+)
+THUMBNAIL = 96
+PER_KIND = 8
+
+
+def _write_gallery(run_dir, examples):
+    """Thumbnails of up to `PER_KIND` images of each kind, as report items."""
+    items = []
+    for kind, caption in GALLERY_KINDS:
+        chosen = [e for e in examples if _kind(e) == kind][:PER_KIND]
+        figures = [_thumbnail(run_dir, kind, i, e) for i, e in enumerate(chosen)]
+        figures = [f for f in figures if f is not None]
+        if figures:
+            items.append(("gallery", f"{kind}: {caption}", figures))
+    return items
+
+
+def _kind(example):
+    if example["expert"] != example["true_group"]:
+        return "misrouted"
+    return "correct" if example["predicted"] == example["true"] else "misclassified"
+
+
+def _thumbnail(run_dir, kind, index, example):
+    from PIL import Image
+
+    folder = run_dir / "examples"
+    folder.mkdir(exist_ok=True)
+    name = f"examples/{kind}-{index:02d}.png"
+    try:
+        with Image.open(example["path"]) as image:
+            image = image.convert("RGB")
+            image.thumbnail((THUMBNAIL, THUMBNAIL))
+            image.save(run_dir / name)
+    except (OSError, ValueError):
+        return None  # an image that cannot be read is left out of the gallery
+    caption = (
+        f"true {example['true']} / predicted {example['predicted']} "
+        f"(expert {example['expert']}, {example['confidence']:.2f})"
+    )
+    return name, caption
+
+
 # === Markdown and HTML ===
 
 
@@ -179,6 +335,11 @@ def _markdown_item(item):
         ]
     if kind == "image":
         return [f"![{content[0]}]({content[0]})"]
+    if kind == "gallery":
+        caption, figures = content
+        return [f"**{_markdown_text(caption)}**", ""] + [
+            f"![{_markdown_text(text)}]({name}) {_markdown_text(text)}  " for name, text in figures
+        ]
     return [content[0]]
 
 
@@ -192,17 +353,32 @@ def _markdown_text(text):
 
 
 def _html(title, sections):
+    anchors = [_anchor(heading) for heading, _ in sections]
+    contents = "".join(
+        f'<li><a href="#{a}">{html.escape(h)}</a></li>' for a, (h, _) in zip(anchors, sections)
+    )
     parts = [
         "<!DOCTYPE html>",
         '<html><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title>",
         f"<style>{STYLE}</style></head><body>",
+        f'<nav id="contents"><h2>Contents</h2><ol>{contents}</ol></nav><main>',
         f"<h1>{html.escape(title)}</h1>",
     ]
-    for heading, items in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        parts += [_html_item(item) for item in items]
-    return "\n".join(parts + ["</body></html>", ""])
+    for anchor, (heading, items) in zip(anchors, sections):
+        parts.append(f'<section id="{anchor}"><h2>{html.escape(heading)}</h2>')
+        plots = [item for item in items if item[0] == "image"]
+        others = [item for item in items if item[0] != "image"]
+        parts += [_html_item(item) for item in others]
+        if plots:
+            parts.append('<div class="grid">' + "".join(_html_item(i) for i in plots) + "</div>")
+        parts.append("</section>")
+    return "\n".join(parts + ["</main></body></html>", ""])
+
+
+def _anchor(heading):
+    return "".join(c if c.isalnum() else "-" for c in heading.lower())
 
 
 def _html_item(item):
@@ -214,7 +390,15 @@ def _html_item(item):
         return f"<table>\n<thead>{head}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
     if kind == "image":
         name = html.escape(content[0])
-        return f'<p><a href="{name}"><img src="{name}" alt="{name}"></a></p>'
+        return f'<figure><a href="{name}"><img src="{name}" alt="{name}"></a></figure>'
+    if kind == "gallery":
+        caption, figures = content
+        cells = "".join(
+            f'<figure class="example"><img src="{html.escape(n)}" alt="{html.escape(text)}">'
+            f"<figcaption>{html.escape(text)}</figcaption></figure>"
+            for n, text in figures
+        )
+        return f'<h3>{html.escape(caption)}</h3><div class="gallery">{cells}</div>'
     return f"<p>{html.escape(content[0])}</p>"
 
 
@@ -237,15 +421,56 @@ def _write_plots(run_dir, hierarchy, metrics, history):
         plots.append(_plot_history(run_dir / "training_curves.png", history))
     else:
         notes.append(NO_HISTORY)
-    groups, classes = hierarchy.groups, hierarchy.classes
-    for name, names, xlabel, ylabel in (
-        ("group_confusion", groups, "predicted group", "true group"),
-        ("class_confusion", classes, "predicted class", "true class"),
-        ("routing_matrix", groups, "expert chosen", "true group"),
-    ):
-        path = run_dir / f"{name}.png"
-        plots.append(_plot_matrix(path, metrics[name], names, xlabel, ylabel))
+    groups = hierarchy.groups
+    plots.append(
+        _plot_matrix(
+            run_dir / "routing_matrix.png",
+            metrics["routing_matrix"],
+            groups,
+            "expert that ran",
+            "true group",
+        )
+    )
+    if metrics["group_confusion"] != metrics["routing_matrix"]:  # e.g. soft mixture, hedging
+        plots.append(
+            _plot_matrix(
+                run_dir / "group_confusion.png",
+                metrics["group_confusion"],
+                groups,
+                "gate's top group",
+                "true group",
+            )
+        )
+    plots.append(_plot_class_confusion(run_dir / "class_confusion.png", hierarchy, metrics))
     return plots, notes
+
+
+def _plot_class_confusion(path, hierarchy, metrics):
+    """Row-normalised class confusion, classes grouped by group with boundary lines."""
+    counts = np.asarray(metrics["class_confusion"])
+    totals = np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    shares = counts / totals
+    names = hierarchy.classes
+    size = min(3.5 + 0.3 * len(names), 30)
+    figure = _figure(size + 1, size)
+    axes = figure.add_subplot()
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true class's images")
+    axes.set(
+        title="class confusion (row-normalised; counts in cells)",
+        xlabel="predicted class",
+        ylabel="true class",
+    )
+    if len(names) <= 100:
+        _label_ticks(axes, names)
+    if len(names) <= 20:
+        _annotate(axes, counts, shares)
+    for group in hierarchy.groups[:-1]:
+        edge = hierarchy.group_slice(group).stop - 0.5
+        axes.axhline(edge, color="black", linewidth=1)
+        axes.axvline(edge, color="black", linewidth=1)
+    figure.savefig(path, dpi=100)
+    return path
 
 
 def _figure(width, height):
@@ -267,7 +492,7 @@ def _plot_matrix(path, matrix, names, xlabel, ylabel):
     if len(names) <= 100:
         _label_ticks(axes, names)
     if len(names) <= 20:
-        _annotate(axes, matrix)
+        _annotate(axes, matrix, matrix / max(matrix.max(), 1))
     figure.savefig(path, dpi=100)
     return path
 
@@ -278,15 +503,20 @@ def _label_ticks(axes, names):
     axes.set_yticks(range(len(names)), names, fontsize=fontsize)
 
 
-def _annotate(axes, matrix):
-    threshold = matrix.max() / 2
+def _annotate(axes, matrix, shades):
     for (i, j), count in np.ndenumerate(matrix):
-        color = "white" if count > threshold else "black"
+        color = "white" if shades[i, j] > 0.5 else "black"
         axes.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
 
 
+def _history_names(history):
+    """Panel names: one per metric, leaving out series that never change (fixed loss weights)."""
+    changing = [key for key, values in history.items() if len(set(values)) > 1 or len(values) == 1]
+    return list(dict.fromkeys(key.removeprefix("val_") for key in changing))
+
+
 def _plot_history(path, history):
-    names = list(dict.fromkeys(key.removeprefix("val_") for key in history))
+    names = _history_names(history)
     columns = min(len(names), 3)
     figure = _figure(4.5 * columns, 3.5 * math.ceil(len(names) / columns))
     for index, name in enumerate(names):

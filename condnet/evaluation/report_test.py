@@ -9,7 +9,7 @@ from condnet.evaluation.report import summary_table, write_report
 from condnet.hierarchy import Hierarchy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS = ("training_curves.png", "group_confusion.png", "class_confusion.png", "routing_matrix.png")
+PLOTS = ("training_curves.png", "routing_matrix.png", "class_confusion.png")
 HIERARCHY = Hierarchy({"cat": ["persian", "siamese"], "dog": ["beagle", "pug", "<unk>"]})
 HISTORY = {
     "loss": [1.2, 0.8, 0.5],
@@ -138,3 +138,91 @@ def test_summary_table_lists_headline_metrics():
     assert rows["accuracy"] == f"{metrics['accuracy']:.4f}"
     assert rows["wrong_expert_share"] == f"{metrics['routing']['wrong_expert_share']:.4f}"
     assert rows["class_ece"] == f"{metrics['expected_calibration_error']['class']:.4f}"
+
+
+def test_group_confusion_is_drawn_only_when_it_differs_from_the_routes(tmp_path):
+    metrics = make_metrics()  # no gate given: the routes are the predicted groups
+    same = write_report(tmp_path / "same", HIERARCHY, metrics)
+    assert "group_confusion.png" not in [path.name for path in same]
+    metrics["routing_matrix"] = [[30, 0], [0, 0]]  # routes that differ from the gate's choices
+    differ = write_report(tmp_path / "differ", HIERARCHY, metrics)
+    assert "group_confusion.png" in [path.name for path in differ]
+
+
+def test_training_curves_leave_out_series_that_never_change(tmp_path, monkeypatch):
+    drawn = []
+    from condnet.evaluation import report as report_module
+
+    real = report_module._plot_history
+    monkeypatch.setattr(
+        report_module,
+        "_plot_history",
+        lambda path, history: drawn.append(history) or real(path, history),
+    )
+    history = {**HISTORY, "gate_loss_weight": [1.0, 1.0, 1.0]}
+    write_report(tmp_path, HIERARCHY, make_metrics(), history=history)
+    assert "gate_loss_weight" in drawn[0]  # given to the plot ...
+    names = report_module._history_names({k: v for k, v in history.items()})
+    assert "gate_loss_weight" not in names  # ... which leaves it out
+
+
+def test_report_header_baseline_glossary_and_gallery(tmp_path):
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    examples = [
+        {
+            "path": image,
+            "true": "pug",
+            "predicted": "persian",
+            "expert": "cat",
+            "true_group": "dog",
+            "confidence": 0.9,
+        },
+        {
+            "path": image,
+            "true": "pug",
+            "predicted": "beagle",
+            "expert": "dog",
+            "true_group": "dog",
+            "confidence": 0.6,
+        },
+        {
+            "path": image,
+            "true": "pug",
+            "predicted": "pug",
+            "expert": "dog",
+            "true_group": "dog",
+            "confidence": 0.8,
+        },
+        {
+            "path": tmp_path / "missing.png",
+            "true": "pug",
+            "predicted": "pug",
+            "expert": "dog",
+            "true_group": "dog",
+            "confidence": 0.8,
+        },
+    ]
+    write_report(
+        tmp_path / "run",
+        HIERARCHY,
+        make_metrics(),
+        title="pets: validation",
+        header={"data": "pets/train", "best epoch": "3 of 5", "configuration": {"epochs": 5}},
+        baseline={
+            "conditional": {"accuracy": 0.8, "macs_per_image": 1000},
+            "flat": {"accuracy": 0.7, "macs_per_image": 1000},
+        },
+        examples=examples,
+    )
+    markdown = read(tmp_path / "run", "report.md")
+    assert "## About this run" in markdown and "| best epoch | 3 of 5 |" in markdown
+    assert "| epochs | 5 |" in markdown
+    assert "beats the flat baseline by 0.1000 accuracy at 1.00x its MACs" in markdown
+    assert "## Glossary" in markdown and "| gate_accuracy |" in markdown
+    for kind in ("misrouted", "misclassified", "correct"):
+        assert (tmp_path / "run" / "examples" / f"{kind}-00.png").is_file()
+    assert not (tmp_path / "run" / "examples" / "correct-01.png").exists()  # unreadable: left out
+    page = read(tmp_path / "run", "report.html")
+    assert '<nav id="contents">' in page and 'href="#flat-baseline"' in page
+    assert 'class="gallery"' in page and "examples/misrouted-00.png" in page
