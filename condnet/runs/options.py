@@ -1,0 +1,409 @@
+"""The training recipe's options: one frozen, checked dataclass that the CLI is generated from."""
+
+import dataclasses
+import math
+import numbers
+from pathlib import Path
+
+from condnet.data.folders import COLOR_MODES
+from condnet.hierarchy import Hierarchy
+from condnet.models.routing import ROUTINGS
+from condnet.training.staged import STRATEGIES
+from condnet.vision.image_model import PLACEMENTS
+
+SCHEDULES = ("coarse_to_fine",)
+DISPATCHES = ("dense", "capacity")
+IMAGE_SIZES = (8, 2048)
+# Keys of config.json's "options" that name the run's folders rather than options.
+RUN_KEYS = ("data_dir", "run_dir")
+
+
+def _option(default, help, check, cli=True, **argparse_kwargs):
+    """A field: its default, its help text, its check (which may normalise the value), and
+    what `argparse` needs beyond that (`choices`, `metavar`, `type`, `nargs`)."""
+    metadata = dict(help=help, check=check, cli=cli, argparse=argparse_kwargs)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# === Checks ===
+# Each takes the option's name and value and returns the value to store.
+
+
+def label(name):
+    """How an error names an option: as the CLI spells it and as Python does."""
+    field = _FIELDS.get(name)
+    if field is None or not field.metadata["cli"]:
+        return name
+    return f"--{name.replace('_', '-')} / {name}"
+
+
+def normalised(name, value):
+    """`value` checked and normalised as the field `name` stores it (raises when invalid)."""
+    return _FIELDS[name].metadata["check"](name, value)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _int_at_least(low):
+    def check(name, value):
+        if not _is_int(value):
+            kind = TypeError
+        elif value < low:
+            kind = ValueError
+        else:
+            return value
+        raise kind(f"{label(name)} must be an int >= {low}. Received: {name}={value!r}")
+
+    return check
+
+
+def _positive_number(name, value):
+    """A finite number > 0 (inf and nan are refused)."""
+    if not _is_number(value):
+        raise TypeError(f"{label(name)} must be a number > 0. Received: {name}={value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{label(name)} must be a finite number > 0. Received: {name}={value!r}")
+    return value
+
+
+def _one_of(choices, optional=False):
+    def check(name, value):
+        if (optional and value is None) or value in choices:
+            return value
+        shown = [*choices, None] if optional else list(choices)
+        raise ValueError(f"{label(name)} must be one of {shown}. Received: {name}={value!r}")
+
+    return check
+
+
+def _boolean(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{label(name)} must be True or False. Received: {name}={value!r}")
+    return value
+
+
+def _optional_text(name, value):
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{label(name)} must be a string or None. Received: {name}={value!r}")
+
+
+def _text(name, value):
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{label(name)} must be a non-empty string. Received: {name}={value!r}")
+    return value
+
+
+def _hierarchy(name, value):
+    """None, "auto", a path (kept as a string) or a tree (kept as its dict)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Hierarchy):
+        return value.to_dict()
+    if isinstance(value, dict):
+        Hierarchy(value)  # raises on a malformed tree
+        return value
+    raise TypeError(
+        f"{label(name)} must be a Hierarchy, a dict, the path of a JSON/YAML file, 'auto' or "
+        f"None. Received: {name} of type {type(value).__name__}"
+    )
+
+
+def _image_size(name, value):
+    sides = [value] if _is_int(value) else value
+    low, high = IMAGE_SIZES
+    if not (isinstance(sides, list | tuple) and len(sides) in (1, 2) and all(map(_is_int, sides))):
+        raise TypeError(
+            f"{label(name)} must be an int or a (height, width) pair of ints. "
+            f"Received: {name}={value!r}"
+        )
+    if not all(low <= side <= high for side in sides):
+        raise ValueError(
+            f"{label(name)} must be between {low} and {high} pixels: smaller images vanish in "
+            "the backbone's poolings, and larger ones need gigabytes of memory per batch "
+            f"(resize the images instead). Received: {name}={value!r}"
+        )
+    return value if _is_int(value) else tuple(value)
+
+
+def _filters(name, value):
+    if not (
+        isinstance(value, list | tuple) and value and all(_is_int(f) and f >= 1 for f in value)
+    ):
+        raise ValueError(
+            f"{label(name)} must be a non-empty sequence of ints >= 1, one per small_cnn "
+            f"block, e.g. (32, 64, 128, 256). Received: {name}={value!r}"
+        )
+    return tuple(value)
+
+
+def _validation_split(name, value):
+    if not _is_number(value):
+        raise TypeError(f"{label(name)} must be a float in [0, 1). Received: {name}={value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"{label(name)} must be in [0, 1). Received: {name}={value!r}")
+    return value
+
+
+def _confidence_threshold(name, value):
+    if value is None:
+        return value
+    if not _is_number(value) or not 0 < value <= 1:
+        raise ValueError(
+            f"{label(name)} must be in (0, 1] (or None to never hedge). Received: {name}={value!r}"
+        )
+    return value
+
+
+def _split(name, value):
+    """None, or a pair (train rows, validation rows) of disjoint row indices, as tuples."""
+    if value is None:
+        return value
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise TypeError(
+            f"{name} must be a pair (train_indices, validation_indices). Received: "
+            f"{type(value).__name__} {value!r:.100}"
+        )
+    rows = tuple(tuple(_row(row) for row in part) for part in value)
+    shared = set(rows[0]) & set(rows[1])
+    if not rows[0] or shared:
+        raise ValueError(
+            f"{name} needs at least one training row and no row in both parts. Received: "
+            f"{len(rows[0])} training rows, {len(shared)} shared"
+        )
+    return rows
+
+
+def _row(value):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise TypeError(f"split indices must be ints >= 0. Received: {value!r}")
+    return int(value)
+
+
+# === Options ===
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOptions:
+    """Every option of the training recipe (`condnet.train`, `condnet train`).
+
+    One frozen object: each field is checked when the object is made (before
+    any file is read or written), `condnet train --help` is generated from
+    the fields (names in kebab-case, defaults, help texts, choices), and a
+    run's `config.json` stores `to_config()`, which `from_config` reads back.
+    `dataclasses.replace(options, epochs=20)` makes a changed copy.
+
+    The fields, their defaults and meanings are listed by
+    `condnet train --help`; `split` is Python-only (see `train`).
+
+    Example:
+
+    ```python
+    options = TrainingOptions(image_size=48, epochs=5, routing="hard")
+    condnet.train("demo/data/train", "runs/shapes", options)
+    ```
+    """
+
+    hierarchy: object = _option(
+        None,
+        "JSON/YAML file mapping group -> classes (for flat folders), or 'auto' to discover "
+        "the groups from the classes a flat classifier confuses (written to "
+        "RUN_DIR/hierarchy.discovered.json, to edit and reuse)",
+        _hierarchy,
+        metavar="FILE",
+        type=str,
+    )
+    discovery_groups: int = _option(
+        2, "number of groups --hierarchy auto discovers", _int_at_least(2), metavar="N"
+    )
+    routing: str = _option(
+        "soft",
+        "routing while training and at inference: soft mixes the experts by the gate's "
+        "probabilities, hard runs the gate's top group, gumbel samples a group while "
+        "training, teacher routes by the true group while training",
+        _one_of(ROUTINGS),
+        choices=ROUTINGS,
+    )
+    strategy: str = _option(
+        "joint",
+        "joint: one model, one loss; staged: gate, then experts, then joint",
+        _one_of(STRATEGIES),
+        choices=STRATEGIES,
+    )
+    backbone: str = _option(
+        "small_cnn",
+        "small_cnn (from scratch) or a keras.applications base: MobileNetV3Small, "
+        "MobileNetV3Large, EfficientNetB0-B3, ResNet50, ResNet101, VGG16, VGG19",
+        _text,
+        metavar="NAME",
+    )
+    weights: object = _option(
+        None,
+        "pretrained backbone weights: 'imagenet' or a weights file (default: train from scratch)",
+        _optional_text,
+        type=str,
+        metavar="WEIGHTS",
+    )
+    expert_placement: str = _option(
+        "auto",
+        "where experts branch: branch (small_cnn only: each expert owns the last block), "
+        "taps (an earlier stage), top (shared trunk), separate (own CNNs); auto = branch for "
+        "small_cnn, taps for pretrained backbones",
+        _one_of(PLACEMENTS),
+        choices=PLACEMENTS,
+    )
+    image_size: object = _option(
+        64,
+        f"image side in pixels, {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}",
+        _image_size,
+        type=int,
+        metavar="PIXELS",
+    )
+    color_mode: str = _option(
+        "rgb", "read images as RGB or grayscale", _one_of(COLOR_MODES), choices=COLOR_MODES
+    )
+    epochs: int = _option(10, "training epochs", _int_at_least(1))
+    batch_size: int = _option(32, "batch size", _int_at_least(1))
+    learning_rate: float = _option(1e-3, "Adam learning rate", _positive_number)
+    validation_split: float = _option(
+        0.2,
+        "share of each class held out for validation, in [0, 1)",
+        _validation_split,
+    )
+    seed: int = _option(
+        1337, "random seed of the split, the weights and the shuffles", _int_at_least(0)
+    )
+    augment: bool = _option(
+        True, "flip/rotation/zoom/translation/contrast augmentation (--no-augment: off)", _boolean
+    )
+    filters: tuple = _option(
+        (32, 64, 128, 256),
+        "filters of each small_cnn block",
+        _filters,
+        type=int,
+        nargs="+",
+        metavar="N",
+    )
+    fine_tune_epochs: int = _option(
+        0, "epochs of fine-tuning the unfrozen top of a pretrained backbone", _int_at_least(0)
+    )
+    fine_tune_layers: int = _option(
+        20, "top backbone layers to unfreeze when fine-tuning", _int_at_least(0)
+    )
+    fine_tune_learning_rate: float = _option(
+        1e-5, "learning rate when fine-tuning", _positive_number
+    )
+    loss_schedule: object = _option(
+        None,
+        "change loss weights over epochs: coarse_to_fine weights the gate first, then the classes",
+        _one_of(SCHEDULES, optional=True),
+        choices=SCHEDULES,
+        type=str,
+    )
+    patience: int = _option(
+        5, "epochs without validation improvement before stopping", _int_at_least(1)
+    )
+    tensorboard: bool = _option(False, "write TensorBoard logs to RUN_DIR/logs", _boolean)
+    dispatch: str = _option(
+        "dense",
+        "how hard routing runs while training: dense computes every expert on every row, "
+        "capacity runs each expert on a fixed-size buffer of its own rows",
+        _one_of(DISPATCHES),
+        choices=DISPATCHES,
+    )
+    capacity_factor: float = _option(
+        1.25,
+        "with --dispatch capacity: buffer size per expert as a multiple of batch / groups",
+        _positive_number,
+    )
+    confidence_threshold: object = _option(
+        None,
+        "at inference with a hard routing, rows whose top gate probability is below it mix "
+        "their two most likely experts, in (0, 1] (none: never hedge)",
+        _confidence_threshold,
+        type=float,
+    )
+    temperature: float = _option(1.0, "Gumbel-softmax temperature", _positive_number)
+    split: object = _option(None, "(train rows, validation rows) of the folder", _split, cli=False)
+
+    def __post_init__(self):
+        # Normalising (Path -> str, list -> tuple, Hierarchy -> dict) is the one write, done
+        # once here; the object is frozen afterwards.
+        for field in dataclasses.fields(self):
+            value = field.metadata["check"](field.name, getattr(self, field.name))
+            object.__setattr__(self, field.name, value)
+        _check_combinations(self)
+
+    # === Config ===
+
+    def to_config(self):
+        """A JSON-ready dict of every field (what config.json stores)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config):
+        """The options of a `to_config()` dict (a run's config.json "options").
+
+        The folder names config.json stores beside the options (`RUN_KEYS`)
+        are skipped; any other unknown key is an error.
+        """
+        unknown = sorted(set(config) - set(_FIELDS) - set(RUN_KEYS))
+        if unknown:
+            raise ValueError(
+                f"The options name unknown fields {unknown}; the known ones are "
+                f"{sorted(_FIELDS)}. Received: {unknown}"
+            )
+        return cls(**{name: value for name, value in config.items() if name in _FIELDS})
+
+    @classmethod
+    def fields_of(cls, kwargs):
+        """Split keyword arguments into option fields and the rest: `(fields, others)`."""
+        fields = {k: v for k, v in kwargs.items() if k in _FIELDS}
+        return fields, {k: v for k, v in kwargs.items() if k not in _FIELDS}
+
+
+_FIELDS = {field.name: field for field in dataclasses.fields(TrainingOptions)}
+
+
+def _check_combinations(options):
+    if options.expert_placement == "branch" and options.backbone != "small_cnn":
+        raise ValueError(
+            "--expert-placement / expert_placement='branch' gives each expert its own copy of "
+            "small_cnn's last block, so it needs backbone='small_cnn'. For a pretrained "
+            f"backbone use 'taps' or 'top'. Received: backbone={options.backbone!r}"
+        )
+    if options.backbone == "small_cnn" and options.weights is not None:
+        raise ValueError(
+            "small_cnn trains from scratch and takes no pretrained --weights / weights. Pick "
+            "an application --backbone (e.g. MobileNetV3Small) or leave out the weights. "
+            f"Received: weights={options.weights!r}"
+        )
+    if options.dispatch == "capacity" and options.routing == "teacher":
+        raise ValueError(
+            "--dispatch / dispatch='capacity' cannot teacher-force: the true group never "
+            "reaches the model's buffers. Use --routing hard (or gumbel), or dispatch='dense'. "
+            "Received: routing='teacher', dispatch='capacity'"
+        )
+    if options.dispatch == "capacity" and options.confidence_threshold is not None:
+        raise ValueError(
+            "--confidence-threshold / confidence_threshold hedges over two experts per row, "
+            "capacity dispatch runs one. Use dispatch='dense'. Received: "
+            f"confidence_threshold={options.confidence_threshold!r}, dispatch='capacity'"
+        )
+    if options.split is not None and options.hierarchy == "auto":
+        raise ValueError(
+            "split indices refer to the rows of a known hierarchy, so they cannot be "
+            "combined with hierarchy='auto'. Discover the hierarchy first "
+            "(condnet.evaluation.discovery.discover_from_folder), save it, and pass its file. "
+            "Received: hierarchy='auto' with split"
+        )

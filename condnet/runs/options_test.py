@@ -1,0 +1,98 @@
+import dataclasses
+import json
+
+import pytest
+
+from condnet.hierarchy import Hierarchy
+from condnet.runs.options import TrainingOptions
+
+TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"seed": -1}, ValueError, "--seed / seed must be an int >= 0. Received: seed=-1"),
+        ({"learning_rate": float("nan")}, ValueError, "--learning-rate / learning_rate .*nan"),
+        ({"learning_rate": float("inf")}, ValueError, "finite number > 0.*learning_rate=inf"),
+        ({"learning_rate": 0}, ValueError, "learning_rate must be a finite number > 0"),
+        ({"fine_tune_learning_rate": -1e-5}, ValueError, "--fine-tune-learning-rate"),
+        ({"fine_tune_layers": -1}, ValueError, "--fine-tune-layers / fine_tune_layers"),
+        ({"epochs": 0}, ValueError, "--epochs / epochs must be an int >= 1"),
+        ({"epochs": True}, TypeError, "epochs must be an int >= 1. Received: epochs=True"),
+        ({"batch_size": 0}, ValueError, "--batch-size / batch_size must be an int >= 1"),
+        ({"patience": 0}, ValueError, "--patience / patience must be an int >= 1"),
+        ({"validation_split": 1.0}, ValueError, "--validation-split / validation_split"),
+        ({"image_size": 4}, ValueError, "between 8 and 2048 pixels.*memory.*image_size=4"),
+        ({"image_size": (32, 4096)}, ValueError, "between 8 and 2048 pixels"),
+        ({"capacity_factor": 0}, ValueError, "--capacity-factor / capacity_factor"),
+        ({"confidence_threshold": 0}, ValueError, "--confidence-threshold .*\\(0, 1\\]"),
+        ({"confidence_threshold": 1.5}, ValueError, "confidence_threshold=1.5"),
+        ({"temperature": float("nan")}, ValueError, "--temperature / temperature"),
+        ({"routing": "top1"}, ValueError, "--routing / routing must be one of .*'top1'"),
+        ({"dispatch": "sparse"}, ValueError, "--dispatch / dispatch must be one of"),
+        ({"color_mode": "cmyk"}, ValueError, "--color-mode / color_mode must be one of"),
+        ({"loss_schedule": "linear"}, ValueError, "--loss-schedule / loss_schedule"),
+        ({"filters": ()}, ValueError, "--filters / filters must be a non-empty sequence"),
+        ({"discovery_groups": 1}, ValueError, "--discovery-groups / discovery_groups"),
+        ({"hierarchy": 3}, TypeError, "--hierarchy / hierarchy must be a Hierarchy"),
+        ({"split": ([0, 1], [1])}, ValueError, "no row in both parts"),
+        ({"split": ([0, -1], [])}, TypeError, "split indices must be ints >= 0"),
+        (
+            {"dispatch": "capacity", "routing": "teacher"},
+            ValueError,
+            "cannot teacher-force",
+        ),
+        (
+            {"dispatch": "capacity", "confidence_threshold": 0.5},
+            ValueError,
+            "hedges over two experts",
+        ),
+        ({"weights": "imagenet"}, ValueError, "small_cnn trains from scratch"),
+        (
+            {"expert_placement": "branch", "backbone": "EfficientNetB0"},
+            ValueError,
+            "needs backbone='small_cnn'",
+        ),
+        ({"hierarchy": "auto", "split": ([0], [1])}, ValueError, "hierarchy='auto' with split"),
+    ],
+)
+def test_options_refuse_bad_values_naming_the_flag(options, error, message):
+    with pytest.raises(error, match=message):
+        TrainingOptions(**options)
+
+
+def test_options_round_trip_through_json():
+    options = TrainingOptions(
+        hierarchy=Hierarchy(TREE),
+        image_size=[32, 48],
+        filters=[8, 16],
+        split=([0, 2], [1]),
+        dispatch="capacity",
+        routing="hard",
+    )
+    assert options.hierarchy == TREE and options.image_size == (32, 48)
+    assert options.filters == (8, 16) and options.split == ((0, 2), (1,))
+    config = json.loads(json.dumps(options.to_config()))
+    assert TrainingOptions.from_config(config) == options
+
+
+def test_from_config_skips_the_folders_and_refuses_unknown_keys():
+    config = {**TrainingOptions(epochs=3).to_config(), "data_dir": "/data", "run_dir": "/run"}
+    assert TrainingOptions.from_config(config).epochs == 3
+    with pytest.raises(ValueError, match="unknown fields \\['epoch'\\]"):
+        TrainingOptions.from_config({"epoch": 3})
+
+
+def test_options_are_frozen_and_replace_validates():
+    options = TrainingOptions()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.epochs = 3
+    assert dataclasses.replace(options, epochs=3).epochs == 3
+    with pytest.raises(ValueError, match="--seed / seed"):
+        dataclasses.replace(options, seed=-2)
+
+
+def test_fields_of_separates_options_from_fit_arguments():
+    fields, others = TrainingOptions.fields_of({"epochs": 2, "verbose": 0, "routing": "hard"})
+    assert fields == {"epochs": 2, "routing": "hard"} and others == {"verbose": 0}
