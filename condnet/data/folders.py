@@ -1,21 +1,63 @@
 """Image folders: read a labelled image tree from disk and batch it for `fit`."""
 
+import errno
 import math
+import os
+import stat
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import keras
 import numpy as np
-from PIL import Image, features
+from PIL import Image, ImageOps, features
 
-from condnet.hierarchy import Hierarchy
+from condnet.hierarchy import MAX_DEPTH, Hierarchy
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif") + (
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff") + (
     (".webp",) if features.check("webp") else ()
 )
+MAX_IMAGE_PIXELS = 64 * 2**20
 CACHE_BYTES = 256 * 2**20
 COLOR_MODES = ("rgb", "grayscale")
+SKIP_REASONS = (
+    "unreadable",
+    "too many pixels",
+    "not a regular file",
+    "unsupported extension",
+    "dangling symlink",
+    "symlink loop",
+    "symlink outside the data folder",
+)
 _SHOWN_PATHS = 5
+
+
+class ImageDecodeError(ValueError):
+    """An image file that cannot be decoded, and why.
+
+    Raised by `decode_image` for every problem with a file: missing, not a
+    regular file (a folder, device or pipe), not an image Pillow can read,
+    truncated, more than `MAX_IMAGE_PIXELS` pixels, or in a colour mode that
+    cannot be shown as RGB. A `ValueError`, so code that catches those keeps
+    working.
+
+    Attributes:
+        path: str. The file.
+        reason: str. Why it cannot be decoded, e.g. `"not a regular file (a
+            character device)"`. It starts with one of `SKIP_REASONS`
+            (`"unreadable"` when Pillow fails) when it is a scan category.
+    """
+
+    def __init__(self, path, reason):
+        super().__init__(
+            f"Cannot decode the image {str(path)!r}: {reason}. Replace or delete the "
+            f"file. Received: path={str(path)!r}"
+        )
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
 
 
 # === Scanning ===
@@ -37,11 +79,15 @@ def scan_directory(root, hierarchy=None):
     that holds images directly is an error that asks for the hierarchy.
 
     Images are the files directly inside each class folder whose extension is
-    one of `IMAGE_EXTENSIONS` (case-insensitive; GIFs give their first
-    frame). Hidden files and folders (names starting with ".") and other files
-    are ignored. Every image is checked with Pillow's cheap `verify()` (it
-    reads the file without decoding it); files that fail are skipped with one
-    warning that counts them and names the first few.
+    one of `IMAGE_EXTENSIONS` (case-insensitive; GIFs and TIFFs give their
+    first frame). Hidden files and folders (names starting with ".") are
+    ignored. Every image is checked cheaply: it must be a regular file, of at
+    most `MAX_IMAGE_PIXELS` pixels, and pass Pillow's `verify()` (which reads
+    the file without decoding it). Other entries of a class folder are
+    skipped, and so are symlinks, anywhere under `root`, that are dangling,
+    form a loop (including a folder link to one of its own ancestors) or
+    point outside `root`. One warning counts the skipped files by reason
+    (`SKIP_REASONS`) and names the first few.
 
     Args:
         root: str or `Path`. The folder to read.
@@ -61,20 +107,20 @@ def scan_directory(root, hierarchy=None):
     ```
     """
     root = _check_root(root)
+    skipped = {}  # path -> one of SKIP_REASONS
     if hierarchy is None:
-        _refuse_flat_layout(root)
-        hierarchy = _read_nested_hierarchy(root)
+        _refuse_flat_layout(root, skipped)
+        hierarchy = _read_nested_hierarchy(root, skipped)
         folders = [root.joinpath(*hierarchy.path(name)) for name in hierarchy.classes]
     else:
         hierarchy = _as_hierarchy(hierarchy)
-        folders = _flat_class_folders(root, hierarchy)
-    paths, labels, unreadable = [], [], []
+        folders = _flat_class_folders(root, hierarchy, skipped)
+    paths, labels = [], []
     for label, folder in enumerate(folders):
-        readable, broken = _class_images(folder)
-        paths += readable
-        labels += [label] * len(readable)
-        unreadable += broken
-    _warn_unreadable(unreadable, "during scanning")
+        images = _class_images(folder, root, skipped)
+        paths += images
+        labels += [label] * len(images)
+    _warn_skipped(root, skipped)
     return hierarchy, paths, np.array(labels, dtype="int32")
 
 
@@ -90,7 +136,7 @@ def _check_root(root):
             "The image root must be a folder of class (or group) folders, not a "
             f"file. Received: root={str(root)!r}"
         )
-    if not _subfolders(path):
+    if not _entries(path, path, {})[0]:
         raise ValueError(
             f"Found no class or group folders in {str(root)!r} (it holds "
             f"{len(_visible(path))} visible entries). Put the images in "
@@ -99,9 +145,9 @@ def _check_root(root):
     return path
 
 
-def _refuse_flat_layout(root):
-    for folder in _subfolders(root):
-        images = _image_files(folder)
+def _refuse_flat_layout(root, skipped):
+    for folder in _entries(root, root, skipped)[0]:
+        images = _image_files(folder, root, skipped)
         if images:
             raise ValueError(
                 f"The folder {str(folder)!r} holds {len(images)} image(s) directly "
@@ -113,8 +159,11 @@ def _refuse_flat_layout(root):
             )
 
 
-def _read_nested_hierarchy(root):
-    tree = {folder.name: _read_node(folder) for folder in _subfolders(root)}
+def _read_nested_hierarchy(root, skipped):
+    tree = {
+        folder.name: _read_node(folder, root, skipped, depth=1)
+        for folder in _entries(root, root, skipped)[0]
+    }
     try:
         return Hierarchy(tree)
     except (ValueError, TypeError) as error:
@@ -125,14 +174,19 @@ def _read_nested_hierarchy(root):
         ) from None
 
 
-def _read_node(folder):
-    children = _subfolders(folder)
+def _read_node(folder, root, skipped, depth):
+    if depth >= MAX_DEPTH:
+        raise ValueError(
+            f"The folders under {str(root)!r} nest more than {MAX_DEPTH} levels deep, "
+            f"the most a hierarchy may have. Received: {str(folder)!r}"
+        )
+    children = _entries(folder, root, skipped)[0]
     if not children:
         raise ValueError(
             f"The group folder {str(folder)!r} has no class folders. Expected "
             "root/<group>/<class>/* ; add class folders or remove the group."
         )
-    subgroups = [child.name for child in children if _subfolders(child)]
+    subgroups = [child.name for child in children if _entries(child, root, skipped)[0]]
     if not subgroups:
         return [child.name for child in children]
     if len(subgroups) < len(children):
@@ -143,12 +197,12 @@ def _read_node(folder):
             "subgroups: move the classes into a subgroup folder."
         )
     for child in children:
-        if _image_files(child):
+        if _image_files(child, root, skipped):
             raise ValueError(
                 f"The folder {str(child)!r} holds both images and subfolders. "
                 "Move its images into class folders."
             )
-    return {child.name: _read_node(child) for child in children}
+    return {child.name: _read_node(child, root, skipped, depth + 1) for child in children}
 
 
 def _as_hierarchy(hierarchy):
@@ -165,8 +219,8 @@ def _as_hierarchy(hierarchy):
     )
 
 
-def _flat_class_folders(root, hierarchy):
-    found = {folder.name: folder for folder in _subfolders(root)}
+def _flat_class_folders(root, hierarchy, skipped):
+    found = {folder.name: folder for folder in _entries(root, root, skipped)[0]}
     extra = sorted(set(found) - set(hierarchy.classes))
     if extra:
         raise ValueError(
@@ -185,58 +239,112 @@ def _flat_class_folders(root, hierarchy):
     return [found[name] for name in hierarchy.classes]
 
 
-def _class_images(folder):
-    files = _image_files(folder)
-    if not files:
+def _class_images(folder, root, skipped):
+    files = _entries(folder, root, skipped)[1]
+    problems = {str(path): _scan_problem(path) for path in files}
+    images = [path for path, problem in problems.items() if problem is None]
+    skipped.update({path: problem for path, problem in problems.items() if problem})
+    here = {path: reason for path, reason in skipped.items() if Path(path).parent == folder}
+    candidates = [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
+    if not candidates and not images:
         others = [path.name for path in _visible(folder)]
         raise ValueError(
             f"The class folder {str(folder)!r} has no images. Expected files "
             f"ending in {', '.join(IMAGE_EXTENSIONS)}; found {len(others)} other "
-            f"entries {others[:_SHOWN_PATHS]}. Add images or remove the folder."
+            f"entries {others[:_SHOWN_PATHS]}{_skipped_here(here)}. Add images or remove "
+            "the folder."
         )
-    readable = [str(path) for path in files if _is_readable(path)]
-    if not readable:
+    if not images:
         raise ValueError(
-            f"None of the {len(files)} images in the class folder {str(folder)!r} "
-            "can be read by Pillow. Replace them or remove the folder."
+            f"None of the {len(candidates)} images in the class folder {str(folder)!r} "
+            f"can be read by Pillow{_skipped_here(here)}. Replace them or remove the folder."
         )
-    broken = sorted(set(map(str, files)) - set(readable))
-    return readable, broken
+    return images
 
 
-def _is_readable(path):
+def _scan_problem(path):
+    """Why the scan skips a file of a class folder (one of SKIP_REASONS), or None."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "unsupported extension"
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             image.verify()
-    except Exception:
-        return False
-    return True
+    except ImageDecodeError as error:
+        return next((r for r in SKIP_REASONS if error.reason.startswith(r)), "unreadable")
+    except Exception:  # verify() raises whatever the file's plugin raises
+        return "unreadable"
+    return None
 
 
-def _warn_unreadable(paths, when):
-    if paths:
-        warnings.warn(
-            f"Skipped {len(paths)} unreadable image(s) {when}: "
-            f"{paths[:_SHOWN_PATHS]}{' ...' if len(paths) > _SHOWN_PATHS else ''}. "
-            "Replace or delete those files to silence this warning.",
-            stacklevel=3,
-        )
+def _reasons(skipped):
+    """'2 unreadable, 1 dangling symlink': the skipped files counted by reason."""
+    counts = Counter(skipped.values())
+    return ", ".join(f"{counts[reason]} {reason}" for reason in SKIP_REASONS if counts[reason])
+
+
+def _skipped_here(skipped):
+    return f" (skipped: {_reasons(skipped)})" if skipped else ""
+
+
+def _warn_skipped(root, skipped):
+    if not skipped:
+        return
+    shown = sorted(skipped.items())[:_SHOWN_PATHS]
+    first = ", ".join(f"{path!r} ({reason})" for path, reason in shown)
+    more = " ..." if len(skipped) > _SHOWN_PATHS else ""
+    warnings.warn(
+        f"Skipped {len(skipped)} file(s) while scanning {str(root)!r}: {_reasons(skipped)}. "
+        f"First ones: {first}{more}. Fix, move or delete those files to silence this "
+        "warning.",
+        stacklevel=3,
+    )
 
 
 def _visible(folder):
-    return sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+    try:
+        return sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+    except OSError as error:
+        raise ValueError(
+            f"Cannot list the folder {str(folder)!r}. Check its permissions. Received: {error}"
+        ) from None
 
 
-def _subfolders(folder):
-    return [path for path in _visible(folder) if path.is_dir()]
+def _entries(folder, root, skipped):
+    """(subfolders, other entries) of a folder, recording symlinks it cannot follow."""
+    folders, files = [], []
+    for path in _visible(folder):
+        problem = _link_problem(path, root)
+        if problem:
+            skipped[str(path)] = problem
+        elif path.is_dir():
+            folders.append(path)
+        else:
+            files.append(path)
+    return folders, files
 
 
-def _image_files(folder):
-    return [
-        path
-        for path in _visible(folder)
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-    ]
+def _link_problem(path, root):
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as error:
+        return "symlink loop" if error.errno == errno.ELOOP else "dangling symlink"
+    target, inside = os.path.realpath(path), os.path.realpath(root)
+    if not _contains(inside, target):
+        return "symlink outside the data folder"
+    if os.path.isdir(target) and _contains(target, os.path.realpath(path.parent)):
+        return "symlink loop"
+    return None
+
+
+def _contains(folder, path):
+    return os.path.commonpath([folder, path]) == folder
+
+
+def _image_files(folder, root, skipped):
+    files = _entries(folder, root, skipped)[1]
+    return [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 # === Splitting ===
@@ -284,6 +392,136 @@ def _validation_count(size, validation_split):
     return min(size - 1, max(1, round(validation_split * size)))
 
 
+# === Decoding ===
+
+
+def decode_image(path, image_size=(64, 64), color_mode="rgb"):
+    """Read one image file as a photo viewer shows it, resized, as uint8 pixels.
+
+    The EXIF orientation is applied (`PIL.ImageOps.exif_transpose`), so a
+    photo taken sideways comes out upright. Modes are converted the way they
+    look:
+
+    - 16-bit images (`"I;16"` and the like) are scaled to 8 bits (divided by
+      257); 32-bit integer images (`"I"`) are read as 16-bit data.
+    - float images (`"F"`) are read as values in [0, 255] (NaN as 0), clipped.
+    - images with transparency (`"RGBA"`, `"LA"`, `"PA"`, `"P"` or `"L"` with
+      a transparent colour) are laid over a white background.
+    - every other mode (`"1"`, `"L"`, `"P"`, `"CMYK"`, `"YCbCr"`, ...) goes
+      through Pillow's `convert`. Grayscale uses Pillow's `"L"` (ITU-R 601-2
+      luma).
+
+    Multi-frame files (GIF, TIFF) give their first frame. The image is then
+    resized (bilinear) to `image_size`.
+
+    Args:
+        path: str or `Path`. The image file.
+        image_size: int or `(height, width)`. Defaults to `(64, 64)`.
+        color_mode: `"rgb"` or `"grayscale"`. Defaults to `"rgb"`.
+
+    Returns:
+        A uint8 array of shape `(height, width, 3)` (or `(height, width, 1)`
+        for grayscale).
+
+    Raises:
+        ImageDecodeError: whatever the problem with the file: missing, not a
+            regular file (a folder, a device such as `/dev/zero`, a FIFO),
+            more than `MAX_IMAGE_PIXELS` pixels (checked from the header,
+            before decoding), unreadable or truncated. No other error comes
+            out of a bad file.
+
+    Example:
+
+    ```python
+    pixels = decode_image("shapes/train/round/ring/0.png", image_size=48)
+    pixels.shape  # (48, 48, 3)
+    ```
+    """
+    return _decode(str(path), _check_image_size(image_size), _check_color_mode(color_mode))
+
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _decode(path, image_size, color_mode):
+    height, width = image_size
+    mode = "RGB" if color_mode == "rgb" else "L"
+    with _open_image(path) as image:
+        try:
+            image.draft(mode, (max(image_size),) * 2)  # JPEG: decode at a reduced scale
+            image = _as_mode(ImageOps.exif_transpose(image), mode)
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype="uint8")
+        except Exception as error:  # a bad file raises whatever its plugin raises
+            raise ImageDecodeError(path, _describe(error)) from None
+    return array[..., None] if mode == "L" else array
+
+
+def _open_image(path):
+    """`Image.open` on a regular file whose header says at most MAX_IMAGE_PIXELS."""
+    problem = _file_problem(path)
+    if problem:
+        raise ImageDecodeError(path, problem)
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(path, f"too many pixels ({error})") from None
+    except Exception as error:
+        raise ImageDecodeError(path, _describe(error)) from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise ImageDecodeError(
+            path,
+            f"too many pixels ({width} x {height} = {width * height:,}; at most "
+            f"MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS:,}, a guard against decompression bombs)",
+        )
+    return image
+
+
+def _file_problem(path):
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symlink loop"
+        if os.path.islink(path):
+            return "dangling symlink"
+        return f"unreadable ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+def _as_mode(image, mode):
+    """Any Pillow image -> mode "RGB" or "L", as it looks."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        image = _from_values(np.asarray(image).astype("float64") / 257)
+    elif image.mode == "F":
+        image = _from_values(np.nan_to_num(np.asarray(image, dtype="float64")))
+    elif image.mode in _ALPHA_MODES or "transparency" in image.info:
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
+    return image.convert(mode)
+
+
+def _from_values(values):
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype("uint8"))
+
+
+def _describe(error):
+    text = str(error) or "no details"
+    return f"unreadable ({type(error).__name__}: {text[:200]})"
+
+
 # === Batches ===
 
 
@@ -293,17 +531,32 @@ class ImageFolder(keras.utils.PyDataset):
     A `keras.utils.PyDataset`, so it works with `fit`, `evaluate` and
     `predict` on every backend. Each batch is `(images, labels)`: float32
     images in [0, 255] of shape `(batch, height, width, channels)` (3 channels
-    for "rgb", 1 for "grayscale"), resized to `image_size` whatever their size
-    on disk, and int32 global class indices.
+    for "rgb", 1 for "grayscale"), decoded by `decode_image` and resized to
+    `image_size` whatever their size on disk, and int32 global class indices.
 
     Images are decoded from disk as batches are requested. With `cache`, each
     decoded image (uint8, already resized) is kept in memory after its first
     use; by default that happens when the whole set fits in `CACHE_BYTES`
     (256 MiB: about 21,000 images at 64x64 RGB, 1,700 at 224x224).
 
-    A file that fails to decode (e.g. a truncated JPEG that passed the scan)
-    never stops training: it is reported once with a warning, remembered, and
-    replaced in its batch by the next readable sample and that sample's label.
+    A file can pass the scan and still fail to decode (e.g. a truncated
+    JPEG). What a batch then holds depends on `substitute_unreadable`:
+
+    - `True` (for training): the row is replaced by the next readable sample
+      *and that sample's label*, so training never stops. The substitutions
+      are counted per file in `substitutions` and reported in one warning at
+      the end of the epoch in which a file first failed.
+    - `False` (for evaluation and prediction): batches are
+      `(images, labels, valid)`. A failed row keeps its own label, its image
+      is all zeros and its `valid` entry is 0.0 (1.0 elsewhere). Keras reads
+      `valid` as sample weights, so the loss and the `weighted_metrics` of
+      `model.evaluate(data)` leave the failed rows out (a `ConditionalModel`'s
+      own metrics too; plain compiled `metrics` do not). `model.predict`
+      ignores it: drop those rows from its output.
+
+    `read_batch` gives any batch without substitution, with the reason each
+    failed row failed, whatever `substitute_unreadable`; `batch_rows` says
+    which samples a batch holds. `evaluate_model` and the run tools use them.
 
     Args:
         paths: list of image file paths.
@@ -318,6 +571,10 @@ class ImageFolder(keras.utils.PyDataset):
         seed: int. Seed of the shuffles. Defaults to `None`.
         cache: bool. Whether to keep decoded images in memory. Defaults to
             `None`: cache when the decoded set fits in `CACHE_BYTES`.
+        substitute_unreadable: bool. Whether a row whose image fails to
+            decode is replaced by the next readable sample (`True`) or kept
+            and marked invalid in a third batch element (`False`). Defaults
+            to `True`.
         **pydataset_kwargs: `workers`, `use_multiprocessing` and
             `max_queue_size`, passed to `keras.utils.PyDataset`.
 
@@ -327,6 +584,7 @@ class ImageFolder(keras.utils.PyDataset):
     hierarchy, paths, labels = scan_directory("shapes/train")
     data = ImageFolder(paths, labels, hierarchy, image_size=48, shuffle=True)
     model.fit(data, epochs=5)
+    images, labels, errors = data.read_batch(0)  # errors[i] is None or a reason
     ```
     """
 
@@ -341,6 +599,7 @@ class ImageFolder(keras.utils.PyDataset):
         shuffle=False,
         seed=None,
         cache=None,
+        substitute_unreadable=True,
         **pydataset_kwargs,
     ):
         self.hierarchy = _as_hierarchy(hierarchy)
@@ -354,8 +613,12 @@ class ImageFolder(keras.utils.PyDataset):
         self.shuffle = bool(shuffle)
         self.seed = seed
         self.cache = self._fits_in_cache() if cache is None else bool(cache)
+        self.substitute_unreadable = bool(substitute_unreadable)
+        self.substitutions = {}  # path -> rows it was replaced in, all epochs
+        self._epoch_substitutions = {}
+        self._reported = set()
         self._decoded = {}
-        self._unreadable = set()
+        self._unreadable = {}  # path -> reason, shared with subsets
         self._rng = np.random.default_rng(seed)
         self._order = np.arange(self.num_samples)
         if self.shuffle:
@@ -369,15 +632,51 @@ class ImageFolder(keras.utils.PyDataset):
     def channels(self):
         return 3 if self.color_mode == "rgb" else 1
 
+    @property
+    def unreadable(self):
+        """The files found so far to fail decoding: a dict path -> reason."""
+        return dict(self._unreadable)
+
     def __len__(self):
         return math.ceil(self.num_samples / self.batch_size)
 
     def __getitem__(self, index):
-        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        rows, images = zip(*[self._readable(row) for row in rows])
+        if not self.substitute_unreadable:
+            images, labels, errors = self.read_batch(index)
+            return images, labels, np.array([error is None for error in errors], "float32")
+        rows, images = zip(*[self._readable(row) for row in self.batch_rows(index)])
         return np.stack(images).astype("float32"), self.labels[list(rows)]
 
+    def batch_rows(self, index):
+        """The sample indices (into `paths` and `labels`) of batch `index`, in order."""
+        if not (_is_int(index) and 0 <= index < len(self)):
+            raise IndexError(
+                f"Batch index out of range: this ImageFolder has {len(self)} batches. "
+                f"Received: index={index!r}"
+            )
+        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def read_batch(self, index):
+        """Batch `index` without substitution: `(images, labels, errors)`.
+
+        `errors` holds one entry per row: `None` where the image decoded,
+        else why it did not (e.g. `"unreadable (OSError: image file is
+        truncated)"`). A failed row keeps its own label; its image is all
+        zeros and must not be used. Row `i` is the sample
+        `batch_rows(index)[i]`.
+        """
+        rows = self.batch_rows(index)
+        blank = np.zeros((*self.image_size, self.channels), "uint8")
+        images = [self._image(row) for row in rows]
+        errors = [
+            None if image is not None else self._unreadable[self.paths[row]]
+            for row, image in zip(rows, images)
+        ]
+        stacked = np.stack([blank if image is None else image for image in images])
+        return stacked.astype("float32"), self.labels[rows], errors
+
     def on_epoch_end(self):
+        self._report_substitutions()
         if self.shuffle:
             self._order = self._rng.permutation(self.num_samples)
 
@@ -385,8 +684,8 @@ class ImageFolder(keras.utils.PyDataset):
         """A new ImageFolder on some rows (integer indices or a boolean mask).
 
         It keeps every option of this one and shares its cache of decoded
-        images. Use it for a validation split or to train one expert on the
-        samples of its own group.
+        images (and of files that fail to decode). Use it for a validation
+        split or to train one expert on the samples of its own group.
         """
         rows = _check_indices(indices, self.num_samples)
         subset = ImageFolder(
@@ -399,6 +698,7 @@ class ImageFolder(keras.utils.PyDataset):
             shuffle=self.shuffle,
             seed=self.seed,
             cache=self.cache,
+            substitute_unreadable=self.substitute_unreadable,
             workers=self.workers,
             use_multiprocessing=self.use_multiprocessing,
             max_queue_size=self.max_queue_size,
@@ -409,10 +709,19 @@ class ImageFolder(keras.utils.PyDataset):
     def numpy(self):
         """All images and labels as arrays, in `paths` order (small sets only).
 
-        Files that fail to decode are left out, with their labels.
+        Files that fail to decode are left out, with their labels, and
+        counted in one warning.
         """
         images = [self._image(row) for row in range(self.num_samples)]
         kept = [row for row, image in enumerate(images) if image is not None]
+        if len(kept) < self.num_samples:
+            failed = [self.paths[row] for row, image in enumerate(images) if image is None]
+            warnings.warn(
+                f"numpy() left out {len(failed)} image(s) that fail to decode, with their "
+                f"labels: {self._described(failed)}. Replace or delete the files to "
+                "silence this warning.",
+                stacklevel=2,
+            )
         empty = np.zeros((0, *self.image_size, self.channels))
         stacked = np.stack([images[row] for row in kept]) if kept else empty
         return stacked.astype("float32"), self.labels[kept]
@@ -431,10 +740,12 @@ class ImageFolder(keras.utils.PyDataset):
             candidate = (row + step) % self.num_samples
             image = self._image(candidate)
             if image is not None:
+                if step:
+                    self._count_substitution(self.paths[row])
                 return candidate, image
         raise ValueError(
             f"None of the {self.num_samples} images of this ImageFolder can be "
-            f"decoded, e.g. {self.paths[row]!r}. Check the files."
+            f"decoded, e.g. {self._described([self.paths[row]])}. Check the files."
         )
 
     def _image(self, row):
@@ -445,34 +756,39 @@ class ImageFolder(keras.utils.PyDataset):
             return None
         try:
             image = _decode(path, self.image_size, self.color_mode)
-        except Exception as error:
-            self._unreadable.add(path)
-            warnings.warn(
-                f"Skipped an image that fails to decode: {path!r} ({error}). "
-                "Batches use the next readable sample instead; replace or delete "
-                "the file to silence this warning.",
-                stacklevel=2,
-            )
+        except ImageDecodeError as error:
+            self._unreadable[path] = error.reason
             return None
         if self.cache:
             self._decoded[path] = image
         return image
 
+    def _count_substitution(self, path):
+        self.substitutions[path] = self.substitutions.get(path, 0) + 1
+        self._epoch_substitutions[path] = self._epoch_substitutions.get(path, 0) + 1
+
+    def _report_substitutions(self):
+        counts, self._epoch_substitutions = self._epoch_substitutions, {}
+        if set(counts) - self._reported:
+            self._reported.update(counts)
+            warnings.warn(
+                f"{sum(counts.values())} row(s) of this epoch held an image that fails "
+                "to decode and were replaced by the next readable sample and its label; "
+                f"{len(counts)} file(s): {self._described(sorted(counts))}. "
+                "`ImageFolder.substitutions` counts the rows per file (evaluation and "
+                "prediction never substitute). Replace or delete the files to silence "
+                "this warning.",
+                stacklevel=2,
+            )
+
+    def _described(self, paths):
+        shown = [f"{path!r} ({self._unreadable.get(path, 'unreadable')})" for path in paths]
+        more = " ..." if len(paths) > _SHOWN_PATHS else ""
+        return ", ".join(shown[:_SHOWN_PATHS]) + more
+
     def _fits_in_cache(self):
         height, width = self.image_size
         return self.num_samples * height * width * self.channels <= CACHE_BYTES
-
-
-def _decode(path, image_size, color_mode):
-    height, width = image_size
-    mode = "RGB" if color_mode == "rgb" else "L"
-    with Image.open(path) as image:
-        image.draft(mode, (width, height))
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        image = image.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype="uint8")
-    return array[..., None] if mode == "L" else array
 
 
 # === Loading ===

@@ -1,14 +1,21 @@
 import json
 import math
+import os
+import struct
+import threading
 import warnings
+import zlib
 
 import keras
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
+from condnet.data import folders
 from condnet.data.folders import (
+    ImageDecodeError,
     ImageFolder,
+    decode_image,
     load_folders,
     scan_directory,
     split_indices,
@@ -117,9 +124,13 @@ def test_scan_directory_ignores_hidden_and_other_files(tmp_path):
     (tmp_path / "round" / "ring" / "notes.txt").write_text("not an image")
     (tmp_path / "round" / "ring" / ".DS_Store").write_bytes(b"\x00\x01")
     (tmp_path / "README.md").write_text("about the data")
-    hierarchy, paths, _ = scan_directory(tmp_path)
+    with pytest.warns(UserWarning, match="Skipped 1 file") as record:
+        hierarchy, paths, _ = scan_directory(tmp_path)
     assert hierarchy.classes == ["square", "circle", "ring"]
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["0.png"] * 3
+    message = str(record[0].message)
+    assert "1 unsupported extension" in message and "notes.txt" in message
+    assert "hidden" not in message and "README" not in message and "DS_Store" not in message
 
 
 def test_scan_directory_skips_corrupt_files_with_one_warning(tmp_path):
@@ -132,31 +143,275 @@ def test_scan_directory_skips_corrupt_files_with_one_warning(tmp_path):
         _, paths, labels = scan_directory(tmp_path)
     assert len(record) == 1
     message = str(record[0].message)
-    assert "Skipped 2 unreadable image(s)" in message
+    assert f"Skipped 2 file(s) while scanning {str(tmp_path)!r}: 2 unreadable." in message
     assert str(ring / "broken.png") in message and str(ring / "cut.png") in message
     assert len(paths) == len(labels) == 6
     assert not any("broken" in p or "cut" in p for p in paths)
 
 
-def test_image_folder_replaces_images_that_fail_to_decode(tmp_path):
-    _make_nested(tmp_path, per_class=2)
-    truncated = tmp_path / "round" / "ring" / "1.jpg"
+def _truncated_jpeg(path):
+    """A JPEG cut short: it passes the scan's verify() but fails to decode."""
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype="uint8")
-    Image.fromarray(noise).save(truncated)
-    truncated.write_bytes(truncated.read_bytes()[:1500])  # passes verify()
+    Image.fromarray(noise).save(path, format="JPEG")
+    path.write_bytes(path.read_bytes()[:1500])
+    return path
+
+
+def test_image_folder_substitutes_for_training_with_one_warning(tmp_path):
+    _make_nested(tmp_path, per_class=2)
+    truncated = _truncated_jpeg(tmp_path / "round" / "ring" / "1.jpg")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error")  # passes the scan
         hierarchy, paths, labels = scan_directory(tmp_path)
     data = ImageFolder(paths, labels, hierarchy, image_size=8, batch_size=7)
-    with pytest.warns(UserWarning, match="fails to decode.*1.jpg"):
-        images, batch_labels = data[0]
-    assert images.shape == (7, 8, 8, 3)
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.fit(data, epochs=3, verbose=0)
+    messages = [str(w.message) for w in record if "fails to decode" in str(w.message)]
+    assert len(messages) == 1  # the first epoch; later ones substitute the same file
+    assert "1 row(s) of this epoch" in messages[0] and "1.jpg" in messages[0]
+    assert "truncated" in messages[0]
+    assert list(data.substitutions) == [str(truncated)]
+    assert data.substitutions[str(truncated)] >= 3  # once per epoch (and Keras' first peek)
+    images, batch_labels = data[0]
     row = paths.index(str(truncated))
-    assert batch_labels[row] == labels[row + 1]  # replaced by the next sample
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # reported once only
-        data[0]
+    assert batch_labels[row] == labels[row + 1]  # the next sample's label, by design
+    np.testing.assert_array_equal(images[row], images[row + 1])
+    with pytest.warns(UserWarning, match="numpy.. left out 1 image.*1.jpg"):
         assert len(data.numpy()[0]) == len(paths) - 1
+
+
+def test_image_folder_without_substitution_marks_failed_rows(tmp_path):
+    _make_nested(tmp_path, per_class=2)
+    truncated = _truncated_jpeg(tmp_path / "round" / "ring" / "1.jpg")
+    hierarchy, paths, labels = scan_directory(tmp_path)
+    row = paths.index(str(truncated))
+    data = ImageFolder(
+        paths, labels, hierarchy, image_size=8, batch_size=7, substitute_unreadable=False
+    )
+    images, batch_labels, valid = data[0]
+    assert images.shape == (7, 8, 8, 3) and valid.dtype == np.float32
+    np.testing.assert_array_equal(valid, [1, 1, 1, 1, 1, 0, 1])
+    assert row == 5 and batch_labels[row] == labels[row]  # its own label
+    assert images[row].max() == 0  # no neighbour's pixels
+    np.testing.assert_allclose(images[row + 1, 0, 0], _color(1))  # ring/1.png
+    _, _, errors = data.read_batch(0)
+    assert errors[:row] == [None] * row and errors[row + 1 :] == [None]
+    assert errors[row].startswith("unreadable (OSError: image file is truncated")
+    assert data.unreadable == {str(truncated): errors[row]}
+    assert data.substitutions == {}
+    always_ring = keras.layers.Dense(
+        3, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant([0, 0, 1])
+    )
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), always_ring])
+    model.compile(loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
+    accuracy = model.evaluate(data, verbose=0, return_dict=True)["accuracy"]
+    assert accuracy == pytest.approx(2 / 6)  # `valid` is read as sample weights, not 3 / 7
+
+
+def test_image_folder_read_batch_ignores_substitution_and_follows_the_shuffle(tmp_path):
+    _make_nested(tmp_path, per_class=2)
+    truncated = _truncated_jpeg(tmp_path / "round" / "ring" / "1.jpg")
+    hierarchy, paths, labels = scan_directory(tmp_path)
+    data = ImageFolder(paths, labels, hierarchy, image_size=4, batch_size=4, shuffle=True, seed=2)
+    seen = {}
+    for index in range(len(data)):
+        images, batch_labels, errors = data.read_batch(index)
+        for row, label, error in zip(data.batch_rows(index), batch_labels, errors):
+            assert label == labels[row]
+            seen[paths[row]] = error
+    assert sorted(seen) == sorted(paths)
+    assert [path for path, error in seen.items() if error] == [str(truncated)]
+    assert data.substitutions == {}
+    with pytest.raises(IndexError, match="has 2 batches. Received: index=2"):
+        data.batch_rows(2)
+
+
+# === Decoding ===
+
+
+def _decoded_like(reference, image_size=None):
+    """Pillow's own image as the uint8 array decode_image should give."""
+    return np.asarray(reference, dtype="uint8").reshape(reference.height, reference.width, -1)
+
+
+def test_decode_image_applies_exif_orientation(tmp_path):
+    pixels = np.zeros((4, 8, 3), "uint8")
+    pixels[:, :4] = (250, 0, 0)  # left half red, right half blue
+    pixels[:, 4:] = (0, 0, 250)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: a viewer turns it 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "photo.png", exif=exif)
+    decoded = decode_image(tmp_path / "photo.png", image_size=(8, 4))
+    with Image.open(tmp_path / "photo.png") as image:
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+    assert upright.size == (4, 8)
+    np.testing.assert_array_equal(decoded, _decoded_like(upright))
+    np.testing.assert_array_equal(decoded[0, 0], (250, 0, 0))  # red on top
+    np.testing.assert_array_equal(decoded[-1, -1], (0, 0, 250))  # blue at the bottom
+
+
+def _gradient16():
+    return np.linspace(0, 65535, 32).round().astype("uint16")[None].repeat(2, axis=0)
+
+
+def test_decode_image_scales_16_bit_images_to_8_bits(tmp_path):
+    values = _gradient16()
+    Image.fromarray(values).save(tmp_path / "depth.png")  # mode "I;16"
+    Image.fromarray(values.astype("int32")).save(tmp_path / "depth.tif")  # mode "I"
+    expected = np.round(values / 257).astype("uint8")
+    for name in ("depth.png", "depth.tif"):
+        grey = decode_image(tmp_path / name, image_size=(2, 32), color_mode="grayscale")
+        np.testing.assert_array_equal(grey[..., 0], expected)  # not all white
+        rgb = decode_image(tmp_path / name, image_size=(2, 32))
+        np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=-1))
+    assert expected.min() == 0 and expected.max() == 255 and len(np.unique(expected)) == 32
+
+
+def _transparent(mode):
+    rgba = np.zeros((4, 4, 4), "uint8")
+    rgba[..., :3] = (10, 120, 30)
+    rgba[:2, :, 3] = 255  # top half opaque, bottom half transparent
+    rgba[2:, :2, 3] = 100
+    image = Image.fromarray(rgba)
+    return image.convert(mode) if mode != "RGBA" else image
+
+
+def _palette_with_transparency():
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([10, 120, 30, 0, 0, 0] + [0] * 762)
+    image.paste(1, (0, 2, 4, 4))  # the bottom half in colour 1, black but transparent
+    image.info["transparency"] = 1
+    return image
+
+
+def _on_white(image):
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+
+
+@pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
+@pytest.mark.parametrize(
+    "name, make, expected",
+    [
+        ("rgba.png", lambda: _transparent("RGBA"), _on_white),
+        ("la.png", lambda: _transparent("LA"), _on_white),
+        ("p.png", lambda: _transparent("RGBA").quantize(4), _on_white),
+        ("p.gif", lambda: _palette_with_transparency(), _on_white),
+        ("cmyk.tif", lambda: _transparent("RGBA").convert("RGB").convert("CMYK"), None),
+        ("bits.png", lambda: _transparent("RGBA").convert("1"), None),
+        ("float.tif", lambda: _transparent("RGBA").convert("F"), None),
+    ],
+)
+def test_decode_image_converts_modes_as_pillow_shows_them(
+    tmp_path, name, make, expected, color_mode
+):
+    make().save(tmp_path / name)
+    with Image.open(tmp_path / name) as image:
+        reference = (expected or (lambda x: x))(image).convert(
+            "RGB" if color_mode == "rgb" else "L"
+        )
+    decoded = decode_image(tmp_path / name, image_size=4, color_mode=color_mode)
+    np.testing.assert_allclose(decoded, _decoded_like(reference), atol=1)
+    if expected is _on_white:
+        assert decoded[3, 3].min() >= 250  # transparent pixels show the white background
+
+
+def test_scan_directory_reads_tiff(tmp_path):
+    _make_nested(tmp_path, per_class=1)
+    _write_image(tmp_path / "round" / "ring" / "scan.tif", (7, 8, 9))
+    _write_image(tmp_path / "round" / "ring" / "scan2.TIFF", (7, 8, 9), format="TIFF")
+    hierarchy, paths, labels = scan_directory(tmp_path)
+    assert [p.rsplit("/", 1)[-1] for p in paths[-3:]] == ["0.png", "scan.tif", "scan2.TIFF"]
+    images, _ = ImageFolder(paths, labels, hierarchy, image_size=2).numpy()
+    np.testing.assert_array_equal(images[-1, 0, 0], (7, 8, 9))
+
+
+def _unblock(fifo):
+    """Writes to a FIFO once, so that a reader that opens it cannot hang the test."""
+    threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True).start()
+
+
+def test_decode_image_refuses_devices_and_fifos(tmp_path):
+    with pytest.raises(ImageDecodeError, match=r"not a regular file \(a character device\)"):
+        decode_image("/dev/zero")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    _unblock(fifo)
+    with pytest.raises(ImageDecodeError, match=r"pipe.png': not a regular file \(a FIFO\)"):
+        decode_image(fifo)
+    with pytest.raises(ImageDecodeError, match=r"not a regular file \(a folder\)"):
+        decode_image(tmp_path)
+    with pytest.raises(ImageDecodeError, match="missing.png': unreadable .No such file"):
+        decode_image(tmp_path / "missing.png")
+
+
+def _png_header(width, height):
+    """A PNG that declares `width` x `height` pixels and holds none of them."""
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_decode_image_refuses_too_many_pixels_before_decoding(tmp_path, monkeypatch):
+    (tmp_path / "bomb.png").write_bytes(_png_header(9_000, 9_000))  # 81 million pixels
+    with pytest.raises(ImageDecodeError, match=r"too many pixels \(9000 x 9000 = 81,000,000"):
+        decode_image(tmp_path / "bomb.png")
+    (tmp_path / "huge.png").write_bytes(_png_header(100_000, 100_000))  # Pillow's own limit
+    with pytest.raises(ImageDecodeError, match="huge.png': too many pixels"):
+        decode_image(tmp_path / "huge.png")
+    _write_image(tmp_path / "small.png", size=(20, 20))
+    monkeypatch.setattr(folders, "MAX_IMAGE_PIXELS", 399)
+    with pytest.raises(ImageDecodeError, match="20 x 20 = 400; at most MAX_IMAGE_PIXELS=399"):
+        decode_image(tmp_path / "small.png")
+
+
+def test_scan_directory_counts_skipped_files_by_reason(tmp_path):
+    _make_nested(tmp_path / "data", per_class=2)
+    data, ring = tmp_path / "data", tmp_path / "data" / "round" / "ring"
+    (ring / "broken.png").write_bytes(b"junk")
+    (ring / "bomb.png").write_bytes(_png_header(9_000, 9_000))
+    (ring / "labels.csv").write_text("x")
+    os.mkfifo(ring / "pipe.png")
+    (ring / "gone.png").symlink_to(ring / "deleted.png")
+    (ring / "self.png").symlink_to(ring / "self.png")
+    (ring / "back").symlink_to(data / "round")  # a folder link to an ancestor
+    _write_image(tmp_path / "elsewhere.png")
+    (ring / "outside.png").symlink_to(tmp_path / "elsewhere.png")
+    (ring / "inside.png").symlink_to(ring / "0.png")  # kept: it stays inside the data
+    (data / "round" / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.warns(UserWarning) as record:
+        hierarchy, paths, labels = scan_directory(data)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert (
+        f"Skipped 9 file(s) while scanning {str(data)!r}: 1 unreadable, 1 too many pixels, "
+        "1 not a regular file, 1 unsupported extension, 2 dangling symlink, 2 symlink loop, "
+        "1 symlink outside the data folder."
+    ) in message
+    assert f"{str(ring / 'back')!r} (symlink loop)" in message
+    assert hierarchy == Hierarchy({"angular": ["square"], "round": ["circle", "ring"]})
+    names = [path.rsplit("/", 1)[-1] for path in paths if "/ring/" in path]
+    assert names == ["0.png", "1.png", "inside.png"]
+
+
+def test_scan_directory_error_names_what_was_skipped_in_an_empty_class(tmp_path):
+    _make_nested(tmp_path / "data", per_class=1)
+    star = tmp_path / "data" / "angular" / "star"
+    star.mkdir()
+    _write_image(tmp_path / "outside.png")
+    (star / "0.png").symlink_to(tmp_path / "outside.png")
+    with pytest.raises(ValueError, match=r"star' has no images.*skipped: 1 symlink outside"):
+        scan_directory(tmp_path / "data")
 
 
 def test_scan_directory_error_missing_folder(tmp_path):
