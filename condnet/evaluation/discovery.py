@@ -5,7 +5,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.data.folders import ImageFolder, _subfolders, scan_directory, split_indices
+from condnet.data.folders import ImageFolder, scan_directory, split_indices
 from condnet.evaluation.metrics import confusion_matrix
 from condnet.hierarchy import Hierarchy
 from condnet.vision.backbones import small_cnn
@@ -177,8 +177,8 @@ def flat_class_names(data_dir):
             "Discovery needs a flat image folder, root/<class>/*. Received: "
             f"data_dir={str(data_dir)!r}, which is not a folder."
         )
-    folders = _subfolders(root)
-    nested = [f.name for f in folders if _subfolders(f)]
+    folders = _visible_folders(root)
+    nested = [f.name for f in folders if _visible_folders(f)]
     if nested:
         raise ValueError(
             f"Discovery needs a flat folder root/<class>/*, but {nested[:5]} in "
@@ -187,6 +187,10 @@ def flat_class_names(data_dir):
             "move the class folders up one level."
         )
     return [f.name for f in folders]
+
+
+def _visible_folders(folder):
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def check_num_groups(num_groups, num_classes=None):
