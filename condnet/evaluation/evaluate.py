@@ -1,25 +1,54 @@
 """Evaluate a ConditionalModel on labelled batches, routed as it routes at inference."""
 
+import warnings
+
 import numpy as np
 
+from condnet.data.folders import ImageFolder
 from condnet.evaluation.metrics import evaluate_predictions
+
+SHOWN_SKIPPED = 10
 
 
 def evaluate_model(model, data):
-    """Metrics of a ConditionalModel on an ImageFolder, in one pass over its batches."""
-    outputs, labels = [], []
-    for index in range(len(data)):
-        images, batch_labels = data[index][:2]
-        outputs.append(predict_batch(model, images))
-        labels.append(np.asarray(batch_labels))
+    """Metrics of a ConditionalModel on an ImageFolder, in one pass over its batches.
+
+    Every row is scored on its own image and its own label. A row whose image
+    fails to decode is never replaced by another sample (whatever the
+    folder's `substitute_unreadable`): it is left out of the metrics, counted
+    in `num_skipped`, listed (the first `SHOWN_SKIPPED`) in `skipped` as
+    `{"path": ..., "error": "cannot decode: <reason>"}`, and reported in one
+    warning. Other datasets (a `PyDataset` of `(images, labels)` batches)
+    are read as they are.
+
+    Returns:
+        The dict of `evaluate_predictions` (`num_samples` counts the scored
+        rows) with `num_skipped` and `skipped` added.
+    """
+    outputs, labels, skipped = [], [], []
+    for images, batch_labels, paths, errors in _batches(data):
+        valid = np.array([error is None for error in errors], bool)
+        skipped += [
+            error_row(path, error) for path, error in zip(paths, errors) if error is not None
+        ]
+        if valid.any():
+            outputs.append(predict_batch(model, images[valid]))
+            labels.append(np.asarray(batch_labels)[valid])
+    if not outputs:
+        raise ValueError(
+            f"None of the {len(skipped)} images to evaluate can be decoded, so there is "
+            f"nothing to score. Check the files. Received: e.g. {skipped[:2]}"
+        )
+    _warn_skipped(skipped)
     stacked = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-    return evaluate_predictions(
+    metrics = evaluate_predictions(
         model.hierarchy,
         np.concatenate(labels),
         stacked["classes"],
         group_probabilities=stacked["groups"],
         route=stacked["route"],
     )
+    return {**metrics, "num_skipped": len(skipped), "skipped": skipped[:SHOWN_SKIPPED]}
 
 
 def predict_batch(model, images):
@@ -30,3 +59,31 @@ def predict_batch(model, images):
     """
     outputs = model.predict(images, batch_size=len(images), verbose=0)
     return {key: np.asarray(value) for key, value in outputs.items()}
+
+
+def error_row(path, reason):
+    """The row that stands for an image that cannot be decoded."""
+    return {"path": str(path), "error": f"cannot decode: {reason}"}
+
+
+def _batches(data):
+    """(images, labels, paths, errors) per batch; errors[i] is None for a decoded row."""
+    for index in range(len(data)):
+        if isinstance(data, ImageFolder):
+            images, labels, errors = data.read_batch(index)
+            paths = [data.paths[row] for row in data.batch_rows(index)]
+        else:
+            images, labels = data[index][:2]
+            paths = errors = [None] * len(images)
+        yield images, labels, paths, errors
+
+
+def _warn_skipped(skipped):
+    if skipped:
+        shown = ", ".join(f"{row['path']!r}" for row in skipped[:5])
+        warnings.warn(
+            f"Left {len(skipped)} image(s) that cannot be decoded out of the metrics "
+            f"(num_skipped, and skipped in the metrics name them): {shown}"
+            f"{' ...' if len(skipped) > 5 else ''}. Replace or delete the files.",
+            stacklevel=3,
+        )
