@@ -1,6 +1,7 @@
 """A finished run directory: evaluate it on a folder, predict images, describe its parts."""
 
 import json
+import zipfile
 from pathlib import Path
 
 import keras
@@ -9,20 +10,96 @@ import numpy as np
 from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
 from condnet.evaluation.calibration import calibrate
 from condnet.evaluation.cost import count_macs
-from condnet.evaluation.evaluate import evaluate_model, predict_batch
-from condnet.runs.checkpoint import BEST, save_model_atomic, write_atomic
+from condnet.evaluation.evaluate import error_row, evaluate_model, predict_batch
+from condnet.runs.checkpoint import BEST, CHECKPOINTS, save_model_atomic, write_atomic
+
+CONFIG = "config.json"
 
 
 def load_run(run_dir):
-    """(model, config) of a run directory written by `condnet train`."""
+    """(model, config) of a run directory written by `condnet train`.
+
+    `config.json` must be UTF-8 JSON with an `"options"` object (holding at
+    least `image_size` and `color_mode`), and `model.keras` a complete Keras
+    archive; anything else is a `ValueError` that names the file and says
+    what to do.
+    """
     run_dir = Path(run_dir)
-    model_path, config_path = run_dir / BEST, run_dir / "config.json"
+    model_path, config_path = run_dir / BEST, run_dir / CONFIG
     if not run_dir.is_dir() or not model_path.is_file() or not config_path.is_file():
         raise ValueError(
             f"{str(run_dir)!r} is not a finished condnet run: it needs {BEST} and "
-            "config.json (written by `condnet train --out RUN_DIR`)."
+            f"{CONFIG} (written by `condnet train --out RUN_DIR`). Received: "
+            f"run_dir={str(run_dir)!r}"
         )
-    return keras.models.load_model(model_path), json.loads(config_path.read_text())
+    config = _read_config(config_path)
+    return _load_model(model_path), config
+
+
+def _read_config(path):
+    try:
+        text = path.read_bytes().decode("utf-8")
+        config = json.loads(text)
+    except UnicodeDecodeError as error:
+        raise ValueError(_bad_config(path, f"it is not UTF-8 text ({error})")) from None
+    except RecursionError:
+        raise ValueError(_bad_config(path, "it nests too deeply to read")) from None
+    except ValueError as error:  # JSONDecodeError, or an integer too long to read
+        raise ValueError(_bad_config(path, f"it is not valid JSON ({error})")) from None
+    except OSError as error:
+        raise ValueError(_bad_config(path, f"it cannot be read ({error})")) from None
+    options = config.get("options") if isinstance(config, dict) else None
+    if not isinstance(options, dict):
+        raise ValueError(_bad_config(path, 'it has no "options" object'))
+    missing = [key for key in ("image_size", "color_mode") if key not in options]
+    if missing:
+        raise ValueError(_bad_config(path, f'its "options" lack {missing}'))
+    return config
+
+
+def _bad_config(path, problem):
+    return (
+        f"The run's {CONFIG} cannot be used: {problem}. `condnet train --out RUN_DIR` "
+        f"writes it with the run's options; re-train the run or restore the file. "
+        f"Received: path={str(path)!r}"
+    )
+
+
+def _load_model(path):
+    problem = _archive_problem(path)
+    if problem is None:
+        try:
+            return keras.models.load_model(path)
+        except Exception as error:  # Keras raises many types on a damaged archive
+            problem = f"Keras cannot load it ({type(error).__name__}: {str(error)[:300]})"
+    checkpoints = sorted(path.parent.glob(f"{CHECKPOINTS}/epoch-*.keras"))
+    fallback = (
+        f"copy the last epoch's checkpoint {str(checkpoints[-1])!r} over it (that epoch "
+        "may not be the best one)"
+        if checkpoints
+        else f"copy a checkpoint from {CHECKPOINTS}/ over it if you kept one"
+    )
+    raise ValueError(
+        f"The run's model file is corrupt: {problem}. Re-train the run "
+        f"(`condnet train ... --out RUN_DIR`), or {fallback}. Received: path={str(path)!r}"
+    )
+
+
+def _archive_problem(path):
+    """Why `path` is not a complete `.keras` zip archive, or None."""
+    if path.stat().st_size == 0:
+        return "it is empty (0 bytes)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        return f"it is not a complete .keras (zip) archive ({error})"
+    if damaged is not None:
+        return f"its member {damaged!r} fails its checksum"
+    if "config.json" not in names:
+        return "it holds no config.json, so it was not written by model.save"
+    return None
 
 
 def evaluate_run(run_dir, data_dir, report_dir=None, batch_size=64):
@@ -40,20 +117,34 @@ def evaluate_run(run_dir, data_dir, report_dir=None, batch_size=64):
 
 
 def predict_paths(run_dir, inputs, batch_size=64):
-    """Predict images (files or folders of images); one dict per image."""
+    """Predict images (files or folders of images); one dict per image, in order.
+
+    An image that cannot be decoded gets the row `{"path": ..., "error":
+    "cannot decode: <reason>"}` instead of a prediction; no other image's
+    prediction ever stands in for it.
+    """
     model, config = load_run(run_dir)
     paths = _image_paths(inputs)
     hierarchy = model.hierarchy
     data = ImageFolder(
-        paths, np.zeros(len(paths), "int32"), hierarchy, **_image_options(config, batch_size)
+        paths,
+        np.zeros(len(paths), "int32"),
+        hierarchy,
+        substitute_unreadable=False,
+        **_image_options(config, batch_size),
     )
     results = []
     for index in range(len(data)):
-        images, _ = data[index][:2]
-        outputs = predict_batch(model, images)
-        start = index * data.batch_size
-        for row in range(len(images)):
-            results.append(_prediction(hierarchy, paths[start + row], outputs, row))
+        images, _, errors = data.read_batch(index)
+        valid = np.array([error is None for error in errors], bool)
+        outputs = predict_batch(model, images[valid]) if valid.any() else None
+        decoded = iter(range(int(valid.sum())))
+        for row, error in zip(data.batch_rows(index), errors):
+            path = data.paths[row]
+            if error is None:
+                results.append(_prediction(hierarchy, path, outputs, next(decoded)))
+            else:
+                results.append(error_row(path, error))
     return results
 
 
@@ -168,11 +259,18 @@ def _folder_for(model, config, data_dir, batch_size):
         paths,
         labels,  # indices in `found`, which equals the run's hierarchy
         hierarchy,
+        substitute_unreadable=False,
         **_image_options(config, batch_size),
     )
 
 
 def _image_paths(inputs):
+    """The image files named by `inputs`: files as given, folders searched for images.
+
+    An input that exists but is not a regular file (a device such as
+    `/dev/zero`, a FIFO) is kept: the decoder refuses it without reading,
+    and its row says why.
+    """
     paths = []
     for item in inputs:
         item = Path(item)
@@ -182,13 +280,16 @@ def _image_paths(inputs):
                 for p in item.rglob("*")
                 if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
             )
-        elif item.is_file():
+        elif item.exists() or item.is_symlink():
             paths.append(item)
         else:
             raise ValueError(
                 f"No such image file or folder: {str(item)!r}. Pass image files or folders "
-                "of images."
+                f"of images. Received: {str(item)!r}"
             )
     if not paths:
-        raise ValueError(f"No images found in {[str(i) for i in inputs]}.")
+        raise ValueError(
+            "No images found. Pass image files or folders holding files ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)}. Received: {[str(i) for i in inputs]}"
+        )
     return paths

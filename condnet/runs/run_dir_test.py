@@ -1,0 +1,154 @@
+import json
+import os
+import shutil
+import threading
+import warnings
+import zipfile
+
+import pytest
+from PIL import Image
+
+from condnet.data.folders import scan_directory
+from condnet.evaluation.evaluate_test import (
+    COLOURS,
+    colour_model,
+    make_colour_folders,
+    truncated_jpeg,
+)
+from condnet.runs.run_dir import evaluate_run, load_run, predict_paths
+
+OPTIONS = {"image_size": 8, "color_mode": "rgb"}
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    colour_model().save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"options": OPTIONS}))
+    return run
+
+
+@pytest.fixture
+def run(saved_run, tmp_path):
+    return shutil.copytree(saved_run, tmp_path / "run")
+
+
+# === Predictions and evaluation never borrow a neighbour's image ===
+
+
+def test_predict_paths_gives_error_rows_for_files_that_cannot_be_decoded(run, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a_red", "c_blue", "e_green"):
+        Image.new("RGB", (6, 6), COLOURS[name[2:]]).save(folder / f"{name}.png")
+    truncated_jpeg(folder / "b_broken.jpg")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True).start()
+    rows = predict_paths(run, [folder, "/dev/zero", fifo], batch_size=2)
+    assert [row["path"] for row in rows] == [
+        str(folder / "a_red.png"),
+        str(folder / "b_broken.jpg"),
+        str(folder / "c_blue.png"),
+        str(folder / "e_green.png"),
+        "/dev/zero",
+        str(fifo),
+    ]
+    assert [row.get("class") for row in rows] == ["red", None, "blue", "green", None, None]
+    assert rows[1] == {"path": rows[1]["path"], "error": rows[1]["error"]}
+    assert rows[1]["error"].startswith("cannot decode: unreadable (OSError: image file is trunc")
+    assert rows[4]["error"] == "cannot decode: not a regular file (a character device)"
+    assert rows[5]["error"] == "cannot decode: not a regular file (a FIFO)"
+    assert rows[2]["expert"] == "cool" and rows[0]["group"] == "warm"
+
+
+def test_evaluate_run_leaves_undecodable_files_out_of_the_metrics(run, tmp_path):
+    data = make_colour_folders(tmp_path / "test")
+    broken = truncated_jpeg(data / "warm" / "orange" / "5a.jpg")
+    assert len(scan_directory(data)[1]) == 25  # it passes the scan
+    with pytest.warns(UserWarning, match="Left 1 image"):
+        metrics = evaluate_run(run, data, report_dir=tmp_path / "report", batch_size=4)
+    assert (metrics["num_samples"], metrics["num_skipped"]) == (24, 1)
+    assert metrics["accuracy"] == 1.0
+    assert metrics["skipped"][0]["path"] == str(broken)
+    written = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert written["num_skipped"] == 1 and written["skipped"] == metrics["skipped"]
+
+
+# === Loading a run ===
+
+
+def test_load_run_reads_model_and_config(run):
+    model, config = load_run(run)
+    assert config == {"options": OPTIONS}
+    assert model.hierarchy.groups == ["cool", "warm"]
+
+
+def _cut_in_half(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _without_config(path):
+    (path.parent / "other.txt").write_text("x")
+    shutil.make_archive(str(path.parent / "plain"), "zip", path.parent, "other.txt")
+    os.replace(path.parent / "plain.zip", path)
+
+
+def _garbled_config(path):
+    with zipfile.ZipFile(path, "a") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Duplicate name": a second, newer config.json
+        archive.writestr("config.json", "{not json")
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda path: path.write_bytes(b""), r"it is empty \(0 bytes\)"),
+        (
+            lambda path: path.write_bytes(os.urandom(256)),
+            "it is not a complete .keras .zip. archive",
+        ),
+        (_cut_in_half, "it is not a complete .keras .zip. archive"),
+        (_without_config, "it holds no config.json"),
+        (_garbled_config, "Keras cannot load it"),
+    ],
+)
+def test_load_run_error_corrupt_model_file(run, damage, problem):
+    damage(run / "model.keras")
+    with pytest.raises(
+        ValueError, match=rf"model file is corrupt: {problem}.*Re-train.*model.keras"
+    ):
+        load_run(run)
+
+
+def test_load_run_error_corrupt_model_suggests_the_last_checkpoint(run):
+    (run / "checkpoints").mkdir()
+    shutil.copy(run / "model.keras", run / "checkpoints" / "epoch-0003.keras")
+    (run / "model.keras").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"corrupt.*copy the last epoch's checkpoint .*0003.keras"):
+        load_run(run)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b'{"hierarchy": {}}', 'it has no "options" object'),
+        (b"[1, 2]", 'it has no "options" object'),
+        (b'{"options": {"image_size": 8}}', r"its \"options\" lack \['color_mode'\]"),
+        (
+            b'{"options": {"image_size": 8, "color_mode": "rgb", "note": "caf\xe9"}}',
+            "it is not UTF-8",
+        ),
+        (b"[" * 100_000, "it nests too deeply"),
+        (b'{"options": ', "it is not valid JSON"),
+    ],
+)
+def test_load_run_error_unusable_config(run, content, problem):
+    (run / "config.json").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"config.json cannot be used: {problem}.*config.json'"):
+        load_run(run)
+
+
+def test_load_run_error_not_a_run(tmp_path):
+    with pytest.raises(ValueError, match="not a finished condnet run.*Received: run_dir="):
+        load_run(tmp_path)
