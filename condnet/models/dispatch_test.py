@@ -139,3 +139,39 @@ def test_routed_predict_streams_batches_in_order():
     assert read == [0, 10, 20, 30, 40]
     with pytest.raises(ValueError, match="Nothing to predict"):
         routed_predict(model, iter([]), verbose=0)
+
+
+def test_experts_collect_rows_across_batches_and_run_on_full_queues():
+    model, _ = _counted_model()
+    x, _ = random_data(40, seed=4)
+    sizes = []
+    runner = model.routed_runner
+    real = runner._expert
+    runner._expert = lambda group, features: sizes.append((group, len(features))) or real(
+        group, features
+    )
+    queued = model.predict(x, batch_size=4, verbose=0)  # 10 input batches of 4 rows
+    runner._expert = real
+    dense = model.predict(x, routed=False, verbose=0)
+    np.testing.assert_allclose(queued["classes"], dense["classes"], atol=1e-6)
+    assert sorted(group for group, _ in sizes) == ["cat", "dog"]  # one run each, not 10
+    assert sum(size for _, size in sizes) == 40
+
+
+def test_a_small_expert_batch_runs_experts_as_their_queues_fill():
+    model, _ = _counted_model()
+    x, _ = random_data(40, seed=4)
+    sizes = []
+    runner = model.routed_runner
+    real = runner._expert
+    runner._expert = lambda group, features: sizes.append(len(features)) or real(group, features)
+    from condnet.models.dispatch import routed_predict
+
+    outputs = routed_predict(model, x, batch_size=4, verbose=0, expert_batch_size=8)
+    runner._expert = real
+    assert all(size >= 8 for size in sizes[:-2])  # every run but the final flushes is full
+    np.testing.assert_allclose(
+        outputs["classes"], model.predict(x, routed=False, verbose=0)["classes"], atol=1e-6
+    )
+    with pytest.raises(ValueError, match="expert_batch_size must be an int >= 1"):
+        routed_predict(model, x, expert_batch_size=0)
