@@ -1,79 +1,32 @@
-"""Trunks: the shared feature extractors that gates and experts branch from."""
+"""Trunks: the shared feature extractors that gates and experts branch from.
 
+A backbone is named by one value: `"small_cnn"` (trained from scratch), any
+`keras.applications` image model (`APPLICATIONS`), a keras-hub image backbone
+preset, or the path of a user's own `.keras` / `.h5` model (or the model
+itself). `make_trunk` turns each into a functional model whose layers are all
+its own (nested models opened up), so `default_taps` finds stage outputs to
+branch from and `freeze` / `unfreeze_top` reach every layer.
+"""
+
+import difflib
 import os
 
 import keras
-from keras import layers, ops
+from keras import layers
 
-# === Preprocessing ===
+from condnet.vision.model_trunk import (
+    HUB_SCHEMES,
+    MODEL_FILE_EXTENSIONS,
+    hub_presets,
+    model_trunk,
+    preset_trunk,
+)
+from condnet.vision.preprocessing import preprocessing_layer
+from condnet.vision.taps import check_layer
 
-_IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+BACKBONE_KINDS = ("small_cnn", "application", "file", "model", "preset")
 
-
-@keras.saving.register_keras_serializable(package="condnet")
-class CaffePreprocess(keras.layers.Layer):
-    """Caffe-style image preprocessing: RGB to BGR, then minus the ImageNet mean.
-
-    Does what `keras.applications.imagenet_utils.preprocess_input(x,
-    mode="caffe")` does (the preprocessing ResNet50 and VGG16 were trained
-    with), but as a layer, so that it is saved with the model and reloads with
-    `keras.models.load_model(safe_mode=True)`, which a `Lambda` would not.
-
-    Args:
-        data_format: string. `"channels_last"` or `"channels_first"`. Defaults
-            to `None`, the value of `keras.config.image_data_format()`.
-
-    Call arguments:
-        inputs: RGB images with values in `[0, 255]`, 3 channels.
-
-    Example:
-
-    ```python
-    inputs = keras.Input((224, 224, 3))
-    x = CaffePreprocess()(inputs)  # BGR, zero-centred per channel
-    ```
-    """
-
-    def __init__(self, data_format=None, **kwargs):
-        data_format = data_format or keras.config.image_data_format()
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                'data_format must be "channels_last" or "channels_first". '
-                f"Received: data_format={data_format}"
-            )
-        super().__init__(**kwargs)
-        self.data_format = data_format
-
-    def build(self, input_shape):
-        channels = input_shape[self._channel_axis]
-        if channels != 3:
-            raise ValueError(
-                "CaffePreprocess expects RGB images with 3 channels on axis "
-                f"{self._channel_axis} ({self.data_format}). Received: "
-                f"input_shape={input_shape}"
-            )
-
-    def call(self, inputs):
-        inputs = ops.cast(inputs, self.compute_dtype)
-        mean = ops.convert_to_tensor(_IMAGENET_BGR_MEAN, dtype=self.compute_dtype)
-        if self.data_format == "channels_first":
-            mean = ops.reshape(mean, (3, 1, 1))
-        return ops.flip(inputs, axis=self._channel_axis) - mean
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"data_format": self.data_format})
-        return config
-
-    @property
-    def _channel_axis(self):
-        return -1 if self.data_format == "channels_last" else 1
-
-
-# === Trunks ===
+# === small_cnn ===
 
 
 def small_cnn(input_shape=(64, 64, 3), filters=(32, 64, 128, 256), name="small_cnn"):
@@ -127,44 +80,74 @@ def _check_filters(filters):
         )
 
 
-# Lowercase name -> (keras.applications constructor, preprocessing it lacks).
-# MobileNetV3 and EfficientNet rescale [0, 255] inputs themselves.
-_APPLICATIONS = {
-    "mobilenetv3small": ("MobileNetV3Small", None),
-    "mobilenetv3large": ("MobileNetV3Large", None),
-    "efficientnetb0": ("EfficientNetB0", None),
-    "efficientnetb1": ("EfficientNetB1", None),
-    "efficientnetb2": ("EfficientNetB2", None),
-    "efficientnetb3": ("EfficientNetB3", None),
-    "resnet50": ("ResNet50", CaffePreprocess),
-    "resnet101": ("ResNet101", CaffePreprocess),
-    "vgg16": ("VGG16", CaffePreprocess),
-    "vgg19": ("VGG19", CaffePreprocess),
+# === keras.applications ===
+
+# How each keras.applications module wants [0, 255] RGB images: what its
+# `preprocess_input` does. None: the model rescales inside (its preprocess_input
+# passes images through).
+_APPLICATION_PREPROCESS = {
+    "convnext": None,
+    "efficientnet": None,
+    "efficientnet_v2": None,
+    "mobilenet_v3": None,
+    "densenet": "torch",
+    "resnet": "caffe",
+    "vgg16": "caffe",
+    "vgg19": "caffe",
+    "inception_resnet_v2": "symmetric",
+    "inception_v3": "symmetric",
+    "mobilenet": "symmetric",
+    "mobilenet_v2": "symmetric",
+    "nasnet": "symmetric",
+    "resnet_v2": "symmetric",
+    "xception": "symmetric",
 }
 
 
-def application_trunk(name, input_shape=(224, 224, 3), weights=None):
-    """A `keras.applications` base without its classifier, with preprocessing.
+def _find_applications():
+    found = {}
+    for name in dir(keras.applications):
+        module = getattr(getattr(keras.applications, name), "__module__", None) or ""
+        if name[:1].isupper() and module.rsplit(".", 1)[-1] in _APPLICATION_PREPROCESS:
+            found[name.lower()] = name
+    return found
 
-    The trunk takes RGB images with values in `[0, 255]` and applies the
-    preprocessing its weights were trained with: MobileNetV3 and EfficientNet
-    rescale internally; ResNet and VGG get a `CaffePreprocess` layer. The
-    application's layers are part of the trunk itself (not a nested model), so
-    experts can branch from any of them, e.g. the names from `default_taps`.
+
+_APPLICATION_NAMES = _find_applications()  # lowercase -> constructor name
+APPLICATIONS = tuple(sorted(_APPLICATION_NAMES.values()))
+
+
+def application_trunk(name, input_shape=(224, 224, 3), weights=None, output=None):
+    """A `keras.applications` base without its classifier, with its preprocessing.
+
+    Every image model of `keras.applications` works (`APPLICATIONS` lists
+    them). The trunk takes images with values in `[0, 255]` and applies the
+    preprocessing its weights were trained with, as plain layers that reload
+    under `safe_mode`: `"caffe"` for ResNet and VGG, `"symmetric"` ([-1, 1])
+    for MobileNet, MobileNetV2, Inception, Xception, ResNetV2 and NASNet,
+    `"torch"` for DenseNet, and nothing for the models that rescale
+    themselves (ConvNeXt, EfficientNet, EfficientNetV2, MobileNetV3). See
+    `preprocessing_layer`. Grayscale images are repeated into three channels
+    first, as ImageNet weights expect RGB. The application's layers are part
+    of the trunk itself (not a nested model), so experts can branch from any
+    of them, e.g. the names from `default_taps`.
 
     Args:
-        name: string. The application, case-insensitive: one of
-            `"MobileNetV3Small"`, `"MobileNetV3Large"`, `"EfficientNetB0"` to
-            `"EfficientNetB3"`, `"ResNet50"`, `"ResNet101"`, `"VGG16"`, `"VGG19"`.
-        input_shape: tuple of 3 ints. Shape of one image; each side at least 32
-            (or `None`). Defaults to `(224, 224, 3)`.
+        name: string. The application, case-insensitive, e.g. `"MobileNetV2"`,
+            `"ResNet50"`, `"EfficientNetB0"`, `"ConvNeXtTiny"`.
+        input_shape: tuple of 3 ints. Shape of one image, 1 or 3 channels; each
+            side at least 32 (75 for Inception, 71 for Xception), or `None`.
+            Defaults to `(224, 224, 3)`.
         weights: `None` (random initialization), `"imagenet"` (downloaded by
             `keras.applications`), or the path to a local `.weights.h5` / `.h5`
             file, e.g. saved from a trunk with `trunk.save_weights(path)`.
             Defaults to `None`.
+        output: string. Name of the layer to end the trunk at, e.g. an
+            earlier stage from `default_taps`. Defaults to `None`, the
+            application's last feature map.
 
     Returns:
-        A functional `keras.Model` from images to the last feature map.
+        A functional `keras.Model` from images to the feature map.
 
     Example:
 
@@ -173,32 +156,50 @@ def application_trunk(name, input_shape=(224, 224, 3), weights=None):
     default_taps(trunk, num_taps=2)  # ['conv4_block6_out', 'conv5_block3_out']
     ```
     """
-    application, preprocess = _APPLICATIONS[_application_key(name)]
+    application = _application_name(name)
     _check_image_shape(input_shape, min_size=32, who=f"application_trunk('{name}')")
     _check_weights(weights)
     inputs = keras.Input(input_shape, name="image")
-    x = preprocess(name="caffe_preprocess")(inputs) if preprocess else inputs
+    x = _to_rgb(inputs)
+    mode = application_preprocess(application)
+    x = preprocessing_layer(mode)(x) if mode else x
     base = getattr(keras.applications, application)(
         include_top=False,
         weights="imagenet" if weights == "imagenet" else None,
         input_tensor=x,
+        input_shape=tuple(x.shape[1:]),
     )
-    trunk = keras.Model(inputs, base.output, name=_application_key(name))
+    trunk = keras.Model(inputs, base.output, name=application.lower())
     if weights not in (None, "imagenet"):
         trunk.load_weights(weights)
-    return trunk
+    return _cut_at(trunk, output)
 
 
-def _application_key(name):
+def application_preprocess(name):
+    """The `preprocessing_layer` mode of a `keras.applications` model, or None if it rescales
+    inside: e.g. `"caffe"` for `"ResNet50"`, `"symmetric"` for `"MobileNetV2"`."""
+    module = getattr(keras.applications, _application_name(name)).__module__
+    return _APPLICATION_PREPROCESS[module.rsplit(".", 1)[-1]]
+
+
+def _application_name(name):
     key = str(name).lower()
-    if key not in _APPLICATIONS:
-        supported = [application for application, _ in _APPLICATIONS.values()]
+    if key not in _APPLICATION_NAMES:
+        close = difflib.get_close_matches(key, list(_APPLICATION_NAMES), n=5, cutoff=0.6)
         raise ValueError(
-            f"Unknown application '{name}'. Supported (case-insensitive): "
-            f"{', '.join(supported)}. For another base, build a functional "
-            f"model yourself and use it as the trunk. Received: name={name!r}"
+            f"Unknown application '{name}'. Close matches: "
+            f"{', '.join(_APPLICATION_NAMES[c] for c in close) or 'none'}. Supported "
+            f"(case-insensitive): {', '.join(APPLICATIONS)}. For another base, pass the "
+            "path of your own .keras model or a keras-hub preset as the backbone. "
+            f"Received: name={name!r}"
         )
-    return key
+    return _APPLICATION_NAMES[key]
+
+
+def _to_rgb(x):
+    if x.shape[-1] != 1:
+        return x
+    return layers.Concatenate(name="gray_to_rgb")([x, x, x])
 
 
 def _check_weights(weights):
@@ -231,118 +232,132 @@ def _check_image_shape(input_shape, min_size, who):
         )
 
 
-# === Taps ===
+def _cut_at(trunk, output):
+    if output is None:
+        return trunk
+    return keras.Model(trunk.inputs, check_layer(trunk, output).output, name=trunk.name)
 
 
-def default_taps(trunk, num_taps=None):
-    """Suggests the layers of a trunk where experts can attach.
+# === Any backbone ===
 
-    A tap is the output of a stage: the last layer before the feature map
-    shrinks, counting a pooling layer as the end of the stage it pools. Only
-    layers that every path from the input to the output passes through are
-    candidates, so a tap is never inside a residual or squeeze-excite branch.
-    For ResNet50 the taps are `pool1_pool`, `conv2_block3_out`, ...,
-    `conv5_block3_out`; for `small_cnn`, `conv_01`, `conv_02`, ...
+
+def backbone_kind(backbone):
+    """What a `backbone` value names, without loading it.
+
+    Returns one of `BACKBONE_KINDS`: `"small_cnn"`, `"application"` (a
+    `keras.applications` name, case-insensitive), `"file"` (a path ending in
+    `.keras`, `.h5` or `.hdf5`), `"model"` (a `keras.Model`) or `"preset"` (a keras-hub
+    preset name when keras-hub is installed, a `kaggle://` / `hf://` handle,
+    or a directory). An unknown name raises a ValueError listing close
+    matches.
+    """
+    if isinstance(backbone, keras.Model):
+        return "model"
+    if not isinstance(backbone, (str, os.PathLike)):
+        raise TypeError(
+            "backbone must be a name, a path or a keras.Model. Received: "
+            f"backbone={backbone!r} of type {type(backbone).__name__}"
+        )
+    text = os.fspath(backbone)
+    if text == "small_cnn":
+        return "small_cnn"
+    if text.lower() in _APPLICATION_NAMES:
+        return "application"
+    if text.lower().endswith(MODEL_FILE_EXTENSIONS):
+        return "file"
+    if text.startswith(HUB_SCHEMES) or os.path.isdir(text):
+        return "preset"
+    presets = hub_presets()
+    if text in presets:
+        return "preset"
+    raise ValueError(_unknown_backbone(text, presets))
+
+
+def _unknown_backbone(text, presets):
+    names = {n.lower(): n for n in ("small_cnn", *APPLICATIONS, *presets)}
+    close = [names[c] for c in difflib.get_close_matches(text.lower(), list(names), n=5)]
+    hub = (
+        "a keras-hub preset name"
+        if presets
+        else "a keras-hub preset (pip install keras-hub to use its names)"
+    )
+    return (
+        f"Unknown backbone '{text}'. Close matches: {', '.join(close) or 'none'}. A backbone "
+        f"is 'small_cnn', a keras.applications name ({len(APPLICATIONS)} of them, e.g. "
+        f"MobileNetV2, ResNet50, EfficientNetB0), {hub}, or the path of your own .keras or "
+        f".h5 model. Received: backbone={text!r}"
+    )
+
+
+def make_trunk(
+    backbone,
+    input_shape,
+    weights=None,
+    output=None,
+    preprocess=None,
+    filters=(32, 64, 128, 256),
+):
+    """The trunk of any backbone: `small_cnn`, an application, a user's model or a preset.
 
     Args:
-        trunk: functional `keras.Model` with a fixed input size.
-        num_taps: int. How many taps to return, the deepest ones. Defaults to
-            `None`, all of them.
+        backbone: string, path or `keras.Model`; see `backbone_kind`.
+        input_shape: tuple of 3 ints. Shape of one image, values in `[0, 255]`.
+        weights: for an application: `None`, `"imagenet"` or a weights file
+            (see `application_trunk`). A model file or preset carries its own
+            weights, and `small_cnn` trains from scratch: both need `None`.
+            Defaults to `None`.
+        output: string. Layer to end the trunk at. Defaults to `None`: the
+            last feature map, before the head for a user's model.
+        preprocess: string. For a user's model or a preset: one of
+            `PREPROCESS_MODES`. Defaults to `None`: `"none"` for a model, the
+            preset's own converter for a preset. Applications bring their own.
+        filters: tuple of ints. Blocks of `small_cnn`. Defaults to
+            `(32, 64, 128, 256)`.
 
     Returns:
-        A list of layer names, shallowest first; the last one is the trunk's
-        output layer.
+        A functional `keras.Model` from images to features.
 
     Example:
 
     ```python
-    trunk = small_cnn((64, 64, 3))
-    default_taps(trunk, num_taps=2)  # ['conv_03', 'conv_04']
-    features = trunk.get_layer("conv_03").output
+    trunk = make_trunk("MobileNetV2", (96, 96, 3), weights="imagenet")
+    trunk = make_trunk("my_classifier.keras", (64, 64, 3), preprocess="unit")
     ```
     """
-    if not isinstance(trunk, keras.Function):
-        raise TypeError(
-            "default_taps needs a functional model (e.g. from small_cnn or "
-            f"application_trunk). Received: trunk of type {type(trunk).__name__}"
-        )
-    taps = _stage_outputs(trunk)
-    if num_taps is None:
-        return taps
-    if not isinstance(num_taps, int) or not 1 <= num_taps <= len(taps):
+    kind = backbone_kind(backbone)
+    _check_options(kind, backbone, weights, preprocess)
+    if kind == "small_cnn":
+        return _cut_at(small_cnn(input_shape, filters=tuple(filters)), output)
+    if kind == "application":
+        return application_trunk(backbone, input_shape, weights=weights, output=output)
+    if kind == "preset":
+        return preset_trunk(backbone, input_shape, output=output, preprocess=preprocess)
+    return model_trunk(backbone, input_shape, output=output, preprocess=preprocess or "none")
+
+
+def is_pretrained(backbone, weights=None):
+    """Whether a backbone arrives trained (so training starts with it frozen):
+    a model file, a model or a preset, or an application given `weights`."""
+    return backbone_kind(backbone) in ("file", "model", "preset") or weights is not None
+
+
+def _check_options(kind, backbone, weights, preprocess):
+    if kind == "small_cnn" and weights is not None:
         raise ValueError(
-            f"num_taps must be an int from 1 to {len(taps)}: trunk '{trunk.name}' "
-            f"has {len(taps)} stages ({taps}). Received: num_taps={num_taps}"
+            "small_cnn trains from scratch and takes no pretrained weights. Pick an "
+            "application backbone (e.g. backbone='MobileNetV3Small') or weights=None. "
+            f"Received: weights={weights!r}"
         )
-    return taps[-num_taps:]
-
-
-def _stage_outputs(trunk):
-    last_of_stage, stage = {}, None
-    for layer in _main_path(trunk):
-        if not isinstance(layer, _POOLING) or stage is None:
-            stage = _spatial_shape(trunk, layer)
-        last_of_stage[stage] = layer.name
-    return list(last_of_stage.values())
-
-
-def _main_path(trunk):
-    """Layers every input-to-output path goes through, from the first convolution."""
-    operations = trunk.operations
-    position = {id(op): index for index, op in enumerate(operations)}
-    producer = {id(x): op for op in operations for x in keras.tree.flatten(op.output)}
-    crossings = [0] * (len(operations) + 1)
-    for index, op in enumerate(operations):
-        for x in _inputs_of(op):
-            crossings[position[id(producer[id(x)])] + 1] += 1
-            crossings[index] -= 1
-    started, open_edges = False, 0
-    for index, op in enumerate(operations):
-        open_edges += crossings[index]
-        started = started or any("kernel" in w.name for w in getattr(op, "weights", ()))
-        if started and open_edges == 0 and _is_candidate(op):
-            yield op
-
-
-def _inputs_of(operation):
-    if isinstance(operation, layers.InputLayer):
-        return []
-    return keras.tree.flatten(operation.input)
-
-
-def _is_candidate(operation):
-    return isinstance(operation, layers.Layer) and not isinstance(operation, _RESIZING)
-
-
-def _spatial_shape(trunk, layer):
-    shape = tuple(layer.output.shape)
-    spatial = shape[2:] if keras.config.image_data_format() == "channels_first" else shape[1:-1]
-    if None in spatial:
+    if kind in ("file", "model", "preset") and weights is not None:
         raise ValueError(
-            f"default_taps needs a trunk with a fixed input size, but layer "
-            f"'{layer.name}' of '{trunk.name}' outputs shape {shape}. Build the "
-            "trunk with e.g. input_shape=(224, 224, 3). Received: "
-            f"trunk input shape {tuple(trunk.inputs[0].shape)}"
+            f"A backbone {kind} carries its own weights; weights= is for keras.applications "
+            f"backbones. Pass weights=None. Received: backbone={backbone!r}, weights={weights!r}"
         )
-    return spatial
-
-
-_POOLING = (
-    layers.MaxPooling1D,
-    layers.MaxPooling2D,
-    layers.MaxPooling3D,
-    layers.AveragePooling1D,
-    layers.AveragePooling2D,
-    layers.AveragePooling3D,
-)
-_RESIZING = (
-    layers.ZeroPadding1D,
-    layers.ZeroPadding2D,
-    layers.ZeroPadding3D,
-    layers.Cropping1D,
-    layers.Cropping2D,
-    layers.Cropping3D,
-)
+    if kind in ("small_cnn", "application") and preprocess is not None:
+        raise ValueError(
+            f"preprocess= is for a user's model or a keras-hub preset; {backbone!r} brings "
+            f"its own preprocessing. Pass preprocess=None. Received: preprocess={preprocess!r}"
+        )
 
 
 # === Transfer learning ===

@@ -3,14 +3,20 @@ import numpy as np
 import pytest
 from keras import layers
 
+from condnet.vision import backbones
 from condnet.vision.backbones import (
-    CaffePreprocess,
+    APPLICATIONS,
+    application_preprocess,
     application_trunk,
-    default_taps,
+    backbone_kind,
     freeze,
+    is_pretrained,
+    make_trunk,
     small_cnn,
     unfreeze_top,
 )
+from condnet.vision.preprocessing import CaffePreprocess, preprocessing_layer
+from condnet.vision.taps import default_taps
 
 
 def _images(shape, seed=0):
@@ -54,61 +60,74 @@ def test_small_cnn_rejects_bad_filters(filters):
 # Tests that build keras.applications models are marked slow: on JAX the first
 # build of each compiles its initializers (about a minute in all on 2 cores).
 
-# name as a user might spell it -> (channels of the last feature map, caffe preprocessing)
+# name as a user might spell it -> (channels of the last feature map, preprocessing layer)
 _APPLICATIONS = {
-    "mobilenetv3small": (576, False),
-    "EfficientNetB0": (1280, False),
-    "RESNET50": (2048, True),
-    "VGG16": (512, True),
+    "mobilenetv3small": (576, None),
+    "MobileNetV2": (1280, layers.Rescaling),
+    "EfficientNetB0": (1280, None),
+    "RESNET50": (2048, CaffePreprocess),
+    "VGG16": (512, CaffePreprocess),
+    "DenseNet121": (1024, layers.Normalization),
 }
+
+
+def test_applications_are_every_keras_applications_image_model():
+    public = [n for n in dir(keras.applications) if n[:1].isupper()]
+    assert sorted(public) == list(APPLICATIONS)
+    assert len(APPLICATIONS) >= 40 and "MobileNetV2" in APPLICATIONS
+
+
+@pytest.mark.parametrize("name", APPLICATIONS)
+def test_application_preprocessing_matches_its_preprocess_input(name):
+    module_name = getattr(keras.applications, name).__module__.rsplit(".", 1)[-1]
+    preprocess_input = getattr(keras.applications, module_name).preprocess_input
+    x = _images((4, 4, 3))
+    expected = keras.ops.convert_to_numpy(preprocess_input(x.copy()))
+    mode = application_preprocess(name)
+    outputs = x if mode is None else _predict(preprocessing_layer(mode), x)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(_APPLICATIONS))
 def test_application_trunk_builds_each_application(name):
-    channels, caffe = _APPLICATIONS[name]
+    channels, preprocess = _APPLICATIONS[name]
     trunk = application_trunk(name, input_shape=(32, 32, 3))
     assert tuple(trunk.input.shape) == (None, 32, 32, 3)
     assert tuple(trunk.output.shape) == (None, 1, 1, channels)
-    assert any(isinstance(layer, CaffePreprocess) for layer in trunk.layers) == caffe
+    if preprocess is None:
+        assert "preprocess" not in [layer.name for layer in trunk.layers]
+    else:
+        assert isinstance(trunk.get_layer("preprocess"), preprocess)
     assert default_taps(trunk)[-1] == trunk.layers[-1].name
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name, taps",
-    [
-        ("ResNet50", ["pool1_pool", "conv2_block3_out", "conv3_block4_out"]),
-        ("VGG16", ["block1_pool", "block2_pool", "block3_pool"]),
-        ("EfficientNetB0", ["block2a_expand_activation", "block3a_expand_activation"]),
-    ],
-)
-def test_default_taps_are_stage_outputs(name, taps):
-    trunk = application_trunk(name, input_shape=(32, 32, 3))
-    assert default_taps(trunk)[: len(taps)] == taps
-    assert len(default_taps(trunk)) == 5
+def test_application_trunk_repeats_grayscale_into_rgb(tmp_path):
+    gray = application_trunk("MobileNetV2", input_shape=(32, 32, 1))
+    assert tuple(gray.input.shape) == (None, 32, 32, 1)
+    assert gray.get_layer("gray_to_rgb").output.shape[-1] == 3
+    rgb = application_trunk("MobileNetV2", input_shape=(32, 32, 3))
+    gray.save_weights(tmp_path / "gray.weights.h5")
+    rgb.load_weights(tmp_path / "gray.weights.h5")  # the same weighted layers
+    x = _images((32, 32, 1))
+    expected = _predict(rgb, np.repeat(x, 3, axis=-1))
+    np.testing.assert_allclose(_predict(gray, x), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_default_taps_returns_the_deepest():
-    trunk = small_cnn((32, 32, 3), filters=(4, 4, 4))
-    assert default_taps(trunk, num_taps=2) == ["conv_02", "conv_03"]
-    with pytest.raises(ValueError, match="from 1 to 3.*Received: num_taps=4"):
-        default_taps(trunk, num_taps=4)
+@pytest.mark.slow
+def test_application_trunk_ends_at_output():
+    trunk = application_trunk("ResNet50", input_shape=(32, 32, 3), output="conv3_block4_out")
+    assert trunk.layers[-1].name == "conv3_block4_out"
+    assert tuple(trunk.output.shape) == (None, 4, 4, 512)
+    with pytest.raises(ValueError, match="no layer 'conv3_block9_out'.*conv3_block4_out"):
+        application_trunk("ResNet50", input_shape=(32, 32, 3), output="conv3_block9_out")
 
 
-def test_default_taps_needs_a_fixed_input_size():
-    trunk = small_cnn((None, None, 3), filters=(4, 4))
-    with pytest.raises(ValueError, match=r"fixed input size.*\(None, None, None, 3\)"):
-        default_taps(trunk)
-
-
-def test_default_taps_needs_a_functional_model():
-    with pytest.raises(TypeError, match="functional model.*Sequential"):
-        default_taps(keras.Sequential([keras.Input((4,)), layers.Dense(2)]))
-
-
-def test_application_trunk_unknown_name_lists_supported_names():
-    with pytest.raises(ValueError, match="Unknown application 'ResNet18'.*ResNet50, .*VGG16"):
+def test_application_trunk_unknown_name_lists_close_and_supported_names():
+    with pytest.raises(
+        ValueError, match="'ResNet18'. Close matches: ResNet152, ResNet101, ResNet50.*VGG16"
+    ):
         application_trunk("ResNet18")
 
 
@@ -159,43 +178,62 @@ def test_application_trunk_loads_weights_saved_from_keras_applications(tmp_path)
     np.testing.assert_allclose(_predict(trunk, x), expected, rtol=1e-4, atol=1e-4)
 
 
-# === CaffePreprocess ===
+# === Any backbone ===
 
 
-def test_caffe_preprocess_matches_keras_preprocess_input():
-    x = _images((4, 4, 3))
-    expected = keras.applications.imagenet_utils.preprocess_input(x.copy(), mode="caffe")
-    np.testing.assert_allclose(_predict(CaffePreprocess(), x), expected, rtol=1e-6)
+@pytest.mark.parametrize(
+    "backbone, kind",
+    [
+        ("small_cnn", "small_cnn"),
+        ("mobilenetv2", "application"),
+        ("ConvNeXtTiny", "application"),
+        ("models/mine.keras", "file"),
+        ("legacy.H5", "file"),
+        ("kaggle://keras/resnetv2/keras/resnet_v2_50_imagenet", "preset"),
+        ("hf://someone/preset", "preset"),
+    ],
+)
+def test_backbone_kind_tells_names_paths_and_presets_apart(backbone, kind):
+    assert backbone_kind(backbone) == kind
 
 
-def test_caffe_preprocess_channels_first_flips_axis_1():
-    x = _images((4, 4, 3))
-    channels_first = np.transpose(x, (0, 3, 1, 2))
-    outputs = _predict(CaffePreprocess(data_format="channels_first"), channels_first)
-    expected = _predict(CaffePreprocess(data_format="channels_last"), x)
-    np.testing.assert_allclose(outputs, np.transpose(expected, (0, 3, 1, 2)), rtol=1e-6)
+def test_backbone_kind_of_a_model_and_a_preset_directory(tmp_path):
+    assert backbone_kind(small_cnn((16, 16, 3), filters=(4,))) == "model"
+    assert backbone_kind(tmp_path) == "preset"
 
 
-def test_caffe_preprocess_round_trips_through_safe_load(tmp_path):
-    inputs = keras.Input((8, 8, 3))
-    x = CaffePreprocess(name="caffe_preprocess")(inputs)
-    model = keras.Model(inputs, layers.Conv2D(2, 3)(x))
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path, safe_mode=True)
-    assert isinstance(loaded.get_layer("caffe_preprocess"), CaffePreprocess)
-    x = _images((8, 8, 3))
-    np.testing.assert_allclose(_predict(loaded, x), _predict(model, x), rtol=1e-6)
+def test_backbone_kind_unknown_name_lists_close_matches(monkeypatch):
+    monkeypatch.setattr(backbones, "hub_presets", lambda: ())
+    message = r"Unknown backbone 'MobilNetV2'. Close matches: MobileNetV2.*pip install keras-hub"
+    with pytest.raises(ValueError, match=message + r".*Received: backbone='MobilNetV2'"):
+        backbone_kind("MobilNetV2")
+    with pytest.raises(TypeError, match="Received: backbone=3 of type int"):
+        backbone_kind(3)
 
 
-def test_caffe_preprocess_rejects_non_rgb_images():
-    with pytest.raises(ValueError, match=r"3 channels.*input_shape=\(None, 8, 8, 1\)"):
-        CaffePreprocess()(keras.Input((8, 8, 1)))
+def test_make_trunk_dispatches_small_cnn_and_cuts_it():
+    trunk = make_trunk("small_cnn", (16, 16, 3), filters=(4, 8), output="conv_01")
+    assert trunk.layers[-1].name == "conv_01"
+    assert tuple(trunk.output.shape) == (None, 8, 8, 4)
 
 
-def test_caffe_preprocess_rejects_unknown_data_format():
-    with pytest.raises(ValueError, match="Received: data_format=nhwc"):
-        CaffePreprocess(data_format="nhwc")
+@pytest.mark.parametrize(
+    "backbone, options, message",
+    [
+        ("small_cnn", {"weights": "imagenet"}, "small_cnn trains from scratch"),
+        ("mine.keras", {"weights": "imagenet"}, "carries its own weights.*weights='imagenet'"),
+        ("VGG16", {"preprocess": "caffe"}, "brings its own preprocessing.*preprocess='caffe'"),
+    ],
+)
+def test_make_trunk_rejects_options_that_do_not_apply(backbone, options, message):
+    with pytest.raises(ValueError, match=message):
+        make_trunk(backbone, (32, 32, 3), **options)
+
+
+def test_is_pretrained_for_files_models_presets_and_weights(tmp_path):
+    assert not is_pretrained("small_cnn") and not is_pretrained("ResNet50")
+    assert is_pretrained("ResNet50", weights="imagenet")
+    assert is_pretrained("mine.keras") and is_pretrained(tmp_path)
 
 
 # === Transfer learning ===

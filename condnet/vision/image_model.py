@@ -4,7 +4,8 @@ import keras
 from keras import layers
 
 from condnet.models.conditional_model import ConditionalModel
-from condnet.vision.backbones import application_trunk, default_taps, small_cnn
+from condnet.vision.backbones import make_trunk, small_cnn
+from condnet.vision.taps import default_taps
 
 PLACEMENTS = ("auto", "branch", "taps", "top", "separate")
 # "branch": a gate of a quarter of the last stage's width is cheap, and two
@@ -27,19 +28,25 @@ def build_image_model(
     routing="soft",
     filters=(32, 64, 128, 256),
     dropout=0.3,
+    backbone_output=None,
+    preprocess=None,
     **kwargs,
 ):
     """A ConditionalModel for images: a backbone trunk, a gate head, one head per group.
 
     Args:
         hierarchy: `Hierarchy`. Groups and classes.
-        backbone: str. `"small_cnn"` (from scratch) or a `keras.applications`
-            name (`"MobileNetV3Small"`, `"EfficientNetB0"`, `"ResNet50"`,
-            `"VGG16"`). Defaults to `"small_cnn"`.
+        backbone: str, path or `keras.Model`. `"small_cnn"` (from scratch),
+            any `keras.applications` name (`"MobileNetV2"`, `"EfficientNetB0"`,
+            `"ResNet50"`, ...; `APPLICATIONS` lists them), a keras-hub image
+            backbone preset (name, handle or local directory; needs
+            keras-hub), or a user's own `.keras` / `.h5` model (or the model),
+            cut before its head. See `make_trunk`. Defaults to `"small_cnn"`.
         image_size: int or (height, width). Defaults to 64.
         channels: int. 3 for RGB, 1 for grayscale. Defaults to 3.
         weights: None, `"imagenet"` or a path to a weights file, for
-            application backbones. Defaults to None.
+            application backbones (a model file or preset brings its own).
+            Defaults to None.
         expert_placement: str. Where experts branch from the trunk:
             `"branch"` (`small_cnn` only: the trunk stops before its last
             block; each expert gets its own copy of that block plus a conv
@@ -56,13 +63,19 @@ def build_image_model(
         filters: tuple of ints. Blocks of `small_cnn`. Defaults to
             `(32, 64, 128, 256)`.
         dropout: float. Dropout before each head's classifier. Defaults to 0.3.
+        backbone_output: str. Layer of the backbone to end the trunk at.
+            Defaults to None: the last feature map (before the head of a
+            user's model).
+        preprocess: str. For a user's model or a preset, what it expects from
+            `[0, 255]` images: `"none"`, `"unit"`, `"symmetric"`, `"caffe"` or
+            `"torch"`. Defaults to None (`"none"` for a model, the preset's own).
         **kwargs: passed to `ConditionalModel`.
     """
     expert_placement = resolve_placement(expert_placement, backbone)
     shape = _image_shape(image_size, channels)
     if expert_placement == "separate":
         return _separate_model(hierarchy, shape, augmentation, routing, filters, dropout, kwargs)
-    base = _backbone(backbone, shape, weights, filters)
+    base = make_trunk(backbone, shape, weights, backbone_output, preprocess, filters)
     taps = default_taps(base)
     gate_tap, expert_tap, convs = _placement(expert_placement, taps, base)
     trunk = _trunk(shape, base, [gate_tap, expert_tap], augmentation)
@@ -112,6 +125,21 @@ def backbone_of(model):
     return None
 
 
+def taps_of(model):
+    """Where a ConditionalModel built here branches, for `condnet info`.
+
+    Returns a dict: `"gate"` (the layer the gate reads), `"experts"` (group ->
+    layer) and `"available"` (the backbone's stage outputs from `default_taps`,
+    shallowest first; empty for `expert_placement="separate"`).
+    """
+    backbone = backbone_of(model)
+    return {
+        "gate": model.gate_tap,
+        "experts": dict(model.expert_taps),
+        "available": default_taps(backbone) if backbone is not None else [],
+    }
+
+
 # === Parts ===
 
 
@@ -122,18 +150,6 @@ def _safe(name):
 def _image_shape(image_size, channels):
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     return (*size, channels)
-
-
-def _backbone(name, shape, weights, filters):
-    if name == "small_cnn":
-        if weights is not None:
-            raise ValueError(
-                "small_cnn trains from scratch and takes no pretrained weights. Pick an "
-                "application backbone (e.g. backbone='MobileNetV3Small') or weights=None. "
-                f"Received: weights={weights!r}"
-            )
-        return small_cnn(shape, filters=tuple(filters))
-    return application_trunk(name, input_shape=shape, weights=weights)
 
 
 def _trunk(shape, base, taps, augmentation):
@@ -196,7 +212,8 @@ def _expert(hierarchy, group, make, routing):
 
 def classifier_head(input_shape, units, name, dropout, convs=()):
     """A head model: `(filters, pool)` convs (3x3 + BatchNorm + ReLU, 2x2 max
-    pooling if `pool`), global average pooling, dropout, a softmax Dense."""
+    pooling if `pool`), global average pooling (over the tokens of a
+    `(tokens, features)` input), dropout, a softmax Dense."""
     inputs = keras.Input(input_shape)
     x = inputs
     for filters, pool in convs:
@@ -204,7 +221,8 @@ def classifier_head(input_shape, units, name, dropout, convs=()):
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x) if pool else x
-    x = layers.GlobalAveragePooling2D()(x) if len(input_shape) == 3 else x
+    pooling = {3: layers.GlobalAveragePooling2D, 2: layers.GlobalAveragePooling1D}
+    x = pooling[len(input_shape)]()(x) if len(input_shape) in pooling else x
     x = layers.Dropout(dropout)(x) if dropout else x
     return keras.Model(inputs, layers.Dense(units, activation="softmax")(x), name=name)
 
