@@ -1,214 +1,203 @@
 """The `condnet` command line: train, evaluate, predict, info, demo, cv, calibrate."""
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
+from condnet.runs._backend import check_backend
+
+# What a failure the user can fix raises; anything else is a bug and keeps its traceback.
+ERRORS = (ValueError, TypeError, RuntimeError, ImportError, OSError, RecursionError)
+
 
 def main(argv=None):
-    """Entry point of the `condnet` console script."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    """Entry point of the `condnet` console script.
+
+    Every failure the user can fix exits with status 2 and one or two lines
+    naming the file or option and the fix; `--debug` shows the traceback.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
     try:
+        check_backend()  # before anything imports Keras
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
         return args.run(args) or 0
-    except (ValueError, TypeError, RuntimeError, ImportError) as error:
-        print(f"condnet {args.command}: error: {error}", file=sys.stderr)
+    except _errors() as error:
+        if debug:
+            raise
+        command = next((a for a in argv if not a.startswith("-")), "")
+        print(f"condnet {command}: error: {_one_line(error)}".replace("  ", " "), file=sys.stderr)
         return 2
+
+
+def _errors():
+    try:
+        import yaml
+    except ImportError:
+        return ERRORS
+    return (*ERRORS, yaml.YAMLError)
+
+
+def _one_line(error):
+    """The error's message in at most two lines, with the file an OSError names."""
+    if isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.strerror or type(error).__name__}: {str(error.filename)!r}"
+    elif isinstance(error, RecursionError):
+        text = "the input is nested too deeply to read (maximum recursion depth exceeded)"
+    else:
+        text = str(error).strip() or type(error).__name__
+    lines = text.splitlines()
+    if len(lines) > 2:
+        lines = [lines[0], "(run again with --debug for the details)"]
+    return "\n".join(lines)
 
 
 def build_parser():
+    from condnet import __version__
+
     parser = argparse.ArgumentParser(
         prog="condnet",
         description="Conditional neural networks for Keras 3: a gate routes each image "
         "to the expert of its group. Backend: KERAS_BACKEND (default tensorflow).",
     )
+    parser.add_argument("--version", action="version", version=f"condnet {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of a one-line message",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _train_parser(commands)
-    _evaluate_parser(commands)
-    _predict_parser(commands)
-    _info_parser(commands)
-    _demo_parser(commands)
-    _cv_parser(commands)
-    _calibrate_parser(commands)
+    for add in (
+        _train_parser,
+        _evaluate_parser,
+        _predict_parser,
+        _info_parser,
+        _demo_parser,
+        _cv_parser,
+        _calibrate_parser,
+    ):
+        add(commands, common)
     return parser
+
+
+# === Options from TrainingOptions ===
+
+
+def add_option_flags(p, names=None, exclude=(), defaults=None):
+    """One flag per `TrainingOptions` field: `--kebab-case`, its type, help, choices, default.
+
+    Flags left out of the command line are left out of the namespace (their
+    default is the dataclass's), so `given_options(args)` is what the user typed.
+    """
+    from condnet.runs.options import TrainingOptions
+
+    defaults = defaults or {}
+    for field in dataclasses.fields(TrainingOptions):
+        meta = field.metadata
+        if not meta["cli"] or field.name in exclude or (names and field.name not in names):
+            continue
+        default = defaults.get(field.name, field.default)
+        kwargs = dict(meta["argparse"], dest=field.name, default=argparse.SUPPRESS)
+        kwargs["help"] = f"{meta['help']} (default: {_shown(default)})"
+        if isinstance(field.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.setdefault("type", type(field.default))
+            kwargs.setdefault("metavar", {int: "N", float: "X"}.get(kwargs["type"]))
+        p.add_argument(f"--{field.name.replace('_', '-')}", **kwargs)
+
+
+def given_options(args):
+    """The `TrainingOptions` fields the command line set."""
+    from condnet.runs.options import TrainingOptions
+
+    fields, _ = TrainingOptions.fields_of(vars(args))
+    if isinstance(fields.get("filters"), list):
+        fields["filters"] = tuple(fields["filters"])
+    return fields
+
+
+def _shown(value):
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return "none" if value is None else value
 
 
 # === train ===
 
 
-def _train_parser(commands):
+def _train_parser(commands, common):
     p = commands.add_parser(
         "train",
+        parents=[common],
         help="train a conditional model on a folder of images",
         description="Train on DATA_DIR (root/<group>/<class>/* or "
         "root/<class>/* with --hierarchy) and write RUN_DIR.",
     )
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
-    _add_training_options(p)
+    add_option_flags(p)
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in RUN_DIR from its last completed epoch",
+        help="continue the run in RUN_DIR from its last completed epoch (options given must "
+        "agree with the run's, except a larger --epochs, the learning rates, --patience and "
+        "--tensorboard)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in RUN_DIR (its files are kept aside until the new run "
+        "has committed its first epoch)",
+    )
+    _add_run_flags(p)
     p.set_defaults(run=_train)
 
 
-def _add_training_options(p, validation_split=True):
+def _add_run_flags(p):
     p.add_argument(
-        "--hierarchy",
-        metavar="FILE",
-        help="JSON/YAML file mapping group -> classes (for flat folders), or 'auto' to "
-        "discover the groups from the classes a flat classifier confuses (written to "
-        "RUN_DIR/hierarchy.discovered.json, to edit and reuse)",
-    )
-    p.add_argument(
-        "--discovery-groups",
-        type=int,
-        default=2,
-        metavar="N",
-        help="number of groups --hierarchy auto discovers (default 2)",
-    )
-    p.add_argument(
-        "--routing",
-        default="soft",
-        choices=["soft", "hard", "gumbel", "teacher"],
-        help="routing while training and at inference (default: soft)",
-    )
-    p.add_argument(
-        "--strategy",
-        default="joint",
-        choices=["joint", "staged"],
-        help="joint: one model, one loss; staged: gate, then experts, then joint (default: joint)",
-    )
-    p.add_argument(
-        "--backbone",
-        default="small_cnn",
-        help="small_cnn (from scratch) or MobileNetV3Small, EfficientNetB0, "
-        "ResNet50, VGG16 (default: small_cnn)",
-    )
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="pretrained backbone weights: 'imagenet' or a weights file "
-        "(default: none, train from scratch)",
-    )
-    p.add_argument(
-        "--expert-placement",
-        default="auto",
-        choices=["auto", "branch", "taps", "top", "separate"],
-        help="where experts branch: branch (small_cnn only: each expert owns the last "
-        "block), taps (an earlier stage), top (shared trunk), separate (own CNNs) "
-        "(default: auto = branch for small_cnn, taps for pretrained backbones)",
-    )
-    p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
-    p.add_argument(
-        "--color-mode",
-        default="rgb",
-        choices=["rgb", "grayscale"],
-        help="read images as RGB or grayscale (default: rgb)",
-    )
-    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    p.add_argument(
-        "--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)"
-    )
-    if validation_split:
-        p.add_argument(
-            "--validation-split",
-            type=float,
-            default=0.2,
-            help="share of each class held out for validation (default 0.2)",
-        )
-    p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
-    p.add_argument(
-        "--no-augment",
-        dest="augment",
-        action="store_false",
-        help="turn off flip/rotation/zoom/translation/contrast augmentation",
-    )
-    p.add_argument(
-        "--fine-tune-epochs",
-        type=int,
-        default=0,
-        help="epochs of fine-tuning the unfrozen top of a pretrained backbone (default 0)",
-    )
-    p.add_argument(
-        "--fine-tune-layers",
-        type=int,
-        default=20,
-        help="top backbone layers to unfreeze when fine-tuning (default 20)",
-    )
-    p.add_argument(
-        "--fine-tune-learning-rate",
-        type=float,
-        default=1e-5,
-        help="learning rate when fine-tuning (default 1e-5)",
-    )
-    p.add_argument(
-        "--loss-schedule",
-        default=None,
-        choices=["coarse_to_fine"],
-        help="change loss weights over epochs: gate first, then classes",
-    )
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=5,
-        help="epochs without validation improvement before stopping (default 5)",
-    )
-    p.add_argument(
-        "--tensorboard", action="store_true", help="write TensorBoard logs to RUN_DIR/logs"
+        "--break-lock",
+        action="store_true",
+        help="remove a stale lock left in RUN_DIR by a condnet process that died",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _train_options(args):
-    return dict(
-        hierarchy=args.hierarchy,
-        routing=args.routing,
-        strategy=args.strategy,
-        backbone=args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        validation_split=getattr(args, "validation_split", None),
-        seed=args.seed,
-        learning_rate=args.learning_rate,
-        expert_placement=args.expert_placement,
-        augment=args.augment,
-        fine_tune_epochs=args.fine_tune_epochs,
-        fine_tune_layers=args.fine_tune_layers,
-        fine_tune_learning_rate=args.fine_tune_learning_rate,
-        loss_schedule=args.loss_schedule,
-        patience=args.patience,
-        tensorboard=args.tensorboard,
-        color_mode=args.color_mode,
-        discovery_groups=args.discovery_groups,
-    )
-
-
 def _train(args):
     from condnet.evaluation.report import summary_table
-    from condnet.runs.recipe import train
+    from condnet.runs.recipe import resume, train
 
-    result = train(
-        args.data_dir,
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        verbose=0 if args.quiet else "auto",
-        **_train_options(args),
-    )
+    verbose = 0 if args.quiet else "auto"
+    options = given_options(args)
+    if args.resume and args.overwrite:
+        raise ValueError(
+            "--resume continues the run in RUN_DIR and --overwrite replaces it; pass one. "
+            "Received: --resume --overwrite"
+        )
+    if args.resume:
+        result = resume(
+            args.out, args.data_dir, break_lock=args.break_lock, verbose=verbose, **options
+        )
+    else:
+        result = train(
+            args.data_dir,
+            args.out,
+            overwrite=args.overwrite,
+            break_lock=args.break_lock,
+            verbose=verbose,
+            **options,
+        )
     print(summary_table(result["metrics"]))
     print(f"Run written to {args.out} (model.keras, report.md, history.csv).")
 
@@ -216,9 +205,10 @@ def _train(args):
 # === evaluate, predict, info ===
 
 
-def _evaluate_parser(commands):
+def _evaluate_parser(commands, common):
     p = commands.add_parser(
         "evaluate",
+        parents=[common],
         help="metrics of a trained run on another folder",
         description="Evaluate RUN_DIR on DATA_DIR (same groups and classes).",
     )
@@ -239,8 +229,10 @@ def _evaluate(args):
     print(json.dumps(metrics) if args.json else summary_table(metrics))
 
 
-def _predict_parser(commands):
-    p = commands.add_parser("predict", help="predict the group and class of images")
+def _predict_parser(commands, common):
+    p = commands.add_parser(
+        "predict", parents=[common], help="predict the group and class of images"
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files or folders")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -257,8 +249,10 @@ def _predict(args):
             print(f"{row['path']}\t{row['group']}\t{row['class']}\t{row['confidence']:.3f}")
 
 
-def _info_parser(commands):
-    p = commands.add_parser("info", help="hierarchy, parameters and compute per route of a run")
+def _info_parser(commands, common):
+    p = commands.add_parser(
+        "info", parents=[common], help="hierarchy, parameters and compute per route of a run"
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(run=_info)
@@ -287,9 +281,10 @@ def _info(args):
 # === demo ===
 
 
-def _demo_parser(commands):
+def _demo_parser(commands, common):
     p = commands.add_parser(
         "demo",
+        parents=[common],
         help="generate the shapes data set, train, evaluate, report",
         description="The whole workflow on an embedded data set of drawn "
         "shapes (round: circle/ellipse/ring; angular: triangle/square/star).",
@@ -300,38 +295,36 @@ def _demo_parser(commands):
         metavar="RUN_DIR",
         help="where to write the data and the run (default ./condnet-demo)",
     )
-    p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    add_option_flags(p, names=("epochs", "routing"), defaults={"epochs": DEMO_EPOCHS})
     p.add_argument(
         "--samples-per-class", type=int, default=300, help="training images per class (default 300)"
-    )
-    p.add_argument(
-        "--routing",
-        default="soft",
-        choices=["soft", "hard", "gumbel", "teacher"],
-        help="routing mode (default: soft)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_demo)
 
 
+DEMO_EPOCHS = 12
+
+
 def _demo(args):
     from condnet.runs.demo import run_demo
 
+    options = {"epochs": DEMO_EPOCHS, **given_options(args)}
     run_demo(
         Path(args.out),
-        epochs=args.epochs,
         samples_per_class=args.samples_per_class,
-        routing=args.routing,
         verbose=0 if args.quiet else "auto",
+        **options,
     )
 
 
 # === cv, calibrate ===
 
 
-def _cv_parser(commands):
+def _cv_parser(commands, common):
     p = commands.add_parser(
         "cv",
+        parents=[common],
         help="stratified K-fold cross-validation of the training recipe",
         description="Train one run per fold of DATA_DIR (each image validated once) in "
         "OUT_DIR/fold-K/, then write OUT_DIR/cv.json and print mean ± std.",
@@ -339,44 +332,52 @@ def _cv_parser(commands):
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="folder for the fold runs")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    _add_training_options(p, validation_split=False)
+    add_option_flags(p, exclude=("validation_split",))
     p.add_argument("--overwrite", action="store_true", help="replace runs already in OUT_DIR")
+    _add_run_flags(p)
     p.set_defaults(run=_cv)
 
 
 def _cv(args):
     from condnet.runs.cross_validation import cross_validate, summary_table
 
-    options = _train_options(args)
-    del options["validation_split"]
     summary = cross_validate(
         args.data_dir,
         args.out,
         folds=args.folds,
         overwrite=args.overwrite,
+        break_lock=args.break_lock,
         verbose=0 if args.quiet else "auto",
-        **options,
+        **given_options(args),
     )
     print(summary_table(summary))
     print(f"Cross-validation written to {args.out}/cv.json (runs in fold-1 ... fold-{args.folds}).")
 
 
-def _calibrate_parser(commands):
+def _calibrate_parser(commands, common):
     p = commands.add_parser(
         "calibrate",
+        parents=[common],
         help="fit gate and expert temperatures on a run's validation split",
         description="Temperature-scale RUN_DIR's model on its validation split (drawn "
         "again from config.json); write model.calibrated.keras and calibration.json.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="remove a stale lock left in RUN_DIR by a condnet process that died",
+    )
     p.set_defaults(run=_calibrate)
 
 
 def _calibrate(args):
+    from condnet.runs.lock import run_lock
     from condnet.runs.run_dir import calibrate_run
 
-    report = calibrate_run(args.run_dir)
+    with run_lock(args.run_dir, break_lock=args.break_lock):
+        report = calibrate_run(args.run_dir)
     if args.json:
         print(json.dumps(report))
         return

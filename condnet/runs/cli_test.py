@@ -1,9 +1,15 @@
+import dataclasses
 import json
+import os
+import shutil
+import socket
 
 import pytest
 
 from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.cli import build_parser, main
+from condnet.runs.lock import LOCK
+from condnet.runs.options import TrainingOptions
 
 TRAIN = ["--epochs", "1", "--image-size", "32", "--batch-size", "16", "--no-augment", "--quiet"]
 
@@ -89,13 +95,116 @@ def test_cli_refuses_to_overwrite_a_run(trained, capsys):
     [
         (["train", "/nonexistent/images", "--out", "{tmp}/run"], "/nonexistent/images"),
         (["train", "{tmp}", "--out", "{tmp}/run", "--resume"], "no run to resume"),
+        (["train", "{tmp}", "--out", "{tmp}/run", "--seed", "-1"], "--seed / seed must be"),
+        (["train", "{tmp}", "--out", "{tmp}/run", "--learning-rate", "nan"], "finite number"),
+        (["train", "{tmp}", "--out", "{tmp}/run", "--image-size", "4096"], "memory"),
+        (["train", "{tmp}", "--out", "{tmp}/run"], "is inside the image folder DATA_DIR"),
+        (["train", "{tmp}/data", "--out", "{tmp}/file/run"], "lies under the file"),
+        (
+            ["train", "{tmp}/data", "--out", "{tmp}/run", "--hierarchy", "{tmp}/bad.json"],
+            "bad.json",
+        ),
+        (["train", "{tmp}/data", "--out", "{tmp}/run", "--resume", "--overwrite"], "pass one"),
         (["evaluate", "{tmp}", "{tmp}"], "is not a finished condnet run"),
         (["predict", "{tmp}", "x.png"], "is not a finished condnet run"),
+        (["calibrate", "{tmp}/missing"], "is not a folder"),
     ],
 )
 def test_cli_errors_say_what_was_wrong(tmp_path, capsys, argv, message):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "bad.json").write_text('{"round": ')
+    (tmp_path / "data" / "round" / "ring").mkdir(parents=True)
     assert main([arg.format(tmp=tmp_path) for arg in argv]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2
+
+
+def test_cli_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="--seed / seed must be an int >= 0"):
+        main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--seed", "-1", "--debug"])
+
+
+def test_cli_turns_os_errors_into_a_message_naming_the_file(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "run"))
+
+    monkeypatch.setattr("condnet.runs.recipe.train", refuse)
+    assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"Permission denied: '{tmp_path / 'run'}'" in err and "Traceback" not in err
+
+
+def test_cli_version(capsys):
+    from condnet import __version__
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.strip() == f"condnet {__version__}"
+
+
+@pytest.mark.parametrize(
+    "backend, installed, message",
+    [
+        ("foo", True, "KERAS_BACKEND='foo' is not one of tensorflow, jax, torch"),
+        ("jax", False, "KERAS_BACKEND=jax, but jax is not installed: pip install 'condnet[jax]'"),
+    ],
+)
+def test_cli_checks_the_backend_first(tmp_path, capsys, monkeypatch, backend, installed, message):
+    monkeypatch.setenv("KERAS_BACKEND", backend)
+    monkeypatch.setattr("condnet.runs._backend._installed", lambda name: installed)
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_flags_are_generated_from_the_options():
+    commands = build_parser()._subparsers._group_actions[0].choices
+    flags = {a.dest: a for a in commands["train"]._actions if a.option_strings}
+    for field in dataclasses.fields(TrainingOptions):
+        if not field.metadata["cli"]:
+            assert field.name not in flags
+            continue
+        action = flags[field.name]
+        assert f"--{field.name.replace('_', '-')}" in action.option_strings
+        assert action.help.startswith(field.metadata["help"])
+        assert action.choices == field.metadata["argparse"].get("choices")
+    cv_flags = {a.dest for a in commands["cv"]._actions}
+    assert "validation_split" not in cv_flags and "learning_rate" in cv_flags
+
+
+def test_cli_passes_only_the_flags_given():
+    from condnet.runs.cli import given_options
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "d", "--out", "r", "--no-augment", "--filters", "8", "16"])
+    assert given_options(args) == {"augment": False, "filters": (8, 16)}
+    options = TrainingOptions(**given_options(args))
+    assert options.epochs == TrainingOptions().epochs  # the default lives in one place
+
+
+def test_cli_refuses_a_train_while_another_holds_the_run(tmp_path, capsys):
+    make_shapes_dataset(tmp_path / "data", samples_per_class=4, image_size=16)
+    (tmp_path / "run").mkdir()
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "time": "T", "command": "c"}
+    (tmp_path / "run" / LOCK).write_text(json.dumps(holder))
+    argv = ["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *TRAIN]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"locked by pid {os.getppid()} on host {socket.gethostname()} since T" in err
+    assert os.listdir(tmp_path / "run") == [LOCK]
+
+
+@pytest.mark.slow
+def test_cli_resume_refuses_a_changed_option_and_trains_more_epochs(trained, tmp_path, capsys):
+    run = shutil.copytree(trained / "run", tmp_path / "run")
+    data = str(trained / "data" / "train")
+    resume = ["train", data, "--out", str(run), "--resume", "--quiet"]
+    assert main([*resume, "--routing", "soft"]) == 2
+    assert "--routing / routing 'soft' differs from the run's 'hard'" in capsys.readouterr().err
+    assert main([*resume, "--epochs", "2"]) == 0
+    assert json.loads((run / "state.json").read_text())["epoch"] == 2
 
 
 def test_every_cli_option_has_help_text():

@@ -1,38 +1,49 @@
 """K-fold cross-validation of the training recipe: one run per fold, then mean and spread."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
 from condnet.data.folders import scan_directory
+from condnet.runs.checkpoint import write_atomic
+from condnet.runs.claim import check_run_dir
+from condnet.runs.lock import run_lock
+from condnet.runs.options import TrainingOptions
 
 SUMMARY = "cv.json"
 METRICS = ("accuracy", "group_accuracy", "hierarchical_f1")
 
 
-def cross_validate(data_dir, out_dir, folds=5, seed=1337, overwrite=False, **train_kwargs):
+def cross_validate(
+    data_dir, out_dir, folds=5, options=None, *, overwrite=False, break_lock=False, **kwargs
+):
     """Train one run per fold of a stratified K-fold split and summarise them.
 
     Every image of `data_dir` lands in exactly one validation fold
     (`fold_indices`: each class spread evenly across the folds, decided by
-    `seed` alone). Fold `k` trains `condnet.runs.recipe.train` on the other folds
-    and validates on fold `k`, in `out_dir/fold-k/` (a complete run directory
-    whose `config.json` records its row indices). `out_dir/cv.json` then
-    holds each fold's accuracy, group accuracy and hierarchical F1 with their
-    mean and sample standard deviation (`ddof=1`) across folds.
+    the options' `seed` alone). Fold `k` trains `condnet.runs.recipe.train` on the
+    other folds and validates on fold `k`, in `out_dir/fold-k/` (a complete run
+    directory whose `config.json` records its row indices). `out_dir/cv.json`
+    then holds each fold's accuracy, group accuracy and hierarchical F1 with
+    their mean and sample standard deviation (`ddof=1`) across folds.
+    `out_dir` is locked (`run_lock`) while the folds train, and each fold
+    claims its own run directory as `train` does.
 
     Args:
         data_dir: str or `Path`. The image folder, `root/<group>/<class>/*`,
-            or `root/<class>/*` with `hierarchy=` in `train_kwargs`.
+            or `root/<class>/*` with a `hierarchy` option.
         out_dir: str or `Path`. Where the fold runs and `cv.json` go.
         folds: int. Number of folds, from 2 to the size of the smallest
             class. Defaults to 5.
-        seed: int. Seed of the folds and of every run. Defaults to 1337.
+        options: `TrainingOptions` of every fold (their `seed` also draws the
+            folds). Defaults to `TrainingOptions()`.
         overwrite: bool. Replace the runs and `cv.json` already in
             `out_dir`. Defaults to `False`.
-        **train_kwargs: options of `condnet.runs.recipe.train` (not
-            `validation_split`: a fold is the validation set).
+        break_lock: bool. Remove stale locks left by a dead process.
+        **kwargs: `TrainingOptions` fields (not `validation_split` or `split`:
+            a fold is the validation set), then `model.fit` arguments.
 
     Returns:
         The summary written to `cv.json`: `folds`, `seed`, `data_dir`,
@@ -49,25 +60,37 @@ def cross_validate(data_dir, out_dir, folds=5, seed=1337, overwrite=False, **tra
     from condnet.runs.recipe import train
 
     _check_folds(folds)
-    hierarchy = _check_train_kwargs(train_kwargs)
+    _check_kwargs(kwargs)
+    fields, fit_kwargs = TrainingOptions.fields_of(kwargs)
+    options = dataclasses.replace(options or TrainingOptions(), **fields)
+    _check_hierarchy(options.hierarchy)
     out_dir = Path(out_dir)
+    check_run_dir(out_dir, data_dir)
     if (out_dir / SUMMARY).exists() and not overwrite:
         raise ValueError(
             f"{str(out_dir)!r} already holds a cross-validation ({SUMMARY}). Pass "
             "overwrite=True (--overwrite) to replace it, or choose another out_dir."
         )
-    found, _, labels = scan_directory(data_dir, hierarchy)
-    splits = fold_indices(labels, folds, seed, class_names=found.classes)
+    found, _, labels = scan_directory(data_dir, options.hierarchy)
+    splits = fold_indices(labels, folds, options.seed, class_names=found.classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for number, (train_rows, validation_rows) in enumerate(splits, start=1):
-        run_dir = out_dir / f"fold-{number}"
-        split = (train_rows.tolist(), validation_rows.tolist())
-        result = train(
-            data_dir, run_dir, seed=seed, split=split, overwrite=overwrite, **train_kwargs
-        )
-        rows.append(_fold_row(number, run_dir, split, result["metrics"]))
-    summary = {"folds": folds, "seed": seed, "data_dir": str(data_dir), **summarize(rows)}
-    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    with run_lock(out_dir, break_lock=break_lock):
+        for number, (train_rows, validation_rows) in enumerate(splits, start=1):
+            run_dir = out_dir / f"fold-{number}"
+            split = (train_rows.tolist(), validation_rows.tolist())
+            fold = dataclasses.replace(options, split=split)
+            result = train(
+                data_dir, run_dir, fold, overwrite=overwrite, break_lock=break_lock, **fit_kwargs
+            )
+            rows.append(_fold_row(number, run_dir, split, result["metrics"]))
+        summary = {
+            "folds": folds,
+            "seed": options.seed,
+            "data_dir": str(data_dir),
+            **summarize(rows),
+        }
+        write_atomic(out_dir / SUMMARY, json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -156,14 +179,16 @@ def _check_folds(folds):
         )
 
 
-def _check_train_kwargs(train_kwargs):
-    given = sorted({"validation_split", "split", "resume", "run_dir"} & set(train_kwargs))
+def _check_kwargs(kwargs):
+    given = sorted({"validation_split", "split", "resume", "run_dir"} & set(kwargs))
     if given:
         raise TypeError(
             "cross_validate chooses each run's validation rows (one fold) and run "
             f"directory itself; leave out {given}. Received: {given}"
         )
-    hierarchy = train_kwargs.get("hierarchy")
+
+
+def _check_hierarchy(hierarchy):
     if isinstance(hierarchy, str) and hierarchy == "auto":
         raise ValueError(
             "With hierarchy='auto' every fold would discover its own groups, so group "
@@ -172,4 +197,3 @@ def _check_train_kwargs(train_kwargs):
             "`condnet train --hierarchy auto`), "
             "then pass its file. Received: hierarchy='auto'"
         )
-    return hierarchy

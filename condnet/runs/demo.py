@@ -14,14 +14,15 @@ def run_demo(
     epochs=12,
     samples_per_class=300,
     test_samples_per_class=100,
-    routing="soft",
     verbose="auto",
+    **options,
 ):
     """Generate the shapes data (once), train on it, evaluate on its test split.
 
     Writes `out/data/{train,test}/<group>/<class>/*.png` and the run in
     `out/run` (replaced on each call), then prints the test metrics.
-    Returns the test metrics.
+    `options` are `TrainingOptions` fields (e.g. `routing="hard"`) beside the
+    demo's image size and filters. Returns the test metrics.
     """
     from condnet.evaluation.report import summary_table
     from condnet.runs.recipe import train
@@ -39,16 +40,8 @@ def run_demo(
             seed=0,
             test_samples_per_class=test_samples_per_class,
         )
-    train(
-        data / "train",
-        out / "run",
-        routing=routing,
-        image_size=DEMO_IMAGE_SIZE,
-        epochs=epochs,
-        filters=DEMO_FILTERS,
-        overwrite=True,
-        verbose=verbose,
-    )
+    options = {"image_size": DEMO_IMAGE_SIZE, "filters": DEMO_FILTERS, **options}
+    train(data / "train", out / "run", epochs=epochs, overwrite=True, verbose=verbose, **options)
     metrics = evaluate_run(out / "run", data / "test", report_dir=out / "run" / "test-report")
     print(f"\nTest set ({metrics['num_samples']} images), {time.perf_counter() - started:.0f} s:")
     print(summary_table(metrics))

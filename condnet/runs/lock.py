@@ -70,7 +70,7 @@ def _describe(command):
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": command or " ".join(["condnet", *sys.argv[1:]]),
+        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
 
 

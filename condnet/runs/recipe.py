@@ -15,7 +15,7 @@ from condnet.hierarchy import Hierarchy
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.claim import CONFIG, RunClaim, check_run_dir, clean_temporary_files
 from condnet.runs.lock import run_lock
-from condnet.runs.options import TrainingOptions, label
+from condnet.runs.options import TrainingOptions, label, normalised
 from condnet.training.callbacks import LossWeightSchedule, StopOnNaN
 from condnet.training.staged import plan_phases, prepare_phase, set_phase_trainable
 from condnet.vision.image_model import backbone_of, build_image_model
@@ -164,6 +164,7 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
         clean_temporary_files(run_dir)
         train_data, validation = load_data(options, stored_data_dir)
         model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
+        _set_learning_rate(model, stored, options, state["phase"])
         if options != stored:
             _write_config(run_dir, stored_data_dir, options, train_data.hierarchy)
         state = _run_phases(
@@ -268,7 +269,7 @@ def _resumed_options(stored, changes, state):
 
 def _same(name, value, old):
     if name != "hierarchy" or value is None or old is None or value == "auto":
-        return TrainingOptions(**{name: value}) == TrainingOptions(**{name: old})
+        return normalised(name, value) == old
     as_hierarchy = Hierarchy.from_file if isinstance(value, str | Path) else Hierarchy
     return as_hierarchy(value) == Hierarchy(old)
 
@@ -292,6 +293,14 @@ def _reopen_phase(stored, options, state):
     return {**state, "phase_done": False}
 
 
+def _set_learning_rate(model, stored, options, index):
+    """The resumed phase's new learning rate, if the options changed it (else the
+    checkpoint's, which ReduceLROnPlateau may have lowered)."""
+    rate = _phases(options)[index].learning_rate
+    if rate != _phases(stored)[index].learning_rate:
+        model.optimizer.learning_rate = rate
+
+
 def _phase_plan(options):
     return [(phase.name, phase.epochs) for phase in _phases(options)]
 
@@ -309,34 +318,23 @@ def _phases(options):
 # === Phases ===
 
 
-def _run_phases(model, run_dir, options, state, train_data, validation, callbacks, fit_kwargs):
-    phases = plan_phases(
-        options["strategy"],
-        options["epochs"],
-        options["fine_tune_epochs"],
-        options["learning_rate"],
-        options["fine_tune_learning_rate"],
-    )
+def _run_phases(model, run_dir, options, state, data, extras):
+    """Fit every phase not done yet; return the last committed state.
+
+    `data` is `(train, validation)`, `extras` is `(callbacks, fit_kwargs, on_commit)`.
+    """
     start = 0
-    for index, phase in enumerate(phases):
+    for index, phase in enumerate(_phases(options)):
         end = start + phase.epochs
         if not _phase_done(state, index, end):
             resuming = state is not None and index == state["phase"]
-            if not resuming:
-                _prepare_phase(model, phase, options)
-            else:
+            if resuming:
                 _set_trainable(model, phase, options)  # the checkpoint restored the optimizer
+            else:
+                _prepare_phase(model, phase, options)
             initial = state["epoch"] if resuming else start
             state = _fit_phase(
-                model,
-                run_dir,
-                options,
-                state,
-                (index, phase),
-                (initial, end),
-                (train_data, validation),
-                callbacks,
-                fit_kwargs,
+                model, run_dir, options, state, (index, phase), (initial, end), data, extras
             )
         start = end
     return state
@@ -349,36 +347,53 @@ def _phase_done(state, index, end):
     return index < state["phase"] or state["phase_done"] or state["epoch"] >= end
 
 
-def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, callbacks, fit_kwargs):
+def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extras):
     """Fit one phase from epoch `initial` to `end`; return the committed state."""
     (index, phase), (initial, end), (train_data, validation) = indexed_phase, epochs, data
-    checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state)
-    guard = StopOnNaN()
+    callbacks, fit_kwargs, on_commit = extras
+    checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state, on_commit=on_commit)
     recipe = _recipe_callbacks(run_dir, options, phase, validation, end - phase.epochs)
     model.fit(
         train_data,
         validation_data=validation,
         initial_epoch=initial,
         epochs=end,
-        callbacks=[guard, checkpoint, *recipe, *callbacks],
+        callbacks=[StopOnNaN(), checkpoint, *recipe, *callbacks],
         **fit_kwargs,
     )
+    if checkpoint.refused is not None:
+        raise RuntimeError(_not_finite_message(run_dir, options, phase, checkpoint.refused))
     checkpoint.end_phase()
+    return ckpt.read_state(run_dir)
+
+
+def _not_finite_message(run_dir, options, phase, refused):
+    epoch, problem = refused
     state = ckpt.read_state(run_dir)
-    if state is None or guard.stopped_at is not None:
-        raise RuntimeError(
-            f"Training stopped on a NaN loss in phase {phase.name!r} (see the "
-            f"warning above); completed epochs are saved in {str(run_dir)!r}. Lower "
-            "the learning rate, then --resume or start again with --overwrite."
+    rate = f"--learning-rate (now {phase.learning_rate:g})"
+    if phase.name == "fine_tune":
+        rate = f"--fine-tune-learning-rate (now {phase.learning_rate:g})"
+    if state is None:
+        kept = (
+            "No epoch was saved, so nothing is lost: start again with the same --out and a "
+            f"lower {rate}."
         )
-    return state
+    else:
+        kept = (
+            f"The run stays at epoch {state['epoch']} (its resume point; model.keras is "
+            f"unchanged). Lower {rate} and continue with `--resume`, e.g. "
+            f"--learning-rate {phase.learning_rate / 10:g}."
+        )
+    return (
+        f"Epoch {epoch} (phase {phase.name!r}) ended with {problem}, so it was not saved. " + kept
+    )
 
 
 def _trainable_options(model, options):
     return dict(
         backbone=backbone_of(model),
-        freeze_backbone=options["weights"] is not None,
-        fine_tune_layers=options["fine_tune_layers"],
+        freeze_backbone=options.weights is not None,
+        fine_tune_layers=options.fine_tune_layers,
     )
 
 
@@ -392,7 +407,7 @@ def _set_trainable(model, phase, options):
 
 def _recipe_callbacks(run_dir, options, phase, validation, first_epoch):
     monitor = "val_loss" if validation is not None else "loss"
-    patience = options["patience"]
+    patience = options.patience
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor=monitor, patience=patience, restore_best_weights=True
@@ -401,9 +416,9 @@ def _recipe_callbacks(run_dir, options, phase, validation, first_epoch):
             monitor=monitor, factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
         ),
     ]
-    if options["tensorboard"]:
+    if options.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / "logs")))
-    if options["loss_schedule"] == "coarse_to_fine" and phase.name == "joint":
+    if options.loss_schedule == "coarse_to_fine" and phase.name == "joint":
         callbacks.append(LossWeightSchedule.coarse_to_fine(phase.epochs, start_epoch=first_epoch))
     return callbacks
 
@@ -411,27 +426,15 @@ def _recipe_callbacks(run_dir, options, phase, validation, first_epoch):
 # === Run directory ===
 
 
-def _claim_run_dir(run_dir, overwrite):
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if existing and not overwrite:
-        raise ValueError(
-            f"The run directory {str(run_dir)!r} already holds a run ({', '.join(existing)}). "
-            "Pass --overwrite to replace it, --resume to continue it, or choose another --out."
-        )
-    for name in existing:
-        path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def _resume_state(run_dir):
     state = ckpt.read_state(run_dir)
     if state is None:
         raise ValueError(
             f"There is no run to resume in {str(run_dir)!r}: it has no {ckpt.STATE} (no "
-            "epoch was completed there). Start a new run without --resume."
+            "epoch was completed there, so nothing is lost). Start it again without "
+            "--resume, with the same --out."
         )
-    if not (run_dir / ckpt.CHECKPOINTS / state["checkpoint"]).is_file():
+    if not (Path(run_dir) / ckpt.CHECKPOINTS / state["checkpoint"]).is_file():
         raise ValueError(
             f"The run in {str(run_dir)!r} cannot resume: its checkpoint "
             f"{state['checkpoint']!r} is missing. Start a new run with --overwrite."
@@ -439,21 +442,11 @@ def _resume_state(run_dir):
     return state
 
 
-def _resume_options(run_dir):
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise ValueError(
-            f"There is no run to resume in {str(run_dir)!r}: {CONFIG} is missing. Start a "
-            "new run without --resume."
-        )
-    return json.loads(path.read_text())["options"]
-
-
-def _write_config(run_dir, options, hierarchy):
+def _write_config(run_dir, data_dir, options, hierarchy):
     from condnet import __version__
 
     config = {
-        "options": options,
+        "options": {"data_dir": str(data_dir), **options.to_config()},
         "hierarchy": hierarchy.to_dict(),
         "versions": {
             "condnet": __version__,
@@ -462,77 +455,76 @@ def _write_config(run_dir, options, hierarchy):
             "python": platform.python_version(),
         },
     }
-    ckpt.write_atomic(run_dir / CONFIG, json.dumps(config, indent=1, default=str))
-    hierarchy.save(run_dir / "hierarchy.json")
+    ckpt.write_atomic(Path(run_dir) / CONFIG, json.dumps(config, indent=1))
+    hierarchy.save(Path(run_dir) / "hierarchy.json")
 
 
 # === Data and model ===
 
 
-def load_data(options):
-    """Training and validation ImageFolders of a run's options (its split, share and seed)."""
-    hierarchy = options["hierarchy"]
-    if options.get("split") is not None:
-        return _load_split(options)
+def _prepare(options, data_dir):
+    """Everything a run needs before it writes a file: `(options, (train, validation), model)`.
+
+    A hierarchy file is read here, and the run's options keep its tree, so
+    the run reproduces (and resumes) without the file.
+    """
+    train_data, validation = load_data(options, data_dir)
+    if isinstance(options.hierarchy, str):
+        options = dataclasses.replace(options, hierarchy=train_data.hierarchy.to_dict())
+    return (
+        options,
+        (train_data, validation),
+        _build(options, train_data.hierarchy, train_data.channels),
+    )
+
+
+def load_data(options, data_dir=None):
+    """Training and validation ImageFolders of a run's options (its split or share, and seed).
+
+    Args:
+        options: `TrainingOptions`, or the `"options"` dict of a run's
+            config.json (which also names its `data_dir`).
+        data_dir: the image folder. Defaults to the one `options` names.
+    """
+    if not isinstance(options, TrainingOptions):
+        data_dir = options["data_dir"] if data_dir is None else data_dir
+        options = TrainingOptions.from_config(options)
+    if options.split is not None:
+        return _load_split(options, data_dir)
     return load_folders(
-        options["data_dir"],
-        hierarchy=hierarchy,
-        image_size=options["image_size"],
-        batch_size=options["batch_size"],
-        validation_split=options["validation_split"],
-        seed=options["seed"],
-        color_mode=options["color_mode"],
+        data_dir,
+        hierarchy=options.hierarchy,
+        image_size=options.image_size,
+        batch_size=options.batch_size,
+        validation_split=options.validation_split,
+        seed=options.seed,
+        color_mode=options.color_mode,
     )
 
 
 def _build(options, hierarchy, channels):
-    keras.utils.set_random_seed(options["seed"])
+    keras.utils.set_random_seed(options.seed)
     augmentation = None
-    if options["augment"]:
+    if options.augment:
         from condnet.vision.augmentation import make_augmentation
 
-        augmentation = make_augmentation(seed=options["seed"])
+        augmentation = make_augmentation(seed=options.seed)
     return build_image_model(
         hierarchy,
-        backbone=options["backbone"],
-        image_size=options["image_size"],
+        backbone=options.backbone,
+        image_size=options.image_size,
         channels=channels,
-        weights=options["weights"],
-        expert_placement=options["expert_placement"],
+        weights=options.weights,
+        expert_placement=options.expert_placement,
         augmentation=augmentation,
-        routing=options["routing"],
-        filters=tuple(options["filters"]),
-        seed=options["seed"],
+        routing=options.routing,
+        filters=options.filters,
+        seed=options.seed,
+        dispatch=options.dispatch,
+        capacity_factor=options.capacity_factor,
+        confidence_threshold=options.confidence_threshold,
+        temperature=options.temperature,
     )
-
-
-def _check_options(options):
-    check_routing(options["routing"])
-    _check_choice("strategy", options["strategy"], STRATEGIES)
-    resolve_placement(options["expert_placement"], options["backbone"])
-    _check_choice("loss_schedule", options["loss_schedule"], SCHEDULES)
-    for name in ("epochs", "batch_size", "patience"):
-        if not isinstance(options[name], int) or options[name] < 1:
-            raise ValueError(f"{name} must be an int >= 1. Received: {name}={options[name]!r}")
-    if not isinstance(options["fine_tune_epochs"], int) or options["fine_tune_epochs"] < 0:
-        raise ValueError(
-            f"fine_tune_epochs must be an int >= 0. Received: {options['fine_tune_epochs']!r}"
-        )
-    for name in ("learning_rate", "fine_tune_learning_rate"):
-        if not options[name] > 0:
-            raise ValueError(f"{name} must be > 0. Received: {name}={options[name]!r}")
-    if isinstance(options["hierarchy"], str | Path):
-        options["hierarchy"] = str(options["hierarchy"])
-    elif options["hierarchy"] is not None and not isinstance(options["hierarchy"], dict):
-        options["hierarchy"] = options["hierarchy"].to_dict()
-    options["data_dir"] = str(options["data_dir"])
-    options["run_dir"] = str(options["run_dir"])
-    _check_discovery_and_split(options)
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}. Received: {name}={value!r}")
 
 
 def _history_columns(history):
@@ -547,7 +539,7 @@ def _history_columns(history):
 # === Discovered hierarchy and explicit split ===
 
 
-def discover_for_run(options, run_dir, fit_kwargs):
+def discover_for_run(options, data_dir, run_dir, fit_kwargs):
     """`hierarchy="auto"`: discover the groups of a flat folder for this run.
 
     A flat classifier trains on the run's data with the run's image size,
@@ -555,79 +547,47 @@ def discover_for_run(options, run_dir, fit_kwargs):
     has none); its validation confusions are clustered into
     `discovery_groups` groups (`condnet.evaluation.discovery`). The hierarchy is written
     to `RUN_DIR/hierarchy.discovered.json` to edit and reuse with
-    `--hierarchy FILE`; its dict replaces "auto" in the run's options, so
+    `--hierarchy FILE`; the returned options hold its dict instead of "auto", so
     `resume` keeps it. Only that grouping carries over to the run; since it
     reorders the classes, the run's validation rows (same share and seed)
     need not be the ones discovery held out.
     """
     hierarchy, _ = discover_from_folder(
-        options["data_dir"],
-        num_groups=options["discovery_groups"],
-        image_size=options["image_size"],
-        epochs=options["epochs"],
-        validation_split=options["validation_split"] or 0.2,
-        seed=options["seed"],
-        batch_size=options["batch_size"],
-        filters=tuple(options["filters"]),
-        learning_rate=options["learning_rate"],
-        color_mode=options["color_mode"],
+        data_dir,
+        num_groups=options.discovery_groups,
+        image_size=options.image_size,
+        epochs=options.epochs,
+        validation_split=options.validation_split or 0.2,
+        seed=options.seed,
+        batch_size=options.batch_size,
+        filters=options.filters,
+        learning_rate=options.learning_rate,
+        color_mode=options.color_mode,
         **fit_kwargs,
     )
     hierarchy.save(Path(run_dir) / DISCOVERED)
-    return hierarchy.to_dict()
+    return dataclasses.replace(options, hierarchy=hierarchy.to_dict())
 
 
-def _load_split(options):
-    """Training and validation ImageFolders on the rows `options["split"]` names."""
-    hierarchy, paths, labels = scan_directory(options["data_dir"], options["hierarchy"])
-    train_rows, validation_rows = (list(rows) for rows in options["split"])
+def _load_split(options, data_dir):
+    """Training and validation ImageFolders on the rows `options.split` names."""
+    hierarchy, paths, labels = scan_directory(data_dir, options.hierarchy)
+    train_rows, validation_rows = (list(rows) for rows in options.split)
     outside = [row for row in train_rows + validation_rows if row >= len(paths)]
     if outside:
         raise ValueError(
-            f"split names rows up to {max(outside)}, but {options['data_dir']!r} holds "
+            f"split names rows up to {max(outside)}, but {str(data_dir)!r} holds "
             f"{len(paths)} images. The indices refer to scan_directory(data_dir, "
             "hierarchy); the folder has changed since they were drawn."
         )
     common = dict(
-        image_size=options["image_size"],
-        batch_size=options["batch_size"],
-        color_mode=options["color_mode"],
+        image_size=options.image_size,
+        batch_size=options.batch_size,
+        color_mode=options.color_mode,
     )
 
     def folder(rows, **kwargs):
         return ImageFolder([paths[r] for r in rows], labels[rows], hierarchy, **common, **kwargs)
 
-    train = folder(train_rows, shuffle=True, seed=options["seed"])
+    train = folder(train_rows, shuffle=True, seed=options.seed)
     return train, folder(validation_rows) if validation_rows else None
-
-
-def _check_discovery_and_split(options):
-    check_num_groups(options["discovery_groups"])
-    split = options["split"]
-    if split is None:
-        return
-    if options["hierarchy"] == "auto":
-        raise ValueError(
-            "split indices refer to the rows of a known hierarchy, so they cannot be "
-            "combined with hierarchy='auto'. Discover the hierarchy first "
-            "(condnet.evaluation.discovery.discover_from_folder), save it, and pass its file. "
-            "Received: hierarchy='auto' with split"
-        )
-    if not isinstance(split, list | tuple) or len(split) != 2:
-        raise TypeError(
-            "split must be a pair (train_indices, validation_indices). Received: "
-            f"{type(split).__name__} {split!r:.100}"
-        )
-    rows = [[_row(value) for value in part] for part in split]
-    if not rows[0] or set(rows[0]) & set(rows[1]):
-        raise ValueError(
-            "split needs at least one training row and no row in both parts. Received: "
-            f"{len(rows[0])} training rows, {len(set(rows[0]) & set(rows[1]))} shared"
-        )
-    options["split"] = rows
-
-
-def _row(value):
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
-        raise TypeError(f"split indices must be ints >= 0. Received: {value!r}")
-    return int(value)

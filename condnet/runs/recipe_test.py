@@ -1,5 +1,8 @@
 import csv
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -10,7 +13,9 @@ import pytest
 
 from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.checkpoint import read_state
-from condnet.runs.recipe import train
+from condnet.runs.lock import LOCK, RunLocked
+from condnet.runs.options import TrainingOptions
+from condnet.runs.recipe import resume, train
 
 TINY = dict(image_size=32, filters=(8, 8, 8, 8), batch_size=16, augment=False, verbose=0)
 
@@ -22,9 +27,31 @@ def shapes(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory):
+    """Two epochs of a hard-routed run with hedging and a Gumbel temperature (copy to change)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    options = dict(routing="hard", confidence_threshold=0.6, temperature=0.5, patience=10)
+    train(shapes / "train", run, epochs=2, **options, **TINY)
+    return run
+
+
+def _copy(run, tmp_path):
+    return shutil.copytree(run, tmp_path / "run")
+
+
 def _history_rows(run_dir):
     with open(run_dir / "history.csv") as handle:
         return list(csv.DictReader(handle))
+
+
+def _fake_run(folder):
+    """A committed run's files (contents that no training writes) and a file of the user's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.keras", "state.json", "config.json"):
+        (folder / name).write_text(f"old {name}")
+    (folder / "notes.txt").write_text("mine")
+    return folder
 
 
 @pytest.mark.slow
@@ -105,7 +132,9 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_epoch(shapes, tmp_path):
     )
     assert steps > 0
 
-    result = train("ignored", run, resume=True, verbose=0)
+    with pytest.raises(RunLocked, match="no longer running.*--break-lock"):
+        resume(run, verbose=0)  # the killed process left its lock
+    result = resume(run, break_lock=True, verbose=0)
     assert [row["epoch"] for row in _history_rows(run)] == ["1", "2", "3", "4"]
     final = keras.models.load_model(run / "checkpoints" / read_state(run)["checkpoint"])
     iterations = int(keras.ops.convert_to_numpy(final.optimizer.iterations))
@@ -114,14 +143,22 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_epoch(shapes, tmp_path):
 
 
 def test_refuses_a_run_directory_that_holds_a_run(shapes, tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="already holds a run \\(config.json\\).*--overwrite"):
-        train(shapes / "train", tmp_path, epochs=1, **TINY)
-    assert (tmp_path / "config.json").read_text() == "{}"  # nothing lost
+    run = _fake_run(tmp_path / "run")
+    with pytest.raises(
+        ValueError, match="already holds a run \\(config.json, state.json.*--overwrite"
+    ):
+        train(shapes / "train", run, epochs=1, **TINY)
+    assert (run / "model.keras").read_text() == "old model.keras"  # nothing lost
+    assert not (run / LOCK).exists()
 
 
 def test_resume_needs_a_run(tmp_path):
-    with pytest.raises(ValueError, match="no run to resume"):
+    with pytest.raises(ValueError, match="no run to resume.*config.json is missing"):
+        resume(tmp_path)
+
+
+def test_train_resume_keyword_points_to_resume(tmp_path):
+    with pytest.raises(TypeError, match="continue one with condnet.runs.recipe.resume"):
         train("data", tmp_path, resume=True)
 
 
@@ -131,6 +168,8 @@ def test_resume_needs_a_run(tmp_path):
         ({"routing": "top1"}, "routing='top1'"),
         ({"strategy": "greedy"}, "strategy must be one of"),
         ({"epochs": 0}, "epochs must be an int >= 1"),
+        ({"seed": -1}, "--seed / seed must be an int >= 0. Received: seed=-1"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a finite number > 0"),
         ({"expert_placement": "middle"}, "expert_placement must be one of"),
         (
             {"expert_placement": "branch", "backbone": "EfficientNetB0"},
@@ -142,6 +181,202 @@ def test_bad_options_fail_before_any_file_is_written(tmp_path, options, message)
     with pytest.raises(ValueError, match=message):
         train("data", tmp_path / "run", **options)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_misspelt_fit_argument_fails_before_any_file_is_written(shapes, tmp_path):
+    with pytest.raises(TypeError, match="'epoch' \\(did you mean 'epochs'\\?\\)"):
+        train(shapes / "train", tmp_path / "run", epoch=3)
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_with_a_mistyped_data_dir_keeps_the_run(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="image folder does not exist"):
+        train(tmp_path / "shapes/trian", run, overwrite=True, **TINY)
+    assert (run / "model.keras").read_text() == "old model.keras"
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_overwrite_with_a_bad_hierarchy_file_keeps_the_run(shapes, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    (tmp_path / "groups.json").write_text('{"round": ["circle", ')
+    with pytest.raises(ValueError, match="groups.json"):
+        train(shapes / "train", run, hierarchy=tmp_path / "groups.json", overwrite=True, **TINY)
+    assert (run / "model.keras").read_text() == "old model.keras"
+
+
+@pytest.mark.parametrize("out", ["train", "train/run", "."])
+def test_a_run_inside_or_around_the_data_is_refused_and_nothing_written(shapes, out):
+    before = sorted(str(p) for p in shapes.rglob("*"))
+    with pytest.raises(ValueError, match="the image folder DATA_DIR"):
+        train(shapes / "train", shapes / out, epochs=1, **TINY)
+    assert sorted(str(p) for p in shapes.rglob("*")) == before
+
+
+def test_a_run_under_a_file_is_refused(shapes, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="lies under the file"):
+        train(shapes / "train", tmp_path / "file" / "run", epochs=1, **TINY)
+
+
+def test_a_lock_held_by_a_live_process_refuses_a_second_train(shapes, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "time": "T", "command": "c"}
+    (run / LOCK).write_text(json.dumps(holder))
+    with pytest.raises(RunLocked, match=f"locked by pid {os.getppid()} on host .* since T"):
+        train(shapes / "train", run, overwrite=True, epochs=1, **TINY)
+    assert (run / "model.keras").read_text() == "old model.keras"
+    assert json.loads((run / LOCK).read_text()) == holder
+
+
+class _FailFirstBatch(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        raise RuntimeError("the new run broke")
+
+
+def test_overwrite_restores_the_old_run_when_the_new_one_fails_early(shapes, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="the new run broke"):
+        train(shapes / "train", run, overwrite=True, callbacks=[_FailFirstBatch()], **TINY)
+    assert {p.name: p.read_text() for p in run.iterdir()} == {
+        "model.keras": "old model.keras",
+        "state.json": "old state.json",
+        "config.json": "old config.json",
+        "notes.txt": "mine",
+    }
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # the aside folder is gone
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_only_run_files_once_the_new_run_commits(shapes, tmp_path):
+    run = _fake_run(tmp_path / "run")
+    (run / ".tmp-model.keras").write_text("a killed write")
+    seen = []
+
+    class SeeAside(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(sorted(p.name[:14] for p in tmp_path.iterdir()))
+
+    train(shapes / "train", run, overwrite=True, epochs=1, callbacks=[SeeAside()], **TINY)
+    assert seen[0] == [".run.replaced-", "run"]  # kept aside until the first commit
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+    assert (run / "notes.txt").read_text() == "mine"
+    assert not (run / ".tmp-model.keras").exists()
+    assert keras.models.load_model(run / "model.keras").hierarchy.num_groups == 2
+    assert read_state(run)["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_epoch_starts_again_without_overwrite(shapes, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"options": {**TrainingOptions().to_config(), "data_dir": str(shapes / "train")}}
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no state.json .*nothing is lost.*without --resume"):
+        resume(run)
+    train(shapes / "train", run, epochs=1, **TINY)
+    assert read_state(run)["epoch"] == 1
+    assert json.loads((run / "config.json").read_text())["options"]["image_size"] == 32
+
+
+class _PoisonAtEpoch(keras.callbacks.Callback):
+    """Turns a weight into NaN when epoch `epoch` (0-based) begins; keeps model.keras's bytes."""
+
+    def __init__(self, run, epoch):
+        super().__init__()
+        self.run, self.epoch, self.best = run, epoch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.best = (self.run / "model.keras").read_bytes()
+            kernel = next(w for w in self.model.trainable_weights if "kernel" in w.path)
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+@pytest.mark.slow
+def test_a_nan_epoch_is_never_committed_and_the_run_resumes_before_it(shapes, tmp_path):
+    run = tmp_path / "run"
+    poison = _PoisonAtEpoch(run, epoch=1)
+    with pytest.raises(
+        RuntimeError, match="Epoch 2 .*not saved.*stays at epoch 1.*--learning-rate"
+    ):
+        train(shapes / "train", run, epochs=3, patience=10, callbacks=[poison], **TINY)
+    assert read_state(run)["epoch"] == 1 and read_state(run)["phase_done"] is False
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0001.keras"]
+    assert (run / "model.keras").read_bytes() == poison.best
+    assert [row["epoch"] for row in _history_rows(run)] == ["1"]
+
+    resume(run, learning_rate=1e-4, verbose=0)  # the change a NaN stop asks for
+    assert [row["epoch"] for row in _history_rows(run)] == ["1", "2", "3"]
+    assert json.loads((run / "config.json").read_text())["options"]["learning_rate"] == 1e-4
+
+
+@pytest.mark.slow
+def test_a_huge_learning_rate_saves_nothing_and_says_what_to_lower(shapes, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(
+        RuntimeError, match="No epoch was saved.*lower --learning-rate \\(now 1e\\+30"
+    ):
+        train(shapes / "train", run, epochs=2, learning_rate=1e30, **TINY)
+    assert read_state(run) is None and not (run / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_model_options_reach_the_saved_model(trained):
+    model = keras.models.load_model(trained / "model.keras")
+    assert model.routing == "hard"
+    assert model.confidence_threshold == 0.6 and model.temperature == 0.5
+    config = json.loads((trained / "config.json").read_text())["options"]
+    assert TrainingOptions.from_config(config).confidence_threshold == 0.6
+
+
+def test_capacity_dispatch_reaches_the_model():
+    from condnet.hierarchy import Hierarchy
+    from condnet.runs.recipe import _build
+
+    options = TrainingOptions(
+        routing="hard", dispatch="capacity", capacity_factor=2.0, image_size=16, filters=(4, 4)
+    )
+    model = _build(options, Hierarchy({"a": ["x", "y"], "b": ["z", "w"]}), channels=3)
+    assert model.dispatch == "capacity" and model.capacity_factor == 2.0
+
+
+@pytest.mark.slow
+def test_resume_with_more_epochs_trains_them(trained, tmp_path):
+    run = _copy(trained, tmp_path)
+    resume(run, epochs=3, verbose=0)
+    assert [row["epoch"] for row in _history_rows(run)] == ["1", "2", "3"]
+    assert read_state(run)["epoch"] == 3
+    assert json.loads((run / "config.json").read_text())["options"]["epochs"] == 3
+    assert resume(run, verbose=0)["metrics"]["num_samples"] > 0  # a finished run: no new epoch
+    assert read_state(run)["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_resume_refuses_options_that_contradict_the_run(trained, tmp_path):
+    run = _copy(trained, tmp_path)
+    config = (run / "config.json").read_text()
+    with pytest.raises(
+        ValueError, match="--routing / routing 'soft' differs from the run's 'hard'"
+    ):
+        resume(run, routing="soft", seed=7, image_size=32)
+    with pytest.raises(ValueError, match="--seed / seed 7 differs from the run's 1337"):
+        resume(run, seed=7)
+    with pytest.raises(ValueError, match="--epochs / epochs 1 is fewer than the run's 2"):
+        resume(run, epochs=1)
+    with pytest.raises(ValueError, match="is not the run's image folder"):
+        resume(run, tmp_path)
+    assert (run / "config.json").read_text() == config
+
+
+@pytest.mark.slow
+def test_a_held_lock_refuses_a_resume(trained, tmp_path):
+    run = _copy(trained, tmp_path)
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "time": "T", "command": "c"}
+    (run / LOCK).write_text(json.dumps(holder))
+    with pytest.raises(RunLocked, match="locked by pid"):
+        resume(run, epochs=3)
+    assert read_state(run)["epoch"] == 2
 
 
 def _backbone_weights(model):
