@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from condnet import Hierarchy
-from condnet.vision.image_model import backbone_of, build_image_model
+from condnet.vision.image_model import backbone_of, build_image_model, classifier_head, taps_of
 
 SEVEN = {
     "airplane": ["airplane"],
@@ -94,3 +94,64 @@ def test_deeper_trees_get_nested_conditional_experts(tmp_path):
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0)["classes"], routed["classes"], atol=1e-5
     )
+
+
+def _user_classifier(tmp_path):
+    """A user's small trained-looking classifier saved as .keras: three stages, then a head."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    for index, filters in enumerate((8, 16, 16), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D(name=f"stage_{index}")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    path = tmp_path / "user.keras"
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def test_a_users_model_file_is_a_backbone_with_taps(tmp_path):
+    path = _user_classifier(tmp_path)
+    model = build_image_model(Hierarchy(SEVEN), backbone=str(path), image_size=32)
+    assert taps_of(model) == {
+        "gate": "stage_3",
+        "experts": {group: "stage_2" for group in SEVEN},
+        "available": ["stage_1", "stage_2", "stage_3"],
+    }
+    assert "dense" not in [layer.name for layer in backbone_of(model).layers]
+    x = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    classes = model.predict(x, verbose=0)["classes"]
+    model.save(tmp_path / "conditional.keras")
+    loaded = keras.models.load_model(tmp_path / "conditional.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0)["classes"], classes, atol=1e-5)
+
+
+def test_a_users_model_backbone_can_be_cut_earlier(tmp_path):
+    path = _user_classifier(tmp_path)
+    model = build_image_model(
+        Hierarchy(SEVEN), backbone=str(path), image_size=32, backbone_output="stage_2"
+    )
+    assert taps_of(model)["available"] == ["stage_1", "stage_2"]
+    assert model.gate_tap == "stage_2"
+
+
+def test_taps_of_separate_placement_has_no_backbone():
+    model = build_image_model(
+        Hierarchy(SEVEN), image_size=32, filters=(4, 4), expert_placement="separate"
+    )
+    assert taps_of(model)["available"] == [] and model.gate_tap == "image"
+
+
+def test_a_users_model_rejects_weights_and_branch(tmp_path):
+    path = str(_user_classifier(tmp_path))
+    with pytest.raises(ValueError, match="carries its own weights"):
+        build_image_model(Hierarchy(SEVEN), backbone=path, image_size=32, weights="imagenet")
+    with pytest.raises(ValueError, match="needs backbone='small_cnn'"):
+        build_image_model(Hierarchy(SEVEN), backbone=path, expert_placement="branch")
+
+
+def test_classifier_head_pools_token_features():
+    head = classifier_head((5, 8), 3, "head", dropout=0.0)
+    x = np.random.default_rng(3).normal(size=(2, 5, 8)).astype("float32")
+    assert any(isinstance(layer, keras.layers.GlobalAveragePooling1D) for layer in head.layers)
+    assert head(x).shape == (2, 3)
