@@ -54,3 +54,12 @@ def check_backend(environ=None):
 
 def _installed(module):
     return importlib.util.find_spec(module) is not None
+
+
+def backend_problem(environ=None):
+    """The error `check_backend` would raise, or None (for `import condnet` to test first)."""
+    try:
+        check_backend(environ)
+    except (ValueError, ImportError) as error:
+        return error
+    return None

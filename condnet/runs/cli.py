@@ -21,7 +21,12 @@ def main(argv=None):
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     argv = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in argv
+    command = " ".join(["condnet", *[word for word in argv if not word.startswith("-")][:1]])
+    if argv[:1] == ["--version"]:  # needs no backend
+        from condnet import __version__
+
+        print(f"condnet {__version__}")
+        return 0
     try:
         check_backend()  # before anything imports Keras
         parser = build_parser()
@@ -31,11 +36,17 @@ def main(argv=None):
             return 2
         return args.run(args) or 0
     except _errors() as error:
-        if debug:
+        if "--debug" in argv:
             raise
-        command = next((a for a in argv if not a.startswith("-")), "")
-        print(f"condnet {command}: error: {_one_line(error)}".replace("  ", " "), file=sys.stderr)
+        print(f"{command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"{command}: interrupted. The epochs a run completed are kept: "
+            "`condnet train DATA_DIR --out RUN_DIR --resume` continues it.",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def _errors():

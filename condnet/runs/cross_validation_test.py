@@ -1,4 +1,6 @@
 import json
+import os
+import socket
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ from condnet.data.demo_data import make_shapes_dataset
 from condnet.data.folders import scan_directory
 from condnet.runs.cli import main
 from condnet.runs.cross_validation import cross_validate, fold_indices, summarize, summary_table
+from condnet.runs.lock import LOCK, RunLocked
 
 LABELS = np.repeat([0, 1, 2], [5, 7, 9])
 
@@ -78,6 +81,24 @@ def test_cross_validate_refuses_more_folds_than_the_smallest_class(tmp_path):
 def test_cross_validate_rejects_options_it_decides_itself(tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
         cross_validate(tmp_path, tmp_path / "cv", folds=2, **kwargs)
+
+
+def test_cross_validate_refuses_an_out_dir_inside_the_data(tmp_path):
+    make_shapes_dataset(tmp_path / "data", samples_per_class=3, image_size=16)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="is inside the image folder DATA_DIR"):
+        cross_validate(tmp_path / "data", tmp_path / "data" / "cv", folds=2)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_cross_validate_refuses_a_locked_out_dir(tmp_path):
+    make_shapes_dataset(tmp_path / "data", samples_per_class=3, image_size=16)
+    (tmp_path / "cv").mkdir()
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "time": "T", "command": "c"}
+    (tmp_path / "cv" / LOCK).write_text(json.dumps(holder))
+    with pytest.raises(RunLocked, match=f"locked by pid {os.getppid()}"):
+        cross_validate(tmp_path / "data", tmp_path / "cv", folds=2)
+    assert os.listdir(tmp_path / "cv") == [LOCK]  # no fold was started
 
 
 @pytest.mark.slow

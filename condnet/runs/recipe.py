@@ -157,10 +157,9 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
             "resume continues on the images it started with. Pass that folder (or none), "
             f"or start a new run. Received: DATA_DIR={str(data_dir)!r}"
         )
+    options = _resumed_options(stored, changes)
     with run_lock(run_dir, break_lock=break_lock):
-        state = _resume_state(run_dir)
-        options = _resumed_options(stored, changes, state)
-        state = _reopen_phase(stored, options, state)
+        state = _reopen_phase(stored, options, _resume_state(run_dir))
         clean_temporary_files(run_dir)
         train_data, validation = load_data(options, stored_data_dir)
         model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
@@ -244,7 +243,7 @@ def _check_fit_kwargs(fit_kwargs):
         )
 
 
-def _resumed_options(stored, changes, state):
+def _resumed_options(stored, changes):
     """The stored options with the allowed `changes`; any other difference is refused."""
     differences = []
     for name, value in changes.items():
