@@ -411,7 +411,7 @@ def _load_yaml(text, path):
         raise ValueError(_duplicate_message(path, error.key)) from None
     except RecursionError:
         raise ValueError(_too_deep_message(path)) from None
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as error:
+    except Exception as error:  # YAMLError, and e.g. AttributeError on a bad !!timestamp
         raise ValueError(
             f"The hierarchy file {str(path)!r} is not valid YAML for a hierarchy. It "
             "is read with yaml.safe_load, so tags such as !!python/object are refused. "
