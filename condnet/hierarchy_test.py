@@ -134,6 +134,8 @@ def test_hierarchy_file_error_not_a_regular_file(tmp_path):
     (tmp_path / "folder.json").mkdir()
     with pytest.raises(ValueError, match="not a regular file.*folder.json"):
         Hierarchy.from_file(tmp_path / "folder.json")
+    with pytest.raises(ValueError, match="not a regular file.*'/dev/zero'"):
+        Hierarchy.from_file("/dev/zero")  # never read: it would not end
 
 
 def test_hierarchy_refuses_trees_too_deep_or_too_large(tmp_path):
