@@ -1,7 +1,6 @@
 import keras
 import numpy as np
 import pytest
-from keras import layers
 
 from condnet.vision import backbones
 from condnet.vision.backbones import (
