@@ -247,7 +247,7 @@ def test_freeze_leaves_no_trainable_weights():
 def test_unfreeze_top_trains_top_layers_and_keeps_batchnorm_frozen():
     trunk = unfreeze_top(freeze(small_cnn((16, 16, 3), filters=(4, 4, 4))), 2)
     trainable = [layer.name for layer in trunk.layers if layer.trainable_weights]
-    assert trainable == ["conv_02_conv", "conv_03_conv"]
+    assert trainable == ["conv_03_conv", "conv_03_2_conv"]  # two convolutions a block
     assert len(trunk.trainable_weights) == 2
     x = _images((16, 16, 3))
     # Frozen BatchNormalization uses its moving statistics even when training.
@@ -263,6 +263,6 @@ def test_unfreeze_top_counts_layers_from_the_output_of_an_application():
 
 
 def test_unfreeze_top_rejects_more_layers_than_the_trunk_has():
-    trunk = small_cnn((16, 16, 3), filters=(4, 4))
-    with pytest.raises(ValueError, match="from 0 to 2.*Received: num_layers=3"):
-        unfreeze_top(trunk, 3)
+    trunk = small_cnn((16, 16, 3), filters=(4, 4))  # two blocks of two convolutions
+    with pytest.raises(ValueError, match="from 0 to 4.*Received: num_layers=5"):
+        unfreeze_top(trunk, 5)

@@ -4,17 +4,17 @@ import keras
 from keras import layers
 
 from condnet.models.conditional_model import ConditionalModel
-from condnet.vision.backbones import make_trunk, small_cnn
+from condnet.vision.backbones import SMALL_CNN_FILTERS, conv_bn_relu, make_trunk, small_cnn
 from condnet.vision.taps import default_taps
 
 PLACEMENTS = ("auto", "branch", "taps", "top", "separate")
-# "branch": a gate of a quarter of the last stage's width is cheap, and two
-# conv layers per expert (the last stage's block, then 1.25x its width) were the
-# most accurate for their routed cost of the layouts tried on CIFAR-10 (a wider
-# gate with narrower experts, one wide conv per expert, branching a stage
-# earlier); see benchmarks/RESULTS.md.
+# "branch": the gate is one conv a quarter of the last block's width (cheap);
+# each expert owns a copy of the last block, a sixteenth narrower, so that the
+# trunk + gate + one expert cost no more multiply-accumulates per image than
+# the flat small_cnn the blocks come from (38.4 vs 38.6 M at 32 px for the
+# defaults). See benchmarks/RESULTS.md ("Defaults against the plain CNN").
 BRANCH_GATE_WIDTH = 0.25
-BRANCH_EXPERT_WIDTHS = (1.0, 1.25)
+BRANCH_EXPERT_WIDTH = 0.9375
 
 
 def build_image_model(
@@ -26,7 +26,7 @@ def build_image_model(
     expert_placement="auto",
     augmentation=None,
     routing="soft",
-    filters=(32, 64, 128, 256),
+    filters=SMALL_CNN_FILTERS,
     dropout=0.3,
     backbone_output=None,
     preprocess=None,
@@ -60,8 +60,8 @@ def build_image_model(
         augmentation: a Keras model of preprocessing layers run first (active
             in training only), or None. Defaults to None.
         routing: str. Routing mode of the ConditionalModel. Defaults to `"soft"`.
-        filters: tuple of ints. Blocks of `small_cnn`. Defaults to
-            `(32, 64, 128, 256)`.
+        filters: tuple of ints. Blocks of `small_cnn` (two convolutions
+            each). Defaults to `(32, 64, 128)`.
         dropout: float. Dropout before each head's classifier. Defaults to 0.3.
         backbone_output: str. Layer of the backbone to end the trunk at.
             Defaults to None: the last feature map (before the head of a
@@ -72,6 +72,12 @@ def build_image_model(
         **kwargs: passed to `ConditionalModel`.
     """
     expert_placement = resolve_placement(expert_placement, backbone)
+    if expert_placement == "separate" and backbone != "small_cnn":
+        raise ValueError(
+            "expert_placement='separate' gives the gate and every expert their own small_cnn "
+            "trained from scratch, so a backbone (and its weights) would go unused. Use "
+            f"'taps' or 'top' with a backbone. Received: backbone={backbone!r}"
+        )
     shape = _image_shape(image_size, channels)
     if expert_placement == "separate":
         return _separate_model(hierarchy, shape, augmentation, routing, filters, dropout, kwargs)
@@ -173,7 +179,7 @@ def _placement(placement, taps, base):
     """
     width = base.get_layer(taps[-1]).output.shape[-1]
     if placement == "branch" and len(taps) > 1:
-        convs = branch_convs(width)
+        convs = branch_convs(width, _convs_in_block(base, taps[-1]))
         return taps[-2], taps[-2], {**convs, "inner_gate": convs["gate"]}
     if placement == "taps" and len(taps) > 1:
         own = ((width, False),)  # the experts' stand-in for the stage they skip
@@ -181,15 +187,25 @@ def _placement(placement, taps, base):
     return taps[-1], taps[-1], {"gate": (), "inner_gate": (), "expert": ()}
 
 
-def branch_convs(width):
+def branch_convs(width, convs=2):
     """The `(filters, pool)` convs of the gate and of each expert under `"branch"`,
-    for a backbone whose last block has `width` filters."""
+    for a backbone whose last block has `convs` convolutions of `width` filters."""
+    expert_width = max(1, round(width * BRANCH_EXPERT_WIDTH))
     return {
         "gate": ((max(1, round(width * BRANCH_GATE_WIDTH)), False),),
-        "expert": tuple(
-            (max(1, round(width * w)), i == 0) for i, w in enumerate(BRANCH_EXPERT_WIDTHS)
-        ),
+        "expert": tuple((expert_width, i == convs - 1) for i in range(convs)),
     }
+
+
+def _convs_in_block(base, tap):
+    """How many convolutions small_cnn's block `tap` ("conv_03") holds."""
+    found = [
+        layer
+        for layer in base.layers
+        if isinstance(layer, layers.Conv2D)
+        and (layer.name == f"{tap}_conv" or layer.name.startswith(f"{tap}_"))
+    ]
+    return max(1, len(found))
 
 
 def _expert(hierarchy, group, make, routing):
@@ -217,9 +233,7 @@ def classifier_head(input_shape, units, name, dropout, convs=()):
     inputs = keras.Input(input_shape)
     x = inputs
     for filters, pool in convs:
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU()(x)
+        x = conv_bn_relu(x, filters)
         x = layers.MaxPooling2D()(x) if pool else x
     pooling = {3: layers.GlobalAveragePooling2D, 2: layers.GlobalAveragePooling1D}
     x = pooling[len(input_shape)]()(x) if len(input_shape) in pooling else x

@@ -42,7 +42,7 @@ def test_branch_placement_gives_each_expert_its_own_last_block():
     assert "conv_04_conv" not in [layer.name for layer in backbone_of(model).layers]
     expert = model.experts["pets"]
     convs = [layer for layer in expert.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert [conv.filters for conv in convs] == [32, 40]  # the last block's width, then 1.25x
+    assert [conv.filters for conv in convs] == [30, 30]  # the last block, a sixteenth narrower
     assert expert.output_shape == (None, 2)
     gate_convs = [layer for layer in model.gate.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [conv.filters for conv in gate_convs] == [8]  # a quarter of the last block
