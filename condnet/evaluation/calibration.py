@@ -259,6 +259,12 @@ def _batches(data, batch_size=256):
         inputs, labels = data
         for start in range(0, len(labels), batch_size):
             yield inputs[start : start + batch_size], labels[start : start + batch_size]
+    elif hasattr(data, "read_batch"):  # an ImageFolder: only the images that decoded
+        for index in range(len(data)):
+            images, labels, errors = data.read_batch(index)
+            keep = np.array([error is None for error in errors], bool)
+            if keep.any():
+                yield images[keep], labels[keep]
     elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         for index in range(len(data)):
             yield data[index][:2]

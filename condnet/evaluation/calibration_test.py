@@ -206,3 +206,25 @@ def test_cli_calibrate_writes_the_calibrated_model_and_report(tmp_path, capsys):
 def test_cli_calibrate_needs_a_finished_run(tmp_path, capsys):
     assert main(["calibrate", str(tmp_path)]) == 2
     assert "is not a finished condnet run" in capsys.readouterr().err
+
+
+def test_calibration_leaves_out_images_that_fail_to_decode(tmp_path):
+    from condnet.data.folders import ImageFolder
+    from condnet.hierarchy import Hierarchy
+
+    hierarchy = Hierarchy({"a": ["x", "y"], "b": ["z", "w"]})
+    paths = []
+    for i in range(8):
+        path = tmp_path / f"{i}.png"
+        from PIL import Image
+
+        Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(path)
+        paths.append(path)
+    paths[3].write_bytes(b"not an image")
+    folder = ImageFolder(paths, [0, 1, 2, 3] * 2, hierarchy, image_size=8, batch_size=4)
+    from condnet.evaluation.calibration import _collect
+    from condnet.vision.image_model import build_image_model
+
+    model = build_image_model(hierarchy, image_size=8, filters=(4, 4), expert_placement="top")
+    _, _, labels, _ = _collect(model, folder)
+    assert len(labels) == 7  # the broken file is neither scored nor replaced by a neighbour

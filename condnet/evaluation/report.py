@@ -111,6 +111,10 @@ def write_report(
     gallery = _write_gallery(run_dir, examples or [])
     sections = _sections(hierarchy, metrics, plots, notes)
     sections[1:1] = _extra_sections(metrics, header, baseline, gallery)
+    if metrics.get("skipped"):
+        rows = [(row["path"], row["error"]) for row in metrics["skipped"]]
+        note = ("text", f"{metrics['num_skipped']} images could not be decoded and are not scored:")
+        sections.insert(2, ("Skipped images", [note, ("table", ("path", "error"), rows)]))
     markdown, page = run_dir / "report.md", run_dir / "report.html"
     markdown.write_text(_markdown(title, sections), encoding="utf-8")
     page.write_text(_html(title, sections), encoding="utf-8")
@@ -131,8 +135,10 @@ def summary_table(metrics):
 def _summary_rows(metrics):
     ece = metrics["expected_calibration_error"]
     levels = ", ".join(_number(value) for value in metrics["level_accuracy"])
+    skipped = [("num_skipped", str(metrics["num_skipped"]))] if "num_skipped" in metrics else []
     return [
         ("num_samples", str(metrics["num_samples"])),
+        *skipped,
         ("accuracy", _number(metrics["accuracy"])),
         ("group_accuracy", _number(metrics["group_accuracy"])),
         ("level_accuracy", levels),

@@ -226,3 +226,14 @@ def test_report_header_baseline_glossary_and_gallery(tmp_path):
     page = read(tmp_path / "run", "report.html")
     assert '<nav id="contents">' in page and 'href="#flat-baseline"' in page
     assert 'class="gallery"' in page and "examples/misrouted-00.png" in page
+
+
+def test_report_lists_images_that_could_not_be_decoded(tmp_path):
+    metrics = make_metrics()
+    metrics["num_skipped"] = 1
+    metrics["skipped"] = [{"path": "pets/pug/broken.jpg", "error": "cannot decode: truncated"}]
+    write_report(tmp_path, HIERARCHY, metrics)
+    markdown = read(tmp_path, "report.md")
+    assert "| num_skipped | 1 |" in markdown
+    assert "| pets/pug/broken.jpg | cannot decode: truncated |" in markdown
+    assert "num_skipped" in summary_table(metrics)
