@@ -323,7 +323,7 @@ def make_trunk(
     weights=None,
     output=None,
     preprocess=None,
-    filters=(32, 64, 128, 256),
+    filters=SMALL_CNN_FILTERS,
 ):
     """The trunk of any backbone: `small_cnn`, an application, a user's model or a preset.
 
@@ -340,7 +340,7 @@ def make_trunk(
             `PREPROCESS_MODES`. Defaults to `None`: `"none"` for a model, the
             preset's own converter for a preset. Applications bring their own.
         filters: tuple of ints. Blocks of `small_cnn`. Defaults to
-            `(32, 64, 128, 256)`.
+            `SMALL_CNN_FILTERS` ((32, 64, 128)).
 
     Returns:
         A functional `keras.Model` from images to features.
