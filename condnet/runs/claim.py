@@ -25,6 +25,8 @@ RUN_FILES = (
     "group_confusion.png",
     "class_confusion.png",
     "routing_matrix.png",
+    "examples",
+    "baseline.keras",
     "model.calibrated.keras",
     "calibration.json",
     ckpt.CHECKPOINTS,
