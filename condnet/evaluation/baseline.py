@@ -35,7 +35,7 @@ def routed_macs(model, input_shape):
     trunk = count_macs(model.trunk, shape[1:]) if model.trunk is not None else 0
     gate = count_macs(model.gate, taps[model.gate_tap][1:])
     experts = {
-        group: count_macs(expert, taps[model.expert_taps[group]][1:]) if expert is not None else 0
+        group: _expert_macs(expert, taps[model.expert_taps[group]][1:])
         for group, expert in model.experts.items()
     }
     return {
@@ -45,6 +45,28 @@ def routed_macs(model, input_shape):
         "routed": trunk + gate + max(experts.values()),
         "all_experts": trunk + gate + sum(experts.values()),
     }
+
+
+def _expert_macs(expert, input_shape):
+    """MACs of one expert on its tap; a nested ConditionalModel counts its costliest route."""
+    if expert is None:
+        return 0
+    if isinstance(expert, ConditionalModel):
+        return routed_macs(expert, input_shape)["routed"]
+    return count_macs(expert, input_shape)
+
+
+def _functional_experts(model, taps, tap=None):
+    """(input shape, top-level tap, group, expert) of every functional expert, nested
+    ones included (a nested ConditionalModel's experts read its own input)."""
+    found = []
+    for group, expert in model.experts.items():
+        own_tap = model.expert_taps[group] if tap is None else tap
+        if isinstance(expert, ConditionalModel):
+            found += _functional_experts(expert, taps, own_tap)
+        elif expert is not None and getattr(expert, "inputs", None):
+            found.append((taps[own_tap][1:], own_tap, group, expert))
+    return found
 
 
 def flat_baseline(model, input_shape, name="flat_baseline"):
@@ -72,8 +94,7 @@ def flat_baseline(model, input_shape, name="flat_baseline"):
     _check_model(model)
     input_shape = tuple(input_shape)
     budget = routed_macs(model, input_shape)["routed"]
-    group, template = _costliest_expert(model, input_shape)
-    tap = model.expert_taps[group]
+    tap, template = _costliest_expert(model, input_shape)
     num_classes = model.hierarchy.num_classes
 
     def build(factor):
@@ -127,26 +148,24 @@ def _output_layer(template):
 def _costliest_expert(model, input_shape):
     taps = model._tap_shapes((None, *input_shape))
     candidates = [
-        (count_macs(expert, taps[model.expert_taps[group]][1:]), group, expert)
-        for group, expert in model.experts.items()
-        if expert is not None
-        and not isinstance(expert, ConditionalModel)
-        and getattr(expert, "inputs", None)
+        (count_macs(expert, shape), tap, group, expert)
+        for shape, tap, group, expert in _functional_experts(model, taps)
     ]
     if not candidates:
         raise ValueError(
             "flat_baseline copies one of the model's experts as its head, so it needs at least "
-            "one expert that is a functional Keras model (not None, not a nested "
-            f"ConditionalModel). Received: experts {_describe(model.experts)}"
+            "one expert that is a functional Keras model (not None; a nested "
+            f"ConditionalModel lends its own experts). Received: experts "
+            f"{_describe(model.experts)}"
         )
-    _, group, expert = max(candidates, key=lambda item: item[0])
+    _, tap, group, expert = max(candidates, key=lambda item: item[0])
     if not isinstance(_output_layer(expert), layers.Dense):
         raise ValueError(
             "flat_baseline widens an expert's last Dense layer to every class; the costliest "
             f"expert ({group!r}) ends in {type(_output_layer(expert)).__name__}. Received: "
             f"expert={expert.name}"
         )
-    return group, expert
+    return tap, expert
 
 
 def _describe(experts):

@@ -10,8 +10,12 @@ from condnet.evaluation.metrics import evaluate_predictions
 SHOWN_SKIPPED = 10
 
 
-def evaluate_model(model, data):
+def evaluate_model(model, data, hierarchy=None, return_predictions=False):
     """Metrics of a ConditionalModel on an ImageFolder, in one pass over its batches.
+
+    A flat Keras classifier over the same classes (such as
+    `condnet.evaluation.baseline.flat_baseline`) is scored the same way when
+    `hierarchy` is given: its predicted group is the group of its class.
 
     Every row is scored on its own image and its own label. A row whose image
     fails to decode is never replaced by another sample (whatever the
@@ -23,9 +27,13 @@ def evaluate_model(model, data):
 
     Returns:
         The dict of `evaluate_predictions` (`num_samples` counts the scored
-        rows) with `num_skipped` and `skipped` added.
+        rows) with `num_skipped` and `skipped` added; with
+        `return_predictions`, a pair `(metrics, predictions)` where
+        `predictions` holds the scored rows' `paths`, `labels` and the model's
+        outputs (`classes`, and `groups` / `route` for a conditional model).
     """
-    outputs, labels, skipped = [], [], []
+    hierarchy = hierarchy or model.hierarchy
+    outputs, labels, kept_paths, skipped = [], [], [], []
     for images, batch_labels, paths, errors in _batches(data):
         valid = np.array([error is None for error in errors], bool)
         skipped += [
@@ -34,6 +42,7 @@ def evaluate_model(model, data):
         if valid.any():
             outputs.append(predict_batch(model, images[valid]))
             labels.append(np.asarray(batch_labels)[valid])
+            kept_paths += [path for path, ok in zip(paths, valid) if ok]
     if not outputs:
         raise ValueError(
             f"None of the {len(skipped)} images to evaluate can be decoded, so there is "
@@ -41,14 +50,18 @@ def evaluate_model(model, data):
         )
     _warn_skipped(skipped)
     stacked = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    labels = np.concatenate(labels)
     metrics = evaluate_predictions(
-        model.hierarchy,
-        np.concatenate(labels),
+        hierarchy,
+        labels,
         stacked["classes"],
-        group_probabilities=stacked["groups"],
-        route=stacked["route"],
+        group_probabilities=stacked.get("groups"),
+        route=stacked.get("route"),
     )
-    return {**metrics, "num_skipped": len(skipped), "skipped": skipped[:SHOWN_SKIPPED]}
+    metrics = {**metrics, "num_skipped": len(skipped), "skipped": skipped[:SHOWN_SKIPPED]}
+    if return_predictions:
+        return metrics, {"paths": kept_paths, "labels": labels, **stacked}
+    return metrics
 
 
 def predict_batch(model, images):
@@ -58,6 +71,8 @@ def predict_batch(model, images):
     expert of each row runs.
     """
     outputs = model.predict(images, batch_size=len(images), verbose=0)
+    if not isinstance(outputs, dict):  # a flat classifier
+        return {"classes": np.asarray(outputs)}
     return {key: np.asarray(value) for key, value in outputs.items()}
 
 

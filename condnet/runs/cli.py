@@ -125,6 +125,15 @@ def add_option_flags(p, names=None, exclude=(), defaults=None):
             kwargs.setdefault("type", type(field.default))
             kwargs.setdefault("metavar", {int: "N", float: "X"}.get(kwargs["type"]))
         p.add_argument(f"--{field.name.replace('_', '-')}", **kwargs)
+        if field.name == "augment":
+            p.add_argument(
+                "--no-augment",
+                dest="augment",
+                action="store_const",
+                const="none",
+                default=argparse.SUPPRESS,
+                help="no augmentation (= --augment none)",
+            )
 
 
 def given_options(args):

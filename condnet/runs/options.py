@@ -9,7 +9,10 @@ from condnet.data.folders import COLOR_MODES
 from condnet.hierarchy import Hierarchy
 from condnet.models.routing import ROUTINGS
 from condnet.training.staged import STRATEGIES
+from condnet.vision.augmentation import AUGMENT_POLICIES
+from condnet.vision.backbones import SMALL_CNN_FILTERS
 from condnet.vision.image_model import PLACEMENTS
+from condnet.vision.preprocessing import PREPROCESS_MODES
 
 SCHEDULES = ("coarse_to_fine",)
 DISPATCHES = ("dense", "capacity")
@@ -96,6 +99,13 @@ def _optional_text(name, value):
     raise TypeError(f"{label(name)} must be a string or None. Received: {name}={value!r}")
 
 
+def _augment(name, value):
+    """A policy name; True / False (the old switch) mean "auto" / "none"."""
+    if isinstance(value, bool):
+        return "auto" if value else "none"
+    return _one_of(AUGMENT_POLICIES)(name, value)
+
+
 def _text(name, value):
     if not isinstance(value, str) or not value:
         raise TypeError(f"{label(name)} must be a non-empty string. Received: {name}={value!r}")
@@ -119,7 +129,14 @@ def _hierarchy(name, value):
     )
 
 
+def image_size_argument(text):
+    """`--image-size` on the command line: `auto` or an int."""
+    return text if text == "auto" else int(text)
+
+
 def _image_size(name, value):
+    if value == "auto":
+        return value
     sides = [value] if _is_int(value) else value
     low, high = IMAGE_SIZES
     if not (isinstance(sides, list | tuple) and len(sides) in (1, 2) and all(map(_is_int, sides))):
@@ -263,10 +280,12 @@ class TrainingOptions:
         choices=PLACEMENTS,
     )
     image_size: object = _option(
-        64,
-        f"image side in pixels, {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}",
+        "auto",
+        f"image side in pixels, {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}, or auto: the training "
+        "images' median side, between 32 and 224 (a CNN of the same cost as one a user would "
+        "write at the data's own size)",
         _image_size,
-        type=int,
+        type=image_size_argument,
         metavar="PIXELS",
     )
     color_mode: str = _option(
@@ -283,12 +302,17 @@ class TrainingOptions:
     seed: int = _option(
         1337, "random seed of the split, the weights and the shuffles", _int_at_least(0)
     )
-    augment: bool = _option(
-        True, "flip/rotation/zoom/translation/contrast augmentation (--no-augment: off)", _boolean
+    augment: str = _option(
+        "auto",
+        "augmentation policy: none; light (small shifts); standard / strong (flips, rotation, "
+        "zoom, shifts, contrast); auto = light, or none under 32 px: no flips or rotations, "
+        "which would turn direction-dependent classes into each other (--no-augment = none)",
+        _augment,
+        choices=AUGMENT_POLICIES,
     )
     filters: tuple = _option(
-        (32, 64, 128, 256),
-        "filters of each small_cnn block",
+        SMALL_CNN_FILTERS,
+        "filters of each small_cnn block (two convolutions each)",
         _filters,
         type=int,
         nargs="+",
@@ -334,6 +358,28 @@ class TrainingOptions:
         type=float,
     )
     temperature: float = _option(1.0, "Gumbel-softmax temperature", _positive_number)
+    backbone_output: object = _option(
+        None,
+        "layer of a backbone model file to end the trunk at (default: before its global "
+        "pooling / classifier)",
+        _optional_text,
+        type=str,
+        metavar="LAYER",
+    )
+    preprocess: object = _option(
+        None,
+        "what a backbone model file expects of [0, 255] images: none, unit ([0, 1]), "
+        "symmetric ([-1, 1]), caffe, torch (ImageNet mean/std)",
+        _one_of(PREPROCESS_MODES, optional=True),
+        choices=PREPROCESS_MODES,
+        type=str,
+    )
+    baseline: bool = _option(
+        True,
+        "also train the flat baseline (the same trunk, split, epochs and augmentation, one "
+        "head over every class at the routed MACs per image) and compare it in the report",
+        _boolean,
+    )
     split: object = _option(None, "(train rows, validation rows) of the folder", _split, cli=False)
 
     def __post_init__(self):

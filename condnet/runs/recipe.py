@@ -8,12 +8,14 @@ import platform
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from condnet.data.folders import ImageFolder, load_folders, scan_directory
 from condnet.evaluation.discovery import check_num_groups, discover_from_folder, flat_class_names
 from condnet.hierarchy import Hierarchy
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.claim import CONFIG, RunClaim, check_run_dir, clean_temporary_files
+from condnet.runs.finish import finish_run
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
 from condnet.training.callbacks import LossWeightSchedule, StopOnNaN
@@ -51,9 +53,13 @@ def train(
     accuracy), `history.csv`, `metrics.json`, `report.md` / `report.html`
     with plots, and `checkpoints/` + `state.json` for `resume`.
 
-    The recipe: EarlyStopping on the validation loss (restoring the best
-    weights), ReduceLROnPlateau, a crash-safe checkpoint every epoch, an
-    optional TensorBoard log and loss-weight schedule. A pretrained backbone
+    The recipe: EarlyStopping and ReduceLROnPlateau on the validation
+    accuracy (the metric that also picks model.keras; the best weights are
+    restored), a crash-safe checkpoint every epoch, an optional TensorBoard
+    log and loss-weight schedule. At the end, model.keras is set to hard
+    routing (only the chosen expert runs at inference) and scored so, with
+    the soft mixture beside it, and the flat baseline (`baseline`) trains on
+    the same split and is compared in metrics.json and the report. A pretrained backbone
     (`weights`) stays frozen while gate and experts train; `fine_tune_epochs`
     then unfreezes its top `fine_tune_layers` layers (BatchNormalization stays
     frozen) at `fine_tune_learning_rate`. The `staged` strategy trains the gate
@@ -105,6 +111,7 @@ def train(
     options, fit_kwargs = _options_and_fit_kwargs(options, fields_and_fit_kwargs)
     data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
     check_run_dir(run_dir, data_dir)
+    options = _resolve_image_size(options, data_dir)
     prepared = None if options.hierarchy == "auto" else _prepare(options, data_dir)
     if prepared is None:
         check_num_groups(options.discovery_groups, len(flat_class_names(data_dir)))
@@ -123,7 +130,7 @@ def train(
             (train_data, validation),
             (list(callbacks or []), fit_kwargs, claim.commit),
         )
-        return finish_run(run_dir, train_data.hierarchy, validation or train_data, state)
+        return _finish(run_dir, options, (train_data, validation), state, fit_kwargs)
 
 
 def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **changes_and_fit_kwargs):
@@ -174,7 +181,7 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
             (train_data, validation),
             (list(callbacks or []), fit_kwargs, None),
         )
-        return finish_run(run_dir, train_data.hierarchy, validation or train_data, state)
+        return _finish(run_dir, options, (train_data, validation), state, fit_kwargs)
 
 
 def read_config(run_dir):
@@ -195,19 +202,17 @@ def read_config(run_dir):
         ) from None
 
 
-def finish_run(run_dir, hierarchy, data, state):
-    """Evaluate the best model on `data` and write metrics and the report."""
-    from condnet.evaluation.evaluate import evaluate_model
-    from condnet.evaluation.report import write_report
+def _finish(run_dir, options, data, state, fit_kwargs):
+    """Hard-routed metrics, the flat baseline and the report (`condnet.runs.finish`)."""
+    train_data = data[0]
 
-    model = keras.models.load_model(Path(run_dir) / ckpt.BEST)
-    metrics = evaluate_model(model, data)
-    ckpt.write_atomic(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=1))
-    history = _history_columns(state["history"] if state else [])
-    write_report(
-        run_dir, hierarchy, metrics, history=history, title=f"condnet run {Path(run_dir).name}"
-    )
-    return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
+    def build():
+        return _build(options, train_data.hierarchy, train_data.channels)
+
+    def stopping(validation):
+        return _stopping_callbacks(options, validation)
+
+    return finish_run(run_dir, options, data, state, build, stopping, fit_kwargs)
 
 
 # === Options ===
@@ -405,21 +410,32 @@ def _set_trainable(model, phase, options):
 
 
 def _recipe_callbacks(run_dir, options, phase, validation, first_epoch):
-    monitor = "val_loss" if validation is not None else "loss"
-    patience = options.patience
-    callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor=monitor, patience=patience, restore_best_weights=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
-        ),
-    ]
+    callbacks = _stopping_callbacks(options, validation)
     if options.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / "logs")))
     if options.loss_schedule == "coarse_to_fine" and phase.name == "joint":
         callbacks.append(LossWeightSchedule.coarse_to_fine(phase.epochs, start_epoch=first_epoch))
     return callbacks
+
+
+def _stopping_callbacks(options, validation):
+    """EarlyStopping and ReduceLROnPlateau on the metric that also picks model.keras.
+
+    Validation accuracy, not loss: the checkpoint keeps the epoch of best
+    validation accuracy, and on small data the validation loss is noisy
+    enough (three loss terms, early BatchNormalization statistics) that
+    stopping on it ended runs epochs before their best accuracy.
+    """
+    monitor = "val_accuracy" if validation is not None else "accuracy"
+    patience = options.patience
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, mode="max", patience=patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, mode="max", factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
+        ),
+    ]
 
 
 # === Run directory ===
@@ -504,10 +520,12 @@ def load_data(options, data_dir=None):
 def _build(options, hierarchy, channels):
     keras.utils.set_random_seed(options.seed)
     augmentation = None
-    if options.augment:
+    if options.augment != "none":
         from condnet.vision.augmentation import make_augmentation
 
-        augmentation = make_augmentation(seed=options.seed)
+        augmentation = make_augmentation(
+            options.augment, image_size=options.image_size, seed=options.seed
+        )
     return build_image_model(
         hierarchy,
         backbone=options.backbone,
@@ -523,16 +541,40 @@ def _build(options, hierarchy, channels):
         capacity_factor=options.capacity_factor,
         confidence_threshold=options.confidence_threshold,
         temperature=options.temperature,
+        backbone_output=options.backbone_output,
+        preprocess=options.preprocess,
     )
 
 
-def _history_columns(history):
-    columns = {}
-    for row in history:
-        for key, value in row.items():
-            if key not in ("epoch", "phase"):
-                columns.setdefault(key, []).append(value)
-    return columns
+def _resolve_image_size(options, data_dir, sample=200):
+    """`image_size="auto"`: the median shorter side of up to `sample` training images,
+    rounded to a multiple of 8 and kept within 32..224 px."""
+    if options.image_size != "auto":
+        return options
+    from PIL import Image
+
+    from condnet.data.folders import IMAGE_EXTENSIONS
+
+    files = sorted(
+        path
+        for path in Path(data_dir).rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    )
+    sides = []
+    for path in files[:: max(1, len(files) // sample)][:sample]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (OSError, ValueError):
+            continue  # the scan reports unreadable files
+    if not sides:
+        raise ValueError(
+            f"--image-size auto reads the size of the training images, but no image in "
+            f"{str(data_dir)!r} could be opened. Pass --image-size PIXELS or check the folder. "
+            f"Received: DATA_DIR={str(data_dir)!r}"
+        )
+    side = int(np.clip(round(float(np.median(sides)) / 8) * 8, 32, 224))
+    return dataclasses.replace(options, image_size=side)
 
 
 # === Discovered hierarchy and explicit split ===

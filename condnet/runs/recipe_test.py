@@ -441,3 +441,34 @@ def test_a_three_level_folder_trains_routes_and_reports(shapes, tmp_path):
         metrics["level_accuracy"][0] >= metrics["level_accuracy"][1] >= metrics["level_accuracy"][2]
     )
     assert "level_accuracy" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_soft_run_ships_a_hard_routed_model_scored_beside_its_mixture_and_baseline(
+    shapes, tmp_path
+):
+    run = tmp_path / "run"
+    options = {**TINY, "image_size": "auto"}
+    result = train(shapes / "train", run, epochs=2, **options)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "config.json").read_text())["options"]["image_size"] == 32
+    assert metrics["training_routing"] == "soft" and metrics["inference_routing"] == "hard"
+    assert keras.models.load_model(run / "model.keras").routing == "hard"
+    assert result["metrics"]["accuracy"] == metrics["accuracy"]
+    assert set(metrics["mixture"]) >= {"accuracy", "gate_accuracy"}
+    baseline = metrics["baseline"]
+    assert baseline["flat"]["macs_per_image"] <= metrics["macs_per_image"]["routed"]
+    assert baseline["conditional"]["macs_per_image"] == metrics["macs_per_image"]["routed"]
+    assert (run / "baseline.keras").is_file()
+    flat = keras.models.load_model(run / "baseline.keras")
+    assert flat.output.shape[-1] == 6
+    report = (run / "report.md").read_text()
+    assert "## Flat baseline" in report and baseline["verdict"] in report
+    assert "## About this run" in report and "| best epoch |" in report
+
+
+@pytest.mark.slow
+def test_no_baseline_skips_it(shapes, tmp_path):
+    train(shapes / "train", tmp_path / "run", epochs=1, baseline=False, **TINY)
+    assert "baseline" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert not (tmp_path / "run" / "baseline.keras").exists()

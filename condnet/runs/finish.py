@@ -1,0 +1,260 @@
+"""The end of a run: hard-routed evaluation, the flat baseline, metrics.json and the report.
+
+What a user ships is `model.keras`, so the headline figures are those of
+hard-routed inference (only the chosen expert runs), whatever routing the
+model trained with; the soft mixture is reported beside them. The flat
+baseline (`condnet.evaluation.baseline.flat_baseline`: the same trunk, split,
+epochs and augmentation, one head over every class at the routed MACs per
+image) trains after the conditional model and is compared in `metrics.json`
+and the report.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from condnet.evaluation.baseline import flat_baseline, routed_macs
+from condnet.evaluation.cost import count_macs
+from condnet.evaluation.evaluate import evaluate_model
+from condnet.evaluation.report import baseline_verdict, write_report
+from condnet.runs import checkpoint as ckpt
+from condnet.training.callbacks import StopOnNaN
+from condnet.training.staged import tunable_count
+from condnet.vision.backbones import unfreeze_top
+
+BASELINE = "baseline.keras"
+INFERENCE_ROUTING = "hard"
+_TIMED_IMAGES = 256
+
+
+def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwargs):
+    """Evaluate the best model on the validation split (or the training data without one),
+    train and compare the baseline, write `metrics.json` and the report.
+
+    Args:
+        run_dir: the run directory.
+        options: the run's `TrainingOptions`.
+        data: `(train, validation)` ImageFolders (validation may be None).
+        state: the last committed checkpoint state (its history).
+        build: callable returning a freshly initialised conditional model of
+            the run (the baseline copies its trunk and initial weights).
+        stopping_callbacks: callable `validation -> callbacks` of the recipe.
+        fit_kwargs: arguments the run passes to `fit` (e.g. `verbose`).
+
+    Returns:
+        dict with `"metrics"`, `"model"` and `"run_dir"`.
+    """
+    run_dir = Path(run_dir)
+    train_data, validation = data
+    scored = validation or train_data
+    model = keras.models.load_model(run_dir / ckpt.BEST)
+    trained_routing = model.routing
+    model.routing = INFERENCE_ROUTING  # what a user's predict runs: the chosen expert only
+    ckpt.save_model_atomic(model, run_dir / ckpt.BEST)
+    metrics, predictions = evaluate_model(model, scored, return_predictions=True)
+    metrics["inference_routing"] = INFERENCE_ROUTING
+    metrics["training_routing"] = trained_routing
+    metrics["mixture"] = _mixture_scores(model, scored)
+    shape = (*_side_pair(options.image_size), train_data.channels)
+    macs = routed_macs(model, shape)
+    metrics["macs_per_image"] = {"routed": macs["routed"], "all_experts": macs["all_experts"]}
+    comparison = None
+    if options.baseline:
+        comparison = _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs)
+        comparison["conditional"] = _summary(metrics, macs["routed"], _speed(model, scored))
+        comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
+        metrics["baseline"] = comparison
+    ckpt.write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    write_report(
+        run_dir,
+        train_data.hierarchy,
+        metrics,
+        history=_history_columns(state["history"] if state else []),
+        title=f"{run_dir.name}: {Path(str(train_data.paths[0])).parents[1].name or 'images'}",
+        header=_header(options, data, state, trained_routing),
+        baseline=comparison,
+        examples=_examples(train_data.hierarchy, predictions),
+    )
+    return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
+
+
+# === Scores ===
+
+
+def _mixture_scores(model, data):
+    model.routing = "soft"
+    try:
+        mixture = evaluate_model(model, data)
+    finally:
+        model.routing = INFERENCE_ROUTING
+    return {
+        "accuracy": mixture["accuracy"],
+        "gate_accuracy": mixture["gate_accuracy"],
+        "predicted_class_group_accuracy": mixture["predicted_class_group_accuracy"],
+        "note": "every expert runs; P(class) = P(group) x P(class | group)",
+    }
+
+
+def _summary(metrics, macs, images_per_second):
+    return {
+        "accuracy": metrics["accuracy"],
+        "group_accuracy": metrics["predicted_class_group_accuracy"],
+        "hierarchical_f1": metrics["hierarchical_f1"],
+        "macs_per_image": int(macs),
+        "images_per_second": images_per_second,
+    }
+
+
+def _speed(model, data):
+    """Images per second of `model.predict` on up to `_TIMED_IMAGES` images (after a warm-up)."""
+    images = []
+    for index in range(len(data)):
+        images.append(data.read_batch(index)[0])
+        if sum(len(batch) for batch in images) >= _TIMED_IMAGES:
+            break
+    images = np.concatenate(images)[:_TIMED_IMAGES]
+    model.predict(images, batch_size=64, verbose=0)
+    start = time.perf_counter()
+    model.predict(images, batch_size=64, verbose=0)
+    return round(len(images) / max(time.perf_counter() - start, 1e-9), 1)
+
+
+# === Baseline ===
+
+
+def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
+    """Train (or reload) the flat baseline and score it on the same images."""
+    train_data, validation = data
+    path = run_dir / BASELINE
+    if path.is_file():
+        flat = keras.models.load_model(path)
+    else:
+        keras.utils.set_random_seed(options.seed)
+        fresh = build()
+        shape = (*_side_pair(options.image_size), train_data.channels)
+        flat = flat_baseline(fresh, shape)
+        _fit_baseline(flat, options, data, stopping_callbacks, fit_kwargs)
+        ckpt.save_model_atomic(flat, path)
+    scored = validation or train_data
+    metrics = evaluate_model(flat, scored, hierarchy=train_data.hierarchy)
+    shape = (*_side_pair(options.image_size), train_data.channels)
+    return {
+        "flat": {
+            "accuracy": metrics["accuracy"],
+            "group_accuracy": metrics["group_accuracy"],
+            "hierarchical_f1": metrics["hierarchical_f1"],
+            "macs_per_image": int(count_macs(flat, shape)),
+            "images_per_second": _speed(flat, scored),
+        },
+        "model": BASELINE,
+    }
+
+
+def _fit_baseline(flat, options, data, stopping_callbacks, fit_kwargs):
+    """The conditional run's schedule: its epochs (backbone frozen when pretrained), then
+    its fine-tuning epochs with the backbone's top unfrozen."""
+    train_data, validation = data
+    backbone = _backbone(flat)
+    if backbone is not None and options.weights is not None:
+        backbone.trainable = False
+    stages = [(options.epochs, options.learning_rate)]
+    if options.fine_tune_epochs:
+        stages.append((options.fine_tune_epochs, options.fine_tune_learning_rate))
+    for index, (epochs, rate) in enumerate(stages):
+        if index == 1 and backbone is not None:
+            backbone.trainable = True
+            unfreeze_top(backbone, min(options.fine_tune_layers, tunable_count(backbone)))
+        flat.compile(
+            optimizer=keras.optimizers.Adam(rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        flat.fit(
+            train_data,
+            validation_data=validation,
+            epochs=epochs,
+            callbacks=[StopOnNaN(), *stopping_callbacks(validation)],
+            **fit_kwargs,
+        )
+
+
+def _backbone(flat):
+    for layer in flat._flatten_layers(include_self=False):
+        if layer.name == "backbone" and isinstance(layer, keras.Model):
+            return layer
+    return None
+
+
+# === Report parts ===
+
+
+def _header(options, data, state, trained_routing):
+    train_data, validation = data
+    hierarchy = train_data.hierarchy
+    split = "none: the figures are on the training images"
+    if validation is not None:
+        split = (
+            f"validation, {validation.num_samples} images ({options.validation_split:.0%} of "
+            f"each class, seed {options.seed})"
+        )
+    return {
+        "data": (
+            f"{train_data.num_samples} training images, {hierarchy.num_classes} classes in "
+            f"{hierarchy.num_groups} groups"
+        ),
+        "scored on": split,
+        "routing": f"trained {trained_routing}; scored {INFERENCE_ROUTING} (only the chosen "
+        "expert runs), the soft mixture beside it",
+        "best epoch": _best_epoch(state),
+        "configuration": {k: v for k, v in options.to_config().items() if k != "split"},
+    }
+
+
+def _best_epoch(state):
+    history = (state or {}).get("history", [])
+    scored = [row for row in history if "val_accuracy" in row or "accuracy" in row]
+    if not scored:
+        return "unknown"
+    key = "val_accuracy" if "val_accuracy" in scored[0] else "accuracy"
+    best = max(scored, key=lambda row: row[key])
+    return (
+        f"{best['epoch']} of {len(history)} (highest {key}, {best[key]:.4f}: the epoch "
+        "model.keras keeps)"
+    )
+
+
+def _examples(hierarchy, predictions):
+    classes = predictions["classes"].argmax(1)
+    return [
+        {
+            "path": path,
+            "true": hierarchy.classes[label],
+            "predicted": hierarchy.classes[predicted],
+            "expert": hierarchy.groups[route],
+            "true_group": hierarchy.groups[hierarchy.class_to_group[label]],
+            "confidence": float(row[predicted]),
+        }
+        for path, label, predicted, route, row in zip(
+            predictions["paths"],
+            predictions["labels"],
+            classes,
+            predictions["route"],
+            predictions["classes"],
+        )
+    ]
+
+
+def _history_columns(history):
+    columns = {}
+    for row in history:
+        for key, value in row.items():
+            if key not in ("epoch", "phase"):
+                columns.setdefault(key, []).append(value)
+    return columns
+
+
+def _side_pair(image_size):
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
