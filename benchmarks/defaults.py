@@ -62,13 +62,28 @@ DATA_SETS = {
         "image_size": 64,
         "hierarchy": {
             "dogs": [
-                "australian_terrier", "beagle", "border_terrier", "dingo", "english_foxhound",
-                "english_springer", "golden_retriever", "old_english_sheepdog",
-                "rhodesian_ridgeback", "samoyed", "shih_tzu",
+                "australian_terrier",
+                "beagle",
+                "border_terrier",
+                "dingo",
+                "english_foxhound",
+                "english_springer",
+                "golden_retriever",
+                "old_english_sheepdog",
+                "rhodesian_ridgeback",
+                "samoyed",
+                "shih_tzu",
             ],
             "things": [
-                "tench", "cassette_player", "chain_saw", "church", "french_horn",
-                "garbage_truck", "gas_pump", "golf_ball", "parachute",
+                "tench",
+                "cassette_player",
+                "chain_saw",
+                "church",
+                "french_horn",
+                "garbage_truck",
+                "gas_pump",
+                "golf_ball",
+                "parachute",
             ],
         },
     },
@@ -144,7 +159,10 @@ def conditional(image_size, hierarchy, routing, expert_width, gate_width):
 
     try:
         return build_image_model(
-            hierarchy, backbone="plain_cnn", image_size=image_size, routing=routing,
+            hierarchy,
+            backbone="plain_cnn",
+            image_size=image_size,
+            routing=routing,
             augmentation=keras.Sequential([layers.RandomFlip("horizontal")]),
         )
     except ValueError:
@@ -172,16 +190,24 @@ def conditional(image_size, hierarchy, routing, expert_width, gate_width):
         for g in hierarchy.groups
     }
     return ConditionalModel(
-        hierarchy, trunk=trunk, gate=head(hierarchy.num_groups, "gate", gate_width, 0),
-        experts=experts, gate_tap="shared", routing=routing,
+        hierarchy,
+        trunk=trunk,
+        gate=head(hierarchy.num_groups, "gate", gate_width, 0),
+        experts=experts,
+        gate_tap="shared",
+        routing=routing,
     )
 
 
 def upcycle(flat, model):
     """Copy the flat CNN's first blocks into the trunk and its last block into every expert."""
+
     def parts(m):
-        found = [layer for layer in m._flatten_layers() if isinstance(
-            layer, layers.Conv2D | layers.BatchNormalization)]
+        found = [
+            layer
+            for layer in m._flatten_layers()
+            if isinstance(layer, layers.Conv2D | layers.BatchNormalization)
+        ]
         return found
 
     source = parts(flat)
@@ -199,9 +225,7 @@ def routed_macs(model, image_size):
     shape = (None, image_size, image_size, 3)
     taps = model._tap_shapes(shape)
     shared = count_macs(model.trunk, shape[1:]) + count_macs(model.gate, taps[model.gate_tap][1:])
-    experts = [
-        count_macs(e, taps[model.expert_taps[g]][1:]) for g, e in model.experts.items() if e
-    ]
+    experts = [count_macs(e, taps[model.expert_taps[g]][1:]) for g, e in model.experts.items() if e]
     return shared + max(experts)
 
 
@@ -243,8 +267,56 @@ def score(model, hierarchy, x, y):
     return scores
 
 
+def link_folder(root, hierarchy, per_class, target):
+    """The first `per_class` files of each class, hard-linked as root/<group>/<class>/*."""
+    if target.is_dir():
+        return target
+    for name in hierarchy.classes:
+        folder = target.joinpath(*hierarchy.path(name))
+        folder.mkdir(parents=True)
+        for path in sorted((root / name).iterdir())[:per_class]:
+            os.link(path, folder / path.name)
+    return target
+
+
+def run_recipe(data, hierarchy, args, seed, folder):
+    """`condnet.train` with its defaults (seed and epochs aside), scored on the test arrays."""
+    from condnet.runs.recipe import train
+
+    run = args.cache / f"runs-{args.data_set}" / f"seed-{seed}"
+    start = time.perf_counter()
+    result = train(folder, run, epochs=args.epochs, seed=seed, overwrite=True, verbose=0)
+    seconds = time.perf_counter() - start
+    model = keras.models.load_model(run / "model.keras")  # hard-routed, as shipped
+    flat = keras.models.load_model(run / "baseline.keras")
+    x, y = data["test"]
+    scores = score(model, hierarchy, x, y)
+    flat_accuracy = float(np.mean(flat.predict(x, batch_size=256, verbose=0).argmax(1) == y))
+    metrics = result["metrics"]
+    return {
+        "row": "condnet",
+        "seed": seed,
+        "train_seconds": round(seconds, 1),
+        "image_size": json.loads((run / "config.json").read_text())["options"]["image_size"],
+        "routed_mmacs": round(metrics["macs_per_image"]["routed"] / 1e6, 2),
+        "baseline_mmacs": round(metrics["baseline"]["flat"]["macs_per_image"] / 1e6, 2),
+        "baseline_accuracy": flat_accuracy,
+        **scores,
+    }
+
+
 def run_row(row, data, hierarchy, args, seed):
     keras.utils.set_random_seed(seed)
+    if row == "condnet":
+        folder = link_folder(
+            args.root / "train",
+            hierarchy,
+            args.train_per_class,
+            args.cache / f"linked-{args.data_set}-{args.train_per_class}",
+        )
+        result = run_recipe(data, hierarchy, args, seed, folder)
+        print(json.dumps(result), flush=True)
+        return result
     train, validation = split_validation(*data["train"], 0.2, seed)
     seconds, epochs = 0.0, 0
     if row == "plain":
@@ -287,6 +359,16 @@ def summarise(results, rows):
         soft = [r["soft_accuracy"] for r in results if r["row"] == row and "soft_accuracy" in r]
         if soft:
             summary[row]["mixture_mean"] = statistics.mean(soft)
+        flat = [
+            r["baseline_accuracy"] for r in results if r["row"] == row and "baseline_accuracy" in r
+        ]
+        if flat:
+            summary[f"{row}: its flat baseline"] = {
+                "mean": statistics.mean(flat),
+                "std": statistics.pstdev(flat),
+                "seeds": len(flat),
+                "routed_mmacs": next(r["baseline_mmacs"] for r in results if r["row"] == row),
+            }
     return summary
 
 
@@ -296,8 +378,14 @@ def markdown(summary, args, seconds):
         mixture = f"{s['mixture_mean']:.4f}" if "mixture_mean" in s else "-"
         gain = s["mean"] - summary["plain"]["mean"] if "plain" in summary else float("nan")
         rows.append(
-            [row, f"{s['mean']:.4f} ± {s['std']:.4f}", mixture, f"{gain:+.4f}",
-             f"{s['routed_mmacs']:.2f}", str(s["seeds"])]
+            [
+                row,
+                f"{s['mean']:.4f} ± {s['std']:.4f}",
+                mixture,
+                f"{gain:+.4f}",
+                f"{s['routed_mmacs']:.2f}",
+                str(s["seeds"]),
+            ]
         )
     table = common.markdown_table(
         ["row", "test accuracy (routed)", "soft mixture", "vs plain", "routed MMACs", "seeds"],
@@ -337,6 +425,7 @@ def main(argv=None):
     args.image_size = args.image_size or spec["image_size"]
     hierarchy = Hierarchy(spec["hierarchy"])
     root = extract(spec, args.cache)
+    args.root = root
     started = time.perf_counter()
     data = {
         "train": load_split(root / "train", hierarchy, args.train_per_class, args.image_size),
@@ -346,13 +435,18 @@ def main(argv=None):
     results = [run_row(r, data, hierarchy, args, seed) for seed in range(args.seeds) for r in rows]
     summary = summarise(results, rows)
     seconds = time.perf_counter() - started
-    name = f"defaults-{args.data_set}"
+    name = f"defaults-{args.data_set}" + ("-recipe" if "condnet" in rows else "")
     out = common.BENCHMARKS / f"{name}.json"
-    out.write_text(json.dumps({"args": vars(args) | {"cache": str(args.cache), "results": str(
-        args.results)}, "results": results, "summary": summary}, indent=1) + "\n")
+    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    out.write_text(
+        json.dumps({"args": shown, "results": results, "summary": summary}, indent=1) + "\n"
+    )
     body = markdown(summary, args, seconds)
     print(body)
-    common.write_section(f"Defaults against the plain CNN: {args.data_set}", body, args.results)
+    kind = "condnet train defaults" if "condnet" in rows else "hand-built rows"
+    common.write_section(
+        f"Defaults against the plain CNN: {args.data_set}, {kind}", body, args.results
+    )
     return 0
 
 
