@@ -16,8 +16,17 @@ from condnet.runs.checkpoint import BEST, CHECKPOINTS, save_model_atomic, write_
 CONFIG = "config.json"
 
 
-def load_run(run_dir):
+INFERENCE_ROUTINGS = ("hard", "soft")
+BASELINE = "baseline.keras"
+
+
+def load_run(run_dir, model_file=None, routing=None):
     """(model, config) of a run directory written by `condnet train`.
+
+    `model_file` picks another model of the run (`model.calibrated.keras`)
+    or any `.keras` file (a path); `routing` (`"hard"`: only the chosen
+    expert runs; `"soft"`: the mixture of every expert) overrides the
+    model's own routing at inference.
 
     `config.json` must be UTF-8 JSON with an `"options"` object (holding at
     least `image_size` and `color_mode`), and `model.keras` a complete Keras
@@ -25,7 +34,18 @@ def load_run(run_dir):
     what to do.
     """
     run_dir = Path(run_dir)
-    model_path, config_path = run_dir / BEST, run_dir / CONFIG
+    if routing is not None and routing not in INFERENCE_ROUTINGS:
+        raise ValueError(
+            f"routing must be one of {list(INFERENCE_ROUTINGS)} at inference: hard runs only "
+            f"the chosen expert, soft mixes every expert. Received: routing={routing!r}"
+        )
+    model_path, config_path = _model_path(run_dir, model_file), run_dir / CONFIG
+    if model_file is not None and not model_path.is_file():
+        raise ValueError(
+            f"There is no model file {str(model_path)!r}. Pass model.keras, "
+            "model.calibrated.keras (after `condnet calibrate`) or the path of a .keras file. "
+            f"Received: model={model_file!r}"
+        )
     if not run_dir.is_dir() or not model_path.is_file() or not config_path.is_file():
         raise ValueError(
             f"{str(run_dir)!r} is not a finished condnet run: it needs {BEST} and "
@@ -33,7 +53,17 @@ def load_run(run_dir):
             f"run_dir={str(run_dir)!r}"
         )
     config = _read_config(config_path)
-    return _load_model(model_path), config
+    model = _load_model(model_path)
+    if routing is not None:
+        model.routing = routing
+    return model, config
+
+
+def _model_path(run_dir, model_file):
+    if model_file is None:
+        return run_dir / BEST
+    path = Path(model_file)
+    return path if path.is_absolute() or path.parent != Path(".") else run_dir / path
 
 
 def _read_config(path):
@@ -102,28 +132,74 @@ def _archive_problem(path):
     return None
 
 
-def evaluate_run(run_dir, data_dir, report_dir=None, batch_size=64):
-    """Evaluate a run on another folder (e.g. a test split) and write a report there."""
-    from condnet.evaluation.report import write_report
+def evaluate_run(
+    run_dir, data_dir, report_dir=None, batch_size=64, routing="hard", model_file=None
+):
+    """Evaluate a run on another folder (e.g. a test split) and write a report there.
 
-    model, config = load_run(run_dir)
+    The headline metrics are those of `routing` (default hard: only the
+    chosen expert runs); the other routing's accuracy is reported beside them
+    (`mixture` or `hard_routed`), and so is the run's flat baseline when it
+    has one (`baseline`), on the same images.
+    """
+    from condnet.evaluation.report import baseline_verdict, write_report
+
+    model, config = load_run(run_dir, model_file=model_file, routing=routing)
     data = _folder_for(model, config, data_dir, batch_size)
     metrics = evaluate_model(model, data)
+    metrics["inference_routing"] = model.routing
+    other = "soft" if model.routing != "soft" else "hard"
+    model.routing = other
+    metrics["mixture" if other == "soft" else "hard_routed"] = {
+        "accuracy": evaluate_model(model, data)["accuracy"]
+    }
+    comparison = _baseline_on(run_dir, data, model.hierarchy, metrics)
+    if comparison is not None:
+        comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
+        metrics["baseline"] = comparison
     report_dir = Path(report_dir or Path(run_dir) / "evaluation")
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    write_report(report_dir, model.hierarchy, metrics, title=f"condnet evaluation on {data_dir}")
+    write_report(
+        report_dir,
+        model.hierarchy,
+        metrics,
+        title=f"{Path(run_dir).name} evaluated on {data_dir}",
+        header={
+            "data": f"{data_dir} ({metrics['num_samples']} images scored)",
+            "routing": metrics["inference_routing"],
+        },
+        baseline=comparison,
+    )
     return metrics
 
 
-def predict_paths(run_dir, inputs, batch_size=64):
+def _baseline_on(run_dir, data, hierarchy, metrics):
+    """The run's flat baseline scored on `data`, beside the conditional model, or None."""
+    path = Path(run_dir) / BASELINE
+    if not path.is_file():
+        return None
+    flat = _load_model(path)
+    scores = evaluate_model(flat, data, hierarchy=hierarchy)
+    keys = ("accuracy", "group_accuracy", "hierarchical_f1")
+    return {
+        "conditional": {key: metrics[key] for key in keys},
+        "flat": {key: scores[key] for key in keys},
+        "model": BASELINE,
+    }
+
+
+def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None):
     """Predict images (files or folders of images); one dict per image, in order.
+
+    `routing` and `model_file` as in `load_run` (the model's own routing,
+    hard for a run trained by `condnet train`, and model.keras by default).
 
     An image that cannot be decoded gets the row `{"path": ..., "error":
     "cannot decode: <reason>"}` instead of a prediction; no other image's
     prediction ever stands in for it.
     """
-    model, config = load_run(run_dir)
+    model, config = load_run(run_dir, model_file=model_file, routing=routing)
     paths = _image_paths(inputs)
     hierarchy = model.hierarchy
     data = ImageFolder(

@@ -152,3 +152,37 @@ def test_load_run_error_unusable_config(run, content, problem):
 def test_load_run_error_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="not a finished condnet run.*Received: run_dir="):
         load_run(tmp_path)
+
+
+# === Inference options and the baseline ===
+
+
+def test_evaluate_run_scores_hard_routing_with_the_mixture_and_baseline_beside(run, tmp_path):
+    import keras
+
+    from condnet.evaluation.evaluate_test import TREE
+
+    data = make_colour_folders(tmp_path / "data")
+    inputs = keras.Input((8, 8, 3))
+    mean = keras.layers.GlobalAveragePooling2D()(inputs)
+    classes = sum(len(names) for names in TREE.values())
+    flat = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(mean))
+    flat.save(run / "baseline.keras")
+    metrics = evaluate_run(run, data)
+    assert metrics["inference_routing"] == "hard" and metrics["accuracy"] == 1.0
+    assert "accuracy" in metrics["mixture"]
+    assert metrics["baseline"]["conditional"]["accuracy"] == 1.0
+    assert metrics["baseline"]["flat"]["accuracy"] < 1.0  # an untrained head
+    assert "beats the flat baseline" in metrics["baseline"]["verdict"]
+    soft = evaluate_run(run, data, routing="soft", report_dir=tmp_path / "soft")
+    assert soft["inference_routing"] == "soft" and "accuracy" in soft["hard_routed"]
+
+
+def test_load_run_takes_another_model_file_and_routing(run):
+    shutil.copy(run / "model.keras", run / "model.calibrated.keras")
+    model, _ = load_run(run, model_file="model.calibrated.keras", routing="soft")
+    assert model.routing == "soft"
+    with pytest.raises(ValueError, match="There is no model file .*Received: model='nope.keras'"):
+        load_run(run, model_file="nope.keras")
+    with pytest.raises(ValueError, match="routing must be one of \\['hard', 'soft'\\]"):
+        load_run(run, routing="gumbel")
