@@ -7,10 +7,15 @@ model; other names are imported on first use.
 
 import importlib
 
-# Registrations of the saved classes (ConditionalModel, backbone layers, TemperatureScaling).
-from condnet.evaluation import calibration  # noqa: F401
-from condnet.models import conditional_model  # noqa: F401
-from condnet.vision import backbones  # noqa: F401
+from condnet.runs._backend import backend_problem
+
+# Registrations of the saved classes (ConditionalModel, backbone layers, TemperatureScaling),
+# so that `import condnet` is enough for keras.models.load_model. With a missing or bogus
+# KERAS_BACKEND, Keras is not imported here: the CLI then reports the problem in one line.
+if backend_problem() is None:
+    from condnet.evaluation import calibration  # noqa: F401
+    from condnet.models import conditional_model  # noqa: F401
+    from condnet.vision import backbones  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -147,8 +147,8 @@ def test_experts_collect_rows_across_batches_and_run_on_full_queues():
     sizes = []
     runner = model.routed_runner
     real = runner._expert
-    runner._expert = lambda group, features: sizes.append((group, len(features))) or real(
-        group, features
+    runner._expert = lambda group, features: (
+        sizes.append((group, len(features))) or real(group, features)
     )
     queued = model.predict(x, batch_size=4, verbose=0)  # 10 input batches of 4 rows
     runner._expert = real

@@ -225,12 +225,38 @@ def _train(args):
 # === evaluate, predict, info ===
 
 
+def _inference_flags(p, routing_default):
+    p.add_argument(
+        "--routing",
+        choices=("hard", "soft"),
+        default=routing_default,
+        help="hard: only the chosen expert runs (what a deployed model does); soft: every "
+        f"expert, mixed by the gate (default: {routing_default or 'the model saved in the run'})",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="FILE",
+        help="model of the run to use: model.keras (default), model.calibrated.keras (after "
+        "`condnet calibrate`) or the path of a .keras file",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="also write the results to FILE (.json: one object; .jsonl: one per line; "
+        ".csv: a table)",
+    )
+
+
 def _evaluate_parser(commands, common):
     p = commands.add_parser(
         "evaluate",
         parents=[common],
         help="metrics of a trained run on another folder",
-        description="Evaluate RUN_DIR on DATA_DIR (same groups and classes).",
+        description="Evaluate RUN_DIR on DATA_DIR (same groups and classes), hard-routed by "
+        "default, with the soft mixture and the run's flat baseline beside it.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images, e.g. a test split")
@@ -238,6 +264,7 @@ def _evaluate_parser(commands, common):
     p.add_argument(
         "--report-dir", default=None, help="where to write the report (default RUN_DIR/evaluation)"
     )
+    _inference_flags(p, "hard")
     p.set_defaults(run=_evaluate)
 
 
@@ -245,8 +272,26 @@ def _evaluate(args):
     from condnet.evaluation.report import summary_table
     from condnet.runs.run_dir import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, args.data_dir, report_dir=args.report_dir)
-    print(json.dumps(metrics) if args.json else summary_table(metrics))
+    _check_output(args.output, (".json",))
+    metrics = evaluate_run(
+        args.run_dir,
+        args.data_dir,
+        report_dir=args.report_dir,
+        batch_size=args.batch_size,
+        routing=args.routing,
+        model_file=args.model,
+    )
+    if args.output:
+        Path(args.output).write_text(json.dumps(metrics, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    print(summary_table(metrics))
+    other = metrics.get("mixture") or metrics.get("hard_routed")
+    label = "soft mixture" if "mixture" in metrics else "hard routed"
+    print(f"{label} accuracy: {other['accuracy']:.4f}")
+    if "baseline" in metrics:
+        print(metrics["baseline"]["verdict"])
 
 
 def _predict_parser(commands, common):
@@ -256,17 +301,68 @@ def _predict_parser(commands, common):
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files or folders")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _inference_flags(p, None)
     p.set_defaults(run=_predict)
+
+
+PREDICT_COLUMNS = ("path", "group", "class", "expert", "confidence", "error")
 
 
 def _predict(args):
     from condnet.runs.run_dir import predict_paths
 
-    for row in predict_paths(args.run_dir, args.inputs):
+    _check_output(args.output, (".jsonl", ".csv"))
+    rows = predict_paths(
+        args.run_dir,
+        args.inputs,
+        batch_size=args.batch_size,
+        routing=args.routing,
+        model_file=args.model,
+    )
+    if not args.json:
+        print("\t".join(PREDICT_COLUMNS[:5]))
+    for row in rows:
         if args.json:
             print(json.dumps(row))
+        elif "error" in row:
+            print(f"{json.dumps(row['path'])}\terror\t{row['error']}")
         else:
-            print(f"{row['path']}\t{row['group']}\t{row['class']}\t{row['confidence']:.3f}")
+            print(
+                f"{json.dumps(row['path'])}\t{row['group']}\t{row['class']}\t{row['expert']}"
+                f"\t{row['confidence']:.3f}"
+            )
+    if args.output:
+        _write_rows(Path(args.output), rows)
+    failed = sum("error" in row for row in rows)
+    if failed:
+        print(
+            f"condnet predict: {failed} image(s) could not be decoded; their rows say why.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _check_output(output, suffixes):
+    if output is not None and Path(output).suffix.lower() not in suffixes:
+        raise ValueError(
+            f"--output must end in {' or '.join(suffixes)} (the format follows the name). "
+            f"Received: --output {output}"
+        )
+
+
+def _write_rows(path, rows):
+    import csv
+    import io
+
+    if path.suffix.lower() == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PREDICT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue())
 
 
 def _info_parser(commands, common):
@@ -296,6 +392,11 @@ def _info(args):
     for group, macs in info["macs_per_route"].items():
         print(f"  {group:<22}{macs:>16,}")
     print(f"  {'all experts (soft)':<22}{info['macs_all_experts']:>16,}")
+    if info.get("taps"):
+        taps = info["taps"]
+        print(f"Taps: gate reads {taps['gate']}; experts read {taps['experts']}")
+        if taps["available"]:
+            print(f"  stage outputs of the backbone: {', '.join(taps['available'])}")
 
 
 # === demo ===
@@ -393,11 +494,9 @@ def _calibrate_parser(commands, common):
 
 
 def _calibrate(args):
-    from condnet.runs.lock import run_lock
     from condnet.runs.run_dir import calibrate_run
 
-    with run_lock(args.run_dir, break_lock=args.break_lock):
-        report = calibrate_run(args.run_dir)
+    report = calibrate_run(args.run_dir, break_lock=args.break_lock)
     if args.json:
         print(json.dumps(report))
         return

@@ -23,7 +23,7 @@ from condnet.evaluation.report import baseline_verdict, write_report
 from condnet.runs import checkpoint as ckpt
 from condnet.training.callbacks import StopOnNaN
 from condnet.training.staged import tunable_count
-from condnet.vision.backbones import unfreeze_top
+from condnet.vision.backbones import is_pretrained, unfreeze_top
 
 BASELINE = "baseline.keras"
 INFERENCE_ROUTING = "hard"
@@ -158,7 +158,7 @@ def _fit_baseline(flat, options, data, stopping_callbacks, fit_kwargs):
     its fine-tuning epochs with the backbone's top unfrozen."""
     train_data, validation = data
     backbone = _backbone(flat)
-    if backbone is not None and options.weights is not None:
+    if backbone is not None and is_pretrained(options.backbone, options.weights):
         backbone.trainable = False
     stages = [(options.epochs, options.learning_rate)]
     if options.fine_tune_epochs:

@@ -20,6 +20,7 @@ from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
 from condnet.training.callbacks import LossWeightSchedule, StopOnNaN
 from condnet.training.staged import plan_phases, prepare_phase, set_phase_trainable
+from condnet.vision.backbones import is_pretrained
 from condnet.vision.image_model import backbone_of, build_image_model
 
 DISCOVERED = "hierarchy.discovered.json"
@@ -396,7 +397,7 @@ def _not_finite_message(run_dir, options, phase, refused):
 def _trainable_options(model, options):
     return dict(
         backbone=backbone_of(model),
-        freeze_backbone=options.weights is not None,
+        freeze_backbone=is_pretrained(options.backbone, options.weights),
         fine_tune_layers=options.fine_tune_layers,
     )
 

@@ -249,9 +249,12 @@ def run_info(run_dir):
         macs[f"expert {group}"] = count_macs(expert, tap_shape) if expert is not None else 0
     shared = macs["trunk"] + macs["gate"]
     routes = {g: shared + macs[f"expert {g}"] for g in model.hierarchy.groups}
+    from condnet.vision.image_model import taps_of
+
     return {
         "hierarchy": model.hierarchy.to_dict(),
         "routing": model.routing,
+        "taps": taps_of(model),
         "parameters": params,
         "macs": macs,
         "macs_per_route": routes,
@@ -263,14 +266,22 @@ CALIBRATED = "model.calibrated.keras"
 CALIBRATION_REPORT = "calibration.json"
 
 
-def calibrate_run(run_dir):
+def calibrate_run(run_dir, break_lock=False):
     """`condnet calibrate`: calibrate a run on its own validation split.
 
     The split is drawn again from the run's `config.json` (same folder,
     hierarchy, share or fold indices, and seed). Writes
     `RUN_DIR/model.calibrated.keras` and `RUN_DIR/calibration.json`, and
-    returns the report of `calibrate`.
+    returns the report of `calibrate`. Holds the run's lock (`run_lock`;
+    `break_lock` removes a stale one).
     """
+    from condnet.runs.lock import run_lock
+
+    with run_lock(run_dir, command="calibrate", break_lock=break_lock):
+        return _calibrate_locked(run_dir)
+
+
+def _calibrate_locked(run_dir):
     from condnet.runs.recipe import load_data
 
     model, config = load_run(run_dir)
