@@ -285,14 +285,26 @@ def run_recipe(data, hierarchy, args, seed, folder):
 
     run = args.cache / f"runs-{args.data_set}" / f"seed-{seed}"
     start = time.perf_counter()
-    result = train(folder, run, epochs=args.epochs, seed=seed, overwrite=True, verbose=0)
+    train(folder, run, epochs=args.epochs, seed=seed, overwrite=True, verbose=0)
     seconds = time.perf_counter() - start
+    return score_run(run, data, hierarchy, seed, seconds)
+
+
+def score_run(run, data, hierarchy, seed, seconds):
+    """Score a finished run's model.keras and baseline.keras on the test arrays.
+
+    The run reads the folders as root/<group>/<class>, whose hierarchy lists
+    groups and classes sorted by name, so the test labels (in `hierarchy`'s
+    order) are mapped to the run's class indices by name.
+    """
     model = keras.models.load_model(run / "model.keras")  # hard-routed, as shipped
     flat = keras.models.load_model(run / "baseline.keras")
     x, y = data["test"]
-    scores = score(model, hierarchy, x, y)
+    order = np.array([model.hierarchy.classes.index(name) for name in hierarchy.classes])
+    y = order[y]
+    scores = score(model, model.hierarchy, x, y)
+    metrics = json.loads((run / "metrics.json").read_text())
     flat_accuracy = float(np.mean(flat.predict(x, batch_size=256, verbose=0).argmax(1) == y))
-    metrics = result["metrics"]
     return {
         "row": "condnet",
         "seed": seed,
