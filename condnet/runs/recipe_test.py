@@ -472,3 +472,35 @@ def test_no_baseline_skips_it(shapes, tmp_path):
     train(shapes / "train", tmp_path / "run", epochs=1, baseline=False, **TINY)
     assert "baseline" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert not (tmp_path / "run" / "baseline.keras").exists()
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAt(keras.callbacks.Callback):
+    """Stops the process's training with an exception when `epoch` begins (a crash)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.crash_epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.crash_epoch:
+            raise _Crash(f"crash at epoch {epoch}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash_epoch", [1, 2], ids=["inside_a_phase", "at_a_phase_boundary"])
+def test_a_staged_run_resumes_inside_and_across_its_phases(shapes, tmp_path, crash_epoch):
+    run = tmp_path / "run"
+    options = dict(epochs=6, strategy="staged", patience=10, **TINY)
+    with pytest.raises(_Crash):
+        train(shapes / "train", run, callbacks=[_CrashAt(crash_epoch)], **options)
+    assert read_state(run)["epoch"] == crash_epoch
+    resume(run, verbose=0)
+    rows = _history_rows(run)
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4", "5", "6"]
+    assert [row["phase"] for row in rows] == ["0", "0", "1", "1", "2", "2"]
+    weights = [(r["gate_loss_weight"], r["expert_loss_weight"]) for r in rows]
+    assert weights == [("1.0", "0.0")] * 2 + [("0.0", "1.0")] * 2 + [("1.0", "1.0")] * 2
