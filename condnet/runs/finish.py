@@ -10,6 +10,7 @@ and the report.
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
         train_data.hierarchy,
         metrics,
         history=_history_columns(state["history"] if state else []),
-        title=f"{run_dir.name}: {Path(str(train_data.paths[0])).parents[1].name or 'images'}",
+        title=f"{run_dir.name}: trained on {_data_root(train_data)}",
         header=_header(options, data, state, trained_routing),
         baseline=comparison,
         examples=_examples(train_data.hierarchy, predictions),
@@ -254,6 +255,11 @@ def _history_columns(history):
             if key not in ("epoch", "phase"):
                 columns.setdefault(key, []).append(value)
     return columns
+
+
+def _data_root(data):
+    """The folder all the training images share (the DATA_DIR of the run)."""
+    return os.path.commonpath([str(path) for path in data.paths[:2000]]) if data.paths else "?"
 
 
 def _side_pair(image_size):
