@@ -146,6 +146,14 @@ def given_options(args):
     return fields
 
 
+def _verbosity(args):
+    """Keras's `verbose`: 0 with --quiet, a progress bar in a terminal, else one line per
+    epoch (progress-bar frames would fill a log file)."""
+    if args.quiet:
+        return 0
+    return "auto" if sys.stdout.isatty() else 2
+
+
 def _shown(value):
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -198,7 +206,7 @@ def _train(args):
     from condnet.evaluation.report import summary_table
     from condnet.runs.recipe import resume, train
 
-    verbose = 0 if args.quiet else "auto"
+    verbose = _verbosity(args)
     options = given_options(args)
     if args.resume and args.overwrite:
         raise ValueError(
@@ -434,7 +442,7 @@ def _demo(args):
     run_demo(
         Path(args.out),
         samples_per_class=args.samples_per_class,
-        verbose=0 if args.quiet else "auto",
+        verbose=_verbosity(args),
         **options,
     )
 
@@ -468,7 +476,7 @@ def _cv(args):
         folds=args.folds,
         overwrite=args.overwrite,
         break_lock=args.break_lock,
-        verbose=0 if args.quiet else "auto",
+        verbose=_verbosity(args),
         **given_options(args),
     )
     print(summary_table(summary))

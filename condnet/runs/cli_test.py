@@ -229,3 +229,15 @@ def test_cli_demo_runs_end_to_end(tmp_path, capsys):
     assert "Test set (600 images)" in printed
     assert "accuracy" in printed
     assert (tmp_path / "run" / "test-report" / "report.md").is_file()
+
+
+def test_verbosity_is_one_line_per_epoch_outside_a_terminal(monkeypatch):
+    import argparse
+
+    from condnet.runs.cli import _verbosity
+
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    assert _verbosity(argparse.Namespace(quiet=False)) == 2
+    assert _verbosity(argparse.Namespace(quiet=True)) == 0
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert _verbosity(argparse.Namespace(quiet=False)) == "auto"
