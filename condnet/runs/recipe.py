@@ -122,6 +122,7 @@ def train(
             options = discover_for_run(options, data_dir, run_dir, fit_kwargs)
             prepared = _prepare(options, data_dir)
         options, (train_data, validation), model = prepared
+        _announce(_data_summary(train_data, validation, options), fit_kwargs)
         _write_config(run_dir, data_dir, options, train_data.hierarchy)
         state = _run_phases(
             model,
@@ -171,6 +172,12 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
         clean_temporary_files(run_dir)
         train_data, validation = load_data(options, stored_data_dir)
         model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
+        phase = _phases(options)[state["phase"]].name
+        _announce(
+            f"Resuming {run_dir} after epoch {state['epoch']} (phase {phase!r}), from "
+            f"{ckpt.CHECKPOINTS}/{state['checkpoint']}.",
+            fit_kwargs,
+        )
         _set_learning_rate(model, stored, options, state["phase"])
         if options != stored:
             _write_config(run_dir, stored_data_dir, options, train_data.hierarchy)
@@ -217,6 +224,22 @@ def _finish(run_dir, options, data, state, fit_kwargs):
 
 
 # === Options ===
+
+
+def _data_summary(train_data, validation, options):
+    hierarchy = train_data.hierarchy
+    held_out = f", validating on {validation.num_samples}" if validation is not None else ""
+    return (
+        f"Found {train_data.num_samples + (validation.num_samples if validation else 0)} "
+        f"images in {hierarchy.num_classes} classes / {hierarchy.num_groups} groups; training "
+        f"on {train_data.num_samples}{held_out}, at {options.image_size} px."
+    )
+
+
+def _announce(line, fit_kwargs):
+    """Print a progress line unless the run is silent (`verbose=0`)."""
+    if fit_kwargs.get("verbose", "auto") != 0:
+        print(line, flush=True)
 
 
 def _options_and_fit_kwargs(options, kwargs):

@@ -504,3 +504,14 @@ def test_a_staged_run_resumes_inside_and_across_its_phases(shapes, tmp_path, cra
     assert [row["phase"] for row in rows] == ["0", "0", "1", "1", "2", "2"]
     weights = [(r["gate_loss_weight"], r["expert_loss_weight"]) for r in rows]
     assert weights == [("1.0", "0.0")] * 2 + [("0.0", "1.0")] * 2 + [("1.0", "1.0")] * 2
+
+
+@pytest.mark.slow
+def test_train_and_resume_say_what_they_found_and_where_they_continue(shapes, tmp_path, capsys):
+    run = tmp_path / "run"
+    options = {**TINY, "verbose": 2, "baseline": False}
+    train(shapes / "train", run, epochs=1, **options)
+    printed = capsys.readouterr().out
+    assert "Found 72 images in 6 classes / 2 groups; training on" in printed
+    resume(run, epochs=2, verbose=2)
+    assert "after epoch 1 (phase 'joint')" in capsys.readouterr().out
