@@ -80,6 +80,8 @@ def cross_validate(
             run_dir = out_dir / f"fold-{number}"
             split = (train_rows.tolist(), validation_rows.tolist())
             fold = dataclasses.replace(options, split=split)
+            if fit_kwargs.get("verbose", "auto") != 0:
+                print(f"=== Fold {number}/{folds}: {run_dir} ===", flush=True)
             result = train(
                 data_dir, run_dir, fold, overwrite=overwrite, break_lock=break_lock, **fit_kwargs
             )
