@@ -77,9 +77,17 @@ def run_seed(args, folder, hierarchy, test, seed, backbone):
         verbose=0,
     )
     seconds = time.perf_counter() - start
+    return score_seed(run, hierarchy, test, seed, seconds, result["metrics"])
+
+
+def score_seed(run, hierarchy, test, seed, seconds, metrics):
+    """The shipped models of a run on the test arrays (labels mapped to the run's class
+    order by name: its nested folders sort classes by name)."""
     model = keras.models.load_model(run / "model.keras")
     flat = keras.models.load_model(run / "baseline.keras")
     x, y = test
+    y = np.array([model.hierarchy.classes.index(name) for name in hierarchy.classes])[y]
+    hierarchy = model.hierarchy
     routed = model.predict(x, batch_size=128, verbose=0)
     flat_classes = flat.predict(x, batch_size=128, verbose=0)
     row = {
@@ -88,8 +96,8 @@ def run_seed(args, folder, hierarchy, test, seed, backbone):
         "routed_accuracy": float(np.mean(routed["classes"].argmax(1) == y)),
         "gate_accuracy": float(np.mean(routed["groups"].argmax(1) == hierarchy.class_to_group[y])),
         "flat_accuracy": float(np.mean(flat_classes.argmax(1) == y)),
-        "routed_mmacs": round(result["metrics"]["macs_per_image"]["routed"] / 1e6, 1),
-        "flat_mmacs": round(result["metrics"]["baseline"]["flat"]["macs_per_image"] / 1e6, 1),
+        "routed_mmacs": round(metrics["macs_per_image"]["routed"] / 1e6, 1),
+        "flat_mmacs": round(metrics["baseline"]["flat"]["macs_per_image"] / 1e6, 1),
     }
     print(json.dumps(row), flush=True)
     return row
