@@ -1,7 +1,7 @@
 """Better than the CNN a user would write? condnet against the plain Keras CNN, side by side.
 
     python benchmarks/defaults.py [--data-set cifar10|photos20] [--train-per-class N]
-        [--test-per-class N] [--epochs E] [--seeds 3] [--image-size S] [--rows plain,soft,hard]
+        [--test-per-class N] [--epochs E] [--seeds 3] [--image-size S] [--rows plain,soft,hard,condnet,condnet-hard]
 
 The yardstick is the plain Keras CNN of `../shared/tools/plain_cnn.py`, rebuilt
 here layer for layer (Rescaling, RandomFlip("horizontal"), three blocks of two
@@ -14,10 +14,14 @@ trains on the same images, split, batch size, epochs, callbacks and seed:
 - `soft` / `hard`: condnet's default image model (`build_image_model` with
   `backbone="plain_cnn"`... see `condnet.vision`), trained jointly with soft or
   straight-through hard routing, scored hard-routed (only the chosen expert
-  runs) and, for reference, as the soft mixture.
+  runs) and, for reference, as the soft mixture;
+- `condnet` / `condnet-hard`: `condnet.train` on the same images as folders,
+  with its defaults (soft / straight-through hard routing), scored from the
+  run's shipped `model.keras`; its `baseline.keras` (the flat classifier every
+  run trains beside itself) is scored as a row of its own.
 
 MACs per image are counted by `condnet.evaluation.cost.count_macs` (routed: trunk
-+ gate + the costliest expert). Results go to `benchmarks/defaults.json` and the
++ gate + the costliest expert). Results go to `benchmarks/defaults-<data>-<size>px-<rows>.json` and the
 "Defaults against the plain CNN" section of `benchmarks/RESULTS.md`.
 Data: `../shared/data/{cifar10-jpeg,photos20-96px}.tar.gz` (the script says so
 and exits 0 when they are absent).
@@ -279,15 +283,28 @@ def link_folder(root, hierarchy, per_class, target):
     return target
 
 
-def run_recipe(data, hierarchy, args, seed, folder):
-    """`condnet.train` with its defaults (seed and epochs aside), scored on the test arrays."""
+RECIPE_ROWS = {"condnet": {}, "condnet-hard": {"routing": "hard"}}
+
+
+def run_recipe(row, data, hierarchy, args, seed, folder):
+    """`condnet.train` with its defaults (seed, epochs and image size aside), scored on the
+    test arrays. `condnet-hard` trains with straight-through hard routing instead of soft."""
     from condnet.runs.recipe import train
 
-    run = args.cache / f"runs-{args.data_set}" / f"seed-{seed}"
+    run = args.cache / f"runs-{args.data_set}-{args.image_size}px" / row / f"seed-{seed}"
     start = time.perf_counter()
-    train(folder, run, epochs=args.epochs, seed=seed, overwrite=True, verbose=0)
+    train(
+        folder,
+        run,
+        epochs=args.epochs,
+        seed=seed,
+        image_size=args.image_size,
+        overwrite=True,
+        verbose=0,
+        **RECIPE_ROWS[row],
+    )
     seconds = time.perf_counter() - start
-    return score_run(run, data, hierarchy, seed, seconds)
+    return {**score_run(run, data, hierarchy, seed, seconds), "row": row}
 
 
 def score_run(run, data, hierarchy, seed, seconds):
@@ -319,14 +336,14 @@ def score_run(run, data, hierarchy, seed, seconds):
 
 def run_row(row, data, hierarchy, args, seed):
     keras.utils.set_random_seed(seed)
-    if row == "condnet":
+    if row in RECIPE_ROWS:
         folder = link_folder(
             args.root / "train",
             hierarchy,
             args.train_per_class,
             args.cache / f"linked-{args.data_set}-{args.train_per_class}",
         )
-        result = run_recipe(data, hierarchy, args, seed, folder)
+        result = run_recipe(row, data, hierarchy, args, seed, folder)
         print(json.dumps(result), flush=True)
         return result
     train, validation = split_validation(*data["train"], 0.2, seed)
@@ -447,7 +464,8 @@ def main(argv=None):
     results = [run_row(r, data, hierarchy, args, seed) for seed in range(args.seeds) for r in rows]
     summary = summarise(results, rows)
     seconds = time.perf_counter() - started
-    name = f"defaults-{args.data_set}" + ("-recipe" if "condnet" in rows else "")
+    recipe = any(row in RECIPE_ROWS for row in rows)
+    name = f"defaults-{args.data_set}-{args.image_size}px-" + "-".join(rows)
     out = common.BENCHMARKS / f"{name}.json"
     shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     out.write_text(
@@ -455,9 +473,12 @@ def main(argv=None):
     )
     body = markdown(summary, args, seconds)
     print(body)
-    kind = "condnet train defaults" if "condnet" in rows else "hand-built rows"
+    kind = "condnet train defaults" if recipe else "hand-built rows"
     common.write_section(
-        f"Defaults against the plain CNN: {args.data_set}, {kind}", body, args.results
+        f"Defaults against the plain CNN: {args.data_set} at {args.image_size} px, {kind} "
+        f"({', '.join(rows)})",
+        body,
+        args.results,
     )
     return 0
 
