@@ -1,7 +1,8 @@
 """Better than the CNN a user would write? condnet against the plain Keras CNN, side by side.
 
     python benchmarks/defaults.py [--data-set cifar10|photos20] [--train-per-class N]
-        [--test-per-class N] [--epochs E] [--seeds 3] [--image-size S] [--rows plain,soft,hard,condnet,condnet-hard]
+        [--test-per-class N] [--epochs E] [--seeds 3] [--image-size S]
+        [--rows plain,soft,hard,condnet,condnet-hard]
 
 The yardstick is the plain Keras CNN of `../shared/tools/plain_cnn.py`, rebuilt
 here layer for layer (Rescaling, RandomFlip("horizontal"), three blocks of two
@@ -21,7 +22,8 @@ trains on the same images, split, batch size, epochs, callbacks and seed:
   run trains beside itself) is scored as a row of its own.
 
 MACs per image are counted by `condnet.evaluation.cost.count_macs` (routed: trunk
-+ gate + the costliest expert). Results go to `benchmarks/defaults-<data>-<size>px-<rows>.json` and the
++ gate + the costliest expert). Results go to
+`benchmarks/defaults-<data>-<size>px-<rows>.json` and the
 "Defaults against the plain CNN" section of `benchmarks/RESULTS.md`.
 Data: `../shared/data/{cifar10-jpeg,photos20-96px}.tar.gz` (the script says so
 and exits 0 when they are absent).
