@@ -16,15 +16,17 @@ ALLOWED = {
     "vision": {"hierarchy", "models"},
     "training": {"hierarchy", "models", "data", "vision"},
     "evaluation": {"hierarchy", "models", "data", "vision"},
-    "runs": {"hierarchy", "models", "data", "vision", "training", "evaluation", ""},
-    "": {"hierarchy", "models", "data", "vision", "training", "evaluation", "runs"},
+    "deploy": {"hierarchy", "models", "data", "evaluation"},
+    "runs": {"hierarchy", "models", "data", "vision", "training", "evaluation", "deploy", ""},
+    "": {"hierarchy", "models", "data", "vision", "training", "evaluation", "deploy", "runs"},
 }
 
 
 def _part(module):
-    """'condnet.models.routing' -> 'models'; 'condnet' -> ''."""
+    """'condnet.models.routing' -> 'models'; 'condnet', 'condnet.__main__' -> ''."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else ""
+    # condnet/__main__.py (`python -m condnet`) is the package's own entry point.
+    return parts[1] if len(parts) > 1 and parts[1] != "__main__" else ""
 
 
 def _module_name(path):

@@ -1,6 +1,7 @@
 """Image folders: read a labelled image tree from disk and batch it for `fit`."""
 
 import errno
+import io
 import math
 import os
 import stat
@@ -450,17 +451,36 @@ _FILE_KINDS = (
 )
 
 
+def decode_image_bytes(data, image_size=(64, 64), color_mode="rgb", name="<upload>"):
+    """`decode_image` for an image held in memory (an upload): the same modes, EXIF
+    orientation, first frame, resizing and `MAX_IMAGE_PIXELS` guard (checked from the
+    header, before decoding). `name` is what an `ImageDecodeError` names."""
+    size, color_mode = _check_image_size(image_size), _check_color_mode(color_mode)
+    try:
+        image = Image.open(io.BytesIO(bytes(data)))
+    except Image.DecompressionBombError as error:
+        raise ImageDecodeError(name, f"too many pixels ({error})") from None
+    except Exception as error:
+        raise ImageDecodeError(name, _describe(error)) from None
+    with _checked_pixels(image, name) as image:
+        return _pixels(image, name, size, color_mode)
+
+
 def _decode(path, image_size, color_mode):
+    with _open_image(path) as image:
+        return _pixels(image, path, image_size, color_mode)
+
+
+def _pixels(image, name, image_size, color_mode):
     height, width = image_size
     mode = "RGB" if color_mode == "rgb" else "L"
-    with _open_image(path) as image:
-        try:
-            image.draft(mode, (max(image_size),) * 2)  # JPEG: decode at a reduced scale
-            image = _as_mode(ImageOps.exif_transpose(image), mode)
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype="uint8")
-        except Exception as error:  # a bad file raises whatever its plugin raises
-            raise ImageDecodeError(path, _describe(error)) from None
+    try:
+        image.draft(mode, (max(image_size),) * 2)  # JPEG: decode at a reduced scale
+        image = _as_mode(ImageOps.exif_transpose(image), mode)
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype="uint8")
+    except Exception as error:  # a bad file raises whatever its plugin raises
+        raise ImageDecodeError(name, _describe(error)) from None
     return array[..., None] if mode == "L" else array
 
 
@@ -475,11 +495,15 @@ def _open_image(path):
         raise ImageDecodeError(path, f"too many pixels ({error})") from None
     except Exception as error:
         raise ImageDecodeError(path, _describe(error)) from None
+    return _checked_pixels(image, path)
+
+
+def _checked_pixels(image, name):
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         image.close()
         raise ImageDecodeError(
-            path,
+            name,
             f"too many pixels ({width} x {height} = {width * height:,}; at most "
             f"MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS:,}, a guard against decompression bombs)",
         )

@@ -76,6 +76,22 @@ def predict_batch(model, images):
     return {key: np.asarray(value) for key, value in outputs.items()}
 
 
+def prediction_row(hierarchy, path, outputs, row):
+    """What `condnet predict --json` (and the HTTP service) says of one image."""
+    classes = outputs["classes"][row]
+    best = int(classes.argmax())
+    return {
+        "path": str(path),
+        "group": hierarchy.group_of(hierarchy.classes[best]),
+        "class": hierarchy.classes[best],
+        "expert": hierarchy.groups[int(outputs["route"][row])],
+        "confidence": float(classes[best]),
+        "group_probabilities": {
+            g: float(p) for g, p in zip(hierarchy.groups, outputs["groups"][row])
+        },
+    }
+
+
 def error_row(path, reason):
     """The row that stands for an image that cannot be decoded."""
     return {"path": str(path), "error": f"cannot decode: {reason}"}

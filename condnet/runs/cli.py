@@ -1,4 +1,5 @@
-"""The `condnet` command line: train, evaluate, predict, info, demo, cv, calibrate."""
+"""The `condnet` command line: train, evaluate, predict, info, demo, cv, calibrate, export,
+serve."""
 
 import argparse
 import dataclasses
@@ -7,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from condnet.runs._backend import check_backend
+from condnet.runs._backend import backend_name, check_backend
 
 # What a failure the user can fix raises; anything else is a bug and keeps its traceback.
 ERRORS = (ValueError, TypeError, RuntimeError, ImportError, OSError, RecursionError)
@@ -27,6 +28,8 @@ def main(argv=None):
 
         print(f"condnet {__version__}")
         return 0
+    if _export_needs_tensorflow(argv):
+        return _run_with_tensorflow(argv)
     try:
         check_backend()  # before anything imports Keras
         parser = build_parser()
@@ -95,6 +98,8 @@ def build_parser():
         _demo_parser,
         _cv_parser,
         _calibrate_parser,
+        _export_parser,
+        _serve_parser,
     ):
         add(commands, common)
     return parser
@@ -520,3 +525,153 @@ def _calibrate(args):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# === export ===
+
+
+def _export_parser(commands, common):
+    from condnet.runs.deploy import FORMATS
+
+    p = commands.add_parser(
+        "export",
+        parents=[common],
+        help="write a run's model as ONNX or a TensorFlow SavedModel that routes in the graph",
+        description="Export RUN_DIR's model. onnx and tf_saved_model route inside the graph: "
+        "each expert runs on its own rows only (a batch of one runs one expert), and the "
+        "artifact needs neither Keras nor condnet (ONNX Runtime / TensorFlow). keras copies "
+        "the run's model file, which routes only through condnet's predict. The graph is "
+        "traced with TensorFlow whatever KERAS_BACKEND says.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="(default: onnx)")
+    p.add_argument(
+        "--out",
+        metavar="PATH",
+        help="file (.onnx, .keras) or folder (SavedModel) to write "
+        "(default: RUN_DIR/export/model.onnx, saved_model or model.keras)",
+    )
+    p.add_argument(
+        "--routing",
+        choices=("hard", "soft"),
+        default="hard",
+        help="hard: route in the graph; soft: every expert on every row (default: hard)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="FILE",
+        help="the run's model file to export: model.keras (default), model.calibrated.keras "
+        "or a path",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
+    p.set_defaults(run=_export)
+
+
+def _export_needs_tensorflow(argv):
+    """Graph exports trace TensorFlow: true for `export` (but --format keras) on another backend."""
+    words = [word for word in argv if not word.startswith("-")]
+    if words[:1] != ["export"] or _flag_value(argv, "--format") == "keras":
+        return False
+    return backend_name()[0] != "tensorflow"
+
+
+def _run_with_tensorflow(argv):
+    """Run the same command in a process whose Keras backend is TensorFlow (Keras cannot
+    change its backend once imported; the run's .keras file loads on any backend)."""
+    import subprocess
+
+    print(f"condnet export: tracing with TensorFlow (the backend here is {backend_name()[0]}).")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    return subprocess.run([sys.executable, "-m", "condnet", *argv], env=env).returncode
+
+
+def _flag_value(argv, flag):
+    for i, word in enumerate(argv):
+        if word == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith(f"{flag}="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def _export(args):
+    from condnet.runs.deploy import export_run
+
+    path = export_run(
+        args.run_dir,
+        out=args.out,
+        format=args.format,
+        routing=args.routing,
+        model_file=args.model,
+        overwrite=args.overwrite,
+    )
+    print(f"Exported {args.format} ({args.routing} routing) to {path}.")
+
+
+# === serve ===
+
+
+def _serve_parser(commands, common):
+    p = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="serve a run over HTTP (routed micro-batches; POST /predict, GET /health, /model, /)",
+        description="An HTTP service for RUN_DIR on FastAPI + uvicorn. POST /predict takes one "
+        "image as the body or several as multipart/form-data and answers one JSON object per "
+        "image (those of `condnet predict --json`); requests that arrive together are routed "
+        "as one batch. GET / is a page to try it in a browser.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' on everything but /health and / "
+        "(default: $CONDNET_TOKEN, else none)",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=32, help="images per model call, at most (default: 32)"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a request waits for others to share its batch (default: 5; 0: none)",
+    )
+    p.add_argument(
+        "--max-upload-mb", type=float, default=16.0, help="largest request body (default: 16)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="largest image, width x height, checked before decoding (default: 67,108,864)",
+    )
+    p.add_argument("--routing", choices=("hard", "soft"), default="hard", help="(default: hard)")
+    p.add_argument("--model", metavar="FILE", help="model.keras (default), model.calibrated.keras")
+    p.set_defaults(run=_serve)
+
+
+def _serve(args):
+    from condnet.data.folders import MAX_IMAGE_PIXELS
+    from condnet.deploy.serve import run_server
+    from condnet.runs.deploy import serve_app
+
+    if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0:
+        raise ValueError(
+            "--max-batch must be at least 1, --max-wait-ms at least 0 and --max-upload-mb above "
+            f"0. Received: --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms} "
+            f"--max-upload-mb {args.max_upload_mb}"
+        )
+    app = serve_app(
+        args.run_dir,
+        routing=args.routing,
+        model_file=args.model,
+        token=args.token or os.environ.get("CONDNET_TOKEN") or None,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels or MAX_IMAGE_PIXELS,
+    )
+    print(f"Serving {args.run_dir} on http://{args.host}:{args.port}/ (Ctrl-C stops).")
+    run_server(app, host=args.host, port=args.port)

@@ -10,7 +10,7 @@ import numpy as np
 from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
 from condnet.evaluation.calibration import calibrate
 from condnet.evaluation.cost import count_macs
-from condnet.evaluation.evaluate import error_row, evaluate_model, predict_batch
+from condnet.evaluation.evaluate import error_row, evaluate_model, predict_batch, prediction_row
 from condnet.runs.checkpoint import BEST, CHECKPOINTS, save_model_atomic, write_atomic
 
 CONFIG = "config.json"
@@ -218,19 +218,24 @@ def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None)
         for row, error in zip(data.batch_rows(index), errors):
             path = data.paths[row]
             if error is None:
-                results.append(_prediction(hierarchy, path, outputs, next(decoded)))
+                results.append(prediction_row(hierarchy, path, outputs, next(decoded)))
             else:
                 results.append(error_row(path, error))
     return results
 
 
-def run_info(run_dir):
-    """Hierarchy, parameters per part and multiply-accumulates per image for each route."""
-    model, config = load_run(run_dir)
+def input_shape_of(config):
+    """`(None, height, width, channels)` of the images a run's model takes."""
     size = config["options"]["image_size"]
     size = (size, size) if isinstance(size, int) else tuple(size)
     channels = 1 if config["options"]["color_mode"] == "grayscale" else 3
-    shape = (None, *size, channels)
+    return (None, *size, channels)
+
+
+def run_info(run_dir):
+    """Hierarchy, parameters per part and multiply-accumulates per image for each route."""
+    model, config = load_run(run_dir)
+    shape = input_shape_of(config)
     taps = model._tap_shapes(shape)
     parts = {
         "trunk": model.trunk,
@@ -300,21 +305,6 @@ def _calibrate_locked(run_dir):
 
 
 # === Helpers ===
-
-
-def _prediction(hierarchy, path, outputs, row):
-    classes = outputs["classes"][row]
-    best = int(classes.argmax())
-    return {
-        "path": str(path),
-        "group": hierarchy.group_of(hierarchy.classes[best]),
-        "class": hierarchy.classes[best],
-        "expert": hierarchy.groups[int(outputs["route"][row])],
-        "confidence": float(classes[best]),
-        "group_probabilities": {
-            g: float(p) for g, p in zip(hierarchy.groups, outputs["groups"][row])
-        },
-    }
 
 
 def _image_options(config, batch_size):

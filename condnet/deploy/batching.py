@@ -1,0 +1,108 @@
+"""Dynamic micro-batching: requests that arrive together are routed as one batch.
+
+A routed model is cheapest on full batches (each expert sees only its share
+of a batch), and a web service receives images one request at a time. The
+`MicroBatcher` keeps one worker task: it takes the first waiting request,
+collects more until `max_batch` images are waiting or `max_wait_ms` has passed
+since the first, runs the model once on all of them in a thread (so the event
+loop keeps accepting requests), and hands each request its own rows back.
+"""
+
+import asyncio
+import time
+from collections import Counter
+
+import numpy as np
+
+
+class MicroBatcher:
+    """Run `predict(images) -> {name: array}` on micro-batches of concurrent requests.
+
+    Args:
+        predict: function of a numpy batch, returning a dict of arrays with
+            one row per image.
+        max_batch: at most this many images per model call (a request with
+            more runs alone). 1 turns batching off.
+        max_wait_ms: how long the first request of a batch waits for others.
+    """
+
+    def __init__(self, predict, max_batch=32, max_wait_ms=5.0):
+        if int(max_batch) < 1 or float(max_wait_ms) < 0:
+            raise ValueError(
+                "max_batch must be at least 1 and max_wait_ms at least 0. Received: "
+                f"max_batch={max_batch!r}, max_wait_ms={max_wait_ms!r}"
+            )
+        self.predict = predict
+        self.max_batch = int(max_batch)
+        self.max_wait = float(max_wait_ms) / 1000.0
+        self.batch_sizes = Counter()  # images per model call -> number of calls
+        self._queue = None
+        self._worker = None
+
+    async def submit(self, images):
+        """The model's outputs for `images` (a numpy batch), batched with other requests."""
+        if self._worker is None or self._worker.done():
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((images, future))
+        return await future
+
+    async def close(self):
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+
+    async def _work(self):
+        while True:
+            batch = [await self._queue.get()]
+            await self._collect(batch)
+            await self._run(batch)
+
+    async def _collect(self, batch):
+        rows = len(batch[0][0])
+        deadline = time.monotonic() + self.max_wait
+        while rows < self.max_batch:
+            if self._queue.empty():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), left)
+                except asyncio.TimeoutError:
+                    return
+            else:
+                item = self._queue.get_nowait()
+            if rows + len(item[0]) > self.max_batch:
+                self._queue.put_nowait(item)  # it runs first in the next batch...
+                self._requeue_first()
+                return
+            batch.append(item)
+            rows += len(item[0])
+
+    def _requeue_first(self):
+        """...so move it from the back of the queue to the front (requests keep their order)."""
+        items = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        for item in [items[-1], *items[:-1]]:
+            self._queue.put_nowait(item)
+
+    async def _run(self, batch):
+        images = np.concatenate([item[0] for item in batch])
+        self.batch_sizes[len(images)] += 1
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(None, self.predict, images)
+        except Exception as error:  # every waiting request gets the error; the worker lives on
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        start = 0
+        for rows, future in batch:
+            stop = start + len(rows)
+            if not future.done():  # a client that went away
+                future.set_result({k: np.asarray(v)[start:stop] for k, v in outputs.items()})
+            start = stop

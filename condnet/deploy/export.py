@@ -1,0 +1,267 @@
+"""Export a conditional model with its routing inside the graph.
+
+`model.export(...)` traces `ConditionalModel.call`, which runs every expert on
+every row and selects with a one-hot: the artifact a user deploys would lose
+the saving routing exists for. Here the exported function routes instead:
+
+    trunk + gate -> route weights -> for each expert:
+        rows = where(weight > 0)                  (a sub-batch of dynamic size)
+        cond(rows is empty, zeros, expert(gather(features, rows)) * weight)
+        scatter the result back to its rows
+
+so each expert runs on its own rows only, no row is dropped, and a batch of
+one runs only its chosen expert (the others take the empty branch of a real
+conditional). Rows that hedge (`confidence_threshold`) have a non-zero weight
+for two experts and run both. TensorFlow traces this into a SavedModel
+(`Where`, `GatherV2`, `If`/`StatelessIf`, `ScatterNd`); tf2onnx turns the
+same graph into ONNX (`NonZero`, `Gather`, `If`, `ScatterND`), both with a
+dynamic batch dimension, so neither format needs a static capacity buffer.
+
+Tracing dynamic shapes needs TensorFlow graphs, so these two formats export
+with `KERAS_BACKEND=tensorflow`; a `.keras` file trained on any backend loads
+there. The exported artifacts need neither Keras nor condnet to run.
+"""
+
+from pathlib import Path
+
+import keras
+
+FORMATS = ("tf_saved_model", "onnx")
+ROUTINGS = ("hard", "soft")
+ONNX_OPSET = 17
+OUTPUTS = ("classes", "groups", "route")
+
+
+def export_model(model, path, format="tf_saved_model", input_shape=None, routing="hard"):
+    """Write `model` to `path` as a SavedModel directory or an ONNX file.
+
+    Args:
+        model: a built `ConditionalModel` (nested conditional experts route too).
+        path: the directory (SavedModel) or `.onnx` file to write.
+        format: `"tf_saved_model"` or `"onnx"`.
+        input_shape: one input's shape without the batch, e.g. `(32, 32, 3)`;
+            defaults to the shape the model was built with.
+        routing: `"hard"` routes in the graph (each expert on its own rows
+            only); `"soft"` writes the mixture of every expert, the all-experts
+            artifact to compare against.
+
+    The signature takes `images` (float32, `(batch, *input_shape)`, pixels as
+    the model takes them) and returns `classes` (batch, num_classes), `groups`
+    (the gate's probabilities) and `route` (int32, the chosen expert).
+    Returns the path written.
+    """
+    _check_arguments(model, format, routing)
+    input_shape = _input_shape(model, input_shape)
+    path = Path(path)
+    import tensorflow as tf
+
+    function = tf.function(
+        lambda images: routed_outputs(model, images, routing),
+        input_signature=[tf.TensorSpec((None, *input_shape), tf.float32, name="images")],
+        autograph=False,
+    )
+    if format == "tf_saved_model":
+        _write_saved_model(model, function, path)
+    else:
+        _write_onnx(model, input_shape, routing, path)
+    return path
+
+
+def routed_outputs(model, images, routing="hard", conditional=True):
+    """`{"classes", "groups", "route"}` of a batch, each expert on its own rows (TensorFlow).
+
+    `conditional=False` leaves out the `cond` around each expert: an expert
+    with no rows then runs on an empty sub-batch (for tf2onnx, see onnx_graph).
+    """
+    import tensorflow as tf
+
+    taps = model.tap_features(images, training=False)
+    groups = tf.cast(model.gate(taps[model.gate_tap], training=False), tf.float32)
+    weights = groups if routing == "soft" else _hard_weights(groups, model.confidence_threshold)
+    blocks = [
+        _expert_block(model, group, g, images, taps, weights, routing, conditional)
+        for g, group in enumerate(model.hierarchy.groups)
+    ]
+    return {
+        "classes": tf.concat(blocks, axis=-1),
+        "groups": groups,
+        "route": tf.argmax(weights, axis=-1, output_type=tf.int32),
+    }
+
+
+def _hard_weights(groups, threshold):
+    """`routing.route_weights` at inference (hard, or top two below `threshold`) in plain
+    TensorFlow ops: Keras's argmax adds Bitcast ops that ONNX has no kernel for."""
+    import tensorflow as tf
+
+    num_groups = groups.shape[-1]
+    top = tf.one_hot(tf.argmax(groups, axis=-1), num_groups, dtype=tf.float32)
+    if threshold is None:
+        return top
+    second = tf.one_hot(tf.argmax(groups - top * 2.0, axis=-1), num_groups, dtype=tf.float32)
+    pair = (top + second) * groups
+    pair = pair / tf.maximum(tf.reduce_sum(pair, axis=-1, keepdims=True), 1e-7)
+    unsure = tf.reduce_max(groups, axis=-1, keepdims=True) < threshold
+    return tf.where(unsure, pair, top)
+
+
+def _expert_block(model, group, g, images, taps, weights, routing, conditional):
+    """(batch, classes of `group`): weight x the expert's probabilities, 0 off its rows."""
+    import tensorflow as tf
+
+    tap = model.expert_taps[group]
+    features = images if tap is None else taps[tap]
+    width = len(model.hierarchy.classes_of(group))
+    batch = tf.shape(weights, out_type=tf.int64)[0]
+    column = weights[:, g]
+    if routing == "soft":
+        return column[:, None] * _expert_probabilities(model, group, features, routing, conditional)
+    rows = tf.reshape(tf.where(column > 0), [-1])
+
+    def run():
+        chosen = tf.gather(features, rows)
+        probabilities = _expert_probabilities(model, group, chosen, routing, conditional)
+        weighted = probabilities * tf.gather(column, rows)[:, None]
+        return tf.scatter_nd(rows[:, None], weighted, tf.stack([batch, width]))
+
+    def skip():
+        return tf.zeros(tf.stack([batch, width]), tf.float32)
+
+    return tf.cond(tf.size(rows) > 0, run, skip) if conditional else run()
+
+
+def _expert_probabilities(model, group, features, routing, conditional=True):
+    import tensorflow as tf
+
+    expert = model.experts[group]
+    if hasattr(expert, "hierarchy") and hasattr(expert, "routes_at_inference"):
+        # A nested conditional expert routes by its own routing (soft: its mixture).
+        nested = routing if expert.routes_at_inference else "soft"
+        return routed_outputs(expert, features, nested, conditional)["classes"]
+    return tf.cast(model.expert_probabilities(group, features, training=False), tf.float32)
+
+
+# === Writing ===
+
+
+def _write_saved_model(model, function, path):
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", function)
+    archive.write_out(str(path), verbose=False)
+
+
+def _write_onnx(model, input_shape, routing, path):
+    import tensorflow as tf
+
+    from condnet.deploy.onnx_graph import routed_onnx
+
+    taps = model._tap_shapes((None, *input_shape))
+    names = {tap: f"tap_{i}" for i, tap in enumerate(dict.fromkeys(model.expert_taps.values()))}
+
+    def front(images):
+        features = model.tap_features(images, training=False)
+        groups = tf.cast(model.gate(features[model.gate_tap], training=False), tf.float32)
+        weights = groups if routing == "soft" else _hard_weights(groups, model.confidence_threshold)
+        outputs = {"groups": groups, "weights": weights}
+        outputs["route"] = tf.argmax(weights, axis=-1, output_type=tf.int32)
+        for tap, name in names.items():
+            outputs[name] = tf.identity(images if tap is None else features[tap])
+        return outputs
+
+    def expert(group):
+        # Nested conditional experts route without `cond` here (see onnx_graph).
+        return lambda features: _expert_probabilities(model, group, features, routing, False)
+
+    spec = tf.TensorSpec((None, *input_shape), tf.float32, name="images")
+    pieces = {}
+    for g, group in enumerate(model.hierarchy.groups):
+        tap = model.expert_taps[group]
+        shape = input_shape if tap is None else tuple(taps[tap][1:])
+        features = tf.TensorSpec((None, *shape), tf.float32, name="features")
+        pieces[g] = (_to_onnx(expert(group), features, ["probabilities"]), names[tap])
+    widths = {
+        g: len(model.hierarchy.classes_of(group)) for g, group in enumerate(model.hierarchy.groups)
+    }
+    front_proto = _to_onnx(front, spec, ["groups", "route", "weights", *names.values()])
+    proto = routed_onnx(front_proto, pieces, widths, routing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_bytes(proto.SerializeToString())
+    temporary.replace(path)
+
+
+def _to_onnx(function, spec, output_names):
+    """tf2onnx's ModelProto of `function(spec)`, outputs renamed to `output_names`."""
+    import tensorflow as tf
+    import tf2onnx
+
+    # Keras's own ONNX export applies this patch for numpy >= 2 (tf2onnx still
+    # uses removed numpy aliases); it is idempotent.
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+    patch_tf2onnx()
+    traced = tf.function(function, input_signature=[spec], autograph=False)
+    proto, _ = tf2onnx.convert.from_function(traced, input_signature=[spec], opset=ONNX_OPSET)
+    # Structured outputs come out sorted by key (a single tensor: one output).
+    _rename_outputs(proto, sorted(output_names))
+    return proto
+
+
+def _rename_outputs(model_proto, names):
+    """tf2onnx names outputs `Identity:0`...; give them the names of the dict keys."""
+    graph = model_proto.graph
+    renames = {output.name: name for output, name in zip(graph.output, names)}
+    for output in graph.output:
+        output.name = renames[output.name]
+    for node in graph.node:
+        node.output[:] = [renames.get(name, name) for name in node.output]
+
+
+# === Checks ===
+
+
+def _check_arguments(model, format, routing):
+    if format not in FORMATS:
+        raise ValueError(
+            f"format must be one of {list(FORMATS)} (a .keras file is the run's own "
+            f"model.keras). Received: format={format!r}"
+        )
+    if routing not in ROUTINGS:
+        raise ValueError(
+            f"routing must be one of {list(ROUTINGS)}: hard routes in the graph, soft runs "
+            f"every expert. Received: routing={routing!r}"
+        )
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"Exporting to {format} traces a TensorFlow graph with dynamic sub-batches, so it "
+            "needs KERAS_BACKEND=tensorflow (a model trained on any backend loads there). "
+            f"Received: backend {keras.backend.backend()!r}"
+        )
+    if not getattr(model, "built", False) or not hasattr(model, "hierarchy"):
+        raise ValueError(
+            "export_model needs a built ConditionalModel (load one with "
+            f"keras.models.load_model). Received: {type(model).__name__}"
+        )
+
+
+def _input_shape(model, input_shape):
+    if input_shape is None:
+        shapes = getattr(model, "_build_shapes_dict", None) or {}
+        shape = next(iter(shapes.values()), None)
+        if shape is None:
+            raise ValueError(
+                "The model does not record the shape it was built with: pass input_shape, "
+                "e.g. input_shape=(32, 32, 3)."
+            )
+        input_shape = tuple(shape)[1:]
+    try:
+        shape = tuple(int(side) for side in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ValueError(
+            "input_shape must be the shape of one input without the batch, e.g. "
+            f"(32, 32, 3) for images. Received: input_shape={input_shape!r}"
+        )
+    return shape
