@@ -66,13 +66,16 @@ def cnn(filters, strides, num_classes, name, seed=0):
     return keras.Model(inputs, outputs, name=name)
 
 
-def conditional_model(num_groups, seed=0, **kwargs):
-    """A ConditionalModel of `num_groups` equal CNN experts and a small CNN gate."""
+def conditional_model(num_groups, seed=0, width=1, **kwargs):
+    """A ConditionalModel of `num_groups` equal CNN experts and a small CNN gate.
+
+    `width` multiplies the experts' filters (their MACs grow as its square).
+    """
     hierarchy = condnet.Hierarchy(HIERARCHIES[num_groups])
     gate = cnn(GATE_FILTERS, GATE_STRIDES, num_groups, "gate", seed)
     experts = {
         group: cnn(
-            EXPERT_FILTERS,
+            tuple(width * f for f in EXPERT_FILTERS),
             EXPERT_STRIDES,
             len(hierarchy.classes_of(group)),
             group,

@@ -27,11 +27,13 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from condnet.data.folders import MAX_IMAGE_PIXELS, ImageDecodeError, decode_image_bytes
 from condnet.deploy.batching import MicroBatcher
 from condnet.evaluation.evaluate import prediction_row
+from condnet.models.dispatch import bucket_size, compiled_call
 
 MAX_UPLOAD_BYTES = 16 * 2**20
 PAGE = Path(__file__).with_name("page.html")
@@ -140,11 +142,31 @@ def create_app(
 
 
 def _predictor(model):
-    def predict(images):
-        outputs = model.predict(images, batch_size=len(images), verbose=0)
-        return {k: outputs[k] for k in ("classes", "groups", "route")}
+    """numpy batch -> {"classes", "groups", "route"}: condnet's routed predict when the
+    model routes; soft, one compiled call of the whole model (Keras's `predict` costs
+    tens of milliseconds per call, which would dominate one-image requests)."""
+    keys = ("classes", "groups", "route")
+    if model.routes_at_inference:
 
-    return predict
+        def routed(images):
+            outputs = model.predict(images, batch_size=len(images), verbose=0)
+            return {k: outputs[k] for k in keys}
+
+        return routed
+    calls = {}
+    pad = keras.backend.backend() == "jax"  # one compiled program per batch shape
+
+    def soft(images):
+        if "call" not in calls:
+            calls["call"] = compiled_call(model, images.shape[1:], str(images.dtype))
+        rows = len(images)
+        if pad:
+            padding = np.zeros((bucket_size(rows) - rows, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, padding])
+        outputs = calls["call"](images)
+        return {k: np.asarray(outputs[k])[:rows] for k in keys}
+
+    return soft
 
 
 def _authorized(request, token):

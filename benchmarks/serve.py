@@ -1,0 +1,218 @@
+"""Load test of `condnet serve`: routed + micro-batching against soft serving, on loopback.
+
+    python benchmarks/serve.py [--backend tensorflow|jax|torch] [--quick]
+
+Saves the 4-expert model of `benchmarks/inference.py` with experts four times as
+wide (about 80 MMACs each; gate balanced on CIFAR-10 test images) as a run
+directory, then for each configuration starts `condnet serve` on 127.0.0.1 (a
+subprocess) and sends a bounded number of PNG requests from an asyncio client at
+concurrency 1, 8 and 32:
+
+- routed + batching: `--routing hard --max-batch 32 --max-wait-ms 5`
+- routed, no batching: `--routing hard --max-batch 1`
+- soft + batching, soft, no batching: the same with `--routing soft`.
+
+Every response is checked against offline `predict` of the same image (class
+and expert); a lost, failed or mismatched response is counted. Reports
+requests/s and p50 / p99 latency. Client and server share this machine's two
+cores, so absolute figures are low; the ratios compare configurations under
+the same load. Replaces the "Serving" section of benchmarks/RESULTS.md.
+"""
+
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+os.environ["KERAS_BACKEND"] = common.choose_backend()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import httpx  # noqa: E402
+import models  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CONFIGS = {
+    "routed + batching": ["--routing", "hard", "--max-batch", "32", "--max-wait-ms", "5"],
+    "routed, no batching": ["--routing", "hard", "--max-batch", "1"],
+    "soft + batching": ["--routing", "soft", "--max-batch", "32", "--max-wait-ms", "5"],
+    "soft, no batching": ["--routing", "soft", "--max-batch", "1"],
+}
+CONCURRENCY = (1, 8, 32)
+TARGET = (
+    "at concurrency 32, routed + micro-batching >= 3x the throughput of soft serving "
+    "without micro-batching; no request lost or mismatched"
+)
+
+
+def main(argv=None):
+    args = common.parse_args(__doc__, argv)
+    requests = 64 if args.quick else 256
+    images, _, source = models.load_images(args.data, requests)
+    # Experts 4x as wide as inference.py's (16x the MACs, about 80 MMACs each, the cost of
+    # a small ImageNet CNN): with 5-MMAC experts, HTTP and decoding cost more than the model.
+    model = models.conditional_model(4, width=4, routing="hard")
+    model(images[:2])
+    models.balance_gate(model.gate, images)
+    bodies = [_png(image) for image in images]
+    with tempfile.TemporaryDirectory() as folder:
+        run = _save_run(model, Path(folder))
+        expected = _expected(model, bodies)
+        results = {name: _measure(run, flags, bodies, expected) for name, flags in CONFIGS.items()}
+    out = common.BENCHMARKS / f"serve-{os.environ['KERAS_BACKEND']}.json"
+    out.write_text(json.dumps({"source": source, "results": results}, indent=1) + "\n")
+    expert_macs = max(models.macs_of(model)[1].values())
+    body = _markdown(results, source, requests, expert_macs)
+    print(body)
+    common.write_section(f"Serving: {os.environ['KERAS_BACKEND']}", body, args.results)
+    return 0
+
+
+def _png(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image.astype("uint8")).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _save_run(model, folder):
+    run = folder / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    options = {"image_size": 32, "color_mode": "rgb"}
+    (run / "config.json").write_text(json.dumps({"options": options}))
+    return run
+
+
+def _expected(model, bodies):
+    """(class, expert) of each request body, offline: decoded as the service decodes."""
+    from condnet.data.folders import decode_image_bytes
+
+    pixels = np.stack([decode_image_bytes(b, (32, 32)) for b in bodies]).astype("float32")
+    expected = {}
+    for routing in ("hard", "soft"):
+        model.routing = routing
+        outputs = model.predict(pixels, batch_size=256, verbose=0)
+        classes = model.hierarchy.decode(outputs["classes"].argmax(1))
+        experts = [model.hierarchy.groups[r] for r in outputs["route"]]
+        expected[routing] = list(zip(classes, experts))
+    return expected
+
+
+def _measure(run, flags, bodies, expected):
+    port = _free_port()
+    command = [sys.executable, "-m", "condnet", "serve", str(run), "--port", str(port), *flags]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_for_health(url, server)
+        routing = flags[flags.index("--routing") + 1]
+        return {str(c): asyncio.run(_load(url, bodies, c, expected[routing])) for c in CONCURRENCY}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_health(url, server, seconds=180):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"condnet serve exited with status {server.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError(f"condnet serve did not answer {url}/health in {seconds} s")
+
+
+async def _load(url, bodies, concurrency, expected):
+    """Send every body once (after a warm-up), `concurrency` requests in flight."""
+    latencies, failures, mismatches = [], 0, 0
+    queue = list(range(len(bodies)))
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        for body in bodies[:concurrency]:  # warm-up: compile the model's batch shapes
+            await client.post("/predict", content=body, headers={"Content-Type": "image/png"})
+
+        async def worker():
+            nonlocal failures, mismatches
+            while queue:
+                i = queue.pop()
+                start = time.perf_counter()
+                try:
+                    response = await client.post(
+                        "/predict", content=bodies[i], headers={"Content-Type": "image/png"}
+                    )
+                except httpx.HTTPError:
+                    failures += 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    failures += 1
+                    continue
+                got = response.json()[0]
+                mismatches += (got["class"], got["expert"]) != tuple(expected[i])
+
+        start = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        seconds = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "requests": len(bodies),
+        "requests_per_second": round(len(latencies) / seconds, 1),
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
+        "failed": failures,
+        "mismatched": mismatches,
+    }
+
+
+def _markdown(results, source, requests, expert_macs):
+    rows = []
+    for name, by_concurrency in results.items():
+        for c, r in by_concurrency.items():
+            rows.append(
+                [
+                    name,
+                    c,
+                    f"{r['requests_per_second']:.1f}",
+                    f"{r['p50_ms']:.1f}",
+                    f"{r['p99_ms']:.1f}",
+                    f"{r['failed']}",
+                    f"{r['mismatched']}",
+                ]
+            )
+    table = common.markdown_table(
+        ["configuration", "concurrency", "requests/s", "p50 ms", "p99 ms", "failed", "mismatched"],
+        rows,
+    )
+    best = results["routed + batching"]["32"]["requests_per_second"]
+    base = results["soft, no batching"]["32"]["requests_per_second"]
+    lost = sum(r["failed"] + r["mismatched"] for c in results.values() for r in c.values())
+    verdict = "MET" if best >= 3 * base and lost == 0 else "NOT MET"
+    return (
+        f"`{common.command_line()}`: {requests} requests per row (one PNG image each, "
+        f"{source}), 4 experts of {expert_macs / 1e6:.0f} MMACs each, client and server on "
+        f"this machine's cores.\n\n{table}\n\n"
+        f"Target ({TARGET}): **{verdict}**: {best / base:.2f}x at concurrency 32; "
+        f"{lost} failed or mismatched responses in all rows.\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
