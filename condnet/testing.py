@@ -122,3 +122,30 @@ def _jax_loss_and_gradient_norm(model, x, y):
     loss, gradients = jax.value_and_grad(loss_of)(trainable)
     norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in gradients))
     return float(loss), float(norm)
+
+
+# === A headless browser for the page and report tests ===
+
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+CHROMEDRIVER = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
+
+
+def headless_chromium():
+    """A Selenium Chrome driver on the system's Chromium, headless; skips the test (saying
+    what to install) when Selenium, Chromium or its driver is missing. Close it with quit()."""
+    import os
+
+    import pytest
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    browser = next((p for p in CHROMIUM if os.path.exists(p)), None)
+    driver = next((p for p in CHROMEDRIVER if os.path.exists(p)), None)
+    if browser is None or driver is None:
+        pytest.skip("needs Chromium and its driver: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    return webdriver.Chrome(
+        service=webdriver.ChromeService(executable_path=driver), options=options
+    )

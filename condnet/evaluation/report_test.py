@@ -237,3 +237,39 @@ def test_report_lists_images_that_could_not_be_decoded(tmp_path):
     assert "| num_skipped | 1 |" in markdown
     assert "| pets/pug/broken.jpg | cannot decode: truncated |" in markdown
     assert "num_skipped" in summary_table(metrics)
+
+
+def test_the_html_report_renders_in_a_browser(tmp_path):
+    from condnet.testing import headless_chromium
+
+    image = tmp_path / "dog.png"
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(image)
+    example = {"path": image, "true": "pug", "expert": "cat", "true_group": "dog"}
+    examples = [
+        {**example, "predicted": "persian", "confidence": 0.9},
+        {**example, "predicted": "pug", "expert": "dog", "confidence": 0.7},
+    ]
+    write_report(tmp_path / "run", HIERARCHY, make_metrics(), history=HISTORY, examples=examples)
+    browser = headless_chromium()
+    try:
+        browser.set_window_size(1400, 1000)
+        browser.get((tmp_path / "run" / "report.html").as_uri())
+        images = browser.execute_script(
+            "return [...document.images].map(i => [i.getAttribute('src'), i.complete, "
+            "i.naturalWidth]);"
+        )
+        assert len(images) >= len(PLOTS) + 2
+        assert all(complete and width > 0 for _, complete, width in images), images
+        missing = browser.execute_script(
+            "return [...document.querySelectorAll('#contents a')].map(a => "
+            "a.getAttribute('href')).filter(h => !document.querySelector(h));"
+        )
+        assert missing == []
+        # The plots sit side by side in a grid on a wide window, not in one long column.
+        tops = browser.execute_script(
+            "return [...document.querySelectorAll('.grid figure')].map(f => f.offsetTop);"
+        )
+        assert len(tops) >= 2 and len(set(tops)) < len(tops)
+        assert browser.title and "condnet" in browser.page_source
+    finally:
+        browser.quit()
