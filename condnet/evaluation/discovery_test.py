@@ -111,10 +111,17 @@ def test_discover_from_folder_returns_the_validation_confusions(flat_shapes):
 
 
 @pytest.mark.slow
-def test_train_with_auto_hierarchy_writes_the_discovered_hierarchy(flat_shapes, tmp_path):
+def test_train_with_auto_hierarchy_writes_the_discovered_hierarchy(
+    flat_shapes, tmp_path, capsys
+):
     run = tmp_path / "run"
-    result = train(flat_shapes, run, hierarchy="auto", epochs=1, augment=False, **TINY)
+    loud = {**TINY, "verbose": 2}
+    result = train(flat_shapes, run, hierarchy="auto", epochs=1, augment=False, **loud)
     discovered = Hierarchy.from_file(run / "hierarchy.discovered.json")
+    printed = capsys.readouterr().out
+    assert "=== Discovery: training a flat classifier for 1 epochs to find 2 groups" in printed
+    for group in discovered.groups:  # the groups it found, by name and classes
+        assert f"{group}: {', '.join(discovered.classes_of(group))}" in printed
     assert sorted(discovered.classes) == sorted(p.name for p in flat_shapes.iterdir())
     assert result["model"].hierarchy == discovered
     options = json.loads((run / "config.json").read_text())["options"]

@@ -351,10 +351,12 @@ def _run_phases(model, run_dir, options, state, data, extras):
 
     `data` is `(train, validation)`, `extras` is `(callbacks, fit_kwargs, on_commit)`.
     """
-    start = 0
-    for index, phase in enumerate(_phases(options)):
+    start, phases = 0, _phases(options)
+    for index, phase in enumerate(phases):
         end = start + phase.epochs
         if not _phase_done(state, index, end):
+            if len(phases) > 1:
+                _announce(_phase_header(index, phases, start, end, options), extras[1])
             resuming = state is not None and index == state["phase"]
             if resuming:
                 _set_trainable(model, phase, options)  # the checkpoint restored the optimizer
@@ -366,6 +368,25 @@ def _run_phases(model, run_dir, options, state, data, extras):
             )
         start = end
     return state
+
+
+PHASE_WORDS = {
+    "gate": "the gate alone (experts frozen)",
+    "experts": "the experts, each on its own group's rows (trunk and gate frozen)",
+    "joint": "gate and experts together",
+    "fine_tune": "fine-tuning the top of the pretrained backbone at a low learning rate",
+}
+
+
+def _phase_header(index, phases, start, end, options):
+    phase = phases[index]
+    what = PHASE_WORDS.get(phase.name, phase.name)
+    if phase.name == "joint" and phases[-1].name == "fine_tune":
+        what += " (the pretrained backbone frozen)"
+    return (
+        f"=== Phase {index + 1}/{len(phases)}: {phase.name}, epochs {start + 1}-{end}: "
+        f"{what} ==="
+    )
 
 
 def _phase_done(state, index, end):
@@ -617,6 +638,11 @@ def discover_for_run(options, data_dir, run_dir, fit_kwargs):
     reorders the classes, the run's validation rows (same share and seed)
     need not be the ones discovery held out.
     """
+    _announce(
+        f"=== Discovery: training a flat classifier for {options.epochs} epochs to find "
+        f"{options.discovery_groups} groups of similar classes ===",
+        fit_kwargs,
+    )
     hierarchy, _ = discover_from_folder(
         data_dir,
         num_groups=options.discovery_groups,
@@ -631,6 +657,12 @@ def discover_for_run(options, data_dir, run_dir, fit_kwargs):
         **fit_kwargs,
     )
     hierarchy.save(Path(run_dir) / DISCOVERED)
+    found = "; ".join(f"{g}: {', '.join(hierarchy.classes_of(g))}" for g in hierarchy.groups)
+    _announce(
+        f"Discovered groups: {found} (written to {Path(run_dir) / DISCOVERED}; edit it and "
+        "pass --hierarchy FILE to reuse it).",
+        fit_kwargs,
+    )
     return dataclasses.replace(options, hierarchy=hierarchy.to_dict())
 
 

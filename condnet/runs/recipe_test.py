@@ -84,9 +84,17 @@ def test_train_writes_a_complete_run_directory(shapes, tmp_path):
 
 
 @pytest.mark.slow
-def test_staged_strategy_runs_gate_expert_and_joint_phases(shapes, tmp_path):
+def test_staged_strategy_runs_gate_expert_and_joint_phases(shapes, tmp_path, capsys):
     run = tmp_path / "run"
-    train(shapes / "train", run, epochs=3, strategy="staged", routing="hard", **TINY)
+    loud = {**TINY, "verbose": 2}
+    train(shapes / "train", run, epochs=3, strategy="staged", routing="hard", **loud)
+    headers = [line for line in capsys.readouterr().out.splitlines() if "=== Phase" in line]
+    assert [h.split(":")[0] for h in headers] == [
+        "=== Phase 1/3",
+        "=== Phase 2/3",
+        "=== Phase 3/3",
+    ]
+    assert "gate, epochs 1-1" in headers[0] and "experts, epochs 2-2" in headers[1]
     assert [row["phase"] for row in _history_rows(run)] == ["0", "1", "2"]
     weights = [(r["gate_loss_weight"], r["expert_loss_weight"]) for r in _history_rows(run)]
     assert weights == [("1.0", "0.0"), ("0.0", "1.0"), ("1.0", "1.0")]
