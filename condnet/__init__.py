@@ -6,16 +6,26 @@ model; other names are imported on first use.
 """
 
 import importlib
+import sys
+from pathlib import Path
 
 from condnet.runs._backend import backend_problem
 
-# Registrations of the saved classes (ConditionalModel, backbone layers, TemperatureScaling),
-# so that `import condnet` is enough for keras.models.load_model. With a missing or bogus
-# KERAS_BACKEND, Keras is not imported here: the CLI then reports the problem in one line.
-if backend_problem() is None:
+
+def register_saved_classes():
+    """Import the modules that register condnet's saved classes (ConditionalModel,
+    backbone layers, TemperatureScaling) with Keras, so keras.models.load_model finds them."""
     from condnet.evaluation import calibration  # noqa: F401
     from condnet.models import conditional_model  # noqa: F401
     from condnet.vision import backbones  # noqa: F401
+
+
+# `import condnet` registers them, so that it is enough for keras.models.load_model. With a
+# missing or bogus KERAS_BACKEND, Keras is not imported here: the CLI then reports the
+# problem in one line. The `condnet` command registers them itself once a command runs, so
+# that `condnet --help` and `condnet --version` answer without importing Keras.
+if backend_problem() is None and Path(sys.argv[0] if sys.argv else "").name != "condnet":
+    register_saved_classes()
 
 __version__ = "0.1.0"
 

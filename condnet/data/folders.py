@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from PIL import Image, ImageOps, features
 
+from condnet.choices import COLOR_MODES
 from condnet.hierarchy import MAX_DEPTH, Hierarchy
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff") + (
@@ -20,7 +21,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff") + 
 )
 MAX_IMAGE_PIXELS = 64 * 2**20
 CACHE_BYTES = 256 * 2**20
-COLOR_MODES = ("rgb", "grayscale")
+
 SKIP_REASONS = (
     "unreadable",
     "too many pixels",

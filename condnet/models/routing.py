@@ -2,7 +2,7 @@
 
 from keras import ops, random
 
-ROUTINGS = ("soft", "hard", "gumbel", "teacher")
+from condnet.choices import ROUTINGS
 
 _EPSILON = 1e-7
 

@@ -37,6 +37,9 @@ def main(argv=None):
         if not getattr(args, "command", None):
             parser.print_help()
             return 2
+        import condnet
+
+        condnet.register_saved_classes()  # deferred by `condnet` (see condnet/__init__.py)
         return args.run(args) or 0
     except _errors() as error:
         if "--debug" in argv:
@@ -531,7 +534,7 @@ if __name__ == "__main__":
 
 
 def _export_parser(commands, common):
-    from condnet.runs.deploy import FORMATS
+    from condnet.choices import EXPORT_FORMATS as FORMATS
 
     p = commands.add_parser(
         "export",

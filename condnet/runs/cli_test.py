@@ -3,6 +3,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -213,7 +215,9 @@ def test_cli_resume_refuses_a_changed_option_and_trains_more_epochs(trained, tmp
 def test_every_cli_option_has_help_text():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"train", "evaluate", "predict", "info", "demo", "cv", "calibrate"}
+    assert set(commands) == {
+        *("train", "evaluate", "predict", "info", "demo", "cv", "calibrate", "export", "serve")
+    }
     for name, command in commands.items():
         for action in command._actions:
             assert action.help, f"condnet {name} {action.option_strings or action.dest}"
@@ -241,3 +245,27 @@ def test_verbosity_is_one_line_per_epoch_outside_a_terminal(monkeypatch):
     assert _verbosity(argparse.Namespace(quiet=True)) == 0
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     assert _verbosity(argparse.Namespace(quiet=False)) == "auto"
+
+
+HELP_WITHOUT_KERAS = """
+import sys
+sys.argv = ["condnet", *sys.argv[1:]]  # as the console script runs
+from condnet.runs.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("KERAS IMPORTED" if "keras" in sys.modules else "NO KERAS")
+"""
+
+
+@pytest.mark.parametrize("words", [["--help"], ["train", "--help"], ["export", "--help"]])
+def test_help_answers_without_importing_keras(words):
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_WITHOUT_KERAS, *words],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "usage: condnet" in done.stdout
+    assert done.stdout.strip().endswith("NO KERAS")

@@ -3,9 +3,9 @@
 import shutil
 from pathlib import Path
 
+from condnet.choices import EXPORT_FORMATS as FORMATS
 from condnet.runs.run_dir import input_shape_of, load_run
 
-FORMATS = ("onnx", "tf_saved_model", "keras")
 DEFAULT_NAMES = {"onnx": "model.onnx", "tf_saved_model": "saved_model", "keras": "model.keras"}
 
 

@@ -5,14 +5,16 @@ import math
 import numbers
 from pathlib import Path
 
-from condnet.data.folders import COLOR_MODES
+from condnet.choices import (
+    AUGMENT_POLICIES,
+    COLOR_MODES,
+    PLACEMENTS,
+    PREPROCESS_MODES,
+    ROUTINGS,
+    SMALL_CNN_FILTERS,
+    STRATEGIES,
+)
 from condnet.hierarchy import Hierarchy
-from condnet.models.routing import ROUTINGS
-from condnet.training.staged import STRATEGIES
-from condnet.vision.augmentation import AUGMENT_POLICIES
-from condnet.vision.backbones import SMALL_CNN_FILTERS
-from condnet.vision.image_model import PLACEMENTS
-from condnet.vision.preprocessing import PREPROCESS_MODES
 
 SCHEDULES = ("coarse_to_fine",)
 DISPATCHES = ("dense", "capacity")

@@ -384,8 +384,7 @@ def _phase_header(index, phases, start, end, options):
     if phase.name == "joint" and phases[-1].name == "fine_tune":
         what += " (the pretrained backbone frozen)"
     return (
-        f"=== Phase {index + 1}/{len(phases)}: {phase.name}, epochs {start + 1}-{end}: "
-        f"{what} ==="
+        f"=== Phase {index + 1}/{len(phases)}: {phase.name}, epochs {start + 1}-{end}: {what} ==="
     )
 
 

@@ -15,9 +15,8 @@ import warnings
 import keras
 import numpy as np
 
+from condnet.choices import STRATEGIES
 from condnet.vision.backbones import unfreeze_top
-
-STRATEGIES = ("joint", "staged")
 
 # Loss weights (gate, class, expert) of each kind of phase.
 _PHASE_WEIGHTS = {

@@ -2,7 +2,8 @@
 
 import keras
 
-AUGMENT_POLICIES = ("auto", "none", "light", "standard", "strong")
+from condnet.choices import AUGMENT_POLICIES
+
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 # Below this side, "auto" without a probe augments nothing (see make_augmentation).
 SMALL_IMAGE_SIZE = 32

@@ -14,6 +14,7 @@ import os
 import keras
 from keras import layers
 
+from condnet.choices import SMALL_CNN_FILTERS
 from condnet.vision.model_trunk import (
     HUB_SCHEMES,
     MODEL_FILE_EXTENSIONS,
@@ -29,7 +30,6 @@ BACKBONE_KINDS = ("small_cnn", "application", "file", "model", "preset")
 # === small_cnn ===
 
 
-SMALL_CNN_FILTERS = (32, 64, 128)
 # Keras's default BatchNormalization momentum (0.99) needs a few hundred steps
 # before its moving statistics (used at inference) catch up with the batches;
 # a run of a few thousand images has ~100 steps an epoch, so validation lagged

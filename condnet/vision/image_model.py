@@ -3,11 +3,11 @@
 import keras
 from keras import layers
 
+from condnet.choices import PLACEMENTS
 from condnet.models.conditional_model import ConditionalModel
 from condnet.vision.backbones import SMALL_CNN_FILTERS, conv_bn_relu, make_trunk, small_cnn
 from condnet.vision.taps import default_taps
 
-PLACEMENTS = ("auto", "branch", "taps", "top", "separate")
 # "branch": the gate is one conv a quarter of the last block's width (cheap);
 # each expert owns a copy of the last block, a sixteenth narrower, so that the
 # trunk + gate + one expert cost no more multiply-accumulates per image than

@@ -3,7 +3,8 @@
 import keras
 from keras import layers, ops
 
-PREPROCESS_MODES = ("none", "unit", "symmetric", "caffe", "torch")
+from condnet.choices import PREPROCESS_MODES
+
 # What each mode does to [0, 255] RGB images, as in keras.applications' preprocess_input.
 _IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)

@@ -1,0 +1,15 @@
+"""The names an option may take, in a module that imports nothing heavy.
+
+The command line builds its parser (and `condnet --help` answers) from these
+without importing Keras; the modules that implement each choice import them
+from here.
+"""
+
+COLOR_MODES = ("rgb", "grayscale")
+ROUTINGS = ("soft", "hard", "gumbel", "teacher")
+STRATEGIES = ("joint", "staged")
+AUGMENT_POLICIES = ("auto", "none", "light", "standard", "strong")
+SMALL_CNN_FILTERS = (32, 64, 128)
+PLACEMENTS = ("auto", "branch", "taps", "top", "separate")
+PREPROCESS_MODES = ("none", "unit", "symmetric", "caffe", "torch")
+EXPORT_FORMATS = ("onnx", "tf_saved_model", "keras")
