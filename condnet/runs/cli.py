@@ -37,6 +37,8 @@ def main(argv=None):
         if not getattr(args, "command", None):
             parser.print_help()
             return 2
+        if "--debug" not in argv:
+            _import_keras_quietly()
         import condnet
 
         condnet.register_saved_classes()  # deferred by `condnet` (see condnet/__init__.py)
@@ -53,6 +55,23 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 130
+
+
+def _import_keras_quietly():
+    """Import Keras (and with it the backend) with standard error closed: TensorFlow's C++
+    start-up lines (absl's pre-init warning, the oneDNN notice, each twice) would open every
+    command's output. An import that fails raises after standard error is back."""
+    if "keras" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _errors():
