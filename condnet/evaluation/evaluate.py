@@ -6,11 +6,12 @@ import numpy as np
 
 from condnet.data.folders import ImageFolder
 from condnet.evaluation.metrics import evaluate_predictions
+from condnet.evaluation.progress import Progress
 
 SHOWN_SKIPPED = 10
 
 
-def evaluate_model(model, data, hierarchy=None, return_predictions=False):
+def evaluate_model(model, data, hierarchy=None, return_predictions=False, progress=None):
     """Metrics of a ConditionalModel on an ImageFolder, in one pass over its batches.
 
     A flat Keras classifier over the same classes (such as
@@ -25,6 +26,9 @@ def evaluate_model(model, data, hierarchy=None, return_predictions=False):
     warning. Other datasets (a `PyDataset` of `(images, labels)` batches)
     are read as they are.
 
+    `progress`: a label (e.g. `"hard routing"`) to report progress under on
+    standard error (`condnet.evaluation.progress.Progress`), or None.
+
     Returns:
         The dict of `evaluate_predictions` (`num_samples` counts the scored
         rows) with `num_skipped` and `skipped` added; with
@@ -34,7 +38,8 @@ def evaluate_model(model, data, hierarchy=None, return_predictions=False):
     """
     hierarchy = hierarchy or model.hierarchy
     outputs, labels, kept_paths, skipped = [], [], [], []
-    for images, batch_labels, paths, errors in _batches(data):
+    shown = Progress(progress, len(data), enabled=progress is not None)
+    for done, (images, batch_labels, paths, errors) in enumerate(_batches(data), 1):
         valid = np.array([error is None for error in errors], bool)
         skipped += [
             error_row(path, error) for path, error in zip(paths, errors) if error is not None
@@ -43,6 +48,8 @@ def evaluate_model(model, data, hierarchy=None, return_predictions=False):
             outputs.append(predict_batch(model, images[valid]))
             labels.append(np.asarray(batch_labels)[valid])
             kept_paths += [path for path, ok in zip(paths, valid) if ok]
+        shown.update(done)
+    shown.close()
     if not outputs:
         raise ValueError(
             f"None of the {len(skipped)} images to evaluate can be decoded, so there is "

@@ -277,6 +277,9 @@ def _inference_flags(p, routing_default):
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument(
+        "--quiet", action="store_true", help="no progress lines (they go to standard error)"
+    )
+    p.add_argument(
         "--output",
         default=None,
         metavar="FILE",
@@ -315,6 +318,7 @@ def _evaluate(args):
         batch_size=args.batch_size,
         routing=args.routing,
         model_file=args.model,
+        progress=not args.quiet,
     )
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=1) + "\n")
@@ -353,6 +357,7 @@ def _predict(args):
         batch_size=args.batch_size,
         routing=args.routing,
         model_file=args.model,
+        progress=not args.quiet,
     )
     if not args.json:
         print("\t".join(PREDICT_COLUMNS[:5]))
@@ -520,6 +525,7 @@ def _calibrate_parser(commands, common):
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress line on standard error")
     p.add_argument(
         "--break-lock",
         action="store_true",
@@ -531,7 +537,7 @@ def _calibrate_parser(commands, common):
 def _calibrate(args):
     from condnet.runs.run_dir import calibrate_run
 
-    report = calibrate_run(args.run_dir, break_lock=args.break_lock)
+    report = calibrate_run(args.run_dir, break_lock=args.break_lock, progress=not args.quiet)
     if args.json:
         print(json.dumps(report))
         return

@@ -48,8 +48,11 @@ def test_cli_train_writes_the_run(trained):
 @pytest.mark.slow
 def test_cli_evaluate_prints_the_json_contract(trained, capsys):
     assert main(["evaluate", str(trained / "run"), str(trained / "data" / "test"), "--json"]) == 0
-    metrics = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)  # progress goes to stderr: stdout stays one object
     assert metrics["num_samples"] == 6 * 3
+    for label in ("hard routing", "soft routing", "flat baseline"):
+        assert f"{label}: 1/1 batches" in captured.err
     for key in ("accuracy", "group_accuracy", "hierarchical_f1"):
         assert 0.0 <= metrics[key] <= 1.0
     routing = metrics["routing"]
@@ -63,7 +66,11 @@ def test_cli_evaluate_prints_the_json_contract(trained, capsys):
 def test_cli_predict_prints_one_json_object_per_image(trained, capsys):
     folder = trained / "data" / "test" / "round" / "ring"
     assert main(["predict", str(trained / "run"), str(folder), "--json"]) == 0
-    rows = _json_lines(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    rows = _json_lines(captured.out)
+    assert "predicting: 1/1 batches" in captured.err and f", {len(rows)} images" in captured.err
+    assert main(["predict", str(trained / "run"), str(folder), "--json", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
     assert [row["path"] for row in rows] == sorted(str(p) for p in folder.glob("*.png"))
     hierarchy = {"angular": ["square", "star", "triangle"], "round": ["circle", "ellipse", "ring"]}
     for row in rows:

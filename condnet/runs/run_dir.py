@@ -1,6 +1,7 @@
 """A finished run directory: evaluate it on a folder, predict images, describe its parts."""
 
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
 from condnet.evaluation.calibration import calibrate
 from condnet.evaluation.cost import count_macs
 from condnet.evaluation.evaluate import error_row, evaluate_model, predict_batch, prediction_row
+from condnet.evaluation.progress import Progress
 from condnet.runs.checkpoint import BEST, CHECKPOINTS, save_model_atomic, write_atomic
 
 CONFIG = "config.json"
@@ -133,27 +135,35 @@ def _archive_problem(path):
 
 
 def evaluate_run(
-    run_dir, data_dir, report_dir=None, batch_size=64, routing="hard", model_file=None
+    run_dir,
+    data_dir,
+    report_dir=None,
+    batch_size=64,
+    routing="hard",
+    model_file=None,
+    progress=False,
 ):
     """Evaluate a run on another folder (e.g. a test split) and write a report there.
 
     The headline metrics are those of `routing` (default hard: only the
     chosen expert runs); the other routing's accuracy is reported beside them
     (`mixture` or `hard_routed`), and so is the run's flat baseline when it
-    has one (`baseline`), on the same images.
+    has one (`baseline`), on the same images. `progress=True` reports each
+    pass on standard error.
     """
     from condnet.evaluation.report import baseline_verdict, write_report
 
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
     data = _folder_for(model, config, data_dir, batch_size)
-    metrics = evaluate_model(model, data)
+    label = _labeller(progress)
+    metrics = evaluate_model(model, data, progress=label(f"{model.routing} routing"))
     metrics["inference_routing"] = model.routing
     other = "soft" if model.routing != "soft" else "hard"
     model.routing = other
     metrics["mixture" if other == "soft" else "hard_routed"] = {
-        "accuracy": evaluate_model(model, data)["accuracy"]
+        "accuracy": evaluate_model(model, data, progress=label(f"{other} routing"))["accuracy"]
     }
-    comparison = _baseline_on(run_dir, data, model.hierarchy, metrics)
+    comparison = _baseline_on(run_dir, data, model.hierarchy, metrics, label("flat baseline"))
     if comparison is not None:
         comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
@@ -174,13 +184,17 @@ def evaluate_run(
     return metrics
 
 
-def _baseline_on(run_dir, data, hierarchy, metrics):
+def _labeller(progress):
+    return (lambda label: label) if progress else (lambda label: None)
+
+
+def _baseline_on(run_dir, data, hierarchy, metrics, progress=None):
     """The run's flat baseline scored on `data`, beside the conditional model, or None."""
     path = Path(run_dir) / BASELINE
     if not path.is_file():
         return None
     flat = _load_model(path)
-    scores = evaluate_model(flat, data, hierarchy=hierarchy)
+    scores = evaluate_model(flat, data, hierarchy=hierarchy, progress=progress)
     keys = ("accuracy", "group_accuracy", "hierarchical_f1")
     return {
         "conditional": {key: metrics[key] for key in keys},
@@ -189,7 +203,7 @@ def _baseline_on(run_dir, data, hierarchy, metrics):
     }
 
 
-def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None):
+def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None, progress=False):
     """Predict images (files or folders of images); one dict per image, in order.
 
     `routing` and `model_file` as in `load_run` (the model's own routing,
@@ -197,7 +211,8 @@ def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None)
 
     An image that cannot be decoded gets the row `{"path": ..., "error":
     "cannot decode: <reason>"}` instead of a prediction; no other image's
-    prediction ever stands in for it.
+    prediction ever stands in for it. `progress=True` reports the batches on
+    standard error.
     """
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
     paths = _image_paths(inputs)
@@ -210,7 +225,9 @@ def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None)
         **_image_options(config, batch_size),
     )
     results = []
+    shown = Progress("predicting", len(data), enabled=progress)
     for index in range(len(data)):
+        shown.update(index)
         images, _, errors = data.read_batch(index)
         valid = np.array([error is None for error in errors], bool)
         outputs = predict_batch(model, images[valid]) if valid.any() else None
@@ -221,6 +238,7 @@ def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None)
                 results.append(prediction_row(hierarchy, path, outputs, next(decoded)))
             else:
                 results.append(error_row(path, error))
+    shown.close(f", {len(results)} images")
     return results
 
 
@@ -271,22 +289,23 @@ CALIBRATED = "model.calibrated.keras"
 CALIBRATION_REPORT = "calibration.json"
 
 
-def calibrate_run(run_dir, break_lock=False):
+def calibrate_run(run_dir, break_lock=False, progress=False):
     """`condnet calibrate`: calibrate a run on its own validation split.
 
     The split is drawn again from the run's `config.json` (same folder,
     hierarchy, share or fold indices, and seed). Writes
     `RUN_DIR/model.calibrated.keras` and `RUN_DIR/calibration.json`, and
     returns the report of `calibrate`. Holds the run's lock (`run_lock`;
-    `break_lock` removes a stale one).
+    `break_lock` removes a stale one). `progress=True` says what it does on
+    standard error.
     """
     from condnet.runs.lock import run_lock
 
     with run_lock(run_dir, command="calibrate", break_lock=break_lock):
-        return _calibrate_locked(run_dir)
+        return _calibrate_locked(run_dir, progress)
 
 
-def _calibrate_locked(run_dir):
+def _calibrate_locked(run_dir, progress=False):
     from condnet.runs.recipe import load_data
 
     model, config = load_run(run_dir)
@@ -296,6 +315,13 @@ def _calibrate_locked(run_dir):
             f"The run {str(run_dir)!r} has no validation split (validation_split=0), and "
             "temperatures must be fitted on images the model did not train on. Train "
             "with --validation-split 0.2 (or more)."
+        )
+    if progress:
+        print(
+            f"Fitting the gate and expert temperatures on {validation.num_samples} validation "
+            "images ...",
+            file=sys.stderr,
+            flush=True,
         )
     calibrated, report = calibrate(model, validation)
     save_model_atomic(calibrated, Path(run_dir) / CALIBRATED)
