@@ -515,9 +515,16 @@ def _annotate(axes, matrix, shades):
         axes.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
 
 
+NOT_PLOTTED = ("epoch", "phase", "epoch_seconds")  # bookkeeping columns of history.csv
+
+
 def _history_names(history):
     """Panel names: one per metric, leaving out series that never change (fixed loss weights)."""
-    changing = [key for key, values in history.items() if len(set(values)) > 1 or len(values) == 1]
+    changing = [
+        key
+        for key, values in history.items()
+        if key not in NOT_PLOTTED and (len(set(values)) > 1 or len(values) == 1)
+    ]
     return list(dict.fromkeys(key.removeprefix("val_") for key in changing))
 
 

@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import keras
@@ -133,7 +134,11 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.on_commit = on_commit
         self.refused = None
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
     def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - getattr(self, "_started", time.perf_counter())
         problem = non_finite(self.model, logs)
         if problem is not None:
             self.refused = (epoch + 1, problem)
@@ -142,6 +147,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         for part, weight in getattr(self.model, "loss_weights_dict", {}).items():
             logs[f"{part}_loss_weight"] = weight
+        logs["epoch_seconds"] = round(seconds, 3)  # training and validation of the epoch
         self.history.append({"epoch": epoch + 1, "phase": self.phase, **logs})
         folder = self.run_dir / CHECKPOINTS
         folder.mkdir(parents=True, exist_ok=True)

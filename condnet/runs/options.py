@@ -339,7 +339,12 @@ class TrainingOptions:
     patience: int = _option(
         5, "epochs without validation improvement before stopping", _int_at_least(1)
     )
-    tensorboard: bool = _option(False, "write TensorBoard logs to RUN_DIR/logs", _boolean)
+    tensorboard: bool = _option(
+        True,
+        "write TensorBoard logs (per-epoch scalars, the options in the HParams view) to "
+        "RUN_DIR/logs when TensorFlow's tensorboard package is installed",
+        _boolean,
+    )
     dispatch: str = _option(
         "dense",
         "how hard routing runs while training: dense computes every expert on every row, "

@@ -455,11 +455,43 @@ def _set_trainable(model, phase, options):
 
 def _recipe_callbacks(run_dir, options, phase, validation, first_epoch):
     callbacks = _stopping_callbacks(options, validation)
-    if options.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / "logs")))
+    if options.tensorboard and tensorboard_available():
+        logs = Path(run_dir) / LOGS
+        write_hparams(logs, options)
+        callbacks.append(
+            keras.callbacks.TensorBoard(log_dir=str(logs), write_graph=False, profile_batch=0)
+        )
     if options.loss_schedule == "coarse_to_fine" and phase.name == "joint":
         callbacks.append(LossWeightSchedule.coarse_to_fine(phase.epochs, start_epoch=first_epoch))
     return callbacks
+
+
+LOGS = "logs"
+
+
+def tensorboard_available():
+    """TensorBoard logs need TensorFlow's summary writer and the tensorboard package."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) for name in ("tensorflow", "tensorboard"))
+
+
+def write_hparams(logs, options):
+    """The run's options in TensorBoard's HParams view (written once per run directory)."""
+    marker = Path(logs) / "hparams"
+    if marker.is_dir():
+        return
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    values = {}
+    for key, value in options.to_config().items():
+        if isinstance(value, (bool, int, float, str)):
+            values[key] = value
+        elif value is not None and key != "split":
+            values[key] = json.dumps(value)[:200]
+    with tf.summary.create_file_writer(str(marker)).as_default():
+        hp.hparams(values)
 
 
 def _stopping_callbacks(options, validation):

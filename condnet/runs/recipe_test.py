@@ -81,6 +81,22 @@ def test_train_writes_a_complete_run_directory(shapes, tmp_path):
     assert metrics["num_samples"] == 6 * 12 - len(result["model"].hierarchy.classes) * 10
     best = max(float(row["val_accuracy"]) for row in _history_rows(run))
     np.testing.assert_allclose(metrics["accuracy"], best, atol=1e-6)  # model.keras is the best
+    assert all(float(row["epoch_seconds"]) > 0 for row in _history_rows(run))
+    _assert_tensorboard_logs(run / "logs")
+
+
+def _assert_tensorboard_logs(logs):
+    """Per-epoch scalars for training and validation, and the options in the HParams view."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for split in ("train", "validation"):
+        events = EventAccumulator(str(logs / split), size_guidance={"tensors": 0})
+        events.Reload()
+        tags = events.Tags()["tensors"] + events.Tags()["scalars"]
+        assert any("accuracy" in tag for tag in tags), (split, tags)
+    hparams = b"".join(path.read_bytes() for path in (logs / "hparams").glob("events.*"))
+    assert b"hparams" in hparams and b"learning_rate" in hparams and b"routing" in hparams
 
 
 @pytest.mark.slow
