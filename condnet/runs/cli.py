@@ -1,5 +1,5 @@
 """The `condnet` command line: train, evaluate, predict, info, demo, cv, calibrate, export,
-serve."""
+serve, compare."""
 
 import argparse
 import dataclasses
@@ -122,6 +122,7 @@ def build_parser():
         _calibrate_parser,
         _export_parser,
         _serve_parser,
+        _compare_parser,
     ):
         add(commands, common)
     return parser
@@ -703,3 +704,33 @@ def _serve(args):
     )
     print(f"Serving {args.run_dir} on http://{args.host}:{args.port}/ (Ctrl-C stops).")
     run_server(app, host=args.host, port=args.port)
+
+
+# === compare ===
+
+
+def _compare_parser(commands, common):
+    p = commands.add_parser(
+        "compare",
+        parents=[common],
+        help="finished runs side by side: accuracy, baseline, routed MACs, training time",
+        description="A table of RUN_DIRs (or folders of runs), most accurate first, from each "
+        "run's metrics.json (validation split, hard-routed), config.json and history.csv.",
+    )
+    p.add_argument("runs", metavar="RUN_DIR", nargs="+", help="run directories or folders of runs")
+    p.add_argument("--output", metavar="FILE", help="also write the table (.md, .csv or .json)")
+    p.add_argument("--plot", metavar="FILE", help="accuracy against routed MACs (.png, .svg)")
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+    p.set_defaults(run=_compare)
+
+
+def _compare(args):
+    from condnet.runs.compare import check_outputs, compare_runs, plot_runs, table, write_table
+
+    check_outputs(args.output, args.plot)
+    rows = compare_runs(args.runs)
+    print(json.dumps(rows) if args.json else table(rows), end="" if not args.json else "\n")
+    if args.output:
+        write_table(rows, args.output)
+    if args.plot:
+        plot_runs(rows, args.plot)

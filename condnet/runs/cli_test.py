@@ -223,7 +223,8 @@ def test_every_cli_option_has_help_text():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     assert set(commands) == {
-        *("train", "evaluate", "predict", "info", "demo", "cv", "calibrate", "export", "serve")
+        *("train", "evaluate", "predict", "info", "demo", "cv", "calibrate", "export", "serve"),
+        "compare",
     }
     for name, command in commands.items():
         for action in command._actions:
