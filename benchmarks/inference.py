@@ -42,8 +42,8 @@ FULL = {
 }
 QUICK = {
     "groups": (4,),
-    "batch_sizes": (1, 256),
-    "images": {1: 64, 256: 2048},
+    "batch_sizes": (1, 32, 256),
+    "images": {1: 64, 32: 2048, 256: 2048},
     "naive_images": 64,
     "repeats": 3,
 }

@@ -13,10 +13,10 @@ from condnet.runs._backend import backend_problem
 
 
 def register_saved_classes():
-    """Import the modules that register condnet's saved classes (ConditionalModel,
+    """Import the modules that register condnet's saved classes (ConditionalModel, Ensemble,
     backbone layers, TemperatureScaling) with Keras, so keras.models.load_model finds them."""
     from condnet.evaluation import calibration  # noqa: F401
-    from condnet.models import conditional_model  # noqa: F401
+    from condnet.models import conditional_model, ensemble  # noqa: F401
     from condnet.vision import backbones  # noqa: F401
 
 

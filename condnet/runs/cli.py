@@ -1,5 +1,5 @@
 """The `condnet` command line: train, evaluate, predict, info, demo, cv, calibrate, export,
-serve, compare."""
+serve, compare, ensemble."""
 
 import argparse
 import dataclasses
@@ -123,6 +123,7 @@ def build_parser():
         _export_parser,
         _serve_parser,
         _compare_parser,
+        _ensemble_parser,
     ):
         add(commands, common)
     return parser
@@ -734,3 +735,47 @@ def _compare(args):
         write_table(rows, args.output)
     if args.plot:
         plot_runs(rows, args.plot)
+
+
+# === ensemble ===
+
+
+def _ensemble_parser(commands, common):
+    p = commands.add_parser(
+        "ensemble",
+        parents=[common],
+        help="average finished runs into one model and evaluate it against its members",
+        description="Average the class probabilities of RUN_DIRs (same hierarchy and image "
+        "size; each member hard-routed) into one model.keras in OUT_DIR, scored on DATA_DIR "
+        "with each member beside it; OUT_DIR is a run directory for evaluate, predict, serve.",
+    )
+    p.add_argument("runs", metavar="RUN_DIR", nargs="+", help="runs to average")
+    p.add_argument("--data", required=True, metavar="DATA_DIR", help="images to score on")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="where to write the ensemble")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--overwrite", action="store_true", help="replace an ensemble in OUT_DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(run=_ensemble)
+
+
+def _ensemble(args):
+    from condnet.runs.ensemble import build_ensemble
+
+    metrics = build_ensemble(
+        args.runs,
+        args.out,
+        args.data,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(metrics))
+        return
+    for member in metrics["members"]:
+        print(f"member {member['run']}: accuracy {member['accuracy']:.4f}")
+    print(
+        f"ensemble: accuracy {metrics['accuracy']:.4f} ({metrics['gain_over_best_member']:+.4f} "
+        f"over the best member) -> {args.out}/model.keras"
+    )

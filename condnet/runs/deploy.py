@@ -68,7 +68,9 @@ def serve_app(run_dir, routing="hard", model_file=None, **service_options):
 
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
     _, height, width, _ = input_shape_of(config)
-    info = {k: v for k, v in run_info(run_dir).items() if k not in ("hierarchy", "routing")}
+    info = {}
+    if hasattr(model, "gate"):  # a conditional model (an ensemble has no single route)
+        info = {k: v for k, v in run_info(run_dir).items() if k not in ("hierarchy", "routing")}
     return create_app(
         model,
         (height, width),

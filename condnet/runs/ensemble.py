@@ -1,0 +1,112 @@
+"""`condnet ensemble`: finished runs averaged into one model, evaluated like a run."""
+
+import json
+import shutil
+from pathlib import Path
+
+from condnet.runs.checkpoint import BEST, write_atomic
+from condnet.runs.run_dir import CONFIG, _folder_for, load_run
+
+ENSEMBLE_FILES = (BEST, CONFIG, "metrics.json", "report.md", "report.html")
+
+
+def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, progress=False):
+    """Average the runs' models, score the ensemble and each member on `data_dir`, and
+    write `out` as a run directory (`model.keras`, `config.json`, `metrics.json`, report)
+    that `condnet evaluate`, `predict`, `serve` and `export` (keras) read.
+
+    Every run must share the hierarchy, image size and colour mode; all of it is
+    checked, and `out` must be new (or `overwrite=True`), before anything is written.
+    Returns the metrics.
+    """
+    from condnet.evaluation.evaluate import evaluate_model
+    from condnet.evaluation.report import write_report
+    from condnet.models.ensemble import Ensemble
+
+    run_dirs, out = [Path(r) for r in run_dirs], Path(out)
+    _check_out(out, run_dirs, overwrite)
+    loaded = [load_run(run) for run in run_dirs]
+    config = _shared_config(run_dirs, [config for _, config in loaded])
+    members = [model for model, _ in loaded]
+    for i, member in enumerate(members):
+        member._name = f"member_{i}"  # one archive holds them all: names must differ
+    ensemble = Ensemble(members[0].hierarchy, members)
+    data = _folder_for(members[0], config, data_dir, batch_size)
+    scores = [
+        evaluate_model(m, data, progress=f"member {i}" if progress else None)["accuracy"]
+        for i, m in enumerate(members)
+    ]
+    metrics = evaluate_model(ensemble, data, progress="ensemble" if progress else None)
+    metrics["members"] = [
+        {"run": str(run), "accuracy": score, "routed_macs": _routed_macs(run)}
+        for run, score in zip(run_dirs, scores)
+    ]
+    metrics["gain_over_best_member"] = metrics["accuracy"] - max(scores)
+    costs = [m["routed_macs"] for m in metrics["members"]]
+    metrics["macs_per_image"] = {"routed": sum(costs) if None not in costs else None}
+    _write(out, ensemble, config, metrics, run_dirs, data_dir)
+    write_report(
+        out,
+        ensemble.hierarchy,
+        metrics,
+        title=f"Ensemble of {len(members)} runs on {data_dir}",
+        header={
+            "members": ", ".join(str(r) for r in run_dirs),
+            "data": f"{data_dir} ({metrics['num_samples']} images scored)",
+            "gain over the best member": f"{metrics['gain_over_best_member']:+.4f}",
+        },
+    )
+    return metrics
+
+
+def _check_out(out, run_dirs, overwrite):
+    if any(out.resolve() == run.resolve() for run in run_dirs):
+        raise ValueError(f"--out {str(out)!r} is one of the members; write the ensemble elsewhere.")
+    if out.exists() and not (out.is_dir() and overwrite):
+        raise ValueError(
+            f"{str(out)!r} already exists: pass --overwrite to replace the ensemble there, or "
+            f"another --out. Received: --out {str(out)!r}"
+        )
+    if out.is_dir() and overwrite:
+        foreign = [p.name for p in out.iterdir() if p.name not in ENSEMBLE_FILES]
+        foreign = [n for n in foreign if not n.endswith(".png") and n != "examples"]
+        if foreign:
+            raise ValueError(
+                f"{str(out)!r} holds files an ensemble does not write ({', '.join(foreign[:5])}); "
+                "it is kept. Choose another --out."
+            )
+
+
+def _shared_config(run_dirs, configs):
+    first = configs[0]["options"]
+    for run, config in zip(run_dirs[1:], configs[1:]):
+        for key in ("image_size", "color_mode"):
+            if config["options"].get(key) != first.get(key):
+                raise ValueError(
+                    f"The runs take different inputs: {run_dirs[0]} has {key}="
+                    f"{first.get(key)!r}, {run} has {config['options'].get(key)!r}. Ensemble "
+                    "runs trained at the same image size and colour mode."
+                )
+    return {"options": {"image_size": first["image_size"], "color_mode": first["color_mode"]}}
+
+
+def _routed_macs(run):
+    try:
+        return json.loads((run / "metrics.json").read_text())["macs_per_image"]["routed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write(out, ensemble, config, metrics, run_dirs, data_dir):
+    from condnet.runs.checkpoint import save_model_atomic
+
+    if out.is_dir():
+        for name in ENSEMBLE_FILES:
+            if (out / name).exists():
+                (out / name).unlink()
+        shutil.rmtree(out / "examples", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model_atomic(ensemble, out / BEST)
+    config = {**config, "ensemble": {"members": [str(r) for r in run_dirs], "data": str(data_dir)}}
+    write_atomic(out / CONFIG, json.dumps(config, indent=1) + "\n")
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
