@@ -1,5 +1,5 @@
 """The `condnet` command line: train, evaluate, predict, info, demo, cv, calibrate, export,
-serve, compare, ensemble."""
+serve, compare, ensemble, tune."""
 
 import argparse
 import dataclasses
@@ -124,6 +124,7 @@ def build_parser():
         _serve_parser,
         _compare_parser,
         _ensemble_parser,
+        _tune_parser,
     ):
         add(commands, common)
     return parser
@@ -779,3 +780,94 @@ def _ensemble(args):
         f"ensemble: accuracy {metrics['accuracy']:.4f} ({metrics['gain_over_best_member']:+.4f} "
         f"over the best member) -> {args.out}/model.keras"
     )
+
+
+# === tune ===
+
+
+def _tune_parser(commands, common):
+    from condnet.runs.tune import OBJECTIVES, TUNERS
+
+    p = commands.add_parser(
+        "tune",
+        parents=[common],
+        help="hyperparameter search over the recipe (KerasTuner); each trial is a run",
+        description="Search routing, strategy, expert placement, widths, learning rate, loss "
+        "schedule and augmentation (or the options a --space file names) with KerasTuner. "
+        "Each trial is a run in TUNE_DIR/trials/; an interrupted search resumes; "
+        "TUNE_DIR/summary.md, summary.json and pareto.png rank the trials.",
+    )
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images")
+    p.add_argument("--out", required=True, metavar="TUNE_DIR", help="folder of the search")
+    p.add_argument("--trials", type=int, default=10, help="trials to run (default 10)")
+    p.add_argument("--tuner", choices=TUNERS, default="random", help="(default: random)")
+    p.add_argument(
+        "--objective", choices=OBJECTIVES, default="val_accuracy", help="(default: val_accuracy)"
+    )
+    p.add_argument("--space", metavar="FILE", help="JSON / YAML: option -> choices or min/max")
+    p.add_argument(
+        "--chief",
+        metavar="HOST:PORT",
+        help="run the search's oracle here for workers to connect to (distributed tuning)",
+    )
+    p.add_argument(
+        "--worker",
+        metavar="HOST:PORT",
+        help="run trials for the chief at HOST:PORT (needs --worker-id)",
+    )
+    p.add_argument("--worker-id", metavar="NAME", help="a name unique among the workers")
+    add_option_flags(p, exclude=("routing", "strategy", "expert_placement", "split"))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_tune)
+
+
+def _tune(args):
+    from condnet.runs.tune import make_tuner, read_space, summarise
+
+    if args.trials < 1:
+        raise ValueError(f"--trials must be at least 1. Received: --trials {args.trials}")
+    _distributed_tuning(args)
+    tuner = make_tuner(
+        Path(args.data_dir).resolve(),
+        Path(args.out),
+        given_options(args),
+        tuner=args.tuner,
+        trials=args.trials,
+        objective=args.objective,
+        space=read_space(args.space),
+        verbose=_verbosity(args),
+    )
+    tuner.search()
+    if args.worker:
+        return
+    rows = summarise(args.out, tuner)
+    failed = [t for t in tuner.oracle.trials.values() if str(t.status) in ("FAILED", "INVALID")]
+    if failed:
+        reason = (failed[-1].message or "").strip().splitlines()[-1:] or ["no message"]
+        print(
+            f"condnet tune: {len(failed)} of {len(rows)} trials failed; the last: {reason[0]}",
+            file=sys.stderr,
+        )
+        if len(failed) == len(rows):
+            raise RuntimeError(f"Every trial failed; the last: {reason[0]}")
+    best = rows[0] if rows else None
+    print(f"{len(rows)} trials; summary in {args.out}/summary.md, plot {args.out}/pareto.png.")
+    if best is not None and best["val_accuracy"] is not None:
+        print(f"Best: trial {best['trial']} ({best['val_accuracy']:.4f}) -> {best['run_dir']}")
+
+
+def _distributed_tuning(args):
+    """--chief / --worker as KerasTuner's environment variables."""
+    if args.chief and args.worker:
+        raise ValueError("A process is either the chief (--chief) or a worker (--worker).")
+    address = args.chief or args.worker
+    if not address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"Give the oracle as HOST:PORT. Received: {address!r}")
+    if args.worker and not args.worker_id:
+        raise ValueError("A worker needs --worker-id NAME, unique among the workers.")
+    os.environ["KERASTUNER_ORACLE_IP"] = host
+    os.environ["KERASTUNER_ORACLE_PORT"] = port
+    os.environ["KERASTUNER_TUNER_ID"] = "chief" if args.chief else args.worker_id

@@ -1,0 +1,249 @@
+"""`condnet tune`: hyperparameter search over the training recipe, on KerasTuner.
+
+Each trial is an ordinary run directory (`TUNE_DIR/trials/trial-<id>`) trained
+by `condnet.train` with the trial's values; KerasTuner's oracle (random,
+Bayesian or Hyperband) chooses the values and keeps the search state in
+`TUNE_DIR/search`, so an interrupted search resumes where it stopped (a trial
+cut short resumes from its last epoch). Distributed tuning is KerasTuner's
+own: a chief oracle and workers over gRPC, configured by
+`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`
+(`--chief` / `--worker` set them).
+"""
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+from condnet.runs.options import TrainingOptions
+
+# The default search space: option -> {"choices": [...]} or {"min", "max", "sampling"}.
+SPACE = {
+    "routing": {"choices": ["soft", "hard"]},
+    "strategy": {"choices": ["joint", "staged"]},
+    "expert_placement": {"choices": ["branch", "top"]},
+    "filters": {"choices": ["32 64 128", "24 48 96", "48 96 192"]},
+    "learning_rate": {"min": 3e-4, "max": 3e-3, "sampling": "log"},
+    "loss_schedule": {"choices": ["none", "coarse_to_fine"]},
+    "augment": {"choices": ["none", "light", "standard"]},
+}
+TUNERS = ("random", "bayesian", "hyperband")
+OBJECTIVES = ("val_accuracy", "accuracy_per_mmac")
+SUMMARY = "summary.json"
+TRIAL = "trial.json"  # in each trial's run directory: its id, the tuner that ran it, its values
+
+
+def read_space(path=None):
+    """The default `SPACE`, with the entries of a JSON / YAML file replacing its own
+    (an entry may be a fixed value, `{"choices": [...]}` or `{"min", "max", "sampling"}`)."""
+    space = dict(SPACE)
+    if path is None:
+        return space
+    text = Path(path).read_text()
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        loaded = yaml.safe_load(text)
+    else:
+        loaded = json.loads(text)
+    if not isinstance(loaded, dict):
+        raise ValueError(
+            f"The space file {str(path)!r} must map option names to choices. "
+            f"Received: {type(loaded).__name__}"
+        )
+    known = {f.name for f in dataclasses.fields(TrainingOptions)}
+    for name, entry in loaded.items():
+        if name not in known:
+            raise ValueError(
+                f"The space file {str(path)!r} names {name!r}, which is not a training "
+                f"option (see `condnet train --help`). Received: {name!r}"
+            )
+        space[name] = entry if isinstance(entry, dict) else {"choices": [entry]}
+    return space
+
+
+def hyperparameters(space):
+    """A KerasTuner `HyperParameters` declaring every entry of `space`."""
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    for name, entry in space.items():
+        if "choices" in entry:
+            hp.Choice(name, list(entry["choices"]))
+        elif {"min", "max"} <= set(entry):
+            if isinstance(entry["min"], int) and isinstance(entry["max"], int):
+                hp.Int(name, entry["min"], entry["max"], sampling=entry.get("sampling", "linear"))
+            else:
+                sampling = entry.get("sampling", "linear")
+                hp.Float(name, float(entry["min"]), float(entry["max"]), sampling=sampling)
+        else:
+            raise ValueError(
+                f"Space entry {name!r} needs 'choices' or 'min' and 'max'. Received: {entry!r}"
+            )
+    return hp
+
+
+def _values(trial_values):
+    """Trial values as `condnet.train` options (filters: "32 64 128" -> (32, 64, 128))."""
+    values = dict(trial_values)
+    if isinstance(values.get("filters"), str):
+        values["filters"] = tuple(int(f) for f in values["filters"].split())
+    if values.get("loss_schedule") == "none":
+        values["loss_schedule"] = None
+    return values
+
+
+def make_tuner(
+    data_dir,
+    tune_dir,
+    options,
+    tuner="random",
+    trials=10,
+    objective="val_accuracy",
+    space=None,
+    verbose=0,
+):
+    """A KerasTuner tuner whose trials are `condnet.train` runs."""
+    import keras_tuner as kt
+
+    if tuner not in TUNERS or objective not in OBJECTIVES:
+        raise ValueError(
+            f"tuner must be one of {list(TUNERS)} and objective one of {list(OBJECTIVES)}. "
+            f"Received: tuner={tuner!r}, objective={objective!r}"
+        )
+    goal = kt.Objective(objective, direction="max")
+    hp = hyperparameters(space or SPACE)
+    common = dict(objective=goal, hyperparameters=hp, tune_new_entries=False)
+    if tuner == "random":
+        oracle = kt.oracles.RandomSearchOracle(max_trials=trials, **common)
+    elif tuner == "bayesian":
+        oracle = kt.oracles.BayesianOptimizationOracle(max_trials=trials, **common)
+    else:
+        oracle = kt.oracles.HyperbandOracle(max_epochs=options.get("epochs", 10), **common)
+
+    class RunTuner(kt.engine.base_tuner.BaseTuner):
+        def run_trial(self, trial):
+            return run_trial(data_dir, tune_dir, options, trial, verbose)
+
+    return RunTuner(oracle, directory=str(tune_dir), project_name="search")
+
+
+def run_trial(data_dir, tune_dir, options, trial, verbose=0):
+    """Train (or resume) one trial's run; its objectives."""
+    from condnet.runs.checkpoint import read_state
+    from condnet.runs.recipe import resume, train
+
+    values = _values(trial.hyperparameters.values)
+    if "tuner/epochs" in values:  # Hyperband's budget for this trial
+        values["epochs"] = values.pop("tuner/epochs")
+    values = {k: v for k, v in values.items() if not k.startswith("tuner/")}
+    run_dir = Path(tune_dir) / "trials" / f"trial-{trial.trial_id}"
+    settings = {**options, **values}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
+    record = {"trial": trial.trial_id, "tuner": tuner_id, "values": trial.hyperparameters.values}
+    (run_dir / TRIAL).write_text(json.dumps(record, indent=1) + "\n")
+    if read_state(run_dir) is not None and not (run_dir / "metrics.json").is_file():
+        result = resume(run_dir, verbose=verbose)  # a trial the last search left unfinished
+    else:
+        result = train(data_dir, run_dir, overwrite=True, verbose=verbose, **settings)
+    metrics = result["metrics"]
+    routed = metrics.get("macs_per_image", {}).get("routed") or math.nan
+    return {
+        "val_accuracy": float(metrics["accuracy"]),
+        "accuracy_per_mmac": float(metrics["accuracy"]) / (routed / 1e6),
+    }
+
+
+# === Summary ===
+
+
+def summarise(tune_dir, tuner):
+    """Write TUNE_DIR/summary.json, summary.md and pareto.png; return the rows."""
+    rows = []
+    for trial in tuner.oracle.trials.values():
+        run_dir = Path(tune_dir) / "trials" / f"trial-{trial.trial_id}"
+        metrics = _read(run_dir / "metrics.json")
+        rows.append(
+            {
+                "trial": trial.trial_id,
+                "status": str(trial.status),
+                "run_dir": str(run_dir),
+                "values": {k: v for k, v in trial.hyperparameters.values.items()},
+                "val_accuracy": metrics.get("accuracy"),
+                "routed_mmacs": _mmacs(metrics),
+            }
+        )
+    rows.sort(key=lambda r: -(r["val_accuracy"] or -1))
+    front = pareto_front(rows)
+    for row in rows:
+        row["pareto"] = row["trial"] in front
+    Path(tune_dir, SUMMARY).write_text(json.dumps(rows, indent=1) + "\n")
+    Path(tune_dir, "summary.md").write_text(summary_table(rows))
+    _plot(rows, Path(tune_dir) / "pareto.png")
+    return rows
+
+
+def pareto_front(rows):
+    """Trials no other trial beats on both accuracy (higher) and routed MACs (lower)."""
+    scored = [r for r in rows if r["val_accuracy"] is not None and r["routed_mmacs"] is not None]
+    front = set()
+    for row in scored:
+        beaten = any(
+            o["val_accuracy"] >= row["val_accuracy"]
+            and o["routed_mmacs"] <= row["routed_mmacs"]
+            and (o["val_accuracy"], o["routed_mmacs"]) != (row["val_accuracy"], row["routed_mmacs"])
+            for o in scored
+        )
+        if not beaten:
+            front.add(row["trial"])
+    return front
+
+
+def summary_table(rows):
+    names = sorted({k for r in rows for k in r["values"] if not k.startswith("tuner/")})
+    header = ["trial", "val_accuracy", "routed_mmacs", "pareto", *names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        accuracy = "-" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
+        cells = [r["trial"], accuracy, str(r["routed_mmacs"]), "yes" if r["pareto"] else ""]
+        cells += [str(r["values"].get(n, "")) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _read(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _mmacs(metrics):
+    routed = metrics.get("macs_per_image", {}).get("routed")
+    return None if routed is None else round(routed / 1e6, 3)
+
+
+def _plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        return None
+    scored = [r for r in rows if r["val_accuracy"] is not None and r["routed_mmacs"] is not None]
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    for row in scored:
+        colour = "tab:red" if row["pareto"] else "tab:blue"
+        axes.scatter(row["routed_mmacs"], row["val_accuracy"], color=colour)
+        axes.annotate(row["trial"], (row["routed_mmacs"], row["val_accuracy"]), fontsize=8)
+    front = sorted((r for r in scored if r["pareto"]), key=lambda r: r["routed_mmacs"])
+    axes.plot([r["routed_mmacs"] for r in front], [r["val_accuracy"] for r in front], "r--")
+    axes.set(xlabel="routed MMACs per image", ylabel="validation accuracy (hard-routed)")
+    axes.set_title("Trials (red: the Pareto front)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path

@@ -1,0 +1,119 @@
+import json
+
+import pytest
+
+from condnet.data.demo_data import make_shapes_dataset
+from condnet.runs.cli import main
+from condnet.runs.tune import pareto_front, read_space
+
+pytest.importorskip("keras_tuner")
+
+TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "16", "--no-baseline", "--quiet"]
+SPACE = {
+    "routing": {"choices": ["soft", "hard"]},
+    "filters": {"choices": ["8 8 8", "8 16 16"]},
+    "learning_rate": {"min": 0.0005, "max": 0.005, "sampling": "log"},
+    "strategy": "joint",
+    "expert_placement": "branch",
+    "loss_schedule": "none",
+    "augment": "none",
+}
+
+
+@pytest.mark.slow
+def test_tune_runs_trials_as_runs_summarises_and_resumes(tmp_path, capsys):
+    make_shapes_dataset(
+        tmp_path / "data", samples_per_class=8, image_size=32, test_samples_per_class=2
+    )
+    (tmp_path / "space.json").write_text(json.dumps(SPACE))
+    args = ["tune", str(tmp_path / "data" / "train"), "--out", str(tmp_path / "search")]
+    args += ["--space", str(tmp_path / "space.json"), *TINY]
+    assert main([*args, "--trials", "2"]) == 0
+    rows = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert len(rows) == 2 and all(r["val_accuracy"] is not None for r in rows)
+    assert any(r["pareto"] for r in rows)
+    for row in rows:
+        options = json.loads(
+            (tmp_path / "search" / "trials" / f"trial-{row['trial']}" / "config.json").read_text()
+        )["options"]
+        assert options["routing"] == row["values"]["routing"]  # the trial's values trained
+        assert options["filters"] == [int(f) for f in row["values"]["filters"].split()]
+    assert (tmp_path / "search" / "pareto.png").is_file()
+    before = {
+        r["trial"]: (tmp_path / "search" / "trials" / f"trial-{r['trial']}" / "metrics.json")
+        .stat()
+        .st_mtime
+        for r in rows
+    }
+    assert main([*args, "--trials", "3"]) == 0  # resumes: one more trial, the others kept
+    rows = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert len(rows) == 3
+    for trial, mtime in before.items():
+        path = tmp_path / "search" / "trials" / f"trial-{trial}" / "metrics.json"
+        assert path.stat().st_mtime == mtime
+    assert "Best: trial" in capsys.readouterr().out
+
+
+def test_pareto_front_keeps_only_undominated_trials():
+    rows = [
+        {"trial": "a", "val_accuracy": 0.9, "routed_mmacs": 10.0},
+        {"trial": "b", "val_accuracy": 0.8, "routed_mmacs": 5.0},
+        {"trial": "c", "val_accuracy": 0.7, "routed_mmacs": 8.0},  # b is better and cheaper
+        {"trial": "d", "val_accuracy": None, "routed_mmacs": 1.0},  # failed
+    ]
+    assert pareto_front(rows) == {"a", "b"}
+
+
+def test_a_space_file_naming_an_unknown_option_is_refused(tmp_path):
+    (tmp_path / "space.json").write_text(json.dumps({"widht": [1, 2]}))
+    with pytest.raises(ValueError, match="'widht', which is not a training option"):
+        read_space(tmp_path / "space.json")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    __import__("keras").backend.backend() != "tensorflow",
+    reason="KerasTuner's oracle protocol is the same on every backend: run once, on TensorFlow",
+)
+def test_a_chief_and_two_workers_share_the_trials_without_repeating_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    make_shapes_dataset(
+        tmp_path / "data", samples_per_class=8, image_size=32, test_samples_per_class=2
+    )
+    (tmp_path / "space.json").write_text(json.dumps(SPACE))
+    address = f"127.0.0.1:{_free_port()}"
+    base = [sys.executable, "-m", "condnet", "tune", str(tmp_path / "data" / "train")]
+    base += ["--out", str(tmp_path / "search"), "--space", str(tmp_path / "space.json")]
+    base += ["--trials", "3", *TINY]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    chief = subprocess.Popen([*base, "--chief", address], env=env, stderr=subprocess.PIPE)
+    workers = [
+        subprocess.Popen([*base, "--worker", address, "--worker-id", name], env=env)
+        for name in ("worker-1", "worker-2")
+    ]
+    try:
+        assert all(w.wait(timeout=600) == 0 for w in workers)
+        assert chief.wait(timeout=120) == 0, chief.stderr.read().decode()[-2000:]
+    finally:
+        for process in (chief, *workers):
+            if process.poll() is None:
+                process.kill()
+    records = [
+        json.loads(path.read_text())
+        for path in sorted((tmp_path / "search" / "trials").glob("trial-*/trial.json"))
+    ]
+    assert len(records) == 3 and len({r["trial"] for r in records}) == 3
+    assert {r["tuner"] for r in records} <= {"worker-1", "worker-2"}  # the chief runs none
+    rows = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert sorted(r["trial"] for r in rows) == sorted(r["trial"] for r in records)
