@@ -8,6 +8,7 @@ from pathlib import Path
 from condnet.choices import (
     AUGMENT_POLICIES,
     COLOR_MODES,
+    DISTRIBUTE,
     PLACEMENTS,
     PREPROCESS_MODES,
     ROUTINGS,
@@ -386,6 +387,13 @@ class TrainingOptions:
         "also train the flat baseline (the same trunk, split, epochs and augmentation, one "
         "head over every class at the routed MACs per image) and compare it in the report",
         _boolean,
+    )
+    distribute: str = _option(
+        "auto",
+        "data-parallel: keras.distribution.DataParallel over every local device (JAX); none: "
+        "one device; auto = data-parallel on JAX with more than one device, else none",
+        _one_of(DISTRIBUTE),
+        choices=DISTRIBUTE,
     )
     split: object = _option(None, "(train rows, validation rows) of the folder", _split, cli=False)
 

@@ -18,6 +18,7 @@ from condnet.runs.claim import CONFIG, RunClaim, check_run_dir, clean_temporary_
 from condnet.runs.finish import finish_run
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
+from condnet.training import distribute
 from condnet.training.callbacks import LossWeightSchedule, StopOnNaN
 from condnet.training.staged import plan_phases, prepare_phase, set_phase_trainable
 from condnet.vision.backbones import is_pretrained
@@ -34,7 +35,14 @@ FIT_KEYWORDS = tuple(
 )
 # Options a resume may change: more epochs, other learning rates (after a NaN), and the
 # callbacks' settings. Any other difference would make the run a different one.
-RESUME_CHANGES = ("epochs", "learning_rate", "fine_tune_learning_rate", "patience", "tensorboard")
+RESUME_CHANGES = (
+    "epochs",
+    "learning_rate",
+    "fine_tune_learning_rate",
+    "patience",
+    "tensorboard",
+    "distribute",  # the devices may differ from those the run started on
+)
 
 
 def train(
@@ -113,6 +121,13 @@ def train(
     data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
     check_run_dir(run_dir, data_dir)
     options = _resolve_image_size(options, data_dir)
+    with distribute.scope(options.distribute, options.batch_size):
+        return _start(options, data_dir, run_dir, (overwrite, break_lock), callbacks, fit_kwargs)
+
+
+def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
+    """`train` after its checks, inside the distribution scope."""
+    overwrite, break_lock = flags
     prepared = None if options.hierarchy == "auto" else _prepare(options, data_dir)
     if prepared is None:
         check_num_groups(options.discovery_groups, len(flat_class_names(data_dir)))
@@ -167,7 +182,10 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
             f"or start a new run. Received: DATA_DIR={str(data_dir)!r}"
         )
     options = _resumed_options(stored, changes)
-    with run_lock(run_dir, break_lock=break_lock):
+    with (
+        distribute.scope(options.distribute, options.batch_size),
+        run_lock(run_dir, break_lock=break_lock),
+    ):
         state = _reopen_phase(stored, options, _resume_state(run_dir))
         clean_temporary_files(run_dir)
         train_data, validation = load_data(options, stored_data_dir)
