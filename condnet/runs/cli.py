@@ -181,6 +181,8 @@ def _verbosity(args):
     epoch (progress-bar frames would fill a log file)."""
     if args.quiet:
         return 0
+    if getattr(args, "verbose", False):
+        return 1
     return "auto" if sys.stdout.isatty() else 2
 
 
@@ -229,7 +231,18 @@ def _add_run_flags(p):
         action="store_true",
         help="remove a stale lock left in RUN_DIR by a condnet process that died",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_verbosity_flags(p)
+
+
+def _add_verbosity_flags(p):
+    loudness = p.add_mutually_exclusive_group()
+    loudness.add_argument("--quiet", action="store_true", help="no progress bars")
+    loudness.add_argument(
+        "--verbose",
+        action="store_true",
+        help="a progress bar per batch even when the output is not a terminal (default: a "
+        "bar in a terminal, one line per epoch in a log)",
+    )
 
 
 def _train(args):
@@ -463,7 +476,7 @@ def _demo_parser(commands, common):
     p.add_argument(
         "--samples-per-class", type=int, default=300, help="training images per class (default 300)"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_verbosity_flags(p)
     p.set_defaults(run=_demo)
 
 
@@ -817,7 +830,7 @@ def _tune_parser(commands, common):
     )
     p.add_argument("--worker-id", metavar="NAME", help="a name unique among the workers")
     add_option_flags(p, exclude=("routing", "strategy", "expert_placement", "split"))
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_verbosity_flags(p)
     p.set_defaults(run=_tune)
 
 

@@ -253,6 +253,11 @@ def test_verbosity_is_one_line_per_epoch_outside_a_terminal(monkeypatch):
     assert _verbosity(argparse.Namespace(quiet=True)) == 0
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     assert _verbosity(argparse.Namespace(quiet=False)) == "auto"
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    args = build_parser().parse_args(["train", "data", "--out", "run", "--verbose"])
+    assert _verbosity(args) == 1  # a bar per batch, even into a log
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "data", "--out", "run", "--verbose", "--quiet"])
 
 
 HELP_WITHOUT_KERAS = """
