@@ -14,6 +14,7 @@ from condnet.runs.lock import LOCK
 from condnet.runs.options import TrainingOptions
 
 TRAIN = ["--epochs", "1", "--image-size", "32", "--batch-size", "16", "--no-augment", "--quiet"]
+TRAIN += ["--no-tensorboard"]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,10 @@ from condnet.runs.lock import LOCK, RunLocked
 from condnet.runs.options import TrainingOptions
 from condnet.runs.recipe import resume, train
 
-TINY = dict(image_size=32, filters=(8, 8, 8, 8), batch_size=16, augment=False, verbose=0)
+# TensorBoard off: it costs every test run a summary writer; one test checks the logs.
+TINY = dict(
+    image_size=32, filters=(8, 8, 8, 8), batch_size=16, augment=False, verbose=0, tensorboard=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def _fake_run(folder):
 @pytest.mark.slow
 def test_train_writes_a_complete_run_directory(shapes, tmp_path):
     run = tmp_path / "run"
-    result = train(shapes / "train", run, epochs=2, **TINY)
+    result = train(shapes / "train", run, epochs=2, **{**TINY, "tensorboard": True})
     for name in (
         "model.keras",
         "config.json",

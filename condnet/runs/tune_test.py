@@ -9,6 +9,7 @@ from condnet.runs.tune import pareto_front, read_space
 pytest.importorskip("keras_tuner")
 
 TINY = ["--epochs", "1", "--image-size", "32", "--batch-size", "16", "--no-baseline", "--quiet"]
+TINY += ["--no-tensorboard"]
 SPACE = {
     "routing": {"choices": ["soft", "hard"]},
     "filters": {"choices": ["8 8 8", "8 16 16"]},
