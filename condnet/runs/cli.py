@@ -763,7 +763,15 @@ def _ensemble_parser(commands, common):
         "size; each member hard-routed) into one model.keras in OUT_DIR, scored on DATA_DIR "
         "with each member beside it; OUT_DIR is a run directory for evaluate, predict, serve.",
     )
-    p.add_argument("runs", metavar="RUN_DIR", nargs="+", help="runs to average")
+    p.add_argument(
+        "runs", metavar="RUN_DIR", nargs="+", help="runs to average (with --top: one TUNE_DIR)"
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        metavar="K",
+        help="average the K best trials of the search in TUNE_DIR (condnet tune)",
+    )
     p.add_argument("--data", required=True, metavar="DATA_DIR", help="images to score on")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="where to write the ensemble")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
@@ -776,8 +784,17 @@ def _ensemble_parser(commands, common):
 def _ensemble(args):
     from condnet.runs.ensemble import build_ensemble
 
+    runs = args.runs
+    if args.top is not None:
+        from condnet.runs.tune import best_trials
+
+        if len(args.runs) != 1:
+            raise ValueError(
+                f"--top K takes one TUNE_DIR (from `condnet tune`). Received: {args.runs}"
+            )
+        runs = best_trials(args.runs[0], args.top)
     metrics = build_ensemble(
-        args.runs,
+        runs,
         args.out,
         args.data,
         batch_size=args.batch_size,

@@ -185,6 +185,24 @@ def summarise(tune_dir, tuner):
     return rows
 
 
+def best_trials(tune_dir, k):
+    """The run directories of the `k` most accurate finished trials of a search."""
+    path = Path(tune_dir) / SUMMARY
+    if not path.is_file():
+        raise ValueError(
+            f"{str(tune_dir)!r} holds no {SUMMARY}: it is not a search written by "
+            f"`condnet tune`. Received: {str(tune_dir)!r}"
+        )
+    rows = [r for r in json.loads(path.read_text()) if r.get("val_accuracy") is not None]
+    if k < 1 or k > len(rows):
+        raise ValueError(
+            f"--top must be between 1 and the {len(rows)} finished trials of "
+            f"{str(tune_dir)!r}. Received: --top {k}"
+        )
+    rows.sort(key=lambda r: -r["val_accuracy"])
+    return [r["run_dir"] for r in rows[:k]]
+
+
 def pareto_front(rows):
     """Trials no other trial beats on both accuracy (higher) and routed MACs (lower)."""
     scored = [r for r in rows if r["val_accuracy"] is not None and r["routed_mmacs"] is not None]

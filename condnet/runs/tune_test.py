@@ -53,6 +53,12 @@ def test_tune_runs_trials_as_runs_summarises_and_resumes(tmp_path, capsys):
         path = tmp_path / "search" / "trials" / f"trial-{trial}" / "metrics.json"
         assert path.stat().st_mtime == mtime
     assert "Best: trial" in capsys.readouterr().out
+    ensemble = ["ensemble", str(tmp_path / "search"), "--top", "2", "--quiet"]
+    ensemble += ["--data", str(tmp_path / "data" / "test"), "--out", str(tmp_path / "top2")]
+    assert main(ensemble) == 0
+    members = json.loads((tmp_path / "top2" / "metrics.json").read_text())["members"]
+    best = sorted(rows, key=lambda r: -r["val_accuracy"])[:2]
+    assert [m["run"] for m in members] == [r["run_dir"] for r in best]
 
 
 def test_pareto_front_keeps_only_undominated_trials():
