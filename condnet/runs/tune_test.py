@@ -21,7 +21,15 @@ SPACE = {
 }
 
 
+ONCE = pytest.mark.skipif(
+    __import__("keras").backend.backend() != "tensorflow",
+    reason="the search logic is the same on every backend (its trials are ordinary runs, "
+    "tested on each): run once, on TensorFlow",
+)
+
+
 @pytest.mark.slow
+@ONCE
 def test_tune_runs_trials_as_runs_summarises_and_resumes(tmp_path, capsys):
     make_shapes_dataset(
         tmp_path / "data", samples_per_class=8, image_size=32, test_samples_per_class=2
@@ -86,10 +94,7 @@ def _free_port():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    __import__("keras").backend.backend() != "tensorflow",
-    reason="KerasTuner's oracle protocol is the same on every backend: run once, on TensorFlow",
-)
+@ONCE
 def test_a_chief_and_two_workers_share_the_trials_without_repeating_one(tmp_path):
     import os
     import subprocess
