@@ -77,9 +77,9 @@ def main(argv=None):
             [["1", "none", f"{results[1]}"], ["2 (simulated)", "data-parallel", f"{results[2]}"]],
         )
         + f"\n\nRatio 2 / 1: {results[2] / results[1]:.2f}. Both simulated devices run on the "
-        "same two CPU cores, so no speedup is possible here; the ratio is the cost of "
-        "sharding and all-reducing on one machine. On N real accelerators the same command "
-        "splits each batch N ways.\n"
+        "same two CPU cores, so this is no speedup from more hardware: it shows what sharding "
+        "and all-reducing cost on one machine. On N real accelerators the same command splits "
+        "each batch N ways.\n"
     )
     (common.BENCHMARKS / "distributed.json").write_text(json.dumps(results, indent=1) + "\n")
     print(body)
