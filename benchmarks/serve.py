@@ -23,7 +23,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import httpx  # noqa: E402
 import models  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from condnet.testing import free_port  # noqa: E402
 
 CONFIGS = {
     "routed + batching": ["--routing", "hard", "--max-batch", "32", "--max-wait-ms", "5"],
@@ -108,7 +109,7 @@ def _expected(model, bodies):
 
 
 def _measure(run, flags, bodies, expected):
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "condnet", "serve", str(run), "--port", str(port), *flags]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -119,12 +120,6 @@ def _measure(run, flags, bodies, expected):
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_health(url, server, seconds=180):

@@ -124,7 +124,17 @@ def _jax_loss_and_gradient_norm(model, x, y):
     return float(loss), float(norm)
 
 
-# === A headless browser for the page and report tests ===
+# === Services on loopback, a headless browser ===
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 CHROMEDRIVER = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")

@@ -452,18 +452,16 @@ _FILE_KINDS = (
 )
 
 
-def decode_image_bytes(data, image_size=(64, 64), color_mode="rgb", name="<upload>"):
+def decode_image_bytes(
+    data, image_size=(64, 64), color_mode="rgb", name="<upload>", max_pixels=None
+):
     """`decode_image` for an image held in memory (an upload): the same modes, EXIF
-    orientation, first frame, resizing and `MAX_IMAGE_PIXELS` guard (checked from the
-    header, before decoding). `name` is what an `ImageDecodeError` names."""
+    orientation, first frame, resizing and pixel guard (checked from the header, before
+    decoding; `max_pixels`, default `MAX_IMAGE_PIXELS`). `name` is what an
+    `ImageDecodeError` names."""
     size, color_mode = _check_image_size(image_size), _check_color_mode(color_mode)
-    try:
-        image = Image.open(io.BytesIO(bytes(data)))
-    except Image.DecompressionBombError as error:
-        raise ImageDecodeError(name, f"too many pixels ({error})") from None
-    except Exception as error:
-        raise ImageDecodeError(name, _describe(error)) from None
-    with _checked_pixels(image, name) as image:
+    opened = _opened(lambda: Image.open(io.BytesIO(bytes(data))), name, max_pixels)
+    with opened as image:
         return _pixels(image, name, size, color_mode)
 
 
@@ -490,23 +488,27 @@ def _open_image(path):
     problem = _file_problem(path)
     if problem:
         raise ImageDecodeError(path, problem)
+    return _opened(lambda: Image.open(path), path)
+
+
+def _opened(open_image, name, max_pixels=None):
+    """`open_image()`, its failures and a header of more than `max_pixels` (default
+    MAX_IMAGE_PIXELS) as `ImageDecodeError`s naming `name`."""
     try:
-        image = Image.open(path)
+        image = open_image()
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(path, f"too many pixels ({error})") from None
+        raise ImageDecodeError(name, f"too many pixels ({error})") from None
     except Exception as error:
-        raise ImageDecodeError(path, _describe(error)) from None
-    return _checked_pixels(image, path)
-
-
-def _checked_pixels(image, name):
+        raise ImageDecodeError(name, _describe(error)) from None
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
+    if width * height > limit:
         image.close()
+        named = f"MAX_IMAGE_PIXELS={limit:,}" if max_pixels is None else f"{limit:,}"
         raise ImageDecodeError(
             name,
             f"too many pixels ({width} x {height} = {width * height:,}; at most "
-            f"MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS:,}, a guard against decompression bombs)",
+            f"{named}, a guard against decompression bombs)",
         )
     return image
 

@@ -151,23 +151,38 @@ def write_table(rows, path):
 
 def plot_runs(rows, path):
     """Accuracy against routed MMACs per image, one labelled point per run (and its baseline)."""
+    shown = [r for r in rows if r["routed_mmacs"] is not None]
+    return accuracy_against_macs(
+        path,
+        [(Path(r["run"]).name, r["routed_mmacs"], r["accuracy"], "tab:blue") for r in shown],
+        "Runs (x: each run's flat baseline at the same MACs)",
+        crosses=[(r["routed_mmacs"], r["baseline"]) for r in shown if r["baseline"] is not None],
+    )
+
+
+def accuracy_against_macs(path, points, title, crosses=(), line=(), required=True):
+    """Save a scatter of `(label, mmacs, accuracy, colour)` points, grey crosses at
+    `(mmacs, accuracy)` and a dashed red line through `line`; returns the path, or None
+    without matplotlib when not `required`."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         from matplotlib import pyplot
     except ImportError:
+        if not required:
+            return None
         raise ImportError("--plot needs matplotlib: pip install 'condnet[plots]'") from None
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    for row in rows:
-        if row["routed_mmacs"] is None:
-            continue
-        axes.scatter(row["routed_mmacs"], row["accuracy"], color="tab:blue")
-        axes.annotate(Path(row["run"]).name, (row["routed_mmacs"], row["accuracy"]), fontsize=8)
-        if row["baseline"] is not None:
-            axes.scatter(row["routed_mmacs"], row["baseline"], color="tab:gray", marker="x")
+    for label, mmacs, accuracy, colour in points:
+        axes.scatter(mmacs, accuracy, color=colour)
+        axes.annotate(label, (mmacs, accuracy), fontsize=8)
+    for mmacs, accuracy in crosses:
+        axes.scatter(mmacs, accuracy, color="tab:gray", marker="x")
+    if line:
+        axes.plot([x for x, _ in line], [y for _, y in line], "r--")
     axes.set(xlabel="routed MMACs per image", ylabel="validation accuracy (hard-routed)")
-    axes.set_title("Runs (x: each run's flat baseline at the same MACs)")
+    axes.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)

@@ -33,9 +33,9 @@ def export_run(run_dir, out=None, format="onnx", routing="hard", model_file=None
             f"{str(out)!r} already exists: pass --overwrite (overwrite=True) to replace it, "
             f"or another --out. Received: out={str(out)!r}"
         )
-    model, config = load_run(run_dir, model_file=model_file)
     if format == "onnx" and out.suffix.lower() != ".onnx":
         raise ValueError(f"An ONNX export is one file ending in .onnx. Received: out={str(out)!r}")
+    model, config = load_run(run_dir, model_file=model_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".partial-{out.name}")
     _remove(partial)
@@ -64,13 +64,14 @@ def _remove(path):
 def serve_app(run_dir, routing="hard", model_file=None, **service_options):
     """The FastAPI app serving a run (see `condnet.deploy.serve.create_app`)."""
     from condnet.deploy.serve import create_app
-    from condnet.runs.run_dir import run_info
+    from condnet.runs.run_dir import model_info
 
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
     _, height, width, _ = input_shape_of(config)
     info = {}
     if hasattr(model, "gate"):  # a conditional model (an ensemble has no single route)
-        info = {k: v for k, v in run_info(run_dir).items() if k not in ("hierarchy", "routing")}
+        described = model_info(model, config).items()
+        info = {k: v for k, v in described if k not in ("hierarchy", "routing")}
     return create_app(
         model,
         (height, width),

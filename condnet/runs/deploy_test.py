@@ -1,7 +1,6 @@
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from PIL import Image
 from condnet.evaluation.evaluate_test import colour_model
 from condnet.runs.cli import main
 from condnet.runs.run_dir import predict_paths
+from condnet.testing import free_port
 
 OPTIONS = {"image_size": 8, "color_mode": "rgb"}
 TENSORFLOW = keras.backend.backend() == "tensorflow"
@@ -82,12 +82,6 @@ def test_keras_export_is_a_model_file_with_the_routing_asked_for(run):
     assert exported.routing == "soft"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for(url, process, seconds=120):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -105,7 +99,7 @@ def _wait_for(url, process, seconds=120):
 def server(run):
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 from condnet.runs.checkpoint import BEST, write_atomic
-from condnet.runs.run_dir import CONFIG, _folder_for, load_run
+from condnet.runs.run_dir import CONFIG, folder_for, load_run
 
 ENSEMBLE_FILES = (BEST, CONFIG, "metrics.json", "report.md", "report.html")
 
@@ -31,7 +31,7 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     for i, member in enumerate(members):
         member._name = f"member_{i}"  # one archive holds them all: names must differ
     ensemble = Ensemble(members[0].hierarchy, members)
-    data = _folder_for(members[0], config, data_dir, batch_size)
+    data = folder_for(members[0], config, data_dir, batch_size)
     scores = [
         evaluate_model(m, data, progress=f"member {i}" if progress else None)["accuracy"]
         for i, m in enumerate(members)

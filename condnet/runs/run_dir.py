@@ -154,7 +154,7 @@ def evaluate_run(
     from condnet.evaluation.report import baseline_verdict, write_report
 
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
-    data = _folder_for(model, config, data_dir, batch_size)
+    data = folder_for(model, config, data_dir, batch_size)
     label = _labeller(progress)
     metrics = evaluate_model(model, data, progress=label(f"{model.routing} routing"))
     metrics["inference_routing"] = model.routing
@@ -252,7 +252,11 @@ def input_shape_of(config):
 
 def run_info(run_dir):
     """Hierarchy, parameters per part and multiply-accumulates per image for each route."""
-    model, config = load_run(run_dir)
+    return model_info(*load_run(run_dir))
+
+
+def model_info(model, config):
+    """`run_info` of a loaded run's model and config."""
     shape = input_shape_of(config)
     taps = model._tap_shapes(shape)
     parts = {
@@ -342,7 +346,7 @@ def _image_options(config, batch_size):
     }
 
 
-def _folder_for(model, config, data_dir, batch_size):
+def folder_for(model, config, data_dir, batch_size):
     """An ImageFolder of `data_dir` labelled with the run's own hierarchy."""
     hierarchy = model.hierarchy
     try:

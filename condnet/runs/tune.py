@@ -244,24 +244,22 @@ def _mmacs(metrics):
 
 
 def _plot(rows, path):
-    try:
-        import matplotlib
+    from condnet.runs.compare import accuracy_against_macs
 
-        matplotlib.use("Agg")
-        from matplotlib import pyplot
-    except ImportError:
-        return None
     scored = [r for r in rows if r["val_accuracy"] is not None and r["routed_mmacs"] is not None]
-    figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    for row in scored:
-        colour = "tab:red" if row["pareto"] else "tab:blue"
-        axes.scatter(row["routed_mmacs"], row["val_accuracy"], color=colour)
-        axes.annotate(row["trial"], (row["routed_mmacs"], row["val_accuracy"]), fontsize=8)
     front = sorted((r for r in scored if r["pareto"]), key=lambda r: r["routed_mmacs"])
-    axes.plot([r["routed_mmacs"] for r in front], [r["val_accuracy"] for r in front], "r--")
-    axes.set(xlabel="routed MMACs per image", ylabel="validation accuracy (hard-routed)")
-    axes.set_title("Trials (red: the Pareto front)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
-    return path
+    return accuracy_against_macs(
+        path,
+        [
+            (
+                r["trial"],
+                r["routed_mmacs"],
+                r["val_accuracy"],
+                "tab:red" if r["pareto"] else "tab:blue",
+            )
+            for r in scored
+        ],
+        "Trials (red: the Pareto front)",
+        line=[(r["routed_mmacs"], r["val_accuracy"]) for r in front],
+        required=False,
+    )

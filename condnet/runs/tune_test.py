@@ -5,6 +5,7 @@ import pytest
 from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.cli import main
 from condnet.runs.tune import pareto_front, read_space
+from condnet.testing import free_port
 
 pytest.importorskip("keras_tuner")
 
@@ -85,14 +86,6 @@ def test_a_space_file_naming_an_unknown_option_is_refused(tmp_path):
         read_space(tmp_path / "space.json")
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @ONCE
 def test_a_chief_and_two_workers_share_the_trials_without_repeating_one(tmp_path):
@@ -104,7 +97,7 @@ def test_a_chief_and_two_workers_share_the_trials_without_repeating_one(tmp_path
         tmp_path / "data", samples_per_class=8, image_size=32, test_samples_per_class=2
     )
     (tmp_path / "space.json").write_text(json.dumps(SPACE))
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     base = [sys.executable, "-m", "condnet", "tune", str(tmp_path / "data" / "train")]
     base += ["--out", str(tmp_path / "search"), "--space", str(tmp_path / "space.json")]
     base += ["--trials", "3", *TINY]
