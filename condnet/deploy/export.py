@@ -194,7 +194,8 @@ def _write_onnx(model, input_shape, routing, path):
 def _to_onnx(function, spec, output_names):
     """tf2onnx's ModelProto of `function(spec)`, outputs renamed to `output_names`."""
     import tensorflow as tf
-    import tf2onnx
+
+    tf2onnx = _needs("tf2onnx", "ONNX export", "export")
 
     # Keras's own ONNX export applies this patch for numpy >= 2 (tf2onnx still
     # uses removed numpy aliases); it is idempotent.
@@ -221,6 +222,18 @@ def _rename_outputs(model_proto, names):
 # === Checks ===
 
 
+def _needs(module, what, extra):
+    """Import `module`, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(
+            f"{what} needs the {module} package: pip install 'condnet[{extra}]'"
+        ) from None
+
+
 def _check_arguments(model, format, routing):
     if format not in FORMATS:
         raise ValueError(
@@ -232,6 +245,8 @@ def _check_arguments(model, format, routing):
             f"routing must be one of {list(ROUTINGS)}: hard routes in the graph, soft runs "
             f"every expert. Received: routing={routing!r}"
         )
+    if format == "onnx":
+        _needs("tf2onnx", "ONNX export", "export")  # before anything is traced or written
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
             f"Exporting to {format} traces a TensorFlow graph with dynamic sub-batches, so it "

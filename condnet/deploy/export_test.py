@@ -201,3 +201,21 @@ def test_a_model_that_is_not_conditional_is_refused(tmp_path):
         export_model(flat, tmp_path / "out")
     assert "Functional" in str(error.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_exporter_names_the_extra_that_installs_it(monkeypatch, tmp_path):
+    import importlib
+
+    real = importlib.import_module
+
+    def without_tf2onnx(name, *args):
+        if name == "tf2onnx":
+            raise ImportError("No module named 'tf2onnx'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_tf2onnx)
+    model = cats_and_dogs_model()
+    model(np.zeros((1, 8), "float32"))
+    with pytest.raises(ImportError, match=r"pip install 'condnet\[export\]'"):
+        export_model(model, tmp_path / "m.onnx", "onnx")
+    assert not list(tmp_path.iterdir())

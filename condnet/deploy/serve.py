@@ -74,6 +74,7 @@ def create_app(
         max_pixels: largest image (width x height, from its header, before
             decoding); larger is a 413.
     """
+    _needs_serving()
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -222,6 +223,16 @@ def _decoded(data, name, image_size, color_mode, max_pixels):
     except ImageDecodeError as error:
         status = 413 if error.reason.startswith("too many pixels") else 400
         raise RequestError(status, f"{name}: {error.reason}") from None
+
+
+def _needs_serving():
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"condnet serve needs {' and '.join(missing)}: pip install 'condnet[serve]'"
+        )
 
 
 def run_server(app, host="127.0.0.1", port=8000, log_level="info"):

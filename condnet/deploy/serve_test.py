@@ -192,3 +192,14 @@ def test_the_batcher_keeps_request_order_and_survives_a_failing_model():
     assert isinstance(failed[0], RuntimeError)
     np.testing.assert_array_equal(after["double"], np.full((2, 1), 2.0))
     assert all(n <= 4 for n in calls) and calls[:2] == [3, 4]  # 1+2, then 3+1
+
+
+def test_a_missing_web_framework_names_the_extra_that_installs_it(model, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"needs uvicorn: pip install 'condnet\[serve\]'"):
+        create_app(model, SIZE)
