@@ -4,6 +4,7 @@ import errno
 import io
 import math
 import os
+import re
 import stat
 import warnings
 from collections import Counter
@@ -498,8 +499,9 @@ def _opened(open_image, name, max_pixels=None):
         image = open_image()
     except Image.DecompressionBombError as error:
         raise ImageDecodeError(name, f"too many pixels ({error})") from None
-    except Exception as error:
-        raise ImageDecodeError(name, _describe(error)) from None
+    except Exception as error:  # Pillow names an upload by its BytesIO's repr: say "the image"
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image", _describe(error))
+        raise ImageDecodeError(name, reason) from None
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     width, height = image.size
     if width * height > limit:

@@ -22,6 +22,7 @@ with `KERAS_BACKEND=tensorflow`; a `.keras` file trained on any backend loads
 there. The exported artifacts need neither Keras nor condnet to run.
 """
 
+import warnings
 from pathlib import Path
 
 import keras
@@ -201,7 +202,9 @@ def _to_onnx(function, spec, output_names):
     # uses removed numpy aliases); it is idempotent.
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
-    patch_tf2onnx()
+    with warnings.catch_warnings():  # its hasattr(np, "object") probe warns on numpy 2
+        warnings.simplefilter("ignore", FutureWarning)
+        patch_tf2onnx()
     traced = tf.function(function, input_signature=[spec], autograph=False)
     proto, _ = tf2onnx.convert.from_function(traced, input_signature=[spec], opset=ONNX_OPSET)
     # Structured outputs come out sorted by key (a single tensor: one output).
