@@ -30,6 +30,7 @@ and exits 0 when they are absent).
 """
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -294,6 +295,19 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
     from condnet.runs.recipe import train
 
     run = args.cache / f"runs-{args.data_set}-{args.image_size}px" / row / f"seed-{seed}"
+    if args.reuse and finished_run(
+        run,
+        {
+            "epochs": args.epochs,
+            "seed": seed,
+            "image_size": args.image_size,
+            **RECIPE_ROWS[row],
+            "lr_schedule": "cosine",
+        },
+    ):
+        with open(run / "history.csv", newline="") as history:
+            seconds = sum(float(r["epoch_seconds"]) for r in csv.DictReader(history))
+        return {**score_run(run, data, hierarchy, seed, seconds), "row": row, "reused": True}
     start = time.perf_counter()
     train(
         folder,
@@ -307,6 +321,17 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
     )
     seconds = time.perf_counter() - start
     return {**score_run(run, data, hierarchy, seed, seconds), "row": row}
+
+
+MISSING = {"routing": "soft", "lr_schedule": "plateau"}  # what a config without them ran
+
+
+def finished_run(run, wanted):
+    """Whether `run` holds a finished run whose options include `wanted`."""
+    if not (run / "metrics.json").is_file() or not (run / "baseline.keras").is_file():
+        return False
+    options = json.loads((run / "config.json").read_text())["options"]
+    return all(options.get(key, MISSING.get(key)) == value for key, value in wanted.items())
 
 
 def score_run(run, data, hierarchy, seed, seconds):
@@ -427,8 +452,15 @@ def markdown(summary, args, seconds):
         f"{args.train_per_class} training images per class (20% held out for validation), "
         f"{args.test_per_class} test images per class, {args.image_size} px, "
         f"{args.epochs} epochs max with EarlyStopping(patience=5), seeds "
-        f"{', '.join(map(str, range(args.seeds)))}).\n\n{table}\n"
+        f"{', '.join(map(str, args.seeds))}).\n\n{table}\n"
     )
+
+
+def seed_list(text):
+    """`--seeds`: "3" is seeds 0, 1, 2; "2," or "0,2" lists them."""
+    if "," not in text:
+        return list(range(int(text)))
+    return [int(part) for part in text.split(",") if part]
 
 
 def parse_args(argv=None):
@@ -437,7 +469,18 @@ def parse_args(argv=None):
     parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--test-per-class", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=seed_list("3"),
+        help="a count (3: seeds 0, 1, 2) or a comma-separated list of seeds (2 or 0,2)",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="score a recipe row's finished run left in --cache by an earlier call instead "
+        "of training it again (same row, seed, epochs and image size)",
+    )
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--rows", default="plain,soft,hard")
     parser.add_argument("--expert-width", type=int, default=120)
@@ -463,7 +506,7 @@ def main(argv=None):
         "test": load_split(root / "test", hierarchy, args.test_per_class, args.image_size),
     }
     rows = args.rows.split(",")
-    results = [run_row(r, data, hierarchy, args, seed) for seed in range(args.seeds) for r in rows]
+    results = [run_row(r, data, hierarchy, args, seed) for seed in args.seeds for r in rows]
     summary = summarise(results, rows)
     seconds = time.perf_counter() - started
     recipe = any(row in RECIPE_ROWS for row in rows)

@@ -147,6 +147,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         for part, weight in getattr(self.model, "loss_weights_dict", {}).items():
             logs[f"{part}_loss_weight"] = weight
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:  # the rate this epoch trained at
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         logs["epoch_seconds"] = round(seconds, 3)  # training and validation of the epoch
         self.history.append({"epoch": epoch + 1, "phase": self.phase, **logs})
         folder = self.run_dir / CHECKPOINTS

@@ -187,7 +187,7 @@ def _fit_baseline(flat, options, data, stopping_callbacks, fit_kwargs):
             train_data,
             validation_data=validation,
             epochs=epochs,
-            callbacks=[StopOnNaN(), *stopping_callbacks(validation)],
+            callbacks=[StopOnNaN(), *stopping_callbacks(validation, epochs, rate)],
             **fit_kwargs,
         )
 

@@ -9,6 +9,7 @@ from condnet.choices import (
     AUGMENT_POLICIES,
     COLOR_MODES,
     DISTRIBUTE,
+    LR_SCHEDULES,
     PLACEMENTS,
     PREPROCESS_MODES,
     ROUTINGS,
@@ -297,6 +298,14 @@ class TrainingOptions:
     epochs: int = _option(10, "training epochs", _int_at_least(1))
     batch_size: int = _option(32, "batch size", _int_at_least(1))
     learning_rate: float = _option(1e-3, "Adam learning rate", _positive_number)
+    lr_schedule: str = _option(
+        "cosine",
+        "how the learning rate falls within each phase: cosine decays it along half a "
+        "cosine to about a hundredth of its start by the phase's last epoch; plateau halves "
+        "it when the validation accuracy stalls",
+        _one_of(LR_SCHEDULES),
+        choices=LR_SCHEDULES,
+    )
     validation_split: float = _option(
         0.2,
         "share of each class held out for validation, in [0, 1)",

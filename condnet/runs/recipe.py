@@ -19,7 +19,7 @@ from condnet.runs.finish import finish_run
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
 from condnet.training import distribute
-from condnet.training.callbacks import LossWeightSchedule, StopOnNaN
+from condnet.training.callbacks import LossWeightSchedule, StopOnNaN, cosine_learning_rate
 from condnet.training.staged import plan_phases, prepare_phase, set_phase_trainable
 from condnet.vision.backbones import is_pretrained
 from condnet.vision.image_model import backbone_of, build_image_model
@@ -62,10 +62,11 @@ def train(
     accuracy), `history.csv`, `metrics.json`, `report.md` / `report.html`
     with plots, and `checkpoints/` + `state.json` for `resume`.
 
-    The recipe: EarlyStopping and ReduceLROnPlateau on the validation
-    accuracy (the metric that also picks model.keras; the best weights are
-    restored), a crash-safe checkpoint every epoch, an optional TensorBoard
-    log and loss-weight schedule. At the end, model.keras is set to hard
+    The recipe: EarlyStopping on the validation accuracy (the metric that
+    also picks model.keras; the best weights are restored), a learning rate
+    that decays along a cosine over each phase (`lr_schedule`), a
+    crash-safe checkpoint every epoch, an optional TensorBoard log and
+    loss-weight schedule. At the end, model.keras is set to hard
     routing (only the chosen expert runs at inference) and scored so, with
     the soft mixture beside it, and the flat baseline (`baseline`) trains on
     the same split and is compared in metrics.json and the report. A pretrained backbone
@@ -235,8 +236,8 @@ def _finish(run_dir, options, data, state, fit_kwargs):
     def build():
         return _build(options, train_data.hierarchy, train_data.channels)
 
-    def stopping(validation):
-        return _stopping_callbacks(options, validation)
+    def stopping(validation, epochs, rate):
+        return _stopping_callbacks(options, validation, (epochs, rate, 0))
 
     return finish_run(run_dir, options, data, state, build, stopping, fit_kwargs)
 
@@ -341,7 +342,8 @@ def _reopen_phase(stored, options, state):
 
 def _set_learning_rate(model, stored, options, index):
     """The resumed phase's new learning rate, if the options changed it (else the
-    checkpoint's, which ReduceLROnPlateau may have lowered)."""
+    checkpoint's, which ReduceLROnPlateau may have lowered; a cosine schedule sets each
+    epoch's rate itself)."""
     rate = _phases(options)[index].learning_rate
     if rate != _phases(stored)[index].learning_rate:
         model.optimizer.learning_rate = rate
@@ -472,7 +474,9 @@ def _set_trainable(model, phase, options):
 
 
 def _recipe_callbacks(run_dir, options, phase, validation, first_epoch):
-    callbacks = _stopping_callbacks(options, validation)
+    callbacks = _stopping_callbacks(
+        options, validation, (phase.epochs, phase.learning_rate, first_epoch)
+    )
     if options.tensorboard and tensorboard_available():
         logs = Path(run_dir) / LOGS
         write_hparams(logs, options)
@@ -512,23 +516,33 @@ def write_hparams(logs, options):
         hp.hparams(values)
 
 
-def _stopping_callbacks(options, validation):
-    """EarlyStopping and ReduceLROnPlateau on the metric that also picks model.keras.
+def _stopping_callbacks(options, validation, stage):
+    """EarlyStopping on the metric that also picks model.keras, and the learning-rate
+    schedule of one stage `(epochs, learning_rate, first_epoch)`.
 
     Validation accuracy, not loss: the checkpoint keeps the epoch of best
     validation accuracy, and on small data the validation loss is noisy
     enough (three loss terms, early BatchNormalization statistics) that
-    stopping on it ended runs epochs before their best accuracy.
+    stopping on it ended runs epochs before their best accuracy. The
+    learning rate decays along a cosine over the stage (`lr_schedule="cosine"`)
+    or halves when that metric stalls (`"plateau"`).
     """
     monitor = "val_accuracy" if validation is not None else "accuracy"
     patience = options.patience
+    epochs, rate, first_epoch = stage
+    if options.lr_schedule == "cosine":
+        schedule = keras.callbacks.LearningRateScheduler(
+            cosine_learning_rate(rate, epochs, start_epoch=first_epoch)
+        )
+    else:
+        schedule = keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, mode="max", factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
+        )
     return [
         keras.callbacks.EarlyStopping(
             monitor=monitor, mode="max", patience=patience, restore_best_weights=True
         ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, mode="max", factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
-        ),
+        schedule,
     ]
 
 

@@ -533,6 +533,18 @@ def test_a_staged_run_resumes_inside_and_across_its_phases(shapes, tmp_path, cra
     assert [row["phase"] for row in rows] == ["0", "0", "1", "1", "2", "2"]
     weights = [(r["gate_loss_weight"], r["expert_loss_weight"]) for r in rows]
     assert weights == [("1.0", "0.0")] * 2 + [("0.0", "1.0")] * 2 + [("1.0", "1.0")] * 2
+    # each phase decays its own rate along a cosine, and the crash does not restart it
+    rates = [float(r["learning_rate"]) for r in rows]
+    np.testing.assert_allclose(rates, [1e-3, 1e-3 * 0.505] * 3, rtol=1e-5)
+
+
+def test_plateau_schedule_keeps_the_rate_until_the_metric_stalls(shapes, tmp_path):
+    run = tmp_path / "run"
+    train(shapes / "train", run, epochs=2, lr_schedule="plateau", baseline=False, **TINY)
+    assert [float(r["learning_rate"]) for r in _history_rows(run)] == pytest.approx([1e-3] * 2)
+    with pytest.raises(ValueError, match="lr_schedule must be one of.*Received: lr_schedule='step'"):
+        train(shapes / "train", tmp_path / "other", lr_schedule="step", **TINY)
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.slow

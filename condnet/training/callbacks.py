@@ -1,4 +1,4 @@
-"""Training callbacks: loss-weight schedules and a clear stop on NaN losses."""
+"""Training callbacks: loss-weight and learning-rate schedules, a clear stop on NaN losses."""
 
 import math
 import warnings
@@ -91,6 +91,32 @@ class LossWeightSchedule(keras.callbacks.Callback):
         if logs is not None:
             for part, value in self.model.loss_weights_dict.items():
                 logs[f"{part}_loss_weight"] = value
+
+
+def cosine_learning_rate(base, epochs, start_epoch=0, floor=0.01):
+    """A per-epoch cosine decay for `keras.callbacks.LearningRateScheduler`.
+
+    Epoch `start_epoch` trains at `base`; the rate then follows half a cosine
+    down to `floor * base` at the epoch after the last of `epochs`, so the last
+    epoch trains near the floor (a few percent of `base`). Without it a short
+    schedule ends at its full rate and the kept epoch depends on where the
+    noise of the last steps left the weights.
+
+    Example:
+
+    ```python
+    rate = cosine_learning_rate(1e-3, epochs=10)
+    model.fit(x, y, epochs=10, callbacks=[keras.callbacks.LearningRateScheduler(rate)])
+    ```
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1. Received: epochs={epochs!r}")
+
+    def rate(epoch, current=None):
+        done = min(max(epoch - start_epoch, 0), epochs) / epochs
+        return float(base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done))))
+
+    return rate
 
 
 class StopOnNaN(keras.callbacks.Callback):

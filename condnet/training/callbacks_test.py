@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from condnet.testing import cats_and_dogs_model, random_data
-from condnet.training.callbacks import LossWeightSchedule, StopOnNaN
+from condnet.training.callbacks import LossWeightSchedule, StopOnNaN, cosine_learning_rate
 
 
 def test_schedule_must_be_a_dict_or_a_callable():
@@ -54,3 +54,29 @@ def test_stop_on_nan_records_where_it_stopped():
     with pytest.warns(RuntimeWarning, match="epoch 4, batch 8: the loss became inf"):
         guard.on_train_batch_end(7, {"loss": float("inf")})
     assert guard.stopped_at == (3, 7) and guard.model.stop_training
+
+
+def test_cosine_rate_starts_at_the_base_and_ends_near_the_floor_of_its_stage():
+    rate = cosine_learning_rate(1e-3, epochs=4, start_epoch=10, floor=0.01)
+    rates = [rate(epoch) for epoch in range(10, 15)]
+    assert rates[0] == pytest.approx(1e-3) and rates[4] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[2] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))  # halfway: the mean
+    assert rate(3) == pytest.approx(1e-3)  # before its stage: the base rate
+    with pytest.raises(ValueError, match="epochs must be an int >= 1. Received: epochs=0"):
+        cosine_learning_rate(1e-3, epochs=0)
+
+
+def test_cosine_rate_drives_keras_learning_rate_scheduler():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")
+    history = model.fit(
+        x,
+        y,
+        epochs=3,
+        verbose=0,
+        callbacks=[keras.callbacks.LearningRateScheduler(cosine_learning_rate(1e-2, 3))],
+    )
+    expected = [cosine_learning_rate(1e-2, 3)(epoch) for epoch in range(3)]
+    np.testing.assert_allclose(history.history["learning_rate"], expected, rtol=1e-5)
