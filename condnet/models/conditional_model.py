@@ -407,7 +407,7 @@ class ConditionalModel(keras.Model):
         total = ops.sum(ops.stack(parts) * self.loss_weights_variable)
         for extra in self.losses:
             total = total + ops.cast(extra, total.dtype)
-        return total
+        return _scale_for_replicas(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels = _flat_labels(y)
@@ -575,6 +575,17 @@ def _combine(sample_weight, mask):
     if sample_weight is None:
         return mask
     return ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) * mask
+
+
+def _scale_for_replicas(loss):
+    """Divide by the replicas of a TensorFlow strategy, which sums their gradients (and
+    whose train step multiplies the logged loss back), as Keras's own losses do."""
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * (1.0 / replicas)
 
 
 def _mean_nll(probabilities, labels, sample_weight):

@@ -23,6 +23,7 @@ from condnet.evaluation.evaluate import evaluate_model
 from condnet.evaluation.report import baseline_verdict, write_report
 from condnet.runs import checkpoint as ckpt
 from condnet.training.callbacks import StopOnNaN
+from condnet.training.distribute import compile_options
 from condnet.training.staged import tunable_count
 from condnet.vision.backbones import is_pretrained, unfreeze_top
 
@@ -182,6 +183,7 @@ def _fit_baseline(flat, options, data, stopping_callbacks, fit_kwargs):
             optimizer=keras.optimizers.Adam(rate),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
+            **compile_options(),
         )
         flat.fit(
             train_data,

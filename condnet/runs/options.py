@@ -399,8 +399,9 @@ class TrainingOptions:
     )
     distribute: str = _option(
         "auto",
-        "data-parallel: keras.distribution.DataParallel over every local device (JAX); none: "
-        "one device; auto = data-parallel on JAX with more than one device, else none",
+        "data-parallel: keras.distribution.DataParallel over every local device (JAX) or "
+        "tf.distribute.MirroredStrategy over the local GPUs (TensorFlow); none: one device; "
+        "auto = data-parallel when there is more than one device, else none",
         _one_of(DISTRIBUTE),
         choices=DISTRIBUTE,
     )

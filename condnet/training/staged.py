@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from condnet.choices import STRATEGIES
+from condnet.training.distribute import compile_options
 from condnet.vision.backbones import unfreeze_top
 
 # Loss weights (gate, class, expert) of each kind of phase.
@@ -105,7 +106,7 @@ def set_phase_trainable(model, phase, backbone=None, freeze_backbone=False, fine
 def prepare_phase(model, phase, **trainable_kwargs):
     """Set trainability (see `set_phase_trainable`), compile with Adam, set the loss weights."""
     set_phase_trainable(model, phase, **trainable_kwargs)
-    model.compile(optimizer=keras.optimizers.Adam(phase.learning_rate))
+    model.compile(optimizer=keras.optimizers.Adam(phase.learning_rate), **compile_options())
     model.set_loss_weights(*phase.loss_weights)
 
 
