@@ -648,6 +648,7 @@ class ImageFolder(keras.utils.PyDataset):
         self._reported = set()
         self._decoded = {}
         self._unreadable = {}  # path -> reason, shared with subsets
+        self._shard = None  # (process index, process count): see `shard`
         self._rng = np.random.default_rng(seed)
         self._order = np.arange(self.num_samples)
         if self.shuffle:
@@ -667,7 +668,10 @@ class ImageFolder(keras.utils.PyDataset):
         return dict(self._unreadable)
 
     def __len__(self):
-        return math.ceil(self.num_samples / self.batch_size)
+        batches = math.ceil(self.num_samples / self.batch_size)
+        if self._shard is not None and 0 < self.num_samples % self.batch_size < self._shard[1]:
+            batches -= 1  # a last batch of fewer rows than processes gives none to some
+        return batches
 
     def __getitem__(self, index):
         if not self.substitute_unreadable:
@@ -683,7 +687,12 @@ class ImageFolder(keras.utils.PyDataset):
                 f"Batch index out of range: this ImageFolder has {len(self)} batches. "
                 f"Received: index={index!r}"
             )
-        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        if self._shard is None:
+            return rows
+        index, count = self._shard
+        share = len(rows) // count  # every process the same number of rows
+        return rows[index * share : (index + 1) * share]
 
     def read_batch(self, index):
         """Batch `index` without substitution: `(images, labels, errors)`.
@@ -734,6 +743,35 @@ class ImageFolder(keras.utils.PyDataset):
         )
         subset._decoded, subset._unreadable = self._decoded, self._unreadable
         return subset
+
+    def shard(self, index, count):
+        """This process's slice of every batch, in a job of `count` processes.
+
+        Batch `i` of shard `index` holds the `index`-th of `count` equal slices
+        of batch `i` of this folder (the rows a last batch cannot split evenly
+        are left out; a last batch of fewer rows than processes is dropped),
+        so the shards of all processes make up each global batch. The
+        processes must shuffle alike: a shuffled folder needs a `seed`. It
+        shares this folder's caches; `whole` is the folder it slices.
+        """
+        if not (_is_int(count) and count >= 1 and _is_int(index) and 0 <= index < count):
+            raise ValueError(
+                f"shard takes a process index in 0..count-1 and a count >= 1. Received: "
+                f"index={index!r}, count={count!r}"
+            )
+        if self.shuffle and self.seed is None:
+            raise ValueError(
+                "Shards of a shuffled ImageFolder need its seed, so that every process "
+                "shuffles alike. Received: seed=None"
+            )
+        if self.batch_size % count:
+            raise ValueError(
+                f"Each of the {count} processes takes an equal slice of every batch, so the "
+                f"batch size must divide by {count}. Received: batch_size={self.batch_size}"
+            )
+        shard = self.subset(np.arange(self.num_samples))
+        shard._shard, shard.whole = (index, count), self
+        return shard
 
     def numpy(self):
         """All images and labels as arrays, in `paths` order (small sets only).

@@ -668,3 +668,48 @@ def test_load_folders_error_no_validation_sample(tmp_path):
 def test_load_folders_error_bad_options_before_reading(tmp_path, options, match):
     with pytest.raises(ValueError, match=match):
         load_folders(tmp_path / "not-read-yet", **options)
+
+
+def test_shards_split_every_batch_between_processes_alike(tmp_path):
+    _make_nested(tmp_path, per_class=5)
+    hierarchy, paths, labels = scan_directory(tmp_path)
+    data = ImageFolder(paths, labels, hierarchy, image_size=8, batch_size=4, shuffle=True, seed=7)
+    shards = [data.shard(i, 2) for i in (0, 1)]
+    for _ in range(2):  # two epochs
+        assert len(shards[0]) == len(shards[1]) == len(data)
+        for index in range(len(data)):
+            whole = data.batch_rows(index)
+            first, second = (shard.batch_rows(index) for shard in shards)
+            assert len(first) == len(second) == len(whole) // 2
+            np.testing.assert_array_equal(np.concatenate([first, second]), whole[: 2 * len(first)])
+            images, batch_labels = shards[1][index]
+            assert len(images) == len(second)
+            np.testing.assert_array_equal(batch_labels, labels[second])
+        for folder in (data, *shards):
+            folder.on_epoch_end()  # each reshuffles, and all alike
+    assert shards[0].whole is data
+
+
+def test_a_last_batch_smaller_than_the_process_count_is_dropped(tmp_path):
+    _make_nested(tmp_path, per_class=3)  # 9 images: batches of 4, 4 and 1
+    hierarchy, paths, labels = scan_directory(tmp_path)
+    data = ImageFolder(paths, labels, hierarchy, image_size=8, batch_size=4)
+    assert len(data) == 3 and len(data.shard(0, 2)) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(index=2, count=2), "process index in 0..count-1"),
+        (dict(index=0, count=3), "batch size must divide by 3"),
+    ],
+)
+def test_shard_refuses_what_cannot_split_evenly(tmp_path, kwargs, message):
+    _make_nested(tmp_path, per_class=2)
+    hierarchy, paths, labels = scan_directory(tmp_path)
+    data = ImageFolder(paths, labels, hierarchy, image_size=8, batch_size=4)
+    with pytest.raises(ValueError, match=message):
+        data.shard(**kwargs)
+    shuffled = ImageFolder(paths, labels, hierarchy, image_size=8, batch_size=4, shuffle=True)
+    with pytest.raises(ValueError, match="need its seed"):
+        shuffled.shard(0, 2)

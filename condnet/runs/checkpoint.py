@@ -99,6 +99,15 @@ def history_csv(history):
     return buffer.getvalue()
 
 
+def _save_and_discard(model, times):
+    """Take part in `times` saves of a model distributed over processes, keeping nothing."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="condnet-follower-") as scratch:
+        for _ in range(times):
+            save_model_atomic(model, Path(scratch) / "model.keras")
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """After every epoch: the whole run state, written so that a kill never corrupts it.
 
@@ -121,10 +130,20 @@ class RunCheckpoint(keras.callbacks.Callback):
             without validation). Accuracy, unlike the loss, compares across
             phases that weight the loss differently.
         on_commit: callable or None. Called after each committed epoch.
+        writes: bool. False in the processes of a multi-process job other than
+            the chief: they keep the same history and state (`committed`) in
+            memory and write nothing to the run directory. Saving a model
+            distributed over processes takes every process (JAX gathers the
+            values collectively), so they save the same models, in the same
+            order, to a scratch folder of their own that is deleted at once.
     """
 
-    def __init__(self, run_dir, phase, state=None, monitor="val_accuracy", on_commit=None):
+    def __init__(
+        self, run_dir, phase, state=None, monitor="val_accuracy", on_commit=None, writes=True
+    ):
         super().__init__()
+        self.writes = writes
+        self.committed = None
         self.run_dir = Path(run_dir)
         self.phase = phase
         state = state or {}
@@ -152,11 +171,18 @@ class RunCheckpoint(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         logs["epoch_seconds"] = round(seconds, 3)  # training and validation of the epoch
         self.history.append({"epoch": epoch + 1, "phase": self.phase, **logs})
+        name = f"epoch-{epoch + 1:04d}.keras"
+        value = logs.get(self.monitor, logs.get("accuracy"))
+        if not self.writes:
+            improved = value is not None and (self.best is None or value > self.best)
+            _save_and_discard(self.model, 2 if improved else 1)
+            if improved:
+                self.best = value
+            self._commit(epoch + 1, name, phase_done=False)
+            return
         folder = self.run_dir / CHECKPOINTS
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{epoch + 1:04d}.keras"
         save_model_atomic(self.model, folder / name)
-        value = logs.get(self.monitor, logs.get("accuracy"))
         if value is not None and (self.best is None or value > self.best):
             self.best = value
             save_model_atomic(self.model, self.run_dir / BEST)
@@ -170,7 +196,7 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def end_phase(self):
         """Mark the phase finished (all epochs, or stopped early)."""
-        state = read_state(self.run_dir)
+        state = read_state(self.run_dir) if self.writes else self.committed
         if state is not None and state["phase"] == self.phase:
             self._commit(state["epoch"], state["checkpoint"], phase_done=True)
 
@@ -183,4 +209,6 @@ class RunCheckpoint(keras.callbacks.Callback):
             "best": self.best,
             "history": self.history,
         }
-        write_atomic(self.run_dir / STATE, json.dumps(state, indent=1))
+        self.committed = state
+        if self.writes:
+            write_atomic(self.run_dir / STATE, json.dumps(state, indent=1))

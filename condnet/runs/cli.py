@@ -221,6 +221,20 @@ def _train_parser(commands, common):
         help="replace a run already in RUN_DIR (its files are kept aside until the new run "
         "has committed its first epoch)",
     )
+    processes = p.add_argument_group(
+        "several processes (JAX)",
+        "a data-parallel job over processes or hosts: start the same command on each, with "
+        "the same RUN_DIR on a shared disk; process 0 writes the run",
+    )
+    processes.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="where process 0 listens (jax.distributed)"
+    )
+    processes.add_argument(
+        "--num-processes", type=int, default=1, metavar="N", help="processes in the job"
+    )
+    processes.add_argument(
+        "--process-id", type=int, default=0, metavar="I", help="this process, 0..N-1"
+    )
     _add_run_flags(p)
     p.set_defaults(run=_train)
 
@@ -256,6 +270,12 @@ def _train(args):
             "--resume continues the run in RUN_DIR and --overwrite replaces it; pass one. "
             "Received: --resume --overwrite"
         )
+    if args.coordinator is not None or args.num_processes != 1:
+        from condnet.training.distribute import is_chief, join_processes
+
+        join_processes(args.coordinator, args.num_processes, args.process_id)
+        if not is_chief():
+            verbose = 0  # process 0 reports
     if args.resume:
         result = resume(
             args.out, args.data_dir, break_lock=args.break_lock, verbose=verbose, **options
@@ -269,6 +289,9 @@ def _train(args):
             verbose=verbose,
             **options,
         )
+    if result["metrics"] is None:
+        print(f"Process {args.process_id} done; process 0 writes the run to {args.out}.")
+        return
     print(summary_table(result["metrics"]))
     print(f"Run written to {args.out} (model.keras, report.md, history.csv).")
 

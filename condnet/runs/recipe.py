@@ -1,5 +1,6 @@
 """The training recipe: from a folder of images to a trained, checkpointed, reported run."""
 
+import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -129,26 +130,54 @@ def train(
 def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
     """`train` after its checks, inside the distribution scope."""
     overwrite, break_lock = flags
+    if options.hierarchy == "auto" and distribute.process_count() > 1:
+        raise ValueError(
+            "hierarchy='auto' discovers the groups in one process; a job of several "
+            "processes needs them first: run the discovery alone (or pass --hierarchy FILE). "
+            "Received: hierarchy='auto'"
+        )
     prepared = None if options.hierarchy == "auto" else _prepare(options, data_dir)
     if prepared is None:
         check_num_groups(options.discovery_groups, len(flat_class_names(data_dir)))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir, break_lock=break_lock), RunClaim(run_dir, overwrite) as claim:
+    with _guarded(run_dir, break_lock, overwrite) as claim:
         if prepared is None:
             options = discover_for_run(options, data_dir, run_dir, fit_kwargs)
             prepared = _prepare(options, data_dir)
         options, (train_data, validation), model = prepared
         _announce(_data_summary(train_data, validation, options), fit_kwargs)
-        _write_config(run_dir, data_dir, options, train_data.hierarchy)
+        if distribute.is_chief():
+            _write_config(run_dir, data_dir, options, train_data.hierarchy)
         state = _run_phases(
             model,
             run_dir,
             options,
             None,
-            (train_data, validation),
+            _sharded(train_data, validation),
             (list(callbacks or []), fit_kwargs, claim.commit),
         )
         return _finish(run_dir, options, (train_data, validation), state, fit_kwargs)
+
+
+class _Follower:
+    """What a process other than the chief holds instead of the run's claim."""
+
+    commit = None
+
+
+@contextlib.contextmanager
+def _guarded(run_dir, break_lock, overwrite):
+    """The run's lock and claim, taken by the process that writes the run (the chief)."""
+    if not distribute.is_chief():
+        yield _Follower()
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, break_lock=break_lock), RunClaim(run_dir, overwrite) as claim:
+        yield claim
+
+
+def _sharded(train_data, validation):
+    """This process's slice of every batch, in a job of several processes."""
+    return distribute.for_this_process(train_data), distribute.for_this_process(validation)
 
 
 def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **changes_and_fit_kwargs):
@@ -183,13 +212,17 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
             f"or start a new run. Received: DATA_DIR={str(data_dir)!r}"
         )
     options = _resumed_options(stored, changes)
+    chief = distribute.is_chief()
     with (
         distribute.scope(options.distribute, options.batch_size),
-        run_lock(run_dir, break_lock=break_lock),
+        run_lock(run_dir, break_lock=break_lock) if chief else contextlib.nullcontext(),
     ):
         state = _reopen_phase(stored, options, _resume_state(run_dir))
-        clean_temporary_files(run_dir)
+        if chief:
+            clean_temporary_files(run_dir)
         train_data, validation = load_data(options, stored_data_dir)
+        if distribute.process_count() > 1:  # loading initialises the layers first: alike
+            keras.utils.set_random_seed(options.seed)
         model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
         phase = _phases(options)[state["phase"]].name
         _announce(
@@ -198,14 +231,14 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
             fit_kwargs,
         )
         _set_learning_rate(model, stored, options, state["phase"])
-        if options != stored:
+        if options != stored and chief:
             _write_config(run_dir, stored_data_dir, options, train_data.hierarchy)
         state = _run_phases(
             model,
             run_dir,
             options,
             state,
-            (train_data, validation),
+            _sharded(train_data, validation),
             (list(callbacks or []), fit_kwargs, None),
         )
         return _finish(run_dir, options, (train_data, validation), state, fit_kwargs)
@@ -232,6 +265,8 @@ def read_config(run_dir):
 def _finish(run_dir, options, data, state, fit_kwargs):
     """Hard-routed metrics, the flat baseline and the report (`condnet.runs.finish`)."""
     train_data = data[0]
+    if not distribute.is_chief():  # the chief evaluates and reports
+        return {"metrics": None, "model": None, "run_dir": str(run_dir)}
 
     def build():
         return _build(options, train_data.hierarchy, train_data.channels)
@@ -239,7 +274,8 @@ def _finish(run_dir, options, data, state, fit_kwargs):
     def stopping(validation, epochs, rate):
         return _stopping_callbacks(options, validation, (epochs, rate, 0))
 
-    return finish_run(run_dir, options, data, state, build, stopping, fit_kwargs)
+    with distribute.on_this_process():
+        return finish_run(run_dir, options, data, state, build, stopping, fit_kwargs)
 
 
 # === Options ===
@@ -419,7 +455,8 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     """Fit one phase from epoch `initial` to `end`; return the committed state."""
     (index, phase), (initial, end), (train_data, validation) = indexed_phase, epochs, data
     callbacks, fit_kwargs, on_commit = extras
-    checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state, on_commit=on_commit)
+    chief = distribute.is_chief()
+    checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state, on_commit=on_commit, writes=chief)
     recipe = _recipe_callbacks(run_dir, options, phase, validation, end - phase.epochs)
     model.fit(
         train_data,
@@ -432,7 +469,7 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     if checkpoint.refused is not None:
         raise RuntimeError(_not_finite_message(run_dir, options, phase, checkpoint.refused))
     checkpoint.end_phase()
-    return ckpt.read_state(run_dir)
+    return ckpt.read_state(run_dir) if chief else checkpoint.committed or state
 
 
 def _not_finite_message(run_dir, options, phase, refused):
@@ -477,7 +514,7 @@ def _recipe_callbacks(run_dir, options, phase, validation, first_epoch):
     callbacks = _stopping_callbacks(
         options, validation, (phase.epochs, phase.learning_rate, first_epoch)
     )
-    if options.tensorboard and tensorboard_available():
+    if options.tensorboard and tensorboard_available() and distribute.is_chief():
         logs = Path(run_dir) / LOGS
         write_hparams(logs, options)
         callbacks.append(

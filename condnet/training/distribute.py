@@ -16,6 +16,14 @@ and the masked loss terms of hard routing are per replica (a capacity buffer
 is sized from the replica's rows, a masked mean is over the replica's rows). Models
 compile with `jit_compile=False` under it.
 
+Several processes (hosts), JAX only: every process calls `join_processes`
+(`condnet train --coordinator HOST:PORT --num-processes N --process-id I`)
+before anything else runs, with the same run directory on a shared disk.
+`DataParallel` then spans the devices of every process; each process reads
+only its slice of every global batch (`ImageFolder.shard`); only the chief
+(process 0) writes the run directory, and once the phases end it alone
+evaluates, trains the baseline and writes the report, on its own devices.
+
 torch: Keras has no distribution engine there, and condnet does not wire DDP
 by hand: `data-parallel` is refused with a message and `auto` means one device.
 """
@@ -23,6 +31,96 @@ by hand: `data-parallel` is refused with a message and `auto` means one device.
 import contextlib
 
 import keras
+
+_JOINED = []  # (coordinator, num_processes, process_id) once this process joined a job
+
+
+def join_processes(coordinator, num_processes, process_id):
+    """Join a data-parallel job of `num_processes` processes (JAX), before any JAX work.
+
+    Every process passes the same `coordinator` ("HOST:PORT", where process
+    0 listens) and `num_processes`, and its own `process_id` in
+    `0..num_processes-1`. On CPUs the processes all-reduce through gloo;
+    GPUs use the backend's own collectives. Seed the run (the recipe does) so
+    that every process initialises the same weights.
+    """
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise ValueError(
+            "Training over several processes runs on JAX's distributed runtime: set "
+            f"KERAS_BACKEND=jax. Received: backend {backend!r}"
+        )
+    if not isinstance(num_processes, int) or num_processes < 2:
+        raise ValueError(
+            f"num_processes must be an int >= 2 for a job of several processes. Received: "
+            f"num_processes={num_processes!r}"
+        )
+    if not isinstance(process_id, int) or not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"process_id must be an int in 0..{num_processes - 1}. Received: "
+            f"process_id={process_id!r}"
+        )
+    host, _, port = str(coordinator or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            "coordinator must be HOST:PORT, the address process 0 listens on (e.g. "
+            f"10.0.0.1:1234). Received: coordinator={coordinator!r}"
+        )
+    joined = (coordinator, num_processes, process_id)
+    if _JOINED:
+        if _JOINED[0] != joined:
+            raise RuntimeError(
+                f"This process already joined the job {_JOINED[0]}; a process joins one job. "
+                f"Received: {joined}"
+            )
+        return
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # What keras.distribution.initialize does, with a longer shutdown: the other
+    # processes wait at exit while the chief evaluates and trains the baseline alone.
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        shutdown_timeout_seconds=_CHIEF_FINISH_SECONDS,
+    )
+    _JOINED.append(joined)
+
+
+_CHIEF_FINISH_SECONDS = 24 * 3600
+
+
+def process_count():
+    """Processes in this job: 1 unless `join_processes` was called."""
+    return _JOINED[0][1] if _JOINED else 1
+
+
+def is_chief():
+    """Whether this process writes the run directory (process 0, or the only one)."""
+    return not _JOINED or _JOINED[0][2] == 0
+
+
+def for_this_process(folder):
+    """`folder` itself, or in a job of several processes its `shard` for this process."""
+    if folder is None or not _JOINED:
+        return folder
+    return folder.shard(_JOINED[0][2], _JOINED[0][1])
+
+
+@contextlib.contextmanager
+def on_this_process():
+    """No distribution inside, in a job of several processes: the chief evaluates and
+    trains the baseline on its own devices (one process keeps its distribution)."""
+    if keras.backend.backend() != "jax" or not _JOINED:
+        yield
+        return
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
 
 
 def local_devices():
@@ -84,7 +182,10 @@ def scope(distribute, batch_size):
         return contextlib.nullcontext()
     if keras.backend.backend() == "tensorflow":
         return _mirrored(tuple(local_devices())).scope()
-    return keras.distribution.DataParallel(devices=local_devices()).scope()
+    # Several processes: each feeds its own slice of every batch (already sharded).
+    return keras.distribution.DataParallel(
+        devices=local_devices(), auto_shard_dataset=not _JOINED
+    ).scope()
 
 
 _STRATEGIES = {}

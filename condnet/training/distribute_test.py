@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -145,3 +146,115 @@ def test_data_parallel_is_refused_where_it_cannot_run():
             resolve("data-parallel", 32)
     assert resolve("none", 7) == "none"
     assert resolve("auto", 7) in ("none", "data-parallel")
+
+
+# One process of a two-process JAX job on 127.0.0.1. Process 1 refuses any write under the
+# run directory (only the chief writes); both record the loss of every epoch they train.
+TWO_PROCESSES = """
+import builtins, json, os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+process, port, data, run, stage = sys.argv[1:6]
+from condnet.training import distribute
+distribute.join_processes(f"127.0.0.1:{port}", 2, int(process))
+import jax, keras
+
+if process == "1":
+    real_open = builtins.open
+    def refusing(function):
+        def guarded(path, *args, **kwargs):
+            mode = args[0] if args and isinstance(args[0], str) else kwargs.get("mode", "r")
+            writing = function is not real_open or set(mode) & set("wax")
+            if str(path).startswith(run) and writing:
+                raise AssertionError(f"process 1 wrote {path}")
+            return function(path, *args, **kwargs)
+        return guarded
+    builtins.open = refusing(builtins.open)
+    for name in ("replace", "rename", "mkdir", "unlink", "remove"):
+        setattr(os, name, refusing(getattr(os, name)))
+
+from condnet.runs.recipe import resume, train
+
+losses = []
+class Record(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        losses.append(float(logs["loss"]))
+class KillAtThirdEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            print("REPORT" + json.dumps({"losses": losses}), flush=True)
+            os.kill(os.getpid(), 9)  # kill -9: no clean-up, no shutdown of the job
+
+tiny = dict(image_size=32, filters=(8, 8, 8), batch_size=16, augment="none", seed=3,
+            tensorboard=False, verbose=0, routing="hard", distribute="data-parallel")
+if stage == "train":
+    train(data, run, epochs=3, callbacks=[Record(), KillAtThirdEpoch()], **tiny)
+result = resume(run, break_lock=True, callbacks=[Record()], verbose=0)
+metrics = result["metrics"]
+print("REPORT" + json.dumps({"losses": losses, "devices": len(jax.devices()),
+                             "accuracy": None if metrics is None else metrics["accuracy"]}))
+"""
+
+
+def _job(tmp_path, stage, run):
+    from condnet.testing import free_port
+
+    port, env = free_port(), {**os.environ, "KERAS_BACKEND": "jax"}
+    args = [str(port), str(tmp_path / "data" / "train"), str(run), stage]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESSES, str(i), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in (0, 1)
+    ]
+    reports = []
+    for process in processes:
+        out, err = process.communicate(timeout=600)
+        reports.append((process.returncode, out, err))
+    return reports
+
+
+def _errors(reports):
+    """The last lines of each process's standard error, for a failed assertion."""
+    return "\n".join(f"process {i}: " + err[-1500:] for i, (_, _, err) in enumerate(reports))
+
+
+def _report(out):
+    return json.loads(out.split("REPORT")[-1].splitlines()[0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax.distributed runs on JAX")
+def test_a_two_process_job_trains_is_killed_and_resumes_with_one_writer(tmp_path):
+    from condnet.data.demo_data import make_shapes_dataset
+
+    make_shapes_dataset(
+        tmp_path / "data", samples_per_class=8, image_size=32, test_samples_per_class=2
+    )
+    run = tmp_path / "run"
+    killed = _job(tmp_path, "train", run)
+    assert [code for code, _, _ in killed] == [-9, -9], _errors(killed)
+    before = [_report(out)["losses"] for _, out, _ in killed]
+    assert len(before[0]) == 2 and before[0] == pytest.approx(before[1], rel=1e-6)  # one job
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 2 and not (run / "metrics.json").exists()
+
+    resumed = _job(tmp_path, "resume", run)
+    assert [code for code, _, _ in resumed] == [0, 0], _errors(resumed)
+    chief, follower = (_report(out) for _, out, _ in resumed)
+    assert chief["devices"] == follower["devices"] == 2  # one device in each process
+    assert (
+        chief["losses"] == pytest.approx(follower["losses"], rel=1e-6) and len(chief["losses"]) == 1
+    )
+    with open(run / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    logged = [float(row["loss"]) for row in rows]
+    assert logged == pytest.approx(before[0] + chief["losses"], rel=1e-6)
+    # the chief alone evaluated and reported; the follower wrote nothing (it would have failed)
+    assert follower["accuracy"] is None and 0 <= chief["accuracy"] <= 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["accuracy"] == chief["accuracy"] and (run / "report.md").is_file()
