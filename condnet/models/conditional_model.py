@@ -7,6 +7,7 @@ from keras import ops
 from condnet.hierarchy import Hierarchy
 from condnet.models import capacity as capacity_lib
 from condnet.models import routing as routing_lib
+from condnet.training import distribute
 
 _EPSILON = 1e-7
 _LOSS_PARTS = ("gate", "class", "expert")
@@ -580,11 +581,7 @@ def _combine(sample_weight, mask):
 def _scale_for_replicas(loss):
     """Divide by the replicas of a TensorFlow strategy, which sums their gradients (and
     whose train step multiplies the logged loss back), as Keras's own losses do."""
-    if keras.backend.backend() != "tensorflow":
-        return loss
-    import tensorflow as tf
-
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    replicas = distribute.replicas_in_sync()
     return loss if replicas == 1 else loss * (1.0 / replicas)
 
 

@@ -173,18 +173,17 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.history.append({"epoch": epoch + 1, "phase": self.phase, **logs})
         name = f"epoch-{epoch + 1:04d}.keras"
         value = logs.get(self.monitor, logs.get("accuracy"))
+        improved = value is not None and (self.best is None or value > self.best)
+        if improved:
+            self.best = value
         if not self.writes:
-            improved = value is not None and (self.best is None or value > self.best)
             _save_and_discard(self.model, 2 if improved else 1)
-            if improved:
-                self.best = value
             self._commit(epoch + 1, name, phase_done=False)
             return
         folder = self.run_dir / CHECKPOINTS
         folder.mkdir(parents=True, exist_ok=True)
         save_model_atomic(self.model, folder / name)
-        if value is not None and (self.best is None or value > self.best):
-            self.best = value
+        if improved:
             save_model_atomic(self.model, self.run_dir / BEST)
         write_atomic(self.run_dir / HISTORY, history_csv(self.history))
         self._commit(epoch + 1, name, phase_done=False)
