@@ -7,7 +7,6 @@ from keras import ops
 from condnet.hierarchy import Hierarchy
 from condnet.models import capacity as capacity_lib
 from condnet.models import routing as routing_lib
-from condnet.training import distribute
 
 _EPSILON = 1e-7
 _LOSS_PARTS = ("gate", "class", "expert")
@@ -581,7 +580,7 @@ def _combine(sample_weight, mask):
 def _scale_for_replicas(loss):
     """Divide by the replicas of a TensorFlow strategy, which sums their gradients (and
     whose train step multiplies the logged loss back), as Keras's own losses do."""
-    replicas = distribute.replicas_in_sync()
+    replicas = replicas_in_sync()
     return loss if replicas == 1 else loss * (1.0 / replicas)
 
 
@@ -762,3 +761,12 @@ def _output_size(model, input_shape):
     if isinstance(spec, dict):
         spec = spec["classes"]
     return spec.shape[-1]
+
+
+def replicas_in_sync():
+    """How many replicas a TensorFlow strategy in force sums gradients over (else 1)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync

@@ -32,6 +32,8 @@ import contextlib
 
 import keras
 
+from condnet.models.conditional_model import replicas_in_sync
+
 _JOINED = []  # (coordinator, num_processes, process_id) once this process joined a job
 
 
@@ -159,15 +161,6 @@ def resolve(distribute, batch_size):
             f"the batch size must divide by {len(devices)}. Received: batch_size={batch_size}"
         )
     return "data-parallel"
-
-
-def replicas_in_sync():
-    """How many replicas a TensorFlow strategy in force sums gradients over (else 1)."""
-    if keras.backend.backend() != "tensorflow":
-        return 1
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def compile_options():
