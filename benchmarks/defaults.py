@@ -2,7 +2,7 @@
 
     python benchmarks/defaults.py [--data-set cifar10|photos20] [--train-per-class N]
         [--test-per-class N] [--epochs E] [--seeds 3] [--image-size S]
-        [--rows plain,soft,hard,condnet,condnet-hard]
+        [--rows plain,soft,hard,condnet,condnet-hard,condnet-coarse-to-fine,condnet-staged]
 
 The yardstick is the plain Keras CNN of `../shared/tools/plain_cnn.py`, rebuilt
 here layer for layer (Rescaling, RandomFlip("horizontal"), three blocks of two
@@ -19,7 +19,10 @@ trains on the same images, split, batch size, epochs, callbacks and seed:
 - `condnet` / `condnet-hard`: `condnet.train` on the same images as folders,
   with its defaults (soft / straight-through hard routing), scored from the
   run's shipped `model.keras`; its `baseline.keras` (the flat classifier every
-  run trains beside itself) is scored as a row of its own.
+  run trains beside itself) is scored as a row of its own;
+- `condnet-coarse-to-fine` / `condnet-staged`: the defaults with the B-CNN-style
+  loss schedule (gate first, then classes) / staged training (gate, experts,
+  then joint, as HD-CNN trains), the techniques the accuracy issue names.
 
 MACs per image are counted by `condnet.evaluation.cost.count_macs` (routed: trunk
 + gate + the costliest expert). Results go to
@@ -286,7 +289,12 @@ def link_folder(root, hierarchy, per_class, target):
     return target
 
 
-RECIPE_ROWS = {"condnet": {}, "condnet-hard": {"routing": "hard"}}
+RECIPE_ROWS = {  # condnet.train with its defaults, but for these options
+    "condnet": {},
+    "condnet-hard": {"routing": "hard"},
+    "condnet-coarse-to-fine": {"loss_schedule": "coarse_to_fine"},
+    "condnet-staged": {"strategy": "staged"},
+}
 
 
 def run_recipe(row, data, hierarchy, args, seed, folder):

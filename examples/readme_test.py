@@ -50,9 +50,11 @@ def _command_lines():
     for block in _blocks("bash"):
         text = block.replace("\\\n", " ")
         for line in text.splitlines():
-            line = line.split(" #")[0].strip()
-            if line.startswith("condnet "):
-                yield line
+            words = shlex.split(line.split(" #")[0])
+            while words and "=" in words[0] and not words[0].startswith("-"):
+                words.pop(0)  # environment variables before the command: KERAS_BACKEND=jax
+            if words[:1] == ["condnet"]:
+                yield shlex.join(words)
 
 
 def test_readme_shows_condnet_commands():

@@ -421,7 +421,7 @@ class ConditionalModel(keras.Model):
         )
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(labels, y_pred["classes"], sample_weight)
-        return self.get_metrics_result()
+        return _as_multi_worker_logs(self.get_metrics_result())
 
     def fit(self, x=None, y=None, **kwargs):
         """`keras.Model.fit`, after checking the labels against the hierarchy.
@@ -435,6 +435,21 @@ class ConditionalModel(keras.Model):
             self._check_data_hierarchy(x.hierarchy)
             self.hierarchy.check_labels(x.labels)
         return super().fit(x, y, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras's TensorFlow trainer builds the model from a first batch, which under a
+        strategy it reduces as a whole; MultiWorkerMirroredStrategy reduces one tensor
+        at a time only, so its batch is reduced part by part here (TensorFlow only;
+        one of the two Keras 3 failures of tensorflow#72388)."""
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is None or strategy is None or not _is_multi_worker(strategy):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:
+            batch = next(batches)
+            break
+        batch = keras.tree.map_structure(lambda part: strategy.reduce("MEAN", part, None), batch)
+        with strategy.scope():
+            self._symbolic_build(data_batch=batch)
 
     def _check_data_hierarchy(self, hierarchy):
         if hierarchy != self.hierarchy:
@@ -770,3 +785,24 @@ def replicas_in_sync():
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _is_multi_worker(strategy):
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _as_multi_worker_logs(logs):
+    """Under MultiWorkerMirroredStrategy, each log as a vector of one value: Keras 3 takes
+    the mean of every step's logs over the workers along axis 0, which fails on scalars
+    (tensorflow#72388); the mean of `[v]` is the scalar `v`, as one device logs it."""
+    if keras.backend.backend() != "tensorflow":
+        return logs
+    import tensorflow as tf
+
+    if not _is_multi_worker(tf.distribute.get_strategy()):
+        return logs
+    return {name: ops.reshape(value, (1,)) for name, value in logs.items()}

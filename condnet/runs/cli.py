@@ -222,9 +222,11 @@ def _train_parser(commands, common):
         "has committed its first epoch)",
     )
     processes = p.add_argument_group(
-        "several processes (JAX)",
+        "several processes",
         "a data-parallel job over processes or hosts: start the same command on each, with "
-        "the same RUN_DIR on a shared disk; process 0 writes the run",
+        "the same RUN_DIR on a shared disk; process 0 writes the run. JAX: these flags. "
+        "TensorFlow: the TF_CONFIG environment variable (MultiWorkerMirroredStrategy), "
+        "worker 0 being process 0",
     )
     processes.add_argument(
         "--coordinator", metavar="HOST:PORT", help="where process 0 listens (jax.distributed)"
@@ -270,12 +272,10 @@ def _train(args):
             "--resume continues the run in RUN_DIR and --overwrite replaces it; pass one. "
             "Received: --resume --overwrite"
         )
-    if args.coordinator is not None or args.num_processes != 1:
-        from condnet.training.distribute import is_chief, join_processes
+    from condnet.training import distribute
 
-        join_processes(args.coordinator, args.num_processes, args.process_id)
-        if not is_chief():
-            verbose = 0  # process 0 reports
+    if _join_job(args) and not distribute.is_chief():
+        verbose = 0  # process 0 reports
     if args.resume:
         result = resume(
             args.out, args.data_dir, break_lock=args.break_lock, verbose=verbose, **options
@@ -290,10 +290,24 @@ def _train(args):
             **options,
         )
     if result["metrics"] is None:
-        print(f"Process {args.process_id} done; process 0 writes the run to {args.out}.")
+        print(f"Process {distribute.process_index()} done; process 0 writes the run to {args.out}.")
         return
     print(summary_table(result["metrics"]))
     print(f"Run written to {args.out} (model.keras, report.md, history.csv).")
+
+
+def _join_job(args):
+    """Join a job of several processes when the flags (JAX) or TF_CONFIG (TensorFlow)
+    describe one; whether it did."""
+    from condnet.training import distribute
+
+    if args.coordinator is not None or args.num_processes != 1:
+        distribute.join_processes(args.coordinator, args.num_processes, args.process_id)
+        return True
+    if backend_name()[0] == "tensorflow" and distribute.tf_config_workers() > 1:
+        distribute.join_tf_config()
+        return True
+    return False
 
 
 # === evaluate, predict, info ===

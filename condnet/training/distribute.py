@@ -16,7 +16,7 @@ and the masked loss terms of hard routing are per replica (a capacity buffer
 is sized from the replica's rows, a masked mean is over the replica's rows). Models
 compile with `jit_compile=False` under it.
 
-Several processes (hosts), JAX only: every process calls `join_processes`
+Several processes (hosts) on JAX: every process calls `join_processes`
 (`condnet train --coordinator HOST:PORT --num-processes N --process-id I`)
 before anything else runs, with the same run directory on a shared disk.
 `DataParallel` then spans the devices of every process; each process reads
@@ -24,11 +24,21 @@ only its slice of every global batch (`ImageFolder.shard`); only the chief
 (process 0) writes the run directory, and once the phases end it alone
 evaluates, trains the baseline and writes the report, on its own devices.
 
+Several processes (hosts) on TensorFlow: `tf.distribute.MultiWorkerMirroredStrategy`,
+configured by the standard `TF_CONFIG` environment variable (`condnet train`
+joins when it names several workers; from Python call `join_tf_config()`
+before any TensorFlow work). TensorFlow shards the data itself: every worker
+reads the same batches and keeps its replicas' slice of each (the DATA
+policy), so each worker decodes every image. Worker 0 is the chief and writes
+the run, as on JAX.
+
 torch: Keras has no distribution engine there, and condnet does not wire DDP
 by hand: `data-parallel` is refused with a message and `auto` means one device.
 """
 
 import contextlib
+import json
+import os
 
 import keras
 
@@ -93,9 +103,76 @@ def join_processes(coordinator, num_processes, process_id):
 _CHIEF_FINISH_SECONDS = 24 * 3600
 
 
+def tf_config_workers():
+    """How many workers the `TF_CONFIG` environment variable names (0 when unset)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return 0
+    try:
+        config = json.loads(raw)
+        workers = config["cluster"]["worker"]
+        task = config["task"]
+        index = task["index"]
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(
+            'TF_CONFIG must be JSON like {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            f'"task": {{"type": "worker", "index": 0}}}} ({type(error).__name__}: {error}). '
+            f"Received: TF_CONFIG={raw!r}"
+        ) from None
+    if set(config["cluster"]) != {"worker"} or task.get("type") != "worker":
+        raise ValueError(
+            "condnet's TensorFlow jobs are workers only (worker 0 is the chief): TF_CONFIG's "
+            'cluster holds one "worker" list and the task\'s type is "worker". Received: '
+            f"TF_CONFIG={raw!r}"
+        )
+    if not isinstance(index, int) or not 0 <= index < len(workers):
+        raise ValueError(
+            f"TF_CONFIG's task index must be in 0..{len(workers) - 1}. Received: TF_CONFIG={raw!r}"
+        )
+    return len(workers)
+
+
+def join_tf_config():
+    """Join the TensorFlow job that `TF_CONFIG` describes, before any TensorFlow work:
+    creates the process's `MultiWorkerMirroredStrategy` (collective ops are configured
+    at program start-up, so a later call fails)."""
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "TF_CONFIG configures TensorFlow jobs; on JAX pass --coordinator HOST:PORT "
+            "--num-processes N --process-id I. Received: backend "
+            f"{keras.backend.backend()!r}"
+        )
+    workers = tf_config_workers()
+    if workers < 2:
+        raise ValueError(
+            "A job of several TensorFlow processes needs TF_CONFIG naming at least two "
+            f"workers. Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}"
+        )
+    joined = ("TF_CONFIG", workers, json.loads(os.environ["TF_CONFIG"])["task"]["index"])
+    if _JOINED:
+        if _JOINED[0] != joined:
+            raise RuntimeError(f"This process already joined the job {_JOINED[0]}.")
+        return
+    import tensorflow as tf
+
+    try:
+        _STRATEGIES["multi-worker"] = tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as error:
+        raise RuntimeError(
+            "Join the TensorFlow job before anything else runs TensorFlow (call "
+            f"join_tf_config() first thing). TensorFlow said: {error}"
+        ) from None
+    _JOINED.append(joined)
+
+
 def process_count():
     """Processes in this job: 1 unless `join_processes` was called."""
     return _JOINED[0][1] if _JOINED else 1
+
+
+def process_index():
+    """This process's index in its job (0 for the chief, or the only process)."""
+    return _JOINED[0][2] if _JOINED else 0
 
 
 def is_chief():
@@ -104,8 +181,9 @@ def is_chief():
 
 
 def for_this_process(folder):
-    """`folder` itself, or in a job of several processes its `shard` for this process."""
-    if folder is None or not _JOINED:
+    """`folder` itself, or in a JAX job of several processes its `shard` for this process
+    (TensorFlow shards the batches itself)."""
+    if folder is None or not _JOINED or _multi_worker() is not None:
         return folder
     return folder.shard(_JOINED[0][2], _JOINED[0][1])
 
@@ -114,8 +192,12 @@ def for_this_process(folder):
 def on_this_process():
     """No distribution inside, in a job of several processes: the chief evaluates and
     trains the baseline on its own devices (one process keeps its distribution)."""
-    if keras.backend.backend() != "jax" or not _JOINED:
+    if not _JOINED:
         yield
+        return
+    if _multi_worker() is not None:
+        with _outside_strategy():
+            yield
         return
     previous = keras.distribution.distribution()
     keras.distribution.set_distribution(None)
@@ -126,8 +208,11 @@ def on_this_process():
 
 
 def local_devices():
-    """The devices data-parallel training would use on this backend, else []."""
+    """The devices data-parallel training would use on this backend, else []; in a
+    TensorFlow job of several workers, one name per replica of the whole job."""
     backend = keras.backend.backend()
+    if _multi_worker() is not None:
+        return [f"replica:{i}" for i in range(_multi_worker().num_replicas_in_sync)]
     if backend == "jax":
         return keras.distribution.list_devices()
     if backend == "tensorflow":
@@ -145,6 +230,11 @@ def resolve(distribute, batch_size):
         distribute = "data-parallel" if len(devices) > 1 else "none"
         if distribute == "data-parallel" and batch_size % len(devices):
             distribute = "none"  # auto never fails a run; data-parallel says why
+    if distribute == "none" and _JOINED:
+        raise ValueError(
+            f"This process joined a job of {_JOINED[0][1]} processes, which trains one model "
+            "together: use distribute='data-parallel' (or 'auto'). Received: distribute='none'"
+        )
     if distribute == "none":
         return "none"
     backend = keras.backend.backend()
@@ -174,7 +264,7 @@ def scope(distribute, batch_size):
     if resolve(distribute, batch_size) == "none":
         return contextlib.nullcontext()
     if keras.backend.backend() == "tensorflow":
-        return _mirrored(tuple(local_devices())).scope()
+        return _entered(_multi_worker() or _mirrored(tuple(local_devices())))
     # Several processes: each feeds its own slice of every batch (already sharded).
     return keras.distribution.DataParallel(
         devices=local_devices(), auto_shard_dataset=not _JOINED
@@ -192,3 +282,40 @@ def _mirrored(devices):
 
         _STRATEGIES[devices] = tf.distribute.MirroredStrategy(list(devices))
     return _STRATEGIES[devices]
+
+
+def _multi_worker():
+    """This process's MultiWorkerMirroredStrategy once it joined a TensorFlow job."""
+    return _STRATEGIES.get("multi-worker")
+
+
+_ENTERED = []  # [strategy, its entered scope] while `scope` holds a TensorFlow strategy
+
+
+@contextlib.contextmanager
+def _entered(strategy):
+    """`strategy.scope()`, recorded so that `on_this_process` can step out of it."""
+    context = strategy.scope()
+    context.__enter__()
+    _ENTERED.append([strategy, context])
+    try:
+        yield
+    finally:
+        _, context = _ENTERED.pop()
+        context.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _outside_strategy():
+    """Leave the strategy scope `scope` entered, and enter it again after: the chief
+    evaluates alone, and a step under the job's strategy would wait for the others."""
+    if not _ENTERED:
+        yield
+        return
+    strategy, context = _ENTERED[-1]
+    context.__exit__(None, None, None)
+    try:
+        yield
+    finally:
+        _ENTERED[-1][1] = strategy.scope()
+        _ENTERED[-1][1].__enter__()

@@ -148,15 +148,24 @@ def test_data_parallel_is_refused_where_it_cannot_run():
     assert resolve("auto", 7) in ("none", "data-parallel")
 
 
-# One process of a two-process JAX job on 127.0.0.1. Process 1 refuses any write under the
-# run directory (only the chief writes); both record the loss of every epoch they train.
+# One process of a two-process job on 127.0.0.1 (jax.distributed, or TensorFlow's
+# MultiWorkerMirroredStrategy through TF_CONFIG). Process 1 refuses any write under the run
+# directory (only the chief writes); both record the loss of every epoch they train. In the
+# "train" stage process 1 kills itself at the start of the third epoch; the chief goes on.
 TWO_PROCESSES = """
 import builtins, json, os, sys
-os.environ["KERAS_BACKEND"] = "jax"
-process, port, data, run, stage = sys.argv[1:6]
+process, ports, data, run, stage, backend = sys.argv[1:7]
+os.environ["KERAS_BACKEND"] = backend
 from condnet.training import distribute
-distribute.join_processes(f"127.0.0.1:{port}", 2, int(process))
-import jax, keras
+ports = ports.split(",")
+if backend == "jax":
+    distribute.join_processes(f"127.0.0.1:{ports[0]}", 2, int(process))
+else:
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+        "task": {"type": "worker", "index": int(process)}})
+    distribute.join_tf_config()
+import keras
 
 if process == "1":
     real_open = builtins.open
@@ -174,47 +183,62 @@ if process == "1":
 
 from condnet.runs.recipe import resume, train
 
-losses = []
+losses, engine = [], []
 class Record(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         losses.append(float(logs["loss"]))
-class KillAtThirdEpoch(keras.callbacks.Callback):
+        if backend == "tensorflow":  # the strategy the model trains under, and its variables
+            kernel = self.model.gate.trainable_variables[0].value
+            import tensorflow as tf
+            strategy = self.model.distribute_strategy
+            multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            engine[:] = [multi, type(kernel).__name__]
+        else:  # the devices of both processes hold each variable
+            engine[:] = [len(self.model.gate.trainable_variables[0].value.sharding.device_set)]
+class KillOneAtThirdEpoch(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 2:
             print("REPORT" + json.dumps({"losses": losses}), flush=True)
-            os.kill(os.getpid(), 9)  # kill -9: no clean-up, no shutdown of the job
+            if process == "1":
+                os.kill(os.getpid(), 9)  # kill -9: no clean-up, no shutdown of the job
 
 tiny = dict(image_size=32, filters=(8, 8, 8), batch_size=16, augment="none", seed=3,
             tensorboard=False, verbose=0, routing="hard", distribute="data-parallel")
 if stage == "train":
-    train(data, run, epochs=3, callbacks=[Record(), KillAtThirdEpoch()], **tiny)
+    train(data, run, epochs=3, callbacks=[Record(), KillOneAtThirdEpoch()], **tiny)
 result = resume(run, break_lock=True, callbacks=[Record()], verbose=0)
 metrics = result["metrics"]
-print("REPORT" + json.dumps({"losses": losses, "devices": len(jax.devices()),
+print("REPORT" + json.dumps({"losses": losses, "replicas": len(distribute.local_devices()),
+                             "engine": engine,
                              "accuracy": None if metrics is None else metrics["accuracy"]}))
 """
 
 
 def _job(tmp_path, stage, run):
+    """Both processes' `(returncode, stdout, stderr)`. In the "train" stage the follower
+    kills itself; the chief then waits on it (or fails) and is killed, as a user would."""
     from condnet.testing import free_port
 
-    port, env = free_port(), {**os.environ, "KERAS_BACKEND": "jax"}
-    args = [str(port), str(tmp_path / "data" / "train"), str(run), stage]
+    backend = keras.backend.backend()
+    ports = ",".join(str(free_port()) for _ in range(2))
+    args = [ports, str(tmp_path / "data" / "train"), str(run), stage, backend]
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", TWO_PROCESSES, str(i), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env={**os.environ, "KERAS_BACKEND": backend},
         )
         for i in (0, 1)
     ]
-    reports = []
-    for process in processes:
-        out, err = process.communicate(timeout=600)
-        reports.append((process.returncode, out, err))
-    return reports
+    follower = processes[1].communicate(timeout=600)
+    try:
+        chief = processes[0].communicate(timeout=600 if stage == "resume" else 20)
+    except subprocess.TimeoutExpired:
+        processes[0].kill()
+        chief = processes[0].communicate()
+    return [(processes[0].returncode, *chief), (processes[1].returncode, *follower)]
 
 
 def _errors(reports):
@@ -227,8 +251,10 @@ def _report(out):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax.distributed runs on JAX")
-def test_a_two_process_job_trains_is_killed_and_resumes_with_one_writer(tmp_path):
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch", reason="jobs of several processes: JAX and TensorFlow"
+)
+def test_a_two_process_job_loses_a_worker_and_resumes_with_one_writer(tmp_path):
     from condnet.data.demo_data import make_shapes_dataset
 
     make_shapes_dataset(
@@ -236,7 +262,7 @@ def test_a_two_process_job_trains_is_killed_and_resumes_with_one_writer(tmp_path
     )
     run = tmp_path / "run"
     killed = _job(tmp_path, "train", run)
-    assert [code for code, _, _ in killed] == [-9, -9], _errors(killed)
+    assert killed[1][0] == -9 and killed[0][0] != 0, _errors(killed)  # the job stopped
     before = [_report(out)["losses"] for _, out, _ in killed]
     assert len(before[0]) == 2 and before[0] == pytest.approx(before[1], rel=1e-6)  # one job
     state = json.loads((run / "state.json").read_text())
@@ -245,7 +271,11 @@ def test_a_two_process_job_trains_is_killed_and_resumes_with_one_writer(tmp_path
     resumed = _job(tmp_path, "resume", run)
     assert [code for code, _, _ in resumed] == [0, 0], _errors(resumed)
     chief, follower = (_report(out) for _, out, _ in resumed)
-    assert chief["devices"] == follower["devices"] == 2  # one device in each process
+    assert chief["replicas"] == follower["replicas"] == 2  # one device in each process
+    if keras.backend.backend() == "tensorflow":
+        assert chief["engine"] == [True, "MirroredVariable"]  # MultiWorkerMirroredStrategy
+    else:
+        assert chief["engine"] == [2]
     assert (
         chief["losses"] == pytest.approx(follower["losses"], rel=1e-6) and len(chief["losses"]) == 1
     )
@@ -258,3 +288,37 @@ def test_a_two_process_job_trains_is_killed_and_resumes_with_one_writer(tmp_path
     assert follower["accuracy"] is None and 0 <= chief["accuracy"] <= 1
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["accuracy"] == chief["accuracy"] and (run / "report.md").is_file()
+
+
+def _tf_config(workers, index=0, kind="worker"):
+    return json.dumps({"cluster": {"worker": workers}, "task": {"type": kind, "index": index}})
+
+
+def test_tf_config_counts_workers_and_names_what_is_wrong(monkeypatch):
+    from condnet.training.distribute import tf_config_workers
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert tf_config_workers() == 0
+    monkeypatch.setenv("TF_CONFIG", _tf_config(["a:1", "b:2"], 1))
+    assert tf_config_workers() == 2
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG must be JSON"):
+        tf_config_workers()
+    monkeypatch.setenv("TF_CONFIG", _tf_config(["a:1", "b:2"], 0, kind="chief"))
+    with pytest.raises(ValueError, match="workers only"):
+        tf_config_workers()
+    monkeypatch.setenv("TF_CONFIG", _tf_config(["a:1", "b:2"], 2))
+    with pytest.raises(ValueError, match=r"index must be in 0\.\.1"):
+        tf_config_workers()
+
+
+def test_joining_a_tensorflow_job_is_refused_elsewhere_and_with_one_worker(monkeypatch):
+    from condnet.training.distribute import join_tf_config
+
+    if keras.backend.backend() != "tensorflow":
+        with pytest.raises(ValueError, match="TF_CONFIG configures TensorFlow jobs"):
+            join_tf_config()
+        return
+    monkeypatch.setenv("TF_CONFIG", _tf_config(["a:1"]))
+    with pytest.raises(ValueError, match="at least two workers"):
+        join_tf_config()
