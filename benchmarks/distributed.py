@@ -109,7 +109,9 @@ def main(argv=None):
         + f"\n\nRatio 2 / 1: {ratios['jax']:.2f} on JAX, {ratios['tensorflow']:.2f} on "
         "TensorFlow. The simulated devices run on the same two CPU cores, so this is no "
         "speedup from more hardware: it shows what sharding and all-reducing cost on one "
-        "machine. On N real accelerators the same command splits each batch N ways.\n"
+        "machine. On N real accelerators the same command splits each batch N ways. On "
+        "TensorFlow the 2-device run also compiles without XLA (`jit_compile=False`, which "
+        "MirroredStrategy needs), so its ratio includes the cost of losing XLA.\n"
     )
     (common.BENCHMARKS / "distributed.json").write_text(json.dumps(results, indent=1) + "\n")
     print(body)
