@@ -22,13 +22,16 @@ make_shapes_dataset(root, samples_per_class=8, image_size=32, test_samples_per_c
 tiny = dict(image_size=32, filters=(8, 8, 8), batch_size=16, augment="none", epochs=2,
             baseline=False, tensorboard=False, verbose=0, routing="hard")
 report = {"devices": len(jax.devices())}
-for mode in ("none", "data-parallel"):
-    result = train(root + "/train", f"{out}/{mode}", distribute=mode, seed=3, **tiny)
-    history = [l.split(",") for l in open(f"{out}/{mode}/history.csv").read().splitlines()]
+for mode, dispatch in [(m, d) for d in ("dense", "capacity") for m in ("none", "data-parallel")]:
+    name = f"{mode}-{dispatch}"
+    result = train(root + "/train", f"{out}/{name}", distribute=mode, seed=3, dispatch=dispatch,
+                   **tiny)
+    history = [l.split(",") for l in open(f"{out}/{name}/history.csv").read().splitlines()]
     column = history[0].index("loss")
-    report[mode] = {"loss": [float(row[column]) for row in history[1:]],
-                    "accuracy": result["metrics"]["accuracy"]}
-    if mode == "data-parallel":
+    report[name] = {"loss": [float(row[column]) for row in history[1:]],
+                    "accuracy": result["metrics"]["accuracy"],
+                    "capacity": "dropped_rate" in history[0]}
+    if name == "data-parallel-dense":
         model = result["model"]
         kernel = model.gate.trainable_variables[0].value
         report["kernel_devices"] = len(kernel.sharding.device_set)
@@ -62,8 +65,12 @@ def test_a_data_parallel_run_on_two_devices_follows_the_single_device_run(tmp_pa
     assert report["batch_axes"][0] == "batch"  # each batch is split over the devices
     # The same global computation, reduced in another order: the losses agree to float
     # rounding, compounded over two epochs of Adam steps.
-    single, parallel = report["none"]["loss"], report["data-parallel"]["loss"]
-    assert parallel == pytest.approx(single, rel=1e-3)
+    for dispatch in ("dense", "capacity"):  # capacity buffers are sized from the global batch
+        single = report[f"none-{dispatch}"]["loss"]
+        parallel = report[f"data-parallel-{dispatch}"]["loss"]
+        assert parallel == pytest.approx(single, rel=1e-3), dispatch
+    assert report["data-parallel-capacity"]["capacity"]  # the dispatch really applied
+    assert not report["data-parallel-dense"]["capacity"]
 
 
 # Runs in a fresh TensorFlow process whose CPU is split into two logical devices.
@@ -95,7 +102,7 @@ root, out = sys.argv[1], sys.argv[2]
 make_shapes_dataset(root, samples_per_class=8, image_size=32, test_samples_per_class=2)
 tiny = dict(image_size=32, filters=(8, 8, 8), batch_size=16, augment="none",
             tensorboard=False, verbose=0, routing="hard", distribute="data-parallel")
-train(root + "/train", out, epochs=1, **tiny)
+train(root + "/train", out, epochs=1, dispatch="capacity", **tiny)  # per-replica buffers
 result = resume(out, epochs=2, verbose=0)  # the checkpoint loads into the strategy again
 kernel = result["model"].gate.trainable_variables[0].value
 history = [l.split(",") for l in open(out + "/history.csv").read().splitlines()]
@@ -134,7 +141,8 @@ def test_a_mirrored_run_on_two_logical_cpus_takes_the_single_device_steps(tmp_pa
     np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-5)
     for got, want in zip(mirrored["weights"], single["weights"]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-    # The recipe under the strategy: mirrored variables, a resumed run, its baseline.
+    # The recipe under the strategy (capacity dispatch): mirrored variables, a resumed run,
+    # its baseline.
     recipe = report["recipe"]
     assert recipe["replicas"] == 2 and recipe["epochs"] == ["1", "2"]
     assert all(np.isfinite(recipe["loss"])) and 0 <= recipe["baseline"] <= 1
