@@ -803,6 +803,6 @@ def _as_multi_worker_logs(logs):
         return logs
     import tensorflow as tf
 
-    if not _is_multi_worker(tf.distribute.get_strategy()):
+    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
         return logs
     return {name: ops.reshape(value, (1,)) for name, value in logs.items()}

@@ -105,9 +105,14 @@ _CHIEF_FINISH_SECONDS = 24 * 3600
 
 def tf_config_workers():
     """How many workers the `TF_CONFIG` environment variable names (0 when unset)."""
+    return _tf_config()[0]
+
+
+def _tf_config():
+    """`(workers, this task's index)` from `TF_CONFIG`, checked; `(0, 0)` when unset."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        return 0
+        return 0, 0
     try:
         config = json.loads(raw)
         workers = config["cluster"]["worker"]
@@ -129,7 +134,7 @@ def tf_config_workers():
         raise ValueError(
             f"TF_CONFIG's task index must be in 0..{len(workers) - 1}. Received: TF_CONFIG={raw!r}"
         )
-    return len(workers)
+    return len(workers), index
 
 
 def join_tf_config():
@@ -142,13 +147,13 @@ def join_tf_config():
             "--num-processes N --process-id I. Received: backend "
             f"{keras.backend.backend()!r}"
         )
-    workers = tf_config_workers()
+    workers, index = _tf_config()
     if workers < 2:
         raise ValueError(
             "A job of several TensorFlow processes needs TF_CONFIG naming at least two "
             f"workers. Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}"
         )
-    joined = ("TF_CONFIG", workers, json.loads(os.environ["TF_CONFIG"])["task"]["index"])
+    joined = ("TF_CONFIG", workers, index)
     if _JOINED:
         if _JOINED[0] != joined:
             raise RuntimeError(f"This process already joined the job {_JOINED[0]}.")
@@ -210,9 +215,9 @@ def on_this_process():
 def local_devices():
     """The devices data-parallel training would use on this backend, else []; in a
     TensorFlow job of several workers, one name per replica of the whole job."""
-    backend = keras.backend.backend()
-    if _multi_worker() is not None:
-        return [f"replica:{i}" for i in range(_multi_worker().num_replicas_in_sync)]
+    backend, multi_worker = keras.backend.backend(), _multi_worker()
+    if multi_worker is not None:
+        return [f"replica:{i}" for i in range(multi_worker.num_replicas_in_sync)]
     if backend == "jax":
         return keras.distribution.list_devices()
     if backend == "tensorflow":
