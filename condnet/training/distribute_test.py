@@ -330,3 +330,11 @@ def test_joining_a_tensorflow_job_is_refused_elsewhere_and_with_one_worker(monke
     monkeypatch.setenv("TF_CONFIG", _tf_config(["a:1"]))
     with pytest.raises(ValueError, match="at least two workers"):
         join_tf_config()
+
+
+def test_a_process_of_a_job_refuses_to_train_alone(monkeypatch):
+    from condnet.training import distribute
+
+    monkeypatch.setattr(distribute, "_JOINED", [("127.0.0.1:1234", 2, 1)])
+    with pytest.raises(ValueError, match="joined a job of 2 processes.*distribute='none'"):
+        resolve("none", 32)
