@@ -20,7 +20,12 @@ from condnet.runs.finish import finish_run
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
 from condnet.training import distribute
-from condnet.training.callbacks import LossWeightSchedule, StopOnNaN, cosine_learning_rate
+from condnet.training.callbacks import (
+    EarlyStop,
+    LossWeightSchedule,
+    StopOnNaN,
+    cosine_learning_rate,
+)
 from condnet.training.staged import plan_phases, prepare_phase, set_phase_trainable
 from condnet.vision.backbones import is_pretrained
 from condnet.vision.image_model import backbone_of, build_image_model
@@ -272,7 +277,8 @@ def _finish(run_dir, options, data, state, fit_kwargs):
         return _build(options, train_data.hierarchy, train_data.channels)
 
     def stopping(validation, epochs, rate):
-        return _stopping_callbacks(options, validation, (epochs, rate, 0))
+        stage = (epochs, rate, 0)
+        return _stopping_callbacks(options, validation, stage, "Flat baseline: ", fit_kwargs)
 
     with distribute.on_this_process():
         return finish_run(run_dir, options, data, state, build, stopping, fit_kwargs)
@@ -457,7 +463,8 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     callbacks, fit_kwargs, on_commit = extras
     chief = distribute.is_chief()
     checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state, on_commit=on_commit, writes=chief)
-    recipe = _recipe_callbacks(run_dir, options, phase, validation, end - phase.epochs)
+    start = (end - phase.epochs, fit_kwargs)
+    recipe = _recipe_callbacks(run_dir, options, phase, validation, start)
     model.fit(
         train_data,
         validation_data=validation,
@@ -510,10 +517,11 @@ def _set_trainable(model, phase, options):
     set_phase_trainable(model, phase, **_trainable_options(model, options))
 
 
-def _recipe_callbacks(run_dir, options, phase, validation, first_epoch):
-    callbacks = _stopping_callbacks(
-        options, validation, (phase.epochs, phase.learning_rate, first_epoch)
-    )
+def _recipe_callbacks(run_dir, options, phase, validation, start):
+    first_epoch, fit_kwargs = start
+    stage = (phase.epochs, phase.learning_rate, first_epoch)
+    name = f"Phase {phase.name!r}: "
+    callbacks = _stopping_callbacks(options, validation, stage, name, fit_kwargs)
     if options.tensorboard and tensorboard_available() and distribute.is_chief():
         logs = Path(run_dir) / LOGS
         write_hparams(logs, options)
@@ -553,9 +561,10 @@ def write_hparams(logs, options):
         hp.hparams(values)
 
 
-def _stopping_callbacks(options, validation, stage):
+def _stopping_callbacks(options, validation, stage, name="", fit_kwargs=None):
     """EarlyStopping on the metric that also picks model.keras, and the learning-rate
-    schedule of one stage `(epochs, learning_rate, first_epoch)`.
+    schedule of one stage `(epochs, learning_rate, first_epoch)`. An early stop
+    prints one line, prefixed by `name`, on the chief unless the run is silent.
 
     Validation accuracy, not loss: the checkpoint keeps the epoch of best
     validation accuracy, and on small data the validation loss is noisy
@@ -576,8 +585,13 @@ def _stopping_callbacks(options, validation, stage):
             monitor=monitor, mode="max", factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
         )
     return [
-        keras.callbacks.EarlyStopping(
-            monitor=monitor, mode="max", patience=patience, restore_best_weights=True
+        EarlyStop(
+            name=name,
+            announce=distribute.is_chief() and (fit_kwargs or {}).get("verbose", "auto") != 0,
+            monitor=monitor,
+            mode="max",
+            patience=patience,
+            restore_best_weights=True,
         ),
         schedule,
     ]

@@ -1,4 +1,5 @@
-"""Training callbacks: loss-weight and learning-rate schedules, a clear stop on NaN losses."""
+"""Training callbacks: loss-weight and learning-rate schedules, early stopping that says
+so, a clear stop on NaN losses."""
 
 import math
 import warnings
@@ -117,6 +118,34 @@ def cosine_learning_rate(base, epochs, start_epoch=0, floor=0.01):
         return float(base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done))))
 
     return rate
+
+
+class EarlyStop(keras.callbacks.EarlyStopping):
+    """`keras.callbacks.EarlyStopping` that says, in one line, that it stopped.
+
+    Keras's own callback stops silently unless `verbose=1`, and then prints two
+    bare lines; a user whose 30-epoch run ended at epoch 11 should read why,
+    which epoch was kept and how to train on. `name` prefixes the line (e.g.
+    "Flat baseline: "); `announce=False` keeps it silent. `message` holds the
+    line once training stopped early, else None.
+    """
+
+    def __init__(self, *, name="", announce=True, **kwargs):
+        super().__init__(**kwargs)
+        self.name, self.announce, self.message = name, announce, None
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0:
+            self.message = (
+                f"{self.name}stopped early at epoch {self.stopped_epoch + 1}: {self.monitor} "
+                f"did not improve for {self.patience} epochs; keeping epoch "
+                f"{self.best_epoch + 1} ({self.monitor} {float(self.best):.4f}). Raise "
+                "--patience (or `patience=`) to train longer."
+            )
+            self.message = self.message[0].upper() + self.message[1:]
+            if self.announce:
+                print(self.message, flush=True)
+        super().on_train_end(logs)
 
 
 class StopOnNaN(keras.callbacks.Callback):

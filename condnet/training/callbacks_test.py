@@ -3,7 +3,12 @@ import numpy as np
 import pytest
 
 from condnet.testing import cats_and_dogs_model, random_data
-from condnet.training.callbacks import LossWeightSchedule, StopOnNaN, cosine_learning_rate
+from condnet.training.callbacks import (
+    EarlyStop,
+    LossWeightSchedule,
+    StopOnNaN,
+    cosine_learning_rate,
+)
 
 
 def test_schedule_must_be_a_dict_or_a_callable():
@@ -80,3 +85,25 @@ def test_cosine_rate_drives_keras_learning_rate_scheduler():
     )
     expected = [cosine_learning_rate(1e-2, 3)(epoch) for epoch in range(3)]
     np.testing.assert_allclose(history.history["learning_rate"], expected, rtol=1e-5)
+
+
+def test_early_stop_says_when_it_stopped_and_which_epoch_it_kept(capsys):
+    # A learning rate of 0 never improves the accuracy: patience 2 stops after epoch 3.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    x, y = np.random.default_rng(0).normal(size=(16, 3)), np.arange(16) % 2
+    stop = EarlyStop(name="Phase 'joint': ", monitor="accuracy", mode="max", patience=2)
+    history = model.fit(x, y, epochs=10, callbacks=[stop], verbose=0)
+    assert len(history.history["loss"]) == 3
+    line = capsys.readouterr().out.strip()
+    assert line == stop.message
+    assert line.startswith("Phase 'joint': stopped early at epoch 3: accuracy did not improve")
+    assert "keeping epoch 1" in line and "--patience" in line
+
+    quiet = EarlyStop(announce=False, monitor="accuracy", mode="max", patience=1)
+    model.fit(x, y, epochs=10, callbacks=[quiet], verbose=0)
+    assert quiet.message.startswith("Stopped early at epoch 2") and capsys.readouterr().out == ""
