@@ -34,8 +34,9 @@ ratios, which are measured side by side in one process.
 # === Command line ===
 
 
-def parse_args(description, argv=None):
-    """The options every benchmark takes."""
+def parse_args(description, argv=None, more=None, known=False):
+    """The options every benchmark takes; `more(parser)` adds a script's own. `known=True`
+    ignores options it does not know (to read the backend before the script's own)."""
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--backend", choices=BACKENDS, default=_default_backend())
     parser.add_argument(
@@ -46,7 +47,9 @@ def parse_args(description, argv=None):
     parser.add_argument("--quick", action="store_true", help="a small subset, fewer repeats")
     parser.add_argument("--data", type=Path, default=CIFAR, help="CIFAR-10 JPEG tarball")
     parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
-    return parser.parse_args(argv)
+    if more is not None:
+        more(parser)
+    return parser.parse_known_args(argv)[0] if known else parser.parse_args(argv)
 
 
 def choose_backend():
@@ -55,7 +58,7 @@ def choose_backend():
     With `--all-backends`, rerun the calling script once per backend (never
     two at once) and exit.
     """
-    args = parse_args(sys.argv[0], sys.argv[1:])
+    args = parse_args(sys.argv[0], sys.argv[1:], known=True)
     if not args.all_backends:
         return args.backend
     rest = [a for a in sys.argv[1:] if a != "--all-backends"]

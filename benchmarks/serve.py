@@ -1,9 +1,10 @@
 """Load test of `condnet serve`: routed + micro-batching against soft serving, on loopback.
 
-    python benchmarks/serve.py [--backend tensorflow|jax|torch] [--quick]
+    python benchmarks/serve.py [--backend tensorflow|jax|torch] [--quick] [--width W]
 
-Saves the 4-expert model of `benchmarks/inference.py` with experts four times as
-wide (about 80 MMACs each; gate balanced on CIFAR-10 test images) as a run
+Saves the 4-expert model of `benchmarks/inference.py` with experts `--width`
+times as wide (default 4: about 80 MMACs each; 8: about 310 MMACs, the cost of
+MobileNetV2 at 224 px; gate balanced on CIFAR-10 test images) as a run
 directory, then for each configuration starts `condnet serve` on 127.0.0.1 (a
 subprocess) and sends a bounded number of PNG requests from an asyncio client at
 concurrency 1, 8 and 32:
@@ -56,12 +57,12 @@ TARGET = (
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__, argv)
+    args = common.parse_args(__doc__, argv, more=_width_option)
     requests = 64 if args.quick else 256
     images, _, source = models.load_images(args.data, requests)
     # Experts 4x as wide as inference.py's (16x the MACs, about 80 MMACs each, the cost of
     # a small ImageNet CNN): with 5-MMAC experts, HTTP and decoding cost more than the model.
-    model = models.conditional_model(4, width=4, routing="hard")
+    model = models.conditional_model(4, width=args.width, routing="hard")
     model(images[:2])
     models.balance_gate(model.gate, images)
     bodies = [_png(image) for image in images]
@@ -69,13 +70,23 @@ def main(argv=None):
         run = _save_run(model, Path(folder))
         expected = _expected(model, bodies)
         results = {name: _measure(run, flags, bodies, expected) for name, flags in CONFIGS.items()}
-    out = common.BENCHMARKS / f"serve-{os.environ['KERAS_BACKEND']}.json"
+    suffix = "" if args.width == 4 else f"-width-{args.width}"
+    out = common.BENCHMARKS / f"serve-{os.environ['KERAS_BACKEND']}{suffix}.json"
     out.write_text(json.dumps({"source": source, "results": results}, indent=1) + "\n")
     expert_macs = max(models.macs_of(model)[1].values())
     body = _markdown(results, source, requests, expert_macs)
     print(body)
-    common.write_section(f"Serving: {os.environ['KERAS_BACKEND']}", body, args.results)
+    title = f"Serving: {os.environ['KERAS_BACKEND']}"
+    if args.width != 4:
+        title += f", experts of {expert_macs / 1e6:.0f} MMACs"
+    common.write_section(title, body, args.results)
     return 0
+
+
+def _width_option(parser):
+    parser.add_argument(
+        "--width", type=int, default=4, help="experts' width multiplier (MACs grow as its square)"
+    )
 
 
 def _png(image):

@@ -233,6 +233,7 @@ def test_every_cli_option_has_help_text():
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_cli_demo_runs_end_to_end(tmp_path, capsys):
     code = main(
         ["demo", "--out", str(tmp_path), "--epochs", "1", "--samples-per-class", "10", "--quiet"]

@@ -103,6 +103,7 @@ def _assert_tensorboard_logs(logs):
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_staged_strategy_runs_gate_expert_and_joint_phases(shapes, tmp_path, capsys):
     run = tmp_path / "run"
     loud = {**TINY, "verbose": 2}
@@ -136,6 +137,7 @@ train(sys.argv[1], sys.argv[2], epochs=4, callbacks=[Kill()], patience=10,
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_a_run_killed_mid_epoch_resumes_from_its_last_epoch(shapes, tmp_path):
     run = tmp_path / "run"
     script = tmp_path / "killed.py"
@@ -261,6 +263,7 @@ class _FailFirstBatch(keras.callbacks.Callback):
         raise RuntimeError("the new run broke")
 
 
+@pytest.mark.one_backend
 def test_overwrite_restores_the_old_run_when_the_new_one_fails_early(shapes, tmp_path):
     run = _fake_run(tmp_path / "run")
     with pytest.raises(RuntimeError, match="the new run broke"):
@@ -275,6 +278,7 @@ def test_overwrite_restores_the_old_run_when_the_new_one_fails_early(shapes, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_overwrite_replaces_only_run_files_once_the_new_run_commits(shapes, tmp_path):
     run = _fake_run(tmp_path / "run")
     (run / ".tmp-model.keras").write_text("a killed write")
@@ -294,6 +298,7 @@ def test_overwrite_replaces_only_run_files_once_the_new_run_commits(shapes, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_a_run_killed_before_its_first_epoch_starts_again_without_overwrite(shapes, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -321,6 +326,7 @@ class _PoisonAtEpoch(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_a_nan_epoch_is_never_committed_and_the_run_resumes_before_it(shapes, tmp_path):
     run = tmp_path / "run"
     poison = _PoisonAtEpoch(run, epoch=1)
@@ -339,6 +345,7 @@ def test_a_nan_epoch_is_never_committed_and_the_run_resumes_before_it(shapes, tm
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_a_huge_learning_rate_saves_nothing_and_says_what_to_lower(shapes, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(
@@ -369,6 +376,7 @@ def test_capacity_dispatch_reaches_the_model():
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_resume_with_more_epochs_trains_them(trained, tmp_path):
     run = _copy(trained, tmp_path)
     resume(run, epochs=3, verbose=0)
@@ -414,6 +422,7 @@ def _backbone_weights(model):
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_transfer_recipe_freezes_the_base_then_fine_tunes_its_top(shapes, tmp_path):
     from condnet.vision.backbones import application_trunk
 
@@ -444,6 +453,7 @@ def test_transfer_recipe_freezes_the_base_then_fine_tunes_its_top(shapes, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_a_three_level_folder_trains_routes_and_reports(shapes, tmp_path):
     import shutil
 
@@ -497,6 +507,7 @@ def test_a_soft_run_ships_a_hard_routed_model_scored_beside_its_mixture_and_base
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_no_baseline_skips_it(shapes, tmp_path):
     train(shapes / "train", tmp_path / "run", epochs=1, baseline=False, **TINY)
     assert "baseline" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -521,6 +532,7 @@ class _CrashAt(keras.callbacks.Callback):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("crash_epoch", [1, 2], ids=["inside_a_phase", "at_a_phase_boundary"])
+@pytest.mark.one_backend
 def test_a_staged_run_resumes_inside_and_across_its_phases(shapes, tmp_path, crash_epoch):
     run = tmp_path / "run"
     options = dict(epochs=6, strategy="staged", patience=10, **TINY)
@@ -538,6 +550,7 @@ def test_a_staged_run_resumes_inside_and_across_its_phases(shapes, tmp_path, cra
     np.testing.assert_allclose(rates, [1e-3, 1e-3 * 0.505] * 3, rtol=1e-5)
 
 
+@pytest.mark.one_backend
 def test_plateau_schedule_keeps_the_rate_until_the_metric_stalls(shapes, tmp_path):
     run = tmp_path / "run"
     train(shapes / "train", run, epochs=2, lr_schedule="plateau", baseline=False, **TINY)
@@ -548,6 +561,7 @@ def test_plateau_schedule_keeps_the_rate_until_the_metric_stalls(shapes, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_train_and_resume_say_what_they_found_and_where_they_continue(shapes, tmp_path, capsys):
     run = tmp_path / "run"
     options = {**TINY, "verbose": 2, "baseline": False}
