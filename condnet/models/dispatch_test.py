@@ -175,3 +175,36 @@ def test_a_small_expert_batch_runs_experts_as_their_queues_fill():
     )
     with pytest.raises(ValueError, match="expert_batch_size must be an int >= 1"):
         routed_predict(model, x, expert_batch_size=0)
+
+
+def test_the_front_runs_on_batches_joined_up_to_the_expert_batch():
+    model, _ = _counted_model()
+    x, _ = random_data(42, seed=5)
+    runner = model.routed_runner
+    real, sizes, ends = runner.front_of, [], []
+    runner.front_of = lambda batch: sizes.append(len(batch)) or real(batch)
+
+    class Ends(keras.callbacks.Callback):
+        def on_predict_batch_end(self, batch, logs=None):
+            ends.append((batch, np.array(logs["classes"])))  # Keras flattens "outputs"
+
+    try:
+        for pipeline in (False, True):
+            sizes.clear(), ends.clear()
+            outputs = routed_predict(
+                model,
+                x,
+                batch_size=4,
+                verbose=0,
+                expert_batch_size=12,
+                callbacks=[Ends()],
+                pipeline=pipeline,
+            )
+            assert sizes == [12, 12, 12, 6]  # 11 input batches of 4 (the last of 2) in 4 calls
+            dense = model.predict(x, routed=False, verbose=0)["classes"]
+            np.testing.assert_allclose(outputs["classes"], dense, atol=1e-6)
+            assert [batch for batch, _ in ends] == list(range(11))  # one callback per batch
+            for batch, classes in ends:
+                np.testing.assert_allclose(classes, dense[4 * batch : 4 * batch + 4], atol=1e-6)
+    finally:
+        runner.front_of = real
