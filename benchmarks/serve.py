@@ -60,8 +60,8 @@ def main(argv=None):
     args = common.parse_args(__doc__, argv, more=_width_option)
     requests = 64 if args.quick else 256
     images, _, source = models.load_images(args.data, requests)
-    # Experts 4x as wide as inference.py's (16x the MACs, about 80 MMACs each, the cost of
-    # a small ImageNet CNN): with 5-MMAC experts, HTTP and decoding cost more than the model.
+    # Experts --width times as wide as inference.py's (MACs grow as its square): with its
+    # 5-MMAC experts, HTTP and decoding would cost more than the model.
     model = models.conditional_model(4, width=args.width, routing="hard")
     model(images[:2])
     models.balance_gate(model.gate, images)

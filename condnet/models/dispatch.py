@@ -29,10 +29,10 @@ def routed_predict(
     expert chosen for them. Each expert's rows wait in a queue
     across batches and the expert runs once the queue holds
     `expert_batch_size` rows (and once more at the end), so an expert always
-    sees full batches even when each input batch gives it only a few rows:
+    sees full batches even when each input batch gives it only a few rows.
     The trunk and gate likewise run on consecutive batches joined up to
-    `expert_batch_size` rows. `batch_size` sets how inputs are read, not the
-    experts' efficiency; memory grows with `expert_batch_size`.
+    `expert_batch_size` rows: `batch_size` sets how inputs are read, not the
+    experts' efficiency, and memory grows with `expert_batch_size`.
     Results are put back in the original order; a batch's outputs (and its
     `on_predict_batch_end` callback) complete when its last expert has run.
     An expert chosen by no row does not run. Rows that hedge (top gate
@@ -180,7 +180,8 @@ def _fronts(runner, chunks, pipeline):
         return chunk, runner.front_of(chunk[0] if len(chunk) == 1 else np.concatenate(chunk))
 
     def read_ahead():
-        return next(map(front_of, chunks), None)
+        chunk = next(chunks, None)
+        return None if chunk is None else front_of(chunk)
 
     if pipeline:
         with ThreadPoolExecutor(max_workers=1) as pool:

@@ -463,8 +463,8 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     callbacks, fit_kwargs, on_commit = extras
     chief = distribute.is_chief()
     checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state, on_commit=on_commit, writes=chief)
-    start = (end - phase.epochs, fit_kwargs)
-    recipe = _recipe_callbacks(run_dir, options, phase, validation, start)
+    first = end - phase.epochs
+    recipe = _recipe_callbacks(run_dir, options, phase, validation, first, fit_kwargs)
     model.fit(
         train_data,
         validation_data=validation,
@@ -517,8 +517,7 @@ def _set_trainable(model, phase, options):
     set_phase_trainable(model, phase, **_trainable_options(model, options))
 
 
-def _recipe_callbacks(run_dir, options, phase, validation, start):
-    first_epoch, fit_kwargs = start
+def _recipe_callbacks(run_dir, options, phase, validation, first_epoch, fit_kwargs):
     stage = (phase.epochs, phase.learning_rate, first_epoch)
     name = f"Phase {phase.name!r}: "
     callbacks = _stopping_callbacks(options, validation, stage, name, fit_kwargs)

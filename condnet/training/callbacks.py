@@ -136,13 +136,13 @@ class EarlyStop(keras.callbacks.EarlyStopping):
 
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0:
+            stopped = f"{self.name}stopped" if self.name else "Stopped"
             self.message = (
-                f"{self.name}stopped early at epoch {self.stopped_epoch + 1}: {self.monitor} "
+                f"{stopped} early at epoch {self.stopped_epoch + 1}: {self.monitor} "
                 f"did not improve for {self.patience} epochs; keeping epoch "
                 f"{self.best_epoch + 1} ({self.monitor} {float(self.best):.4f}). Raise "
                 "--patience (or `patience=`) to train longer."
             )
-            self.message = self.message[0].upper() + self.message[1:]
             if self.announce:
                 print(self.message, flush=True)
         super().on_train_end(logs)
