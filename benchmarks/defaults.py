@@ -54,6 +54,7 @@ from PIL import Image  # noqa: E402
 
 from condnet import ConditionalModel, Hierarchy  # noqa: E402
 from condnet.evaluation.cost import count_macs  # noqa: E402
+from condnet.evaluation.metrics import within_group_accuracy  # noqa: E402
 
 SHARED = common.REPOSITORY.parent / "shared" / "data"
 DATA_SETS = {
@@ -294,6 +295,7 @@ RECIPE_ROWS = {  # condnet.train with its defaults, but for these options
     "condnet-hard": {"routing": "hard"},
     "condnet-coarse-to-fine": {"loss_schedule": "coarse_to_fine"},
     "condnet-staged": {"strategy": "staged"},
+    "condnet-top": {"expert_placement": "top"},
 }
 
 
@@ -369,7 +371,8 @@ def score_run(run, data, hierarchy, seed, seconds):
     y = order[y]
     scores = score(model, model.hierarchy, x, y)
     metrics = json.loads((run / "metrics.json").read_text())
-    flat_accuracy = float(np.mean(flat.predict(x, batch_size=256, verbose=0).argmax(1) == y))
+    flat_probabilities = flat.predict(x, batch_size=256, verbose=0)
+    flat_accuracy = float(np.mean(flat_probabilities.argmax(1) == y))
     return {
         "row": "condnet",
         "seed": seed,
@@ -379,6 +382,25 @@ def score_run(run, data, hierarchy, seed, seconds):
         "baseline_mmacs": round(metrics["baseline"]["flat"]["macs_per_image"] / 1e6, 2),
         "baseline_accuracy": flat_accuracy,
         **scores,
+        **gap_parts(model, flat_probabilities, x, y),
+    }
+
+
+def gap_parts(model, flat_probabilities, x, y):
+    """Test-set scores that split routed condnet's gap to its flat baseline: the right group
+    (the gate's; the group of the flat model's class) and the right class given the true
+    group (the true group's expert, from the soft mixture; the flat scores within it)."""
+    hierarchy = model.hierarchy
+    model.routing = "soft"
+    mixture = model.predict(x, batch_size=256, verbose=0)["classes"]
+    model.routing = "hard"
+    groups = hierarchy.class_to_group[y]
+    return {
+        "baseline_group_accuracy": float(
+            np.mean(hierarchy.class_to_group[flat_probabilities.argmax(1)] == groups)
+        ),
+        "within_group_accuracy": within_group_accuracy(hierarchy, y, mixture),
+        "baseline_within_group_accuracy": within_group_accuracy(hierarchy, y, flat_probabilities),
     }
 
 
@@ -443,6 +465,9 @@ def summarise(results, rows):
         flat = [
             r["baseline_accuracy"] for r in results if r["row"] == row and "baseline_accuracy" in r
         ]
+        parts = [r for r in results if r["row"] == row and "within_group_accuracy" in r]
+        if parts:
+            summary[row]["gap"] = {key: statistics.mean(r[key] for r in parts) for key in GAP_KEYS}
         if flat:
             summary[f"{row}: its flat baseline"] = {
                 "mean": statistics.mean(flat),
@@ -451,6 +476,55 @@ def summarise(results, rows):
                 "routed_mmacs": next(r["baseline_mmacs"] for r in results if r["row"] == row),
             }
     return summary
+
+
+GAP_KEYS = (
+    "hard_group_accuracy",
+    "baseline_group_accuracy",
+    "within_group_accuracy",
+    "baseline_within_group_accuracy",
+)
+
+
+def gap_table(summary):
+    """Where each recipe row's gap to its flat baseline is: the group, or the class within it."""
+    rows = []
+    for row, s in summary.items():
+        if "gap" not in s:
+            continue
+        gate, flat_group, experts, flat_within = (s["gap"][key] for key in GAP_KEYS)
+        rows.append(
+            [
+                row,
+                f"{gate:.4f}",
+                f"{flat_group:.4f}",
+                f"{gate - flat_group:+.4f}",
+                f"{experts:.4f}",
+                f"{flat_within:.4f}",
+                f"{experts - flat_within:+.4f}",
+            ]
+        )
+    if not rows:
+        return ""
+    table = common.markdown_table(
+        [
+            "row",
+            "right group: gate",
+            "flat baseline",
+            "gate - flat",
+            "right class given the true group: experts",
+            "flat baseline",
+            "experts - flat",
+        ],
+        rows,
+    )
+    return (
+        "\nWhere the gap to the flat baseline is (test set, mean of the seeds): the share of "
+        "images sent to their true group (for the flat model, whose class lies in it), and "
+        "the accuracy when the class is chosen among the true group's classes only (the "
+        "true group's expert, from the soft mixture; the flat model's scores within that "
+        "group), `condnet.evaluation.metrics.within_group_accuracy`.\n\n" + table + "\n"
+    )
 
 
 def markdown(summary, args, seconds):
@@ -477,7 +551,7 @@ def markdown(summary, args, seconds):
         f"{args.train_per_class} training images per class (20% held out for validation), "
         f"{args.test_per_class} test images per class, {args.image_size} px, "
         f"{args.epochs} epochs max with EarlyStopping(patience=5), seeds "
-        f"{', '.join(map(str, args.seeds))}).\n\n{table}\n"
+        f"{', '.join(map(str, args.seeds))}).\n\n{table}\n{gap_table(summary)}"
     )
 
 

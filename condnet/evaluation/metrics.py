@@ -102,10 +102,40 @@ GLOSSARY = {
     "expected_calibration_error": "mean gap between confidence and accuracy over 15 "
     "confidence bins (0 = confidences mean what they say)",
     "wrong_expert_share": "share of images whose expert is not their true group's",
+    "within_group_accuracy": "share of images whose class is right when it is chosen among "
+    "their true group's classes only: the score with a perfect gate (the true group's expert; "
+    "for a flat model, its scores within the true group). Beside the group accuracy it says "
+    "how much of a gap to the flat baseline is the gate's and how much the experts'",
 }
 
 
 # === Reusable scores ===
+
+
+def within_group_accuracy(hierarchy, labels, class_probabilities):
+    """Accuracy when each image's class is chosen among its true group's classes only.
+
+    The score with a perfect gate: for a conditional model scored as the soft
+    mixture, that of the true group's expert; for a flat classifier, that of
+    its scores restricted to the true group. Hard-routed outputs hold no
+    scores for a misrouted image's true group, so score the soft mixture
+    (every expert runs) of a conditional model.
+
+    Args:
+        hierarchy: `Hierarchy`.
+        labels: int array of true class indices (or one-hot rows).
+        class_probabilities: array `(num_samples, num_classes)`.
+
+    Returns:
+        A float in [0, 1].
+    """
+    labels = hierarchy.check_labels(labels)
+    probabilities = _check_probabilities(
+        class_probabilities, "class_probabilities", len(labels), "class", hierarchy.classes
+    )
+    groups = hierarchy.class_to_group
+    inside = groups[None, :] == groups[labels][:, None]
+    return _mean(np.where(inside, probabilities, -np.inf).argmax(-1) == labels)
 
 
 def hierarchical_scores(hierarchy, labels, predictions):

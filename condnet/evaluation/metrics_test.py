@@ -8,6 +8,7 @@ from condnet.evaluation.metrics import (
     evaluate_predictions,
     expected_calibration_error,
     hierarchical_scores,
+    within_group_accuracy,
 )
 from condnet.hierarchy import Hierarchy
 
@@ -250,3 +251,33 @@ def test_gate_and_predicted_class_group_accuracies_are_told_apart():
     metrics = evaluate_predictions(hierarchy, labels, classes, group_probabilities=gate)
     assert metrics["gate_accuracy"] == metrics["group_accuracy"] == 1.0
     np.testing.assert_allclose(metrics["predicted_class_group_accuracy"], 2 / 3)
+
+
+# === within_group_accuracy ===
+
+
+def test_within_group_accuracy_chooses_among_the_true_group_only():
+    # True: persian (cat), beagle (dog), pug (dog). Each row's top class is in the wrong
+    # group; within the true group, rows 0 and 1 put the true class first, row 2 does not.
+    probabilities = np.array(
+        [
+            [0.3, 0.1, 0.5, 0.05, 0.05],  # top beagle; among cats persian wins: right
+            [0.6, 0.05, 0.2, 0.1, 0.05],  # top persian; among dogs beagle wins: right
+            [0.5, 0.1, 0.3, 0.05, 0.05],  # top persian; among dogs beagle beats pug: wrong
+        ]
+    )
+    labels = [0, 2, 3]
+    assert evaluate_predictions(PETS, labels, probabilities)["accuracy"] == 0.0
+    assert within_group_accuracy(PETS, labels, probabilities) == pytest.approx(2 / 3)
+
+
+def test_within_group_accuracy_of_a_hard_routed_row_sent_elsewhere_is_not_a_hit():
+    # Hard routing leaves a misrouted row no scores in its true group: that row is wrong
+    # (the first class of the group wins the tie at 0), which is why runs score the mixture.
+    routed_to_cats = np.array([[0.0, 1.0, 0.0, 0.0, 0.0]])
+    assert within_group_accuracy(PETS, [3], routed_to_cats) == 0.0
+
+
+def test_within_group_accuracy_checks_its_inputs():
+    with pytest.raises(ValueError, match="one column per class.*Received: class_probabilities"):
+        within_group_accuracy(PETS, [0], np.ones((1, 3)) / 3)

@@ -201,17 +201,26 @@ def json_text(value):
 
 
 def _baseline_items(baseline):
-    keys = ("accuracy", "group_accuracy", "hierarchical_f1", "macs_per_image", "images_per_second")
+    keys = (
+        "accuracy",
+        "group_accuracy",
+        "within_group_accuracy",
+        "hierarchical_f1",
+        "macs_per_image",
+        "images_per_second",
+    )
     conditional, flat = baseline.get("conditional", {}), baseline.get("flat", {})
     rows = [
         (key, _cell(conditional.get(key)), _cell(flat.get(key)))
         for key in keys
         if key in conditional or key in flat
     ]
-    return [
+    items = [
         ("table", ("", "conditional (routed)", "flat baseline"), rows),
         ("text", baseline_verdict(conditional, flat)),
     ]
+    where = gap_sources(conditional, flat)
+    return items + [("text", where)] if where else items
 
 
 def baseline_verdict(conditional, flat):
@@ -228,6 +237,25 @@ def baseline_verdict(conditional, flat):
         return f"The conditional model ties the flat baseline ({gain:+.4f}){cost}."
     better = "beats" if gain > 0 else "loses to"
     return f"The conditional model {better} the flat baseline by {abs(gain):.4f} accuracy{cost}."
+
+
+def gap_sources(conditional, flat):
+    """One line splitting the accuracy gap between the two models into the gate's part
+    (the right group) and the experts' (the right class given the true group), or None
+    when either model lacks `group_accuracy` or `within_group_accuracy`."""
+    keys = ("group_accuracy", "within_group_accuracy")
+    if not all(key in conditional and key in flat for key in keys):
+        return None
+    (gate, flat_group), (experts, flat_within) = ((conditional[k], flat[k]) for k in keys)
+    gate_part, experts_part = gate - flat_group, experts - flat_within
+    parts = {"the gate's": gate_part, "the experts'": experts_part}
+    larger = min(parts, key=parts.get) if min(parts.values()) < 0 else None
+    line = (
+        f"Where: the right group for {gate:.4f} of the images against {flat_group:.4f} for "
+        f"the flat model ({gate_part:+.4f}); given the true group, the right class "
+        f"for {experts:.4f} against {flat_within:.4f} ({experts_part:+.4f})."
+    )
+    return f"{line} The larger loss is {larger}." if larger else line
 
 
 def _cell(value):

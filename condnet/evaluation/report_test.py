@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from condnet.evaluation.metrics import evaluate_predictions
-from condnet.evaluation.report import summary_table, write_report
+from condnet.evaluation.report import gap_sources, summary_table, write_report
 from condnet.hierarchy import Hierarchy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -273,3 +273,17 @@ def test_the_html_report_renders_in_a_browser(tmp_path):
         assert browser.title and "condnet" in browser.page_source
     finally:
         browser.quit()
+
+
+def test_gap_sources_splits_the_gap_between_the_gate_and_the_experts():
+    conditional = {"group_accuracy": 0.915, "within_group_accuracy": 0.692}
+    flat = {"group_accuracy": 0.930, "within_group_accuracy": 0.693}
+    line = gap_sources(conditional, flat)
+    assert "right group for 0.9150 of the images against 0.9300" in line and "(-0.0150)" in line
+    assert "right class for 0.6920 against 0.6930 (-0.0010)" in line
+    assert line.endswith("The larger loss is the gate's.")
+    experts_lose = gap_sources({**conditional, "within_group_accuracy": 0.6}, flat)
+    assert experts_lose.endswith("The larger loss is the experts'.")
+    both_ahead = gap_sources({"group_accuracy": 0.95, "within_group_accuracy": 0.7}, flat)
+    assert "larger loss" not in both_ahead
+    assert gap_sources({"group_accuracy": 0.9}, flat) is None

@@ -384,6 +384,8 @@ def _evaluate(args):
     print(f"{label} accuracy: {other['accuracy']:.4f}")
     if "baseline" in metrics:
         print(metrics["baseline"]["verdict"])
+        if metrics["baseline"].get("where"):
+            print(metrics["baseline"]["where"])
 
 
 def _predict_parser(commands, common):

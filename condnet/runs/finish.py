@@ -20,7 +20,8 @@ import numpy as np
 from condnet.evaluation.baseline import flat_baseline, routed_macs
 from condnet.evaluation.cost import count_macs
 from condnet.evaluation.evaluate import evaluate_model
-from condnet.evaluation.report import baseline_verdict, write_report
+from condnet.evaluation.metrics import within_group_accuracy
+from condnet.evaluation.report import baseline_verdict, gap_sources, write_report
 from condnet.runs import checkpoint as ckpt
 from condnet.training.callbacks import StopOnNaN
 from condnet.training.distribute import compile_options
@@ -69,6 +70,7 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
         comparison = _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs)
         comparison["conditional"] = _summary(metrics, macs["routed"], _speed(model, scored))
         comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
+        comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
     ckpt.write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     write_report(
@@ -99,21 +101,27 @@ def _without_optimizer(model, input_shape):
 def _mixture_scores(model, data):
     model.routing = "soft"
     try:
-        mixture = evaluate_model(model, data)
+        mixture, predictions = evaluate_model(model, data, return_predictions=True)
     finally:
         model.routing = INFERENCE_ROUTING
     return {
         "accuracy": mixture["accuracy"],
         "gate_accuracy": mixture["gate_accuracy"],
         "predicted_class_group_accuracy": mixture["predicted_class_group_accuracy"],
+        "within_group_accuracy": _within_group(model.hierarchy, predictions),
         "note": "every expert runs; P(class) = P(group) x P(class | group)",
     }
+
+
+def _within_group(hierarchy, predictions):
+    return within_group_accuracy(hierarchy, predictions["labels"], predictions["classes"])
 
 
 def _summary(metrics, macs, images_per_second):
     return {
         "accuracy": metrics["accuracy"],
         "group_accuracy": metrics["predicted_class_group_accuracy"],
+        "within_group_accuracy": metrics["mixture"]["within_group_accuracy"],
         "hierarchical_f1": metrics["hierarchical_f1"],
         "macs_per_image": int(macs),
         "images_per_second": images_per_second,
@@ -151,12 +159,15 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
         _fit_baseline(flat, options, data, stopping_callbacks, fit_kwargs)
         ckpt.save_model_atomic(flat, path)
     scored = validation or train_data
-    metrics = evaluate_model(flat, scored, hierarchy=train_data.hierarchy)
+    metrics, predictions = evaluate_model(
+        flat, scored, hierarchy=train_data.hierarchy, return_predictions=True
+    )
     shape = (*_side_pair(options.image_size), train_data.channels)
     return {
         "flat": {
             "accuracy": metrics["accuracy"],
             "group_accuracy": metrics["group_accuracy"],
+            "within_group_accuracy": _within_group(train_data.hierarchy, predictions),
             "hierarchical_f1": metrics["hierarchical_f1"],
             "macs_per_image": int(count_macs(flat, shape)),
             "images_per_second": _speed(flat, scored),

@@ -503,6 +503,12 @@ def test_a_soft_run_ships_a_hard_routed_model_scored_beside_its_mixture_and_base
     assert flat.output.shape[-1] == 6
     report = (run / "report.md").read_text()
     assert "## Flat baseline" in report and baseline["verdict"] in report
+    assert baseline["where"].startswith("Where: the right group for")
+    assert baseline["where"] in report
+    within = metrics["mixture"]["within_group_accuracy"]
+    assert baseline["conditional"]["within_group_accuracy"] == within
+    assert within >= metrics["mixture"]["accuracy"]
+    assert baseline["flat"]["within_group_accuracy"] >= baseline["flat"]["accuracy"]
     assert "## About this run" in report and "| best epoch |" in report
 
 

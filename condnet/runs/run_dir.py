@@ -151,21 +151,36 @@ def evaluate_run(
     has one (`baseline`), on the same images. `progress=True` reports each
     pass on standard error.
     """
-    from condnet.evaluation.report import baseline_verdict, write_report
+    from condnet.evaluation.metrics import within_group_accuracy
+    from condnet.evaluation.report import baseline_verdict, gap_sources, write_report
 
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
     data = folder_for(model, config, data_dir, batch_size)
     label = _labeller(progress)
-    metrics = evaluate_model(model, data, progress=label(f"{model.routing} routing"))
+    metrics, predictions = evaluate_model(
+        model, data, return_predictions=True, progress=label(f"{model.routing} routing")
+    )
     metrics["inference_routing"] = model.routing
     other = "soft" if model.routing != "soft" else "hard"
     model.routing = other
+    other_metrics, other_predictions = evaluate_model(
+        model, data, return_predictions=True, progress=label(f"{other} routing")
+    )
     metrics["mixture" if other == "soft" else "hard_routed"] = {
-        "accuracy": evaluate_model(model, data, progress=label(f"{other} routing"))["accuracy"]
+        "accuracy": other_metrics["accuracy"]
     }
-    comparison = _baseline_on(run_dir, data, model.hierarchy, metrics, label("flat baseline"))
+    soft = other_predictions if other == "soft" else predictions
+    within = within_group_accuracy(model.hierarchy, soft["labels"], soft["classes"])
+    comparison = _baseline_on(
+        run_dir,
+        data,
+        model.hierarchy,
+        {**metrics, "within_group_accuracy": within},
+        label("flat baseline"),
+    )
     if comparison is not None:
         comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
+        comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
     report_dir = Path(report_dir or Path(run_dir) / "evaluation")
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -193,9 +208,16 @@ def _baseline_on(run_dir, data, hierarchy, metrics, progress=None):
     path = Path(run_dir) / BASELINE
     if not path.is_file():
         return None
+    from condnet.evaluation.metrics import within_group_accuracy
+
     flat = _load_model(path)
-    scores = evaluate_model(flat, data, hierarchy=hierarchy, progress=progress)
-    keys = ("accuracy", "group_accuracy", "hierarchical_f1")
+    scores, predictions = evaluate_model(
+        flat, data, hierarchy=hierarchy, return_predictions=True, progress=progress
+    )
+    scores["within_group_accuracy"] = within_group_accuracy(
+        hierarchy, predictions["labels"], predictions["classes"]
+    )
+    keys = ("accuracy", "group_accuracy", "within_group_accuracy", "hierarchical_f1")
     return {
         "conditional": {key: metrics[key] for key in keys},
         "flat": {key: scores[key] for key in keys},

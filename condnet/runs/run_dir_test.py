@@ -174,6 +174,13 @@ def test_evaluate_run_scores_hard_routing_with_the_mixture_and_baseline_beside(r
     assert metrics["baseline"]["conditional"]["accuracy"] == 1.0
     assert metrics["baseline"]["flat"]["accuracy"] < 1.0  # an untrained head
     assert "beats the flat baseline" in metrics["baseline"]["verdict"]
+    conditional, flat_scores = metrics["baseline"]["conditional"], metrics["baseline"]["flat"]
+    # Choosing among the true group's classes can only help: at least the plain accuracy.
+    assert conditional["within_group_accuracy"] >= metrics["mixture"]["accuracy"]
+    assert flat_scores["within_group_accuracy"] >= flat_scores["accuracy"]
+    within = f"right class for {conditional['within_group_accuracy']:.4f}"
+    assert within in metrics["baseline"]["where"]
+    assert metrics["baseline"]["where"] in (run / "evaluation" / "report.md").read_text()
     soft = evaluate_run(run, data, routing="soft", report_dir=tmp_path / "soft")
     assert soft["inference_routing"] == "soft" and "accuracy" in soft["hard_routed"]
 
