@@ -64,6 +64,15 @@ def test_cli_evaluate_prints_the_json_contract(trained, capsys):
 
 
 @pytest.mark.slow
+def test_cli_evaluate_prints_the_verdict_and_where_the_gap_is(trained, capsys):
+    assert main(["evaluate", str(trained / "run"), str(trained / "data" / "test")]) == 0
+    out = capsys.readouterr().out
+    written = json.loads((trained / "run" / "evaluation" / "metrics.json").read_text())
+    assert written["baseline"]["verdict"] in out
+    assert written["baseline"]["where"] in out and "Where: the right group for" in out
+
+
+@pytest.mark.slow
 def test_cli_predict_prints_one_json_object_per_image(trained, capsys):
     folder = trained / "data" / "test" / "round" / "ring"
     assert main(["predict", str(trained / "run"), str(folder), "--json"]) == 0
