@@ -100,6 +100,7 @@ DATA_SETS = {
     },
 }
 PLAIN_FILTERS = (32, 64, 128)
+DEFAULT_EPOCHS = 15
 
 
 # === Data ===
@@ -567,7 +568,7 @@ def parse_args(argv=None):
     parser.add_argument("--data-set", choices=sorted(DATA_SETS), default="cifar10")
     parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--test-per-class", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument(
         "--seeds",
         type=seed_list,
@@ -611,6 +612,8 @@ def main(argv=None):
     seconds = time.perf_counter() - started
     recipe = any(row in RECIPE_ROWS for row in rows)
     name = f"defaults-{args.data_set}-{args.image_size}px-" + "-".join(rows)
+    if args.epochs != DEFAULT_EPOCHS:
+        name += f"-{args.epochs}-epochs"
     out = common.BENCHMARKS / f"{name}.json"
     shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     out.write_text(
@@ -619,6 +622,8 @@ def main(argv=None):
     body = markdown(summary, args, seconds)
     print(body)
     kind = "condnet train defaults" if recipe else "hand-built rows"
+    if args.epochs != DEFAULT_EPOCHS:
+        kind += f", {args.epochs} epochs"
     common.write_section(
         f"Defaults against the plain CNN: {args.data_set} at {args.image_size} px, {kind} "
         f"({', '.join(rows)})",
