@@ -20,6 +20,7 @@ Results: `benchmarks/gate-split-<gate>-<share>.json`, one line per seed.
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -96,8 +97,29 @@ def main(argv=None):
         results.append(run_seed(args, seed, folder, test))
         print(json.dumps(results[-1]), flush=True)
     out = common.BENCHMARKS / f"gate-split-{args.name}.json"
-    out.write_text(json.dumps({"command": common.command_line(), "results": results}, indent=1))
+    command = common.command_line()
+    out.write_text(json.dumps({"command": command, "results": results}, indent=1))
+    common.write_section(f"Gate split: {args.name}", section(results, command))
     return 0
+
+
+def section(results, command):
+    """The RESULTS.md body: one row per seed and the mean."""
+    rows = [
+        [str(r["seed"]), f"{r['accuracy']:.4f}", f"{r['hard_group_accuracy']:.4f}", str(r["mmacs"])]
+        for r in results
+    ]
+    mean = {
+        key: statistics.mean(r[key] for r in results) for key in ("accuracy", "hard_group_accuracy")
+    }
+    rows.append(["mean", f"{mean['accuracy']:.4f}", f"{mean['hard_group_accuracy']:.4f}", ""])
+    table = common.markdown_table(
+        ["seed", "test accuracy (routed)", "gate: right group", "routed MMACs"], rows
+    )
+    return (
+        f"`{command}` (CIFAR-10, the images, split and seeds of `defaults.py`'s condnet "
+        f"rows, 15 epochs, no baseline trained).\n\n{table}\n"
+    )
 
 
 if __name__ == "__main__":
