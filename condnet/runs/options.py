@@ -347,7 +347,10 @@ class TrainingOptions:
         type=str,
     )
     patience: int = _option(
-        5, "epochs without validation improvement before stopping", _int_at_least(1)
+        5,
+        "epochs without validation improvement before stopping (under the cosine "
+        "schedule, counted over the second half of each phase only)",
+        _int_at_least(1),
     )
     tensorboard: bool = _option(
         True,

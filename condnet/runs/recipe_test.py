@@ -15,7 +15,7 @@ from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.checkpoint import read_state
 from condnet.runs.lock import LOCK, RunLocked
 from condnet.runs.options import TrainingOptions
-from condnet.runs.recipe import resume, train
+from condnet.runs.recipe import _stopping_callbacks, resume, train
 
 # TensorBoard off: it costs every test run a summary writer; one test checks the logs.
 TINY = dict(
@@ -576,3 +576,17 @@ def test_train_and_resume_say_what_they_found_and_where_they_continue(shapes, tm
     assert "Found 72 images in 6 classes / 2 groups; training on" in printed
     resume(run, epochs=2, verbose=2)
     assert "after epoch 1 (phase 'joint')" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("schedule", "epochs_run"), [("cosine", 7), ("plateau", 2)])
+def test_early_stopping_waits_for_the_second_half_of_a_cosine_schedule(schedule, epochs_run):
+    # A frozen model never improves: with patience 1, a stop that watches from the first
+    # epoch ends after 2 epochs; under the cosine it watches from epoch 6 of 10, so 7 run.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.trainable = False
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    options = TrainingOptions(patience=1, lr_schedule=schedule)
+    callbacks = _stopping_callbacks(options, None, (10, 1e-3, 0), fit_kwargs={"verbose": 0})
+    x, y = np.random.default_rng(0).normal(size=(16, 3)), np.arange(16) % 2
+    history = model.fit(x, y, epochs=10, callbacks=callbacks, verbose=0)
+    assert len(history.history["loss"]) == epochs_run
