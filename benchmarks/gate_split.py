@@ -6,7 +6,7 @@
 `condnet train`'s default CIFAR-10 model (see `benchmarks/defaults.py`) gives
 the gate one conv a quarter as wide as the last block and each expert a copy
 of that block 0.9375 as wide. Its flat baseline's group (the group of the flat
-model's class) is right 1.3 to 1.6 points more often than the gate, while the
+model's class) is right 0.8 to 1.6 points more often than the gate, while the
 experts match the flat model within the true group: the gap is the gate's.
 This script asks whether a wider gate pays for the narrower experts it needs
 at the same routed MACs. It replaces `condnet.vision.image_model.branch_convs`
@@ -14,7 +14,8 @@ at the same routed MACs. It replaces `condnet.vision.image_model.branch_convs`
 `condnet.train` with its defaults otherwise (no baseline), and scores the
 run's `model.keras` on the same test images as `defaults.py`; compare with the
 `condnet` row and its flat baseline there (same images, split and seeds).
-Results: `benchmarks/gate-split-<gate>-<share>.json`, one line per seed.
+Results: `benchmarks/gate-split-gate-<widths>-experts-<share>.json`, one line
+per seed, and the section "Gate split: ..." of `benchmarks/RESULTS.md`.
 """
 
 import argparse

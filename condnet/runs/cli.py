@@ -293,7 +293,17 @@ def _train(args):
         print(f"Process {distribute.process_index()} done; process 0 writes the run to {args.out}.")
         return
     print(summary_table(result["metrics"]))
+    _print_baseline(result["metrics"])
     print(f"Run written to {args.out} (model.keras, report.md, history.csv).")
+
+
+def _print_baseline(metrics):
+    """The verdict against the run's flat baseline and where the gap is, when it has one."""
+    baseline = metrics.get("baseline")
+    if baseline:
+        print(baseline["verdict"])
+        if baseline.get("where"):
+            print(baseline["where"])
 
 
 def _join_job(args):
@@ -382,10 +392,7 @@ def _evaluate(args):
     other = metrics.get("mixture") or metrics.get("hard_routed")
     label = "soft mixture" if "mixture" in metrics else "hard routed"
     print(f"{label} accuracy: {other['accuracy']:.4f}")
-    if "baseline" in metrics:
-        print(metrics["baseline"]["verdict"])
-        if metrics["baseline"].get("where"):
-            print(metrics["baseline"]["where"])
+    _print_baseline(metrics)
 
 
 def _predict_parser(commands, common):
