@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 
 from condnet.data.folders import ImageFolder
-from condnet.evaluation.metrics import evaluate_predictions
+from condnet.evaluation.metrics import evaluate_predictions, within_group_accuracy
 from condnet.evaluation.progress import Progress
 
 SHOWN_SKIPPED = 10
@@ -69,6 +69,11 @@ def evaluate_model(model, data, hierarchy=None, return_predictions=False, progre
     if return_predictions:
         return metrics, {"paths": kept_paths, "labels": labels, **stacked}
     return metrics
+
+
+def within_group_of(hierarchy, predictions):
+    """`within_group_accuracy` of the `predictions` that `evaluate_model` returns."""
+    return within_group_accuracy(hierarchy, predictions["labels"], predictions["classes"])
 
 
 def predict_batch(model, images):

@@ -19,8 +19,7 @@ import numpy as np
 
 from condnet.evaluation.baseline import flat_baseline, routed_macs
 from condnet.evaluation.cost import count_macs
-from condnet.evaluation.evaluate import evaluate_model
-from condnet.evaluation.metrics import within_group_accuracy
+from condnet.evaluation.evaluate import evaluate_model, within_group_of
 from condnet.evaluation.report import baseline_verdict, gap_sources, write_report
 from condnet.runs import checkpoint as ckpt
 from condnet.training.callbacks import StopOnNaN
@@ -108,13 +107,9 @@ def _mixture_scores(model, data):
         "accuracy": mixture["accuracy"],
         "gate_accuracy": mixture["gate_accuracy"],
         "predicted_class_group_accuracy": mixture["predicted_class_group_accuracy"],
-        "within_group_accuracy": _within_group(model.hierarchy, predictions),
+        "within_group_accuracy": within_group_of(model.hierarchy, predictions),
         "note": "every expert runs; P(class) = P(group) x P(class | group)",
     }
-
-
-def _within_group(hierarchy, predictions):
-    return within_group_accuracy(hierarchy, predictions["labels"], predictions["classes"])
 
 
 def _summary(metrics, macs, images_per_second):
@@ -167,7 +162,7 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
         "flat": {
             "accuracy": metrics["accuracy"],
             "group_accuracy": metrics["group_accuracy"],
-            "within_group_accuracy": _within_group(train_data.hierarchy, predictions),
+            "within_group_accuracy": within_group_of(train_data.hierarchy, predictions),
             "hierarchical_f1": metrics["hierarchical_f1"],
             "macs_per_image": int(count_macs(flat, shape)),
             "images_per_second": _speed(flat, scored),

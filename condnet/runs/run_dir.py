@@ -11,7 +11,13 @@ import numpy as np
 from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
 from condnet.evaluation.calibration import calibrate
 from condnet.evaluation.cost import count_macs
-from condnet.evaluation.evaluate import error_row, evaluate_model, predict_batch, prediction_row
+from condnet.evaluation.evaluate import (
+    error_row,
+    evaluate_model,
+    predict_batch,
+    prediction_row,
+    within_group_of,
+)
 from condnet.evaluation.progress import Progress
 from condnet.runs.checkpoint import BEST, CHECKPOINTS, save_model_atomic, write_atomic
 
@@ -151,7 +157,6 @@ def evaluate_run(
     has one (`baseline`), on the same images. `progress=True` reports each
     pass on standard error.
     """
-    from condnet.evaluation.metrics import within_group_accuracy
     from condnet.evaluation.report import baseline_verdict, gap_sources, write_report
 
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
@@ -170,7 +175,7 @@ def evaluate_run(
         "accuracy": other_metrics["accuracy"]
     }
     soft = other_predictions if other == "soft" else predictions
-    within = within_group_accuracy(model.hierarchy, soft["labels"], soft["classes"])
+    within = within_group_of(model.hierarchy, soft)
     comparison = _baseline_on(
         run_dir,
         data,
@@ -208,15 +213,11 @@ def _baseline_on(run_dir, data, hierarchy, metrics, progress=None):
     path = Path(run_dir) / BASELINE
     if not path.is_file():
         return None
-    from condnet.evaluation.metrics import within_group_accuracy
-
     flat = _load_model(path)
     scores, predictions = evaluate_model(
         flat, data, hierarchy=hierarchy, return_predictions=True, progress=progress
     )
-    scores["within_group_accuracy"] = within_group_accuracy(
-        hierarchy, predictions["labels"], predictions["classes"]
-    )
+    scores["within_group_accuracy"] = within_group_of(hierarchy, predictions)
     keys = ("accuracy", "group_accuracy", "within_group_accuracy", "hierarchical_f1")
     return {
         "conditional": {key: metrics[key] for key in keys},
