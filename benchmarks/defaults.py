@@ -211,26 +211,6 @@ def conditional(image_size, hierarchy, routing, expert_width, gate_width):
     )
 
 
-def upcycle(flat, model):
-    """Copy the flat CNN's first blocks into the trunk and its last block into every expert."""
-
-    def parts(m):
-        found = [
-            layer
-            for layer in m._flatten_layers()
-            if isinstance(layer, layers.Conv2D | layers.BatchNormalization)
-        ]
-        return found
-
-    source = parts(flat)
-    shared = len(parts(model.trunk))
-    for target, layer in zip(parts(model.trunk), source):
-        target.set_weights(layer.get_weights())
-    for expert in model.expert_models:
-        for target, layer in zip(parts(expert), source[shared:]):
-            target.set_weights(layer.get_weights())
-
-
 def routed_macs(model, image_size):
     if not isinstance(model, ConditionalModel):
         return count_macs(model, (image_size, image_size, 3))
@@ -297,7 +277,20 @@ RECIPE_ROWS = {  # condnet.train with its defaults, but for these options
     "condnet-coarse-to-fine": {"loss_schedule": "coarse_to_fine"},
     "condnet-staged": {"strategy": "staged"},
     "condnet-top": {"expert_placement": "top"},
+    # Sparse upcycling: the first half of the epochs train the flat model the experts
+    # are copied from (the run's flat baseline trains all of them).
+    "condnet-upcycle": {"upcycle_epochs": "half"},
+    "condnet-expert-dropout": {"expert_dropout": 0.5},
 }
+
+
+def recipe_options(row, args):
+    """The options of a recipe row at `args.epochs` epochs in all."""
+    options = {"epochs": args.epochs, **RECIPE_ROWS[row]}
+    if options.get("upcycle_epochs") == "half":
+        options["upcycle_epochs"] = args.epochs // 2
+        options["epochs"] = args.epochs - options["upcycle_epochs"]
+    return options
 
 
 def run_recipe(row, data, hierarchy, args, seed, folder):
@@ -309,10 +302,9 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
     if args.reuse and finished_run(
         run,
         {
-            "epochs": args.epochs,
             "seed": seed,
             "image_size": args.image_size,
-            **RECIPE_ROWS[row],
+            **recipe_options(row, args),
             "lr_schedule": "cosine",
         },
     ):
@@ -323,12 +315,11 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
     train(
         folder,
         run,
-        epochs=args.epochs,
         seed=seed,
         image_size=args.image_size,
         overwrite=True,
         verbose=0,
-        **RECIPE_ROWS[row],
+        **recipe_options(row, args),
     )
     seconds = time.perf_counter() - start
     return {**score_run(run, data, hierarchy, seed, seconds), "row": row}
@@ -425,11 +416,6 @@ def run_row(row, data, hierarchy, args, seed):
     seconds, epochs = 0.0, 0
     if row == "plain":
         model = plain_cnn(args.image_size, hierarchy.num_classes)
-    elif row == "upcycled":  # half the epochs flat, then the conditional copy of it
-        flat = plain_cnn(args.image_size, hierarchy.num_classes)
-        seconds, epochs = fit(flat, train, validation, args.epochs // 2, seed)
-        model = conditional(args.image_size, hierarchy, "soft", PLAIN_FILTERS[-1], 0)
-        upcycle(flat, model)
     else:
         model = conditional(args.image_size, hierarchy, row, args.expert_width, args.gate_width)
     more_seconds, more_epochs = fit(model, train, validation, args.epochs - epochs, seed)

@@ -10,11 +10,11 @@ model's multiply-accumulates per image match the conditional model's routed
 cost (trunk + gate + one expert) as closely as possible without exceeding it.
 """
 
-import keras
 from keras import layers
 
 from condnet.evaluation.cost import count_macs
 from condnet.models.conditional_model import ConditionalModel
+from condnet.models.flat import flat_twin, functional_experts, output_layer
 
 _SEARCH_STEPS = 24
 
@@ -56,19 +56,6 @@ def _expert_macs(expert, input_shape):
     return count_macs(expert, input_shape)
 
 
-def _functional_experts(model, taps, tap=None):
-    """(input shape, top-level tap, group, expert) of every functional expert, nested
-    ones included (a nested ConditionalModel's experts read its own input)."""
-    found = []
-    for group, expert in model.experts.items():
-        own_tap = model.expert_taps[group] if tap is None else tap
-        if isinstance(expert, ConditionalModel):
-            found += _functional_experts(expert, taps, own_tap)
-        elif expert is not None and getattr(expert, "inputs", None):
-            found.append((taps[own_tap][1:], own_tap, group, expert))
-    return found
-
-
 def flat_baseline(model, input_shape, name="flat_baseline"):
     """A flat classifier over all classes of `model`, at `model`'s routed cost.
 
@@ -95,10 +82,9 @@ def flat_baseline(model, input_shape, name="flat_baseline"):
     input_shape = tuple(input_shape)
     budget = routed_macs(model, input_shape)["routed"]
     tap, template = _costliest_expert(model, input_shape)
-    num_classes = model.hierarchy.num_classes
 
     def build(factor):
-        return _assemble(model, input_shape, tap, template, factor, num_classes, name)
+        return flat_twin(model, input_shape, tap, template, factor, name)
 
     low, high = 0.25, 4.0
     best = build(low)
@@ -114,42 +100,11 @@ def flat_baseline(model, input_shape, name="flat_baseline"):
     return best
 
 
-def _assemble(model, input_shape, tap, template, factor, num_classes, name):
-    inputs = keras.Input(input_shape, name="image")
-    features = inputs
-    if model.trunk is not None:
-        trunk = keras.models.clone_model(model.trunk)
-        trunk.set_weights(model.trunk.get_weights())
-        features = trunk(inputs)[tap] if isinstance(trunk.output, dict) else trunk(inputs)
-    head = keras.models.clone_model(
-        template, clone_function=lambda layer: _resized(layer, factor, num_classes, template)
-    )
-    return keras.Model(inputs, head(features), name=name)
-
-
-def _resized(layer, factor, num_classes, template):
-    config = layer.get_config()
-    if isinstance(layer, layers.Conv2D | layers.Conv1D | layers.Conv3D):
-        config["filters"] = max(1, round(layer.filters * factor))
-        config["name"] = f"{layer.name}_flat"
-        return layer.__class__.from_config(config)
-    if isinstance(layer, layers.Dense) and layer is _output_layer(template):
-        config["units"] = num_classes
-        config["name"] = f"{layer.name}_flat"
-        return layer.__class__.from_config(config)
-    config["name"] = f"{layer.name}_flat"
-    return layer.__class__.from_config(config)
-
-
-def _output_layer(template):
-    return template.layers[-1]
-
-
 def _costliest_expert(model, input_shape):
     taps = model._tap_shapes((None, *input_shape))
     candidates = [
         (count_macs(expert, shape), tap, group, expert)
-        for shape, tap, group, expert in _functional_experts(model, taps)
+        for shape, tap, group, expert in functional_experts(model, taps)
     ]
     if not candidates:
         raise ValueError(
@@ -159,10 +114,10 @@ def _costliest_expert(model, input_shape):
             f"{_describe(model.experts)}"
         )
     _, tap, group, expert = max(candidates, key=lambda item: item[0])
-    if not isinstance(_output_layer(expert), layers.Dense):
+    if not isinstance(output_layer(expert), layers.Dense):
         raise ValueError(
             "flat_baseline widens an expert's last Dense layer to every class; the costliest "
-            f"expert ({group!r}) ends in {type(_output_layer(expert)).__name__}. Received: "
+            f"expert ({group!r}) ends in {type(output_layer(expert)).__name__}. Received: "
             f"expert={expert.name}"
         )
     return tap, expert

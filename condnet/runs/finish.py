@@ -55,13 +55,13 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
     model = keras.models.load_model(run_dir / ckpt.BEST)
     trained_routing = model.routing
     model.routing = INFERENCE_ROUTING  # what a user's predict runs: the chosen expert only
-    model = _without_optimizer(model, (None, *_side_pair(options.image_size), train_data.channels))
+    model = _without_optimizer(model, (None, *side_pair(options.image_size), train_data.channels))
     ckpt.save_model_atomic(model, run_dir / ckpt.BEST)
     metrics, predictions = evaluate_model(model, scored, return_predictions=True)
     metrics["inference_routing"] = INFERENCE_ROUTING
     metrics["training_routing"] = trained_routing
     metrics["mixture"] = _mixture_scores(model, scored)
-    shape = (*_side_pair(options.image_size), train_data.channels)
+    shape = (*side_pair(options.image_size), train_data.channels)
     macs = routed_macs(model, shape)
     metrics["macs_per_image"] = {"routed": macs["routed"], "all_experts": macs["all_experts"]}
     comparison = None
@@ -149,15 +149,15 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
     else:
         keras.utils.set_random_seed(options.seed)
         fresh = build()
-        shape = (*_side_pair(options.image_size), train_data.channels)
+        shape = (*side_pair(options.image_size), train_data.channels)
         flat = flat_baseline(fresh, shape)
-        _fit_baseline(flat, options, data, stopping_callbacks, fit_kwargs)
+        fit_flat(flat, options, data, stopping_callbacks, fit_kwargs)
         ckpt.save_model_atomic(flat, path)
     scored = validation or train_data
     metrics, predictions = evaluate_model(
         flat, scored, hierarchy=train_data.hierarchy, return_predictions=True
     )
-    shape = (*_side_pair(options.image_size), train_data.channels)
+    shape = (*side_pair(options.image_size), train_data.channels)
     return {
         "flat": {
             "accuracy": metrics["accuracy"],
@@ -171,16 +171,20 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
     }
 
 
-def _fit_baseline(flat, options, data, stopping_callbacks, fit_kwargs):
-    """The conditional run's schedule: its epochs (backbone frozen when pretrained), then
-    its fine-tuning epochs with the backbone's top unfrozen."""
+def fit_flat(flat, options, data, stopping_callbacks, fit_kwargs, stages=None):
+    """Fit a flat classifier on the run's data, `stages` of `(epochs, learning rate)`:
+    by default the conditional run's schedule, its epochs (backbone frozen when
+    pretrained), then its fine-tuning epochs with the backbone's top unfrozen."""
     train_data, validation = data
     backbone = _backbone(flat)
     if backbone is not None and is_pretrained(options.backbone, options.weights):
         backbone.trainable = False
-    stages = [(options.epochs, options.learning_rate)]
-    if options.fine_tune_epochs:
-        stages.append((options.fine_tune_epochs, options.fine_tune_learning_rate))
+    if stages is None:
+        # An upcycled run trained a flat model for upcycle_epochs before its own
+        # epochs: the baseline gets as many.
+        stages = [(options.epochs + options.upcycle_epochs, options.learning_rate)]
+        if options.fine_tune_epochs:
+            stages.append((options.fine_tune_epochs, options.fine_tune_learning_rate))
     for index, (epochs, rate) in enumerate(stages):
         if index == 1 and backbone is not None:
             backbone.trainable = True
@@ -280,5 +284,6 @@ def _data_root(data):
     return os.path.commonpath([str(path) for path in data.paths[:2000]]) if data.paths else "?"
 
 
-def _side_pair(image_size):
+def side_pair(image_size):
+    """`image_size` (an int or a pair) as `(height, width)`."""
     return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

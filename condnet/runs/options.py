@@ -168,7 +168,8 @@ def _filters(name, value):
     return tuple(value)
 
 
-def _validation_split(name, value):
+def _fraction(name, value):
+    """A number in [0, 1): a share of the data, a dropout rate."""
     if not _is_number(value):
         raise TypeError(f"{label(name)} must be a float in [0, 1). Received: {name}={value!r}")
     if not 0 <= value < 1:
@@ -309,7 +310,7 @@ class TrainingOptions:
     validation_split: float = _option(
         0.2,
         "share of each class held out for validation, in [0, 1)",
-        _validation_split,
+        _fraction,
     )
     seed: int = _option(
         1337, "random seed of the split, the weights and the shuffles", _int_at_least(0)
@@ -345,6 +346,18 @@ class TrainingOptions:
         _one_of(SCHEDULES, optional=True),
         choices=SCHEDULES,
         type=str,
+    )
+    expert_dropout: float = _option(
+        0.3,
+        "dropout before each expert's classifier (the gate's is 0.3)",
+        _fraction,
+    )
+    upcycle_epochs: int = _option(
+        0,
+        "first train a flat model (the trunk and one expert's head over every class) for "
+        "this many epochs and start every expert as a copy of it (sparse upcycling); the "
+        "flat baseline then trains this many epochs more too",
+        _int_at_least(0),
     )
     patience: int = _option(
         5,

@@ -16,7 +16,7 @@ from condnet.evaluation.discovery import check_num_groups, discover_from_folder,
 from condnet.hierarchy import Hierarchy
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.claim import CONFIG, RunClaim, check_run_dir, clean_temporary_files
-from condnet.runs.finish import finish_run
+from condnet.runs.finish import finish_run, fit_flat, side_pair
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
 from condnet.training import distribute
@@ -27,6 +27,7 @@ from condnet.training.callbacks import (
     cosine_learning_rate,
 )
 from condnet.training.staged import plan_phases, prepare_phase, set_phase_trainable
+from condnet.training.upcycle import upcycle, upcycle_source
 from condnet.vision.backbones import is_pretrained
 from condnet.vision.image_model import backbone_of, build_image_model
 
@@ -152,6 +153,8 @@ def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
         _announce(_data_summary(train_data, validation, options), fit_kwargs)
         if distribute.is_chief():
             _write_config(run_dir, data_dir, options, train_data.hierarchy)
+        if options.upcycle_epochs:
+            _upcycle(model, options, _sharded(train_data, validation), fit_kwargs)
         state = _run_phases(
             model,
             run_dir,
@@ -654,11 +657,40 @@ def _prepare(options, data_dir):
     train_data, validation = load_data(options, data_dir)
     if isinstance(options.hierarchy, str):
         options = dataclasses.replace(options, hierarchy=train_data.hierarchy.to_dict())
-    return (
-        options,
-        (train_data, validation),
-        _build(options, train_data.hierarchy, train_data.channels),
+    model = _build(options, train_data.hierarchy, train_data.channels)
+    if options.upcycle_epochs:
+        _upcycle_source(model, options, train_data)  # refuses a model it cannot upcycle
+    return options, (train_data, validation), model
+
+
+def _upcycle_source(model, options, train_data):
+    return upcycle_source(model, (*side_pair(options.image_size), train_data.channels))
+
+
+def _upcycle(model, options, data, fit_kwargs):
+    """`upcycle_epochs`: train a flat model on every class, then copy it into the
+    trunk and every expert (`condnet.training.upcycle`)."""
+    source = _upcycle_source(model, options, data[0])
+    _announce(
+        f"=== Upcycling, epochs 1-{options.upcycle_epochs}: a flat model over all "
+        f"{data[0].hierarchy.num_classes} classes; every expert then starts as a copy of it ===",
+        fit_kwargs,
     )
+
+    def stopping(validation, epochs, rate):
+        return _stopping_callbacks(
+            options, validation, (epochs, rate, 0), "Upcycling: ", fit_kwargs
+        )
+
+    fit_flat(
+        source,
+        options,
+        data,
+        stopping,
+        fit_kwargs,
+        [(options.upcycle_epochs, options.learning_rate)],
+    )
+    upcycle(model, source)
 
 
 def load_data(options, data_dir=None):
@@ -704,6 +736,7 @@ def _build(options, hierarchy, channels):
         augmentation=augmentation,
         routing=options.routing,
         filters=options.filters,
+        expert_dropout=options.expert_dropout,
         seed=options.seed,
         dispatch=options.dispatch,
         capacity_factor=options.capacity_factor,

@@ -590,3 +590,50 @@ def test_early_stopping_waits_for_the_second_half_of_a_cosine_schedule(schedule,
     x, y = np.random.default_rng(0).normal(size=(16, 3)), np.arange(16) % 2
     history = model.fit(x, y, epochs=10, callbacks=callbacks, verbose=0)
     assert len(history.history["loss"]) == epochs_run
+
+
+class _ExpertWeightsAtStart(keras.callbacks.Callback):
+    """The first conv kernel of every expert when the conditional model starts training."""
+
+    def on_train_begin(self, logs=None):
+        if not hasattr(self, "kernels"):
+            experts = [e for e in self.model.experts.values() if e is not None]
+            self.kernels = [keras.ops.convert_to_numpy(e.weights[0]) for e in experts]
+
+
+@pytest.mark.slow
+def test_an_upcycled_run_starts_every_expert_from_one_trained_flat_model(shapes, tmp_path, capsys):
+    seen, fresh = _ExpertWeightsAtStart(), _ExpertWeightsAtStart()
+    train(shapes / "train", tmp_path / "plain", epochs=1, baseline=False, callbacks=[fresh], **TINY)
+    options = dict(epochs=1, upcycle_epochs=2, baseline=False, callbacks=[seen])
+    train(shapes / "train", tmp_path / "run", **options, **{**TINY, "verbose": 2})
+    assert "=== Upcycling, epochs 1-2: a flat model over all 6 classes" in capsys.readouterr().out
+    first, *others = seen.kernels
+    assert others and all(np.array_equal(first, kernel) for kernel in others)
+    assert not np.array_equal(fresh.kernels[0], fresh.kernels[1])  # without: each its own
+    # the copies are of a trained model, not of the experts' common initial weights
+    assert not np.allclose(first, fresh.kernels[0])
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["options"]
+    assert stored["upcycle_epochs"] == 2
+
+
+@pytest.mark.one_backend
+def test_upcycling_experts_that_cannot_be_copied_fails_before_any_file_is_written(shapes, tmp_path):
+    options = {**TINY, "expert_placement": "separate", "upcycle_epochs": 1}
+    with pytest.raises(ValueError, match="Upcycling copies a flat classifier's columns"):
+        train(shapes / "train", tmp_path / "run", **options)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.one_backend
+def test_expert_dropout_reaches_the_experts_only(shapes, tmp_path):
+    result = train(
+        shapes / "train", tmp_path / "run", epochs=1, expert_dropout=0.5, baseline=False, **TINY
+    )
+    model = result["model"]
+
+    def rates(head):
+        return [layer.rate for layer in head.layers if isinstance(layer, keras.layers.Dropout)]
+
+    assert all(rates(e) == [0.5] for e in model.experts.values() if e is not None)
+    assert rates(model.gate) == [0.3]

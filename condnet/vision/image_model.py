@@ -28,6 +28,7 @@ def build_image_model(
     routing="soft",
     filters=SMALL_CNN_FILTERS,
     dropout=0.3,
+    expert_dropout=None,
     backbone_output=None,
     preprocess=None,
     **kwargs,
@@ -63,6 +64,11 @@ def build_image_model(
         filters: tuple of ints. Blocks of `small_cnn` (two convolutions
             each). Defaults to `(32, 64, 128)`.
         dropout: float. Dropout before each head's classifier. Defaults to 0.3.
+        expert_dropout: float. Dropout before each expert's classifier
+            instead (the gates keep `dropout`): experts learn from a share of
+            the data each, and a higher rate there regularises them
+            ("expert dropout", Fedus et al., arXiv 2101.03961). Defaults to
+            None (`dropout`).
         backbone_output: str. Layer of the backbone to end the trunk at.
             Defaults to None: the last feature map (before the head of a
             user's model).
@@ -88,7 +94,8 @@ def build_image_model(
     tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
 
     def make(units, name, part, tap=expert_tap):
-        return classifier_head(tap_shapes[tap], units, name, dropout, convs[part])
+        rate = dropout if part != "expert" or expert_dropout is None else expert_dropout
+        return classifier_head(tap_shapes[tap], units, name, rate, convs[part])
 
     experts = {group: _expert(hierarchy, group, make, routing) for group in hierarchy.groups}
     return ConditionalModel(
