@@ -3,6 +3,7 @@
     python benchmarks/defaults.py [--data-set cifar10|photos20] [--train-per-class N]
         [--test-per-class N] [--epochs E] [--seeds 3] [--image-size S]
         [--rows plain,soft,hard,condnet,condnet-hard,condnet-coarse-to-fine,condnet-staged]
+        [--baseline-from defaults-....json]
 
 The yardstick is the plain Keras CNN of `../shared/tools/plain_cnn.py`, rebuilt
 here layer for layer (Rescaling, RandomFlip("horizontal"), three blocks of two
@@ -22,7 +23,16 @@ trains on the same images, split, batch size, epochs, callbacks and seed:
   run trains beside itself) is scored as a row of its own;
 - `condnet-coarse-to-fine` / `condnet-staged`: the defaults with the B-CNN-style
   loss schedule (gate first, then classes) / staged training (gate, experts,
-  then joint, as HD-CNN trains), the techniques the accuracy issue names.
+  then joint, as HD-CNN trains), the techniques the accuracy issue names;
+- `condnet-upcycle`: sparse upcycling, the first half of the epochs train a
+  flat model that every expert then starts from (`upcycle_epochs`), the rest
+  the conditional model; `condnet-expert-dropout`: dropout 0.5 before each
+  expert's classifier (the gate keeps 0.3);
+- `condnet-top`: gate and experts on the whole trunk (`expert_placement="top"`).
+
+`--baseline-from JSON` trains recipe rows without their flat baseline and
+reports the baseline of that file's `condnet` row for the same seed instead
+(the same images, split, seed, epochs and flat model: half the training time).
 
 MACs per image are counted by `condnet.evaluation.cost.count_macs` (routed: trunk
 + gate + the costliest expert). Results go to
@@ -299,6 +309,7 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
     from condnet.runs.recipe import train
 
     run = args.cache / f"runs-{args.data_set}-{args.image_size}px" / row / f"seed-{seed}"
+    borrowed = borrowed_baseline(args, seed)
     if args.reuse and finished_run(
         run,
         {
@@ -310,7 +321,8 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
     ):
         with open(run / "history.csv", newline="") as history:
             seconds = sum(float(r["epoch_seconds"]) for r in csv.DictReader(history))
-        return {**score_run(run, data, hierarchy, seed, seconds), "row": row, "reused": True}
+        scored = score_run(run, data, hierarchy, seed, seconds, borrowed)
+        return {**scored, "row": row, "reused": True}
     start = time.perf_counter()
     train(
         folder,
@@ -320,9 +332,34 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
         overwrite=True,
         verbose=0,
         **recipe_options(row, args),
+        **({"baseline": False} if borrowed else {}),
     )
     seconds = time.perf_counter() - start
-    return {**score_run(run, data, hierarchy, seed, seconds), "row": row}
+    return {**score_run(run, data, hierarchy, seed, seconds, borrowed), "row": row}
+
+
+BASELINE_KEYS = (
+    "baseline_accuracy",
+    "baseline_mmacs",
+    "baseline_group_accuracy",
+    "baseline_within_group_accuracy",
+)
+
+
+def borrowed_baseline(args, seed):
+    """`--baseline-from JSON`: the flat baseline figures of that file's `condnet` row for
+    `seed` (the same images, split, seed and epochs: the run's own baseline would be
+    the same model), so that a recipe row trains without one. None without the flag."""
+    if args.baseline_from is None:
+        return None
+    earlier = json.loads(args.baseline_from.read_text())
+    same = ("data_set", "train_per_class", "test_per_class", "epochs", "image_size")
+    if any(earlier["args"].get(key) != getattr(args, key) for key in same):
+        sys.exit(f"{args.baseline_from} was measured with other {same}: {earlier['args']}")
+    for result in earlier["results"]:
+        if result["row"] == "condnet" and result["seed"] == seed:
+            return {key: result[key] for key in BASELINE_KEYS}
+    sys.exit(f"{args.baseline_from} has no condnet row for seed {seed}")
 
 
 def previous_result(args, row, seed):
@@ -349,31 +386,39 @@ def finished_run(run, wanted):
     return all(options.get(key, MISSING.get(key)) == value for key, value in wanted.items())
 
 
-def score_run(run, data, hierarchy, seed, seconds):
-    """Score a finished run's model.keras and baseline.keras on the test arrays.
+def score_run(run, data, hierarchy, seed, seconds, borrowed=None):
+    """Score a finished run's model.keras and baseline.keras (or take the `borrowed`
+    baseline figures) on the test arrays.
 
     The run reads the folders as root/<group>/<class>, whose hierarchy lists
     groups and classes sorted by name, so the test labels (in `hierarchy`'s
     order) are mapped to the run's class indices by name.
     """
     model = keras.models.load_model(run / "model.keras")  # hard-routed, as shipped
-    flat = keras.models.load_model(run / "baseline.keras")
     x, y = data["test"]
     order = np.array([model.hierarchy.classes.index(name) for name in hierarchy.classes])
     y = order[y]
     scores = score(model, model.hierarchy, x, y)
     metrics = json.loads((run / "metrics.json").read_text())
-    flat_probabilities = flat.predict(x, batch_size=256, verbose=0)
-    flat_accuracy = float(np.mean(flat_probabilities.argmax(1) == y))
-    return {
+    result = {
         "row": "condnet",
         "seed": seed,
         "train_seconds": round(seconds, 1),
         "image_size": json.loads((run / "config.json").read_text())["options"]["image_size"],
         "routed_mmacs": round(metrics["macs_per_image"]["routed"] / 1e6, 2),
-        "baseline_mmacs": round(metrics["baseline"]["flat"]["macs_per_image"] / 1e6, 2),
-        "baseline_accuracy": flat_accuracy,
         **scores,
+    }
+    if borrowed is not None:
+        model.routing = "soft"
+        mixture = model.predict(x, batch_size=256, verbose=0)["classes"]
+        within = within_group_accuracy(model.hierarchy, y, mixture)
+        return {**result, **borrowed, "within_group_accuracy": within, "borrowed_baseline": True}
+    flat = keras.models.load_model(run / "baseline.keras")
+    flat_probabilities = flat.predict(x, batch_size=256, verbose=0)
+    return {
+        **result,
+        "baseline_mmacs": round(metrics["baseline"]["flat"]["macs_per_image"] / 1e6, 2),
+        "baseline_accuracy": float(np.mean(flat_probabilities.argmax(1) == y)),
         **gap_parts(model, flat_probabilities, x, y),
     }
 
@@ -574,6 +619,13 @@ def parse_args(argv=None):
     parser.add_argument("--gate-width", type=int, default=32)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
     parser.add_argument("--results", type=Path, default=common.RESULTS)
+    parser.add_argument(
+        "--baseline-from",
+        type=Path,
+        default=None,
+        help="a defaults-*.json with a condnet row on the same data and epochs: recipe rows "
+        "train without a flat baseline and report that row's baseline of the same seed",
+    )
     return parser.parse_args(argv)
 
 

@@ -42,6 +42,8 @@ _EXPORTS = {
     "make_shapes_dataset": "condnet.data.demo_data",
     "routed_predict": "condnet.models.dispatch",
     "train": "condnet.runs.recipe",
+    "upcycle": "condnet.training.upcycle",
+    "upcycle_source": "condnet.training.upcycle",
     "write_report": "condnet.evaluation.report",
 }
 

@@ -82,7 +82,10 @@ def train(
     frozen) at `fine_tune_learning_rate`. The `staged` strategy trains the gate
     (expert losses off), then the experts (trunk and gate frozen, each expert
     trained by its own group's rows through the masked expert loss), then
-    everything jointly.
+    everything jointly. `upcycle_epochs` first trains a flat model (the
+    trunk and one expert's head over every class) and starts every expert as
+    a copy of it (`condnet.training.upcycle`); the flat baseline then trains
+    as many epochs more.
 
     Nothing is lost: the options, `data_dir`, a hierarchy file and the model
     are checked before anything is written; the run directory is then locked
