@@ -33,6 +33,8 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
         ({"dispatch": "sparse"}, ValueError, "--dispatch / dispatch must be one of"),
         ({"color_mode": "cmyk"}, ValueError, "--color-mode / color_mode must be one of"),
         ({"loss_schedule": "linear"}, ValueError, "--loss-schedule / loss_schedule"),
+        ({"upcycle_epochs": -1}, ValueError, "--upcycle-epochs / upcycle_epochs must be an int"),
+        ({"expert_dropout": 1.0}, ValueError, "--expert-dropout / expert_dropout must be in"),
         ({"filters": ()}, ValueError, "--filters / filters must be a non-empty sequence"),
         ({"discovery_groups": 1}, ValueError, "--discovery-groups / discovery_groups"),
         ({"hierarchy": 3}, TypeError, "--hierarchy / hierarchy must be a Hierarchy"),
