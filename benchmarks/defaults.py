@@ -409,9 +409,7 @@ def score_run(run, data, hierarchy, seed, seconds, borrowed=None):
         **scores,
     }
     if borrowed is not None:
-        model.routing = "soft"
-        mixture = model.predict(x, batch_size=256, verbose=0)["classes"]
-        within = within_group_accuracy(model.hierarchy, y, mixture)
+        within = within_group_accuracy(model.hierarchy, y, mixture_of(model, x))
         return {**result, **borrowed, "within_group_accuracy": within, "borrowed_baseline": True}
     flat = keras.models.load_model(run / "baseline.keras")
     flat_probabilities = flat.predict(x, batch_size=256, verbose=0)
@@ -423,14 +421,20 @@ def score_run(run, data, hierarchy, seed, seconds, borrowed=None):
     }
 
 
+def mixture_of(model, x):
+    """The class probabilities of the soft mixture of a hard-routed model (left hard)."""
+    model.routing = "soft"
+    mixture = model.predict(x, batch_size=256, verbose=0)["classes"]
+    model.routing = "hard"
+    return mixture
+
+
 def gap_parts(model, flat_probabilities, x, y):
     """Test-set scores that split routed condnet's gap to its flat baseline: the right group
     (the gate's; the group of the flat model's class) and the right class given the true
     group (the true group's expert, from the soft mixture; the flat scores within it)."""
     hierarchy = model.hierarchy
-    model.routing = "soft"
-    mixture = model.predict(x, batch_size=256, verbose=0)["classes"]
-    model.routing = "hard"
+    mixture = mixture_of(model, x)
     groups = hierarchy.class_to_group[y]
     return {
         "baseline_group_accuracy": float(

@@ -104,7 +104,7 @@ def _costliest_expert(model, input_shape):
     taps = model._tap_shapes((None, *input_shape))
     candidates = [
         (count_macs(expert, shape), tap, group, expert)
-        for shape, tap, group, expert in functional_experts(model, taps)
+        for shape, tap, group, expert, _ in functional_experts(model, taps)
     ]
     if not candidates:
         raise ValueError(

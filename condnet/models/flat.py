@@ -13,15 +13,17 @@ from condnet.models.conditional_model import ConditionalModel
 
 
 def functional_experts(model, taps, tap=None):
-    """(input shape, top-level tap, group, expert) of every functional expert, nested
-    ones included (a nested ConditionalModel's experts read its own input)."""
+    """(input shape, top-level tap, group, expert, its class names in output order) of
+    every functional expert, nested ones included (a nested ConditionalModel's experts
+    read its own input)."""
     found = []
     for group, expert in model.experts.items():
         own_tap = model.expert_taps[group] if tap is None else tap
         if isinstance(expert, ConditionalModel):
             found += functional_experts(expert, taps, own_tap)
         elif expert is not None and getattr(expert, "inputs", None):
-            found.append((taps[own_tap][1:], own_tap, group, expert))
+            classes = model.hierarchy.classes_of(group)
+            found.append((taps[own_tap][1:], own_tap, group, expert, classes))
     return found
 
 

@@ -59,14 +59,14 @@ def upcycle_source(model, input_shape, name="upcycle_source"):
             "expert that is a functional Keras model. Received: experts "
             f"{ {g: type(e).__name__ for g, e in model.experts.items()} }"
         )
-    _, tap, _, template = max(found, key=lambda item: item[3].count_params())
+    _, tap, _, template, _ = max(found, key=lambda item: item[3].count_params())
     if not isinstance(output_layer(template), layers.Dense):
         raise ValueError(
             "Upcycling copies a flat classifier's columns into each expert's last Dense "
             f"layer; expert {template.name!r} ends in {type(output_layer(template)).__name__}. "
             "Use an expert placement whose experts end in a Dense (branch, taps or top)."
         )
-    for _, own_tap, group, expert in found:
+    for _, own_tap, group, expert, _ in found:
         if own_tap != tap:
             raise ValueError(
                 "Upcycling copies one flat head into every expert, so the experts must read "
@@ -88,7 +88,8 @@ def upcycle(model, source):
     if model.trunk is not None:
         model.trunk.set_weights(source.get_layer(model.trunk.name).get_weights())
     classes = model.hierarchy.classes
-    for expert, names in _experts_and_classes(model):
+    taps = model._tap_shapes((None, *source.input_shape[1:]))
+    for _, _, _, expert, names in functional_experts(model, taps):
         _check_layout(head, expert, expert.name)
         columns = np.asarray([classes.index(name) for name in names])
         for mine, theirs in zip(_weighted(expert), _weighted(head)):
@@ -98,17 +99,6 @@ def upcycle(model, source):
                 weights = [kernel[..., columns], *(b[columns] for b in bias)]
             mine.set_weights(weights)
     return model
-
-
-def _experts_and_classes(model):
-    """(functional expert, its class names in output order) at every level."""
-    found = []
-    for group, expert in model.experts.items():
-        if isinstance(expert, ConditionalModel):
-            found += _experts_and_classes(expert)
-        elif expert is not None and getattr(expert, "inputs", None):
-            found.append((expert, model.hierarchy.classes_of(group)))
-    return found
 
 
 def _weighted(model):
