@@ -14,7 +14,7 @@ from keras import layers
 
 from condnet.evaluation.cost import count_macs
 from condnet.models.conditional_model import ConditionalModel
-from condnet.models.flat import flat_twin, functional_experts, output_layer
+from condnet.models.flat import flat_head, flat_twin, functional_experts, output_layer
 
 _SEARCH_STEPS = 24
 
@@ -82,22 +82,28 @@ def flat_baseline(model, input_shape, name="flat_baseline"):
     input_shape = tuple(input_shape)
     budget = routed_macs(model, input_shape)["routed"]
     tap, template = _costliest_expert(model, input_shape)
+    factor = _widest_factor(model, input_shape, tap, template, budget)
+    return flat_twin(model, input_shape, tap, template, factor, name)
 
-    def build(factor):
-        return flat_twin(model, input_shape, tap, template, factor, name)
+
+def _widest_factor(model, input_shape, tap, template, budget):
+    """The widest head factor whose flat twin costs at most `budget` MACs (0.25 if even
+    that costs more: the narrowest built), searched on the head alone: the twin's cost
+    is the trunk's plus the head's, and building only the head keeps the search cheap."""
+    trunk = count_macs(model.trunk, input_shape) if model.trunk is not None else 0
+    tap_shape = model._tap_shapes((None, *input_shape))[tap][1:]
+    num_classes = model.hierarchy.num_classes
+
+    def fits(factor):
+        return trunk + count_macs(flat_head(template, factor, num_classes), tap_shape) <= budget
 
     low, high = 0.25, 4.0
-    best = build(low)
-    if count_macs(best, input_shape) > budget:
-        return best  # even a quarter width costs more: the narrowest we build
+    if not fits(low):
+        return low
     for _ in range(_SEARCH_STEPS):
         middle = (low + high) / 2
-        candidate = build(middle)
-        if count_macs(candidate, input_shape) <= budget:
-            low, best = middle, candidate
-        else:
-            high = middle
-    return best
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 def _costliest_expert(model, input_shape):

@@ -193,6 +193,7 @@ def test_cli_calibrate_writes_the_calibrated_model_and_report(tmp_path, capsys):
         augment=False,
         routing="hard",
         verbose=0,
+        baseline=False,
     )
     assert main(["calibrate", str(run)]) == 0
     assert "ECE before" in capsys.readouterr().out

@@ -114,7 +114,7 @@ def test_discover_from_folder_returns_the_validation_confusions(flat_shapes):
 @pytest.mark.one_backend
 def test_train_with_auto_hierarchy_writes_the_discovered_hierarchy(flat_shapes, tmp_path, capsys):
     run = tmp_path / "run"
-    loud = {**TINY, "verbose": 2}
+    loud = {**TINY, "verbose": 2, "baseline": False}
     result = train(flat_shapes, run, hierarchy="auto", epochs=1, augment=False, **loud)
     discovered = Hierarchy.from_file(run / "hierarchy.discovered.json")
     printed = capsys.readouterr().out
@@ -131,6 +131,7 @@ def test_train_with_auto_hierarchy_writes_the_discovered_hierarchy(flat_shapes, 
         hierarchy=str(run / "hierarchy.discovered.json"),
         epochs=1,
         augment=False,
+        baseline=False,
         **TINY,
     )
     assert again["model"].hierarchy == discovered

@@ -31,17 +31,23 @@ def flat_twin(model, input_shape, tap, template, factor, name):
     """A copy of `model`'s trunk (same weights) feeding a copy of the `template` expert
     (fresh weights) whose convolutions are `factor` times as wide and whose last
     Dense covers every class of `model`'s hierarchy."""
-    num_classes = model.hierarchy.num_classes
     inputs = keras.Input(input_shape, name="image")
     features = inputs
     if model.trunk is not None:
         trunk = keras.models.clone_model(model.trunk)
         trunk.set_weights(model.trunk.get_weights())
         features = trunk(inputs)[tap] if isinstance(trunk.output, dict) else trunk(inputs)
-    head = keras.models.clone_model(
+    head = flat_head(template, factor, model.hierarchy.num_classes)
+    return keras.Model(inputs, head(features), name=name)
+
+
+def flat_head(template, factor, num_classes):
+    """A copy of the `template` expert (fresh weights), its convolutions `factor` times
+    as wide and its last Dense over `num_classes`: the head of `flat_twin`, which the
+    baseline's width search sizes alone (the trunk's cost does not depend on it)."""
+    return keras.models.clone_model(
         template, clone_function=lambda layer: _resized(layer, factor, num_classes, template)
     )
-    return keras.Model(inputs, head(features), name=name)
 
 
 def output_layer(template):

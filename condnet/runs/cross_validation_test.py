@@ -107,7 +107,7 @@ def test_cli_cv_trains_one_run_per_fold_and_writes_the_summary(tmp_path, capsys)
     data = tmp_path / "data"
     make_shapes_dataset(data, samples_per_class=6, image_size=32)
     argv = ["cv", str(data), "--out", str(tmp_path / "cv"), "--folds", "2", "--epochs", "1"]
-    tiny = ["--image-size", "32", "--batch-size", "16", "--no-augment", "--quiet"]
+    tiny = ["--image-size", "32", "--batch-size", "16", "--no-augment", "--no-baseline", "--quiet"]
     assert main(argv + tiny) == 0
     printed = capsys.readouterr().out
     assert "mean ± std" in printed and "hierarchical_f1" in printed

@@ -18,8 +18,15 @@ from condnet.runs.options import TrainingOptions
 from condnet.runs.recipe import _stopping_callbacks, resume, train
 
 # TensorBoard off: it costs every test run a summary writer; one test checks the logs.
+# The flat baseline off: it trains a second model; the tests of the baseline turn it on.
 TINY = dict(
-    image_size=32, filters=(8, 8, 8, 8), batch_size=16, augment=False, verbose=0, tensorboard=False
+    image_size=32,
+    filters=(8, 8, 8, 8),
+    batch_size=16,
+    augment=False,
+    verbose=0,
+    tensorboard=False,
+    baseline=False,
 )
 
 
@@ -486,6 +493,7 @@ def test_a_soft_run_ships_a_hard_routed_model_scored_beside_its_mixture_and_base
 ):
     run = tmp_path / "run"
     options = {**TINY, "image_size": "auto"}
+    del options["baseline"]  # on by default
     result = train(shapes / "train", run, epochs=2, **options)
     metrics = json.loads((run / "metrics.json").read_text())
     assert json.loads((run / "config.json").read_text())["options"]["image_size"] == 32
@@ -515,7 +523,7 @@ def test_a_soft_run_ships_a_hard_routed_model_scored_beside_its_mixture_and_base
 @pytest.mark.slow
 @pytest.mark.one_backend
 def test_no_baseline_skips_it(shapes, tmp_path):
-    train(shapes / "train", tmp_path / "run", epochs=1, baseline=False, **TINY)
+    train(shapes / "train", tmp_path / "run", epochs=1, **{**TINY, "baseline": False})
     assert "baseline" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert not (tmp_path / "run" / "baseline.keras").exists()
 
@@ -559,7 +567,7 @@ def test_a_staged_run_resumes_inside_and_across_its_phases(shapes, tmp_path, cra
 @pytest.mark.one_backend
 def test_plateau_schedule_keeps_the_rate_until_the_metric_stalls(shapes, tmp_path):
     run = tmp_path / "run"
-    train(shapes / "train", run, epochs=2, lr_schedule="plateau", baseline=False, **TINY)
+    train(shapes / "train", run, epochs=2, lr_schedule="plateau", **TINY)
     assert [float(r["learning_rate"]) for r in _history_rows(run)] == pytest.approx([1e-3] * 2)
     with pytest.raises(ValueError, match="must be one of.*Received: lr_schedule='step'"):
         train(shapes / "train", tmp_path / "other", lr_schedule="step", **TINY)
@@ -570,7 +578,7 @@ def test_plateau_schedule_keeps_the_rate_until_the_metric_stalls(shapes, tmp_pat
 @pytest.mark.one_backend
 def test_train_and_resume_say_what_they_found_and_where_they_continue(shapes, tmp_path, capsys):
     run = tmp_path / "run"
-    options = {**TINY, "verbose": 2, "baseline": False}
+    options = {**TINY, "verbose": 2}
     train(shapes / "train", run, epochs=1, **options)
     printed = capsys.readouterr().out
     assert "Found 72 images in 6 classes / 2 groups; training on" in printed
@@ -604,8 +612,8 @@ class _ExpertWeightsAtStart(keras.callbacks.Callback):
 @pytest.mark.slow
 def test_an_upcycled_run_starts_every_expert_from_one_trained_flat_model(shapes, tmp_path, capsys):
     seen, fresh = _ExpertWeightsAtStart(), _ExpertWeightsAtStart()
-    train(shapes / "train", tmp_path / "plain", epochs=1, baseline=False, callbacks=[fresh], **TINY)
-    options = dict(epochs=1, upcycle_epochs=2, baseline=False, callbacks=[seen])
+    train(shapes / "train", tmp_path / "plain", epochs=1, callbacks=[fresh], **TINY)
+    options = dict(epochs=1, upcycle_epochs=2, callbacks=[seen])
     train(shapes / "train", tmp_path / "run", **options, **{**TINY, "verbose": 2})
     assert "=== Upcycling, epochs 1-2: a flat model over all 6 classes" in capsys.readouterr().out
     first, *others = seen.kernels
@@ -627,9 +635,7 @@ def test_upcycling_experts_that_cannot_be_copied_fails_before_any_file_is_writte
 
 @pytest.mark.one_backend
 def test_expert_dropout_reaches_the_experts_only(shapes, tmp_path):
-    result = train(
-        shapes / "train", tmp_path / "run", epochs=1, expert_dropout=0.5, baseline=False, **TINY
-    )
+    result = train(shapes / "train", tmp_path / "run", epochs=1, expert_dropout=0.5, **TINY)
     model = result["model"]
 
     def rates(head):

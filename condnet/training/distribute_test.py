@@ -211,7 +211,8 @@ class KillOneAtThirdEpoch(keras.callbacks.Callback):
                 os.kill(os.getpid(), 9)  # kill -9: no clean-up, no shutdown of the job
 
 tiny = dict(image_size=32, filters=(8, 8, 8), batch_size=16, augment="none", seed=3,
-            tensorboard=False, verbose=0, routing="hard", distribute="data-parallel")
+            baseline=False, tensorboard=False, verbose=0, routing="hard",
+            distribute="data-parallel")
 if stage == "train":
     train(data, run, epochs=3, callbacks=[Record(), KillOneAtThirdEpoch()], **tiny)
 result = resume(run, break_lock=True, callbacks=[Record()], verbose=0)
