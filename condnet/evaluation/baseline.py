@@ -80,18 +80,17 @@ def flat_baseline(model, input_shape, name="flat_baseline"):
     """
     _check_model(model)
     input_shape = tuple(input_shape)
-    budget = routed_macs(model, input_shape)["routed"]
-    tap, template = _costliest_expert(model, input_shape)
-    factor = _widest_factor(model, input_shape, tap, template, budget)
+    costs = routed_macs(model, input_shape)
+    tap, tap_shape, template = _costliest_expert(model, input_shape)
+    factor = _widest_factor(model, (tap_shape, template), costs["trunk"], costs["routed"])
     return flat_twin(model, input_shape, tap, template, factor, name)
 
 
-def _widest_factor(model, input_shape, tap, template, budget):
+def _widest_factor(model, head, trunk, budget):
     """The widest head factor whose flat twin costs at most `budget` MACs (0.25 if even
     that costs more: the narrowest built), searched on the head alone: the twin's cost
     is the trunk's plus the head's, and building only the head keeps the search cheap."""
-    trunk = count_macs(model.trunk, input_shape) if model.trunk is not None else 0
-    tap_shape = model._tap_shapes((None, *input_shape))[tap][1:]
+    tap_shape, template = head
     num_classes = model.hierarchy.num_classes
 
     def fits(factor):
@@ -109,7 +108,7 @@ def _widest_factor(model, input_shape, tap, template, budget):
 def _costliest_expert(model, input_shape):
     taps = model._tap_shapes((None, *input_shape))
     candidates = [
-        (count_macs(expert, shape), tap, group, expert)
+        (count_macs(expert, shape), tap, shape, group, expert)
         for shape, tap, group, expert, _ in functional_experts(model, taps)
     ]
     if not candidates:
@@ -119,14 +118,14 @@ def _costliest_expert(model, input_shape):
             f"ConditionalModel lends its own experts). Received: experts "
             f"{_describe(model.experts)}"
         )
-    _, tap, group, expert = max(candidates, key=lambda item: item[0])
+    _, tap, shape, group, expert = max(candidates, key=lambda item: item[0])
     if not isinstance(output_layer(expert), layers.Dense):
         raise ValueError(
             "flat_baseline widens an expert's last Dense layer to every class; the costliest "
             f"expert ({group!r}) ends in {type(output_layer(expert)).__name__}. Received: "
             f"expert={expert.name}"
         )
-    return tap, expert
+    return tap, shape, expert
 
 
 def _describe(experts):
