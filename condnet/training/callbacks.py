@@ -127,7 +127,9 @@ class EarlyStop(keras.callbacks.EarlyStopping):
     bare lines; a user whose 30-epoch run ended at epoch 11 should read why,
     which epoch was kept and how to train on. `name` prefixes the line (e.g.
     "Flat baseline: "); `announce=False` keeps it silent. `message` holds the
-    line once training stopped early, else None.
+    line once training stopped early, else None. Keras also "stops" a fit whose
+    patience runs out on its last epoch; that run trained every epoch, so it
+    gets no line (the report still names the epoch kept).
     """
 
     def __init__(self, *, name="", announce=True, **kwargs):
@@ -135,7 +137,8 @@ class EarlyStop(keras.callbacks.EarlyStopping):
         self.name, self.announce, self.message = name, announce, None
 
     def on_train_end(self, logs=None):
-        if self.stopped_epoch > 0:
+        last = (self.params or {}).get("epochs")
+        if self.stopped_epoch > 0 and (last is None or self.stopped_epoch + 1 < last):
             stopped = f"{self.name}stopped" if self.name else "Stopped"
             self.message = (
                 f"{stopped} early at epoch {self.stopped_epoch + 1}: {self.monitor} "

@@ -107,3 +107,9 @@ def test_early_stop_says_when_it_stopped_and_which_epoch_it_kept(capsys):
     quiet = EarlyStop(announce=False, monitor="accuracy", mode="max", patience=1)
     model.fit(x, y, epochs=10, callbacks=[quiet], verbose=0)
     assert quiet.message.startswith("Stopped early at epoch 2") and capsys.readouterr().out == ""
+
+    # Patience running out on the last epoch is not an early stop: every epoch trained.
+    last = EarlyStop(monitor="accuracy", mode="max", patience=2)
+    history = model.fit(x, y, epochs=3, callbacks=[last], verbose=0)
+    assert len(history.history["loss"]) == 3 and last.stopped_epoch == 2
+    assert last.message is None and capsys.readouterr().out == ""
