@@ -358,7 +358,8 @@ def borrowed_baseline(args, seed):
         sys.exit(f"{args.baseline_from} was measured with other {same}: {earlier['args']}")
     for result in earlier["results"]:
         if result["row"] == "condnet" and result["seed"] == seed:
-            return {key: result[key] for key in BASELINE_KEYS}
+            # Older files lack the group figures: the gap table then skips that row.
+            return {key: result[key] for key in BASELINE_KEYS if key in result}
     sys.exit(f"{args.baseline_from} has no condnet row for seed {seed}")
 
 
@@ -501,7 +502,7 @@ def summarise(results, rows):
         flat = [
             r["baseline_accuracy"] for r in results if r["row"] == row and "baseline_accuracy" in r
         ]
-        parts = [r for r in results if r["row"] == row and "within_group_accuracy" in r]
+        parts = [r for r in results if r["row"] == row and all(k in r for k in GAP_KEYS)]
         if parts:
             summary[row]["gap"] = {key: statistics.mean(r[key] for r in parts) for key in GAP_KEYS}
         if flat:
@@ -563,17 +564,28 @@ def gap_table(summary):
     )
 
 
+def plain_mean(summary, args):
+    """The plain CNN's mean accuracy: this run's, else the `--baseline-from` file's
+    (the same images, split and seeds), else None."""
+    if "plain" in summary:
+        return summary["plain"]["mean"]
+    if args.baseline_from is not None:
+        earlier = json.loads(args.baseline_from.read_text())["summary"]
+        return earlier["plain"]["mean"] if "plain" in earlier else None
+    return None
+
+
 def markdown(summary, args, seconds):
+    plain = plain_mean(summary, args)
     rows = []
     for row, s in summary.items():
         mixture = f"{s['mixture_mean']:.4f}" if "mixture_mean" in s else "-"
-        gain = s["mean"] - summary["plain"]["mean"] if "plain" in summary else float("nan")
         rows.append(
             [
                 row,
                 f"{s['mean']:.4f} ± {s['std']:.4f}",
                 mixture,
-                f"{gain:+.4f}",
+                "-" if plain is None else f"{s['mean'] - plain:+.4f}",
                 f"{s['routed_mmacs']:.2f}",
                 str(s["seeds"]),
             ]

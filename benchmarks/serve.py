@@ -6,7 +6,8 @@ Saves the 4-expert model of `benchmarks/inference.py` with experts `--width`
 times as wide (default 4: about 80 MMACs each; 8: about 310 MMACs, the cost of
 MobileNetV2 at 224 px; gate balanced on CIFAR-10 test images) as a run
 directory, then for each configuration starts `condnet serve` on 127.0.0.1 (a
-subprocess) and sends a bounded number of PNG requests from an asyncio client at
+subprocess) and sends a bounded number of PNG requests from a lean asyncio client
+(`_Connection`, one keep-alive connection per request in flight) at
 concurrency 1, 8 and 32:
 
 - routed + batching: `--routing hard --max-batch 32 --max-wait-ms 5`
@@ -147,36 +148,40 @@ def _wait_for_health(url, server, seconds=180):
 
 
 async def _load(url, bodies, concurrency, expected):
-    """Send every body once (after a warm-up), `concurrency` requests in flight."""
+    """Send every body once (after a warm-up), `concurrency` requests in flight, each
+    worker on its own keep-alive connection (`_Connection`)."""
     latencies, failures, mismatches = [], 0, 0
     queue = list(range(len(bodies)))
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        for body in bodies[:concurrency]:  # warm-up: compile the model's batch shapes
-            await client.post("/predict", content=body, headers={"Content-Type": "image/png"})
+    host, port = url.removeprefix("http://").split(":")
+    connections = [await _Connection.open(host, int(port)) for _ in range(concurrency)]
+    try:
+        # Warm-up: compile the model's batch shapes.
+        await asyncio.gather(*[c.post(body) for c, body in zip(connections, bodies)])
 
-        async def worker():
+        async def worker(connection):
             nonlocal failures, mismatches
             while queue:
                 i = queue.pop()
                 start = time.perf_counter()
                 try:
-                    response = await client.post(
-                        "/predict", content=bodies[i], headers={"Content-Type": "image/png"}
-                    )
-                except httpx.HTTPError:
+                    status, payload = await connection.post(bodies[i])
+                except (OSError, asyncio.IncompleteReadError, KeyError, ValueError):
                     failures += 1
+                    connection = await _Connection.open(host, int(port))
                     continue
                 latencies.append(time.perf_counter() - start)
-                if response.status_code != 200:
+                if status != 200:
                     failures += 1
                     continue
-                got = response.json()[0]
+                got = json.loads(payload)[0]
                 mismatches += (got["class"], got["expert"]) != tuple(expected[i])
 
         start = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        await asyncio.gather(*[worker(c) for c in connections])
         seconds = time.perf_counter() - start
+    finally:
+        for connection in connections:
+            connection.close()
     latencies.sort()
     return {
         "requests": len(bodies),
@@ -186,6 +191,40 @@ async def _load(url, bodies, concurrency, expected):
         "failed": failures,
         "mismatched": mismatches,
     }
+
+
+class _Connection:
+    """A minimal HTTP/1.1 keep-alive client for the load test: POST an image, read the
+    status and the body (uvicorn always sends Content-Length for these JSON answers).
+
+    The load generator shares the cores with the server, so it should cost far less
+    CPU per request than the service does; a general client (connection pools,
+    header models, retries) spends its time where this one needs none.
+    """
+
+    def __init__(self, reader, writer, host):
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer, host)
+
+    async def post(self, body, path="/predict"):
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode("latin-1") + body)
+        await self.writer.drain()
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+        length = {k.strip().lower(): v.strip() for k, v in headers.items()}["content-length"]
+        return status, await self.reader.readexactly(int(length))
+
+    def close(self):
+        self.writer.close()
 
 
 def _markdown(results, source, requests, expert_macs):

@@ -105,16 +105,8 @@ def create_app(
     async def refused(request, error):
         return JSONResponse({"error": str(error)}, status_code=error.status)
 
-    @app.middleware("http")
-    async def authorize(request, call_next):
-        public = request.url.path in PUBLIC
-        if token and not public and not _authorized(request, token):
-            return JSONResponse(
-                {"error": "missing or wrong token: send 'Authorization: Bearer <token>'"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return await call_next(request)
+    if token:
+        app.add_middleware(_TokenGuard, token=token)
 
     @app.get("/health")
     async def health():
@@ -170,8 +162,36 @@ def _predictor(model):
     return soft
 
 
-def _authorized(request, token):
-    given = request.headers.get("authorization", "")
+class _TokenGuard:
+    """ASGI middleware: a 401 for any request but `PUBLIC` without the Bearer token.
+
+    A plain ASGI class rather than `@app.middleware("http")`: Starlette's
+    `BaseHTTPMiddleware` runs every request through extra tasks and streams,
+    a fixed cost per request that one-image requests feel.
+    """
+
+    def __init__(self, app, token):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in PUBLIC:
+            from starlette.datastructures import Headers
+
+            if not _authorized(Headers(scope=scope), self.token):
+                from fastapi.responses import JSONResponse
+
+                refusal = JSONResponse(
+                    {"error": "missing or wrong token: send 'Authorization: Bearer <token>'"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _authorized(headers, token):
+    given = headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
 
