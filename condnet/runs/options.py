@@ -323,6 +323,18 @@ class TrainingOptions:
         _augment,
         choices=AUGMENT_POLICIES,
     )
+    flip: bool = _option(
+        True,
+        "keep the policy's horizontal flips (standard, strong); --no-flip drops them for "
+        "data whose class depends on direction (signs, digits, text)",
+        _boolean,
+    )
+    rotation: bool = _option(
+        True,
+        "keep the policy's rotations (standard, strong); --no-rotation drops them for "
+        "data whose class depends on orientation",
+        _boolean,
+    )
     filters: tuple = _option(
         SMALL_CNN_FILTERS,
         "filters of each small_cnn block (two convolutions each)",

@@ -727,7 +727,12 @@ def _build(options, hierarchy, channels):
         from condnet.vision.augmentation import make_augmentation
 
         augmentation = make_augmentation(
-            options.augment, image_size=options.image_size, seed=options.seed
+            options.augment,
+            # False drops the policy's flips / rotations; True keeps what the policy has.
+            flip="auto" if options.flip else None,
+            rotation="auto" if options.rotation else None,
+            image_size=options.image_size,
+            seed=options.seed,
         )
     return build_image_model(
         hierarchy,

@@ -382,6 +382,31 @@ def test_capacity_dispatch_reaches_the_model():
     assert model.dispatch == "capacity" and model.capacity_factor == 2.0
 
 
+@pytest.mark.parametrize(
+    "flags, kept",
+    [
+        ([], {"RandomFlip", "RandomRotation"}),
+        (["--no-flip"], {"RandomRotation"}),
+        (["--no-flip", "--no-rotation"], set()),
+    ],
+)
+def test_no_flip_and_no_rotation_drop_them_from_the_policy(flags, kept):
+    from condnet.hierarchy import Hierarchy
+    from condnet.runs.cli import build_parser, given_options
+    from condnet.runs.recipe import _build
+
+    argv = ["train", "d", "--out", "r", "--augment", "standard", "--image-size", "16", *flags]
+    given = given_options(build_parser().parse_args(argv))
+    options = TrainingOptions(**given, filters=(4, 4))
+    model = _build(options, Hierarchy({"a": ["x", "y"], "b": ["z", "w"]}), channels=3)
+    augmentation = next(
+        layer for layer in model._flatten_layers() if layer.name == "augmentation"
+    )
+    names = {type(layer).__name__ for layer in augmentation.layers}
+    assert names & {"RandomFlip", "RandomRotation"} == kept
+    assert {"RandomZoom", "RandomTranslation"} <= names  # the rest of the policy stays
+
+
 @pytest.mark.slow
 @pytest.mark.one_backend
 def test_resume_with_more_epochs_trains_them(trained, tmp_path):
