@@ -399,9 +399,7 @@ def test_no_flip_and_no_rotation_drop_them_from_the_policy(flags, kept):
     given = given_options(build_parser().parse_args(argv))
     options = TrainingOptions(**given, filters=(4, 4))
     model = _build(options, Hierarchy({"a": ["x", "y"], "b": ["z", "w"]}), channels=3)
-    augmentation = next(
-        layer for layer in model._flatten_layers() if layer.name == "augmentation"
-    )
+    augmentation = next(layer for layer in model._flatten_layers() if layer.name == "augmentation")
     names = {type(layer).__name__ for layer in augmentation.layers}
     assert names & {"RandomFlip", "RandomRotation"} == kept
     assert {"RandomZoom", "RandomTranslation"} <= names  # the rest of the policy stays
