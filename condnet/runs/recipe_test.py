@@ -482,6 +482,67 @@ def test_transfer_recipe_freezes_the_base_then_fine_tunes_its_top(shapes, tmp_pa
     assert not any("batch_norm" in k or "/gamma" in k or "moving" in k for k in changed)
 
 
+def _user_model_file(directory):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    for index, width in enumerate((8, 16), start=1):
+        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D(name=f"stage_{index}")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    path = directory / "own.keras"
+    keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x)).save(path)
+    return str(path)
+
+
+def _keras_hub_preset(directory):
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 32],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+    )
+    backbone.save_to_preset(directory / "preset")
+    return str(directory / "preset")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make_backbone", [_user_model_file, _keras_hub_preset])
+def test_a_users_model_or_preset_is_frozen_then_fine_tuned(shapes, tmp_path, make_backbone):
+    backbone = make_backbone(tmp_path)
+    options = dict(TINY, backbone=backbone, preprocess="unit", patience=10)
+    options.pop("filters")
+    if make_backbone is _user_model_file:
+        options.pop("preprocess")  # the model rescales its own inputs
+    frozen = train(shapes / "train", tmp_path / "frozen", epochs=1, **options)["model"]
+    before = _backbone_weights(frozen)
+    if make_backbone is _user_model_file:
+        source = keras.models.load_model(backbone)
+    else:
+        source = pytest.importorskip("keras_hub").models.Backbone.from_preset(backbone)
+    loaded = [keras.ops.convert_to_numpy(w) for w in source.weights]
+    # Frozen: after an epoch, every backbone weight is still one of the loaded ones.
+    assert before and all(
+        any(v.shape == w.shape and np.array_equal(v, w) for w in loaded) for v in before.values()
+    )
+
+    train(
+        shapes / "train",
+        tmp_path / "tuned",
+        epochs=1,
+        fine_tune_epochs=1,
+        fine_tune_layers=4,
+        fine_tune_learning_rate=1e-2,
+        **options,
+    )
+    last = read_state(tmp_path / "tuned")["checkpoint"]
+    after = _backbone_weights(keras.models.load_model(tmp_path / "tuned" / "checkpoints" / last))
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert changed, "fine-tuning changed no backbone weight"
+
+
 @pytest.mark.slow
 @pytest.mark.one_backend
 def test_a_three_level_folder_trains_routes_and_reports(shapes, tmp_path):
