@@ -227,6 +227,15 @@ class _Connection:
         self.writer.close()
 
 
+def _uvicorn_stack():
+    """What uvicorn's "auto" picks: httptools and uvloop when installed, else h11 and asyncio."""
+    import importlib.util
+
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{http}, {loop}"
+
+
 def _markdown(results, source, requests, expert_macs):
     rows = []
     for name, by_concurrency in results.items():
@@ -253,7 +262,8 @@ def _markdown(results, source, requests, expert_macs):
     return (
         f"`{common.command_line()}`: {requests} requests per row (one PNG image each, "
         f"{source}), 4 experts of {expert_macs / 1e6:.0f} MMACs each, client and server on "
-        f"this machine's cores.\n\n{table}\n\n"
+        f"this machine's cores; uvicorn's HTTP parser and event loop: {_uvicorn_stack()}."
+        f"\n\n{table}\n\n"
         f"Target ({TARGET}): **{verdict}**: {best / base:.2f}x at concurrency 32; "
         f"{lost} failed or mismatched responses in all rows.\n"
     )
