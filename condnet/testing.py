@@ -159,3 +159,15 @@ def headless_chromium():
     return webdriver.Chrome(
         service=webdriver.ChromeService(executable_path=driver), options=options
     )
+
+
+def tiny_resnet_backbone(keras_hub):
+    """A keras-hub ResNet backbone small enough for a test (two basic blocks)."""
+    return keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 32],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+    )

@@ -16,6 +16,7 @@ from condnet.runs.checkpoint import read_state
 from condnet.runs.lock import LOCK, RunLocked
 from condnet.runs.options import TrainingOptions
 from condnet.runs.recipe import _stopping_callbacks, resume, train
+from condnet.testing import tiny_resnet_backbone
 
 # TensorBoard off: it costs every test run a summary writer; one test checks the logs.
 # The flat baseline off: it trains a second model; the tests of the baseline turn it on.
@@ -451,6 +452,21 @@ def _backbone_weights(model):
     return {w.path: keras.ops.convert_to_numpy(w).copy() for w in backbone.weights}
 
 
+def _fine_tuned_backbone(shapes, run, options, layers):
+    """The backbone weights after one frozen epoch and one of fine-tuning its top `layers`."""
+    train(
+        shapes / "train",
+        run,
+        epochs=1,
+        fine_tune_epochs=1,
+        fine_tune_layers=layers,
+        fine_tune_learning_rate=1e-2,
+        **options,
+    )
+    last = read_state(run)["checkpoint"]  # model.keras is the best epoch, maybe the frozen one
+    return _backbone_weights(keras.models.load_model(run / "checkpoints" / last))
+
+
 @pytest.mark.slow
 @pytest.mark.one_backend
 def test_transfer_recipe_freezes_the_base_then_fine_tunes_its_top(shapes, tmp_path):
@@ -466,17 +482,7 @@ def test_transfer_recipe_freezes_the_base_then_fine_tunes_its_top(shapes, tmp_pa
     assert sum(np.array_equal(loaded[k], v) for k, v in start.items() if k in loaded) > 0
     assert all(np.array_equal(loaded[k], start[k]) for k in loaded if k in start)  # frozen
 
-    train(
-        shapes / "train",
-        tmp_path / "tuned",
-        epochs=1,
-        fine_tune_epochs=1,
-        fine_tune_layers=3,
-        fine_tune_learning_rate=1e-2,
-        **options,
-    )
-    last = read_state(tmp_path / "tuned")["checkpoint"]  # model.keras is the best epoch
-    after = _backbone_weights(keras.models.load_model(tmp_path / "tuned" / "checkpoints" / last))
+    after = _fine_tuned_backbone(shapes, tmp_path / "tuned", options, layers=3)
     changed = [k for k in start if not np.array_equal(start[k], after[k])]
     assert changed, "fine-tuning changed no backbone weight"
     assert not any("batch_norm" in k or "/gamma" in k or "moving" in k for k in changed)
@@ -495,15 +501,7 @@ def _user_model_file(directory):
 
 
 def _keras_hub_preset(directory):
-    keras_hub = pytest.importorskip("keras_hub")
-    backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64],
-        input_conv_kernel_sizes=[3],
-        stackwise_num_filters=[64, 32],
-        stackwise_num_blocks=[1, 1],
-        stackwise_num_strides=[1, 2],
-        block_type="basic_block",
-    )
+    backbone = tiny_resnet_backbone(pytest.importorskip("keras_hub"))
     backbone.save_to_preset(directory / "preset")
     return str(directory / "preset")
 
@@ -528,17 +526,7 @@ def test_a_users_model_or_preset_is_frozen_then_fine_tuned(shapes, tmp_path, mak
         any(v.shape == w.shape and np.array_equal(v, w) for w in loaded) for v in before.values()
     )
 
-    train(
-        shapes / "train",
-        tmp_path / "tuned",
-        epochs=1,
-        fine_tune_epochs=1,
-        fine_tune_layers=4,
-        fine_tune_learning_rate=1e-2,
-        **options,
-    )
-    last = read_state(tmp_path / "tuned")["checkpoint"]
-    after = _backbone_weights(keras.models.load_model(tmp_path / "tuned" / "checkpoints" / last))
+    after = _fine_tuned_backbone(shapes, tmp_path / "tuned", options, layers=4)
     changed = [k for k in before if not np.array_equal(before[k], after[k])]
     assert changed, "fine-tuning changed no backbone weight"
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras import layers
 
+from condnet.testing import tiny_resnet_backbone
 from condnet.vision.backbones import freeze, make_trunk, unfreeze_top
 from condnet.vision.model_trunk import model_trunk, preset_trunk
 from condnet.vision.taps import default_taps
@@ -200,14 +201,7 @@ def test_model_trunk_error_unknown_preprocess():
 
 def _tiny_preset(directory, converter=True):
     keras_hub = pytest.importorskip("keras_hub")
-    backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64],
-        input_conv_kernel_sizes=[3],
-        stackwise_num_filters=[64, 32],
-        stackwise_num_blocks=[1, 1],
-        stackwise_num_strides=[1, 2],
-        block_type="basic_block",
-    )
+    backbone = tiny_resnet_backbone(keras_hub)
     if not converter:
         backbone.save_to_preset(directory)
         return backbone
