@@ -605,9 +605,13 @@ def markdown(summary, args, seconds):
 
 def seed_list(text):
     """`--seeds`: "3" is seeds 0, 1, 2; "2," or "0,2" lists them."""
-    if "," not in text:
-        return list(range(int(text)))
-    return [int(part) for part in text.split(",") if part]
+    seeds = list(range(int(text))) if "," not in text else [int(p) for p in text.split(",") if p]
+    if not seeds:
+        raise argparse.ArgumentTypeError(
+            f"no seed to run: a count must be >= 1 ('1' is seed 0) or a list such as '0,'. "
+            f"Received: --seeds {text!r}"
+        )
+    return seeds
 
 
 def parse_args(argv=None):

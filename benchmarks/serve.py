@@ -219,9 +219,11 @@ class _Connection:
         await self.writer.drain()
         lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
-        headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
-        length = {k.strip().lower(): v.strip() for k, v in headers.items()}["content-length"]
-        return status, await self.reader.readexactly(int(length))
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines[1:])
+        }
+        return status, await self.reader.readexactly(int(headers["content-length"]))
 
     def close(self):
         self.writer.close()

@@ -171,21 +171,21 @@ class _TokenGuard:
     """
 
     def __init__(self, app, token):
-        self.app, self.token = app, token
+        from fastapi.responses import JSONResponse
+        from starlette.datastructures import Headers
+
+        self.app, self.token, self.headers_of = app, token, Headers
+        # One response object for every refusal: it holds no per-request state.
+        self.refusal = JSONResponse(
+            {"error": "missing or wrong token: send 'Authorization: Bearer <token>'"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] not in PUBLIC:
-            from starlette.datastructures import Headers
-
-            if not _authorized(Headers(scope=scope), self.token):
-                from fastapi.responses import JSONResponse
-
-                refusal = JSONResponse(
-                    {"error": "missing or wrong token: send 'Authorization: Bearer <token>'"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await refusal(scope, receive, send)
+            if not _authorized(self.headers_of(scope=scope), self.token):
+                await self.refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

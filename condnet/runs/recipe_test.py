@@ -489,6 +489,7 @@ def test_transfer_recipe_freezes_the_base_then_fine_tunes_its_top(shapes, tmp_pa
 
 
 def _user_model_file(directory):
+    """A user's .keras classifier (it rescales its own inputs): path, options, reloaded."""
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     for index, width in enumerate((8, 16), start=1):
@@ -497,29 +498,26 @@ def _user_model_file(directory):
     x = keras.layers.GlobalAveragePooling2D()(x)
     path = directory / "own.keras"
     keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x)).save(path)
-    return str(path)
+    return str(path), {}, keras.models.load_model(path)
 
 
 def _keras_hub_preset(directory):
-    backbone = tiny_resnet_backbone(pytest.importorskip("keras_hub"))
-    backbone.save_to_preset(directory / "preset")
-    return str(directory / "preset")
+    """A keras-hub preset without an image converter: path, options, reloaded."""
+    keras_hub = pytest.importorskip("keras_hub")
+    tiny_resnet_backbone(keras_hub).save_to_preset(directory / "preset")
+    path = str(directory / "preset")
+    return path, {"preprocess": "unit"}, keras_hub.models.Backbone.from_preset(path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("make_backbone", [_user_model_file, _keras_hub_preset])
 def test_a_users_model_or_preset_is_frozen_then_fine_tuned(shapes, tmp_path, make_backbone):
-    backbone = make_backbone(tmp_path)
-    options = dict(TINY, backbone=backbone, preprocess="unit", patience=10)
-    options.pop("filters")
-    if make_backbone is _user_model_file:
-        options.pop("preprocess")  # the model rescales its own inputs
+    backbone, extra, source = make_backbone(tmp_path)
+    small_cnn_only = {"filters"}
+    options = {k: v for k, v in TINY.items() if k not in small_cnn_only}
+    options.update(extra, backbone=backbone, patience=10)
     frozen = train(shapes / "train", tmp_path / "frozen", epochs=1, **options)["model"]
     before = _backbone_weights(frozen)
-    if make_backbone is _user_model_file:
-        source = keras.models.load_model(backbone)
-    else:
-        source = pytest.importorskip("keras_hub").models.Backbone.from_preset(backbone)
     loaded = [keras.ops.convert_to_numpy(w) for w in source.weights]
     # Frozen: after an epoch, every backbone weight is still one of the loaded ones.
     assert before and all(
