@@ -183,6 +183,8 @@ def evaluate_run(
         {**metrics, "within_group_accuracy": within},
         label("flat baseline"),
     )
+    if comparison is not None and metrics["inference_routing"] == "hard":
+        _add_training_costs(run_dir, comparison)
     if comparison is not None:
         comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
@@ -224,6 +226,17 @@ def _baseline_on(run_dir, data, hierarchy, metrics, progress=None):
         "flat": {key: scores[key] for key in keys},
         "model": BASELINE,
     }
+
+
+def _add_training_costs(run_dir, comparison):
+    """MACs per image and images/s of both models, as `condnet train` measured them for the
+    hard-routed model (they do not depend on the images scored); nothing if it did not."""
+    path = Path(run_dir) / "metrics.json"
+    trained = json.loads(path.read_text()).get("baseline", {}) if path.is_file() else {}
+    for side in ("conditional", "flat"):
+        for key in ("macs_per_image", "images_per_second"):
+            if key in trained.get(side, {}):
+                comparison[side][key] = trained[side][key]
 
 
 def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None, progress=False):

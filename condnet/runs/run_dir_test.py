@@ -185,6 +185,34 @@ def test_evaluate_run_scores_hard_routing_with_the_mixture_and_baseline_beside(r
     assert soft["inference_routing"] == "soft" and "accuracy" in soft["hard_routed"]
 
 
+def test_evaluate_run_shows_the_costs_training_measured_for_hard_routing(run, tmp_path):
+    import keras
+
+    from condnet.evaluation.evaluate_test import TREE
+
+    data = make_colour_folders(tmp_path / "data")
+    inputs = keras.Input((8, 8, 3))
+    classes = sum(len(names) for names in TREE.values())
+    head = keras.layers.Dense(classes, activation="softmax")
+    keras.Model(inputs, head(keras.layers.GlobalAveragePooling2D()(inputs))).save(
+        run / "baseline.keras"
+    )
+    costs = {
+        "conditional": {"macs_per_image": 3000, "images_per_second": 900.0},
+        "flat": {"macs_per_image": 2990, "images_per_second": 540.0},
+    }
+    (run / "metrics.json").write_text(json.dumps({"baseline": costs}))
+    hard = evaluate_run(run, data)["baseline"]
+    for side in costs:
+        assert {k: hard[side][k] for k in costs[side]} == costs[side]
+    assert "at 1.00x its MACs per image" in hard["verdict"]
+    report = (run / "evaluation" / "report.md").read_text()
+    assert "| macs_per_image | 3,000 | 2,990 |" in report
+    # Soft routing runs every expert: the routed cost would be wrong there, so none is shown.
+    soft = evaluate_run(run, data, routing="soft", report_dir=tmp_path / "soft")["baseline"]
+    assert "macs_per_image" not in soft["conditional"]
+
+
 def test_load_run_takes_another_model_file_and_routing(run):
     shutil.copy(run / "model.keras", run / "model.calibrated.keras")
     model, _ = load_run(run, model_file="model.calibrated.keras", routing="soft")
