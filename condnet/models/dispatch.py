@@ -26,10 +26,11 @@ def routed_predict(
     """Predict with hard routing, running only the chosen expert of each row.
 
     The trunk and the gate run on every row and the rows are grouped by the
-    expert chosen for them. Each expert's rows wait in a queue
-    across batches and the expert runs once the queue holds
-    `expert_batch_size` rows (and once more at the end), so an expert always
-    sees full batches even when each input batch gives it only a few rows.
+    expert chosen for them. Each expert's rows wait in a queue across
+    batches, and the expert runs on exactly `expert_batch_size` rows whenever
+    its queue holds that many (and once more on what is left at the end), so
+    an expert sees full batches even when each input batch gives it only a
+    few rows.
     The trunk and gate likewise run on consecutive batches joined up to
     `expert_batch_size` rows: `batch_size` sets how inputs are read, not the
     experts' efficiency, and memory grows with `expert_batch_size`.
@@ -117,13 +118,14 @@ class _ExpertQueue:
         self.outputs.append(outputs)
         self.waiting.append(len(tasks))
         for group, rows, weights, features in tasks:
-            self.rows.setdefault(group, []).append((index, rows, weights, features))
-            if sum(len(item[1]) for item in self.rows[group]) >= self.size:
-                self._run(group)
+            queue = self.rows.setdefault(group, [])
+            queue.append((index, rows, weights, features))
+            while sum(len(item[1]) for item in queue) >= self.size:
+                self._run(group, self._take(queue, self.size))
 
     def flush(self):
         for group in list(self.rows):
-            self._run(group)
+            self._run(group, self.rows.pop(group))
 
     def emit(self, callback_list):
         """Batch-end callbacks, in order, for every batch whose experts have all run."""
@@ -133,8 +135,27 @@ class _ExpertQueue:
             )
             self.emitted += 1
 
-    def _run(self, group):
-        items = self.rows.pop(group, [])
+    def _take(self, queue, count):
+        """The first `count` rows of `queue`, removed from it.
+
+        An expert runs on exactly `expert_batch_size` rows (one compiled shape
+        on JAX, no padding), so a batch's rows may be split between two runs;
+        the batch then waits for one run more.
+        """
+        taken = []
+        while count:
+            index, rows, weights, features = queue[0]
+            if len(rows) <= count:
+                taken.append(queue.pop(0))
+                count -= len(rows)
+                continue
+            taken.append((index, rows[:count], weights[:count], features[:count]))
+            queue[0] = (index, rows[count:], weights[count:], features[count:])
+            self.waiting[index] += 1
+            count = 0
+        return taken
+
+    def _run(self, group, items):
         if not items:
             return
         features = np.concatenate([item[3] for item in items])
@@ -215,6 +236,13 @@ def _count(x, batch_size, steps):
 
 def inference_weights(model, probabilities):
     """Numpy per-group weights of `model` at inference: `routing.route_weights`."""
+    if model.routing != "soft" and model.confidence_threshold is None:
+        # The top group, one-hot, as `routing.hard_weights` gives (the first of
+        # equal maxima, like `ops.argmax`), without one backend op per batch.
+        probabilities = np.asarray(probabilities)
+        weights = np.zeros(probabilities.shape, "float32")
+        weights[np.arange(len(weights)), np.argmax(probabilities, axis=1)] = 1.0
+        return weights
     weights = route_weights(
         probabilities,
         model.routing,
@@ -352,18 +380,25 @@ class _RetracingFilter:
 def _jax_call(model):
     import jax
 
+    # A built model's variables are fixed; their values are read on every call.
+    # (`stateless_call` would walk every layer twice per call for its
+    # trainable / non-trainable split, which costs more than a small expert.)
+    variables = model.variables
+
     @jax.jit
-    def function(trainable, non_trainable, x):
-        return model.stateless_call(trainable, non_trainable, x, training=False)
+    def function(values, x):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+            before = [scope.get_current_value(v) for v in variables]
+            outputs = model(x, training=False)
+            after = [scope.get_current_value(v) for v in variables]
+        # Which variables the call assigned is known while tracing: only those
+        # come back to be written (a layer that keeps state at inference).
+        return outputs, {i: new for i, (old, new) in enumerate(zip(before, after)) if new is not old}
 
     def call(x):
-        outputs, state = function(
-            [v.value for v in model.trainable_variables],
-            [v.value for v in model.non_trainable_variables],
-            x,
-        )
-        for variable, value in zip(model.non_trainable_variables, state):
-            variable.assign(value)
+        outputs, updates = function([v.value for v in variables], x)
+        for i, value in updates.items():
+            variables[i].assign(value)
         return keras.tree.map_structure(np.asarray, outputs)
 
     return call
@@ -397,7 +432,7 @@ def _batches(x, batch_size, steps):
     if hasattr(x, "as_numpy_iterator"):
         x = x.as_numpy_iterator()
     elif hasattr(x, "shape"):
-        array = keras.ops.convert_to_numpy(x)
+        array = x if isinstance(x, np.ndarray) else keras.ops.convert_to_numpy(x)
         starts = range(0, len(array), batch_size)
         for start in starts if steps is None else starts[:steps]:
             yield array[start : start + batch_size]

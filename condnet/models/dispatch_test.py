@@ -169,12 +169,38 @@ def test_a_small_expert_batch_runs_experts_as_their_queues_fill():
 
     outputs = routed_predict(model, x, batch_size=4, verbose=0, expert_batch_size=8)
     runner._expert = real
-    assert all(size >= 8 for size in sizes[:-2])  # every run but the final flushes is full
+    assert all(size == 8 for size in sizes[:-2])  # every run but the final flushes is full
     np.testing.assert_allclose(
         outputs["classes"], model.predict(x, routed=False, verbose=0)["classes"], atol=1e-6
     )
     with pytest.raises(ValueError, match="expert_batch_size must be an int >= 1"):
         routed_predict(model, x, expert_batch_size=0)
+
+
+def test_a_batch_split_between_two_expert_runs_ends_when_both_have_run():
+    model, _ = _counted_model()
+    x, _ = random_data(16, seed=6)
+    x[:, 0] = 1.0  # every row goes to the cat expert: batches of 4 fill runs of 6
+    runner = model.routed_runner
+    real, sizes, ends = runner._expert, [], []
+    runner._expert = lambda group, features: sizes.append(len(features)) or real(group, features)
+
+    class Ends(keras.callbacks.Callback):
+        def on_predict_batch_end(self, batch, logs=None):
+            ends.append((batch, np.array(logs["classes"])))
+
+    try:
+        outputs = routed_predict(
+            model, x, batch_size=4, verbose=0, expert_batch_size=6, callbacks=[Ends()]
+        )
+    finally:
+        runner._expert = real
+    assert sizes == [6, 6, 4]  # exactly the expert batch, then what is left
+    dense = model.predict(x, routed=False, verbose=0)["classes"]
+    np.testing.assert_allclose(outputs["classes"], dense, atol=1e-6)
+    assert [batch for batch, _ in ends] == [0, 1, 2, 3]
+    for batch, classes in ends:  # batches 1 and 2 span two runs: complete when they end
+        np.testing.assert_allclose(classes, dense[4 * batch : 4 * batch + 4], atol=1e-6)
 
 
 def test_the_front_runs_on_batches_joined_up_to_the_expert_batch():
