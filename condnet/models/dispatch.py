@@ -393,7 +393,9 @@ def _jax_call(model):
             after = [scope.get_current_value(v) for v in variables]
         # Which variables the call assigned is known while tracing: only those
         # come back to be written (a layer that keeps state at inference).
-        return outputs, {i: new for i, (old, new) in enumerate(zip(before, after)) if new is not old}
+        return outputs, {
+            i: new for i, (old, new) in enumerate(zip(before, after)) if new is not old
+        }
 
     def call(x):
         outputs, updates = function([v.value for v in variables], x)
