@@ -6,8 +6,9 @@ The 4-expert model of `benchmarks/inference.py` (gate balanced on CIFAR-10 test
 images). For input batches of 32 and 256, times, side by side in one process,
 `flat.predict` and `routed_predict(model, x, batch_size=b, expert_batch_size=N)`
 for several N (the rows an expert's queue collects before it runs; the trunk and
-gate run on inputs joined up to N rows too), and reports routed / flat. It is the
-evidence for the default N = max(batch_size, 256) in `condnet.models.dispatch`.
+gate run on inputs joined up to 256 rows, or N if fewer), and reports routed /
+flat. It is the evidence for the default N per backend in
+`condnet.models.dispatch` (`_EXPERT_ROWS`).
 Replaces this backend's section of benchmarks/RESULTS.md.
 """
 

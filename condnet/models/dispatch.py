@@ -7,6 +7,14 @@ import numpy as np
 
 from condnet.models.routing import route_weights
 
+# Rows an expert collects before it runs ("auto"), by backend: the best of 128
+# to 2,048 in benchmarks/expert_batch.py (three runs each, 2026-12-03);
+# torch's eager kernels lose past 256, TensorFlow and JAX gain up to 512.
+_EXPERT_ROWS = {"torch": 256}
+# Rows the trunk and gate run on at once: enough to amortise a call's fixed
+# cost, few enough that a large trunk's activations stay modest.
+_FRONT_ROWS = 256
+
 # JAX compiles one program per input shape, so sub-batches are padded up to a
 # multiple of a step that grows with the size: at most 8 rows (~12%) of padding
 # around 64 rows, and a few dozen distinct shapes in all.
@@ -32,8 +40,10 @@ def routed_predict(
     an expert sees full batches even when each input batch gives it only a
     few rows.
     The trunk and gate likewise run on consecutive batches joined up to
-    `expert_batch_size` rows: `batch_size` sets how inputs are read, not the
-    experts' efficiency, and memory grows with `expert_batch_size`.
+    `max(batch_size, 256)` rows (at most `expert_batch_size`): `batch_size`
+    sets how inputs are read, not the experts' efficiency. Memory grows with
+    `expert_batch_size` (each queue holds that many rows of its expert's
+    input), while the trunk's activations stay bounded by the front's rows.
     Results are put back in the original order; a batch's outputs (and its
     `on_predict_batch_end` callback) complete when its last expert has run.
     An expert chosen by no row does not run. Rows that hedge (top gate
@@ -53,7 +63,9 @@ def routed_predict(
 
     Args:
         expert_batch_size: int or `"auto"`. Rows an expert's queue collects
-            before it runs. `"auto"` is `max(batch_size, 256)`; `batch_size`
+            before it runs. `"auto"` is `max(batch_size, 512)` on TensorFlow
+            and JAX and `max(batch_size, 256)` on torch, the best of 128 to
+            2,048 rows on each in `benchmarks/expert_batch.py`; `batch_size`
             itself runs every expert once per input batch.
 
     Returns the same dict as `ConditionalModel.predict`, as numpy arrays;
@@ -63,8 +75,9 @@ def routed_predict(
     if pipeline == "auto":
         pipeline = keras.backend.backend() != "torch" and not hasattr(x, "shape")
     if expert_batch_size == "auto":
-        expert_batch_size = max(batch_size, 256)
+        expert_batch_size = max(batch_size, _EXPERT_ROWS.get(keras.backend.backend(), 512))
     _check_expert_batch_size(expert_batch_size)
+    front_rows = min(expert_batch_size, max(batch_size, _FRONT_ROWS))
     count = _count(x, batch_size, steps)
     if verbose == "auto":
         verbose = 1 if count and count > 1 else 0
@@ -81,7 +94,7 @@ def routed_predict(
     queue = _ExpertQueue(runner, expert_batch_size)
     started = 0
     batches = _batches(x, batch_size, steps)
-    for batch, front in _fronts(runner, _chunks(batches, expert_batch_size), pipeline):
+    for batch, front in _fronts(runner, _chunks(batches, front_rows), pipeline):
         callback_list.on_predict_batch_begin(started)
         queue.add(batch, front)
         started += 1
@@ -188,8 +201,8 @@ def _fronts(runner, chunks, pipeline):
     """Yield (batch, trunk + gate outputs) for every input batch, reading ahead when
     pipelined.
 
-    The front runs once per chunk of batches (`_chunks`: as many rows as an
-    expert collects), not once per batch: at batch 32 a call's fixed cost
+    The front runs once per chunk of batches (`_chunks`: 256 rows, or the
+    batch size if larger), not once per batch: at batch 32 a call's fixed cost
     weighed as much as the convolutions on torch (the gate ran at 10k images/s
     on 32 rows, 27k on 256). With `pipeline`, a worker thread reads chunk i+1
     and runs its trunk and gate while the experts of chunk i run (the

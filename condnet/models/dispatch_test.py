@@ -203,6 +203,26 @@ def test_a_batch_split_between_two_expert_runs_ends_when_both_have_run():
         np.testing.assert_allclose(classes, dense[4 * batch : 4 * batch + 4], atol=1e-6)
 
 
+def test_auto_expert_batch_is_set_per_backend_and_the_front_keeps_to_256_rows():
+    model, _ = _counted_model()
+    x, _ = random_data(600, seed=7)
+    x[:, 0] = 1.0  # every row goes to the cat expert
+    runner = model.routed_runner
+    real_front, real_expert = runner.front_of, runner._expert
+    fronts, experts = [], []
+    runner.front_of = lambda batch: fronts.append(len(batch)) or real_front(batch)
+    runner._expert = lambda g, features: experts.append(len(features)) or real_expert(g, features)
+    try:
+        outputs = routed_predict(model, x, batch_size=8, verbose=0)
+    finally:
+        runner.front_of, runner._expert = real_front, real_expert
+    assert fronts == [256, 256, 88]  # the trunk's activations: 256 rows at a time
+    rows = 256 if keras.backend.backend() == "torch" else 512
+    assert experts == [rows] * (600 // rows) + [600 % rows]
+    dense = model.predict(x, routed=False, verbose=0)["classes"]
+    np.testing.assert_allclose(outputs["classes"], dense, atol=1e-6)
+
+
 def test_the_front_runs_on_batches_joined_up_to_the_expert_batch():
     model, _ = _counted_model()
     x, _ = random_data(42, seed=5)
