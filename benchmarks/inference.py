@@ -6,8 +6,11 @@ For K = 2, 4, 8 equal CNN experts and a small CNN gate (about 1/16 of an
 expert's MACs), all reading the 32x32x3 image (no trunk), measures images/s
 of, side by side in one process:
 
-- soft: `model.routing = "soft"; model.predict(x, batch_size=b)` (every expert runs);
-- routed: `model.routing = "hard"; model.predict(x, batch_size=b)` (the chosen expert only);
+- soft: `model.predict(x, batch_size=b)` of a model with `routing="soft"` (every
+  expert runs);
+- routed: the same of a model with `routing="hard"` (the chosen expert only). The
+  two share their gate and experts but are separate models, so neither's
+  compiled step is retraced between calls;
 - flat: one plain CNN with the MACs of gate + one expert, `predict(x, batch_size=b)`;
 - soft and flat again through `predict_on_batch`, batch by batch (no `predict` data
   pipeline), to separate Keras's per-call overhead from compute;
@@ -31,6 +34,7 @@ import keras
 import models
 import numpy as np
 
+import condnet
 from condnet.evaluation.cost import count_macs
 
 FULL = {
@@ -73,12 +77,15 @@ def main():
 
 def benchmark(num_groups, images, settings):
     """Setup facts and images/s of every method at every batch size, for K experts."""
-    model = models.conditional_model(num_groups)
+    model = models.conditional_model(num_groups, routing="hard")
+    soft = condnet.ConditionalModel(
+        model.hierarchy, gate=model.gate, experts=model.experts, routing="soft"
+    )
     random_shares, _ = models.balance_gate(model.gate, images)
     print(f"K={num_groups}: random gate's top-choice shares {np.round(random_shares, 3)}")
     gate_macs, expert_macs = models.macs_of(model)
     flat = models.flat_model(gate_macs + np.mean(list(expert_macs.values())))
-    routes = predict(model, "hard", images, 256)["route"]
+    routes = model.predict(images, batch_size=256, verbose=0)["route"]
     shares = models.route_shares(routes, num_groups)
     routed_macs = gate_macs + float(np.dot(shares, list(expert_macs.values())))
     result = {
@@ -93,21 +100,21 @@ def benchmark(num_groups, images, settings):
     }
     for batch_size in settings["batch_sizes"]:
         naive = batch_size == max(settings["batch_sizes"])
-        rates = measure(model, flat, images, batch_size, settings, naive)
+        rates = measure(model, soft, flat, images, batch_size, settings, naive)
         result["rows"].append({"batch_size": batch_size, **rates})
         print(f"  batch {batch_size}: {_rounded(rates)}", flush=True)
     return result
 
 
-def measure(model, flat, images, batch_size, settings, naive):
+def measure(model, soft, flat, images, batch_size, settings, naive):
     """images/s (and seconds of the first, warm-up call) of each method at one batch size."""
     x = images[: settings["images"][batch_size]]
     functions = {
-        "soft": lambda: predict(model, "soft", x, batch_size),
-        "routed": lambda: predict(model, "hard", x, batch_size),
+        "soft": lambda: soft.predict(x, batch_size=batch_size, verbose=0),
+        "routed": lambda: model.predict(x, batch_size=batch_size, verbose=0),
         "flat": lambda: flat.predict(x, batch_size=batch_size, verbose=0),
-        "soft_on_batch": lambda: on_batches(model, "soft", x, batch_size),
-        "flat_on_batch": lambda: on_batches(flat, None, x, batch_size),
+        "soft_on_batch": lambda: on_batches(soft, x, batch_size),
+        "flat_on_batch": lambda: on_batches(flat, x, batch_size),
     }
     counts = dict.fromkeys(functions, len(x))
     if naive:
@@ -121,15 +128,8 @@ def measure(model, flat, images, batch_size, settings, naive):
     return rates
 
 
-def predict(model, routing, x, batch_size):
-    model.routing = routing
-    return model.predict(x, batch_size=batch_size, verbose=0)
-
-
-def on_batches(model, routing, x, batch_size):
+def on_batches(model, x, batch_size):
     """`predict_on_batch` batch by batch: the compiled step without `predict`'s data pipeline."""
-    if routing is not None:
-        model.routing = routing  # soft: the compiled step runs every expert
     for start in range(0, len(x), batch_size):
         model.predict_on_batch(x[start : start + batch_size])
 

@@ -196,6 +196,9 @@ class ConditionalModel(keras.Model):
         return self._dispatch
 
     def _change(self, name, value):
+        """Set an option; the compiled steps are dropped only if it really changed."""
+        if getattr(self, name) == value:
+            return  # re-setting the same routing must not retrace and recompile
         object.__setattr__(self, name, value)
         self.train_function = self.test_function = self.predict_function = None
 

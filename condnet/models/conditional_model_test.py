@@ -318,6 +318,18 @@ def test_changing_the_routing_after_use_takes_effect():
         model.dispatch = "capacity"
 
 
+def test_setting_the_same_routing_keeps_the_compiled_step():
+    model = cats_and_dogs_model("soft")
+    x, _ = random_data(8)
+    model.predict(x, verbose=0)
+    compiled = model.predict_function
+    assert compiled is not None
+    model.routing = "soft"  # unchanged: no retrace, no recompile
+    assert model.predict_function is compiled
+    model.routing = "hard"
+    assert model.predict_function is None  # changed: the next call compiles the new routing
+
+
 def test_import_condnet_is_enough_to_load_a_saved_model(tmp_path):
     import subprocess
     import sys

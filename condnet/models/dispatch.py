@@ -8,9 +8,11 @@ import numpy as np
 from condnet.models.routing import route_weights
 
 # Rows an expert collects before it runs ("auto"), by backend: the best of 128
-# to 2,048 in benchmarks/expert_batch.py (three runs each, 2026-12-03);
-# torch's eager kernels lose past 256, TensorFlow and JAX gain up to 512.
-_EXPERT_ROWS = {"torch": 256}
+# to 2,048 in benchmarks/expert_batch.py and inference.py (several runs each,
+# 2026-12-03). TensorFlow gains up to 512; torch's eager kernels and XLA's CPU
+# convolutions lose past 256.
+_EXPERT_ROWS = {"tensorflow": 512}
+_DEFAULT_EXPERT_ROWS = 256
 # Rows the trunk and gate run on at once: enough to amortise a call's fixed
 # cost, few enough that a large trunk's activations stay modest.
 _FRONT_ROWS = 256
@@ -64,7 +66,7 @@ def routed_predict(
     Args:
         expert_batch_size: int or `"auto"`. Rows an expert's queue collects
             before it runs. `"auto"` is `max(batch_size, 512)` on TensorFlow
-            and JAX and `max(batch_size, 256)` on torch, the best of 128 to
+            and `max(batch_size, 256)` on JAX and torch, the best of 128 to
             2,048 rows on each in `benchmarks/expert_batch.py`; `batch_size`
             itself runs every expert once per input batch.
 
@@ -75,7 +77,7 @@ def routed_predict(
     if pipeline == "auto":
         pipeline = keras.backend.backend() != "torch" and not hasattr(x, "shape")
     if expert_batch_size == "auto":
-        expert_batch_size = max(batch_size, _EXPERT_ROWS.get(keras.backend.backend(), 512))
+        expert_batch_size = max(batch_size, _EXPERT_ROWS.get(keras.backend.backend(), _DEFAULT_EXPERT_ROWS))
     _check_expert_batch_size(expert_batch_size)
     front_rows = min(expert_batch_size, max(batch_size, _FRONT_ROWS))
     count = _count(x, batch_size, steps)

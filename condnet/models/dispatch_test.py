@@ -217,7 +217,7 @@ def test_auto_expert_batch_is_set_per_backend_and_the_front_keeps_to_256_rows():
     finally:
         runner.front_of, runner._expert = real_front, real_expert
     assert fronts == [256, 256, 88]  # the trunk's activations: 256 rows at a time
-    rows = 256 if keras.backend.backend() == "torch" else 512
+    rows = 512 if keras.backend.backend() == "tensorflow" else 256
     assert experts == [rows] * (600 // rows) + [600 % rows]
     dense = model.predict(x, routed=False, verbose=0)["classes"]
     np.testing.assert_allclose(outputs["classes"], dense, atol=1e-6)
