@@ -77,7 +77,9 @@ def routed_predict(
     if pipeline == "auto":
         pipeline = keras.backend.backend() != "torch" and not hasattr(x, "shape")
     if expert_batch_size == "auto":
-        expert_batch_size = max(batch_size, _EXPERT_ROWS.get(keras.backend.backend(), _DEFAULT_EXPERT_ROWS))
+        expert_batch_size = max(
+            batch_size, _EXPERT_ROWS.get(keras.backend.backend(), _DEFAULT_EXPERT_ROWS)
+        )
     _check_expert_batch_size(expert_batch_size)
     front_rows = min(expert_batch_size, max(batch_size, _FRONT_ROWS))
     count = _count(x, batch_size, steps)

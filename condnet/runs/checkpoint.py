@@ -13,6 +13,7 @@ import numpy as np
 
 STATE = "state.json"
 BEST = "model.keras"
+BASELINE = "baseline.keras"  # the flat model of the same cost, trained after BEST
 HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
 

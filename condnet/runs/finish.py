@@ -27,7 +27,6 @@ from condnet.training.distribute import compile_options
 from condnet.training.staged import tunable_count
 from condnet.vision.backbones import is_pretrained, unfreeze_top
 
-BASELINE = "baseline.keras"
 INFERENCE_ROUTING = "hard"
 _TIMED_IMAGES = 256
 
@@ -143,7 +142,7 @@ def _speed(model, data):
 def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
     """Train (or reload) the flat baseline and score it on the same images."""
     train_data, validation = data
-    path = run_dir / BASELINE
+    path = run_dir / ckpt.BASELINE
     if path.is_file():
         flat = keras.models.load_model(path)
     else:
@@ -167,7 +166,7 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
             "macs_per_image": int(count_macs(flat, shape)),
             "images_per_second": _speed(flat, scored),
         },
-        "model": BASELINE,
+        "model": ckpt.BASELINE,
     }
 
 

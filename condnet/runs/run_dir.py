@@ -19,13 +19,18 @@ from condnet.evaluation.evaluate import (
     within_group_of,
 )
 from condnet.evaluation.progress import Progress
-from condnet.runs.checkpoint import BEST, CHECKPOINTS, save_model_atomic, write_atomic
+from condnet.runs.checkpoint import (
+    BASELINE,
+    BEST,
+    CHECKPOINTS,
+    save_model_atomic,
+    write_atomic,
+)
 
 CONFIG = "config.json"
 
 
 INFERENCE_ROUTINGS = ("hard", "soft")
-BASELINE = "baseline.keras"
 
 
 def load_run(run_dir, model_file=None, routing=None):
