@@ -41,11 +41,12 @@ def routed_predict(
     its queue holds that many (and once more on what is left at the end), so
     an expert sees full batches even when each input batch gives it only a
     few rows.
-    The trunk and gate likewise run on consecutive batches joined up to
-    `max(batch_size, 256)` rows (at most `expert_batch_size`): `batch_size`
-    sets how inputs are read, not the experts' efficiency. Memory grows with
-    `expert_batch_size` (each queue holds that many rows of its expert's
-    input), while the trunk's activations stay bounded by the front's rows.
+    The trunk and gate likewise run on whole input batches joined until they
+    hold `min(expert_batch_size, max(batch_size, 256))` rows (so at most that
+    plus one batch less a row): `batch_size` sets how inputs are read, not the
+    experts' efficiency. Memory grows with `expert_batch_size` (each queue
+    holds that many rows of its expert's input), while the trunk's
+    activations stay bounded by the front's rows.
     Results are put back in the original order; a batch's outputs (and its
     `on_predict_batch_end` callback) complete when its last expert has run.
     An expert chosen by no row does not run. Rows that hedge (top gate
@@ -67,8 +68,9 @@ def routed_predict(
         expert_batch_size: int or `"auto"`. Rows an expert's queue collects
             before it runs. `"auto"` is `max(batch_size, 512)` on TensorFlow
             and `max(batch_size, 256)` on JAX and torch, the best of 128 to
-            2,048 rows on each in `benchmarks/expert_batch.py`; `batch_size`
-            itself runs every expert once per input batch.
+            2,048 rows on each in `benchmarks/expert_batch.py`. On JAX a
+            size off the padding buckets (`bucket_size`) is padded on every
+            run.
 
     Returns the same dict as `ConditionalModel.predict`, as numpy arrays;
     `"experts"` is zero where an expert did not run.
@@ -205,8 +207,9 @@ def _fronts(runner, chunks, pipeline):
     """Yield (batch, trunk + gate outputs) for every input batch, reading ahead when
     pipelined.
 
-    The front runs once per chunk of batches (`_chunks`: 256 rows, or the
-    batch size if larger), not once per batch: at batch 32 a call's fixed cost
+    The front runs once per chunk of batches (`_chunks`: whole batches
+    joined until they hold 256 rows, or one batch if larger), not once per
+    batch: at batch 32 a call's fixed cost
     weighed as much as the convolutions on torch (the gate ran at 10k images/s
     on 32 rows, 27k on 256). With `pipeline`, a worker thread reads chunk i+1
     and runs its trunk and gate while the experts of chunk i run (the
@@ -256,7 +259,7 @@ def inference_weights(model, probabilities):
     if model.routing != "soft" and model.confidence_threshold is None:
         # The top group, one-hot, as `routing.hard_weights` gives (the first of
         # equal maxima, like `ops.argmax`), without one backend op per batch.
-        probabilities = np.asarray(probabilities)
+        probabilities = keras.ops.convert_to_numpy(probabilities)
         weights = np.zeros(probabilities.shape, "float32")
         weights[np.arange(len(weights)), np.argmax(probabilities, axis=1)] = 1.0
         return weights
@@ -362,8 +365,10 @@ def compiled_call(model, input_shape, dtype="float32"):
     """numpy batch -> numpy outputs of `model(x, training=False)`, compiled once.
 
     TensorFlow: one `tf.function` with a dynamic batch dimension. JAX: one
-    `jax.jit` of `stateless_call` per input shape (callers pad to buckets),
-    with state updates written back. torch: eager under `no_grad`.
+    `jax.jit` per input shape (callers pad to buckets) that reads the
+    variables' current values, with the variables a call assigned written
+    back. The model must be built, and its variables must not be replaced
+    afterwards (the list is read once). torch: eager under `no_grad`.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -400,6 +405,11 @@ def _jax_call(model):
     # A built model's variables are fixed; their values are read on every call.
     # (`stateless_call` would walk every layer twice per call for its
     # trainable / non-trainable split, which costs more than a small expert.)
+    if not model.built:
+        raise ValueError(
+            "compiled_call needs a built model: call it on a batch first. "
+            f"Received: the unbuilt model {model.name!r}"
+        )
     variables = model.variables
 
     @jax.jit

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from condnet import ConditionalModel
-from condnet.models.dispatch import bucket_size, plan_routes, routed_predict
+from condnet.models.dispatch import bucket_size, inference_weights, plan_routes, routed_predict
 from condnet.models.routing import route_weights
 from condnet.testing import CATS_AND_DOGS, counted_mlp, random_data, sign_gate
 
@@ -87,6 +87,16 @@ def test_plan_routes_lists_rows_per_expert():
     )
     rows = plan_routes(weights)
     assert rows[0].tolist() == [0, 2] and rows[1].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("routing", ["hard", "gumbel", "teacher"])
+def test_inference_weights_match_route_weights_on_ties(routing):
+    model, _ = _counted_model()
+    model.routing = routing
+    probabilities = np.array([[0.5, 0.5], [0.2, 0.8], [0.8, 0.2], [0.0, 0.0]], "float32")
+    expected = keras.ops.convert_to_numpy(route_weights(probabilities, routing))
+    np.testing.assert_array_equal(inference_weights(model, probabilities), expected)
+    np.testing.assert_array_equal(expected[:, 0], [1, 0, 1, 1])  # ties go to the first group
 
 
 def test_bucket_sizes_cover_every_batch_with_little_padding():
