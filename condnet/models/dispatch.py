@@ -130,8 +130,14 @@ class _ExpertQueue:
         self.waiting = []  # per batch: how many expert runs it still waits for
         self.emitted = 0
         self.rows = {}  # group -> [(batch index, rows, weights of those rows, features)]
+        self.pending = []  # (group, items, read the result) of runs not yet read
 
     def add(self, batch, front):
+        # Runs dispatched by the previous batch are read only after this batch's
+        # runs are dispatched: on JAX, whose calls return before they finish, the
+        # planning and scattering here overlap the experts' compute (routed /
+        # flat at batch 256 went from a median of 0.87 to 0.92 on jax).
+        earlier, self.pending = self.pending, []
         index = len(self.outputs)
         outputs, tasks = self.runner.plan(batch, front)
         self.outputs.append(outputs)
@@ -141,10 +147,13 @@ class _ExpertQueue:
             queue.append((index, rows, weights, features))
             while sum(len(item[1]) for item in queue) >= self.size:
                 self._run(group, self._take(queue, self.size))
+        self._settle(earlier)
 
     def flush(self):
         for group in list(self.rows):
             self._run(group, self.rows.pop(group))
+        self._settle(self.pending)
+        self.pending = []
 
     def emit(self, callback_list):
         """Batch-end callbacks, in order, for every batch whose experts have all run."""
@@ -178,7 +187,14 @@ class _ExpertQueue:
         if not items:
             return
         features = np.concatenate([item[3] for item in items])
-        probabilities = self.runner.expert_of(group, features)
+        self.pending.append((group, items, self.runner.expert_of(group, features)))
+
+    def _settle(self, pending):
+        """Write the results of expert runs dispatched earlier into their batches."""
+        for group, items, result in pending:
+            self._scatter(group, items, result())
+
+    def _scatter(self, group, items, probabilities):
         columns = self.runner.model.hierarchy.group_slice(group)
         start = 0
         for index, rows, weights, part in items:
@@ -322,8 +338,11 @@ class Runner:
         return outputs, tasks
 
     def expert_of(self, group, features):
-        """One expert's class probabilities for `features` (numpy), compiled once."""
-        return self._expert(group, features)
+        """Run one expert on `features` (compiled once); returns a function that
+        gives its class probabilities as numpy. On JAX the run is dispatched
+        asynchronously and that function waits for it."""
+        result = self._expert(group, features)
+        return result if callable(result) else lambda: result
 
     def _front(self, batch):
         if self.front is None:
@@ -346,6 +365,9 @@ class Runner:
         rows = len(features)
         if self.pad:
             features = _pad(features, bucket_size(rows))
+        if self.pad:  # jax: dispatch now, read later (see `_ExpertQueue.add`)
+            pending = self._expert_call(group, features)(features, wait=False)
+            return lambda: np.asarray(pending, "float32")[:rows]
         probabilities = self._expert_call(group, features)(features)
         return np.asarray(probabilities, "float32")[:rows]
 
@@ -367,7 +389,8 @@ def compiled_call(model, input_shape, dtype="float32"):
     TensorFlow: one `tf.function` with a dynamic batch dimension. JAX: one
     `jax.jit` per input shape (callers pad to buckets) that reads the
     variables' current values, with the variables a call assigned written
-    back. The model must be built, and its variables must not be replaced
+    back; `call(x, wait=False)` returns JAX's arrays before they are computed.
+    The model must be built, and its variables must not be replaced
     afterwards (the list is read once). torch: eager under `no_grad`.
     """
     backend = keras.backend.backend()
@@ -424,11 +447,11 @@ def _jax_call(model):
             i: new for i, (old, new) in enumerate(zip(before, after)) if new is not old
         }
 
-    def call(x):
+    def call(x, wait=True):
         outputs, updates = function([v.value for v in variables], x)
         for i, value in updates.items():
             variables[i].assign(value)
-        return keras.tree.map_structure(np.asarray, outputs)
+        return keras.tree.map_structure(np.asarray, outputs) if wait else outputs
 
     return call
 
