@@ -393,6 +393,11 @@ def compiled_call(model, input_shape, dtype="float32"):
     The model must be built, and its variables must not be replaced
     afterwards (the list is read once). torch: eager under `no_grad`.
     """
+    if not model.built:
+        raise ValueError(
+            "compiled_call needs a built model: call it on a batch first. "
+            f"Received: the unbuilt model {model.name!r}"
+        )
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return _tensorflow_call(model, input_shape, dtype)
@@ -428,11 +433,6 @@ def _jax_call(model):
     # A built model's variables are fixed; their values are read on every call.
     # (`stateless_call` would walk every layer twice per call for its
     # trainable / non-trainable split, which costs more than a small expert.)
-    if not model.built:
-        raise ValueError(
-            "compiled_call needs a built model: call it on a batch first. "
-            f"Received: the unbuilt model {model.name!r}"
-        )
     variables = model.variables
 
     @jax.jit

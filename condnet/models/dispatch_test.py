@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 
 from condnet import ConditionalModel
-from condnet.models.dispatch import bucket_size, inference_weights, plan_routes, routed_predict
+from condnet.models.dispatch import (
+    bucket_size,
+    compiled_call,
+    inference_weights,
+    plan_routes,
+    routed_predict,
+)
 from condnet.models.routing import route_weights
 from condnet.testing import CATS_AND_DOGS, counted_mlp, random_data, sign_gate
 
@@ -97,6 +103,12 @@ def test_inference_weights_match_route_weights_on_ties(routing):
     expected = keras.ops.convert_to_numpy(route_weights(probabilities, routing))
     np.testing.assert_array_equal(inference_weights(model, probabilities), expected)
     np.testing.assert_array_equal(expected[:, 0], [1, 0, 1, 1])  # ties go to the first group
+
+
+def test_compiled_call_refuses_an_unbuilt_model():
+    unbuilt = keras.Sequential([keras.layers.Dense(2)], name="unbuilt_head")
+    with pytest.raises(ValueError, match="needs a built model.*'unbuilt_head'"):
+        compiled_call(unbuilt, (8,))
 
 
 def test_bucket_sizes_cover_every_batch_with_little_padding():

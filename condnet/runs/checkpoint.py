@@ -14,6 +14,7 @@ import numpy as np
 STATE = "state.json"
 BEST = "model.keras"
 BASELINE = "baseline.keras"  # the flat model of the same cost, trained after BEST
+METRICS = "metrics.json"
 HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from condnet.runs import checkpoint as ckpt
 
 CONFIG = "config.json"
-METRICS = "metrics.json"
 # Every file and folder a run writes (recipe, report, evaluate, calibrate, demo); nothing else
 # in a run directory is ever moved or deleted.
 RUN_FILES = (
@@ -18,7 +17,7 @@ RUN_FILES = (
     ckpt.STATE,
     ckpt.BEST,
     ckpt.HISTORY,
-    METRICS,
+    ckpt.METRICS,
     "report.md",
     "report.html",
     "training_curves.png",
@@ -35,7 +34,7 @@ RUN_FILES = (
     "test-report",
 )
 # The files that mean an epoch was committed: a run with none of them has nothing to lose.
-COMMITTED = (ckpt.STATE, ckpt.BEST, METRICS)
+COMMITTED = (ckpt.STATE, ckpt.BEST, ckpt.METRICS)
 
 
 def check_run_dir(run_dir, data_dir, flag="--out"):

@@ -10,9 +10,8 @@ import io
 import json
 from pathlib import Path
 
-from condnet.runs.checkpoint import HISTORY
+from condnet.runs.checkpoint import HISTORY, METRICS
 
-METRICS = "metrics.json"
 COLUMNS = (
     "run",
     "accuracy",

@@ -70,7 +70,7 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
         comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
-    ckpt.write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    ckpt.write_atomic(run_dir / ckpt.METRICS, json.dumps(metrics, indent=1))
     write_report(
         run_dir,
         train_data.hierarchy,

@@ -23,6 +23,7 @@ from condnet.runs.checkpoint import (
     BASELINE,
     BEST,
     CHECKPOINTS,
+    METRICS,
     save_model_atomic,
     write_atomic,
 )
@@ -188,15 +189,15 @@ def evaluate_run(
         {**metrics, "within_group_accuracy": within},
         label("flat baseline"),
     )
-    if comparison is not None and metrics["inference_routing"] == "hard":
-        _add_training_costs(run_dir, comparison)
     if comparison is not None:
+        if metrics["inference_routing"] == "hard":
+            _add_training_costs(run_dir, comparison)
         comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
     report_dir = Path(report_dir or Path(run_dir) / "evaluation")
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (report_dir / METRICS).write_text(json.dumps(metrics, indent=1))
     write_report(
         report_dir,
         model.hierarchy,
@@ -236,7 +237,7 @@ def _baseline_on(run_dir, data, hierarchy, metrics, progress=None):
 def _add_training_costs(run_dir, comparison):
     """MACs per image and images/s of both models, as `condnet train` measured them for the
     hard-routed model (they do not depend on the images scored); nothing if it did not."""
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / METRICS
     trained = json.loads(path.read_text()).get("baseline", {}) if path.is_file() else {}
     for side in ("conditional", "flat"):
         for key in ("macs_per_image", "images_per_second"):
