@@ -4,13 +4,16 @@ A routed model is cheapest on full batches (each expert sees only its share
 of a batch), and a web service receives images one request at a time. The
 `MicroBatcher` keeps one worker task: it takes the first waiting request,
 collects more until `max_batch` images are waiting or `max_wait_ms` has passed
-since the first, runs the model once on all of them in a thread (so the event
-loop keeps accepting requests), and hands each request its own rows back.
+since the first, runs the model once on all of them in its own thread (so the
+event loop keeps accepting requests, and the model never waits behind other work
+queued in a shared pool), and hands each request its own rows back.
 """
 
 import asyncio
+import math
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -23,14 +26,15 @@ class MicroBatcher:
             one row per image.
         max_batch: at most this many images per model call (a request with
             more runs alone). 1 turns batching off.
-        max_wait_ms: how long the first request of a batch waits for others.
+        max_wait_ms: how long the first request of a batch waits for others
+            (finite: an infinite wait would never answer).
     """
 
     def __init__(self, predict, max_batch=32, max_wait_ms=5.0):
-        if int(max_batch) < 1 or float(max_wait_ms) < 0:
+        if int(max_batch) < 1 or not 0 <= float(max_wait_ms) < math.inf:  # NaN fails too
             raise ValueError(
-                "max_batch must be at least 1 and max_wait_ms at least 0. Received: "
-                f"max_batch={max_batch!r}, max_wait_ms={max_wait_ms!r}"
+                "max_batch must be at least 1 and max_wait_ms a finite number, at least 0. "
+                f"Received: max_batch={max_batch!r}, max_wait_ms={max_wait_ms!r}"
             )
         self.predict = predict
         self.max_batch = int(max_batch)
@@ -38,10 +42,13 @@ class MicroBatcher:
         self.batch_sizes = Counter()  # images per model call -> number of calls
         self._queue = None
         self._worker = None
+        self._thread = None  # the one thread the model runs in
 
     async def submit(self, images):
         """The model's outputs for `images` (a numpy batch), batched with other requests."""
         if self._worker is None or self._worker.done():
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="condnet-model")
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._work())
         future = asyncio.get_running_loop().create_future()
@@ -56,6 +63,9 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
     async def _work(self):
         while True:
@@ -94,7 +104,8 @@ class MicroBatcher:
         images = np.concatenate([item[0] for item in batch])
         self.batch_sizes[len(images)] += 1
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(None, self.predict, images)
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._thread, self.predict, images)
         except Exception as error:  # every waiting request gets the error; the worker lives on
             for _, future in batch:
                 if not future.done():

@@ -17,12 +17,27 @@ Endpoints:
   token itself; it asks for one when the service has one).
 
 Every bad request is answered with a JSON `{"error": ...}` and a 4xx status:
-400 unreadable image or empty body, 401 missing or wrong token, 413 upload or
-image too large, 415 not an image or multipart body. The service keeps serving.
+400 unreadable image or empty body, 401 missing or wrong token, 408 body not
+received within `body_timeout`, 413 upload or image too large, 415 not an image
+or multipart body. The service keeps serving.
+
+No request can hold the others up: parsing and decoding run in a pool of
+threads (Pillow releases the GIL while it decodes) and the model in its own
+thread, so the event loop only moves bytes and `/health` answers while a large
+upload decodes. A connection must deliver its request headers within
+`header_timeout` and its body within `body_timeout`; an idle keep-alive
+connection is closed after 5 s. Every option is checked when the app is built.
 """
 
+import asyncio
 import contextlib
 import hmac
+import ipaddress
+import logging
+import numbers
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
@@ -36,17 +51,38 @@ from condnet.evaluation.evaluate import prediction_row
 from condnet.models.dispatch import bucket_size, compiled_call
 
 MAX_UPLOAD_BYTES = 16 * 2**20
+HEADER_TIMEOUT = 10.0  # seconds for a request's headers to arrive
+BODY_TIMEOUT = 60.0  # seconds for its body (16 MB at about 2 Mbit/s)
+KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection stays open (uvicorn's default)
 PAGE = Path(__file__).with_name("page.html")
 # The health check and the page itself (static; it asks for the token) need no token.
 PUBLIC = ("/health", "/")
+# Every option's type and valid range (inclusive), checked before the service starts.
+OPTIONS = {
+    "port": (int, 0, 65535, " (0: any free port)"),
+    "max_batch": (int, 1, 4096, " images"),
+    "max_wait_ms": (float, 0, 10_000, " milliseconds"),
+    "max_upload_bytes": (int, 1, 2**30, " bytes"),
+    "max_upload_mb": (float, 0.001, 1024, " MB"),  # the command line's unit
+    "max_pixels": (int, 1, 2**30, " pixels"),
+    "header_timeout": (float, 0.01, 3600, " seconds"),
+    "body_timeout": (float, 0.01, 3600, " seconds"),
+}
+# uvicorn's logger, so that condnet's lines come out with uvicorn's own.
+log = logging.getLogger("uvicorn.error")
 
 
 class RequestError(Exception):
     """A request the service refuses: an HTTP status and a message."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, headers=None):
         super().__init__(message)
         self.status = status
+        self.headers = headers
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request body was complete."""
 
 
 def create_app(
@@ -59,6 +95,7 @@ def create_app(
     max_wait_ms=5.0,
     max_upload_bytes=MAX_UPLOAD_BYTES,
     max_pixels=MAX_IMAGE_PIXELS,
+    body_timeout=BODY_TIMEOUT,
 ):
     """A FastAPI app serving `model` (a ConditionalModel; its routing is used as is).
 
@@ -67,27 +104,40 @@ def create_app(
         image_size: `(height, width)` the model takes.
         color_mode: `"rgb"` or `"grayscale"`.
         info: extra JSON for `GET /model` (e.g. `condnet info` of the run).
-        token: when set, every endpoint but `/health` needs
-            `Authorization: Bearer <token>`.
+        token: when set (a non-empty string), every endpoint but `/health` and
+            `/` needs `Authorization: Bearer <token>`.
         max_batch, max_wait_ms: micro-batching (`max_batch=1`: off).
         max_upload_bytes: largest request body; larger is a 413.
         max_pixels: largest image (width x height, from its header, before
             decoding); larger is a 413.
+        body_timeout: seconds a request's whole body may take to arrive; later
+            is a 408.
     """
+    check_options(
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_upload_bytes=max_upload_bytes,
+        max_pixels=max_pixels,
+        body_timeout=body_timeout,
+    )
+    check_token(token)
     _needs_serving()
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     hierarchy = model.hierarchy
     batcher = MicroBatcher(_predictor(model), max_batch=max_batch, max_wait_ms=max_wait_ms)
+    decoder = decoding_pool()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         await batcher.close()
+        decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="condnet", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.batcher = batcher
+    app.state.token_required = token is not None
     description = {
         "hierarchy": hierarchy.to_dict(),
         "routing": model.routing,
@@ -97,15 +147,21 @@ def create_app(
             "max_pixels": max_pixels,
             "max_batch": max_batch,
             "max_wait_ms": max_wait_ms,
+            "body_timeout": body_timeout,
         },
         **(info or {}),
     }
 
     @app.exception_handler(RequestError)
     async def refused(request, error):
-        return JSONResponse({"error": str(error)}, status_code=error.status)
+        return JSONResponse({"error": str(error)}, error.status, headers=error.headers)
 
-    if token:
+    @app.exception_handler(ClientGone)
+    async def gone(request, error):
+        log.warning("%s", error)
+        return Response(status_code=400)  # nobody is left to read it
+
+    if token is not None:
         app.add_middleware(_TokenGuard, token=token)
 
     @app.get("/health")
@@ -120,18 +176,74 @@ def create_app(
     async def page():
         return PAGE.read_text()
 
+    def images_of(body, content_type):
+        uploads = _uploads(body, content_type)
+        names = [name for name, _ in uploads]
+        images = [_decoded(data, n, image_size, color_mode, max_pixels) for n, data in uploads]
+        return names, np.stack(images).astype("float32")
+
     @app.post("/predict")
     async def predict(request: Request):
-        uploads = _uploads(await _body(request, max_upload_bytes), request.headers)
-        images = np.stack(
-            [_decoded(data, name, image_size, color_mode, max_pixels) for name, data in uploads]
-        )
-        outputs = await batcher.submit(images.astype("float32"))
-        return [
-            prediction_row(hierarchy, name, outputs, row) for row, (name, _) in enumerate(uploads)
-        ]
+        body = await _body(request, max_upload_bytes, body_timeout)
+        content_type = request.headers.get("content-type", "")
+        loop = asyncio.get_running_loop()
+        names, images = await loop.run_in_executor(decoder, images_of, body, content_type)
+        outputs = await batcher.submit(images)
+        return [prediction_row(hierarchy, name, outputs, row) for row, name in enumerate(names)]
 
     return app
+
+
+def decoding_pool():
+    """Threads that parse and decode uploads: one per core and a few more, as many as
+    Python's own default pool (Pillow releases the GIL while it decodes)."""
+    workers = min(32, (os.cpu_count() or 1) + 4)
+    return ThreadPoolExecutor(workers, thread_name_prefix="condnet-decode")
+
+
+# === Options ===
+
+
+def check_options(cli=False, **options):
+    """Refuse any option outside `OPTIONS` (not finite, out of range, wrong type), naming
+    it as the command line does (`--max-wait-ms`) when `cli`, else as Python does."""
+    for name, value in options.items():
+        kind, lowest, highest, unit = OPTIONS[name]
+        option = f"--{name.replace('_', '-')}" if cli else name
+        number = numbers.Integral if kind is int else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, number):
+            what = "an integer" if kind is int else "a number"
+            raise TypeError(f"{option} must be {what}. Received: {option}={value!r}")
+        if not lowest <= value <= highest:  # also false for NaN
+            what = "an integer" if kind is int else "a finite number"
+            raise ValueError(
+                f"{option} must be {what} from {_number(lowest)} to {_number(highest)}{unit}. "
+                f"Received: {option}={value!r}"
+            )
+
+
+def _number(value):
+    return f"{value:,}" if value >= 100_000 else f"{value:g}"
+
+
+def check_token(token, option="token"):
+    """Refuse a token that would leave the service open or could never match: empty
+    (an unset shell variable), blank, with spaces at its ends or control characters."""
+    if token is None:
+        return
+    if not isinstance(token, str):
+        raise TypeError(f"{option} must be a string. Received: {option}={token!r}")
+    if not token.strip():
+        raise ValueError(
+            f"{option} is empty: the service would run with no authentication (an unset "
+            f"shell variable?). Give a token, or none at all to serve without one. "
+            f"Received: {option}={token!r}"
+        )
+    if token != token.strip() or any(ord(c) < 32 or ord(c) == 127 for c in token):
+        raise ValueError(
+            f"{option} has spaces at its ends or control characters, which an "
+            f"Authorization header cannot carry. Received: {option}={token!r}"
+        )
 
 
 def _predictor(model):
@@ -172,9 +284,8 @@ class _TokenGuard:
 
     def __init__(self, app, token):
         from fastapi.responses import JSONResponse
-        from starlette.datastructures import Headers
 
-        self.app, self.token, self.headers_of = app, token, Headers
+        self.app, self.token = app, token.encode("utf-8")
         # One response object for every refusal: it holds no per-request state.
         self.refusal = JSONResponse(
             {"error": "missing or wrong token: send 'Authorization: Bearer <token>'"},
@@ -184,25 +295,30 @@ class _TokenGuard:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] not in PUBLIC:
-            if not _authorized(self.headers_of(scope=scope), self.token):
+            if not _authorized(scope["headers"], self.token):
                 await self.refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
 def _authorized(headers, token):
-    given = headers.get("authorization", "")
-    scheme, _, value = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+    """Whether the raw ASGI `headers` carry `Bearer <token>` (`token` as UTF-8 bytes).
+
+    Compared as bytes, in constant time: a header is bytes on the wire, and one that
+    is not ASCII (or not even UTF-8) is simply not the token."""
+    given = next((value for name, value in headers if name.lower() == b"authorization"), b"")
+    scheme, _, value = given.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), token)
 
 
-async def _body(request, limit):
-    """The request body, refused (413) as soon as it passes `limit` bytes."""
+async def _body(request, limit, timeout):
+    """The request body, refused as soon as it passes `limit` bytes (413) or is not
+    complete `timeout` seconds after its headers (408)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the upload is {int(declared):,} bytes; at most {limit:,}")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in _deadline(_stream(request, declared), timeout):
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"the upload is over {limit:,} bytes")
@@ -213,9 +329,45 @@ async def _body(request, limit):
     return body
 
 
-def _uploads(body, headers):
+async def _stream(request, declared):
+    """`request.stream()`, with a client that hangs up mid-body as `ClientGone`."""
+    from starlette.requests import ClientDisconnect
+
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            yield chunk
+    except ClientDisconnect:
+        client = "{}:{} - ".format(*request.client) if request.client else ""
+        raise ClientGone(
+            f"{client}disconnected during the body of {request.method} {request.url.path} "
+            f"({size:,} of {declared or 'unknown'} bytes received); request dropped"
+        ) from None
+
+
+async def _deadline(chunks, timeout):
+    """The items of the async iterator `chunks`, or a 408 once `timeout` seconds passed."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    iterator = chunks.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(iterator.__anext__(), max(0.0, end - loop.time()))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise RequestError(
+                408,
+                f"the request body did not arrive within {timeout:g} s (the body timeout)",
+                headers={"Connection": "close"},  # the client is stalled: nothing to drain
+            ) from None
+        yield chunk
+
+
+def _uploads(body, content_type):
     """[(name, bytes)] of the images in a request body."""
-    kind = headers.get("content-type", "").split(";")[0].strip().lower()
+    kind = content_type.split(";")[0].strip().lower()
     if kind.startswith("image/") or kind == "application/octet-stream":
         return [("upload", body)]
     if kind != "multipart/form-data":
@@ -224,7 +376,7 @@ def _uploads(body, headers):
             "send an image (Content-Type image/... or application/octet-stream) or "
             f"multipart/form-data with image files. Received: Content-Type {kind or 'none'!r}",
         )
-    header = f"Content-Type: {headers.get('content-type')}\r\n\r\n".encode("latin-1")
+    header = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1")
     message = BytesParser(policy=HTTP).parsebytes(header + body)
     if not message.is_multipart():
         raise RequestError(400, "the multipart body cannot be parsed (no parts found)")
@@ -255,8 +407,115 @@ def _needs_serving():
         )
 
 
-def run_server(app, host="127.0.0.1", port=8000, log_level="info"):
-    """Serve `app` with uvicorn until interrupted."""
+# === Server ===
+
+
+def run_server(app, host="127.0.0.1", port=8000, log_level="info", header_timeout=HEADER_TIMEOUT):
+    """Serve `app` with uvicorn until interrupted (see `server_config`); warns on stderr
+    when it binds beyond loopback with no token."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    config = server_config(app, host, port, log_level, header_timeout)
+    if not getattr(app.state, "token_required", False) and not _is_loopback(host):
+        print(
+            f"warning: serving on {host} (reachable from other machines) with no token: "
+            "anyone who reaches the port can use the model; set --token or $CONDNET_TOKEN",
+            file=sys.stderr,
+        )
+    uvicorn.Server(config).run()
+
+
+def server_config(
+    app, host="127.0.0.1", port=8000, log_level="info", header_timeout=HEADER_TIMEOUT
+):
+    """uvicorn's configuration for `app`: a connection that has not delivered its
+    request's headers `header_timeout` seconds after it opened (or after its previous
+    response) is closed; an idle keep-alive connection after `KEEP_ALIVE_TIMEOUT`."""
+    import uvicorn
+
+    check_options(port=port, header_timeout=header_timeout)
+    protocol = _with_header_deadline(header_timeout)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=protocol,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
+    )
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name (or "" for every interface): it may reach out
+        return False
+
+
+def _with_header_deadline(seconds):
+    """uvicorn's HTTP protocol ("auto": httptools when installed, else h11) with a
+    deadline for request headers, which uvicorn lacks: a connection that sends nothing
+    stays open, and the keep-alive timer stops at the first byte of the next request,
+    so a client that sends its headers a byte at a time holds a connection forever.
+    The deadline starts when the connection opens and at the first byte after each
+    response; unless a request's headers are complete by then, the connection is
+    closed (with a 408 when part of a request arrived). Between requests, uvicorn's
+    keep-alive timer closes an idle connection as before."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class HeaderDeadline(AutoHTTPProtocol):
+        header_timer = None
+        partial = False  # bytes of a request's head arrived since the deadline started
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._start_deadline()
+
+        def data_received(self, data):
+            if self.header_timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._start_deadline()  # the first bytes of the next request
+            self.partial = True
+            super().data_received(data)
+
+        def on_response_complete(self):
+            self._stop_deadline()  # first: a pipelined request may start in the call
+            super().on_response_complete()
+
+        def connection_lost(self, exc):
+            self._stop_deadline()
+            super().connection_lost(exc)
+
+        def _start_deadline(self):
+            self._stop_deadline()
+            self.partial = False
+            self.header_timer = self.loop.call_later(seconds, self._deadline_passed, self.cycle)
+
+        def _stop_deadline(self):
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _deadline_passed(self, cycle):
+            if self.cycle is not cycle or self.transport.is_closing():
+                return  # a request's headers arrived in time
+            # (Bytes after an early answer, such as a 413's, are the rest of its body.)
+            if self.partial and not (cycle is not None and cycle.more_body):
+                client = "{}:{} - ".format(*self.client) if self.client else ""
+                log.warning(
+                    "%sclosed: request headers incomplete after %g s (the header timeout)",
+                    client,
+                    seconds,
+                )
+                self.transport.write(_REQUEST_TIMEOUT)
+            self.transport.close()
+
+    return HeaderDeadline
+
+
+_LATE_HEADERS = b'{"error": "the request headers did not arrive in time"}'
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_LATE_HEADERS), _LATE_HEADERS)
+)

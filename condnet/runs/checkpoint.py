@@ -27,19 +27,25 @@ def write_atomic(path, data):
     """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:  # a full disk, a signal: no partial file stays behind
+        temporary.unlink(missing_ok=True)
 
 
 def save_model_atomic(model, path):
     """`model.save` to a temporary `.keras` file, then rename it into place."""
     path = Path(path)
     temporary = path.with_name(f".tmp-{path.name}")
-    model.save(temporary)
-    os.replace(temporary, path)
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def read_state(run_dir):

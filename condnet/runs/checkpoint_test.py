@@ -58,3 +58,20 @@ def test_a_damaged_state_names_the_file(tmp_path):
     (tmp_path / "state.json").write_text('{"epoch": 1')
     with pytest.raises(ValueError, match="state.json' is damaged"):
         read_state(tmp_path)
+
+
+def test_a_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from condnet.runs import checkpoint
+
+    (tmp_path / "state.json").write_text("old")
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.write_atomic(tmp_path / "state.json", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    assert (tmp_path / "state.json").read_text() == "old"

@@ -6,6 +6,14 @@ import time
 from pathlib import Path
 
 from condnet.runs import checkpoint as ckpt
+from condnet.runs.outputs import (
+    BOOKKEEPING,
+    check_output,
+    glob_escape,
+    is_run,
+    mark,
+    read_mark,
+)
 
 CONFIG = "config.json"
 # Every file and folder a run writes (recipe, report, evaluate, calibrate, demo); nothing else
@@ -32,16 +40,20 @@ RUN_FILES = (
     "logs",
     "evaluation",
     "test-report",
+    "export",
+    "split.json",
 )
 # The files that mean an epoch was committed: a run with none of them has nothing to lose.
 COMMITTED = (ckpt.STATE, ckpt.BEST, ckpt.METRICS)
 
 
-def check_run_dir(run_dir, data_dir, flag="--out"):
+def check_run_dir(run_dir, data_dir, flag="--out", kind="run"):
     """Refuse a run directory that cannot hold a run, before anything is written.
 
-    It must not be, lie inside, or contain `data_dir` (symlinks resolved),
-    and it must be (or be creatable as) a writable folder.
+    It must not be, lie inside, or contain `data_dir` (symlinks resolved), nor
+    lie inside another run; it must be (or be creatable as) a writable folder,
+    and an existing one must be empty or hold a `kind` condnet wrote
+    (`check_foreign`).
     """
     run, data = Path(run_dir).resolve(), Path(data_dir).resolve()
     if run == data or data in run.parents or run in data.parents:
@@ -51,6 +63,9 @@ def check_run_dir(run_dir, data_dir, flag="--out"):
             "a run written there would mix with (or be read as) the images. Choose an "
             f"{flag} outside DATA_DIR. Received: {flag}={str(run)!r}, DATA_DIR={str(data)!r}"
         )
+    check_output(run.parent, flag=flag)  # not inside another run
+    if run.is_dir():
+        check_foreign(run, kind, flag)
     existing = next(p for p in (run, *run.parents) if p.exists())
     if not existing.is_dir():
         where = "is a file" if existing == run else f"lies under the file {str(existing)!r}"
@@ -64,6 +79,29 @@ def check_run_dir(run_dir, data_dir, flag="--out"):
             f"this user. Choose another {flag} or change its permissions. "
             f"Received: {flag}={str(run_dir)!r}"
         )
+
+
+def check_foreign(folder, kind="run", flag="--out"):
+    """Refuse a non-empty folder that condnet did not write as a `kind` (a run written
+    before markers existed counts as a run): its files are never moved or deleted."""
+    folder = Path(folder)
+    entries = [n for n in os.listdir(folder) if n not in BOOKKEEPING and not _is_leftover(n)]
+    record = read_mark(folder)
+    if not entries or (record is not None and record["kind"] == kind):
+        return
+    if record is None and kind == "run" and is_run(folder):
+        return
+    what = f"holds {record['kind']!r} output" if record else "holds files condnet did not write"
+    shown = ", ".join(sorted(entries)[:5]) + (" ..." if len(entries) > 5 else "")
+    raise ValueError(
+        f"{flag} {str(folder)!r} {what} ({shown}); condnet writes a {kind} only into a new "
+        f"folder, an empty one, or one it wrote as a {kind}, so that nothing there is lost. "
+        f"Choose another {flag}. Received: {flag}={str(folder)!r}"
+    )
+
+
+def _is_leftover(name):
+    return name.startswith(".tmp-") or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def run_files(run_dir):
@@ -102,6 +140,8 @@ class RunClaim:
         self.committed = False
 
     def __enter__(self):
+        check_foreign(self.run_dir)
+        restore_replaced(self.run_dir)
         existing = run_files(self.run_dir)
         committed = [name for name in existing if name in COMMITTED]
         if committed and not self.overwrite:
@@ -113,6 +153,7 @@ class RunClaim:
         clean_temporary_files(self.run_dir)
         if existing:
             self.aside = _move_aside(self.run_dir, existing)
+        mark(self.run_dir, "run", RUN_FILES)
         return self
 
     def commit(self):
@@ -128,6 +169,40 @@ class RunClaim:
             _move(self.aside, self.run_dir, os.listdir(self.aside))
             self.aside.rmdir()
         return False
+
+
+def replaced_asides(run_dir):
+    """The folders an `--overwrite` moved the old run of `run_dir` into and did not delete."""
+    run_dir = Path(run_dir).resolve()
+    return sorted(run_dir.parent.glob(f".{glob_escape(run_dir.name)}.replaced-*"))
+
+
+def restore_replaced(run_dir):
+    """Finish an `--overwrite` that was cut short (kill -9, power loss); returns a message.
+
+    If the new run committed no epoch, its files are removed and the old run's
+    moved back; if it did, the old run's leftover folder is deleted, as the
+    overwrite would have. Call with the run's lock held. Returns what it did,
+    or None when there was nothing to do.
+    """
+    run_dir = Path(run_dir).resolve()
+    asides = replaced_asides(run_dir)
+    if not asides:
+        return None
+    committed = any((run_dir / name).exists() for name in COMMITTED)
+    if committed:
+        for aside in asides:
+            shutil.rmtree(aside)
+        return f"Removed the run an interrupted --overwrite replaced ({asides[-1].name})."
+    _remove(run_dir, run_files(run_dir))
+    _move(asides[-1], run_dir, os.listdir(asides[-1]))
+    asides[-1].rmdir()
+    for aside in asides[:-1]:
+        shutil.rmtree(aside)
+    return (
+        f"Restored the run in {str(run_dir)!r}: an --overwrite was interrupted before the new "
+        "run committed an epoch."
+    )
 
 
 def _move_aside(run_dir, names):

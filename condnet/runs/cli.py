@@ -2,10 +2,13 @@
 serve, compare, ensemble, tune."""
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from condnet.runs._backend import backend_name, check_backend
@@ -30,6 +33,11 @@ def main(argv=None):
         return 0
     if _export_needs_tensorflow(argv):
         return _run_with_tensorflow(argv)
+    with _terminate_as_interrupt():
+        return _main(argv, command)
+
+
+def _main(argv, command):
     try:
         check_backend()  # before anything imports Keras
         parser = build_parser()
@@ -55,6 +63,24 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 130
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (`kill`, a scheduler's stop) unwinds like Ctrl-C while a command runs: locks
+    released, an interrupted --overwrite undone, temporary files removed."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _import_keras_quietly():
@@ -374,6 +400,7 @@ def _evaluate(args):
     from condnet.runs.run_dir import evaluate_run
 
     _check_output(args.output, (".json",))
+    _guard_file(args.output, "metrics file", [args.data_dir], [args.run_dir])
     metrics = evaluate_run(
         args.run_dir,
         args.data_dir,
@@ -384,14 +411,15 @@ def _evaluate(args):
         progress=not args.quiet,
     )
     if args.output:
-        Path(args.output).write_text(json.dumps(metrics, indent=1) + "\n")
+        write_file(args.output, json.dumps(metrics, indent=1) + "\n")
     if args.json:
         print(json.dumps(metrics))
         return
     print(summary_table(metrics))
     other = metrics.get("mixture") or metrics.get("hard_routed")
     label = "soft mixture" if "mixture" in metrics else "hard routed"
-    print(f"{label} accuracy: {other['accuracy']:.4f}")
+    if other is not None:  # the flat baseline (--model baseline.keras) has no other routing
+        print(f"{label} accuracy: {other['accuracy']:.4f}")
     _print_baseline(metrics)
 
 
@@ -413,6 +441,8 @@ def _predict(args):
     from condnet.runs.run_dir import predict_paths
 
     _check_output(args.output, (".jsonl", ".csv"))
+    folders = [i for i in args.inputs if Path(i).is_dir()]
+    _guard_file(args.output, "rows file", folders, [args.run_dir])
     rows = predict_paths(
         args.run_dir,
         args.inputs,
@@ -453,18 +483,31 @@ def _check_output(output, suffixes):
         )
 
 
+def _guard_file(path, kind, data, runs):
+    """An --output file may not go into the data, the run read, or any other run."""
+    from condnet.runs.outputs import guard, training_data
+
+    guard(path, kind, flag="--output", data=[*data, *training_data(runs)], reads=runs)
+
+
+def write_file(path, text):
+    from condnet.runs.outputs import write_file
+
+    write_file(path, text)
+
+
 def _write_rows(path, rows):
     import csv
     import io
 
     if path.suffix.lower() == ".jsonl":
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        write_file(path, "".join(json.dumps(row) + "\n" for row in rows))
         return
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=PREDICT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    path.write_text(buffer.getvalue())
+    write_file(path, buffer.getvalue())
 
 
 def _info_parser(commands, common):
@@ -479,17 +522,19 @@ def _info_parser(commands, common):
 def _info(args):
     from condnet.runs.run_dir import run_info
 
-    info = run_info(args.run_dir)
+    info = run_info(args.run_dir, model_file=getattr(args, "model", None))
     if args.json:
         print(json.dumps(info))
         return
     print("Hierarchy:")
     for group, classes in info["hierarchy"].items():
         print(f"  {group}: {classes}")
-    print(f"Routing: {info['routing']}")
+    print(f"Routing: {info['routing'] or 'none (the flat baseline runs whole on every image)'}")
     print(f"{'part':<24}{'parameters':>14}{'MACs / image':>16}")
     for part, count in info["parameters"].items():
         print(f"{part:<24}{count:>14,}{info['macs'][part]:>16,}")
+    if info.get("model") == "baseline":
+        return
     print("MACs per image by route (trunk + gate + one expert):")
     for group, macs in info["macs_per_route"].items():
         print(f"  {group:<22}{macs:>16,}")
@@ -712,30 +757,51 @@ def _serve_parser(commands, common):
         "as one batch. GET / is a page to try it in a browser.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1; any other warns when there is no token)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="0 to 65535 (default: 8000)")
     p.add_argument(
         "--token",
         help="require 'Authorization: Bearer TOKEN' on everything but /health and / "
-        "(default: $CONDNET_TOKEN, else none)",
+        "(default: $CONDNET_TOKEN, else none; an empty token is refused)",
     )
     p.add_argument(
-        "--max-batch", type=int, default=32, help="images per model call, at most (default: 32)"
+        "--max-batch", type=int, default=32, help="images per model call, 1 to 4096 (default: 32)"
     )
     p.add_argument(
         "--max-wait-ms",
         type=float,
         default=5.0,
-        help="how long a request waits for others to share its batch (default: 5; 0: none)",
+        help="how long a request waits for others to share its batch, 0 to 10000 "
+        "(default: 5; 0: none)",
     )
     p.add_argument(
-        "--max-upload-mb", type=float, default=16.0, help="largest request body (default: 16)"
+        "--max-upload-mb",
+        type=float,
+        default=16.0,
+        help="largest request body, 0.001 to 1024 (default: 16)",
     )
     p.add_argument(
         "--max-pixels",
         type=int,
         default=None,
         help="largest image, width x height, checked before decoding (default: 67,108,864)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection has to send a request's headers, else it is closed "
+        "(default: 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request has to send its whole body, else a 408 (default: 60)",
     )
     p.add_argument("--routing", choices=("hard", "soft"), default="hard", help="(default: hard)")
     p.add_argument("--model", metavar="FILE", help="model.keras (default), model.calibrated.keras")
@@ -744,27 +810,32 @@ def _serve_parser(commands, common):
 
 def _serve(args):
     from condnet.data.folders import MAX_IMAGE_PIXELS
-    from condnet.deploy.serve import run_server
+    from condnet.deploy.serve import check_options, check_token, run_server
     from condnet.runs.deploy import serve_app
 
-    if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_upload_mb <= 0:
-        raise ValueError(
-            "--max-batch must be at least 1, --max-wait-ms at least 0 and --max-upload-mb above "
-            f"0. Received: --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms} "
-            f"--max-upload-mb {args.max_upload_mb}"
-        )
+    limits = {
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "max_pixels": MAX_IMAGE_PIXELS if args.max_pixels is None else args.max_pixels,
+        "body_timeout": args.body_timeout,
+    }
+    check_options(cli=True, port=args.port, max_upload_mb=args.max_upload_mb, **limits)
+    check_options(cli=True, header_timeout=args.header_timeout)
+    token, source = args.token, "--token"
+    if token is None:
+        token, source = os.environ.get("CONDNET_TOKEN"), "$CONDNET_TOKEN"
+    check_token(token, source)  # before loading the model: a bad option fails at once
     app = serve_app(
         args.run_dir,
         routing=args.routing,
         model_file=args.model,
-        token=args.token or os.environ.get("CONDNET_TOKEN") or None,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
+        token=token,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_pixels=args.max_pixels or MAX_IMAGE_PIXELS,
+        **limits,
     )
-    print(f"Serving {args.run_dir} on http://{args.host}:{args.port}/ (Ctrl-C stops).")
-    run_server(app, host=args.host, port=args.port)
+    access = "token required" if token is not None else "no token"
+    print(f"Serving {args.run_dir} on http://{args.host}:{args.port}/ ({access}; Ctrl-C stops).")
+    run_server(app, host=args.host, port=args.port, header_timeout=args.header_timeout)
 
 
 # === compare ===
@@ -789,6 +860,13 @@ def _compare(args):
     from condnet.runs.compare import check_outputs, compare_runs, plot_runs, table, write_table
 
     check_outputs(args.output, args.plot)
+    from condnet.runs.compare import find_runs
+    from condnet.runs.outputs import guard, training_data
+
+    runs = find_runs(args.runs)
+    read = dict(reads=runs, data=training_data(runs))
+    guard(args.output, "table file", flag="--output", **read)
+    guard(args.plot, "plot file", flag="--plot", **read)
     rows = compare_runs(args.runs)
     print(json.dumps(rows) if args.json else table(rows), end="" if not args.json else "\n")
     if args.output:

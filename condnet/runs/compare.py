@@ -8,9 +8,13 @@ baseline on the same images).
 import csv
 import io
 import json
+import math
+import sys
 from pathlib import Path
 
 from condnet.runs.checkpoint import HISTORY, METRICS
+from condnet.runs.outputs import staged_file, write_file
+from condnet.runs.run_dir import CONFIG, nested_entry, read_metrics, read_options
 
 COLUMNS = (
     "run",
@@ -50,54 +54,90 @@ def find_runs(paths):
 
 
 def compare_runs(paths):
-    """One row per run (`COLUMNS`), most accurate first."""
-    rows = [_row(run) for run in find_runs(paths)]
-    return sorted(rows, key=lambda row: -row["accuracy"])
+    """One row per run (`COLUMNS`), most accurate first (runs without an accuracy last).
+
+    A run whose metrics.json cannot be used is left out, and a config.json or
+    history.csv that cannot be used leaves its columns blank; each says so in one
+    line on standard error, naming the file. With no run left, a ValueError.
+    """
+    rows, left_out = [], []
+    for run in find_runs(paths):
+        try:
+            rows.append(_row(run))
+        except ValueError as error:
+            left_out.append(str(error))
+    if not rows:
+        more = f" ({len(left_out) - 1} more runs left out likewise)" if len(left_out) > 1 else ""
+        raise ValueError(f"No run to compare: {left_out[0]}{more}")
+    for message in left_out:
+        _warn(f"left out: {message}")
+    return sorted(rows, key=lambda row: (row["accuracy"] is None, -(row["accuracy"] or 0)))
 
 
 def _row(run):
-    metrics = _read_json(run / METRICS)
-    options = (
-        _read_json(run / "config.json").get("options", {})
-        if (run / "config.json").is_file()
-        else {}
-    )
-    history = _history(run)
-    seconds = [float(r["epoch_seconds"]) for r in history if r.get("epoch_seconds")]
-    macs = metrics.get("macs_per_image", {})
-    flat = metrics.get("baseline", {}).get("flat", {})
+    metrics = read_metrics(run / METRICS)
+    options = _or_blank(lambda: read_options(run / CONFIG), {}) if (run / CONFIG).is_file() else {}
+    history = _or_blank(lambda: _history(run), [])
+    seconds = [row["epoch_seconds"] for row in history if row["epoch_seconds"] is not None]
+    macs = metrics.get("macs_per_image") or {}
     return {
         "run": str(run),
-        "accuracy": metrics["accuracy"],
-        "mixture": metrics.get("mixture", {}).get("accuracy"),
-        "baseline": flat.get("accuracy"),
+        "accuracy": metrics.get("accuracy"),
+        "mixture": nested_entry(metrics, ("mixture", "accuracy")),
+        "baseline": nested_entry(metrics, ("baseline", "flat", "accuracy")),
         "gate_accuracy": metrics.get("gate_accuracy", metrics.get("group_accuracy")),
         "hierarchical_f1": metrics.get("hierarchical_f1"),
         "routed_mmacs": _millions(macs.get("routed")),
         "all_experts_mmacs": _millions(macs.get("all_experts")),
         "epochs": len(history) or None,
         "train_minutes": round(sum(seconds) / 60, 2) if seconds else None,
-        "routing": metrics.get("training_routing", options.get("routing")),
-        "backbone": options.get("backbone"),
+        "routing": _text(metrics.get("training_routing") or options.get("routing")),
+        "backbone": _text(options.get("backbone")),
     }
 
 
-def _read_json(path):
+def _or_blank(read, blank):
+    """`read()`, or `blank` with a one-line warning when the file cannot be used."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"{str(path)!r} cannot be read as JSON ({type(error).__name__}: {error}). Restore "
-            "it or leave the run out."
-        ) from None
+        return read()
+    except ValueError as error:
+        _warn(f"blank columns: {error}")
+        return blank
+
+
+def _warn(message):
+    print(f"condnet compare: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _text(value):
+    return value if isinstance(value, str) or value is None else json.dumps(value)[:40]
 
 
 def _history(run):
+    """history.csv's rows as `{"epoch_seconds": float or None}`; [] without the file."""
     path = run / HISTORY
     if not path.is_file():
         return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return [{"epoch_seconds": _seconds(row.get("epoch_seconds"))} for row in rows]
+    except (OSError, ValueError, csv.Error) as error:  # UnicodeDecodeError is a ValueError
+        raise ValueError(
+            f"The run's {HISTORY} cannot be read as CSV ({type(error).__name__}: "
+            f"{str(error)[:200]}); `condnet train` writes it after each epoch, restore it. "
+            f"Received: path={str(path)!r}"
+        ) from None
+
+
+def _seconds(text):
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"epoch_seconds is {text!r:.40}, not a number") from None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _millions(value):
@@ -144,7 +184,7 @@ def write_table(rows, path):
         text = buffer.getvalue()
     else:
         text = table(rows)
-    path.write_text(text)
+    write_file(path, text)
     return path
 
 
@@ -183,6 +223,7 @@ def accuracy_against_macs(path, points, title, crosses=(), line=(), required=Tru
     axes.set(xlabel="routed MMACs per image", ylabel="validation accuracy (hard-routed)")
     axes.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with staged_file(path) as temporary:  # a cut-short save leaves the old plot
+        figure.savefig(temporary, dpi=100)
     pyplot.close(figure)
     return Path(path)

@@ -11,8 +11,10 @@ from condnet.runs.checkpoint import write_atomic
 from condnet.runs.claim import check_run_dir
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions
+from condnet.runs.outputs import mark
 
 SUMMARY = "cv.json"
+KIND = "cross-validation"  # what the output marker of OUT_DIR says
 METRICS = ("accuracy", "group_accuracy", "hierarchical_f1")
 
 
@@ -65,7 +67,7 @@ def cross_validate(
     options = dataclasses.replace(options or TrainingOptions(), **fields)
     _check_hierarchy(options.hierarchy)
     out_dir = Path(out_dir)
-    check_run_dir(out_dir, data_dir)
+    check_run_dir(out_dir, data_dir, kind=KIND)
     if (out_dir / SUMMARY).exists() and not overwrite:
         raise ValueError(
             f"{str(out_dir)!r} already holds a cross-validation ({SUMMARY}). Pass "
@@ -76,6 +78,7 @@ def cross_validate(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     with run_lock(out_dir, break_lock=break_lock):
+        mark(out_dir, KIND, [SUMMARY, *(f"fold-{n}" for n in range(1, folds + 1))])
         for number, (train_rows, validation_rows) in enumerate(splits, start=1):
             run_dir = out_dir / f"fold-{number}"
             split = (train_rows.tolist(), validation_rows.tolist())
@@ -94,6 +97,7 @@ def cross_validate(
         }
         write_atomic(out_dir / SUMMARY, json.dumps(summary, indent=1) + "\n")
     return summary
+
 
 
 def fold_indices(labels, folds, seed=1337, class_names=None):

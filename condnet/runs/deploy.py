@@ -1,9 +1,10 @@
 """`condnet export` and `condnet serve`: a finished run where users deploy it."""
 
-import shutil
+import os
 from pathlib import Path
 
 from condnet.choices import EXPORT_FORMATS as FORMATS
+from condnet.runs.outputs import guard, staged_file, staged_folder, training_data
 from condnet.runs.run_dir import input_shape_of, load_run
 
 DEFAULT_NAMES = {"onnx": "model.onnx", "tf_saved_model": "saved_model", "keras": "model.keras"}
@@ -15,47 +16,43 @@ def export_run(run_dir, out=None, format="onnx", routing="hard", model_file=None
     `out` defaults to `RUN_DIR/export/model.onnx`, `.../saved_model` or
     `.../model.keras`. `onnx` and `tf_saved_model` route inside the graph
     (see `condnet.deploy.export`); `keras` copies the run's hard-routed model
-    file, which routes only through condnet's own `predict`. An existing `out`
-    is kept unless `overwrite=True`, and even then it is replaced only once the
-    new artifact is complete.
+    file, which routes only through condnet's own `predict`. `out` may not lie
+    inside a run (except `RUN_DIR/export/`) or the run's data; an existing
+    `out` is kept unless `overwrite=True`, a folder only if condnet exported it
+    (`condnet.runs.outputs`), and it is replaced only once the new artifact
+    is complete.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}. Received: format={format!r}")
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "export" / DEFAULT_NAMES[format]
-    if out.resolve().parent == run_dir.resolve():
-        raise ValueError(
-            "An export may not sit beside the run's own files (it could replace one of them): "
-            f"write it to RUN_DIR/export/ or elsewhere. Received: out={str(out)!r}"
-        )
-    if out.exists() and not overwrite:
-        raise ValueError(
-            f"{str(out)!r} already exists: pass --overwrite (overwrite=True) to replace it, "
-            f"or another --out. Received: out={str(out)!r}"
-        )
     if format == "onnx" and out.suffix.lower() != ".onnx":
         raise ValueError(f"An ONNX export is one file ending in .onnx. Received: out={str(out)!r}")
+    if format == "keras" and out.suffix.lower() != ".keras":
+        raise ValueError(f"A Keras export is one file ending in .keras. Received: out={str(out)!r}")
+    kind = "export" if format == "tf_saved_model" else "export file"
+    guard(out, kind, data=training_data([run_dir]), reads=[run_dir], overwrite=overwrite)
     model, config = load_run(run_dir, model_file=model_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".partial-{out.name}")
-    _remove(partial)
-    if format == "keras":
-        model.routing = routing
-        model.save(partial)
-    else:
+    if format == "tf_saved_model":
         from condnet.deploy.export import export_model
 
-        export_model(model, partial, format, input_shape_of(config)[1:], routing=routing)
-    _remove(out)
-    partial.replace(out)
+        with staged_folder(out, "export") as partial:
+            saved = partial / "saved_model"  # tf.saved_model.save writes into a new folder
+            export_model(model, saved, format, input_shape_of(config)[1:], routing=routing)
+            for name in os.listdir(saved):
+                os.replace(saved / name, partial / name)
+            saved.rmdir()
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged_file(out) as partial:
+        if format == "keras":
+            model.routing = routing
+            model.save(partial)
+        else:
+            from condnet.deploy.export import export_model
+
+            export_model(model, partial, format, input_shape_of(config)[1:], routing=routing)
     return out
-
-
-def _remove(path):
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 # === serve ===

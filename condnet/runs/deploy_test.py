@@ -51,26 +51,29 @@ def test_export_writes_an_onnx_file_that_predicts_like_the_run(run, tmp_path, ca
 
 
 @pytest.mark.skipif(not TENSORFLOW, reason="tracing runs on TensorFlow (the CLI switches to it)")
-def test_an_existing_export_is_kept_unless_overwrite_and_replaced_only_when_complete(run, capsys):
+def test_an_export_replaces_only_an_export_and_only_with_overwrite(run, capsys):
     out = run / "export" / "saved"
+    export = ["export", str(run), "--format", "tf_saved_model", "--out", str(out)]
     out.mkdir(parents=True)
     (out / "mine.txt").write_text("keep me")
-    assert main(["export", str(run), "--format", "tf_saved_model", "--out", str(out)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert main([*export, "--overwrite"]) == 2  # a folder condnet did not write
+    assert "condnet did not write" in capsys.readouterr().err
     assert (out / "mine.txt").read_text() == "keep me"
-    assert (
-        main(["export", str(run), "--format", "tf_saved_model", "--out", str(out), "--overwrite"])
-        == 0
-    )
-    assert (out / "saved_model.pb").is_file() and not (out / "mine.txt").exists()
-    assert not list(out.parent.glob(".partial-*"))
+    (out / "mine.txt").unlink()
+    assert main(export) == 0  # an empty folder is free
+    first = (out / "saved_model.pb").stat().st_mtime_ns
+    assert main(export) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*export, "--overwrite"]) == 0
+    assert (out / "saved_model.pb").stat().st_mtime_ns != first
+    assert sorted(p.name for p in out.parent.iterdir()) == ["saved"]  # no partial or old copy
 
 
-def test_export_refuses_to_write_beside_the_run_files(run, capsys):
+def test_export_refuses_to_write_among_the_run_files(run, capsys):
     before = (run / "model.keras").read_bytes()
     args = ["export", str(run), "--format", "keras", "--out", str(run / "model.keras")]
     assert main([*args, "--overwrite"]) == 2
-    assert "beside the run's own files" in capsys.readouterr().err
+    assert "lies inside the run" in capsys.readouterr().err
     assert (run / "model.keras").read_bytes() == before
 
 

@@ -1,13 +1,11 @@
 """`condnet ensemble`: finished runs averaged into one model, evaluated like a run."""
 
 import json
-import shutil
 from pathlib import Path
 
 from condnet.runs.checkpoint import BEST, write_atomic
+from condnet.runs.outputs import guard, staged_folder, training_data
 from condnet.runs.run_dir import CONFIG, folder_for, load_run
-
-ENSEMBLE_FILES = (BEST, CONFIG, "metrics.json", "report.md", "report.html")
 
 
 def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, progress=False):
@@ -16,15 +14,16 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     that `condnet evaluate`, `predict`, `serve` and `export` (keras) read.
 
     Every run must share the hierarchy, image size and colour mode; all of it is
-    checked, and `out` must be new (or `overwrite=True`), before anything is written.
+    checked, and `out` must be new (or an ensemble condnet wrote, with `overwrite=True`)
+    and outside the data and every run, before anything is written.
     Returns the metrics.
     """
     from condnet.evaluation.evaluate import evaluate_model
-    from condnet.evaluation.report import write_report
     from condnet.models.ensemble import Ensemble
 
     run_dirs, out = [Path(r) for r in run_dirs], Path(out)
-    _check_out(out, run_dirs, overwrite)
+    data = [data_dir, *training_data(run_dirs)]
+    guard(out, "ensemble", data=data, reads=run_dirs, overwrite=overwrite)
     loaded = [load_run(run) for run in run_dirs]
     config = _shared_config(run_dirs, [config for _, config in loaded])
     members = [model for model, _ in loaded]
@@ -44,37 +43,26 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     metrics["gain_over_best_member"] = metrics["accuracy"] - max(scores)
     costs = [m["routed_macs"] for m in metrics["members"]]
     metrics["macs_per_image"] = {"routed": sum(costs) if None not in costs else None}
-    _write(out, ensemble, config, metrics, run_dirs, data_dir)
+    with staged_folder(out, "ensemble") as partial:
+        _write(partial, ensemble, config, metrics, run_dirs, data_dir)
+        _report(partial, ensemble, metrics, run_dirs, data_dir)
+    return metrics
+
+
+def _report(out, ensemble, metrics, run_dirs, data_dir):
+    from condnet.evaluation.report import write_report
+
     write_report(
         out,
         ensemble.hierarchy,
         metrics,
-        title=f"Ensemble of {len(members)} runs on {data_dir}",
+        title=f"Ensemble of {len(run_dirs)} runs on {data_dir}",
         header={
             "members": ", ".join(str(r) for r in run_dirs),
             "data": f"{data_dir} ({metrics['num_samples']} images scored)",
             "gain over the best member": f"{metrics['gain_over_best_member']:+.4f}",
         },
     )
-    return metrics
-
-
-def _check_out(out, run_dirs, overwrite):
-    if any(out.resolve() == run.resolve() for run in run_dirs):
-        raise ValueError(f"--out {str(out)!r} is one of the members; write the ensemble elsewhere.")
-    if out.exists() and not (out.is_dir() and overwrite):
-        raise ValueError(
-            f"{str(out)!r} already exists: pass --overwrite to replace the ensemble there, or "
-            f"another --out. Received: --out {str(out)!r}"
-        )
-    if out.is_dir() and overwrite:
-        foreign = [p.name for p in out.iterdir() if p.name not in ENSEMBLE_FILES]
-        foreign = [n for n in foreign if not n.endswith(".png") and n != "examples"]
-        if foreign:
-            raise ValueError(
-                f"{str(out)!r} holds files an ensemble does not write ({', '.join(foreign[:5])}); "
-                "it is kept. Choose another --out."
-            )
 
 
 def _shared_config(run_dirs, configs):
@@ -100,12 +88,6 @@ def _routed_macs(run):
 def _write(out, ensemble, config, metrics, run_dirs, data_dir):
     from condnet.runs.checkpoint import save_model_atomic
 
-    if out.is_dir():
-        for name in ENSEMBLE_FILES:
-            if (out / name).exists():
-                (out / name).unlink()
-        shutil.rmtree(out / "examples", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
     save_model_atomic(ensemble, out / BEST)
     config = {**config, "ensemble": {"members": [str(r) for r in run_dirs], "data": str(data_dir)}}
     write_atomic(out / CONFIG, json.dumps(config, indent=1) + "\n")

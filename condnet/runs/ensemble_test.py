@@ -6,6 +6,7 @@ import pytest
 
 from condnet.evaluation.evaluate_test import colour_model, make_colour_folders
 from condnet.runs.cli import main
+from condnet.runs.outputs import MARKER
 from condnet.runs.run_dir import predict_paths
 
 
@@ -73,6 +74,15 @@ def test_ensemble_refuses_mismatched_runs_and_an_existing_out_before_writing(
     out.mkdir()
     (out / "mine.txt").write_text("keep")
     args = ["ensemble", str(exact), str(exact), "--data", str(data), "--out", str(out)]
-    assert main(args) == 2 and "already exists" in capsys.readouterr().err
-    assert main([*args, "--overwrite"]) == 2 and "it is kept" in capsys.readouterr().err
-    assert (out / "mine.txt").read_text() == "keep"
+    for flags in ([], ["--overwrite"]):  # a folder condnet did not write: never replaced
+        assert main([*args, *flags]) == 2
+        assert "condnet did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    (out / "mine.txt").unlink()
+    assert main([*args, "--quiet"]) == 0  # an empty folder is free
+    capsys.readouterr()
+    assert main([*args, "--quiet"]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--quiet", "--overwrite"]) == 0
+    inside = ["ensemble", str(exact), "--data", str(data), "--out"]
+    for place in (exact / "ensemble", data / "cool" / "blue" / "ensemble", exact):
+        assert main([*inside, str(place)]) == 2 and not place.joinpath(MARKER).exists()

@@ -5,7 +5,9 @@ import dataclasses
 import difflib
 import inspect
 import json
+import os
 import platform
+import sys
 from pathlib import Path
 
 import keras
@@ -15,7 +17,14 @@ from condnet.data.folders import ImageFolder, load_folders, scan_directory
 from condnet.evaluation.discovery import check_num_groups, discover_from_folder, flat_class_names
 from condnet.hierarchy import Hierarchy
 from condnet.runs import checkpoint as ckpt
-from condnet.runs.claim import CONFIG, RunClaim, check_run_dir, clean_temporary_files
+from condnet.runs.claim import (
+    CONFIG,
+    RunClaim,
+    check_run_dir,
+    clean_temporary_files,
+    replaced_asides,
+    restore_replaced,
+)
 from condnet.runs.finish import finish_run, fit_flat, side_pair
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
@@ -156,6 +165,7 @@ def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
         _announce(_data_summary(train_data, validation, options), fit_kwargs)
         if distribute.is_chief():
             _write_config(run_dir, data_dir, options, train_data.hierarchy)
+            write_split(run_dir, data_dir, train_data, validation)
         if options.upcycle_epochs:
             _upcycle(model, options, _sharded(train_data, validation), fit_kwargs)
         state = _run_phases(
@@ -213,6 +223,9 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
         dict with `"metrics"`, `"model"` and `"run_dir"`, as `train`.
     """
     run_dir = Path(run_dir)
+    if distribute.is_chief() and run_dir.is_dir() and replaced_asides(run_dir):
+        with run_lock(run_dir, break_lock=break_lock):
+            print(restore_replaced(run_dir), file=sys.stderr, flush=True)
     stored, stored_data_dir = read_config(run_dir)
     changes, fit_kwargs = TrainingOptions.fields_of(changes_and_fit_kwargs)
     _check_fit_kwargs(fit_kwargs)
@@ -232,6 +245,7 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
         if chief:
             clean_temporary_files(run_dir)
         train_data, validation = load_data(options, stored_data_dir)
+        check_split(run_dir, stored_data_dir, train_data, validation)
         if distribute.process_count() > 1:  # loading initialises the layers first: alike
             keras.utils.set_random_seed(options.seed)
         model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
@@ -646,6 +660,63 @@ def _write_config(run_dir, data_dir, options, hierarchy):
     }
     ckpt.write_atomic(Path(run_dir) / CONFIG, json.dumps(config, indent=1))
     hierarchy.save(Path(run_dir) / "hierarchy.json")
+
+
+# === The split's fingerprint ===
+
+SPLIT = "split.json"
+
+
+def write_split(run_dir, data_dir, train_data, validation):
+    """Record which files the run trains and validates on (`RUN_DIR/split.json`)."""
+    ckpt.write_atomic(
+        Path(run_dir) / SPLIT, json.dumps(_split_of(data_dir, train_data, validation)) + "\n"
+    )
+
+
+def check_split(run_dir, data_dir, train_data, validation):
+    """Refuse a data folder whose files changed since the run drew its split.
+
+    Files added or removed redraw the split, so images the model trained on
+    would be validated on (or the reverse). A run written before `split.json`
+    existed is not checked.
+    """
+    path = Path(run_dir) / SPLIT
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text())
+        stored = {part: set(stored[part]) for part in ("train", "validation")}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{str(path)!r} is damaged ({type(error).__name__}: {error}); it records the run's "
+            "split. Restore it, or start a new run."
+        ) from None
+    now = {k: set(v) for k, v in _split_of(data_dir, train_data, validation).items()}
+    if now != stored:
+        raise ValueError(_split_changed(data_dir, stored, now))
+
+
+def _split_of(data_dir, train_data, validation):
+    def relative(folder):
+        return sorted(os.path.relpath(p, data_dir) for p in folder.paths) if folder else []
+
+    return {"train": relative(train_data), "validation": relative(validation)}
+
+
+def _split_changed(data_dir, stored, now):
+    before, after = stored["train"] | stored["validation"], now["train"] | now["validation"]
+    added, removed = sorted(after - before), sorted(before - after)
+    moved = len(stored["validation"] & now["train"]) + len(stored["train"] & now["validation"])
+    parts = [f"{len(added)} file(s) added ({', '.join(added[:3])})" if added else ""]
+    parts += [f"{len(removed)} removed ({', '.join(removed[:3])})" if removed else ""]
+    changed = "; ".join(p for p in parts if p) or "the files are the same but split differently"
+    return (
+        f"The images in {str(data_dir)!r} changed since the run drew its split: {changed}. "
+        f"The split drawn again would move {moved} image(s) between training and validation, "
+        "so validation would score images the model trained on. Restore the folder as it was, "
+        "or start a new run on it."
+    )
 
 
 # === Data and model ===

@@ -16,6 +16,8 @@ from condnet.runs.checkpoint import read_state
 from condnet.runs.lock import LOCK, RunLocked
 from condnet.runs.options import TrainingOptions
 from condnet.runs.recipe import _stopping_callbacks, resume, train
+from condnet.runs.run_dir import calibrate_run, load_run
+from condnet.runs.claim import RunClaim
 from condnet.testing import tiny_resnet_backbone
 
 # TensorBoard off: it costs every test run a summary writer; one test checks the logs.
@@ -433,6 +435,41 @@ def test_resume_refuses_options_that_contradict_the_run(trained, tmp_path):
     with pytest.raises(ValueError, match="is not the run's image folder"):
         resume(run, tmp_path)
     assert (run / "config.json").read_text() == config
+
+
+@pytest.mark.slow
+def test_resume_and_calibrate_refuse_images_added_since_the_split(trained, shapes, tmp_path):
+    run = _copy(trained, tmp_path)
+    data = shutil.copytree(shapes / "train", tmp_path / "data")
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["data_dir"] = str(data)
+    (run / "config.json").write_text(json.dumps(config))
+    image = next(data.rglob("*.png"))
+    for n in range(3):
+        shutil.copy(image, image.with_name(f"added-{n}.png"))
+    changed = r"changed since the run drew its split: 3 file\(s\) added \(.*added-0.png"
+    with pytest.raises(ValueError, match=changed):
+        resume(run, epochs=3, verbose=0)
+    with pytest.raises(ValueError, match=changed):
+        calibrate_run(run)
+    assert read_state(run)["epoch"] == 2 and not (run / "model.calibrated.keras").exists()
+    for n in range(3):
+        image.with_name(f"added-{n}.png").unlink()
+    assert calibrate_run(run)["model"] == "model.calibrated.keras"  # the same files: fine
+
+
+@pytest.mark.slow
+def test_an_overwrite_killed_before_its_first_epoch_is_undone_by_resume(trained, tmp_path, capsys):
+    run = _copy(trained, tmp_path)
+    model = (run / "model.keras").read_bytes()
+    RunClaim(run, overwrite=True).__enter__()  # the new run's claim, then kill -9
+    (run / "config.json").write_text('{"options": {"epochs": 99}}')  # its uncommitted config
+    with pytest.raises(ValueError, match=r"interrupted before the new run .* old run is in"):
+        load_run(run)  # evaluate, predict, export: say where the old run waits
+    assert resume(run, verbose=0)["metrics"]["num_samples"] > 0
+    assert "Restored the run" in capsys.readouterr().err
+    assert (run / "model.keras").read_bytes() == model and read_state(run)["epoch"] == 2
+    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]
 
 
 @pytest.mark.slow

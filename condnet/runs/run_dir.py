@@ -1,6 +1,7 @@
 """A finished run directory: evaluate it on a folder, predict images, describe its parts."""
 
 import json
+import math
 import sys
 import zipfile
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from condnet.choices import COLOR_MODES
 from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
 from condnet.evaluation.calibration import calibrate
 from condnet.evaluation.cost import count_macs
@@ -19,14 +21,19 @@ from condnet.evaluation.evaluate import (
     within_group_of,
 )
 from condnet.evaluation.progress import Progress
+from condnet.hierarchy import Hierarchy
 from condnet.runs.checkpoint import (
     BASELINE,
     BEST,
     CHECKPOINTS,
     METRICS,
+    STATE,
     save_model_atomic,
     write_atomic,
 )
+from condnet.runs.checkpoint import read_state as read_checkpoint_state
+from condnet.runs.options import IMAGE_SIZES, normalised
+from condnet.runs.outputs import guard, staged_folder, training_data, write_file
 
 CONFIG = "config.json"
 
@@ -43,9 +50,11 @@ def load_run(run_dir, model_file=None, routing=None):
     model's own routing at inference.
 
     `config.json` must be UTF-8 JSON with an `"options"` object (holding at
-    least `image_size` and `color_mode`), and `model.keras` a complete Keras
-    archive; anything else is a `ValueError` that names the file and says
-    what to do.
+    least a valid `image_size` and `color_mode`; see `read_config`), and the
+    model file a complete Keras archive of a condnet model (a `ConditionalModel`
+    or an `Ensemble`) made for the run's hierarchy and image size, or the
+    run's own flat baseline (`baseline.keras`, returned as a `FlatBaseline`);
+    anything else is a `ValueError` that names the file and says what to do.
     """
     run_dir = Path(run_dir)
     if routing is not None and routing not in INFERENCE_ROUTINGS:
@@ -61,16 +70,171 @@ def load_run(run_dir, model_file=None, routing=None):
             f"Received: model={model_file!r}"
         )
     if not run_dir.is_dir() or not model_path.is_file() or not config_path.is_file():
+        _refuse_interrupted_overwrite(run_dir)
         raise ValueError(
             f"{str(run_dir)!r} is not a finished condnet run: it needs {BEST} and "
             f"{CONFIG} (written by `condnet train --out RUN_DIR`). Received: "
             f"run_dir={str(run_dir)!r}"
         )
-    config = _read_config(config_path)
-    model = _load_model(model_path)
+    config = read_config(config_path)
+    model = _as_run_model(run_dir, _load_model(model_path), model_path, config)
     if routing is not None:
         model.routing = routing
     return model, config
+
+
+def _refuse_interrupted_overwrite(run_dir):
+    """An `--overwrite` killed before the new run's first epoch left the old run aside."""
+    from condnet.runs.claim import replaced_asides
+
+    asides = replaced_asides(run_dir) if run_dir.parent.is_dir() else []
+    if asides:
+        raise ValueError(
+            f"{str(run_dir)!r} is empty because an --overwrite was interrupted before the new "
+            f"run committed an epoch; the old run is in {str(asides[-1])!r}. `condnet train "
+            f"DATA_DIR --out {run_dir} --resume` (or any `condnet train` into it) moves it back."
+        )
+
+
+def _as_run_model(run_dir, model, path, config):
+    """The loaded model as the run serves it: a condnet model that fits the run, or the
+    run's flat baseline as a `FlatBaseline`; any other model is refused."""
+    from condnet.models.conditional_model import ConditionalModel
+    from condnet.models.ensemble import Ensemble
+
+    if isinstance(model, ConditionalModel | Ensemble):
+        _check_hierarchy(run_dir, model.hierarchy, config, path)
+    elif path.name == BASELINE and isinstance(model, keras.Model):
+        model = FlatBaseline(_run_hierarchy(run_dir, config), model, path)
+    else:
+        raise ValueError(
+            f"{path.name} holds a {type(model).__name__} model, not a condnet model: condnet "
+            f"reads a run's {BEST} (or model.calibrated.keras, an ensemble's {BEST}) and its "
+            f"flat baseline {BASELINE}. Restore the run's own model file, or re-train the "
+            f"run. Received: path={str(path)!r}"
+        )
+    _check_input_shape(model, path, config)
+    return model
+
+
+def _check_hierarchy(run_dir, hierarchy, config, path):
+    """The model's hierarchy must be the run's (config.json's tree, hierarchy.json)."""
+    sources = []
+    if config.get("hierarchy") is not None:
+        sources.append((CONFIG, Hierarchy(config["hierarchy"])))
+    if (Path(run_dir) / HIERARCHY).is_file():
+        sources.append((HIERARCHY, read_hierarchy(Path(run_dir) / HIERARCHY)))
+    for name, tree in sources:
+        if tree != hierarchy:
+            raise ValueError(
+                f"{path.name} was trained on the hierarchy {hierarchy.to_dict()} but the run's "
+                f"{name} names {tree.to_dict()}: one of them belongs to another run. Restore "
+                f"the run's own files, or re-train it. Received: path={str(path)!r}"
+            )
+
+
+def _run_hierarchy(run_dir, config):
+    """The run's hierarchy, for its flat baseline: config.json's, hierarchy.json's, or the
+    one inside model.keras."""
+    if config.get("hierarchy") is not None:
+        return Hierarchy(config["hierarchy"])
+    if (Path(run_dir) / HIERARCHY).is_file():
+        return read_hierarchy(Path(run_dir) / HIERARCHY)
+    if (Path(run_dir) / BEST).is_file():
+        model = _load_model(Path(run_dir) / BEST)
+        if hasattr(model, "hierarchy"):
+            return model.hierarchy
+    raise ValueError(
+        f"The run {str(run_dir)!r} does not say which classes its flat baseline predicts: "
+        f"it has no hierarchy in {CONFIG}, no {HIERARCHY} and no condnet {BEST}. Restore "
+        f"one of them. Received: run_dir={str(run_dir)!r}"
+    )
+
+
+def _check_input_shape(model, path, config):
+    """The image size and channels config.json names must be those the model was built for."""
+    expected = input_shape_of(config)[1:]
+    built = _built_shape(getattr(model, "classifier", model))
+    if built is None or len(built) != len(expected) + 1:
+        return
+    if any(side is not None and side != want for side, want in zip(built[1:], expected)):
+        options = config["options"]
+        raise ValueError(
+            f"The run's {CONFIG} names image_size={options['image_size']!r} and color_mode="
+            f"{options['color_mode']!r} (inputs {expected}), but {path.name} was built for "
+            f"inputs {tuple(built[1:])}: one of them belongs to another run. Restore the "
+            f"run's own files, or re-train it. Received: path={str(path)!r}"
+        )
+
+
+def _built_shape(model):
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    shape = next(iter(shapes.values()), None)
+    if shape is None and isinstance(model, keras.Model) and len(model.inputs or ()) == 1:
+        shape = model.inputs[0].shape
+    return None if shape is None else tuple(shape)
+
+
+class FlatBaseline(keras.Model):
+    """A run's flat baseline (a plain Keras classifier over the run's classes) with the
+    outputs of a conditional model, so that `predict`, `evaluate`, `info` and `serve` read
+    it as they read `model.keras`.
+
+    `classes` are the classifier's probabilities, `groups` their sums over each group's
+    classes, and `route` is the group of the most probable class: a flat model has no
+    experts, so the `expert` of its predictions is always their `group`. It does not route
+    (`routing` is None and ignores a new value). `save` writes the classifier itself.
+    """
+
+    routes_at_inference = False
+
+    def __init__(self, hierarchy, classifier, path=BASELINE, **kwargs):
+        super().__init__(name="baseline", **kwargs)
+        _check_classifier(classifier, hierarchy, path)
+        self.hierarchy = hierarchy
+        self.classifier = classifier
+        membership = np.zeros((hierarchy.num_classes, hierarchy.num_groups), "float32")
+        membership[np.arange(hierarchy.num_classes), hierarchy.class_to_group] = 1.0
+        self._membership = membership
+        self._class_to_group = np.asarray(hierarchy.class_to_group, "int32")
+        self.built = True
+
+    @property
+    def routing(self):
+        return None
+
+    @routing.setter
+    def routing(self, value):
+        pass  # a flat model runs whole for every image: there is nothing to route
+
+    def call(self, inputs, training=False):
+        classes = keras.ops.cast(self.classifier(inputs, training=training), "float32")
+        groups = keras.ops.matmul(classes, keras.ops.convert_to_tensor(self._membership))
+        route = keras.ops.take(
+            keras.ops.convert_to_tensor(self._class_to_group), keras.ops.argmax(classes, axis=-1)
+        )
+        return {"classes": classes, "groups": groups, "route": route}
+
+    def save(self, filepath, *args, **kwargs):
+        return self.classifier.save(filepath, *args, **kwargs)
+
+
+def _check_classifier(classifier, hierarchy, path):
+    """A flat baseline: a plain Keras model with one output, a probability per class."""
+    outputs = getattr(classifier, "outputs", None) or ()
+    width = (
+        outputs[0].shape[-1] if len(outputs) == 1 and not hasattr(classifier, "hierarchy") else None
+    )
+    if width != hierarchy.num_classes:
+        found = (
+            f"{width} values per image" if width is not None else f"a {type(classifier).__name__}"
+        )
+        raise ValueError(
+            f"{Path(path).name} is not the run's flat baseline: that is a Keras classifier with "
+            f"one output of {hierarchy.num_classes} class probabilities, and this file holds "
+            f"{found}. Restore the run's own {BASELINE}, or re-train the run. "
+            f"Received: path={str(path)!r}"
+        )
 
 
 def _model_path(run_dir, model_file):
@@ -80,33 +244,209 @@ def _model_path(run_dir, model_file):
     return path if path.is_absolute() or path.parent != Path(".") else run_dir / path
 
 
-def _read_config(path):
-    try:
-        text = path.read_bytes().decode("utf-8")
-        config = json.loads(text)
-    except UnicodeDecodeError as error:
-        raise ValueError(_bad_config(path, f"it is not UTF-8 text ({error})")) from None
-    except RecursionError:
-        raise ValueError(_bad_config(path, "it nests too deeply to read")) from None
-    except ValueError as error:  # JSONDecodeError, or an integer too long to read
-        raise ValueError(_bad_config(path, f"it is not valid JSON ({error})")) from None
-    except OSError as error:
-        raise ValueError(_bad_config(path, f"it cannot be read ({error})")) from None
-    options = config.get("options") if isinstance(config, dict) else None
-    if not isinstance(options, dict):
-        raise ValueError(_bad_config(path, 'it has no "options" object'))
+# === Run files ===
+# Each reader checks what condnet relies on in one file of a run and raises one
+# ValueError naming the file, the problem and the fix.
+
+HIERARCHY = "hierarchy.json"
+_FIXES = {
+    CONFIG: "`condnet train --out RUN_DIR` writes it with the run's options; re-train the run "
+    "or restore the file",
+    METRICS: "`condnet train` writes it when the run ends; restore the file or re-train the run",
+    STATE: "`condnet train` writes it after each epoch, for --resume; restore the file, or "
+    "start the run again with --overwrite",
+    HIERARCHY: "`condnet train` writes it as a copy of the tree in config.json; restore it "
+    "from there, or delete it",
+}
+
+
+def read_config(path):
+    """A run's config.json: an object whose `"options"` hold a valid `image_size` (pixels,
+    8 to 2048, as the options allow) and `color_mode`, and whose `"hierarchy"`, when
+    present, is a valid tree."""
+    config = _read_json(path)
+    options = _options_of(path, config)
     missing = [key for key in ("image_size", "color_mode") if key not in options]
     if missing:
-        raise ValueError(_bad_config(path, f'its "options" lack {missing}'))
+        raise ValueError(_bad_file(path, f'its "options" lack {missing}'))
+    for key in ("image_size", "color_mode"):
+        if not _valid_option(key, options[key]):
+            raise ValueError(
+                _bad_file(path, f'its "options" hold {key}={options[key]!r:.80}, {_EXPECTED[key]}')
+            )
+    if config.get("hierarchy") is not None:
+        _tree(path, config["hierarchy"])
     return config
 
 
-def _bad_config(path, problem):
-    return (
-        f"The run's {CONFIG} cannot be used: {problem}. `condnet train --out RUN_DIR` "
-        f"writes it with the run's options; re-train the run or restore the file. "
-        f"Received: path={str(path)!r}"
-    )
+def read_options(path):
+    """The `"options"` object of a run's config.json, unchecked beyond being an object."""
+    return _options_of(path, _read_json(path))
+
+
+def _options_of(path, config):
+    options = config.get("options") if isinstance(config, dict) else None
+    if not isinstance(options, dict):
+        raise ValueError(_bad_file(path, 'it has no "options" object'))
+    return options
+
+
+_EXPECTED = {
+    "image_size": "where an int or a (height, width) pair of ints from "
+    f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} pixels is expected",
+    "color_mode": f"where one of {list(COLOR_MODES)} is expected",
+}
+
+
+def _valid_option(name, value):
+    if value == "auto":  # a finished run has resolved it to pixels
+        return False
+    try:
+        normalised(name, value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _tree(path, tree):
+    try:
+        return Hierarchy(tree)
+    except (TypeError, ValueError) as error:
+        problem = f'its "hierarchy" is not a valid tree ({str(error)[:200]})'
+        raise ValueError(_bad_file(path, problem)) from None
+
+
+def read_hierarchy(path):
+    """A run's hierarchy.json as a `Hierarchy`."""
+    try:
+        return Hierarchy.from_file(path)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ValueError(_bad_file(path, str(error)[:300].rstrip("."))) from None
+
+
+def read_metrics(path):
+    """A run's metrics.json: an object whose known entries have the types and ranges
+    condnet reads (accuracies in [0, 1], costs >= 0, sections as objects); any may be
+    missing or null."""
+    metrics = _read_json(path)
+    if not isinstance(metrics, dict):
+        problem = f"it holds a JSON {_json_type(metrics)} where an object of metrics is expected"
+        raise ValueError(_bad_file(path, problem))
+    for keys, check, expected in _METRIC_ENTRIES:
+        value = nested_entry(metrics, keys)
+        if value is not None and not check(value):
+            shown = "".join(f"[{key!r}]" for key in keys)
+            problem = f"its entry {shown} is {value!r:.80}, where {expected} is expected"
+            raise ValueError(_bad_file(path, problem))
+    return metrics
+
+
+def _fraction(value):
+    return _is_number(value) and 0 <= value <= 1
+
+
+def _count(value):
+    return _is_number(value) and value >= 0
+
+
+def _is_number(value):
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_OBJECT = (lambda value: isinstance(value, dict), "an object")
+_FRACTION = (_fraction, "a number from 0 to 1")
+_COUNT = (_count, "a finite number >= 0")
+_METRIC_ENTRIES = [
+    (keys, *check)
+    for keys, check in [
+        *[((key,), _FRACTION) for key in ("accuracy", "group_accuracy", "gate_accuracy")],
+        (("hierarchical_f1",), _FRACTION),
+        (("training_routing",), (lambda value: isinstance(value, str), "a string")),
+        (("mixture",), _OBJECT),
+        (("mixture", "accuracy"), _FRACTION),
+        (("macs_per_image",), _OBJECT),
+        (("macs_per_image", "routed"), _COUNT),
+        (("macs_per_image", "all_experts"), _COUNT),
+        (("baseline",), _OBJECT),
+        *[(("baseline", side), _OBJECT) for side in ("flat", "conditional")],
+        *[(("baseline", side, "accuracy"), _FRACTION) for side in ("flat", "conditional")],
+        *[
+            (("baseline", side, key), _COUNT)
+            for side in ("flat", "conditional")
+            for key in ("macs_per_image", "images_per_second")
+        ],
+    ]
+]
+
+
+def nested_entry(value, keys):
+    """value[k1][k2]..., or None where a level is missing, null or not an object."""
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def read_state(run_dir):
+    """A run's state.json (None without one): `checkpoint.read_state`, with the types of
+    the fields a resume reads checked too."""
+    path = Path(run_dir) / STATE
+    if not path.is_file():
+        return None
+    state = _read_json(path)
+    if not isinstance(state, dict):
+        problem = f"it holds a JSON {_json_type(state)} where an object is expected"
+        raise ValueError(_bad_file(path, problem))
+    for key, check, expected in _STATE_FIELDS:
+        if key not in state or not check(state[key]):
+            shown = "missing" if key not in state else f"{state[key]!r:.80}"
+            problem = f'its "{key}" is {shown}, where {expected} is expected'
+            raise ValueError(_bad_file(path, problem))
+    return read_checkpoint_state(run_dir)  # and the checkpoint a plain name inside the run
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_STATE_FIELDS = [
+    ("phase", _is_int, "an int >= 0"),
+    ("epoch", _is_int, "an int >= 0"),
+    ("phase_done", lambda value: isinstance(value, bool), "true or false"),
+    ("checkpoint", lambda value: isinstance(value, str), "a file name"),
+    ("best", lambda value: value is None or _is_number(value), "a number or null"),
+    (
+        "history",
+        lambda rows: isinstance(rows, list) and all(isinstance(row, dict) for row in rows),
+        "a list of objects",
+    ),
+]
+
+
+def _read_json(path):
+    """The JSON value of a run file; one ValueError naming the file when it cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        problem = f"it is not UTF-8 text ({error})"
+    except RecursionError:
+        problem = "it nests too deeply to read"
+    except ValueError as error:  # JSONDecodeError, or an integer too long to read
+        problem = "it is empty (0 bytes)" if not data else f"it is not valid JSON ({error})"
+    except OSError as error:
+        problem = f"it cannot be read ({error.strerror or type(error).__name__})"
+    raise ValueError(_bad_file(path, problem))
+
+
+def _json_type(value):
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _bad_file(path, problem):
+    name = Path(path).name
+    fix = _FIXES.get(name, f"restore {name}")
+    return f"The run's {name} cannot be used: {problem}. {fix}. Received: path={str(path)!r}"
 
 
 def _load_model(path):
@@ -161,13 +501,47 @@ def evaluate_run(
     chosen expert runs); the other routing's accuracy is reported beside them
     (`mixture` or `hard_routed`), and so is the run's flat baseline when it
     has one (`baseline`), on the same images. `progress=True` reports each
-    pass on standard error.
+    pass on standard error. With `model_file="baseline.keras"` the flat
+    baseline alone is scored (`"model": "baseline"`, `"inference_routing":
+    "flat"`).
     """
-    from condnet.evaluation.report import baseline_verdict, gap_sources, write_report
-
+    report_dir = Path(report_dir or Path(run_dir) / "evaluation")
+    read = dict(data=[data_dir, *training_data([run_dir])], reads=[run_dir])
+    guard(report_dir, "evaluation", flag="--report-dir", **read)
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
     data = folder_for(model, config, data_dir, batch_size)
     label = _labeller(progress)
+    if isinstance(model, FlatBaseline):
+        metrics, comparison = _flat_metrics(model, data, label), None
+    else:
+        metrics, comparison = _conditional_metrics(run_dir, model, data, label)
+    with staged_folder(report_dir, "evaluation") as partial:
+        write_file(partial / METRICS, json.dumps(metrics, indent=1))
+        _write_evaluation_report(partial, run_dir, data_dir, model, metrics, comparison)
+    return metrics
+
+
+def _flat_metrics(model, data, label):
+    """The run's flat baseline scored on `data`, as the run scores it beside its model."""
+    metrics, predictions = evaluate_model(
+        model.classifier,
+        data,
+        hierarchy=model.hierarchy,
+        return_predictions=True,
+        progress=label("flat baseline"),
+    )
+    metrics["within_group_accuracy"] = within_group_of(model.hierarchy, predictions)
+    return {**metrics, "model": "baseline", "inference_routing": "flat"}
+
+
+def _conditional_metrics(run_dir, model, data, label):
+    """(metrics, baseline comparison or None) of a condnet model on `data`: its routing,
+    the other routing's accuracy and the run's flat baseline beside it."""
+    from condnet.evaluation.report import baseline_verdict, gap_sources
+
+    # The run files it reads are checked before the first pass over the images.
+    trained = read_metrics(Path(run_dir) / METRICS) if (Path(run_dir) / METRICS).is_file() else {}
+    flat = _flat_classifier(run_dir, model.hierarchy)
     metrics, predictions = evaluate_model(
         model, data, return_predictions=True, progress=label(f"{model.routing} routing")
     )
@@ -183,7 +557,7 @@ def evaluate_run(
     soft = other_predictions if other == "soft" else predictions
     within = within_group_of(model.hierarchy, soft)
     comparison = _baseline_on(
-        run_dir,
+        flat,
         data,
         model.hierarchy,
         {**metrics, "within_group_accuracy": within},
@@ -191,13 +565,16 @@ def evaluate_run(
     )
     if comparison is not None:
         if metrics["inference_routing"] == "hard":
-            _add_training_costs(run_dir, comparison)
+            _add_training_costs(trained, comparison)
         comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
-    report_dir = Path(report_dir or Path(run_dir) / "evaluation")
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / METRICS).write_text(json.dumps(metrics, indent=1))
+    return metrics, comparison
+
+
+def _write_evaluation_report(report_dir, run_dir, data_dir, model, metrics, comparison):
+    from condnet.evaluation.report import write_report
+
     write_report(
         report_dir,
         model.hierarchy,
@@ -209,19 +586,26 @@ def evaluate_run(
         },
         baseline=comparison,
     )
-    return metrics
 
 
 def _labeller(progress):
     return (lambda label: label) if progress else (lambda label: None)
 
 
-def _baseline_on(run_dir, data, hierarchy, metrics, progress=None):
-    """The run's flat baseline scored on `data`, beside the conditional model, or None."""
+def _flat_classifier(run_dir, hierarchy):
+    """The run's flat baseline (its plain Keras classifier), or None without one."""
     path = Path(run_dir) / BASELINE
     if not path.is_file():
         return None
-    flat = _load_model(path)
+    classifier = _load_model(path)
+    _check_classifier(classifier, hierarchy, path)
+    return classifier
+
+
+def _baseline_on(flat, data, hierarchy, metrics, progress=None):
+    """The flat baseline scored on `data`, beside the conditional model, or None."""
+    if flat is None:
+        return None
     scores, predictions = evaluate_model(
         flat, data, hierarchy=hierarchy, return_predictions=True, progress=progress
     )
@@ -234,15 +618,14 @@ def _baseline_on(run_dir, data, hierarchy, metrics, progress=None):
     }
 
 
-def _add_training_costs(run_dir, comparison):
+def _add_training_costs(trained, comparison):
     """MACs per image and images/s of both models, as `condnet train` measured them for the
-    hard-routed model (they do not depend on the images scored); nothing if it did not."""
-    path = Path(run_dir) / METRICS
-    trained = json.loads(path.read_text()).get("baseline", {}) if path.is_file() else {}
+    hard-routed model (they do not depend on the images scored) in the run's metrics
+    `trained`; nothing if it did not."""
     for side in ("conditional", "flat"):
         for key in ("macs_per_image", "images_per_second"):
-            if key in trained.get(side, {}):
-                comparison[side][key] = trained[side][key]
+            if nested_entry(trained, ("baseline", side, key)) is not None:
+                comparison[side][key] = trained["baseline"][side][key]
 
 
 def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None, progress=False):
@@ -254,11 +637,14 @@ def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None,
     An image that cannot be decoded gets the row `{"path": ..., "error":
     "cannot decode: <reason>"}` instead of a prediction; no other image's
     prediction ever stands in for it. `progress=True` reports the batches on
-    standard error.
+    standard error. The rows of the run's flat baseline (`model_file=
+    "baseline.keras"`) have the same keys and `"model": "baseline"`; their
+    `expert` is their `group` (see `FlatBaseline`).
     """
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
     paths = _image_paths(inputs)
     hierarchy = model.hierarchy
+    extra = {"model": "baseline"} if isinstance(model, FlatBaseline) else {}
     data = ImageFolder(
         paths,
         np.zeros(len(paths), "int32"),
@@ -277,7 +663,7 @@ def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None,
         for row, error in zip(data.batch_rows(index), errors):
             path = data.paths[row]
             if error is None:
-                results.append(prediction_row(hierarchy, path, outputs, next(decoded)))
+                results.append(prediction_row(hierarchy, path, outputs, next(decoded)) | extra)
             else:
                 results.append(error_row(path, error))
     shown.close(f", {len(results)} images")
@@ -292,13 +678,34 @@ def input_shape_of(config):
     return (None, *size, channels)
 
 
-def run_info(run_dir):
-    """Hierarchy, parameters per part and multiply-accumulates per image for each route."""
-    return model_info(*load_run(run_dir))
+def run_info(run_dir, model_file=None):
+    """Hierarchy, parameters per part and multiply-accumulates per image for each route.
+
+    An ensemble (`condnet ensemble`) is refused: its members are runs of their own.
+    """
+    model, config = load_run(run_dir, model_file=model_file)
+    _refuse_ensemble(run_dir, model, config, "info", "describes the parts and routes of one model")
+    return model_info(model, config)
+
+
+def _refuse_ensemble(run_dir, model, config, command, what):
+    from condnet.models.ensemble import Ensemble
+
+    if not isinstance(model, Ensemble):
+        return
+    members = nested_entry(config, ("ensemble", "members"))
+    members = members if isinstance(members, list) else "listed in its config.json"
+    raise ValueError(
+        f"{str(run_dir)!r} is an ensemble of {len(model.members)} runs (written by `condnet "
+        f"ensemble`), and `condnet {command}` {what}. Run it on the member runs instead: "
+        f"{members}. Received: run_dir={str(run_dir)!r}"
+    )
 
 
 def model_info(model, config):
     """`run_info` of a loaded run's model and config."""
+    if isinstance(model, FlatBaseline):
+        return _flat_info(model, config)
     shape = input_shape_of(config)
     taps = model._tap_shapes(shape)
     parts = {
@@ -331,6 +738,20 @@ def model_info(model, config):
     }
 
 
+def _flat_info(model, config):
+    """`model_info` of the run's flat baseline: one part, the same cost for every image."""
+    macs = count_macs(model.classifier, input_shape_of(config)[1:])
+    return {
+        "model": "baseline",
+        "hierarchy": model.hierarchy.to_dict(),
+        "routing": None,
+        "parameters": {"baseline": int(model.classifier.count_params())},
+        "macs": {"baseline": macs},
+        "macs_per_route": {group: macs for group in model.hierarchy.groups},
+        "macs_all_experts": macs,
+    }
+
+
 CALIBRATED = "model.calibrated.keras"
 CALIBRATION_REPORT = "calibration.json"
 
@@ -352,10 +773,18 @@ def calibrate_run(run_dir, break_lock=False, progress=False):
 
 
 def _calibrate_locked(run_dir, progress=False):
-    from condnet.runs.recipe import load_data
+    from condnet.runs.recipe import check_split, load_data
 
     model, config = load_run(run_dir)
-    _, validation = load_data(config["options"])
+    _refuse_ensemble(
+        run_dir,
+        model,
+        config,
+        "calibrate",
+        "fits the temperatures of one model's gate and experts on its own validation split",
+    )
+    train_data, validation = load_data(config["options"])
+    check_split(run_dir, config["options"]["data_dir"], train_data, validation)
     if validation is None:
         raise ValueError(
             f"The run {str(run_dir)!r} has no validation split (validation_split=0), and "

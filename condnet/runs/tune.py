@@ -16,7 +16,9 @@ import math
 import os
 from pathlib import Path
 
-from condnet.runs.options import TrainingOptions
+from condnet.runs.claim import RUN_FILES, check_run_dir
+from condnet.runs.options import TrainingOptions, normalised
+from condnet.runs.outputs import mark, write_file
 
 # The default search space: option -> {"choices": [...]} or {"min", "max", "sampling"}.
 SPACE = {
@@ -36,17 +38,15 @@ TRIAL = "trial.json"  # in each trial's run directory: its id, the tuner that ra
 
 def read_space(path=None):
     """The default `SPACE`, with the entries of a JSON / YAML file replacing its own
-    (an entry may be a fixed value, `{"choices": [...]}` or `{"min", "max", "sampling"}`)."""
+    (an entry may be a fixed value, `{"choices": [...]}` or `{"min", "max", "sampling"}`).
+
+    Every entry is checked here, before the first trial: each value it allows must be one
+    the option takes (`condnet train --help`), or a ValueError names the entry and value.
+    """
     space = dict(SPACE)
     if path is None:
         return space
-    text = Path(path).read_text()
-    if Path(path).suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        loaded = yaml.safe_load(text)
-    else:
-        loaded = json.loads(text)
+    loaded = _load_space(path)
     if not isinstance(loaded, dict):
         raise ValueError(
             f"The space file {str(path)!r} must map option names to choices. "
@@ -60,7 +60,68 @@ def read_space(path=None):
                 f"option (see `condnet train --help`). Received: {name!r}"
             )
         space[name] = entry if isinstance(entry, dict) else {"choices": [entry]}
+        problem = _entry_problem(name, space[name])
+        if problem:
+            raise ValueError(
+                f"The space file {str(path)!r} has a bad entry for {name!r}: {problem}. Fix "
+                f"or remove the entry. Received: {name}={entry!r:.200}"
+            )
     return space
+
+
+def _load_space(path):
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    errors, parse = (ValueError, RecursionError), json.loads
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        errors, parse = (*errors, yaml.YAMLError), yaml.safe_load
+    try:
+        return parse(text)
+    except errors as error:
+        problem = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ValueError(f"The space file {str(path)!r} cannot be read: {problem}") from None
+
+
+SAMPLINGS = ("linear", "log", "reverse_log")
+
+
+def _entry_problem(name, entry):
+    """Why KerasTuner or the option `name` would refuse a space entry, or None."""
+    if "choices" in entry:
+        extra = set(entry) - {"choices"}
+        choices = entry["choices"]
+        if extra or not isinstance(choices, list) or not choices:
+            return "'choices' must be a non-empty list and stand alone"
+        if any(not isinstance(c, bool | int | float | str) for c in choices):
+            return "KerasTuner choices must be numbers, strings or true/false"
+        if len({type(c) for c in choices}) > 1:
+            return "KerasTuner choices must all have one type"
+        return next(filter(None, (_value_problem(name, c) for c in choices)), None)
+    if not {"min", "max"} <= set(entry) or set(entry) - {"min", "max", "sampling"}:
+        return "an entry is a value, {'choices': [...]} or {'min', 'max', 'sampling'}"
+    return _range_problem(name, entry)
+
+
+def _range_problem(name, entry):
+    low, high, sampling = entry["min"], entry["max"], entry.get("sampling", "linear")
+    if not (_is_number(low) and _is_number(high) and low <= high):
+        return "'min' and 'max' must be finite numbers, 'min' <= 'max'"
+    if sampling not in SAMPLINGS or (sampling != "linear" and low <= 0):
+        return f"'sampling' is one of {list(SAMPLINGS)}, and log sampling needs 'min' > 0"
+    return _value_problem(name, low) or _value_problem(name, high)
+
+
+def _is_number(value):
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _value_problem(name, value):
+    try:
+        normalised(name, _values({name: value})[name])
+    except (TypeError, ValueError) as error:
+        return f"{value!r:.80} is refused ({str(error).split(' Received:')[0].rstrip('.')})"
+    return None
 
 
 def hyperparameters(space):
@@ -112,6 +173,7 @@ def make_tuner(
             f"tuner must be one of {list(TUNERS)} and objective one of {list(OBJECTIVES)}. "
             f"Received: tuner={tuner!r}, objective={objective!r}"
         )
+    _claim(tune_dir, data_dir)
     goal = kt.Objective(objective, direction="max")
     hp = hyperparameters(space or SPACE)
     common = dict(objective=goal, hyperparameters=hp, tune_new_entries=False)
@@ -129,6 +191,17 @@ def make_tuner(
     return RunTuner(oracle, directory=str(tune_dir), project_name="search")
 
 
+KIND = "search"  # what the output marker of TUNE_DIR says
+SEARCH_FILES = ("trials", "search", SUMMARY, "summary.md", "pareto.png")
+
+
+def _claim(tune_dir, data_dir):
+    """TUNE_DIR must be new, empty, or a search condnet wrote (which then resumes)."""
+    check_run_dir(tune_dir, data_dir, kind=KIND)
+    Path(tune_dir).mkdir(parents=True, exist_ok=True)
+    mark(tune_dir, KIND, SEARCH_FILES)
+
+
 def run_trial(data_dir, tune_dir, options, trial, verbose=0):
     """Train (or resume) one trial's run; its objectives."""
     from condnet.runs.checkpoint import read_state
@@ -143,11 +216,16 @@ def run_trial(data_dir, tune_dir, options, trial, verbose=0):
     run_dir.mkdir(parents=True, exist_ok=True)
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     record = {"trial": trial.trial_id, "tuner": tuner_id, "values": trial.hyperparameters.values}
-    (run_dir / TRIAL).write_text(json.dumps(record, indent=1) + "\n")
+    mark(run_dir, "run", RUN_FILES)  # a run condnet writes, which also holds TRIAL
+    write_file(run_dir / TRIAL, json.dumps(record, indent=1) + "\n")
+    # The search owns its trials: the lock of a trial whose process died (a search killed
+    # mid-trial) is stale, and breaking it lets the trial continue.
     if read_state(run_dir) is not None and not (run_dir / "metrics.json").is_file():
-        result = resume(run_dir, verbose=verbose)  # a trial the last search left unfinished
+        result = resume(run_dir, break_lock=True, verbose=verbose)  # left unfinished
     else:
-        result = train(data_dir, run_dir, overwrite=True, verbose=verbose, **settings)
+        result = train(
+            data_dir, run_dir, overwrite=True, break_lock=True, verbose=verbose, **settings
+        )
     metrics = result["metrics"]
     routed = metrics.get("macs_per_image", {}).get("routed") or math.nan
     return {
@@ -179,8 +257,8 @@ def summarise(tune_dir, tuner):
     front = pareto_front(rows)
     for row in rows:
         row["pareto"] = row["trial"] in front
-    Path(tune_dir, SUMMARY).write_text(json.dumps(rows, indent=1) + "\n")
-    Path(tune_dir, "summary.md").write_text(summary_table(rows))
+    write_file(Path(tune_dir, SUMMARY), json.dumps(rows, indent=1) + "\n")
+    write_file(Path(tune_dir, "summary.md"), summary_table(rows))
     _plot(rows, Path(tune_dir) / "pareto.png")
     return rows
 

@@ -1,10 +1,15 @@
 import json
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 
 from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.cli import main
-from condnet.runs.tune import pareto_front, read_space
+from condnet.runs.lock import LOCK
+from condnet.runs.tune import pareto_front, read_space, run_trial
 from condnet.testing import free_port
 
 pytest.importorskip("keras_tuner")
@@ -68,6 +73,23 @@ def test_tune_runs_trials_as_runs_summarises_and_resumes(tmp_path, capsys):
     members = json.loads((tmp_path / "top2" / "metrics.json").read_text())["members"]
     best = sorted(rows, key=lambda r: -r["val_accuracy"])[:2]
     assert [m["run"] for m in members] == [r["run_dir"] for r in best]
+    _a_trial_killed_midway_continues(tmp_path / "data" / "train", tmp_path / "search", rows[0])
+
+
+def _a_trial_killed_midway_continues(data, search, row):
+    """A search killed during a trial leaves the trial's lock and no metrics.json; the
+    search owns its trials' locks, so running the trial again continues it."""
+    trial_dir = search / "trials" / f"trial-{row['trial']}"
+    (trial_dir / "metrics.json").unlink()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = {"pid": dead.pid, "host": socket.gethostname(), "time": "T", "command": "tune"}
+    (trial_dir / LOCK).write_text(json.dumps(holder))
+    trial = SimpleNamespace(trial_id=row["trial"], hyperparameters=SimpleNamespace(values={}))
+    trial.hyperparameters.values = row["values"]
+    result = run_trial(data, search, {}, trial)
+    assert 0 <= result["val_accuracy"] <= 1
+    assert (trial_dir / "metrics.json").is_file() and not (trial_dir / LOCK).exists()
 
 
 def test_pareto_front_keeps_only_undominated_trials():
