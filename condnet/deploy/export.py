@@ -20,6 +20,13 @@ dynamic batch dimension, so neither format needs a static capacity buffer.
 Tracing dynamic shapes needs TensorFlow graphs, so these two formats export
 with `KERAS_BACKEND=tensorflow`; a `.keras` file trained on any backend loads
 there. The exported artifacts need neither Keras nor condnet to run.
+
+An image holding NaN or an infinity has no prediction, here as in
+`ConditionalModel.predict`: its `route` is -1 and its `classes` and `groups`
+are NaN, and no expert runs on it. (What a network makes of such pixels
+differs between runtimes: TensorFlow's fused convolutions turn NaN into 0,
+ONNX Runtime propagates it; a rule on the input gives every runtime the
+same answer.)
 """
 
 import warnings
@@ -76,17 +83,34 @@ def routed_outputs(model, images, routing="hard", conditional=True):
     """
     import tensorflow as tf
 
-    taps = model.tap_features(images, training=False)
-    groups = tf.cast(model.gate(taps[model.gate_tap], training=False), tf.float32)
-    weights = groups if routing == "soft" else _hard_weights(groups, model.confidence_threshold)
+    outputs = _front_outputs(model, images, routing)
+    taps, weights, finite = (outputs.pop(key) for key in ("taps", "weights", "finite"))
     blocks = [
         _expert_block(model, group, g, images, taps, weights, routing, conditional)
         for g, group in enumerate(model.hierarchy.groups)
     ]
+    classes = tf.where(finite, tf.concat(blocks, axis=-1), float("nan"))
+    return {"classes": classes, "groups": outputs["groups"], "route": outputs["route"]}
+
+
+def _front_outputs(model, images, routing):
+    """Trunk taps, gate `groups`, route `weights` and `route` of a batch, and `finite`
+    ((batch, 1): the rows whose image is finite); the other rows get NaN groups, zero
+    weights (no expert runs on them) and route -1."""
+    import tensorflow as tf
+
+    taps = model.tap_features(images, training=False)
+    groups = tf.cast(model.gate(taps[model.gate_tap], training=False), tf.float32)
+    weights = groups if routing == "soft" else _hard_weights(groups, model.confidence_threshold)
+    values = tf.reshape(tf.cast(images, tf.float32), [tf.shape(images)[0], -1])
+    finite = tf.reduce_all(tf.math.is_finite(values), axis=1, keepdims=True)
+    route = tf.argmax(weights, axis=-1, output_type=tf.int32)
     return {
-        "classes": tf.concat(blocks, axis=-1),
-        "groups": groups,
-        "route": tf.argmax(weights, axis=-1, output_type=tf.int32),
+        "taps": taps,
+        "finite": finite,
+        "groups": tf.where(finite, groups, float("nan")),
+        "weights": tf.where(finite, weights, 0.0),
+        "route": tf.where(finite[:, 0], route, -1),
     }
 
 
@@ -161,11 +185,8 @@ def _write_onnx(model, input_shape, routing, path):
     names = {tap: f"tap_{i}" for i, tap in enumerate(dict.fromkeys(model.expert_taps.values()))}
 
     def front(images):
-        features = model.tap_features(images, training=False)
-        groups = tf.cast(model.gate(features[model.gate_tap], training=False), tf.float32)
-        weights = groups if routing == "soft" else _hard_weights(groups, model.confidence_threshold)
-        outputs = {"groups": groups, "weights": weights}
-        outputs["route"] = tf.argmax(weights, axis=-1, output_type=tf.int32)
+        outputs = _front_outputs(model, images, routing)
+        features = outputs.pop("taps")
         for tap, name in names.items():
             outputs[name] = tf.identity(images if tap is None else features[tap])
         return outputs
@@ -184,7 +205,8 @@ def _write_onnx(model, input_shape, routing, path):
     widths = {
         g: len(model.hierarchy.classes_of(group)) for g, group in enumerate(model.hierarchy.groups)
     }
-    front_proto = _to_onnx(front, spec, ["groups", "route", "weights", *names.values()])
+    outputs = ["finite", "groups", "route", "weights", *names.values()]
+    front_proto = _to_onnx(front, spec, outputs)
     proto = routed_onnx(front_proto, pieces, widths, routing)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial")
@@ -256,10 +278,15 @@ def _check_arguments(model, format, routing):
             "needs KERAS_BACKEND=tensorflow (a model trained on any backend loads there). "
             f"Received: backend {keras.backend.backend()!r}"
         )
-    if not getattr(model, "built", False) or not hasattr(model, "hierarchy"):
+    from condnet.models.conditional_model import ConditionalModel
+
+    if not getattr(model, "built", False) or not isinstance(model, ConditionalModel):
         raise ValueError(
             "export_model needs a built ConditionalModel (load one with "
-            f"keras.models.load_model). Received: {type(model).__name__}"
+            "keras.models.load_model): it writes the model's routing into the graph. An "
+            "ensemble or a flat Keras model has no routing of its own; save it with "
+            "model.save (`condnet export --format keras`) or keras.Model.export. "
+            f"Received: {type(model).__name__}"
         )
 
 

@@ -219,3 +219,57 @@ def test_a_missing_exporter_names_the_extra_that_installs_it(monkeypatch, tmp_pa
     with pytest.raises(ImportError, match=r"pip install 'condnet\[export\]'"):
         export_model(model, tmp_path / "m.onnx", "onnx")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("routing", ["hard", "soft"])
+@pytest.mark.parametrize("kind", ["tf_saved_model", "onnx"])
+def test_images_with_nan_or_infinity_have_no_prediction_exported_as_in_predict(
+    kind, routing, image_model, tmp_path
+):
+    # TensorFlow's fused convolutions turn NaN pixels into 0 and ONNX Runtime keeps
+    # them: without a rule on the input, predict and the export answered differently.
+    if kind == "onnx":
+        pytest.importorskip("onnxruntime")
+    model, x = image_model
+    x = x[:8].copy()
+    x[0] = np.nan
+    x[1, 3, 4, 1] = np.inf
+    x[2, 0, 0, 0] = -np.inf
+    model.routing = routing
+    try:
+        expected = model.predict(x, verbose=0)
+        path = export_model(
+            model, tmp_path / ("m.onnx" if kind == "onnx" else "saved"), kind, routing=routing
+        )
+        np.testing.assert_array_equal(expected["route"][:3], -1)
+        assert np.isnan(expected["classes"][:3]).all() and np.isnan(expected["groups"][:3]).all()
+        assert np.isfinite(expected["classes"][3:]).all() and (expected["route"][3:] >= 0).all()
+        # NaN where predict has NaN, the same routes, the same probabilities elsewhere.
+        _assert_matches_predict(model, x, _run_standalone(path, kind, x, tmp_path))
+    finally:
+        model.routing = "hard"
+
+
+def test_predict_flags_only_array_rows_that_are_not_finite():
+    from condnet.models.conditional_model import flag_non_finite
+
+    outputs = {"classes": np.ones((3, 2), "float32"), "route": np.array([1, 0, 1], "int32")}
+    x = np.zeros((3, 4), "float32")
+    x[1, 2] = np.nan
+    flagged = flag_non_finite(x, outputs)
+    np.testing.assert_array_equal(flagged["route"], [1, -1, 1])
+    assert np.isnan(flagged["classes"][1]).all() and flagged["classes"].dtype == np.float32
+    assert flag_non_finite(x[[0, 2]], outputs) is outputs  # nothing to flag: left as it is
+    assert flag_non_finite(np.full((3, 4), 7, "uint8"), outputs) is outputs
+
+
+def test_an_ensemble_is_refused_with_what_to_do_instead(tmp_path):
+    from condnet.models.ensemble import Ensemble
+
+    model = cats_and_dogs_model()
+    model(np.zeros((1, 8), "float32"))
+    ensemble = Ensemble(model.hierarchy, [model])
+    ensemble(np.zeros((1, 8), "float32"))
+    with pytest.raises(ValueError, match="has no routing of its own; save it with model.save"):
+        export_model(ensemble, tmp_path / "m.onnx", "onnx")
+    assert not list(tmp_path.iterdir())

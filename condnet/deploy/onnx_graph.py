@@ -10,7 +10,7 @@ routing around them is written here in ONNX ops:
     If(Size(rows) > 0):
         then: ScatterND(zeros, rows, expert(Gather(features, rows)) * weight[rows])
         else: zeros                               # the expert does not run
-    classes = Concat(blocks of every group)
+    classes = Where(finite, Concat(blocks of every group), NaN)
 
 Sub-batches have dynamic sizes, so no capacity buffer is needed and no row is
 dropped; a batch of one runs one expert.
@@ -25,8 +25,10 @@ def routed_onnx(front, experts, num_classes_of, routing):
     """Compose converted pieces into one ModelProto.
 
     Args:
-        front: ModelProto with input `images` and outputs `groups`, `route`,
-            `weights` and one output per tap name that an expert reads.
+        front: ModelProto with input `images` and outputs `finite` ((batch, 1)
+            bool: the rows whose image is finite; the others get NaN classes),
+            `groups`, `route`, `weights` and one output per tap name that an
+            expert reads.
         experts: {group index: (ModelProto with one input and one output, tap output name)}.
         num_classes_of: {group index: number of classes of that group}.
         routing: "hard" (each expert in an `If` on its rows) or "soft" (every expert, every row).
@@ -42,6 +44,7 @@ def routed_onnx(front, experts, num_classes_of, routing):
         "zero_rows": np.array(0, np.int64),
         "axis1": np.array([1], np.int64),
         "first": np.array([0], np.int64),
+        "nan": np.array(np.nan, np.float32),
     }
     for name, value in constants.items():
         initializers.append(onnx.numpy_helper.from_array(value, f"routing/{name}"))
@@ -57,7 +60,10 @@ def routed_onnx(front, experts, num_classes_of, routing):
         nodes += more_nodes
         initializers += more_initializers
         blocks.append(block)
-    nodes.append(helper.make_node("Concat", blocks, ["classes"], axis=1))
+    nodes.append(helper.make_node("Concat", blocks, ["routing/classes"], axis=1))
+    nodes.append(
+        helper.make_node("Where", ["front/finite", "routing/classes", "routing/nan"], ["classes"])
+    )
     nodes.append(helper.make_node("Identity", ["front/groups"], ["groups"]))
     nodes.append(helper.make_node("Identity", ["front/route"], ["route"]))
     outputs = [

@@ -491,6 +491,8 @@ class ConditionalModel(keras.Model):
 
         Returns a dict of numpy arrays (see the class docstring). Under routed
         predict, `"experts"` holds zeros for the experts that did not run on a row.
+        A row whose input (an array) holds NaN or an infinity has no prediction:
+        its `route` is -1 and its probabilities are NaN (`flag_non_finite`).
         """
         if kwargs:
             raise TypeError(
@@ -500,14 +502,16 @@ class ConditionalModel(keras.Model):
         if routed is None:
             routed = self.routes_at_inference
         if not routed:
-            return super().predict(
+            outputs = super().predict(
                 x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
             )
+            return flag_non_finite(x, outputs)
         from condnet.models.dispatch import routed_predict
 
-        return routed_predict(
+        outputs = routed_predict(
             self, x, batch_size=batch_size or 32, verbose=verbose, steps=steps, callbacks=callbacks
         )
+        return flag_non_finite(x, outputs)
 
     # === Config ===
 
@@ -809,3 +813,29 @@ def _as_multi_worker_logs(logs):
     if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
         return logs
     return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+
+
+def flag_non_finite(inputs, outputs):
+    """`predict`'s outputs with each row whose input holds NaN or an infinity flagged:
+    `route` -1, NaN probabilities.
+
+    What a network makes of such pixels depends on where it runs (TensorFlow's fused
+    convolutions turn NaN into 0, ONNX Runtime propagates it), so condnet answers by a
+    rule on the input instead, the one its exported graphs follow too
+    (`condnet.deploy.export`). Inputs that are not arrays (datasets) are left as they are.
+    """
+    if not hasattr(inputs, "shape") or isinstance(inputs, keras.utils.PyDataset):
+        return outputs
+    values = np.asarray(keras.ops.convert_to_numpy(inputs))
+    if values.dtype.kind not in "fc" or not len(values):
+        return outputs
+    rows = len(next(iter(outputs.values())))  # `steps` may have predicted fewer rows
+    bad = ~np.isfinite(values[:rows].reshape(min(rows, len(values)), -1)).all(axis=1)
+    if not bad.any():
+        return outputs
+    return {
+        key: np.where(
+            bad.reshape(-1, *[1] * (value.ndim - 1)), -1 if key == "route" else np.nan, value
+        ).astype(value.dtype)
+        for key, value in outputs.items()
+    }

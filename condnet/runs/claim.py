@@ -8,6 +8,7 @@ from pathlib import Path
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.outputs import (
     BOOKKEEPING,
+    MARKER,
     check_output,
     glob_escape,
     is_run,
@@ -138,6 +139,7 @@ class RunClaim:
         self.overwrite = overwrite
         self.aside = None
         self.committed = False
+        self.marked = False  # whether this claim wrote the folder's marker
 
     def __enter__(self):
         check_foreign(self.run_dir)
@@ -153,6 +155,7 @@ class RunClaim:
         clean_temporary_files(self.run_dir)
         if existing:
             self.aside = _move_aside(self.run_dir, existing)
+        self.marked = read_mark(self.run_dir) is None
         mark(self.run_dir, "run", RUN_FILES)
         return self
 
@@ -168,6 +171,8 @@ class RunClaim:
             _remove(self.run_dir, run_files(self.run_dir))
             _move(self.aside, self.run_dir, os.listdir(self.aside))
             self.aside.rmdir()
+            if self.marked:  # the old run had no marker: leave it as it was
+                (self.run_dir / MARKER).unlink(missing_ok=True)
         return False
 
 

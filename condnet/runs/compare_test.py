@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 
 import pytest
 
@@ -57,3 +58,62 @@ def test_compare_refuses_a_folder_that_holds_no_run(tmp_path, capsys):
     assert "is not a finished condnet run" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "empty"), "--output", "x.txt"]) == 2
     assert "--output must end in" in capsys.readouterr().err
+
+
+def test_compare_shows_blanks_and_leaves_out_runs_whose_files_cannot_be_used(tmp_path, capsys):
+    good = _run(tmp_path / "good", 0.7, 1_000_000, [10], baseline=0.6)
+    empty = _run(tmp_path / "empty", 0.5, 1_000_000, [10])
+    (empty / "metrics.json").write_text("{}")
+    no_baseline = _run(tmp_path / "no_baseline", 0.6, 1_000_000, [10])
+    metrics = json.loads((no_baseline / "metrics.json").read_text())
+    (no_baseline / "metrics.json").write_text(json.dumps({**metrics, "baseline": None}))
+    listed = _run(tmp_path / "listed", 0.9, 1_000_000, [10])
+    (listed / "metrics.json").write_text("[]")
+    odd_config = _run(tmp_path / "odd_config", 0.8, 1_000_000, [10])
+    (odd_config / "config.json").write_text("[1]")
+    odd_history = _run(tmp_path / "odd_history", 0.4, 1_000_000, [10])
+    (odd_history / "history.csv").write_bytes(b"epoch,epoch_seconds\n1,\xff\xfe\n")
+    assert main(["compare", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = {row["run"]: row for row in json.loads(captured.out)}
+    assert list(rows) == [str(r) for r in (odd_config, good, no_baseline, odd_history, empty)]
+    assert rows[str(empty)]["accuracy"] is None and rows[str(empty)]["routed_mmacs"] is None
+    assert rows[str(no_baseline)]["baseline"] is None and rows[str(good)]["baseline"] == 0.6
+    assert rows[str(odd_config)]["backbone"] is None and rows[str(odd_config)]["accuracy"] == 0.8
+    assert rows[str(odd_history)]["epochs"] is None
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 3 and all(w.startswith("condnet compare: warning: ") for w in warnings)
+    (left_out,) = [w for w in warnings if str(listed / "metrics.json") in w]
+    assert "left out: The run's metrics.json cannot be used: it holds a JSON array" in left_out
+    assert any(str(odd_config / "config.json") in w and "blank columns" in w for w in warnings)
+    assert any(str(odd_history / "history.csv") in w for w in warnings)
+    assert "| - |" in main_table([str(empty)], capsys)
+
+
+def main_table(runs, capsys):
+    assert main(["compare", *runs]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[]", "it holds a JSON array where an object of metrics is expected"),
+        ("", r"it is empty \(0 bytes\)"),
+        ('{"accuracy": "high"}', r"its entry \['accuracy'\] is 'high', where a number from 0"),
+        ('{"accuracy": NaN}', r"its entry \['accuracy'\] is nan"),
+        (
+            '{"baseline": {"flat": []}}',
+            r"its entry \['baseline'\]\['flat'\] is \[\], where an object",
+        ),
+        ('{"macs_per_image": {"routed": -5}}', r"\['routed'\] is -5, where a finite number >= 0"),
+    ],
+)
+def test_compare_refuses_in_one_line_when_no_run_is_left(tmp_path, capsys, content, problem):
+    run = _run(tmp_path / "run", 0.5, 1_000_000, [10])
+    (run / "metrics.json").write_text(content)
+    assert main(["compare", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "No run to compare: The run's metrics.json cannot be used: " in err
+    assert re.search(problem, err) and str(run / "metrics.json") in err

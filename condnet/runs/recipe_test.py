@@ -13,11 +13,12 @@ import pytest
 
 from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.checkpoint import read_state
+from condnet.runs.claim import RUN_FILES, RunClaim
 from condnet.runs.lock import LOCK, RunLocked
 from condnet.runs.options import TrainingOptions
+from condnet.runs.outputs import mark
 from condnet.runs.recipe import _stopping_callbacks, resume, train
 from condnet.runs.run_dir import calibrate_run, load_run
-from condnet.runs.claim import RunClaim
 from condnet.testing import tiny_resnet_backbone
 
 # TensorBoard off: it costs every test run a summary writer; one test checks the logs.
@@ -312,6 +313,7 @@ def test_overwrite_replaces_only_run_files_once_the_new_run_commits(shapes, tmp_
 def test_a_run_killed_before_its_first_epoch_starts_again_without_overwrite(shapes, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
+    mark(run, "run", RUN_FILES)  # the killed run's claim marked the folder before its config
     config = {"options": {**TrainingOptions().to_config(), "data_dir": str(shapes / "train")}}
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="no state.json .*nothing is lost.*without --resume"):
@@ -461,14 +463,14 @@ def test_resume_and_calibrate_refuse_images_added_since_the_split(trained, shape
 @pytest.mark.slow
 def test_an_overwrite_killed_before_its_first_epoch_is_undone_by_resume(trained, tmp_path, capsys):
     run = _copy(trained, tmp_path)
-    model = (run / "model.keras").read_bytes()
+    history = (run / "history.csv").read_text()
     RunClaim(run, overwrite=True).__enter__()  # the new run's claim, then kill -9
     (run / "config.json").write_text('{"options": {"epochs": 99}}')  # its uncommitted config
     with pytest.raises(ValueError, match=r"interrupted before the new run .* old run is in"):
         load_run(run)  # evaluate, predict, export: say where the old run waits
     assert resume(run, verbose=0)["metrics"]["num_samples"] > 0
     assert "Restored the run" in capsys.readouterr().err
-    assert (run / "model.keras").read_bytes() == model and read_state(run)["epoch"] == 2
+    assert (run / "history.csv").read_text() == history and read_state(run)["epoch"] == 2
     assert sorted(p.name for p in run.parent.iterdir()) == ["run"]
 
 

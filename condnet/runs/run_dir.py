@@ -90,9 +90,10 @@ def _refuse_interrupted_overwrite(run_dir):
     asides = replaced_asides(run_dir) if run_dir.parent.is_dir() else []
     if asides:
         raise ValueError(
-            f"{str(run_dir)!r} is empty because an --overwrite was interrupted before the new "
-            f"run committed an epoch; the old run is in {str(asides[-1])!r}. `condnet train "
-            f"DATA_DIR --out {run_dir} --resume` (or any `condnet train` into it) moves it back."
+            f"{str(run_dir)!r} holds no finished run: an --overwrite was interrupted before "
+            f"the new run committed an epoch; the old run is in {str(asides[-1])!r}. "
+            f"`condnet train DATA_DIR --out {run_dir} --resume` (or any `condnet train` into "
+            "it) moves it back."
         )
 
 
@@ -170,8 +171,9 @@ def _check_input_shape(model, path, config):
 def _built_shape(model):
     shapes = getattr(model, "_build_shapes_dict", None) or {}
     shape = next(iter(shapes.values()), None)
-    if shape is None and isinstance(model, keras.Model) and len(model.inputs or ()) == 1:
-        shape = model.inputs[0].shape
+    inputs = getattr(model, "inputs", None) or ()
+    if shape is None and len(inputs) == 1:
+        shape = inputs[0].shape
     return None if shape is None else tuple(shape)
 
 
@@ -505,10 +507,10 @@ def evaluate_run(
     baseline alone is scored (`"model": "baseline"`, `"inference_routing":
     "flat"`).
     """
+    model, config = load_run(run_dir, model_file=model_file, routing=routing)
     report_dir = Path(report_dir or Path(run_dir) / "evaluation")
     read = dict(data=[data_dir, *training_data([run_dir])], reads=[run_dir])
     guard(report_dir, "evaluation", flag="--report-dir", **read)
-    model, config = load_run(run_dir, model_file=model_file, routing=routing)
     data = folder_for(model, config, data_dir, batch_size)
     label = _labeller(progress)
     if isinstance(model, FlatBaseline):

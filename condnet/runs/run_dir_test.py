@@ -5,6 +5,7 @@ import threading
 import warnings
 import zipfile
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -221,3 +222,163 @@ def test_load_run_takes_another_model_file_and_routing(run):
         load_run(run, model_file="nope.keras")
     with pytest.raises(ValueError, match="routing must be one of \\['hard', 'soft'\\]"):
         load_run(run, routing="gumbel")
+
+
+# === Run files read defensively ===
+
+
+@pytest.mark.parametrize(
+    "options, problem",
+    [
+        ({"image_size": 100000, "color_mode": "rgb"}, "image_size=100000, where an int or"),
+        ({"image_size": 0, "color_mode": "rgb"}, "image_size=0, where"),
+        ({"image_size": "auto", "color_mode": "rgb"}, "image_size='auto', where"),
+        ({"image_size": [8, 8, 3], "color_mode": "rgb"}, r"image_size=\[8, 8, 3\], where"),
+        ({"image_size": True, "color_mode": "rgb"}, "image_size=True, where"),
+        ({"image_size": 8, "color_mode": "cmyk"}, r"color_mode='cmyk', where one of \['rgb'"),
+    ],
+)
+def test_load_run_error_absurd_option_values(run, options, problem):
+    (run / "config.json").write_text(json.dumps({"options": options}))
+    with pytest.raises(
+        ValueError, match=rf"config.json cannot be used: its \"options\" hold {problem}"
+    ):
+        load_run(run)
+
+
+def test_load_run_error_config_hierarchy_that_is_not_a_tree(run):
+    (run / "config.json").write_text(json.dumps({"options": OPTIONS, "hierarchy": {"a": 3}}))
+    with pytest.raises(ValueError, match=r"config.json cannot be used: its \"hierarchy\" is not a"):
+        load_run(run)
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (
+            lambda run: (run / "config.json").write_text(
+                json.dumps({"options": OPTIONS, "hierarchy": {"a": ["x"], "b": ["y"]}})
+            ),
+            r"model.keras was trained on the hierarchy .*config.json names \{'a'",
+        ),
+        (
+            lambda run: (run / "hierarchy.json").write_text(json.dumps({"a": ["x"], "b": ["y"]})),
+            r"model.keras was trained on the hierarchy .*hierarchy.json names \{'a'",
+        ),
+        (
+            lambda run: (run / "hierarchy.json").write_text("[1]"),
+            "The run's hierarchy.json cannot be used: .*restore it from there, or delete it",
+        ),
+        (
+            lambda run: (run / "config.json").write_text(
+                json.dumps({"options": {"image_size": 16, "color_mode": "rgb"}})
+            ),
+            r"names image_size=16 .* but model.keras was built for inputs \(8, 8, 3\)",
+        ),
+        (
+            lambda run: (run / "config.json").write_text(
+                json.dumps({"options": {"image_size": 8, "color_mode": "grayscale"}})
+            ),
+            r"color_mode='grayscale' \(inputs \(8, 8, 1\)\), but model.keras was built for",
+        ),
+    ],
+)
+def test_load_run_error_files_of_another_run(run, write, message):
+    write(run)
+    with pytest.raises(ValueError, match=message):
+        load_run(run)
+
+
+def _flat_baseline(path, classes=4):
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    mean = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    flat = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax", name="head")(mean))
+    head = flat.get_layer("head")
+    # columns blue, green, orange, red; rows the mean red, green, blue: blue reads as green
+    kernel = np.array([[0, 0, 12, 20], [0, 20, 15, 0], [0, 5, 0, 0]], "float32")[:, :classes]
+    head.set_weights([kernel * 3, np.zeros(classes, "float32")])
+    flat.save(path)
+    return flat
+
+
+def test_load_run_refuses_a_plain_keras_model_that_is_not_the_baseline(run):
+    _flat_baseline(run / "baseline.keras", classes=3)
+    with pytest.raises(ValueError, match="baseline.keras is not the run's flat baseline: .* of 4"):
+        load_run(run, model_file="baseline.keras")
+    _flat_baseline(run / "model.keras")
+    with pytest.raises(ValueError, match="model.keras holds a Functional model, not a condnet"):
+        load_run(run)
+    with pytest.raises(ValueError, match="does not say which classes its flat baseline predicts"):
+        load_run(run, model_file="baseline.keras")
+
+
+def test_the_flat_baseline_predicts_evaluates_and_describes_itself(run, tmp_path):
+    from condnet.runs.run_dir import run_info
+
+    _flat_baseline(run / "baseline.keras")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("red", "orange", "green"):
+        Image.new("RGB", (6, 6), COLOURS[name]).save(folder / f"{name}.png")
+    flat = predict_paths(run, [folder], model_file="baseline.keras")
+    routed = predict_paths(run, [folder])
+    assert [set(row) for row in flat] == [set(row) | {"model"} for row in routed]
+    assert all(row["model"] == "baseline" and row["expert"] == row["group"] for row in flat)
+    assert [row["class"] for row in flat] == ["green", "orange", "red"]
+    sums = [sum(row["group_probabilities"].values()) for row in flat]
+    np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+    data = make_colour_folders(tmp_path / "data")
+    metrics = evaluate_run(run, data, model_file="baseline.keras", report_dir=tmp_path / "flat")
+    beside = evaluate_run(run, data, report_dir=tmp_path / "both")["baseline"]["flat"]
+    assert metrics["model"] == "baseline" and metrics["inference_routing"] == "flat"
+    assert metrics["accuracy"] == beside["accuracy"] == 0.75  # blue reads as green
+    info = run_info(run, model_file="baseline.keras")
+    assert info["model"] == "baseline" and info["parameters"] == {"baseline": 3 * 4 + 4}
+    assert set(info["macs_per_route"].values()) == {info["macs_all_experts"]}
+
+
+def test_serve_answers_with_the_flat_baseline_as_predict_does(run, tmp_path):
+    import asyncio
+
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from condnet.runs.deploy import serve_app
+
+    _flat_baseline(run / "baseline.keras")
+    image = tmp_path / "red.png"
+    Image.new("RGB", (6, 6), COLOURS["red"]).save(image)
+    app = serve_app(run, model_file="baseline.keras")
+
+    async def ask():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            headers = {"Content-Type": "image/png"}
+            return await client.post("/predict", content=image.read_bytes(), headers=headers)
+
+    answer = asyncio.run(ask()).json()
+    expected = predict_paths(run, [image], model_file="baseline.keras")[0]
+    assert answer[0]["class"] == expected["class"] == "red"
+    assert answer[0]["expert"] == answer[0]["group"] == "warm"
+    np.testing.assert_allclose(answer[0]["confidence"], expected["confidence"], rtol=1e-5)
+
+
+def test_info_and_calibrate_refuse_an_ensemble_run_in_one_line(run, tmp_path, capsys):
+    from condnet.runs.cli import main
+
+    other = shutil.copytree(run, tmp_path / "other")
+    data = make_colour_folders(tmp_path / "data", per_class=2)
+    out = tmp_path / "ensemble"
+    args = ["ensemble", str(run), str(other), "--data", str(data), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    for command in ("info", "calibrate"):
+        assert main([command, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert (
+            f"is an ensemble of 2 runs (written by `condnet ensemble`), and `condnet {command}`"
+            in err
+        )
+        assert str(run) in err and str(other) in err  # the members to run it on instead

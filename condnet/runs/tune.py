@@ -16,7 +16,6 @@ import math
 import os
 from pathlib import Path
 
-from condnet.runs.claim import RUN_FILES, check_run_dir
 from condnet.runs.options import TrainingOptions, normalised
 from condnet.runs.outputs import mark, write_file
 
@@ -197,6 +196,8 @@ SEARCH_FILES = ("trials", "search", SUMMARY, "summary.md", "pareto.png")
 
 def _claim(tune_dir, data_dir):
     """TUNE_DIR must be new, empty, or a search condnet wrote (which then resumes)."""
+    from condnet.runs.claim import check_run_dir
+
     check_run_dir(tune_dir, data_dir, kind=KIND)
     Path(tune_dir).mkdir(parents=True, exist_ok=True)
     mark(tune_dir, KIND, SEARCH_FILES)
@@ -205,6 +206,7 @@ def _claim(tune_dir, data_dir):
 def run_trial(data_dir, tune_dir, options, trial, verbose=0):
     """Train (or resume) one trial's run; its objectives."""
     from condnet.runs.checkpoint import read_state
+    from condnet.runs.claim import RUN_FILES
     from condnet.runs.recipe import resume, train
 
     values = _values(trial.hyperparameters.values)
