@@ -4,6 +4,8 @@ import time
 from pathlib import Path
 
 from condnet.data.demo_data import make_shapes_dataset
+from condnet.runs.claim import check_foreign
+from condnet.runs.outputs import check_output, mark
 
 DEMO_IMAGE_SIZE = 48
 DEMO_FILTERS = (16, 32, 64, 128)
@@ -30,7 +32,11 @@ def run_demo(
 
     out = Path(out)
     data = out / "data"
+    check_output(out)  # not inside a run or around another's data
+    check_foreign(out, "demo")
     started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "demo", ["data", "run"])
     if not (data / "train").is_dir():
         print(f"Drawing the shapes data set into {data} ...")
         make_shapes_dataset(
