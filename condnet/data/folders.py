@@ -6,8 +6,10 @@ import math
 import os
 import re
 import stat
+import threading
 import warnings
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, features
 
 from condnet.choices import COLOR_MODES
+from condnet.data.cache import DiskCache
 from condnet.hierarchy import MAX_DEPTH, Hierarchy
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff") + (
@@ -563,10 +566,17 @@ class ImageFolder(keras.utils.PyDataset):
     for "rgb", 1 for "grayscale"), decoded by `decode_image` and resized to
     `image_size` whatever their size on disk, and int32 global class indices.
 
-    Images are decoded from disk as batches are requested. With `cache`, each
+    Images are decoded from disk by `decode_workers` threads (Pillow decodes
+    and resizes with Python's lock released, so they run in parallel), and
+    the rows of the next `READ_AHEAD` batches are decoded while the model
+    trains on the current one. JPEGs are decoded at 1/2, 1/4 or 1/8 scale
+    when the target size allows (`decode_image`). With `cache="memory"`, each
     decoded image (uint8, already resized) is kept in memory after its first
-    use; by default that happens when the whole set fits in `CACHE_BYTES`
-    (256 MiB: about 21,000 images at 64x64 RGB, 1,700 at 224x224).
+    use; with `cache="disk"` it is written to a `DiskCache` outside the data
+    (`cache_dir`), so later epochs and later runs read no image file. By
+    default (`"auto"`) the memory holds the set when it fits in `CACHE_BYTES`
+    (256 MiB: about 21,000 images at 64x64 RGB, 1,700 at 224x224), and the
+    disk holds it otherwise.
 
     A file can pass the scan and still fail to decode (e.g. a truncated
     JPEG). What a batch then holds depends on `substitute_unreadable`:
@@ -598,8 +608,14 @@ class ImageFolder(keras.utils.PyDataset):
         shuffle: bool. Whether to reshuffle the samples at the end of every
             epoch (and once at the start). Defaults to `False`.
         seed: int. Seed of the shuffles. Defaults to `None`.
-        cache: bool. Whether to keep decoded images in memory. Defaults to
-            `None`: cache when the decoded set fits in `CACHE_BYTES`.
+        cache: `"auto"`, `"memory"`, `"disk"` or `"none"` (`True` is
+            `"memory"`, `False` `"none"`, `None` `"auto"`). Where decoded images
+            are kept. Defaults to `"auto"`.
+        cache_dir: str or `Path`. The folder of the disk cache. Defaults to
+            `$CONDNET_CACHE_DIR`, else `~/.cache/condnet/decoded`.
+        decode_workers: int or `"auto"`. Threads that decode images (1:
+            decode in the caller's thread, no read-ahead). Defaults to
+            `"auto"`: one per core, at most 16.
         substitute_unreadable: bool. Whether a row whose image fails to
             decode is replaced by the next readable sample (`True`) or kept
             and marked invalid in a third batch element (`False`). Defaults
@@ -629,6 +645,8 @@ class ImageFolder(keras.utils.PyDataset):
         seed=None,
         cache=None,
         substitute_unreadable=True,
+        cache_dir=None,
+        decode_workers="auto",
         **pydataset_kwargs,
     ):
         self.hierarchy = _as_hierarchy(hierarchy)
@@ -641,7 +659,12 @@ class ImageFolder(keras.utils.PyDataset):
         super().__init__(**pydataset_kwargs)
         self.shuffle = bool(shuffle)
         self.seed = seed
-        self.cache = self._fits_in_cache() if cache is None else bool(cache)
+        self.cache = self._cache_policy(_check_cache(cache))
+        self.cache_dir = cache_dir
+        self.decode_workers = _check_decode_workers(decode_workers)
+        self._disk = DiskCache(cache_dir, self.image_size, self.color_mode)
+        self._pending = {}  # row -> Future of its decoded image (read-ahead)
+        self._pending_lock = threading.Lock()
         self.substitute_unreadable = bool(substitute_unreadable)
         self.substitutions = {}  # path -> rows it was replaced in, all epochs
         self._epoch_substitutions = {}
@@ -677,7 +700,9 @@ class ImageFolder(keras.utils.PyDataset):
         if not self.substitute_unreadable:
             images, labels, errors = self.read_batch(index)
             return images, labels, np.array([error is None for error in errors], "float32")
-        rows, images = zip(*[self._readable(row) for row in self.batch_rows(index)])
+        batch = self.batch_rows(index)
+        self._read_ahead(index)
+        rows, images = zip(*[self._readable(row) for row in batch])
         return np.stack(images).astype("float32"), self.labels[list(rows)]
 
     def batch_rows(self, index):
@@ -704,6 +729,7 @@ class ImageFolder(keras.utils.PyDataset):
         `batch_rows(index)[i]`.
         """
         rows = self.batch_rows(index)
+        self._read_ahead(index)
         blank = np.zeros((*self.image_size, self.channels), "uint8")
         images = [self._image(row) for row in rows]
         errors = [
@@ -716,6 +742,7 @@ class ImageFolder(keras.utils.PyDataset):
     def on_epoch_end(self):
         self._report_substitutions()
         if self.shuffle:
+            self._cancel_read_ahead()  # the rows ahead were those of the old order
             self._order = self._rng.permutation(self.num_samples)
 
     def subset(self, indices):
@@ -737,6 +764,8 @@ class ImageFolder(keras.utils.PyDataset):
             seed=self.seed,
             cache=self.cache,
             substitute_unreadable=self.substitute_unreadable,
+            cache_dir=self.cache_dir,
+            decode_workers=self.decode_workers,
             workers=self.workers,
             use_multiprocessing=self.use_multiprocessing,
             max_queue_size=self.max_queue_size,
@@ -816,19 +845,52 @@ class ImageFolder(keras.utils.PyDataset):
         )
 
     def _image(self, row):
+        with self._pending_lock:
+            future = self._pending.pop(row, None)
+        return future.result() if future is not None else self._load(row)
+
+    def _load(self, row):
         path = self.paths[row]
         if path in self._decoded:
             return self._decoded[path]
         if path in self._unreadable:
             return None
+        image = self._disk.read(path) if self.cache == "disk" else None
+        if image is not None:
+            return image
         try:
             image = _decode(path, self.image_size, self.color_mode)
         except ImageDecodeError as error:
             self._unreadable[path] = error.reason
             return None
-        if self.cache:
+        if self.cache == "memory":
             self._decoded[path] = image
+        elif self.cache == "disk":
+            self._disk.write(path, image)
         return image
+
+    def _read_ahead(self, index):
+        """Start decoding the rows of batch `index` and of the `READ_AHEAD` after it."""
+        if self.decode_workers == 1:
+            return
+        pool = _decode_pool(self.decode_workers)
+        last = min(len(self), index + 1 + READ_AHEAD)
+        with self._pending_lock:
+            for ahead in range(index, last):
+                for row in self.batch_rows(ahead):
+                    if row not in self._pending and self.paths[row] not in self._decoded:
+                        self._pending[row] = pool.submit(self._load, row)
+
+    def _cancel_read_ahead(self):
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.cancel()
+
+    def _cache_policy(self, cache):
+        if cache != "auto":
+            return cache
+        return "memory" if self._fits_in_cache() else "disk"
 
     def _count_substitution(self, path):
         self.substitutions[path] = self.substitutions.get(path, 0) + 1
@@ -856,6 +918,44 @@ class ImageFolder(keras.utils.PyDataset):
     def _fits_in_cache(self):
         height, width = self.image_size
         return self.num_samples * height * width * self.channels <= CACHE_BYTES
+
+
+# Batches whose rows are decoded ahead of the one requested.
+READ_AHEAD = 2
+CACHE_POLICIES = ("auto", "memory", "disk", "none")
+_POOLS = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _decode_pool(workers):
+    """One thread pool per size, shared by every ImageFolder of this process."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="condnet-decode")
+        return _POOLS[workers]
+
+
+def _check_cache(cache):
+    legacy = {None: "auto", True: "memory", False: "none"}
+    if isinstance(cache, bool) or cache is None:
+        return legacy[cache]
+    if cache not in CACHE_POLICIES:
+        raise ValueError(
+            f"`cache` must be one of {list(CACHE_POLICIES)} (or True / False / None). "
+            f"Received: cache={cache!r}"
+        )
+    return cache
+
+
+def _check_decode_workers(workers):
+    if workers == "auto":
+        return max(1, min(16, os.cpu_count() or 1))
+    if not (_is_int(workers) and 1 <= workers <= 256):
+        raise ValueError(
+            "`decode_workers` must be 'auto' or an int from 1 to 256 (1 decodes in the "
+            f"caller's thread). Received: decode_workers={workers!r}"
+        )
+    return int(workers)
 
 
 # === Loading ===

@@ -566,7 +566,7 @@ def test_image_folder_cache_keeps_decoded_images(tmp_path):
     hierarchy, paths, labels = scan_directory(tmp_path)
     cached = ImageFolder(paths, labels, hierarchy, image_size=4)
     streamed = ImageFolder(paths, labels, hierarchy, image_size=4, cache=False)
-    assert cached.cache and not streamed.cache
+    assert cached.cache == "memory" and streamed.cache == "none"
     before = cached[0][0]
     for path in paths:
         _write_image(tmp_path / path, (0, 0, 0), size=(3, 3))
@@ -713,3 +713,82 @@ def test_shard_refuses_what_cannot_split_evenly(tmp_path, kwargs, message):
     shuffled = ImageFolder(paths, labels, hierarchy, image_size=8, batch_size=4, shuffle=True)
     with pytest.raises(ValueError, match="need its seed"):
         shuffled.shard(0, 2)
+
+
+def _photos(tmp_path, count=24, side=40):
+    """Noisy JPEG photos in two groups of two classes (what draft decoding works on)."""
+    rng = np.random.default_rng(0)
+    for n in range(count):
+        group, name = [("round", "circle"), ("round", "ring"), ("angular", "square")][n % 3]
+        folder = tmp_path / "data" / group / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (side, side + n % 5, 3), dtype="uint8")
+        Image.fromarray(pixels).save(folder / f"{n}.jpg", quality=90)
+    return scan_directory(tmp_path / "data")
+
+
+def test_parallel_decoding_and_read_ahead_give_the_same_batches(tmp_path):
+    hierarchy, paths, labels = _photos(tmp_path)
+    paths[5] = str(_truncated_jpeg(tmp_path / "broken.jpg"))
+    common = dict(image_size=8, batch_size=5, shuffle=True, seed=3, cache="none")
+    serial = ImageFolder(paths, labels, hierarchy, decode_workers=1, **common)
+    parallel = ImageFolder(paths, labels, hierarchy, decode_workers=4, **common)
+    for _ in range(2):  # two epochs: the read-ahead follows the new order
+        for index in range(len(serial)):
+            for a, b in zip(serial[index], parallel[index]):
+                np.testing.assert_array_equal(a, b)
+        serial.on_epoch_end()
+        parallel.on_epoch_end()
+    assert parallel.substitutions == serial.substitutions and serial.substitutions
+    assert parallel.read_batch(1)[2] == serial.read_batch(1)[2]
+
+
+def _counting_decodes(monkeypatch):
+    calls = []
+    real = folders._decode
+
+    def counted(path, *args):
+        calls.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(folders, "_decode", counted)
+    return calls
+
+
+def test_the_disk_cache_reads_no_image_file_after_the_first_epoch(tmp_path, monkeypatch):
+    hierarchy, paths, labels = _photos(tmp_path, count=12)
+    calls = _counting_decodes(monkeypatch)
+    options = dict(image_size=8, batch_size=4, cache="disk", cache_dir=tmp_path / "cache")
+    first = ImageFolder(paths, labels, hierarchy, **options).numpy()[0]
+    assert len(calls) == 12
+    again = ImageFolder(paths, labels, hierarchy, **options)  # another run, same cache
+    np.testing.assert_array_equal(again.numpy()[0], first)
+    assert len(calls) == 12  # no image file decoded
+    Image.new("RGB", (9, 9), (255, 0, 0)).save(paths[0], format="JPEG")  # a changed file
+    changed = again.numpy()[0]
+    assert len(calls) == 13 and changed[0, 0, 0, 0] > 200
+    np.testing.assert_array_equal(changed[1:], first[1:])
+    assert not list((tmp_path / "data").rglob("*.npy"))  # nothing written beside the data
+
+
+def test_auto_keeps_large_sets_on_disk_and_small_ones_in_memory(tmp_path, monkeypatch):
+    hierarchy, paths, labels = _photos(tmp_path, count=6)
+    assert ImageFolder(paths, labels, hierarchy, image_size=8).cache == "memory"
+    monkeypatch.setattr(folders, "CACHE_BYTES", 100)
+    assert ImageFolder(paths, labels, hierarchy, image_size=8).cache == "disk"
+    with pytest.raises(ValueError, match="`cache` must be one of"):
+        ImageFolder(paths, labels, hierarchy, cache="ram")
+    with pytest.raises(ValueError, match="decode_workers"):
+        ImageFolder(paths, labels, hierarchy, decode_workers=0)
+
+
+def test_an_unwritable_disk_cache_warns_once_and_decodes(tmp_path, monkeypatch):
+    hierarchy, paths, labels = _photos(tmp_path, count=6)
+    (tmp_path / "file").write_text("not a folder")
+    options = dict(image_size=8, batch_size=3, cache="disk", cache_dir=tmp_path / "file")
+    data = ImageFolder(paths, labels, hierarchy, **options)
+    with pytest.warns(UserWarning, match="cannot be written") as caught:
+        images, _ = data.numpy()
+    assert len([w for w in caught if "cannot be written" in str(w.message)]) == 1
+    expected = ImageFolder(paths, labels, hierarchy, image_size=8, cache="none").numpy()[0]
+    np.testing.assert_array_equal(images, expected)
