@@ -3,20 +3,22 @@
 import errno
 import io
 import math
+import multiprocessing
 import os
 import re
 import stat
 import threading
+import time
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import keras
 import numpy as np
 from PIL import Image, ImageOps, features
 
-from condnet.choices import COLOR_MODES
+from condnet.choices import CACHE_POLICIES, COLOR_MODES
 from condnet.data.cache import DiskCache
 from condnet.hierarchy import MAX_DEPTH, Hierarchy
 
@@ -566,10 +568,9 @@ class ImageFolder(keras.utils.PyDataset):
     for "rgb", 1 for "grayscale"), decoded by `decode_image` and resized to
     `image_size` whatever their size on disk, and int32 global class indices.
 
-    Images are decoded from disk by `decode_workers` threads (Pillow decodes
-    and resizes with Python's lock released, so they run in parallel), and
-    the rows of the next `READ_AHEAD` batches are decoded while the model
-    trains on the current one. JPEGs are decoded at 1/2, 1/4 or 1/8 scale
+    Images are decoded from disk by `decode_workers` worker processes (or
+    threads, `decoder`), and the rows of the next `READ_AHEAD` batches are
+    decoded while the model trains on the current one. JPEGs are decoded at 1/2, 1/4 or 1/8 scale
     when the target size allows (`decode_image`). With `cache="memory"`, each
     decoded image (uint8, already resized) is kept in memory after its first
     use; with `cache="disk"` it is written to a `DiskCache` outside the data
@@ -613,9 +614,19 @@ class ImageFolder(keras.utils.PyDataset):
             are kept. Defaults to `"auto"`.
         cache_dir: str or `Path`. The folder of the disk cache. Defaults to
             `$CONDNET_CACHE_DIR`, else `~/.cache/condnet/decoded`.
-        decode_workers: int or `"auto"`. Threads that decode images (1:
+        decode_workers: int or `"auto"`. Workers that decode images (1:
             decode in the caller's thread, no read-ahead). Defaults to
             `"auto"`: one per core, at most 16.
+        decoder: `"processes"`, `"threads"` or `"auto"`. What the workers
+            are. Processes (forked, so they start at once) decode in parallel
+            whatever the image; threads only while Pillow holds no Python
+            lock, which small images do much of the time (measured in
+            `benchmarks/input_pipeline.py`). Defaults to `"auto"`: processes
+            where the system can fork them (Linux, macOS), else threads.
+        dtype: `"float32"` or `"uint8"`. The training batches' images (4
+            times smaller as uint8; a functional Keras model casts them to
+            its input's dtype, so the conversion runs inside the model).
+            `read_batch` and `numpy` give float32. Defaults to `"float32"`.
         substitute_unreadable: bool. Whether a row whose image fails to
             decode is replaced by the next readable sample (`True`) or kept
             and marked invalid in a third batch element (`False`). Defaults
@@ -647,6 +658,8 @@ class ImageFolder(keras.utils.PyDataset):
         substitute_unreadable=True,
         cache_dir=None,
         decode_workers="auto",
+        decoder="auto",
+        dtype="float32",
         **pydataset_kwargs,
     ):
         self.hierarchy = _as_hierarchy(hierarchy)
@@ -662,6 +675,10 @@ class ImageFolder(keras.utils.PyDataset):
         self.cache = self._cache_policy(_check_cache(cache))
         self.cache_dir = cache_dir
         self.decode_workers = _check_decode_workers(decode_workers)
+        self.decoder = _check_decoder(decoder)
+        if dtype not in ("float32", "uint8"):
+            raise ValueError(f"`dtype` must be 'float32' or 'uint8'. Received: dtype={dtype!r}")
+        self.dtype = dtype
         self._disk = DiskCache(cache_dir, self.image_size, self.color_mode)
         self._pending = {}  # row -> Future of its decoded image (read-ahead)
         self._pending_lock = threading.Lock()
@@ -703,7 +720,7 @@ class ImageFolder(keras.utils.PyDataset):
         batch = self.batch_rows(index)
         self._read_ahead(index)
         rows, images = zip(*[self._readable(row) for row in batch])
-        return np.stack(images).astype("float32"), self.labels[list(rows)]
+        return np.stack(images).astype(self.dtype, copy=False), self.labels[list(rows)]
 
     def batch_rows(self, index):
         """The sample indices (into `paths` and `labels`) of batch `index`, in order."""
@@ -766,6 +783,8 @@ class ImageFolder(keras.utils.PyDataset):
             substitute_unreadable=self.substitute_unreadable,
             cache_dir=self.cache_dir,
             decode_workers=self.decode_workers,
+            decoder=self.decoder,
+            dtype=self.dtype,
             workers=self.workers,
             use_multiprocessing=self.use_multiprocessing,
             max_queue_size=self.max_queue_size,
@@ -846,45 +865,67 @@ class ImageFolder(keras.utils.PyDataset):
 
     def _image(self, row):
         with self._pending_lock:
-            future = self._pending.pop(row, None)
-        return future.result() if future is not None else self._load(row)
+            pending = self._pending.pop(row, None)
+        if pending is None:
+            return self._load([row])[0]
+        future, position = pending
+        return future.result()[position]
 
-    def _load(self, row):
+    def _load(self, rows):
+        """The decoded images of `rows` (None where a file fails), from the caches or decoded
+        (in the decoding processes when there are some)."""
+        images = [self._cached(row) for row in rows]
+        missing = [i for i, image in enumerate(images) if image is None]
+        missing = [i for i in missing if self.paths[rows[i]] not in self._unreadable]
+        paths = [self.paths[rows[i]] for i in missing]
+        for i, path, (image, reason) in zip(missing, paths, self._decode_all(paths)):
+            if image is None:
+                self._unreadable[path] = reason
+            elif self.cache == "memory":
+                self._decoded[path] = image
+            elif self.cache == "disk":
+                self._disk.write(path, image)
+            images[i] = image
+        return images
+
+    def _cached(self, row):
         path = self.paths[row]
         if path in self._decoded:
             return self._decoded[path]
-        if path in self._unreadable:
-            return None
-        image = self._disk.read(path) if self.cache == "disk" else None
-        if image is not None:
-            return image
-        try:
-            image = _decode(path, self.image_size, self.color_mode)
-        except ImageDecodeError as error:
-            self._unreadable[path] = error.reason
-            return None
-        if self.cache == "memory":
-            self._decoded[path] = image
-        elif self.cache == "disk":
-            self._disk.write(path, image)
-        return image
+        return self._disk.read(path) if self.cache == "disk" else None
+
+    def _decode_all(self, paths):
+        if not paths:
+            return []
+        processes = _process_pool(self.decode_workers) if self.decoder == "processes" else None
+        if processes is None:
+            return decode_files(paths, self.image_size, self.color_mode)
+        return processes.submit(decode_files, paths, self.image_size, self.color_mode).result()
 
     def _read_ahead(self, index):
-        """Start decoding the rows of batch `index` and of the `READ_AHEAD` after it."""
+        """Start decoding the rows of batch `index` and of the `READ_AHEAD` after it, in
+        chunks spread over the decoding workers."""
         if self.decode_workers == 1:
             return
-        pool = _decode_pool(self.decode_workers)
+        pool = _thread_pool(2 * self.decode_workers)
         last = min(len(self), index + 1 + READ_AHEAD)
         with self._pending_lock:
             for ahead in range(index, last):
-                for row in self.batch_rows(ahead):
-                    if row not in self._pending and self.paths[row] not in self._decoded:
-                        self._pending[row] = pool.submit(self._load, row)
+                rows = [
+                    row
+                    for row in self.batch_rows(ahead)
+                    if row not in self._pending and self.paths[row] not in self._decoded
+                ]
+                size = max(1, math.ceil(len(rows) / self.decode_workers))
+                for start in range(0, len(rows), size):
+                    chunk = rows[start : start + size]
+                    future = pool.submit(self._load, chunk)
+                    self._pending.update((row, (future, i)) for i, row in enumerate(chunk))
 
     def _cancel_read_ahead(self):
         with self._pending_lock:
             pending, self._pending = self._pending, {}
-        for future in pending.values():
+        for future, _ in pending.values():
             future.cancel()
 
     def _cache_policy(self, cache):
@@ -922,17 +963,47 @@ class ImageFolder(keras.utils.PyDataset):
 
 # Batches whose rows are decoded ahead of the one requested.
 READ_AHEAD = 2
-CACHE_POLICIES = ("auto", "memory", "disk", "none")
+DECODERS = ("auto", "processes", "threads")
 _POOLS = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def _decode_pool(workers):
+def decode_files(paths, image_size, color_mode):
+    """`(image, None)` or `(None, reason)` for each file: what a decoding worker returns."""
+    decoded = []
+    for path in paths:
+        try:
+            decoded.append((_decode(path, image_size, color_mode), None))
+        except ImageDecodeError as error:
+            decoded.append((None, error.reason))
+    return decoded
+
+
+def _thread_pool(workers):
     """One thread pool per size, shared by every ImageFolder of this process."""
     with _POOLS_LOCK:
-        if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="condnet-decode")
-        return _POOLS[workers]
+        if ("threads", workers) not in _POOLS:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="condnet-decode")
+            _POOLS["threads", workers] = pool
+        return _POOLS["threads", workers]
+
+
+def _process_pool(workers):
+    """One pool of decoding processes per size, forked from this process (so they start at
+    once, with nothing to import), or None where processes cannot be forked."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    with _POOLS_LOCK:
+        if ("processes", workers) not in _POOLS:
+            context = multiprocessing.get_context("fork")
+            with warnings.catch_warnings():  # fork of a threaded process (3.12+, JAX)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                pool = ProcessPoolExecutor(
+                    workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+                )
+            _POOLS["processes", workers] = pool
+        return _POOLS["processes", workers]
 
 
 def _check_cache(cache):
@@ -945,6 +1016,28 @@ def _check_cache(cache):
             f"Received: cache={cache!r}"
         )
     return cache
+
+
+def _exit_with(parent):
+    """In a decoding process: exit as soon as `parent` is gone (even killed with SIGKILL), so
+    that no orphan keeps its memory or the pipes of whoever ran the parent."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _check_decoder(decoder):
+    if decoder not in DECODERS:
+        raise ValueError(
+            f"`decoder` must be one of {list(DECODERS)}. Received: decoder={decoder!r}"
+        )
+    if decoder == "auto":
+        return "processes" if "fork" in multiprocessing.get_all_start_methods() else "threads"
+    return decoder
 
 
 def _check_decode_workers(workers):
@@ -992,8 +1085,10 @@ def load_folders(
         color_mode: `"rgb"` or `"grayscale"`. Defaults to `"rgb"`.
         shuffle: bool. Whether to shuffle the training set every epoch.
             Defaults to `True`.
-        **pydataset_kwargs: `workers`, `use_multiprocessing` and
-            `max_queue_size`, passed to both `ImageFolder`s.
+        **pydataset_kwargs: `ImageFolder` options (`cache`, `cache_dir`,
+            `decode_workers`) and `keras.utils.PyDataset`'s (`workers`,
+            `use_multiprocessing`, `max_queue_size`), passed to both
+            `ImageFolder`s.
 
     Returns:
         A tuple `(train, validation)` of `ImageFolder`s; `validation` is

@@ -727,12 +727,13 @@ def _photos(tmp_path, count=24, side=40):
     return scan_directory(tmp_path / "data")
 
 
-def test_parallel_decoding_and_read_ahead_give_the_same_batches(tmp_path):
+@pytest.mark.parametrize("decoder", ["processes", "threads"])
+def test_parallel_decoding_and_read_ahead_give_the_same_batches(tmp_path, decoder):
     hierarchy, paths, labels = _photos(tmp_path)
     paths[5] = str(_truncated_jpeg(tmp_path / "broken.jpg"))
     common = dict(image_size=8, batch_size=5, shuffle=True, seed=3, cache="none")
     serial = ImageFolder(paths, labels, hierarchy, decode_workers=1, **common)
-    parallel = ImageFolder(paths, labels, hierarchy, decode_workers=4, **common)
+    parallel = ImageFolder(paths, labels, hierarchy, decode_workers=4, decoder=decoder, **common)
     for _ in range(2):  # two epochs: the read-ahead follows the new order
         for index in range(len(serial)):
             for a, b in zip(serial[index], parallel[index]):
@@ -759,6 +760,7 @@ def test_the_disk_cache_reads_no_image_file_after_the_first_epoch(tmp_path, monk
     hierarchy, paths, labels = _photos(tmp_path, count=12)
     calls = _counting_decodes(monkeypatch)
     options = dict(image_size=8, batch_size=4, cache="disk", cache_dir=tmp_path / "cache")
+    options["decoder"] = "threads"  # decodes in this process, where they are counted
     first = ImageFolder(paths, labels, hierarchy, **options).numpy()[0]
     assert len(calls) == 12
     again = ImageFolder(paths, labels, hierarchy, **options)  # another run, same cache
@@ -792,3 +794,30 @@ def test_an_unwritable_disk_cache_warns_once_and_decodes(tmp_path, monkeypatch):
     assert len([w for w in caught if "cannot be written" in str(w.message)]) == 1
     expected = ImageFolder(paths, labels, hierarchy, image_size=8, cache="none").numpy()[0]
     np.testing.assert_array_equal(images, expected)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="decoding processes are forked")
+def test_decoding_processes_exit_when_their_parent_is_killed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    hierarchy, paths, labels = _photos(tmp_path, count=6)
+    script = f"""
+import os, signal
+from condnet.data.folders import ImageFolder, _process_pool
+data = ImageFolder({paths!r}, {labels.tolist()!r}, {hierarchy.to_dict()!r}, image_size=8,
+                   batch_size=3, decode_workers=2, decoder="processes", cache="none")
+data.numpy()
+print(" ".join(str(pid) for pid in _process_pool(2)._processes), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    process = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    workers = [int(pid) for pid in process.stdout.split()]
+    assert process.returncode == -9 and len(workers) == 2
+    deadline = time.monotonic() + 30  # each worker checks its parent twice a second
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers):
+        assert time.monotonic() < deadline, "decoding processes outlived their parent"
+        time.sleep(0.1)

@@ -7,6 +7,7 @@ from keras import ops
 from condnet.hierarchy import Hierarchy
 from condnet.models import capacity as capacity_lib
 from condnet.models import routing as routing_lib
+from condnet.models.precision import precision_of
 
 _EPSILON = 1e-7
 _LOSS_PARTS = ("gate", "class", "expert")
@@ -69,6 +70,20 @@ class ConditionalModel(keras.Model):
             `batch / num_groups` while training (at least 2.0 at inference).
             Rows beyond it go to their next-best expert, or are dropped and
             counted in the `dropped_rate` metric. Defaults to `1.25`.
+        **kwargs: passed to `keras.Model` (`name`, `dtype`). `dtype` defaults
+            to the mixed policy the gate, experts or trunk compute in, if any
+            (else the global policy): see "Mixed precision" below.
+
+    Mixed precision: build the gate, experts and trunk under a mixed Keras
+    dtype policy (`build_image_model(precision="mixed_bfloat16")`,
+    `keras.config.set_dtype_policy`, or `dtype=` on their layers). Weights
+    stay float32 and the parts compute in bfloat16 or float16, while the gate
+    and expert outputs are cast to float32 before routing: the routing
+    weights, every output but `"route"`, and the losses are float32. End each
+    head in a float32 softmax (`Dense(n, activation="softmax",
+    dtype="float32")`, as `build_image_model` does) so that the probabilities
+    are computed in float32 too. Under `"mixed_float16"` `compile` wraps the
+    optimizer in a `keras.optimizers.LossScaleOptimizer`.
 
     Call arguments:
         inputs: the model's input batch.
@@ -117,6 +132,8 @@ class ConditionalModel(keras.Model):
         _check_layer("gate", gate)
         experts = _experts_by_group(hierarchy, experts)
         gate_tap, expert_taps = _resolve_taps(hierarchy, trunk, gate_tap, expert_taps)
+        if kwargs.get("dtype") is None:  # the parts' mixed policy: compile scales float16 losses
+            kwargs["dtype"] = _mixed_policy_of([trunk, gate, *experts.values()])
         super().__init__(**kwargs)
         self.hierarchy = hierarchy
         self.gate = gate
@@ -334,7 +351,9 @@ class ConditionalModel(keras.Model):
         `LossWeightSchedule` can change them between epochs.
 
         Args:
-            optimizer: optimizer or `"auto"` (Adam, learning rate 1e-3).
+            optimizer: optimizer or `"auto"` (Adam, learning rate 1e-3). Under
+                the `"mixed_float16"` policy Keras wraps it in a
+                `LossScaleOptimizer` (unless `auto_scale_loss=False`).
             gate_loss_weight, class_loss_weight, expert_loss_weight: floats.
             metrics: extra Keras metrics on the `"classes"` output.
             **kwargs: passed to `keras.Model.compile` (not `loss`).
@@ -764,6 +783,12 @@ def _tap_model(trunk, taps):
             )
         outputs[tap] = trunk.get_layer(tap).output
     return keras.Model(trunk.inputs, outputs, name=trunk.name)
+
+
+def _mixed_policy_of(parts):
+    """The mixed policy some part computes in (float16 first), or None."""
+    found = {precision_of(part) for part in parts if part is not None}
+    return next((name for name in ("mixed_float16", "mixed_bfloat16") if name in found), None)
 
 
 def _known_input_shape(trunk, gate, experts):

@@ -361,8 +361,7 @@ def _inference_flags(p, routing_default):
         "--model",
         default=None,
         metavar="FILE",
-        help="model of the run to use: model.keras (default), model.calibrated.keras (after "
-        "`condnet calibrate`) or the path of a .keras file",
+        help=MODEL_HELP,
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument(
@@ -516,13 +515,20 @@ def _info_parser(commands, common):
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--model", default=None, metavar="FILE", help=MODEL_HELP)
     p.set_defaults(run=_info)
+
+
+MODEL_HELP = (
+    "model of the run to use: model.keras (default), model.calibrated.keras (after `condnet "
+    "calibrate`), baseline.keras (the run's flat baseline) or the path of a .keras file"
+)
 
 
 def _info(args):
     from condnet.runs.run_dir import run_info
 
-    info = run_info(args.run_dir, model_file=getattr(args, "model", None))
+    info = run_info(args.run_dir, model_file=args.model)
     if args.json:
         print(json.dumps(info))
         return
@@ -819,12 +825,13 @@ def _serve(args):
         "max_pixels": MAX_IMAGE_PIXELS if args.max_pixels is None else args.max_pixels,
         "body_timeout": args.body_timeout,
     }
-    check_options(cli=True, port=args.port, max_upload_mb=args.max_upload_mb, **limits)
-    check_options(cli=True, header_timeout=args.header_timeout)
+    server = {"port": args.port, "header_timeout": args.header_timeout}
+    # Before loading the model, so that a bad option fails at once.
+    check_options(cli=True, max_upload_mb=args.max_upload_mb, **limits, **server)
     token, source = args.token, "--token"
     if token is None:
         token, source = os.environ.get("CONDNET_TOKEN"), "$CONDNET_TOKEN"
-    check_token(token, source)  # before loading the model: a bad option fails at once
+    check_token(token, source)
     app = serve_app(
         args.run_dir,
         routing=args.routing,
@@ -835,7 +842,7 @@ def _serve(args):
     )
     access = "token required" if token is not None else "no token"
     print(f"Serving {args.run_dir} on http://{args.host}:{args.port}/ ({access}; Ctrl-C stops).")
-    run_server(app, host=args.host, port=args.port, header_timeout=args.header_timeout)
+    run_server(app, host=args.host, **server)
 
 
 # === compare ===

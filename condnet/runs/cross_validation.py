@@ -64,7 +64,8 @@ def cross_validate(
     _check_folds(folds)
     _check_kwargs(kwargs)
     fields, fit_kwargs = TrainingOptions.fields_of(kwargs)
-    options = dataclasses.replace(options or TrainingOptions(), **fields)
+    # cv.json compares folds, not models: no flat baseline per fold unless asked for.
+    options = dataclasses.replace(options or TrainingOptions(baseline=False), **fields)
     _check_hierarchy(options.hierarchy)
     out_dir = Path(out_dir)
     check_run_dir(out_dir, data_dir, kind=KIND)
@@ -97,7 +98,6 @@ def cross_validate(
         }
         write_atomic(out_dir / SUMMARY, json.dumps(summary, indent=1) + "\n")
     return summary
-
 
 
 def fold_indices(labels, folds, seed=1337, class_names=None):

@@ -67,7 +67,7 @@ def test_ensemble_refuses_mismatched_runs_and_an_existing_out_before_writing(
     runs, tmp_path, capsys
 ):
     data, exact, _ = runs
-    small = _run(tmp_path / "small", colour_model(image_size=4), image_size=4)
+    small = _run(tmp_path / "small", colour_model(image_size=16), image_size=16)
     out = tmp_path / "ensemble"
     assert main(["ensemble", str(exact), str(small), "--data", str(data), "--out", str(out)]) == 2
     assert "different inputs" in capsys.readouterr().err and not out.exists()

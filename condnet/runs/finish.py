@@ -21,6 +21,7 @@ from condnet.evaluation.baseline import flat_baseline, routed_macs
 from condnet.evaluation.cost import count_macs
 from condnet.evaluation.evaluate import evaluate_model, within_group_of
 from condnet.evaluation.report import baseline_verdict, gap_sources, write_report
+from condnet.models.precision import loss_scaled
 from condnet.runs import checkpoint as ckpt
 from condnet.training.callbacks import StopOnNaN
 from condnet.training.distribute import compile_options
@@ -189,7 +190,7 @@ def fit_flat(flat, options, data, stopping_callbacks, fit_kwargs, stages=None):
             backbone.trainable = True
             unfreeze_top(backbone, min(options.fine_tune_layers, tunable_count(backbone)))
         flat.compile(
-            optimizer=keras.optimizers.Adam(rate),
+            optimizer=loss_scaled(keras.optimizers.Adam(rate), flat),  # float16: scaled
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
             **compile_options(),

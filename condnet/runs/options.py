@@ -7,6 +7,7 @@ from pathlib import Path
 
 from condnet.choices import (
     AUGMENT_POLICIES,
+    CACHE_POLICIES,
     COLOR_MODES,
     DISTRIBUTE,
     LR_SCHEDULES,
@@ -17,6 +18,7 @@ from condnet.choices import (
     STRATEGIES,
 )
 from condnet.hierarchy import Hierarchy
+from condnet.models.precision import PRECISIONS
 
 SCHEDULES = ("coarse_to_fine",)
 DISPATCHES = ("dense", "capacity")
@@ -296,6 +298,21 @@ class TrainingOptions:
     color_mode: str = _option(
         "rgb", "read images as RGB or grayscale", _one_of(COLOR_MODES), choices=COLOR_MODES
     )
+    cache: str = _option(
+        "auto",
+        "where decoded images are kept between epochs: memory, disk (a cache outside the data, "
+        "--cache-dir; later runs on the same images read no image file either), none; auto = "
+        "memory when the decoded set fits in 256 MiB, else disk",
+        _one_of(CACHE_POLICIES),
+        choices=CACHE_POLICIES,
+    )
+    cache_dir: object = _option(
+        None,
+        "folder of the disk cache (default $CONDNET_CACHE_DIR, else ~/.cache/condnet/decoded)",
+        _optional_text,
+        type=str,
+        metavar="DIR",
+    )
     epochs: int = _option(10, "training epochs", _int_at_least(1))
     batch_size: int = _option(32, "batch size", _int_at_least(1))
     learning_rate: float = _option(1e-3, "Adam learning rate", _positive_number)
@@ -432,6 +449,16 @@ class TrainingOptions:
         "auto = data-parallel when there is more than one device, else none",
         _one_of(DISTRIBUTE),
         choices=DISTRIBUTE,
+    )
+    precision: str = _option(
+        "auto",
+        "Keras dtype policy: float32, or mixed_bfloat16 / mixed_float16 (weights in float32, "
+        "layers compute in 16 bits; the heads' softmax, routing and losses stay float32; "
+        "mixed_float16 scales the loss); auto = mixed_bfloat16 on a TPU or a GPU of compute "
+        "capability 8.0 or newer, mixed_float16 on an older GPU, float32 on a CPU (most CPUs "
+        "emulate bfloat16 slowly); the run's config.json stores the policy auto chose",
+        _one_of(PRECISIONS),
+        choices=PRECISIONS,
     )
     split: object = _option(None, "(train rows, validation rows) of the folder", _split, cli=False)
 

@@ -87,8 +87,8 @@ def training_data(run_dirs):
         try:
             options = json.loads((Path(run) / "config.json").read_text())["options"]
             folders.append(Path(options["data_dir"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            continue  # an unreadable config: the command that reads it says so
     return folders
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from condnet.data.folders import ImageFolder, load_folders, scan_directory
 from condnet.evaluation.discovery import check_num_groups, discover_from_folder, flat_class_names
 from condnet.hierarchy import Hierarchy
+from condnet.models.precision import resolve_precision
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.claim import (
     CONFIG,
@@ -28,6 +29,7 @@ from condnet.runs.claim import (
 from condnet.runs.finish import finish_run, fit_flat, side_pair
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
+from condnet.runs.run_dir import read_state as checked_state
 from condnet.training import distribute
 from condnet.training.callbacks import (
     EarlyStop,
@@ -58,6 +60,8 @@ RESUME_CHANGES = (
     "patience",
     "tensorboard",
     "distribute",  # the devices may differ from those the run started on
+    "cache",  # where decoded images are kept changes no result
+    "cache_dir",
 )
 
 
@@ -630,7 +634,7 @@ def _stopping_callbacks(options, validation, stage, name="", fit_kwargs=None):
 
 
 def _resume_state(run_dir):
-    state = ckpt.read_state(run_dir)
+    state = checked_state(run_dir)
     if state is None:
         raise ValueError(
             f"There is no run to resume in {str(run_dir)!r}: it has no {ckpt.STATE} (no "
@@ -731,6 +735,8 @@ def _prepare(options, data_dir):
     train_data, validation = load_data(options, data_dir)
     if isinstance(options.hierarchy, str):
         options = dataclasses.replace(options, hierarchy=train_data.hierarchy.to_dict())
+    # The policy "auto" picks on this machine, so that config.json (and a resume) keep it.
+    options = dataclasses.replace(options, precision=resolve_precision(options.precision))
     model = _build(options, train_data.hierarchy, train_data.channels)
     if options.upcycle_epochs:
         _upcycle_source(model, options, train_data)  # refuses a model it cannot upcycle
@@ -788,6 +794,9 @@ def load_data(options, data_dir=None):
         validation_split=options.validation_split,
         seed=options.seed,
         color_mode=options.color_mode,
+        cache=options.cache,
+        cache_dir=options.cache_dir,
+        dtype="uint8",  # cast inside the model: batches 4 times smaller to move
     )
 
 
@@ -823,6 +832,7 @@ def _build(options, hierarchy, channels):
         temperature=options.temperature,
         backbone_output=options.backbone_output,
         preprocess=options.preprocess,
+        precision=options.precision,
     )
 
 
@@ -916,6 +926,9 @@ def _load_split(options, data_dir):
         image_size=options.image_size,
         batch_size=options.batch_size,
         color_mode=options.color_mode,
+        cache=options.cache,
+        cache_dir=options.cache_dir,
+        dtype="uint8",
     )
 
     def folder(rows, **kwargs):

@@ -66,8 +66,8 @@ def load_run(run_dir, model_file=None, routing=None):
     if model_file is not None and not model_path.is_file():
         raise ValueError(
             f"There is no model file {str(model_path)!r}. Pass model.keras, "
-            "model.calibrated.keras (after `condnet calibrate`) or the path of a .keras file. "
-            f"Received: model={model_file!r}"
+            "model.calibrated.keras (after `condnet calibrate`), baseline.keras (the run's flat "
+            f"baseline) or the path of a .keras file. Received: model={model_file!r}"
         )
     if not run_dir.is_dir() or not model_path.is_file() or not config_path.is_file():
         _refuse_interrupted_overwrite(run_dir)
@@ -104,9 +104,9 @@ def _as_run_model(run_dir, model, path, config):
     from condnet.models.ensemble import Ensemble
 
     if isinstance(model, ConditionalModel | Ensemble):
-        _check_hierarchy(run_dir, model.hierarchy, config, path)
+        _check_hierarchies([(path.name, model.hierarchy), *_hierarchies(run_dir, config)], path)
     elif path.name == BASELINE and isinstance(model, keras.Model):
-        model = FlatBaseline(_run_hierarchy(run_dir, config), model, path)
+        model = FlatBaseline(_run_hierarchy(run_dir, config, path), model, path)
     else:
         raise ValueError(
             f"{path.name} holds a {type(model).__name__} model, not a condnet model: condnet "
@@ -118,29 +118,36 @@ def _as_run_model(run_dir, model, path, config):
     return model
 
 
-def _check_hierarchy(run_dir, hierarchy, config, path):
-    """The model's hierarchy must be the run's (config.json's tree, hierarchy.json)."""
-    sources = []
+def _hierarchies(run_dir, config):
+    """[(file name, Hierarchy)] of the run's files that name its hierarchy."""
+    found = []
     if config.get("hierarchy") is not None:
-        sources.append((CONFIG, Hierarchy(config["hierarchy"])))
+        found.append((CONFIG, Hierarchy(config["hierarchy"])))
     if (Path(run_dir) / HIERARCHY).is_file():
-        sources.append((HIERARCHY, read_hierarchy(Path(run_dir) / HIERARCHY)))
-    for name, tree in sources:
-        if tree != hierarchy:
+        found.append((HIERARCHY, read_hierarchy(Path(run_dir) / HIERARCHY)))
+    return found
+
+
+def _check_hierarchies(found, path):
+    """Every file that names the run's hierarchy (the model, config.json, hierarchy.json)
+    must name the same tree."""
+    for name, tree in found[1:]:
+        if tree != found[0][1]:
             raise ValueError(
-                f"{path.name} was trained on the hierarchy {hierarchy.to_dict()} but the run's "
-                f"{name} names {tree.to_dict()}: one of them belongs to another run. Restore "
-                f"the run's own files, or re-train it. Received: path={str(path)!r}"
+                f"The run's files disagree on its hierarchy: {found[0][0]} names "
+                f"{found[0][1].to_dict()} but {name} names {tree.to_dict()}, so one of them "
+                "belongs to another run. Restore the run's own files, or re-train it. "
+                f"Received: path={str(path)!r}"
             )
 
 
-def _run_hierarchy(run_dir, config):
-    """The run's hierarchy, for its flat baseline: config.json's, hierarchy.json's, or the
-    one inside model.keras."""
-    if config.get("hierarchy") is not None:
-        return Hierarchy(config["hierarchy"])
-    if (Path(run_dir) / HIERARCHY).is_file():
-        return read_hierarchy(Path(run_dir) / HIERARCHY)
+def _run_hierarchy(run_dir, config, path):
+    """The run's hierarchy, for its flat baseline: that of config.json and hierarchy.json
+    (which must agree), or else the one inside model.keras."""
+    found = _hierarchies(run_dir, config)
+    _check_hierarchies(found, path)
+    if found:
+        return found[0][1]
     if (Path(run_dir) / BEST).is_file():
         model = _load_model(Path(run_dir) / BEST)
         if hasattr(model, "hierarchy"):
@@ -323,7 +330,7 @@ def read_hierarchy(path):
     try:
         return Hierarchy.from_file(path)
     except (TypeError, ValueError, RecursionError) as error:
-        raise ValueError(_bad_file(path, str(error)[:300].rstrip("."))) from None
+        raise ValueError(_bad_file(path, " ".join(str(error).split())[:300].rstrip("."))) from None
 
 
 def read_metrics(path):

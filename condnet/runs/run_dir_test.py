@@ -259,11 +259,11 @@ def test_load_run_error_config_hierarchy_that_is_not_a_tree(run):
             lambda run: (run / "config.json").write_text(
                 json.dumps({"options": OPTIONS, "hierarchy": {"a": ["x"], "b": ["y"]}})
             ),
-            r"model.keras was trained on the hierarchy .*config.json names \{'a'",
+            r"disagree on its hierarchy: model.keras names .* but config.json names \{'a'",
         ),
         (
             lambda run: (run / "hierarchy.json").write_text(json.dumps({"a": ["x"], "b": ["y"]})),
-            r"model.keras was trained on the hierarchy .*hierarchy.json names \{'a'",
+            r"disagree on its hierarchy: model.keras names .* but hierarchy.json names \{'a'",
         ),
         (
             lambda run: (run / "hierarchy.json").write_text("[1]"),

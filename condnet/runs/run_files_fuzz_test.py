@@ -180,9 +180,13 @@ def test_fuzz_state_of_random_json(run, value):
     [
         (CONFIG, "[" * 100_000, "it nests too deeply to read"),
         (CONFIG, "", r"it is empty \(0 bytes\)"),
-        (METRICS, '{"accuracy": 7}', r"its entry \['accuracy'\] is 7, where a number from 0 to 1"),
+        (
+            METRICS,
+            '{"accuracy": 7}',
+            r"its entry \['accuracy'\] is 7, where a number from 0 to 1 is expected",
+        ),
         (METRICS, "[1]", "it holds a JSON array where an object of metrics is expected"),
-        (STATE, '{"phase": 0}', '"epoch" is missing, where an int >= 0 is expected'),
+        (STATE, '{"phase": 0}', 'its "epoch" is missing, where an int >= 0 is expected'),
         (STATE, "null", "it holds a JSON null where an object is expected"),
     ],
 )
@@ -259,3 +263,18 @@ def test_a_bogus_space_entry_is_named_with_its_value(tmp_path, space, message):
     with pytest.raises(ValueError, match=message) as error:
         read_space(tmp_path / "space.json")
     assert "Fix or remove the entry. Received: " in str(error.value)
+
+
+def test_condnet_tune_refuses_a_bogus_space_file_before_the_first_trial(tmp_path, capsys):
+    pytest.importorskip("keras_tuner")
+    from condnet.evaluation.evaluate_test import make_colour_folders
+    from condnet.runs.cli import main
+
+    data = make_colour_folders(tmp_path / "data", per_class=2)
+    (tmp_path / "space.yaml").write_text("routing: {choices: [hard, bogus]}\n")
+    argv = ["tune", str(data), "--out", str(tmp_path / "search"), "--trials", "2"]
+    assert main([*argv, "--space", str(tmp_path / "space.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "bad entry for 'routing': 'bogus' is refused (--routing / routing must be one" in err
+    assert not (tmp_path / "search").exists()  # no trial ran, nothing was written

@@ -205,16 +205,17 @@ def _claim(tune_dir, data_dir):
 
 def run_trial(data_dir, tune_dir, options, trial, verbose=0):
     """Train (or resume) one trial's run; its objectives."""
-    from condnet.runs.checkpoint import read_state
     from condnet.runs.claim import RUN_FILES
     from condnet.runs.recipe import resume, train
+    from condnet.runs.run_dir import read_state
 
     values = _values(trial.hyperparameters.values)
     if "tuner/epochs" in values:  # Hyperband's budget for this trial
         values["epochs"] = values.pop("tuner/epochs")
     values = {k: v for k, v in values.items() if not k.startswith("tuner/")}
     run_dir = Path(tune_dir) / "trials" / f"trial-{trial.trial_id}"
-    settings = {**options, **values}
+    # A trial is scored on its own validation accuracy: no flat baseline unless asked.
+    settings = {"baseline": False, **options, **values}
     run_dir.mkdir(parents=True, exist_ok=True)
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     record = {"trial": trial.trial_id, "tuner": tuner_id, "values": trial.hyperparameters.values}

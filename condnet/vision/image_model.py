@@ -5,6 +5,7 @@ from keras import layers
 
 from condnet.choices import PLACEMENTS
 from condnet.models.conditional_model import ConditionalModel
+from condnet.models.precision import precision_scope
 from condnet.vision.backbones import SMALL_CNN_FILTERS, conv_bn_relu, make_trunk, small_cnn
 from condnet.vision.taps import default_taps
 
@@ -31,6 +32,7 @@ def build_image_model(
     expert_dropout=None,
     backbone_output=None,
     preprocess=None,
+    precision=None,
     **kwargs,
 ):
     """A ConditionalModel for images: a backbone trunk, a gate head, one head per group.
@@ -75,39 +77,51 @@ def build_image_model(
         preprocess: str. For a user's model or a preset, what it expects from
             `[0, 255]` images: `"none"`, `"unit"`, `"symmetric"`, `"caffe"` or
             `"torch"`. Defaults to None (`"none"` for a model, the preset's own).
+        precision: str. The Keras dtype policy the model's layers take:
+            `"float32"`, `"mixed_bfloat16"`, `"mixed_float16"` or `"auto"`
+            (`condnet.models.precision.resolve_precision`: mixed_bfloat16 on
+            a TPU or a GPU of compute capability 8.0 or newer, mixed_float16
+            on an older GPU, float32 on a CPU). The global policy is set while
+            the layers are made and restored afterwards; `augmentation`, made
+            by the caller, keeps its own. Every head ends in a float32 softmax
+            Dense, so gate and class probabilities are float32 whatever the
+            policy. Defaults to None: the global policy in force.
         **kwargs: passed to `ConditionalModel`.
     """
-    expert_placement = resolve_placement(expert_placement, backbone)
-    if expert_placement == "separate" and backbone != "small_cnn":
-        raise ValueError(
-            "expert_placement='separate' gives the gate and every expert their own small_cnn "
-            "trained from scratch, so a backbone (and its weights) would go unused. Use "
-            f"'taps' or 'top' with a backbone. Received: backbone={backbone!r}"
+    with precision_scope(precision):
+        expert_placement = resolve_placement(expert_placement, backbone)
+        if expert_placement == "separate" and backbone != "small_cnn":
+            raise ValueError(
+                "expert_placement='separate' gives the gate and every expert their own small_cnn "
+                "trained from scratch, so a backbone (and its weights) would go unused. Use "
+                f"'taps' or 'top' with a backbone. Received: backbone={backbone!r}"
+            )
+        shape = _image_shape(image_size, channels)
+        if expert_placement == "separate":
+            return _separate_model(
+                hierarchy, shape, augmentation, routing, filters, dropout, kwargs
+            )
+        base = make_trunk(backbone, shape, weights, backbone_output, preprocess, filters)
+        taps = default_taps(base)
+        gate_tap, expert_tap, convs = _placement(expert_placement, taps, base)
+        trunk = _trunk(shape, base, [gate_tap, expert_tap], augmentation)
+        tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
+
+        def make(units, name, part, tap=expert_tap):
+            rate = dropout if part != "expert" or expert_dropout is None else expert_dropout
+            return classifier_head(tap_shapes[tap], units, name, rate, convs[part])
+
+        experts = {group: _expert(hierarchy, group, make, routing) for group in hierarchy.groups}
+        return ConditionalModel(
+            hierarchy,
+            trunk=trunk,
+            gate=make(hierarchy.num_groups, "gate", "gate", tap=gate_tap),
+            experts=experts,
+            gate_tap=gate_tap,
+            expert_taps={group: expert_tap for group in hierarchy.groups},
+            routing=routing,
+            **kwargs,
         )
-    shape = _image_shape(image_size, channels)
-    if expert_placement == "separate":
-        return _separate_model(hierarchy, shape, augmentation, routing, filters, dropout, kwargs)
-    base = make_trunk(backbone, shape, weights, backbone_output, preprocess, filters)
-    taps = default_taps(base)
-    gate_tap, expert_tap, convs = _placement(expert_placement, taps, base)
-    trunk = _trunk(shape, base, [gate_tap, expert_tap], augmentation)
-    tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
-
-    def make(units, name, part, tap=expert_tap):
-        rate = dropout if part != "expert" or expert_dropout is None else expert_dropout
-        return classifier_head(tap_shapes[tap], units, name, rate, convs[part])
-
-    experts = {group: _expert(hierarchy, group, make, routing) for group in hierarchy.groups}
-    return ConditionalModel(
-        hierarchy,
-        trunk=trunk,
-        gate=make(hierarchy.num_groups, "gate", "gate", tap=gate_tap),
-        experts=experts,
-        gate_tap=gate_tap,
-        expert_taps={group: expert_tap for group in hierarchy.groups},
-        routing=routing,
-        **kwargs,
-    )
 
 
 def resolve_placement(expert_placement, backbone):
@@ -236,7 +250,9 @@ def _expert(hierarchy, group, make, routing):
 def classifier_head(input_shape, units, name, dropout, convs=()):
     """A head model: `(filters, pool)` convs (3x3 + BatchNorm + ReLU, 2x2 max
     pooling if `pool`), global average pooling (over the tokens of a
-    `(tokens, features)` input), dropout, a softmax Dense."""
+    `(tokens, features)` input), dropout, a softmax Dense kept in float32 under a mixed
+    precision policy (the probabilities, which routing and the losses read, and the
+    small last layer cost little in float32)."""
     inputs = keras.Input(input_shape)
     x = inputs
     for filters, pool in convs:
@@ -245,7 +261,8 @@ def classifier_head(input_shape, units, name, dropout, convs=()):
     pooling = {3: layers.GlobalAveragePooling2D, 2: layers.GlobalAveragePooling1D}
     x = pooling[len(input_shape)]()(x) if len(input_shape) in pooling else x
     x = layers.Dropout(dropout)(x) if dropout else x
-    return keras.Model(inputs, layers.Dense(units, activation="softmax")(x), name=name)
+    outputs = layers.Dense(units, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=name)
 
 
 def _separate_model(hierarchy, shape, augmentation, routing, filters, dropout, kwargs):

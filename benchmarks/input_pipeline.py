@@ -1,0 +1,222 @@
+"""Input pipeline: ImageFolder through Keras's iterator vs tf.data AUTOTUNE vs the decode limit.
+
+    python benchmarks/input_pipeline.py [--backend tensorflow|jax|torch | --all-backends] [--quick]
+
+Side by side in one process, one pass over the same JPEG photos each, uncached:
+
+- `condnet`: `ImageFolder(cache="none")` as `condnet train` feeds it (default
+  `decode_workers`: one thread per core, two batches read ahead), iterated
+  through Keras's own data adapter for the backend (`tf.data` from the
+  generator on TensorFlow, the numpy/JAX iterator on JAX, the DataLoader on
+  torch).
+- `condnet, 1 thread`: the same with `decode_workers=1` (how it decoded before).
+- `tf.data`: `list_files -> read_file -> decode_jpeg -> resize -> batch ->
+  prefetch`, `num_parallel_calls=AUTOTUNE`.
+- `decode limit`: Pillow with JPEG draft decoding (`decode_image`) in one
+  process per core, no batching: what the machine can decode.
+
+Two sets: photos20's real photos (96 px short side) read at 96 px, and the same
+photos upscaled to 480 px short side (JPEG quality 90; photos20 holds no large
+photos) read at 160 px. Then the disk cache: epoch 1 (decode and write the cache)
+against epoch 2 (read the cache) on the training photos read at 160 px.
+Replaces this backend's section of benchmarks/RESULTS.md and writes
+benchmarks/input_pipeline-BACKEND.json.
+"""
+
+import json
+import multiprocessing
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+os.environ["KERAS_BACKEND"] = common.choose_backend()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from condnet.data.folders import ImageFolder, decode_image, scan_directory  # noqa: E402
+
+PHOTOS = common.REPOSITORY.parent / "shared" / "data" / "photos20-96px.tar.gz"
+BATCH = 32
+DOGS = {
+    "australian_terrier", "beagle", "border_terrier", "dingo", "english_foxhound",
+    "english_springer", "golden_retriever", "old_english_sheepdog", "rhodesian_ridgeback",
+    "samoyed", "shih_tzu",
+}  # fmt: skip
+
+
+def scanned(root):
+    """`scan_directory` of a flat photos20 folder, dogs and things as the groups."""
+    classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+    groups = {
+        "dogs": [c for c in classes if c in DOGS],
+        "things": [c for c in classes if c not in DOGS],
+    }
+    return scan_directory(root, {g: c for g, c in groups.items() if c})
+
+
+def extract_photos(folder, count):
+    """About `count` training photos of photos20 (an equal share of each of its 20 classes),
+    in class folders under `folder`."""
+    taken, share = {}, max(1, count // 20)
+    with tarfile.open(PHOTOS) as archive:
+        for member in archive:
+            if member.isfile() and member.name.startswith("photos20/train/"):
+                name = member.name.split("/")[2]
+                if taken.get(name, 0) < share:
+                    taken[name] = taken.get(name, 0) + 1
+                    archive.extract(member, folder, filter="data")
+    return Path(folder) / "photos20" / "train"
+
+
+def upscaled(source, target, side):
+    """Every photo of `source` resized so that its short side is `side`, as JPEG."""
+    for path in sorted(source.rglob("*.jpg")):
+        image = Image.open(path).convert("RGB")
+        scale = side / min(image.size)
+        out = target / path.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        size = (round(image.width * scale), round(image.height * scale))
+        image.resize(size, Image.Resampling.BICUBIC).save(out, quality=90)
+    return target
+
+
+# === The pipelines ===
+
+
+def keras_pass(folder):
+    """One epoch of `folder` through Keras's data adapter for this backend."""
+    from keras.src.trainers.data_adapters import get_data_adapter
+
+    adapter = get_data_adapter(folder)
+    adapter.on_epoch_begin()
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        iterator = adapter.get_tf_dataset()
+    elif backend == "jax":
+        iterator = adapter.get_jax_iterator()
+    else:
+        iterator = adapter.get_torch_dataloader()
+    count = sum(int(batch[0].shape[0]) for batch in iterator)
+    adapter.on_epoch_end()
+    return count
+
+
+def tf_data_pass(paths, side):
+    import tensorflow as tf
+
+    def load(path):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        return tf.image.resize(image, (side, side))
+
+    dataset = tf.data.Dataset.from_tensor_slices(paths)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(BATCH).prefetch(tf.data.AUTOTUNE)
+    return sum(int(batch.shape[0]) for batch in dataset)
+
+
+def _decode(arguments):
+    path, side = arguments
+    return decode_image(path, side).shape[0]
+
+
+def decode_limit_pass(pool, paths, side):
+    return len(pool.map(_decode, [(p, side) for p in paths], chunksize=16))
+
+
+# === Measures ===
+
+
+def pipelines(root, side, pool):
+    hierarchy, paths, labels = scanned(root)
+    folder = dict(image_size=side, batch_size=BATCH, cache="none", shuffle=True, seed=0)
+    fast = ImageFolder(paths, labels, hierarchy, **folder)
+    serial = ImageFolder(paths, labels, hierarchy, decode_workers=1, **folder)
+    return len(paths), {
+        "condnet": lambda: keras_pass(fast),
+        "condnet, 1 thread": lambda: keras_pass(serial),
+        "tf.data": lambda: tf_data_pass(paths, side),
+        "decode limit": lambda: decode_limit_pass(pool, paths, side),
+    }
+
+
+def measure(name, root, side, pool, repeats):
+    count, functions = pipelines(root, side, pool)
+    timings = common.time_side_by_side(functions, repeats)
+    speed = {k: count / v["median"] for k, v in timings.items()}
+    print(name, {k: round(v) for k, v in speed.items()}, flush=True)
+    return {"set": name, "images": count, "side": side, "images_per_second": speed}
+
+
+def disk_cache(root, side, cache_dir):
+    """Seconds of epoch 1 (decode, write the cache) and epoch 2 (read it), through Keras."""
+    hierarchy, paths, labels = scanned(root)
+    options = dict(image_size=side, batch_size=BATCH, cache="disk", cache_dir=cache_dir)
+    seconds = []
+    for _ in range(2):
+        folder = ImageFolder(paths, labels, hierarchy, shuffle=True, seed=0, **options)
+        start = time.perf_counter()
+        keras_pass(folder)
+        seconds.append(time.perf_counter() - start)
+    return {"images": len(paths), "side": side, "epoch_1_s": seconds[0], "epoch_2_s": seconds[1]}
+
+
+def main():
+    args = common.parse_args(__doc__)
+    backend = keras.backend.backend()
+    if not PHOTOS.exists():
+        print(f"skipped: {PHOTOS} is absent (the shared data folder)")
+        return
+    count, large, repeats = (512, 185, 2) if args.quick else (1024, 370, 3)
+    with tempfile.TemporaryDirectory(prefix="condnet-input-") as scratch:
+        scratch = Path(scratch)
+        small = extract_photos(scratch / "small", count)
+        big = upscaled(extract_photos(scratch / "few", large), scratch / "large", 480)
+        with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
+            rows = [
+                measure("photos20, 96 px, read at 96", small, 96, pool, repeats),
+                measure("photos20 upscaled to 480 px, read at 160", big, 160, pool, repeats),
+            ]
+        cache = disk_cache(small, 160, scratch / "cache")
+    _write(args, backend, rows, cache)
+
+
+def _write(args, backend, rows, cache):
+    table = common.markdown_table(
+        ["set", "condnet", "condnet, 1 thread", "tf.data", "decode limit", "/ tf.data", "/ limit"],
+        [
+            [
+                f"{r['set']} ({r['images']} images)",
+                *(f"{r['images_per_second'][k]:.0f}" for k in PIPELINES),
+                f"{r['images_per_second']['condnet'] / r['images_per_second']['tf.data']:.2f}",
+                f"{r['images_per_second']['condnet'] / r['images_per_second']['decode limit']:.2f}",
+            ]
+            for r in rows
+        ],
+    )
+    ratio = cache["epoch_1_s"] / cache["epoch_2_s"]
+    cached = (
+        f"Disk cache, {cache['images']} photos read at {cache['side']} px through Keras's "
+        f"iterator: epoch 1 (decode + write) {cache['epoch_1_s']:.2f} s, epoch 2 (read the "
+        f"cache, no image file) {cache['epoch_2_s']:.2f} s: {ratio:.1f}x."
+    )
+    body = "\n".join(
+        [*common.machine(backend), "", "images/s, one pass each:", "", table, "", cached, ""]
+    )
+    common.write_section(f"Input pipeline: {backend}", body, args.results)
+    out = common.BENCHMARKS / f"input_pipeline-{backend}.json"
+    out.write_text(json.dumps({"rows": rows, "disk_cache": cache}, indent=1) + "\n")
+    print(table)
+    print(cached)
+
+
+PIPELINES = ("condnet", "condnet, 1 thread", "tf.data", "decode limit")
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
