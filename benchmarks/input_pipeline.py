@@ -5,10 +5,11 @@
 Side by side in one process, one pass over the same JPEG photos each, uncached:
 
 - `condnet`: `ImageFolder(cache="none")` as `condnet train` feeds it (default
-  `decode_workers`: one thread per core, two batches read ahead), iterated
+  `decode_workers`: one forked process per core, two batches read ahead), iterated
   through Keras's own data adapter for the backend (`tf.data` from the
   generator on TensorFlow, the numpy/JAX iterator on JAX, the DataLoader on
   torch).
+- `condnet, threads`: the same with `decoder="threads"` (one thread per core).
 - `condnet, 1 thread`: the same with `decode_workers=1` (how it decoded before).
 - `tf.data`: `list_files -> read_file -> decode_jpeg -> resize -> batch ->
   prefetch`, `num_parallel_calls=AUTOTUNE`.
@@ -136,9 +137,11 @@ def pipelines(root, side, pool):
     hierarchy, paths, labels = scanned(root)
     folder = dict(image_size=side, batch_size=BATCH, cache="none", shuffle=True, seed=0)
     fast = ImageFolder(paths, labels, hierarchy, **folder)
+    threads = ImageFolder(paths, labels, hierarchy, decoder="threads", **folder)
     serial = ImageFolder(paths, labels, hierarchy, decode_workers=1, **folder)
     return len(paths), {
         "condnet": lambda: keras_pass(fast),
+        "condnet, threads": lambda: keras_pass(threads),
         "condnet, 1 thread": lambda: keras_pass(serial),
         "tf.data": lambda: tf_data_pass(paths, side),
         "decode limit": lambda: decode_limit_pass(pool, paths, side),
@@ -188,7 +191,7 @@ def main():
 
 def _write(args, backend, rows, cache):
     table = common.markdown_table(
-        ["set", "condnet", "condnet, 1 thread", "tf.data", "decode limit", "/ tf.data", "/ limit"],
+        ["set", *PIPELINES, "/ tf.data", "/ limit"],
         [
             [
                 f"{r['set']} ({r['images']} images)",
@@ -215,7 +218,7 @@ def _write(args, backend, rows, cache):
     print(cached)
 
 
-PIPELINES = ("condnet", "condnet, 1 thread", "tf.data", "decode limit")
+PIPELINES = ("condnet", "condnet, threads", "condnet, 1 thread", "tf.data", "decode limit")
 
 if __name__ == "__main__":
     np.seterr(all="ignore")

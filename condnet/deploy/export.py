@@ -34,6 +34,8 @@ from pathlib import Path
 
 import keras
 
+from condnet.models.precision import precision_of, with_precision
+
 FORMATS = ("tf_saved_model", "onnx")
 ROUTINGS = ("hard", "soft")
 ONNX_OPSET = 17
@@ -60,6 +62,10 @@ def export_model(model, path, format="tf_saved_model", input_shape=None, routing
     """
     _check_arguments(model, format, routing)
     input_shape = _input_shape(model, input_shape)
+    if format == "onnx" and precision_of(model) == "mixed_bfloat16":
+        # tf2onnx writes mismatched float16/bfloat16 types that onnxruntime refuses; the
+        # weights of a mixed model are float32, so the float32 copy is the exact model.
+        model = with_precision(model, "float32")
     path = Path(path)
     import tensorflow as tf
 

@@ -273,3 +273,14 @@ def test_an_ensemble_is_refused_with_what_to_do_instead(tmp_path):
     with pytest.raises(ValueError, match="has no routing of its own; save it with model.save"):
         export_model(ensemble, tmp_path / "m.onnx", "onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_mixed_bfloat16_model_exports_to_onnx_in_float32(image_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from condnet.models.precision import with_precision
+
+    model, x = image_model
+    mixed = with_precision(model, "mixed_bfloat16")  # as trained on a recent GPU
+    path = export_model(mixed, tmp_path / "mixed.onnx", "onnx")
+    results = _run_standalone(path, "onnx", x, tmp_path)  # onnxruntime loads it
+    _assert_matches_predict(model, x, results)  # the exact float32 model

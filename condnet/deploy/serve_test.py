@@ -469,6 +469,9 @@ def test_binding_beyond_loopback_without_a_token_warns_in_one_line(
 
     started = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: started.append(self.config.host))
+    # uvicorn's logging config would bind its handlers to this test's captured stderr,
+    # which is closed after it: later tests that log would fail on a closed file.
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
     run_server(create_app(model, SIZE, token=token), host=host, port=0)
     err = capsys.readouterr().err
     assert started == [host]

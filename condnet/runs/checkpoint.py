@@ -160,6 +160,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.monitor = monitor
         self.on_commit = on_commit
         self.refused = None
+        self.seconds = 0.0  # spent writing checkpoints, state and history
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
@@ -184,6 +185,11 @@ class RunCheckpoint(keras.callbacks.Callback):
         improved = value is not None and (self.best is None or value > self.best)
         if improved:
             self.best = value
+        started = time.perf_counter()
+        self._save(epoch, name, improved)
+        self.seconds += time.perf_counter() - started
+
+    def _save(self, epoch, name, improved):
         if not self.writes:
             _save_and_discard(self.model, 2 if improved else 1)
             self._commit(epoch + 1, name, phase_done=False)

@@ -43,6 +43,7 @@ RUN_FILES = (
     "test-report",
     "export",
     "split.json",
+    "timing.json",
 )
 # The files that mean an epoch was committed: a run with none of them has nothing to lose.
 COMMITTED = (ckpt.STATE, ckpt.BEST, ckpt.METRICS)

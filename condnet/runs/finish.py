@@ -23,6 +23,7 @@ from condnet.evaluation.evaluate import evaluate_model, within_group_of
 from condnet.evaluation.report import baseline_verdict, gap_sources, write_report
 from condnet.models.precision import loss_scaled
 from condnet.runs import checkpoint as ckpt
+from condnet.runs.timing import RunTimes, describe
 from condnet.training.callbacks import StopOnNaN
 from condnet.training.distribute import compile_options
 from condnet.training.staged import tunable_count
@@ -32,7 +33,7 @@ INFERENCE_ROUTING = "hard"
 _TIMED_IMAGES = 256
 
 
-def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwargs):
+def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwargs, times=None):
     """Evaluate the best model on the validation split (or the training data without one),
     train and compare the baseline, write `metrics.json` and the report.
 
@@ -45,13 +46,47 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
             the run (the baseline copies its trunk and initial weights).
         stopping_callbacks: callable `validation -> callbacks` of the recipe.
         fit_kwargs: arguments the run passes to `fit` (e.g. `verbose`).
+        times: the run's `RunTimes`; its parts are written to `timing.json` and
+            a line of the report. Defaults to a stopwatch started here.
 
     Returns:
         dict with `"metrics"`, `"model"` and `"run_dir"`.
     """
-    run_dir = Path(run_dir)
+    run_dir, times = Path(run_dir), times or RunTimes()
     train_data, validation = data
     scored = validation or train_data
+    with times.part("evaluation"):
+        model, metrics, predictions, macs = _scored(run_dir, options, train_data, scored)
+    comparison = None
+    if options.baseline:
+        with times.part("flat baseline"):
+            comparison = _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs)
+        with times.part("evaluation"):
+            speed = _speed(model, scored)
+        comparison["conditional"] = _summary(metrics, macs["routed"], speed)
+        comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
+        comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
+        metrics["baseline"] = comparison
+    with times.part("report"):
+        ckpt.write_atomic(run_dir / ckpt.METRICS, json.dumps(metrics, indent=1))
+        header = _header(options, data, state, metrics["training_routing"])
+        header["time"] = describe(times.summary()) + " (before this report)"
+        write_report(
+            run_dir,
+            train_data.hierarchy,
+            metrics,
+            history=_history_columns(state["history"] if state else []),
+            title=f"{run_dir.name}: trained on {_data_root(train_data)}",
+            header=header,
+            baseline=comparison,
+            examples=_examples(train_data.hierarchy, predictions),
+        )
+    times.write(run_dir)
+    return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
+
+
+def _scored(run_dir, options, train_data, scored):
+    """model.keras hard-routed and without its optimizer, its metrics, predictions, MACs."""
     model = keras.models.load_model(run_dir / ckpt.BEST)
     trained_routing = model.routing
     model.routing = INFERENCE_ROUTING  # what a user's predict runs: the chosen expert only
@@ -64,25 +99,7 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
     shape = (*side_pair(options.image_size), train_data.channels)
     macs = routed_macs(model, shape)
     metrics["macs_per_image"] = {"routed": macs["routed"], "all_experts": macs["all_experts"]}
-    comparison = None
-    if options.baseline:
-        comparison = _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs)
-        comparison["conditional"] = _summary(metrics, macs["routed"], _speed(model, scored))
-        comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
-        comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
-        metrics["baseline"] = comparison
-    ckpt.write_atomic(run_dir / ckpt.METRICS, json.dumps(metrics, indent=1))
-    write_report(
-        run_dir,
-        train_data.hierarchy,
-        metrics,
-        history=_history_columns(state["history"] if state else []),
-        title=f"{run_dir.name}: trained on {_data_root(train_data)}",
-        header=_header(options, data, state, trained_routing),
-        baseline=comparison,
-        examples=_examples(train_data.hierarchy, predictions),
-    )
-    return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
+    return model, metrics, predictions, macs
 
 
 def _without_optimizer(model, input_shape):

@@ -30,6 +30,7 @@ from condnet.runs.finish import finish_run, fit_flat, side_pair
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
 from condnet.runs.run_dir import read_state as checked_state
+from condnet.runs.timing import RunTimes
 from condnet.training import distribute
 from condnet.training.callbacks import (
     EarlyStop,
@@ -144,21 +145,25 @@ def train(
     options, fit_kwargs = _options_and_fit_kwargs(options, fields_and_fit_kwargs)
     data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
     check_run_dir(run_dir, data_dir)
-    options = _resolve_image_size(options, data_dir)
+    times = RunTimes()
+    with times.part("scan and prepare"):
+        options = _resolve_image_size(options, data_dir)
     with distribute.scope(options.distribute, options.batch_size):
-        return _start(options, data_dir, run_dir, (overwrite, break_lock), callbacks, fit_kwargs)
+        flags = (overwrite, break_lock, times)
+        return _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs)
 
 
 def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
     """`train` after its checks, inside the distribution scope."""
-    overwrite, break_lock = flags
+    overwrite, break_lock, times = flags
     if options.hierarchy == "auto" and distribute.process_count() > 1:
         raise ValueError(
             "hierarchy='auto' discovers the groups in one process; a job of several "
             "processes needs them first: run the discovery alone (or pass --hierarchy FILE). "
             "Received: hierarchy='auto'"
         )
-    prepared = None if options.hierarchy == "auto" else _prepare(options, data_dir)
+    with times.part("scan and prepare"):
+        prepared = None if options.hierarchy == "auto" else _prepare(options, data_dir)
     if prepared is None:
         check_num_groups(options.discovery_groups, len(flat_class_names(data_dir)))
     with _guarded(run_dir, break_lock, overwrite) as claim:
@@ -171,16 +176,17 @@ def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
             _write_config(run_dir, data_dir, options, train_data.hierarchy)
             write_split(run_dir, data_dir, train_data, validation)
         if options.upcycle_epochs:
-            _upcycle(model, options, _sharded(train_data, validation), fit_kwargs)
+            with times.part("fit upcycling"):
+                _upcycle(model, options, _sharded(train_data, validation), fit_kwargs)
         state = _run_phases(
             model,
             run_dir,
             options,
             None,
             _sharded(train_data, validation),
-            (list(callbacks or []), fit_kwargs, claim.commit),
+            (list(callbacks or []), fit_kwargs, claim.commit, times),
         )
-        return _finish(run_dir, options, (train_data, validation), state, fit_kwargs)
+        return _finish(run_dir, options, (train_data, validation), state, fit_kwargs, times)
 
 
 class _Follower:
@@ -240,7 +246,7 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
             f"or start a new run. Received: DATA_DIR={str(data_dir)!r}"
         )
     options = _resumed_options(stored, changes)
-    chief = distribute.is_chief()
+    chief, times = distribute.is_chief(), RunTimes()
     with (
         distribute.scope(options.distribute, options.batch_size),
         run_lock(run_dir, break_lock=break_lock) if chief else contextlib.nullcontext(),
@@ -248,8 +254,9 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
         state = _reopen_phase(stored, options, _resume_state(run_dir))
         if chief:
             clean_temporary_files(run_dir)
-        train_data, validation = load_data(options, stored_data_dir)
-        check_split(run_dir, stored_data_dir, train_data, validation)
+        with times.part("scan and prepare"):
+            train_data, validation = load_data(options, stored_data_dir)
+            check_split(run_dir, stored_data_dir, train_data, validation)
         if distribute.process_count() > 1:  # loading initialises the layers first: alike
             keras.utils.set_random_seed(options.seed)
         model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
@@ -268,9 +275,9 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
             options,
             state,
             _sharded(train_data, validation),
-            (list(callbacks or []), fit_kwargs, None),
+            (list(callbacks or []), fit_kwargs, None, times),
         )
-        return _finish(run_dir, options, (train_data, validation), state, fit_kwargs)
+        return _finish(run_dir, options, (train_data, validation), state, fit_kwargs, times)
 
 
 def read_config(run_dir):
@@ -291,7 +298,7 @@ def read_config(run_dir):
         ) from None
 
 
-def _finish(run_dir, options, data, state, fit_kwargs):
+def _finish(run_dir, options, data, state, fit_kwargs, times):
     """Hard-routed metrics, the flat baseline and the report (`condnet.runs.finish`)."""
     train_data = data[0]
     if not distribute.is_chief():  # the chief evaluates and reports
@@ -305,7 +312,7 @@ def _finish(run_dir, options, data, state, fit_kwargs):
         return _stopping_callbacks(options, validation, stage, "Flat baseline: ", fit_kwargs)
 
     with distribute.on_this_process():
-        return finish_run(run_dir, options, data, state, build, stopping, fit_kwargs)
+        return finish_run(run_dir, options, data, state, build, stopping, fit_kwargs, times)
 
 
 # === Options ===
@@ -435,7 +442,8 @@ def _phases(options):
 def _run_phases(model, run_dir, options, state, data, extras):
     """Fit every phase not done yet; return the last committed state.
 
-    `data` is `(train, validation)`, `extras` is `(callbacks, fit_kwargs, on_commit)`.
+    `data` is `(train, validation)`, `extras` is `(callbacks, fit_kwargs, on_commit,
+    times)`.
     """
     start, phases = 0, _phases(options)
     for index, phase in enumerate(phases):
@@ -484,19 +492,21 @@ def _phase_done(state, index, end):
 def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extras):
     """Fit one phase from epoch `initial` to `end`; return the committed state."""
     (index, phase), (initial, end), (train_data, validation) = indexed_phase, epochs, data
-    callbacks, fit_kwargs, on_commit = extras
+    callbacks, fit_kwargs, on_commit, times = extras
     chief = distribute.is_chief()
     checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state, on_commit=on_commit, writes=chief)
     first = end - phase.epochs
     recipe = _recipe_callbacks(run_dir, options, phase, validation, first, fit_kwargs)
-    model.fit(
-        train_data,
-        validation_data=validation,
-        initial_epoch=initial,
-        epochs=end,
-        callbacks=[StopOnNaN(), checkpoint, *recipe, *callbacks],
-        **fit_kwargs,
-    )
+    with times.part(f"fit {phase.name}"):
+        model.fit(
+            train_data,
+            validation_data=validation,
+            initial_epoch=initial,
+            epochs=end,
+            callbacks=[StopOnNaN(), checkpoint, *recipe, *callbacks],
+            **fit_kwargs,
+        )
+    times.move(checkpoint.seconds, f"fit {phase.name}", "checkpoints")
     if checkpoint.refused is not None:
         raise RuntimeError(_not_finite_message(run_dir, options, phase, checkpoint.refused))
     checkpoint.end_phase()
