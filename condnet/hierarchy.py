@@ -336,8 +336,9 @@ def _read_text(path):
         mode = None
     if mode is None:
         raise ValueError(
-            f"Hierarchy file not found. Expected a JSON (or YAML) file mapping "
-            f"each group to its classes. Received: path={str(path)!r}"
+            f"No such hierarchy file: {str(path)!r}. Pass the path of a JSON (or YAML) "
+            "file mapping each group to its classes (check the spelling and the current "
+            f"folder). Received: path={str(path)!r}"
         )
     if not stat.S_ISREG(mode):
         raise ValueError(

@@ -79,7 +79,7 @@ def test_hierarchy_rejects_unknown_and_out_of_range_labels():
 
 
 def test_hierarchy_file_errors_name_the_file(tmp_path):
-    with pytest.raises(ValueError, match="Hierarchy file not found"):
+    with pytest.raises(ValueError, match=r"No such hierarchy file: '.*missing\.json'"):
         Hierarchy.from_file(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json' is not valid JSON"):

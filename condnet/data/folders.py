@@ -900,6 +900,8 @@ class ImageFolder(keras.utils.PyDataset):
         processes = _process_pool(self.decode_workers) if self.decoder == "processes" else None
         if processes is None:
             return decode_files(paths, self.image_size, self.color_mode)
+        # Absolute paths: the processes keep the working folder they were forked in.
+        paths = [os.path.abspath(path) for path in paths]
         return processes.submit(decode_files, paths, self.image_size, self.color_mode).result()
 
     def _read_ahead(self, index):

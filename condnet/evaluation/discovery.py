@@ -122,7 +122,7 @@ def discover_from_folder(
             "Discovery measures confusions on held-out images, so validation_split "
             f"must be in (0, 1). Received: validation_split={validation_split!r}"
         )
-    _spectral_clustering()  # fail on a missing extra before training
+    check_discovery_installed()  # fail on a missing extra before training
     names = flat_class_names(data_dir)
     check_num_groups(num_groups, len(names))
     placeholder = Hierarchy({"discovery_1": names[:1], "discovery_2": names[1:]})
@@ -245,11 +245,19 @@ def _hierarchy_of(clusters, class_names, num_groups):
     )
 
 
+def check_discovery_installed():
+    """Refuse discovery early (before a run writes anything) when its extra is missing."""
+    _spectral_clustering()
+
+
 def _spectral_clustering():
     try:
         from sklearn.cluster import SpectralClustering
     except ImportError:
         raise ImportError(
-            'Hierarchy discovery needs scikit-learn: `pip install "condnet[discovery]"`.'
+            "Hierarchy discovery (hierarchy='auto', `--hierarchy auto`) clusters the classes "
+            'with scikit-learn, which is not installed: `pip install "condnet[discovery]"`, '
+            "or pass a hierarchy file (--hierarchy FILE) or a nested folder "
+            "DATA_DIR/<group>/<class>/*. Received: hierarchy='auto'"
         ) from None
     return SpectralClustering

@@ -86,8 +86,8 @@ def write_report(
             dict of options shown as a table.
         baseline: optional dict `{"conditional": scores, "flat": scores}`, each
             with any of `accuracy`, `group_accuracy`, `hierarchical_f1`,
-            `macs_per_image`, `images_per_second`: shown side by side with a
-            one-line verdict.
+            `macs_per_image`, `images_per_second`, `epochs` (trained): shown side by
+            side with a one-line verdict.
         examples: optional list of dicts, one per image, with `path`, `true`
             (class), `predicted` (class), `expert` (group that ran), `true_group`
             and `confidence`: up to 8 of each kind are shown as thumbnails.
@@ -208,6 +208,7 @@ def _baseline_items(baseline):
         "hierarchical_f1",
         "macs_per_image",
         "images_per_second",
+        "epochs",
     )
     conditional, flat = baseline.get("conditional", {}), baseline.get("flat", {})
     rows = [

@@ -112,7 +112,21 @@ def test_cli_refuses_to_overwrite_a_run(trained, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "/nonexistent/images", "--out", "{tmp}/run"], "/nonexistent/images"),
+        # a missing folder is named as missing whatever the image size (auto reads images)
+        (
+            ["train", "/nonexistent/images", "--out", "{tmp}/run"],
+            "image folder does not exist: '/nonexistent/images'",
+        ),
+        (
+            ["train", "/nonexistent/images", "--out", "{tmp}/run", "--image-size", "32"],
+            "image folder does not exist: '/nonexistent/images'",
+        ),
+        (["train", "{tmp}/file", "--out", "{tmp}/run"], "file' is a file; DATA_DIR is the folder"),
+        (
+            ["train", "{tmp}/data", "--out", "{tmp}/run", "--image-size", "32"]
+            + ["--hierarchy", "missing-groups.json"],
+            "No such hierarchy file: 'missing-groups.json'",
+        ),
         (["train", "{tmp}", "--out", "{tmp}/run", "--resume"], "no run to resume"),
         (["train", "{tmp}", "--out", "{tmp}/run", "--seed", "-1"], "--seed / seed must be"),
         (["train", "{tmp}", "--out", "{tmp}/run", "--learning-rate", "nan"], "finite number"),

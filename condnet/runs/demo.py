@@ -33,7 +33,8 @@ def run_demo(
     out = Path(out)
     data = out / "data"
     check_output(out)  # not inside a run or around another's data
-    check_foreign(out, "demo")
+    if out.is_dir():  # a new folder is created below
+        check_foreign(out, "demo")
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     mark(out, "demo", ["data", "run"])
@@ -48,8 +49,13 @@ def run_demo(
         )
     options = {"image_size": DEMO_IMAGE_SIZE, "filters": DEMO_FILTERS, **options}
     train(data / "train", out / "run", epochs=epochs, overwrite=True, verbose=verbose, **options)
+    scoring = time.perf_counter()
     metrics = evaluate_run(out / "run", data / "test", report_dir=out / "run" / "test-report")
-    print(f"\nTest set ({metrics['num_samples']} images), {time.perf_counter() - started:.0f} s:")
+    now = time.perf_counter()
+    print(
+        f"\nTest set ({metrics['num_samples']} images), scored in {now - scoring:.0f} s "
+        f"(the whole demo, data and training included, took {now - started:.0f} s):"
+    )
     print(summary_table(metrics))
     print(
         f"Report: {out / 'run' / 'report.md'} (validation), "

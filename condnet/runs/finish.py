@@ -5,8 +5,17 @@ hard-routed inference (only the chosen expert runs), whatever routing the
 model trained with; the soft mixture is reported beside them. The flat
 baseline (`condnet.evaluation.baseline.flat_baseline`: the same trunk, split,
 epochs and augmentation, one head over every class at the routed MACs per
-image) trains after the conditional model and is compared in `metrics.json`
-and the report.
+image) trains after the conditional model, under a heading of its own, and is
+compared in `metrics.json` and the report, which record the epochs each model
+trained.
+
+A resume keeps `baseline.keras` only when `metrics.json` records that it
+trained for as many epochs as the run now has. A resume that adds epochs
+trains the baseline again from scratch (same seed, split and options, the
+new epochs) rather than continuing it: `baseline.keras` holds its best
+epoch, not its last one nor its optimizer state, and a baseline trained from
+scratch is the one a new run with those epochs would train, so the
+comparison does not depend on the run's history.
 """
 
 import json
@@ -64,6 +73,7 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
         with times.part("evaluation"):
             speed = _speed(model, scored)
         comparison["conditional"] = _summary(metrics, macs["routed"], speed)
+        comparison["conditional"]["epochs"] = _conditional_epochs(options, state)
         comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
@@ -158,17 +168,21 @@ def _speed(model, data):
 
 
 def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
-    """Train (or reload) the flat baseline and score it on the same images."""
+    """Train the flat baseline (or reload the one trained for as many epochs) and score
+    it on the same images."""
     train_data, validation = data
     path = run_dir / ckpt.BASELINE
-    if path.is_file():
-        flat = keras.models.load_model(path)
+    planned = sum(epochs for epochs, _ in baseline_stages(options))
+    recorded = _recorded_baseline(run_dir) if path.is_file() else {}
+    if recorded.get("epochs_planned") == planned:
+        flat, trained = keras.models.load_model(path), recorded["epochs"]
     else:
+        announce(_baseline_heading(options, recorded.get("epochs_planned")), fit_kwargs)
         keras.utils.set_random_seed(options.seed)
         fresh = build()
         shape = (*side_pair(options.image_size), train_data.channels)
         flat = flat_baseline(fresh, shape)
-        fit_flat(flat, options, data, stopping_callbacks, fit_kwargs)
+        trained = fit_flat(flat, options, data, stopping_callbacks, fit_kwargs)
         ckpt.save_model_atomic(flat, path)
     scored = validation or train_data
     metrics, predictions = evaluate_model(
@@ -183,26 +197,71 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
             "hierarchical_f1": metrics["hierarchical_f1"],
             "macs_per_image": int(count_macs(flat, shape)),
             "images_per_second": _speed(flat, scored),
+            "epochs": trained,
+            "epochs_planned": planned,
         },
         "model": ckpt.BASELINE,
     }
 
 
+def baseline_stages(options):
+    """The flat baseline's `(epochs, learning rate)` stages: the conditional run's
+    epochs (and its upcycling epochs, which trained a flat model first), then its
+    fine-tuning epochs."""
+    stages = [(options.epochs + options.upcycle_epochs, options.learning_rate)]
+    if options.fine_tune_epochs:
+        stages.append((options.fine_tune_epochs, options.fine_tune_learning_rate))
+    return stages
+
+
+def _recorded_baseline(run_dir):
+    """What the run's metrics.json says of baseline.keras: `{"epochs": trained,
+    "epochs_planned": budget}`, or {} when it says nothing readable (a run that ended
+    before writing it, or written before condnet recorded epochs)."""
+    try:
+        flat = json.loads((run_dir / ckpt.METRICS).read_text())["baseline"]["flat"]
+        recorded = {key: flat[key] for key in ("epochs", "epochs_planned")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    counts = all(type(value) is int and value >= 0 for value in recorded.values())
+    return recorded if counts else {}
+
+
+def _baseline_heading(options, stale_epochs=None):
+    stages = baseline_stages(options)
+    total = sum(epochs for epochs, _ in stages)
+    tuned = f" (the last {stages[1][0]} fine-tuning the backbone's top)" if len(stages) > 1 else ""
+    again = ""
+    if stale_epochs is not None:
+        again = f"; trained again: baseline.keras trained for {stale_epochs} epochs"
+    return (
+        f"=== Flat baseline, epochs 1-{total}{tuned}: one head over every class at the "
+        f"routed MACs, for comparison (--no-baseline skips it){again} ==="
+    )
+
+
+def _conditional_epochs(options, state):
+    """The epochs the conditional model trained: its history's, and upcycling's before."""
+    return len((state or {}).get("history", [])) + options.upcycle_epochs
+
+
+def announce(line, fit_kwargs):
+    """Print a progress line unless the run is silent (`verbose=0`)."""
+    if fit_kwargs.get("verbose", "auto") != 0:
+        print(line, flush=True)
+
+
 def fit_flat(flat, options, data, stopping_callbacks, fit_kwargs, stages=None):
     """Fit a flat classifier on the run's data, `stages` of `(epochs, learning rate)`:
-    by default the conditional run's schedule, its epochs (backbone frozen when
-    pretrained), then its fine-tuning epochs with the backbone's top unfrozen."""
+    by default the conditional run's schedule (`baseline_stages`), its epochs (backbone
+    frozen when pretrained), then its fine-tuning epochs with the backbone's top
+    unfrozen. Returns the epochs it trained (early stopping may end a stage sooner)."""
     train_data, validation = data
     backbone = _backbone(flat)
     if backbone is not None and is_pretrained(options.backbone, options.weights):
         backbone.trainable = False
-    if stages is None:
-        # An upcycled run trained a flat model for upcycle_epochs before its own
-        # epochs: the baseline gets as many.
-        stages = [(options.epochs + options.upcycle_epochs, options.learning_rate)]
-        if options.fine_tune_epochs:
-            stages.append((options.fine_tune_epochs, options.fine_tune_learning_rate))
-    for index, (epochs, rate) in enumerate(stages):
+    trained = 0
+    for index, (epochs, rate) in enumerate(stages or baseline_stages(options)):
         if index == 1 and backbone is not None:
             backbone.trainable = True
             unfreeze_top(backbone, min(options.fine_tune_layers, tunable_count(backbone)))
@@ -212,13 +271,15 @@ def fit_flat(flat, options, data, stopping_callbacks, fit_kwargs, stages=None):
             metrics=["accuracy"],
             **compile_options(),
         )
-        flat.fit(
+        history = flat.fit(
             train_data,
             validation_data=validation,
             epochs=epochs,
             callbacks=[StopOnNaN(), *stopping_callbacks(validation, epochs, rate)],
             **fit_kwargs,
         )
+        trained += len(history.epoch)
+    return trained
 
 
 def _backbone(flat):

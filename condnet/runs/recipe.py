@@ -14,7 +14,12 @@ import keras
 import numpy as np
 
 from condnet.data.folders import ImageFolder, load_folders, scan_directory
-from condnet.evaluation.discovery import check_num_groups, discover_from_folder, flat_class_names
+from condnet.evaluation.discovery import (
+    check_discovery_installed,
+    check_num_groups,
+    discover_from_folder,
+    flat_class_names,
+)
 from condnet.hierarchy import Hierarchy
 from condnet.models.precision import resolve_precision
 from condnet.runs import checkpoint as ckpt
@@ -26,6 +31,7 @@ from condnet.runs.claim import (
     replaced_asides,
     restore_replaced,
 )
+from condnet.runs.finish import announce as _announce
 from condnet.runs.finish import finish_run, fit_flat, side_pair
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
@@ -143,6 +149,7 @@ def train(
             f"{fields_and_fit_kwargs['resume']!r}"
         )
     options, fit_kwargs = _options_and_fit_kwargs(options, fields_and_fit_kwargs)
+    _check_inputs(options, data_dir)
     data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
     check_run_dir(run_dir, data_dir)
     times = RunTimes()
@@ -151,6 +158,25 @@ def train(
     with distribute.scope(options.distribute, options.batch_size):
         flags = (overwrite, break_lock, times)
         return _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs)
+
+
+def _check_inputs(options, data_dir):
+    """What `train` reads must be there before it sizes images or writes anything: the
+    image folder, and scikit-learn for `hierarchy="auto"`."""
+    given = str(data_dir)
+    if not Path(data_dir).exists():
+        raise ValueError(
+            f"The image folder does not exist: {given!r}. Pass the folder of your images, laid "
+            "out as DATA_DIR/<group>/<class>/* (or DATA_DIR/<class>/* with --hierarchy). "
+            f"Received: DATA_DIR={given!r}"
+        )
+    if not Path(data_dir).is_dir():
+        raise ValueError(
+            f"{given!r} is a file; DATA_DIR is the folder that holds the class (or group) "
+            f"folders. Pass that folder. Received: DATA_DIR={given!r}"
+        )
+    if options.hierarchy == "auto":
+        check_discovery_installed()
 
 
 def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
@@ -326,12 +352,6 @@ def _data_summary(train_data, validation, options):
         f"images in {hierarchy.num_classes} classes / {hierarchy.num_groups} groups; training "
         f"on {train_data.num_samples}{held_out}, at {options.image_size} px."
     )
-
-
-def _announce(line, fit_kwargs):
-    """Print a progress line unless the run is silent (`verbose=0`)."""
-    if fit_kwargs.get("verbose", "auto") != 0:
-        print(line, flush=True)
 
 
 def _options_and_fit_kwargs(options, kwargs):
@@ -806,8 +826,14 @@ def load_data(options, data_dir=None):
         color_mode=options.color_mode,
         cache=options.cache,
         cache_dir=options.cache_dir,
-        dtype="uint8",  # cast inside the model: batches 4 times smaller to move
+        dtype=_batch_dtype(),
     )
+
+
+def _batch_dtype():
+    """uint8 training batches (4 times smaller to move; the model casts them), except in a
+    job of several processes: TensorFlow's collectives refuse to reduce uint8."""
+    return "uint8" if distribute.process_count() == 1 else "float32"
 
 
 def _build(options, hierarchy, channels):
@@ -938,7 +964,7 @@ def _load_split(options, data_dir):
         color_mode=options.color_mode,
         cache=options.cache,
         cache_dir=options.cache_dir,
-        dtype="uint8",
+        dtype=_batch_dtype(),
     )
 
     def folder(rows, **kwargs):

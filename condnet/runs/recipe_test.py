@@ -598,12 +598,13 @@ def test_a_three_level_folder_trains_routes_and_reports(shapes, tmp_path):
 
 @pytest.mark.slow
 def test_a_soft_run_ships_a_hard_routed_model_scored_beside_its_mixture_and_baseline(
-    shapes, tmp_path
+    shapes, tmp_path, capsys
 ):
     run = tmp_path / "run"
     options = {**TINY, "image_size": "auto"}
     del options["baseline"]  # on by default
     result = train(shapes / "train", run, epochs=2, **options)
+    assert "Flat baseline" not in capsys.readouterr().out  # verbose=0: no heading either
     metrics = json.loads((run / "metrics.json").read_text())
     assert json.loads((run / "config.json").read_text())["options"]["image_size"] == 32
     assert metrics["training_routing"] == "soft" and metrics["inference_routing"] == "hard"
@@ -635,6 +636,59 @@ def test_no_baseline_skips_it(shapes, tmp_path):
     train(shapes / "train", tmp_path / "run", epochs=1, **{**TINY, "baseline": False})
     assert "baseline" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert not (tmp_path / "run" / "baseline.keras").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.one_backend
+def test_a_resume_that_adds_epochs_trains_the_baseline_as_long(shapes, tmp_path, capsys):
+    run = tmp_path / "run"
+    options = {**TINY, "baseline": True, "verbose": 2, "patience": 10}
+    train(shapes / "train", run, epochs=1, **options)
+    printed = capsys.readouterr().out
+    heading = "=== Flat baseline, epochs 1-1: one head over every class at the routed MACs"
+    assert heading in printed and "(--no-baseline skips it) ===" in printed
+    baseline = json.loads((run / "metrics.json").read_text())["baseline"]
+    assert (baseline["conditional"]["epochs"], baseline["flat"]["epochs"]) == (1, 1)
+
+    resume(run, epochs=2, verbose=2)
+    printed = capsys.readouterr().out
+    assert "=== Flat baseline, epochs 1-2:" in printed
+    assert "trained again: baseline.keras trained for 1 epochs ===" in printed
+    baseline = json.loads((run / "metrics.json").read_text())["baseline"]
+    assert (baseline["conditional"]["epochs"], baseline["flat"]["epochs"]) == (2, 2)
+    assert baseline["flat"]["epochs_planned"] == 2
+    assert "| epochs | 2 | 2 |" in (run / "report.md").read_text()
+
+    weights = keras.models.load_model(run / "baseline.keras").get_weights()
+    resume(run, verbose=2)  # as many epochs as the baseline trained: it is kept
+    assert "=== Flat baseline" not in capsys.readouterr().out
+    for kept, before in zip(keras.models.load_model(run / "baseline.keras").get_weights(), weights):
+        np.testing.assert_array_equal(kept, before)
+
+
+def test_a_missing_data_dir_is_named_whatever_the_image_size(tmp_path):
+    for size in ("auto", 32):
+        with pytest.raises(ValueError, match=r"image folder does not exist: '.*nowhere'"):
+            train(tmp_path / "nowhere", tmp_path / "run", **{**TINY, "image_size": size})
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_missing_hierarchy_file_is_named(shapes, tmp_path):
+    missing = tmp_path / "groups.json"
+    with pytest.raises(ValueError, match=r"No such hierarchy file: '.*groups\.json'"):
+        train(shapes / "train", tmp_path / "run", hierarchy=missing, **TINY)
+    assert not (tmp_path / "run").exists()
+
+
+def test_discovery_without_its_extra_fails_before_anything_is_written(
+    shapes, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "sklearn.cluster", None)  # scikit-learn not installed
+    flat = shapes / "train" / "round"  # round/<class>/*: a flat folder of classes
+    with pytest.raises(ImportError, match=r'pip install "condnet\[discovery\]"'):
+        train(flat, tmp_path / "run", hierarchy="auto", **{**TINY, "verbose": 2})
+    assert not (tmp_path / "run").exists()
+    assert "Discovery" not in capsys.readouterr().out
 
 
 class _Crash(Exception):

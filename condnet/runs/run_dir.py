@@ -382,7 +382,7 @@ _METRIC_ENTRIES = [
         *[
             (("baseline", side, key), _COUNT)
             for side in ("flat", "conditional")
-            for key in ("macs_per_image", "images_per_second")
+            for key in ("macs_per_image", "images_per_second", "epochs")
         ],
     ]
 ]
@@ -628,11 +628,11 @@ def _baseline_on(flat, data, hierarchy, metrics, progress=None):
 
 
 def _add_training_costs(trained, comparison):
-    """MACs per image and images/s of both models, as `condnet train` measured them for the
-    hard-routed model (they do not depend on the images scored) in the run's metrics
-    `trained`; nothing if it did not."""
+    """MACs per image, images/s and epochs trained of both models, as `condnet train`
+    measured them for the hard-routed model (they do not depend on the images scored) in
+    the run's metrics `trained`; nothing if it did not."""
     for side in ("conditional", "flat"):
-        for key in ("macs_per_image", "images_per_second"):
+        for key in ("macs_per_image", "images_per_second", "epochs"):
             if nested_entry(trained, ("baseline", side, key)) is not None:
                 comparison[side][key] = trained["baseline"][side][key]
 

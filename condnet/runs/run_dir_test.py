@@ -199,8 +199,8 @@ def test_evaluate_run_shows_the_costs_training_measured_for_hard_routing(run, tm
         run / "baseline.keras"
     )
     costs = {
-        "conditional": {"macs_per_image": 3000, "images_per_second": 900.0},
-        "flat": {"macs_per_image": 2990, "images_per_second": 540.0},
+        "conditional": {"macs_per_image": 3000, "images_per_second": 900.0, "epochs": 15},
+        "flat": {"macs_per_image": 2990, "images_per_second": 540.0, "epochs": 12},
     }
     (run / "metrics.json").write_text(json.dumps({"baseline": costs}))
     hard = evaluate_run(run, data)["baseline"]
@@ -209,6 +209,7 @@ def test_evaluate_run_shows_the_costs_training_measured_for_hard_routing(run, tm
     assert "at 1.00x its MACs per image" in hard["verdict"]
     report = (run / "evaluation" / "report.md").read_text()
     assert "| macs_per_image | 3,000 | 2,990 |" in report
+    assert "| epochs | 15 | 12 |" in report  # the epochs each model trained, as train recorded
     # Soft routing runs every expert: the routed cost would be wrong there, so none is shown.
     soft = evaluate_run(run, data, routing="soft", report_dir=tmp_path / "soft")["baseline"]
     assert "macs_per_image" not in soft["conditional"]
