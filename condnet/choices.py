@@ -8,6 +8,7 @@ from here.
 COLOR_MODES = ("rgb", "grayscale")
 ROUTINGS = ("soft", "hard", "gumbel", "teacher")
 STRATEGIES = ("joint", "staged")
+STAGED_MIN_EPOCHS = 2  # staged: one epoch for the gate, then one for the experts
 AUGMENT_POLICIES = ("auto", "none", "light", "standard", "strong")
 SMALL_CNN_FILTERS = (32, 64, 128)
 PLACEMENTS = ("auto", "branch", "taps", "top", "separate")

@@ -57,7 +57,8 @@ def export_model(model, path, format="tf_saved_model", input_shape=None, routing
 
     The signature takes `images` (float32, `(batch, *input_shape)`, pixels as
     the model takes them) and returns `classes` (batch, num_classes), `groups`
-    (the gate's probabilities) and `route` (int32, the chosen expert).
+    (the gate's probabilities) and `route` (int32, the chosen expert). An ONNX
+    file names its columns in its metadata (`onnx_metadata`).
     Returns the path written.
     """
     _check_arguments(model, format, routing)
@@ -213,11 +214,27 @@ def _write_onnx(model, input_shape, routing, path):
     }
     outputs = ["finite", "groups", "route", "weights", *names.values()]
     front_proto = _to_onnx(front, spec, outputs)
-    proto = routed_onnx(front_proto, pieces, widths, routing)
+    proto = routed_onnx(front_proto, pieces, widths, routing, onnx_metadata(model.hierarchy))
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial")
     temporary.write_bytes(proto.SerializeToString())
     temporary.replace(path)
+
+
+def onnx_metadata(hierarchy):
+    """The ONNX file's `metadata_props`, JSON texts that name what its outputs hold:
+    `classes` (the class of each column of `classes`), `groups` (the group of each
+    column of `groups`, and of each `route` index) and `hierarchy` (group -> classes).
+
+    onnxruntime reads them with `session.get_modelmeta().custom_metadata_map`.
+    """
+    import json
+
+    return {
+        "classes": json.dumps(hierarchy.classes),
+        "groups": json.dumps(hierarchy.groups),
+        "hierarchy": json.dumps(hierarchy.to_dict()),
+    }
 
 
 def _to_onnx(function, spec, output_names):

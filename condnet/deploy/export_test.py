@@ -117,6 +117,21 @@ def test_the_onnx_graph_runs_each_expert_inside_an_if(image_model, tmp_path):
     assert expert_convolutions == 2 * 3  # three groups of several classes, two convs each
 
 
+def test_the_onnx_file_names_its_groups_and_classes_in_output_order(image_model, tmp_path):
+    import json
+
+    onnx = pytest.importorskip("onnx")
+    model, _ = image_model
+    proto = onnx.load(export_model(model, tmp_path / "m.onnx", "onnx"))
+    metadata = {prop.key: json.loads(prop.value) for prop in proto.metadata_props}
+    assert metadata == {
+        "classes": ["p", "q", "r", "s", "t", "u", "v", "w"],
+        "groups": ["a", "b", "c", "d"],
+        "hierarchy": {"a": ["p", "q"], "b": ["r", "s", "t"], "c": ["u"], "d": ["v", "w"]},
+    }
+    assert metadata["classes"] == list(model.hierarchy.classes)
+
+
 def _poisoned_model(routing="hard", **kwargs):
     """Rows with x[:, 0] > 0 go to `cat`; the `dog` expert outputs NaN wherever it runs."""
     model = cats_and_dogs_model(routing=routing, gate=sign_gate(), **kwargs)

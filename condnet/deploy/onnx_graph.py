@@ -21,7 +21,7 @@ import numpy as np
 OPSET = 17
 
 
-def routed_onnx(front, experts, num_classes_of, routing):
+def routed_onnx(front, experts, num_classes_of, routing, metadata=None):
     """Compose converted pieces into one ModelProto.
 
     Args:
@@ -32,6 +32,7 @@ def routed_onnx(front, experts, num_classes_of, routing):
         experts: {group index: (ModelProto with one input and one output, tap output name)}.
         num_classes_of: {group index: number of classes of that group}.
         routing: "hard" (each expert in an `If` on its rows) or "soft" (every expert, every row).
+        metadata: {key: text} written to the model's `metadata_props`.
     """
     import onnx
     from onnx import TensorProto, compose, helper
@@ -79,6 +80,7 @@ def routed_onnx(front, experts, num_classes_of, routing):
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="condnet",
     )
+    helper.set_model_props(model, metadata or {})
     onnx.checker.check_model(model)
     return model
 

@@ -51,6 +51,8 @@ class Ensemble(keras.Model):
         columns = np.zeros((self.hierarchy.num_classes, self.hierarchy.num_groups), "float32")
         columns[np.arange(self.hierarchy.num_classes), self.hierarchy.class_to_group] = 1.0
         self._class_to_group_matrix = columns
+        if all(member.built for member in self.members):
+            self.built = True  # no weights of its own: built members make it whole
 
     @property
     def routing(self):

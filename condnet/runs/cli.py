@@ -174,7 +174,7 @@ def add_option_flags(p, names=None, exclude=(), defaults=None):
             continue
         default = defaults.get(field.name, field.default)
         kwargs = dict(meta["argparse"], dest=field.name, default=argparse.SUPPRESS)
-        kwargs["help"] = f"{meta['help']} (default: {_shown(default)})"
+        kwargs["help"] = _with_default(meta["help"], default)
         if isinstance(field.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -210,6 +210,11 @@ def _verbosity(args):
     if getattr(args, "verbose", False):
         return 1
     return "auto" if sys.stdout.isatty() else 2
+
+
+def _with_default(text, default):
+    """The help text, ending in its default unless the text already says what it is."""
+    return text if "(default" in text else f"{text} (default: {_shown(default)})"
 
 
 def _shown(value):
@@ -349,7 +354,7 @@ def _join_job(args):
 # === evaluate, predict, info ===
 
 
-def _inference_flags(p, routing_default):
+def _inference_flags(p, routing_default, output_help):
     p.add_argument(
         "--routing",
         choices=("hard", "soft"),
@@ -367,13 +372,7 @@ def _inference_flags(p, routing_default):
     p.add_argument(
         "--quiet", action="store_true", help="no progress lines (they go to standard error)"
     )
-    p.add_argument(
-        "--output",
-        default=None,
-        metavar="FILE",
-        help="also write the results to FILE (.json: one object; .jsonl: one per line; "
-        ".csv: a table)",
-    )
+    p.add_argument("--output", default=None, metavar="FILE", help=output_help)
 
 
 def _evaluate_parser(commands, common):
@@ -390,7 +389,7 @@ def _evaluate_parser(commands, common):
     p.add_argument(
         "--report-dir", default=None, help="where to write the report (default RUN_DIR/evaluation)"
     )
-    _inference_flags(p, "hard")
+    _inference_flags(p, "hard", "also write the metrics to FILE (.json: one object)")
     p.set_defaults(run=_evaluate)
 
 
@@ -429,7 +428,12 @@ def _predict_parser(commands, common):
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files or folders")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    _inference_flags(p, None)
+    _inference_flags(
+        p,
+        None,
+        "write the rows to FILE (.jsonl: one JSON object per line; .csv: a table) and print "
+        "only a one-line summary; with --json the rows are printed as JSON lines as well",
+    )
     p.set_defaults(run=_predict)
 
 
@@ -450,21 +454,16 @@ def _predict(args):
         model_file=args.model,
         progress=not args.quiet,
     )
-    if not args.json:
-        print("\t".join(PREDICT_COLUMNS[:5]))
-    for row in rows:
-        if args.json:
-            print(json.dumps(row))
-        elif "error" in row:
-            print(f"{json.dumps(row['path'])}\terror\t{row['error']}")
-        else:
-            print(
-                f"{json.dumps(row['path'])}\t{row['group']}\t{row['class']}\t{row['expert']}"
-                f"\t{row['confidence']:.3f}"
-            )
+    failed = sum("error" in row for row in rows)
     if args.output:
         _write_rows(Path(args.output), rows)
-    failed = sum("error" in row for row in rows)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    elif args.output:  # the rows are in the file: stdout says where
+        print(f"Wrote {len(rows)} rows (one per image) to {args.output}")
+    else:
+        _print_rows(rows)
     if failed:
         print(
             f"condnet predict: {failed} image(s) could not be decoded; their rows say why.",
@@ -472,6 +471,18 @@ def _predict(args):
         )
         return 1
     return 0
+
+
+def _print_rows(rows):
+    print("\t".join(PREDICT_COLUMNS[:5]))
+    for row in rows:
+        if "error" in row:
+            print(f"{json.dumps(row['path'])}\terror\t{row['error']}")
+        else:
+            print(
+                f"{json.dumps(row['path'])}\t{row['group']}\t{row['class']}\t{row['expert']}"
+                f"\t{row['confidence']:.3f}"
+            )
 
 
 def _check_output(output, suffixes):
@@ -1014,7 +1025,10 @@ def _tune(args):
     best = rows[0] if rows else None
     print(f"{len(rows)} trials; summary in {args.out}/summary.md, plot {args.out}/pareto.png.")
     if best is not None and best["val_accuracy"] is not None:
-        print(f"Best: trial {best['trial']} ({best['val_accuracy']:.4f}) -> {best['run_dir']}")
+        print(  # numbered as KerasTuner's "Running Trial #N"; the folder keeps its id
+            f"Best: trial #{best['number']} (val_accuracy {best['val_accuracy']:.4f}) -> "
+            f"{best['run_dir']}"
+        )
 
 
 def _distributed_tuning(args):

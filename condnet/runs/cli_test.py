@@ -89,6 +89,35 @@ def test_cli_predict_prints_one_json_object_per_image(trained, capsys):
         assert abs(sum(row["group_probabilities"].values()) - 1) < 1e-4
 
 
+@pytest.fixture
+def colour_run(tmp_path):
+    """A finished run of the exact colour model and a folder of plain colour images."""
+    from condnet.evaluation.evaluate_test import colour_model, make_colour_folders
+
+    run = tmp_path / "run"
+    run.mkdir()
+    colour_model().save(run / "model.keras")
+    options = {"image_size": 8, "color_mode": "rgb"}
+    (run / "config.json").write_text(json.dumps({"options": options}))
+    return run, make_colour_folders(tmp_path / "data", per_class=2)
+
+
+def test_cli_predict_with_output_prints_a_summary_not_the_rows(colour_run, tmp_path, capsys):
+    run, data = colour_run
+    rows = tmp_path / "rows.csv"
+    assert main(["predict", str(run), str(data), "--output", str(rows), "--quiet"]) == 0
+    assert capsys.readouterr().out == f"Wrote 8 rows (one per image) to {rows}\n"
+    assert len(rows.read_text().splitlines()) == 1 + 8  # the header, then one row per image
+    jsonl = tmp_path / "rows.jsonl"
+    assert main(["predict", str(run), str(data), "--output", str(jsonl), "--json", "--quiet"]) == 0
+    printed = _json_lines(capsys.readouterr().out)  # --json: the rows on stdout as well
+    assert printed == _json_lines(jsonl.read_text()) and len(printed) == 8
+    assert main(["predict", str(run), str(data / "cool" / "blue"), "--quiet"]) == 0
+    table = capsys.readouterr().out.splitlines()  # no --output: the table on stdout
+    assert table[0].split("\t") == ["path", "group", "class", "expert", "confidence"]
+    assert [line.split("\t")[2] for line in table[1:]] == ["blue", "blue"]
+
+
 @pytest.mark.slow
 def test_cli_info_reports_parameters_and_compute_per_route(trained, capsys):
     assert main(["info", str(trained / "run"), "--json"]) == 0
@@ -139,6 +168,10 @@ def test_cli_refuses_to_overwrite_a_run(trained, capsys):
             "bad.json",
         ),
         (["train", "{tmp}/data", "--out", "{tmp}/run", "--resume", "--overwrite"], "pass one"),
+        (
+            ["train", "{tmp}/data", "--out", "{tmp}/run", "--strategy", "staged", "--epochs", "1"],
+            "needs --epochs / epochs of 2 or more",
+        ),
         (["evaluate", "{tmp}", "{tmp}"], "is not a finished condnet run"),
         (["predict", "{tmp}", "x.png"], "is not a finished condnet run"),
         (["calibrate", "{tmp}/missing"], "is not a folder"),
@@ -253,6 +286,17 @@ def test_every_cli_option_has_help_text():
     for name, command in commands.items():
         for action in command._actions:
             assert action.help, f"condnet {name} {action.option_strings or action.dest}"
+
+
+def test_every_cli_option_names_its_default_once():
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        for action in command._actions:
+            shown = f"condnet {name} {action.option_strings}: {action.help}"
+            assert action.help.count("(default") <= 1, shown
+    train = {a.dest: a.help for a in commands["train"]._actions}
+    assert train["weights"].endswith("(default: train from scratch)")
+    assert train["seed"].endswith("(default: 1337)")
 
 
 @pytest.mark.slow

@@ -73,6 +73,6 @@ def serve_app(run_dir, routing="hard", model_file=None, **service_options):
         model,
         (height, width),
         color_mode=config["options"]["color_mode"],
-        info={"run_dir": str(Path(run_dir).resolve()), **info},
+        info={"run": Path(run_dir).resolve().name, **info},  # its name: no path of the host
         **service_options,
     )

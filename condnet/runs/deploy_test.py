@@ -98,6 +98,26 @@ def _wait_for(url, process, seconds=120):
     raise AssertionError(f"no answer from {url}")
 
 
+def test_the_served_model_names_its_run_by_folder_name_only(run, tmp_path, monkeypatch):
+    import asyncio
+
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from condnet.runs.deploy import serve_app
+
+    monkeypatch.chdir(run)
+    app = serve_app(".")  # even a relative path is named by its folder
+
+    async def ask():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/model")
+
+    answer = asyncio.run(ask())
+    assert answer.status_code == 200 and answer.json()["run"] == "run"
+    assert str(tmp_path) not in answer.text and "run_dir" not in answer.json()
+
+
 @pytest.fixture
 def server(run):
     pytest.importorskip("fastapi")

@@ -34,6 +34,7 @@ def runs(tmp_path):
     return data, _run(tmp_path / "exact", colour_model()), _run(tmp_path / "confused", _confused())
 
 
+@pytest.mark.filterwarnings("error:You are saving a model that has not yet been built")
 def test_an_ensemble_averages_its_members_and_is_a_run_directory(runs, tmp_path, capsys):
     data, exact, confused = runs
     out = tmp_path / "ensemble"

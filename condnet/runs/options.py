@@ -15,6 +15,7 @@ from condnet.choices import (
     PREPROCESS_MODES,
     ROUTINGS,
     SMALL_CNN_FILTERS,
+    STAGED_MIN_EPOCHS,
     STRATEGIES,
 )
 from condnet.hierarchy import Hierarchy
@@ -502,6 +503,13 @@ _FIELDS = {field.name: field for field in dataclasses.fields(TrainingOptions)}
 
 
 def _check_combinations(options):
+    if options.strategy == "staged" and options.epochs < STAGED_MIN_EPOCHS:
+        raise ValueError(
+            "--strategy / strategy='staged' trains the gate, then the experts, then both, at "
+            "least one epoch for each of the first two phases, so it needs --epochs / epochs "
+            f"of {STAGED_MIN_EPOCHS} or more. Pass more epochs or --strategy joint. Received: "
+            f"strategy='staged', epochs={options.epochs}"
+        )
     if options.expert_placement == "branch" and options.backbone != "small_cnn":
         raise ValueError(
             "--expert-placement / expert_placement='branch' gives each expert its own copy of "

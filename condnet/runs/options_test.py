@@ -57,6 +57,11 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
             "needs backbone='small_cnn'",
         ),
         ({"hierarchy": "auto", "split": ([0], [1])}, ValueError, "hierarchy='auto' with split"),
+        (
+            {"strategy": "staged", "epochs": 1},
+            ValueError,
+            r"--epochs / epochs of 2 or more.*Received: strategy='staged', epochs=1",
+        ),
     ],
 )
 def test_options_refuse_bad_values_naming_the_flag(options, error, message):

@@ -151,7 +151,7 @@ def check_replaceable(path, kind, overwrite=False, flag="--out"):
     entries = [n for n in os.listdir(path) if n not in BOOKKEEPING]
     if not entries:
         return
-    record = read_mark(path)
+    record = read_mark(path) or _unmarked_report(path, kind, entries)
     foreign = entries if record is None else [n for n in entries if n not in record["names"]]
     if record is None or record["kind"] != kind or foreign:
         what = f"holds files condnet did not write as {_article(kind)} ({_listed(foreign)})"
@@ -163,6 +163,14 @@ def check_replaceable(path, kind, overwrite=False, flag="--out"):
             f"{flag} {str(path)!r} already holds {_article(kind)}: pass --overwrite to replace "
             f"it, or choose another {flag}. Received: {flag}={str(path)!r}"
         )
+
+
+def _unmarked_report(path, kind, entries):
+    """A report folder written before markers existed holds only what a report writes."""
+    names = ("metrics.json", "report.md", "report.html", "examples")
+    if kind == "evaluation" and all(n in names or n.endswith(".png") for n in entries):
+        return {"kind": kind, "names": entries}
+    return None
 
 
 # Outputs rebuilt from a run in seconds, replaced without --overwrite when condnet wrote them.

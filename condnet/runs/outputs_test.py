@@ -207,3 +207,14 @@ def test_the_marker_is_hidden_and_lists_what_was_written(tmp_path):
         (partial / "examples").mkdir()
     assert (tmp_path / "out" / MARKER).is_file()
     assert read_mark(tmp_path / "out")["names"] == ["a.png", "examples"]
+
+
+def test_a_report_folder_from_before_markers_is_replaced_but_not_one_with_other_files(tmp_path):
+    old = tmp_path / "evaluation"
+    (old / "examples").mkdir(parents=True)
+    for name in ("metrics.json", "report.md", "routing_matrix.png"):
+        (old / name).write_text("old")
+    check_replaceable(old, "evaluation", flag="--report-dir")
+    (old / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"condnet did not write .*notes.txt"):
+        check_replaceable(old, "evaluation", flag="--report-dir")

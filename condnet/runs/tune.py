@@ -16,15 +16,19 @@ import math
 import os
 from pathlib import Path
 
+from condnet.choices import STAGED_MIN_EPOCHS
 from condnet.runs.options import TrainingOptions, normalised
 from condnet.runs.outputs import mark, write_file
 
 # The default search space: option -> {"choices": [...]} or {"min", "max", "sampling"}.
+# It is sized for a first search on a CPU: the widths are small_cnn's default and a
+# narrower trunk, no wider (48 96 192 filters cost about 2.25x the MACs and time of
+# 32 64 128 per epoch); a --space file adds wider ones once the search has its bearings.
 SPACE = {
     "routing": {"choices": ["soft", "hard"]},
     "strategy": {"choices": ["joint", "staged"]},
     "expert_placement": {"choices": ["branch", "top"]},
-    "filters": {"choices": ["32 64 128", "24 48 96", "48 96 192"]},
+    "filters": {"choices": ["32 64 128", "24 48 96"]},
     "learning_rate": {"min": 3e-4, "max": 3e-3, "sampling": "log"},
     "loss_schedule": {"choices": ["none", "coarse_to_fine"]},
     "augment": {"choices": ["none", "light", "standard"]},
@@ -172,22 +176,62 @@ def make_tuner(
             f"tuner must be one of {list(TUNERS)} and objective one of {list(OBJECTIVES)}. "
             f"Received: tuner={tuner!r}, objective={objective!r}"
         )
+    epochs = options.get("epochs", TrainingOptions.__dataclass_fields__["epochs"].default)
+    space = strategies_for(space or SPACE, fewest_trial_epochs(tuner, epochs, space or SPACE))
     _claim(tune_dir, data_dir)
     goal = kt.Objective(objective, direction="max")
-    hp = hyperparameters(space or SPACE)
+    hp = hyperparameters(space)
     common = dict(objective=goal, hyperparameters=hp, tune_new_entries=False)
     if tuner == "random":
         oracle = kt.oracles.RandomSearchOracle(max_trials=trials, **common)
     elif tuner == "bayesian":
         oracle = kt.oracles.BayesianOptimizationOracle(max_trials=trials, **common)
     else:
-        oracle = kt.oracles.HyperbandOracle(max_epochs=options.get("epochs", 10), **common)
+        oracle = kt.oracles.HyperbandOracle(max_epochs=epochs, **common)
 
     class RunTuner(kt.engine.base_tuner.BaseTuner):
         def run_trial(self, trial):
             return run_trial(data_dir, tune_dir, options, trial, verbose)
 
     return RunTuner(oracle, directory=str(tune_dir), project_name="search")
+
+
+def fewest_trial_epochs(tuner, epochs, space):
+    """The fewest epochs a trial of the search trains: `epochs` (or the least a space's
+    `epochs` entry allows); Hyperband's first round of its most aggressive bracket trains
+    `ceil(epochs / 3 ** (brackets - 1))` (KerasTuner's HyperbandOracle: factor 3, brackets
+    while `epochs / 3 ** n >= 1`)."""
+    if tuner == "hyperband":
+        brackets, budget = 0, epochs
+        while budget >= 1:
+            budget, brackets = budget / 3, brackets + 1
+        return math.ceil(epochs / 3 ** (brackets - 1))
+    entry = space.get("epochs", {})
+    return min(entry.get("choices", [epochs])) if "min" not in entry else entry["min"]
+
+
+def strategies_for(space, epochs):
+    """`space` with its strategies fitted to trials of `epochs` epochs: staged trains the
+    gate, then the experts, and needs `STAGED_MIN_EPOCHS`. The default space then searches
+    joint alone (and says so); a space file that asks for staged is refused."""
+    entry = space.get("strategy") or {}
+    if epochs >= STAGED_MIN_EPOCHS or "staged" not in entry.get("choices", []):
+        return space
+    if entry != SPACE["strategy"]:
+        raise ValueError(
+            f"The space asks for the staged strategy, which trains the gate, then the experts: "
+            f"it needs {STAGED_MIN_EPOCHS} epochs or more, and trials of this search may train "
+            f"{epochs}. Pass more --epochs (Hyperband's first rounds train fewer than --epochs) "
+            "or take staged out of the space's strategy. "
+            f"Received: strategy={entry!r}, {epochs} epoch(s) per trial"
+        )
+    print(
+        f"condnet tune: trials of {epochs} epoch(s) leave the staged strategy (gate, then "
+        f"experts: {STAGED_MIN_EPOCHS} epochs at least) no room, so this search tries the "
+        f"joint strategy only. Pass --epochs {STAGED_MIN_EPOCHS} or more to search both.",
+        flush=True,
+    )
+    return {**space, "strategy": {"choices": ["joint"]}}
 
 
 KIND = "search"  # what the output marker of TUNE_DIR says
@@ -218,7 +262,12 @@ def run_trial(data_dir, tune_dir, options, trial, verbose=0):
     settings = {"baseline": False, **options, **values}
     run_dir.mkdir(parents=True, exist_ok=True)
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
-    record = {"trial": trial.trial_id, "tuner": tuner_id, "values": trial.hyperparameters.values}
+    record = {
+        "trial": trial.trial_id,
+        "number": trial_number(trial.trial_id),  # KerasTuner's "Running Trial #N"
+        "tuner": tuner_id,
+        "values": trial.hyperparameters.values,
+    }
     mark(run_dir, "run", RUN_FILES)  # a run condnet writes, which also holds TRIAL
     write_file(run_dir / TRIAL, json.dumps(record, indent=1) + "\n")
     # The search owns its trials: the lock of a trial whose process died (a search killed
@@ -249,6 +298,7 @@ def summarise(tune_dir, tuner):
         rows.append(
             {
                 "trial": trial.trial_id,
+                "number": trial_number(trial.trial_id),
                 "status": str(trial.status),
                 "run_dir": str(run_dir),
                 "values": {k: v for k, v in trial.hyperparameters.values.items()},
@@ -264,6 +314,12 @@ def summarise(tune_dir, tuner):
     write_file(Path(tune_dir, "summary.md"), summary_table(rows))
     _plot(rows, Path(tune_dir) / "pareto.png")
     return rows
+
+
+def trial_number(trial_id):
+    """The number KerasTuner shows for a trial ("Running Trial #2", "Trial 2 Complete"):
+    its id ("01", the `trials/trial-01` folder) counts from 0, the display from 1."""
+    return int(trial_id) + 1 if str(trial_id).isdigit() else trial_id
 
 
 def best_trials(tune_dir, k):
@@ -302,14 +358,20 @@ def pareto_front(rows):
 
 def summary_table(rows):
     names = sorted({k for r in rows for k in r["values"] if not k.startswith("tuner/")})
-    header = ["trial", "val_accuracy", "routed_mmacs", "pareto", *names]
+    header = ["trial", "folder", "val_accuracy", "routed_mmacs", "pareto", *names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         accuracy = "-" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
-        cells = [r["trial"], accuracy, str(r["routed_mmacs"]), "yes" if r["pareto"] else ""]
+        cells = [_shown(r), f"trial-{r['trial']}", accuracy, str(r["routed_mmacs"])]
+        cells.append("yes" if r["pareto"] else "")
         cells += [str(r["values"].get(n, "")) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _shown(row):
+    """A trial as KerasTuner's display numbers it: "#2"."""
+    return f"#{row.get('number', trial_number(row['trial']))}"
 
 
 def _read(path):
@@ -333,7 +395,7 @@ def _plot(rows, path):
         path,
         [
             (
-                r["trial"],
+                _shown(r),
                 r["routed_mmacs"],
                 r["val_accuracy"],
                 "tab:red" if r["pareto"] else "tab:blue",

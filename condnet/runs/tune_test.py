@@ -9,7 +9,8 @@ import pytest
 from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.cli import main
 from condnet.runs.lock import LOCK
-from condnet.runs.tune import pareto_front, read_space, run_trial
+from condnet.runs.tune import SPACE as DEFAULT_SPACE
+from condnet.runs.tune import fewest_trial_epochs, pareto_front, read_space, run_trial
 from condnet.testing import free_port
 
 pytest.importorskip("keras_tuner")
@@ -90,6 +91,76 @@ def _a_trial_killed_midway_continues(data, search, row):
     result = run_trial(data, search, {}, trial)
     assert 0 <= result["val_accuracy"] <= 1
     assert (trial_dir / "metrics.json").is_file() and not (trial_dir / LOCK).exists()
+
+
+SCORES = {"0": 0.5, "1": 0.9, "2": 0.7}  # trial id -> validation accuracy
+
+
+@pytest.fixture
+def scored_trials(tmp_path, monkeypatch):
+    """`condnet tune` whose trials write SCORES instead of training; the values tried."""
+    tried = []
+
+    def scored(data_dir, tune_dir, options, trial, verbose=0):
+        run = tune_dir / "trials" / f"trial-{trial.trial_id}"
+        run.mkdir(parents=True, exist_ok=True)
+        metrics = {"accuracy": SCORES[trial.trial_id], "macs_per_image": {"routed": 1e6}}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        tried.append({**options, **trial.hyperparameters.values})
+        return {"val_accuracy": metrics["accuracy"], "accuracy_per_mmac": metrics["accuracy"]}
+
+    monkeypatch.setattr("condnet.runs.tune.run_trial", scored)
+    (tmp_path / "data" / "round" / "ring").mkdir(parents=True)
+    return ["tune", str(tmp_path / "data"), "--out", str(tmp_path / "search")], tried
+
+
+def test_tune_numbers_the_trials_as_keras_tuner_shows_them(scored_trials, tmp_path, capsys):
+    args, _ = scored_trials
+    assert main([*args, "--trials", "3", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Running Trial #2" in out and "Trial 2 Complete" in out  # KerasTuner's display
+    run = tmp_path / "search" / "trials" / "trial-1"
+    assert f"Best: trial #2 (val_accuracy 0.9000) -> {run}" in out  # the same trial, the same #
+    rows = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert [(r["number"], r["trial"]) for r in rows] == [(2, "1"), (3, "2"), (1, "0")]
+    table = (tmp_path / "search" / "summary.md").read_text().splitlines()
+    assert table[2].startswith("| #2 | trial-1 | 0.9000 |")
+
+
+def test_a_search_of_one_epoch_trials_leaves_out_the_staged_strategy(scored_trials, capsys):
+    args, tried = scored_trials
+    assert main([*args, "--trials", "3", "--epochs", "1"]) == 0
+    assert "this search tries the joint strategy only" in capsys.readouterr().out
+    assert [t["strategy"] for t in tried] == ["joint"] * 3 and {t["epochs"] for t in tried} == {1}
+
+
+def test_a_space_asking_for_staged_in_one_epoch_is_refused_before_the_search(
+    scored_trials, tmp_path, capsys
+):
+    args, tried = scored_trials
+    (tmp_path / "space.json").write_text(json.dumps({"strategy": "staged"}))
+    assert main([*args, "--space", str(tmp_path / "space.json"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "needs 2 epochs or more, and trials of this search may train 1" in err
+    assert "Received: strategy={'choices': ['staged']}, 1 epoch(s) per trial" in err
+    assert not tried and not (tmp_path / "search").exists()
+
+
+@pytest.mark.parametrize("epochs", range(1, 31))
+def test_the_fewest_trial_epochs_of_hyperband_are_those_keras_tuner_plans(epochs):
+    import keras_tuner as kt
+
+    oracle = kt.oracles.HyperbandOracle(objective="val_accuracy", max_epochs=epochs)
+    planned = oracle._get_epochs(oracle._get_num_brackets() - 1, 0)
+    assert fewest_trial_epochs("hyperband", epochs, DEFAULT_SPACE) == planned
+    assert fewest_trial_epochs("random", epochs, DEFAULT_SPACE) == epochs
+    assert fewest_trial_epochs("random", epochs, {"epochs": {"choices": [3, 9]}}) == 3
+
+
+def test_the_default_space_holds_no_trunk_wider_than_small_cnn():
+    choices = DEFAULT_SPACE["filters"]["choices"]
+    assert max(int(w) for choice in choices for w in choice.split()) <= 128
+    assert "32 64 128" in choices  # small_cnn's own widths, and a narrower trunk
 
 
 def test_pareto_front_keeps_only_undominated_trials():

@@ -176,7 +176,7 @@ class StopOnNaN(keras.callbacks.Callback):
             f"Training stopped at epoch {self._epoch + 1}, batch {batch + 1}: the loss "
             f"became {float(loss)}. Usual causes: a learning rate too high (try 10x "
             "lower), inputs with NaN/inf values, or a gate or expert that does not "
-            "end in a softmax. Received: loss={loss}",
+            f"end in a softmax. Received: loss={float(loss)}",
             RuntimeWarning,
             stacklevel=2,
         )

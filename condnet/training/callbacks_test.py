@@ -56,9 +56,11 @@ def test_stop_on_nan_records_where_it_stopped():
     guard.on_epoch_begin(3)
     guard.on_train_batch_end(0, {"loss": 0.5})
     assert guard.stopped_at is None and not getattr(guard.model, "stop_training", False)
-    with pytest.warns(RuntimeWarning, match="epoch 4, batch 8: the loss became inf"):
+    with pytest.warns(RuntimeWarning, match="epoch 4, batch 8: the loss became inf") as caught:
         guard.on_train_batch_end(7, {"loss": float("inf")})
     assert guard.stopped_at == (3, 7) and guard.model.stop_training
+    message = str(caught[0].message)
+    assert message.endswith("Received: loss=inf") and "{" not in message
 
 
 def test_cosine_rate_starts_at_the_base_and_ends_near_the_floor_of_its_stage():

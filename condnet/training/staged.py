@@ -15,7 +15,7 @@ import warnings
 import keras
 import numpy as np
 
-from condnet.choices import STRATEGIES
+from condnet.choices import STAGED_MIN_EPOCHS, STRATEGIES
 from condnet.training.distribute import compile_options
 from condnet.vision.backbones import unfreeze_top
 
@@ -55,13 +55,21 @@ def plan_phases(
 ):
     """The phases of a strategy: `joint` is one phase; `staged` is gate, experts, joint.
 
-    `staged` gives the gate and the experts a third of `epochs` each and the
-    joint phase the rest; `fine_tune_epochs` adds a fine-tuning phase.
-    Phases of zero epochs are left out.
+    `staged` gives the gate and the experts a third of `epochs` each (at least
+    one: it needs `STAGED_MIN_EPOCHS`) and the joint phase the rest;
+    `fine_tune_epochs` adds a fine-tuning phase. Phases of zero epochs are left
+    out, so the phases add up to `epochs + fine_tune_epochs`.
     """
     if strategy not in STRATEGIES:
         raise ValueError(
             f"strategy must be one of {list(STRATEGIES)}. Received: strategy={strategy!r}"
+        )
+    if strategy == "staged" and epochs < STAGED_MIN_EPOCHS:
+        raise ValueError(
+            "The staged strategy trains the gate, then the experts, then both, at least one "
+            f"epoch for each of the first two phases: it needs epochs >= {STAGED_MIN_EPOCHS}. "
+            "Pass more epochs, or strategy='joint'. Received: strategy='staged', "
+            f"epochs={epochs}"
         )
     if strategy == "staged":
         third = max(1, epochs // 3)

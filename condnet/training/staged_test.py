@@ -30,6 +30,20 @@ def test_plan_phases_splits_staged_training():
     assert phases[-1].learning_rate == 1e-5
 
 
+@pytest.mark.parametrize("epochs", [2, 3, 4, 5, 6, 10])
+def test_staged_phases_train_exactly_the_epochs_asked(epochs):
+    phases = plan_phases("staged", epochs)
+    assert sum(p.epochs for p in phases) == epochs
+    assert [p.name for p in phases][:2] == ["gate", "experts"]
+
+
+def test_staged_phases_refuse_fewer_epochs_than_the_gate_and_expert_phases():
+    message = r"needs epochs >= 2.*Received: strategy='staged', epochs=1"
+    with pytest.raises(ValueError, match=message):
+        plan_phases("staged", 1)
+    assert [(p.name, p.epochs) for p in plan_phases("joint", 1)] == [("joint", 1)]
+
+
 def test_plan_phases_rejects_an_unknown_strategy():
     with pytest.raises(ValueError, match="strategy must be one of"):
         plan_phases("greedy", 3)
