@@ -18,8 +18,8 @@ groups, at 32 px and at 160 px. Side by side in one process:
    end (`models.EpochTimer`); the median.
 2. The input pipeline: `ImageFolder` (uncached, default decode workers, uint8
    batches, as `condnet train` reads a folder too large to cache) over JPEGs,
-   one pass through Keras's data adapter for the backend
-   (`input_pipeline.keras_pass`), against the fastest training images/s at the
+   epochs through Keras's data adapter for the backend as `fit` runs them
+   (`input_pipeline.KerasEpochs`), against the fastest training images/s at the
    same image size: >= 1 means decoding keeps the training step fed. The JPEGs
    are photos20's 96 px photos for 32 px, and the same photos upscaled to
    480 px (3x the image size) for 160 px; synthesized JPEGs without photos20.
@@ -47,7 +47,7 @@ os.environ["KERAS_BACKEND"] = common.choose_backend()
 import keras  # noqa: E402
 import models  # noqa: E402
 import numpy as np  # noqa: E402
-from input_pipeline import PHOTOS, extract_photos, keras_pass, upscaled  # noqa: E402
+from input_pipeline import PHOTOS, KerasEpochs, extract_photos, upscaled  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import condnet  # noqa: E402
@@ -194,7 +194,7 @@ def input_speed(scratch, image_size, settings):
         paths, labels, HIERARCHY, image_size=image_size, batch_size=settings["batch_size"],
         shuffle=True, seed=0, cache="none", dtype="uint8",
     )  # fmt: skip
-    timing = common.time_side_by_side({"input": lambda: keras_pass(folder)}, settings["repeats"])
+    timing = common.time_side_by_side({"input": KerasEpochs(folder)}, settings["repeats"])
     speed = len(paths) / timing["input"]["median"]
     print(f"input at {image_size} px: {speed:.0f} images/s ({source})", flush=True)
     return {"image_size": image_size, "images": len(paths), "source": source, "input": speed}
