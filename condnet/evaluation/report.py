@@ -27,6 +27,11 @@ REQUIRED_KEYS = (
     "class_confusion",
     "routing_matrix",
 )
+ROUTING_WORDS = {
+    "hard": "hard-routed (only the chosen expert runs)",
+    "soft": "soft routing (every expert runs, mixed by the gate)",
+    "flat": "flat baseline (no routing)",
+}
 SCORE_COLUMNS = ("precision", "recall", "f1", "support")
 ROUTING_COLUMNS = ("expert", "samples routed", "share", "samples of its group", "routed right")
 STYLE = (
@@ -121,12 +126,22 @@ def write_report(
     return [markdown, page, *plots]
 
 
-def summary_table(metrics):
-    """A short plain-text table of the headline metrics, for the terminal."""
+def summary_table(metrics, title=None):
+    """A short plain-text table of the headline metrics, for the terminal, under
+    `title` (e.g. `summary_title(metrics, "Validation split")`) when given."""
     rows = [("metric", "value")] + _summary_rows(metrics)
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+    table = [lines[0], "-" * len(lines[0]), *lines[1:]]
+    return "\n".join([title, *table] if title else table)
+
+
+def summary_title(metrics, scored_on):
+    """What a summary table scores: `scored_on` (a split or a folder), the number of
+    images and the routing, e.g. "Validation split (120 images), hard-routed (...):"."""
+    routing = ROUTING_WORDS.get(metrics.get("inference_routing"))
+    scored = f"{scored_on} ({metrics['num_samples']} images)"
+    return f"{scored}, {routing}:" if routing else f"{scored}:"
 
 
 # === Content ===
@@ -173,7 +188,7 @@ def _extra_sections(metrics, header, baseline, gallery):
 
     sections = []
     if baseline:
-        sections.append(("Flat baseline", _baseline_items(baseline)))
+        sections.append(("Flat baseline", _baseline_items(baseline, metrics["num_samples"])))
     glossary = [(name, text) for name, text in GLOSSARY.items()]
     sections.append(("Glossary", [("table", ("name", "meaning"), glossary)]))
     if gallery:
@@ -200,7 +215,7 @@ def json_text(value):
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _baseline_items(baseline):
+def _baseline_items(baseline, num_samples=None):
     keys = (
         "accuracy",
         "group_accuracy",
@@ -218,14 +233,15 @@ def _baseline_items(baseline):
     ]
     items = [
         ("table", ("", "conditional (routed)", "flat baseline"), rows),
-        ("text", baseline_verdict(conditional, flat)),
+        ("text", baseline_verdict(conditional, flat, num_samples)),
     ]
     where = gap_sources(conditional, flat)
     return items + [("text", where)] if where else items
 
 
-def baseline_verdict(conditional, flat):
-    """One line: which model is more accurate, and at what cost."""
+def baseline_verdict(conditional, flat, num_samples=None):
+    """One line: which model is more accurate, at what cost, and, given the
+    `num_samples` images scored, whether the difference is more than noise."""
     if "accuracy" not in conditional or "accuracy" not in flat:
         return "No verdict: both models need an accuracy."
     gain = conditional["accuracy"] - flat["accuracy"]
@@ -234,29 +250,73 @@ def baseline_verdict(conditional, flat):
         cost = (
             f" at {conditional['macs_per_image'] / flat['macs_per_image']:.2f}x its MACs per image"
         )
+    error = difference_error(conditional["accuracy"], flat["accuracy"], num_samples)
     if abs(gain) < 0.005:
-        return f"The conditional model ties the flat baseline ({gain:+.4f}){cost}."
+        noise = f"; {_error_words(error, num_samples)}" if error else ""
+        return f"The conditional model ties the flat baseline ({gain:+.4f}{noise}){cost}."
+    if error and abs(gain) <= 2 * error:
+        side = "ahead of" if gain > 0 else "behind"
+        return (
+            f"The conditional model is {abs(gain):.4f} accuracy {side} the flat baseline{cost}, "
+            f"within noise: less than two standard errors ({_error_words(error, num_samples)})."
+        )
     better = "beats" if gain > 0 else "loses to"
-    return f"The conditional model {better} the flat baseline by {abs(gain):.4f} accuracy{cost}."
+    noise = ""
+    if error:
+        noise = f" ({abs(gain) / error:.1f} standard errors; {_error_words(error, num_samples)})"
+    gap = f"{abs(gain):.4f} accuracy{cost}{noise}"
+    return f"The conditional model {better} the flat baseline by {gap}."
+
+
+def difference_error(accuracy, other, num_samples):
+    """The standard error of the difference of two accuracies on `num_samples` images:
+    sqrt(p(1-p)/n) x sqrt(2) at their mean p, as if the two were scored on independent
+    images. Both models score the same images, which usually makes the true error
+    smaller, so this is a simple bound. None without a positive `num_samples`."""
+    if not num_samples or num_samples <= 0:
+        return None
+    mean = (accuracy + other) / 2
+    return math.sqrt(mean * (1 - mean) / num_samples) * math.sqrt(2)
+
+
+def _error_words(error, num_samples):
+    return (
+        f"standard error of the difference {error:.4f} on {num_samples} images, "
+        "sqrt(p(1-p)/n) x sqrt(2): a simple bound"
+    )
 
 
 def gap_sources(conditional, flat):
-    """One line splitting the accuracy gap between the two models into the gate's part
-    (the right group) and the experts' (the right class given the true group), or None
-    when either model lacks `group_accuracy` or `within_group_accuracy`."""
+    """One line comparing the two models' gate part (the right group) and experts' part
+    (the right class given the true group), and which of them is behind, or None when
+    either model lacks `group_accuracy` or `within_group_accuracy`."""
     keys = ("group_accuracy", "within_group_accuracy")
     if not all(key in conditional and key in flat for key in keys):
         return None
     (gate, flat_group), (experts, flat_within) = ((conditional[k], flat[k]) for k in keys)
-    gate_part, experts_part = gate - flat_group, experts - flat_within
-    parts = {"the gate's": gate_part, "the experts'": experts_part}
-    larger = min(parts, key=parts.get) if min(parts.values()) < 0 else None
+    # Compared as printed (4 decimals), so that equal numbers read as equal.
+    gate_part, experts_part = round(gate - flat_group, 4), round(experts - flat_within, 4)
     line = (
         f"Where: the right group for {gate:.4f} of the images against {flat_group:.4f} for "
         f"the flat model ({gate_part:+.4f}); given the true group, the right class "
         f"for {experts:.4f} against {flat_within:.4f} ({experts_part:+.4f})."
     )
-    return f"{line} The larger loss is {larger}." if larger else line
+    loss = _loss_owner(gate_part, experts_part)
+    return f"{line} {loss}" if loss else line
+
+
+def _loss_owner(gate_part, experts_part):
+    """Which part of the conditional model is behind the flat model, in words."""
+    if gate_part >= 0 and experts_part >= 0:
+        return ""
+    if experts_part >= 0:
+        return "The loss is the gate's: the experts are not behind."
+    if gate_part >= 0:
+        return "The loss is the experts': the gate is not behind."
+    if gate_part == experts_part:
+        return f"The gate and the experts lose as much ({gate_part:+.4f} each)."
+    larger = "the gate's" if gate_part < experts_part else "the experts'"
+    return f"The larger loss is {larger}."
 
 
 def _cell(value):

@@ -5,7 +5,13 @@ import pytest
 from PIL import Image
 
 from condnet.evaluation.metrics import evaluate_predictions
-from condnet.evaluation.report import gap_sources, summary_table, write_report
+from condnet.evaluation.report import (
+    baseline_verdict,
+    gap_sources,
+    summary_table,
+    summary_title,
+    write_report,
+)
 from condnet.hierarchy import Hierarchy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -129,6 +135,23 @@ def test_write_report_rejects_history_of_wrong_type(tmp_path):
         write_report(tmp_path, HIERARCHY, make_metrics(), history=[0.5, 0.4])
 
 
+@pytest.mark.parametrize(
+    "routing, scored_on, title",
+    [
+        ("hard", "Validation split", "Validation split (30 images), hard-routed (only the "),
+        ("soft", "data/test", "data/test (30 images), soft routing (every expert runs, mixed "),
+        ("flat", "data/test", "data/test (30 images), flat baseline (no routing):"),
+        (None, "Scored", "Scored (30 images):"),
+    ],
+)
+def test_summary_table_title_says_what_was_scored_and_how_it_was_routed(routing, scored_on, title):
+    metrics = {**make_metrics(), "inference_routing": routing}
+    lines = summary_table(metrics, summary_title(metrics, scored_on)).splitlines()
+    assert lines[0].startswith(title) and lines[0].endswith(":")
+    assert lines[1].split() == ["metric", "value"]
+    assert summary_table(metrics).splitlines()[0].split() == ["metric", "value"]  # no title
+
+
 def test_summary_table_lists_headline_metrics():
     metrics = make_metrics()
     lines = summary_table(metrics).splitlines()
@@ -218,7 +241,11 @@ def test_report_header_baseline_glossary_and_gallery(tmp_path):
     markdown = read(tmp_path / "run", "report.md")
     assert "## About this run" in markdown and "| best epoch | 3 of 5 |" in markdown
     assert "| epochs | 5 |" in markdown
-    assert "beats the flat baseline by 0.1000 accuracy at 1.00x its MACs" in markdown
+    # 0.1 on 30 images is under two standard errors (2 x 0.1118): within noise.
+    assert "is 0.1000 accuracy ahead of the flat baseline at 1.00x its MACs per image, " in markdown
+    assert "within noise: less than two standard errors (standard error of the difference " in (
+        markdown
+    )
     assert "## Glossary" in markdown and "| gate_accuracy |" in markdown
     for kind in ("misrouted", "misclassified", "correct"):
         assert (tmp_path / "run" / "examples" / f"{kind}-00.png").is_file()
@@ -287,3 +314,69 @@ def test_gap_sources_splits_the_gap_between_the_gate_and_the_experts():
     both_ahead = gap_sources({"group_accuracy": 0.95, "within_group_accuracy": 0.7}, flat)
     assert "larger loss" not in both_ahead
     assert gap_sources({"group_accuracy": 0.9}, flat) is None
+
+
+@pytest.mark.parametrize(
+    "gate_part, experts_part, ending",
+    [
+        (-0.015, -0.001, " The larger loss is the gate's."),
+        (-0.015, -0.093, " The larger loss is the experts'."),
+        (-0.0117, -0.0117, " The gate and the experts lose as much (-0.0117 each)."),
+        (-0.0115, 0.0, " The loss is the gate's: the experts are not behind."),
+        (0.02, -0.03, " The loss is the experts': the gate is not behind."),
+        (0.02, 0.001, "(+0.0010)."),
+    ],
+)
+def test_gap_sources_names_the_part_that_is_behind(gate_part, experts_part, ending):
+    flat = {"group_accuracy": 0.9383, "within_group_accuracy": 0.8883}
+    conditional = {
+        "group_accuracy": flat["group_accuracy"] + gate_part,
+        "within_group_accuracy": flat["within_group_accuracy"] + experts_part,
+    }
+    line = gap_sources(conditional, flat)
+    assert line.endswith(ending)
+    assert line.count("loss") <= 1 and line.count("lose") <= 1
+
+
+def test_gap_sources_reads_equal_printed_numbers_as_equal():
+    # 0.95 - 0.9383 and 0.9 - 0.8883 differ in the last bits of a float.
+    conditional = {"group_accuracy": 0.9383, "within_group_accuracy": 0.8883}
+    flat = {"group_accuracy": 0.95, "within_group_accuracy": 0.9}
+    assert (0.9383 - 0.95) != (0.8883 - 0.9)
+    line = gap_sources(conditional, flat)
+    assert "(-0.0117); given the true group" in line and "(-0.0117)." in line
+    assert line.endswith("The gate and the experts lose as much (-0.0117 each).")
+
+
+BOUND = "sqrt(p(1-p)/n) x sqrt(2): a simple bound"
+
+
+@pytest.mark.parametrize("gain, side", [(0.048, "ahead of"), (-0.048, "behind")])
+def test_baseline_verdict_calls_a_small_difference_within_noise(gain, side):
+    # p = 0.9 on 200 images: standard error sqrt(0.09 / 200) x sqrt(2) = 0.0300.
+    conditional = {"accuracy": 0.9 + gain / 2, "macs_per_image": 100}
+    flat = {"accuracy": 0.9 - gain / 2, "macs_per_image": 100}
+    verdict = baseline_verdict(conditional, flat, num_samples=200)
+    assert verdict == (
+        f"The conditional model is 0.0480 accuracy {side} the flat baseline at 1.00x its MACs "
+        "per image, within noise: less than two standard errors (standard error of the "
+        f"difference 0.0300 on 200 images, {BOUND})."
+    )
+
+
+@pytest.mark.parametrize("gain, words", [(0.048, "beats"), (-0.048, "loses to")])
+def test_baseline_verdict_keeps_its_words_beyond_two_standard_errors(gain, words):
+    # The same gap on 2,000 images: standard error 0.0095, the gap 5.1 of them.
+    conditional, flat = {"accuracy": 0.9 + gain / 2}, {"accuracy": 0.9 - gain / 2}
+    verdict = baseline_verdict(conditional, flat, num_samples=2000)
+    assert verdict == (
+        f"The conditional model {words} the flat baseline by 0.0480 accuracy (5.1 standard "
+        f"errors; standard error of the difference 0.0095 on 2000 images, {BOUND})."
+    )
+
+
+def test_baseline_verdict_without_a_count_says_nothing_of_noise():
+    verdict = baseline_verdict({"accuracy": 0.948}, {"accuracy": 0.9})
+    assert verdict == "The conditional model beats the flat baseline by 0.0480 accuracy."
+    tie = baseline_verdict({"accuracy": 0.902}, {"accuracy": 0.9}, num_samples=600)
+    assert tie.startswith("The conditional model ties the flat baseline (+0.0020; standard ")

@@ -293,7 +293,7 @@ def _add_verbosity_flags(p):
 
 
 def _train(args):
-    from condnet.evaluation.report import summary_table
+    from condnet.evaluation.report import summary_table, summary_title
     from condnet.runs.recipe import resume, train
 
     verbose = _verbosity(args)
@@ -323,8 +323,10 @@ def _train(args):
     if result["metrics"] is None:
         print(f"Process {distribute.process_index()} done; process 0 writes the run to {args.out}.")
         return
-    print(summary_table(result["metrics"]))
-    _print_baseline(result["metrics"])
+    metrics = result["metrics"]
+    scored_on = metrics.get("scored_on", "scored").capitalize()
+    print(summary_table(metrics, summary_title(metrics, scored_on)))
+    _print_baseline(metrics)
     print(f"Run written to {args.out} (model.keras, report.md, history.csv).")
 
 
@@ -394,7 +396,7 @@ def _evaluate_parser(commands, common):
 
 
 def _evaluate(args):
-    from condnet.evaluation.report import summary_table
+    from condnet.evaluation.report import summary_table, summary_title
     from condnet.runs.run_dir import evaluate_run
 
     _check_output(args.output, (".json",))
@@ -413,7 +415,7 @@ def _evaluate(args):
     if args.json:
         print(json.dumps(metrics))
         return
-    print(summary_table(metrics))
+    print(summary_table(metrics, summary_title(metrics, str(args.data_dir))))
     other = metrics.get("mixture") or metrics.get("hard_routed")
     label = "soft mixture" if "mixture" in metrics else "hard routed"
     if other is not None:  # the flat baseline (--model baseline.keras) has no other routing

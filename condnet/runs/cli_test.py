@@ -202,6 +202,25 @@ def test_cli_turns_os_errors_into_a_message_naming_the_file(tmp_path, capsys, mo
     assert f"Permission denied: '{tmp_path / 'run'}'" in err and "Traceback" not in err
 
 
+def test_cli_train_titles_its_table_with_the_split_and_the_routing(tmp_path, capsys, monkeypatch):
+    from condnet.evaluation.report_test import make_metrics
+
+    metrics = {**make_metrics(), "inference_routing": "hard", "scored_on": "validation split"}
+    monkeypatch.setattr("condnet.runs.recipe.train", lambda *args, **kwargs: {"metrics": metrics})
+    assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    title = "Validation split (30 images), hard-routed (only the chosen expert runs):"
+    assert lines[0] == title and lines[1].split() == ["metric", "value"]
+
+
+def test_cli_evaluate_titles_its_table_with_the_folder_and_the_routing(colour_run, capsys):
+    run, data = colour_run
+    assert main(["evaluate", str(run), str(data), "--routing", "soft", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{data} (8 images), soft routing (every expert runs, mixed by the gate):"
+    assert "hard routed accuracy: " in lines[-1]
+
+
 def test_cli_version_needs_no_backend(capsys, monkeypatch):
     from condnet import __version__
 

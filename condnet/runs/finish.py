@@ -39,6 +39,7 @@ from condnet.training.staged import tunable_count
 from condnet.vision.backbones import is_pretrained, unfreeze_top
 
 INFERENCE_ROUTING = "hard"
+SCORED_ON = {False: "validation split", True: "training images, no validation split"}
 _TIMED_IMAGES = 256
 
 
@@ -66,6 +67,7 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
     scored = validation or train_data
     with times.part("evaluation"):
         model, metrics, predictions, macs = _scored(run_dir, options, train_data, scored)
+    metrics["scored_on"] = SCORED_ON[validation is None]
     comparison = None
     if options.baseline:
         with times.part("flat baseline"):
@@ -74,7 +76,9 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
             speed = _speed(model, scored)
         comparison["conditional"] = _summary(metrics, macs["routed"], speed)
         comparison["conditional"]["epochs"] = _conditional_epochs(options, state)
-        comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
+        comparison["verdict"] = baseline_verdict(
+            comparison["conditional"], comparison["flat"], metrics["num_samples"]
+        )
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
     with times.part("report"):
@@ -309,21 +313,30 @@ def _header(options, data, state, trained_routing):
         "scored on": split,
         "routing": f"trained {trained_routing}; scored {INFERENCE_ROUTING} (only the chosen "
         "expert runs), the soft mixture beside it",
-        "best epoch": _best_epoch(state),
+        "best epoch": _best_epoch(state, trained_routing),
         "configuration": {k: v for k, v in options.to_config().items() if k != "split"},
     }
 
 
-def _best_epoch(state):
+def _best_epoch(state, trained_routing):
+    """The epoch model.keras keeps, and why its score is not the summary's."""
     history = (state or {}).get("history", [])
     scored = [row for row in history if "val_accuracy" in row or "accuracy" in row]
     if not scored:
         return "unknown"
     key = "val_accuracy" if "val_accuracy" in scored[0] else "accuracy"
     best = max(scored, key=lambda row: row[key])
+    images = "validation images"
+    if key != "val_accuracy":
+        images = "training images (averaged over the epoch)"
+    routing = {"soft": "soft: every expert, mixed by the gate", "hard": "hard"}.get(
+        trained_routing, f"{trained_routing}, hard-routed outside training"
+    )
     return (
         f"{best['epoch']} of {len(history)} (highest {key}, {best[key]:.4f}: the epoch "
-        "model.keras keeps)"
+        f"model.keras keeps). That {key} was measured by fit during training, on the {images} "
+        f"with the training routing ({routing}); the summary scores the shipped "
+        f"model.keras afterwards, {INFERENCE_ROUTING}-routed, so the two can differ"
     )
 
 

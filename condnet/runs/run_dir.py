@@ -575,7 +575,9 @@ def _conditional_metrics(run_dir, model, data, label):
     if comparison is not None:
         if metrics["inference_routing"] == "hard":
             _add_training_costs(trained, comparison)
-        comparison["verdict"] = baseline_verdict(comparison["conditional"], comparison["flat"])
+        comparison["verdict"] = baseline_verdict(
+            comparison["conditional"], comparison["flat"], metrics["num_samples"]
+        )
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
     return metrics, comparison
