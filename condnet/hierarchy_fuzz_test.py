@@ -8,23 +8,16 @@ seed) than the 200 fixed examples CI runs.
 """
 
 import json
-import os
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from condnet.hierarchy import Hierarchy
+from condnet.testing import fuzz_settings
 
-EXPLORE = "CONDNET_FUZZ_EXAMPLES" in os.environ
-FUZZ = settings(
-    max_examples=int(os.environ.get("CONDNET_FUZZ_EXAMPLES", "200")),
-    deadline=None,
-    database=None,
-    derandomize=not EXPLORE,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings()
 SUFFIXES = st.sampled_from([".json", ".yaml", ".yml", ".txt"])
 NAMES = st.text(max_size=6)
 LEAVES = st.none() | st.booleans() | st.integers() | st.floats() | NAMES

@@ -7,6 +7,23 @@ from keras import layers, ops
 from condnet.hierarchy import Hierarchy
 from condnet.models.conditional_model import ConditionalModel
 
+
+def fuzz_settings():
+    """The hypothesis settings of the fuzz tests: reproducible by default (derandomized, no
+    example database); `CONDNET_FUZZ_EXAMPLES=N` explores N random examples instead."""
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=int(os.environ.get("CONDNET_FUZZ_EXAMPLES", "200")),
+        deadline=None,
+        database=None,
+        derandomize="CONDNET_FUZZ_EXAMPLES" not in os.environ,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+
 CATS_AND_DOGS = {"cat": ["persian", "siamese"], "dog": ["beagle", "pug", "boxer"]}
 
 

@@ -8,12 +8,11 @@ only in its documented way. `CONDNET_FUZZ_EXAMPLES=5000` explores further
 """
 
 import io
-import os
 import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -25,15 +24,9 @@ from condnet.data.folders import (
     decode_image,
     scan_directory,
 )
+from condnet.testing import fuzz_settings
 
-EXPLORE = "CONDNET_FUZZ_EXAMPLES" in os.environ
-FUZZ = settings(
-    max_examples=int(os.environ.get("CONDNET_FUZZ_EXAMPLES", "200")),
-    deadline=None,
-    database=None,
-    derandomize=not EXPLORE,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings()
 
 
 def _sample(format, mode="RGB", **save):

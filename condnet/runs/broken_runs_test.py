@@ -246,6 +246,13 @@ def test_the_corpus_covers_every_read_only_command_and_run_file():
 PARAMETERS = [pytest.param(*case, id=f"{case[0]} x {case[1]}") for case in CASES]
 
 
+def _run_command(command, run, trained, tmp_path):
+    """`command` on the broken `run`: (run, its files' hashes before, argv, exit status)."""
+    before = _snapshot(run)
+    argv = [str(word) for word in _argv(command, run, trained / "data" / "test", tmp_path)]
+    return run, before, argv, main(argv)
+
+
 @pytest.mark.parametrize("command, damage", PARAMETERS)
 def test_a_read_only_command_refuses_a_broken_run_in_one_line_and_changes_nothing(
     command,
@@ -255,10 +262,8 @@ def test_a_read_only_command_refuses_a_broken_run_in_one_line_and_changes_nothin
     tmp_path,
     capsys,
 ):
-    run = broken(damage)
-    before = _snapshot(run)
-    argv = [str(word) for word in _argv(command, run, trained / "data" / "test", tmp_path)]
-    assert main(argv) == 2
+    run, before, argv, code = _run_command(command, broken(damage), trained, tmp_path)
+    assert code == 2
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -294,10 +299,8 @@ def test_a_file_a_command_does_not_read_does_not_stop_it(
     tmp_path,
     capsys,
 ):
-    run = broken(damage)
-    before = _snapshot(run)
-    argv = [str(word) for word in _argv(command, run, trained / "data" / "test", tmp_path)]
-    assert main(argv) == 0
+    run, before, _, code = _run_command(command, broken(damage), trained, tmp_path)
+    assert code == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     if command == "compare" and "missing" not in damage:  # a blank column, said in one line

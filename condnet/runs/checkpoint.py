@@ -11,6 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from condnet.runs.outputs import write_file
+
 STATE = "state.json"
 BEST = "model.keras"
 BASELINE = "baseline.keras"  # the flat model of the same cost, trained after BEST
@@ -19,22 +21,10 @@ HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
 
 
-def write_atomic(path, data):
-    """Write text or bytes to `path` through a temporary file and a rename.
-
-    A reader (or a run killed mid-write) sees either the old file or the new
-    one, never half of one.
-    """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:  # a full disk, a signal: no partial file stays behind
-        temporary.unlink(missing_ok=True)
+# Write text or bytes through a temporary file and a rename: a reader (or a run killed
+# mid-write) sees the old file or the new one, never half of one, and no partial file
+# stays behind after a full disk or a signal.
+write_atomic = write_file
 
 
 def save_model_atomic(model, path):

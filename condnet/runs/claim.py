@@ -1,5 +1,6 @@
 """Claiming a run directory: check it, move an old run aside, restore it if the new one fails."""
 
+import fnmatch
 import os
 import shutil
 import time
@@ -45,6 +46,8 @@ RUN_FILES = (
     "split.json",
     "timing.json",
 )
+# What a killed write leaves: `save_model_atomic`'s and `write_atomic`'s temporary files.
+TEMPORARY_FILES = (".tmp-*.keras", ".*.tmp")
 # The files that mean an epoch was committed: a run with none of them has nothing to lose.
 COMMITTED = (ckpt.STATE, ckpt.BEST, ckpt.METRICS)
 
@@ -103,7 +106,7 @@ def check_foreign(folder, kind="run", flag="--out"):
 
 
 def _is_leftover(name):
-    return name.startswith(".tmp-") or (name.startswith(".") and name.endswith(".tmp"))
+    return any(fnmatch.fnmatch(name, pattern) for pattern in TEMPORARY_FILES)
 
 
 def run_files(run_dir):
@@ -115,7 +118,7 @@ def clean_temporary_files(run_dir):
     """Delete the temporary files a killed write left (`.tmp-*.keras`, `.*.tmp`)."""
     run_dir = Path(run_dir)
     for folder in (run_dir, run_dir / ckpt.CHECKPOINTS):
-        for pattern in (".tmp-*.keras", ".*.tmp"):
+        for pattern in TEMPORARY_FILES:
             for path in folder.glob(pattern):
                 if path.is_file():
                     path.unlink()

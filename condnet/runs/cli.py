@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from condnet.runs._backend import backend_name, check_backend
+from condnet.runs.outputs import guard, training_data, write_file
 
 # What a failure the user can fix raises; anything else is a bug and keeps its traceback.
 ERRORS = (ValueError, TypeError, RuntimeError, ImportError, OSError, RecursionError)
@@ -497,15 +498,7 @@ def _check_output(output, suffixes):
 
 def _guard_file(path, kind, data, runs):
     """An --output file may not go into the data, the run read, or any other run."""
-    from condnet.runs.outputs import guard, training_data
-
     guard(path, kind, flag="--output", data=[*data, *training_data(runs)], reads=runs)
-
-
-def write_file(path, text):
-    from condnet.runs.outputs import write_file
-
-    write_file(path, text)
 
 
 def _write_rows(path, rows):
@@ -881,7 +874,6 @@ def _compare(args):
 
     check_outputs(args.output, args.plot)
     from condnet.runs.compare import find_runs
-    from condnet.runs.outputs import guard, training_data
 
     runs = find_runs(args.runs)
     read = dict(reads=runs, data=training_data(runs))

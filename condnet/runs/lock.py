@@ -92,10 +92,11 @@ def _acquire(path, holder, break_lock):
     raise RunLocked(_message(path, read_holder(path) or {}))
 
 
-def _alive(pid):
+def alive(pid):
+    """Whether process `pid` exists on this host (under any user)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or a number no pid can be
         return False
     except PermissionError:
         return True  # it exists, under another user
@@ -106,7 +107,7 @@ def _is_stale(found):
     """Whether the holder is known dead: an unreadable file, or a dead pid on this host."""
     if not isinstance(found.get("pid"), int):
         return True
-    return found.get("host") == socket.gethostname() and not _alive(found["pid"])
+    return found.get("host") == socket.gethostname() and not alive(found["pid"])
 
 
 def _breakable(found):

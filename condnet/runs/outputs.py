@@ -22,6 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
+from condnet.runs.lock import alive
+
 MARKER = ".condnet-output.json"
 # Files of condnet's own bookkeeping, never counted as a user's files.
 BOOKKEEPING = (MARKER, ".condnet.lock")
@@ -204,7 +206,8 @@ def staged_folder(path, kind):
 
 
 def write_file(path, data):
-    """Write text or bytes to `path` through a hidden temporary sibling (see `write_atomic`)."""
+    """Write text or bytes to `path` through a hidden temporary sibling and a rename; the
+    temporary file is removed on any failure (a full disk, a signal)."""
     _write_bytes(Path(path), data.encode() if isinstance(data, str) else data)
 
 
@@ -235,7 +238,8 @@ def recover(path):
         else:
             _delete(aside)
     for partial in path.parent.glob(f".{glob_escape(path.name)}.partial-*"):
-        if not _pid_alive(partial.name.rsplit("-", 1)[-1]):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and alive(int(pid))):
             _delete(partial)
 
 
@@ -271,18 +275,6 @@ def _delete(path):
     elif path.exists() or path.is_symlink():
         with contextlib.suppress(OSError):
             path.unlink()
-
-
-def _pid_alive(text):
-    if not text.isdigit():
-        return False
-    try:
-        os.kill(int(text), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 # === Helpers ===

@@ -10,10 +10,9 @@ explores further (with a fresh random seed) than the 200 fixed examples CI runs.
 
 import json
 import math
-import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from condnet.runs.checkpoint import STATE
@@ -26,15 +25,9 @@ from condnet.runs.run_dir import (
     read_metrics,
     read_state,
 )
+from condnet.testing import fuzz_settings
 
-EXPLORE = "CONDNET_FUZZ_EXAMPLES" in os.environ
-FUZZ = settings(
-    max_examples=int(os.environ.get("CONDNET_FUZZ_EXAMPLES", "200")),
-    deadline=None,
-    database=None,
-    derandomize=not EXPLORE,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings()
 NAMES = st.text(max_size=6)
 LEAVES = st.none() | st.booleans() | st.integers() | st.floats() | NAMES | st.integers(-5, 3000)
 VALUES = st.recursive(
