@@ -116,7 +116,7 @@ def check_output(path, *, flag="--out", data=(), reads=(), kind=None):
         run_path = _resolved(run)
         relation = _relation(target, run_path)
         if relation and not _in_own_folder(target, run_path):
-            _refuse(path, flag, f"{relation} the run {str(run)!r} it reads", "that run's files")
+            _refuse(path, flag, f"{relation} the run {str(run)!r} it reads", "the run's files")
     read = [_resolved(r) for r in reads]
     for folder in (target, *target.parents):
         if folder.is_dir() and is_run(folder):
@@ -125,7 +125,7 @@ def check_output(path, *, flag="--out", data=(), reads=(), kind=None):
             if folder == target and (read_mark(folder) or {}).get("kind") == kind:
                 continue
             relation = "is" if folder == target else "lies inside"
-            _refuse(path, flag, f"{relation} the run {str(folder)!r}", "that run's files")
+            _refuse(path, flag, f"{relation} the run {str(folder)!r}", "the run's files")
 
 
 def check_replaceable(path, kind, overwrite=False, flag="--out"):
