@@ -139,8 +139,15 @@ def _decode(arguments):
     return decode_image(path, side).shape[0]
 
 
-def decode_limit_pass(pool, paths, side):
-    return len(pool.map(_decode, [(p, side) for p in paths], chunksize=16))
+def _pillow_decode(arguments):
+    path, side = arguments
+    with Image.open(path) as image:
+        image.draft("RGB", (side, side))
+        return np.asarray(image.convert("RGB").resize((side, side))).shape[0]
+
+
+def decode_limit_pass(pool, paths, side, decode=_decode):
+    return len(pool.map(decode, [(p, side) for p in paths], chunksize=16))
 
 
 # === Measures ===
@@ -148,7 +155,9 @@ def decode_limit_pass(pool, paths, side):
 
 def pipelines(root, side, pool):
     hierarchy, paths, labels = scanned(root)
-    folder = dict(image_size=side, batch_size=BATCH, cache="none", shuffle=True, seed=0)
+    folder = dict(
+        image_size=side, batch_size=BATCH, cache="none", shuffle=True, seed=0, dtype="uint8"
+    )
     fast = ImageFolder(paths, labels, hierarchy, **folder)
     threads = ImageFolder(paths, labels, hierarchy, decoder="threads", **folder)
     serial = ImageFolder(paths, labels, hierarchy, decode_workers=1, **folder)
@@ -158,6 +167,7 @@ def pipelines(root, side, pool):
         "condnet, 1 thread": KerasEpochs(serial),
         "tf.data": lambda: tf_data_pass(paths, side),
         "decode limit": lambda: decode_limit_pass(pool, paths, side),
+        "Pillow limit": lambda: decode_limit_pass(pool, paths, side, _pillow_decode),
     }
 
 
@@ -204,13 +214,14 @@ def main():
 
 def _write(args, backend, rows, cache):
     table = common.markdown_table(
-        ["set", *PIPELINES, "/ tf.data", "/ limit"],
+        ["set", *PIPELINES, "/ tf.data", "/ limit", "/ Pillow limit"],
         [
             [
                 f"{r['set']} ({r['images']} images)",
                 *(f"{r['images_per_second'][k]:.0f}" for k in PIPELINES),
                 f"{r['images_per_second']['condnet'] / r['images_per_second']['tf.data']:.2f}",
                 f"{r['images_per_second']['condnet'] / r['images_per_second']['decode limit']:.2f}",
+                f"{r['images_per_second']['condnet'] / r['images_per_second']['Pillow limit']:.2f}",
             ]
             for r in rows
         ],
@@ -231,7 +242,14 @@ def _write(args, backend, rows, cache):
     print(cached)
 
 
-PIPELINES = ("condnet", "condnet, threads", "condnet, 1 thread", "tf.data", "decode limit")
+PIPELINES = (
+    "condnet",
+    "condnet, threads",
+    "condnet, 1 thread",
+    "tf.data",
+    "decode limit",
+    "Pillow limit",
+)
 
 if __name__ == "__main__":
     np.seterr(all="ignore")

@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -19,8 +19,13 @@ import numpy as np
 from PIL import Image, ImageOps, features
 
 from condnet.choices import CACHE_POLICIES, COLOR_MODES
-from condnet.data.cache import DiskCache
+from condnet.data.cache import DiskCache, ImageStore
 from condnet.hierarchy import MAX_DEPTH, Hierarchy
+
+try:  # libjpeg-turbo without Pillow's Python-level parsing: 2-4x faster on JPEGs
+    import simplejpeg
+except ImportError:  # Pillow decodes every JPEG then, to the same pixels
+    simplejpeg = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff") + (
     (".webp",) if features.check("webp") else ()
@@ -466,14 +471,103 @@ def decode_image_bytes(
     decoding; `max_pixels`, default `MAX_IMAGE_PIXELS`). `name` is what an
     `ImageDecodeError` names."""
     size, color_mode = _check_image_size(image_size), _check_color_mode(color_mode)
-    opened = _opened(lambda: Image.open(io.BytesIO(bytes(data))), name, max_pixels)
+    data = bytes(data)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    pixels = _jpeg_pixels(data, size, color_mode, limit)
+    if pixels is not None:
+        return pixels
+    opened = _opened(lambda: Image.open(io.BytesIO(data)), name, max_pixels)
     with opened as image:
         return _pixels(image, name, size, color_mode)
 
 
 def _decode(path, image_size, color_mode):
-    with _open_image(path) as image:
+    problem = _file_problem(path)
+    if problem:
+        raise ImageDecodeError(path, problem)
+    pixels = _jpeg_pixels(_jpeg_bytes(path), image_size, color_mode, MAX_IMAGE_PIXELS)
+    if pixels is not None:
+        return pixels
+    with _opened(lambda: Image.open(path), path) as image:
         return _pixels(image, path, image_size, color_mode)
+
+
+def _jpeg_bytes(path):
+    """The bytes of a JPEG file, or None for any other file (or one that cannot be read:
+    Pillow then says why)."""
+    if simplejpeg is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            return _JPEG_START + file.read() if file.read(2) == _JPEG_START else None
+    except OSError:
+        return None
+
+
+def _jpeg_pixels(data, image_size, color_mode, max_pixels):
+    """The pixels `_pixels` gives for JPEG `data`, decoded by libjpeg-turbo (simplejpeg) at
+    the scale Pillow's `draft` picks, turned by the EXIF orientation and resized as there:
+    the same array, faster. None for whatever this path does not handle exactly as Pillow
+    (not a JPEG, CMYK, an XMP orientation, a corrupt or too large file...): Pillow decodes
+    those, and names what is wrong with a bad file."""
+    if simplejpeg is None or data is None or not data.startswith(_JPEG_START):
+        return None
+    try:
+        height, width, stored, _ = simplejpeg.decode_jpeg_header(data)
+        orientation = _jpeg_orientation(data)
+        if width * height > max_pixels or orientation is None or stored not in _SAME_AS_PILLOW:
+            return None
+        side = max(image_size)
+        scale = next((s for s in (8, 4, 2) if min(width // side, height // side) >= s), 1)
+        shape = (-(-height // scale), -(-width // scale))
+        space = "RGB" if color_mode == "rgb" else "GRAY"
+        array = simplejpeg.decode_jpeg(data, space, min_height=shape[0], min_width=shape[1])
+    except Exception:  # noqa: BLE001 - Pillow decodes it again and says what is wrong
+        return None
+    if array.shape[:2] != shape:
+        return None
+    turned = orientation in _TRANSPOSES and orientation
+    if not turned and shape == tuple(image_size):
+        return array  # already upright and of the size asked (no copy through Pillow)
+    image = Image.fromarray(array if color_mode == "rgb" else array[..., 0])
+    if turned:
+        image = image.transpose(_TRANSPOSES[orientation])
+    height, width = image_size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype="uint8")
+    return array[..., None] if color_mode == "grayscale" else array
+
+
+def _jpeg_orientation(data):
+    """The EXIF orientation (1 to 8) in JPEG `data`'s header, 1 when it has none, None
+    when it has an XMP packet (which Pillow also reads for the orientation)."""
+    position, orientation = 2, None
+    while position + 4 <= len(data) and data[position] == 0xFF and data[position + 1] != 0xDA:
+        end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        segment = data[position + 4 : end]
+        if data[position + 1] == 0xE1 and segment.startswith(b"http://ns.adobe.com/xap"):
+            return None
+        if data[position + 1] == 0xE1 and segment.startswith(b"Exif") and orientation is None:
+            exif = Image.Exif()
+            exif.load(segment)
+            orientation = exif.get(_ORIENTATION, 1)
+        position = end
+    return orientation or 1
+
+
+_JPEG_START = b"\xff\xd8"
+_SAME_AS_PILLOW = ("YCbCr", "Gray")  # stored colour spaces: Pillow converts CMYK its own way
+_ORIENTATION = 0x0112
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # as `PIL.ImageOps.exif_transpose`
 
 
 def _pixels(image, name, image_size, color_mode):
@@ -679,14 +773,14 @@ class ImageFolder(keras.utils.PyDataset):
         if dtype not in ("float32", "uint8"):
             raise ValueError(f"`dtype` must be 'float32' or 'uint8'. Received: dtype={dtype!r}")
         self.dtype = dtype
-        self._disk = DiskCache(cache_dir, self.image_size, self.color_mode)
-        self._pending = {}  # row -> Future of its decoded image (read-ahead)
+        self._pending = {}  # row -> (Future of its chunk's decoding, position in it)
         self._pending_lock = threading.Lock()
+        self._store = _StoreSlot(self)  # the decoded images, shared with subsets
+        self._store_rows = np.arange(len(self.paths))  # this folder's rows in the store
         self.substitute_unreadable = bool(substitute_unreadable)
         self.substitutions = {}  # path -> rows it was replaced in, all epochs
         self._epoch_substitutions = {}
         self._reported = set()
-        self._decoded = {}
         self._unreadable = {}  # path -> reason, shared with subsets
         self._shard = None  # (process index, process count): see `shard`
         self._rng = np.random.default_rng(seed)
@@ -717,10 +811,12 @@ class ImageFolder(keras.utils.PyDataset):
         if not self.substitute_unreadable:
             images, labels, errors = self.read_batch(index)
             return images, labels, np.array([error is None for error in errors], "float32")
-        batch = self.batch_rows(index)
+        rows = self.batch_rows(index)
         self._read_ahead(index)
-        rows, images = zip(*[self._readable(row) for row in batch])
-        return np.stack(images).astype(self.dtype, copy=False), self.labels[list(rows)]
+        images, reasons = self._images(rows)
+        if any(reasons):
+            rows, images = self._substituted(rows, images, reasons)
+        return images.astype(self.dtype, copy=False), self.labels[rows]
 
     def batch_rows(self, index):
         """The sample indices (into `paths` and `labels`) of batch `index`, in order."""
@@ -747,14 +843,8 @@ class ImageFolder(keras.utils.PyDataset):
         """
         rows = self.batch_rows(index)
         self._read_ahead(index)
-        blank = np.zeros((*self.image_size, self.channels), "uint8")
-        images = [self._image(row) for row in rows]
-        errors = [
-            None if image is not None else self._unreadable[self.paths[row]]
-            for row, image in zip(rows, images)
-        ]
-        stacked = np.stack([blank if image is None else image for image in images])
-        return stacked.astype("float32"), self.labels[rows], errors
+        images, errors = self._images(rows)
+        return images.astype("float32"), self.labels[rows], errors
 
     def on_epoch_end(self):
         self._report_substitutions()
@@ -789,7 +879,8 @@ class ImageFolder(keras.utils.PyDataset):
             use_multiprocessing=self.use_multiprocessing,
             max_queue_size=self.max_queue_size,
         )
-        subset._decoded, subset._unreadable = self._decoded, self._unreadable
+        subset._store, subset._unreadable = self._store, self._unreadable
+        subset._store_rows = self._store_rows[rows]
         return subset
 
     def shard(self, index, count):
@@ -827,19 +918,17 @@ class ImageFolder(keras.utils.PyDataset):
         Files that fail to decode are left out, with their labels, and
         counted in one warning.
         """
-        images = [self._image(row) for row in range(self.num_samples)]
-        kept = [row for row, image in enumerate(images) if image is not None]
+        images, reasons = self._images(np.arange(self.num_samples))
+        kept = [row for row, reason in enumerate(reasons) if reason is None]
         if len(kept) < self.num_samples:
-            failed = [self.paths[row] for row, image in enumerate(images) if image is None]
+            failed = [self.paths[row] for row, reason in enumerate(reasons) if reason]
             warnings.warn(
                 f"numpy() left out {len(failed)} image(s) that fail to decode, with their "
                 f"labels: {self._described(failed)}. Replace or delete the files to "
                 "silence this warning.",
                 stacklevel=2,
             )
-        empty = np.zeros((0, *self.image_size, self.channels))
-        stacked = np.stack([images[row] for row in kept]) if kept else empty
-        return stacked.astype("float32"), self.labels[kept]
+        return images[kept].astype("float32"), self.labels[kept]
 
     def __repr__(self):
         return (
@@ -850,79 +939,94 @@ class ImageFolder(keras.utils.PyDataset):
 
     # === Decoding ===
 
-    def _readable(self, row):
-        for step in range(self.num_samples):
+    def _images(self, rows):
+        """`(images, reasons)` of `rows`: a uint8 array (zeros where a file fails) and
+        None or why, per row. Taken from the store, from the read-ahead, or decoded now."""
+        images = np.zeros((len(rows), *self.image_size, self.channels), "uint8")
+        reasons = [None] * len(rows)
+        store = self._store.get()
+        found = store.found(self._store_rows[rows]) if store else np.zeros(len(rows), bool)
+        if found.any():
+            images[found] = store.images[self._store_rows[rows[found]]]
+        missing = [i for i in np.flatnonzero(~found) if self.paths[rows[i]] not in self._unreadable]
+        self._decode_soon([rows[i] for i in missing])
+        for i in missing:
+            future, position = self._take_pending(rows[i])
+            pixels, why = future.result()
+            images[i], reasons[i] = pixels[position], why[position]
+            self._keep(rows[i], pixels[position], why[position], store)
+        for i in np.flatnonzero(~found):
+            reasons[i] = self._unreadable.get(self.paths[rows[i]])
+        return images, reasons
+
+    def _take_pending(self, row):
+        while True:  # another thread may have taken it: decode it again then
+            with self._pending_lock:
+                if row in self._pending:
+                    return self._pending.pop(row)
+            self._decode_soon([row])
+
+    def _keep(self, row, image, reason, store):
+        if reason is not None:
+            self._unreadable[self.paths[row]] = reason
+        elif store is not None:
+            store.write(self._store_rows[row], image)
+
+    def _substituted(self, rows, images, reasons):
+        """Each failed row replaced by the next readable sample and its label."""
+        rows = rows.copy()
+        for i in [i for i, reason in enumerate(reasons) if reason]:
+            self._count_substitution(self.paths[rows[i]])
+            rows[i], images[i] = self._next_readable(rows[i])
+        return rows, images
+
+    def _next_readable(self, row):
+        for step in range(1, self.num_samples):
             candidate = (row + step) % self.num_samples
-            image = self._image(candidate)
-            if image is not None:
-                if step:
-                    self._count_substitution(self.paths[row])
-                return candidate, image
+            images, reasons = self._images(np.array([candidate]))
+            if reasons[0] is None:
+                return candidate, images[0]
         raise ValueError(
             f"None of the {self.num_samples} images of this ImageFolder can be "
             f"decoded, e.g. {self._described([self.paths[row]])}. Check the files."
         )
 
-    def _image(self, row):
+    def _decode_soon(self, rows):
+        """Start decoding `rows` (those not started yet) in chunks spread over the
+        decoding workers; each row's `(future, position)` goes to `_pending`."""
         with self._pending_lock:
-            pending = self._pending.pop(row, None)
-        if pending is None:
-            return self._load([row])[0]
-        future, position = pending
-        return future.result()[position]
+            rows = [row for row in rows if row not in self._pending]
+            size = max(1, math.ceil(len(rows) / self.decode_workers))
+            for start in range(0, len(rows), size):
+                chunk = rows[start : start + size]
+                future = self._submit([self.paths[row] for row in chunk])
+                self._pending.update((row, (future, i)) for i, row in enumerate(chunk))
 
-    def _load(self, rows):
-        """The decoded images of `rows` (None where a file fails), from the caches or decoded
-        (in the decoding processes when there are some)."""
-        images = [self._cached(row) for row in rows]
-        missing = [i for i, image in enumerate(images) if image is None]
-        missing = [i for i in missing if self.paths[rows[i]] not in self._unreadable]
-        paths = [self.paths[rows[i]] for i in missing]
-        for i, path, (image, reason) in zip(missing, paths, self._decode_all(paths)):
-            if image is None:
-                self._unreadable[path] = reason
-            elif self.cache == "memory":
-                self._decoded[path] = image
-            elif self.cache == "disk":
-                self._disk.write(path, image)
-            images[i] = image
-        return images
-
-    def _cached(self, row):
-        path = self.paths[row]
-        if path in self._decoded:
-            return self._decoded[path]
-        return self._disk.read(path) if self.cache == "disk" else None
-
-    def _decode_all(self, paths):
-        if not paths:
-            return []
-        processes = _process_pool(self.decode_workers) if self.decoder == "processes" else None
-        if processes is None:
-            return decode_files(paths, self.image_size, self.color_mode)
-        # Absolute paths: the processes keep the working folder they were forked in.
-        paths = [os.path.abspath(path) for path in paths]
-        return processes.submit(decode_files, paths, self.image_size, self.color_mode).result()
+    def _submit(self, paths):
+        arguments = (paths, self.image_size, self.color_mode)
+        if self.decode_workers == 1:
+            future = Future()
+            future.set_result(decode_files(*arguments))
+            return future
+        if self.decoder == "processes":
+            processes = _process_pool(self.decode_workers)
+            if processes is not None:
+                # Absolute paths: the processes keep the working folder they were forked in.
+                paths = [os.path.abspath(path) for path in paths]
+                return processes.submit(decode_files, paths, *arguments[1:])
+        return _thread_pool(self.decode_workers).submit(decode_files, *arguments)
 
     def _read_ahead(self, index):
-        """Start decoding the rows of batch `index` and of the `READ_AHEAD` after it, in
-        chunks spread over the decoding workers."""
+        """Start decoding the rows of batch `index` and of the `READ_AHEAD` after it that
+        the store does not hold."""
         if self.decode_workers == 1:
             return
-        pool = _thread_pool(2 * self.decode_workers)
-        last = min(len(self), index + 1 + READ_AHEAD)
-        with self._pending_lock:
-            for ahead in range(index, last):
-                rows = [
-                    row
-                    for row in self.batch_rows(ahead)
-                    if row not in self._pending and self.paths[row] not in self._decoded
-                ]
-                size = max(1, math.ceil(len(rows) / self.decode_workers))
-                for start in range(0, len(rows), size):
-                    chunk = rows[start : start + size]
-                    future = pool.submit(self._load, chunk)
-                    self._pending.update((row, (future, i)) for i, row in enumerate(chunk))
+        store = self._store.get()
+        for ahead in range(index, min(len(self), index + 1 + READ_AHEAD)):
+            rows = self.batch_rows(ahead)
+            if store is not None:
+                rows = rows[~store.found(self._store_rows[rows])]
+            self._decode_soon([row for row in rows if self.paths[row] not in self._unreadable])
 
     def _cancel_read_ahead(self):
         with self._pending_lock:
@@ -971,14 +1075,41 @@ _POOLS_LOCK = threading.Lock()
 
 
 def decode_files(paths, image_size, color_mode):
-    """`(image, None)` or `(None, reason)` for each file: what a decoding worker returns."""
-    decoded = []
-    for path in paths:
+    """What a decoding worker returns for some files: `(images, reasons)`, one uint8
+    array (zeros where a file fails) and None or why each file failed."""
+    channels = 3 if color_mode == "rgb" else 1
+    images = np.zeros((len(paths), *image_size, channels), "uint8")
+    reasons = [None] * len(paths)
+    for i, path in enumerate(paths):
         try:
-            decoded.append((_decode(path, image_size, color_mode), None))
+            images[i] = _decode(path, image_size, color_mode)
         except ImageDecodeError as error:
-            decoded.append((None, error.reason))
-    return decoded
+            reasons[i] = error.reason
+    return images, reasons
+
+
+class _StoreSlot:
+    """The `ImageStore` of a folder's files, shared with its subsets, made at its first
+    use (a pack on disk is named after its files' sizes and times, read then)."""
+
+    def __init__(self, folder):
+        self.paths, self.cache, self.cache_dir = folder.paths, folder.cache, folder.cache_dir
+        self.image_size, self.color_mode = folder.image_size, folder.color_mode
+        self.shape = (*folder.image_size, folder.channels)
+        self._made, self._store, self._lock = False, None, threading.Lock()
+
+    def get(self):
+        with self._lock:
+            if not self._made:
+                self._store, self._made = self._new_store(), True
+            return self._store
+
+    def _new_store(self):
+        if self.cache == "memory":
+            return ImageStore.in_memory(len(self.paths), self.shape)
+        if self.cache == "disk":
+            return DiskCache(self.cache_dir, self.image_size, self.color_mode).open(self.paths)
+        return None
 
 
 def _thread_pool(workers):

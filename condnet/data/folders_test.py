@@ -255,6 +255,56 @@ def test_decode_image_applies_exif_orientation(tmp_path):
     np.testing.assert_array_equal(decoded[-1, -1], (0, 0, 250))  # blue at the bottom
 
 
+def _pillow_pixels(path, image_size, color_mode):
+    """What `decode_image` gives when Pillow decodes the file (no libjpeg-turbo path)."""
+    with folders._opened(lambda: Image.open(path), path) as image:
+        return folders._pixels(image, str(path), image_size, color_mode)
+
+
+def _jpeg(path, pixels, orientation=None, mode="RGB"):
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    Image.fromarray(pixels).convert(mode).save(path, "JPEG", quality=90, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.skipif(folders.simplejpeg is None, reason="simplejpeg is not installed")
+@pytest.mark.parametrize("orientation", [None, 1, 2, 3, 4, 5, 6, 7, 8])
+def test_jpegs_decode_fast_to_exactly_what_pillow_gives(tmp_path, orientation):
+    pixels = np.random.default_rng(orientation).integers(0, 256, (90, 130, 3), dtype="uint8")
+    pixels[:30, :40] = (250, 10, 10)  # a mark to see the orientation by
+    path = _jpeg(tmp_path / "photo.jpg", pixels, orientation)
+    for image_size in [(90, 130), (40, 64), (20, 20), (11, 45), (8, 8), (200, 150)]:
+        for color_mode in ("rgb", "grayscale"):
+            fast = folders._jpeg_pixels(path.read_bytes(), image_size, color_mode, 10**8)
+            assert fast is not None  # the libjpeg-turbo path took it
+            np.testing.assert_array_equal(fast, _pillow_pixels(path, image_size, color_mode))
+            np.testing.assert_array_equal(decode_image(path, image_size, color_mode), fast)
+
+
+@pytest.mark.skipif(folders.simplejpeg is None, reason="simplejpeg is not installed")
+def test_what_the_fast_path_cannot_match_goes_to_pillow(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype="uint8")
+    cmyk = _jpeg(tmp_path / "cmyk.jpg", pixels, mode="CMYK")
+    gray = _jpeg(tmp_path / "gray.jpg", pixels, mode="L")
+    xmp = tmp_path / "xmp.jpg"
+    Image.fromarray(pixels).save(xmp, "JPEG", xmp=b'<x tiff:Orientation="6"/>')
+    truncated = _truncated_jpeg(tmp_path / "broken.jpg")
+    for path in (cmyk, xmp, truncated):
+        assert folders._jpeg_pixels(path.read_bytes(), (20, 30), "rgb", 10**8) is None
+    for path in (cmyk, gray, xmp):
+        np.testing.assert_array_equal(
+            decode_image(path, (20, 30)), _pillow_pixels(path, (20, 30), "rgb")
+        )
+    assert decode_image(xmp, (20, 30)).shape == (20, 30, 3)
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode_image(truncated, (20, 30))
+    assert folders._jpeg_pixels(gray.read_bytes(), (20, 30), "rgb", 10**8) is not None
+    large = folders._jpeg_pixels(gray.read_bytes(), (20, 30), "rgb", max_pixels=100)
+    assert large is None  # over the pixel guard: Pillow refuses it with the reason
+
+
 def _gradient16():
     return np.linspace(0, 65535, 32).round().astype("uint16")[None].repeat(2, axis=0)
 
@@ -767,7 +817,7 @@ def test_the_disk_cache_reads_no_image_file_after_the_first_epoch(tmp_path, monk
     np.testing.assert_array_equal(again.numpy()[0], first)
     assert len(calls) == 12  # no image file decoded
     Image.new("RGB", (9, 9), (255, 0, 0)).save(paths[0], format="JPEG")  # a changed file
-    changed = again.numpy()[0]
+    changed = ImageFolder(paths, labels, hierarchy, **options).numpy()[0]  # the next run
     assert len(calls) == 13 and changed[0, 0, 0, 0] > 200
     np.testing.assert_array_equal(changed[1:], first[1:])
     assert not list((tmp_path / "data").rglob("*.npy"))  # nothing written beside the data

@@ -517,13 +517,14 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state, on_commit=on_commit, writes=chief)
     first = end - phase.epochs
     recipe = _recipe_callbacks(run_dir, options, phase, validation, first, fit_kwargs)
+    x, validation_data, epoch_ends = distribute.fit_inputs(train_data, validation)
     with times.part(f"fit {phase.name}"):
         model.fit(
-            train_data,
-            validation_data=validation,
+            x,
+            validation_data=validation_data,
             initial_epoch=initial,
             epochs=end,
-            callbacks=[StopOnNaN(), checkpoint, *recipe, *callbacks],
+            callbacks=[StopOnNaN(), *epoch_ends, checkpoint, *recipe, *callbacks],
             **fit_kwargs,
         )
     times.move(checkpoint.seconds, f"fit {phase.name}", "checkpoints")

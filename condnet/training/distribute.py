@@ -27,10 +27,11 @@ evaluates, trains the baseline and writes the report, on its own devices.
 Several processes (hosts) on TensorFlow: `tf.distribute.MultiWorkerMirroredStrategy`,
 configured by the standard `TF_CONFIG` environment variable (`condnet train`
 joins when it names several workers; from Python call `join_tf_config()`
-before any TensorFlow work). TensorFlow shards the data itself: every worker
-reads the same batches and keeps its replicas' slice of each (the DATA
-policy), so each worker decodes every image. Worker 0 is the chief and writes
-the run, as on JAX.
+before any TensorFlow work). Each worker reads only its slice of every global
+batch, as on JAX (`ImageFolder.shard`), handed to `fit` as a `tf.data` pipeline
+that TensorFlow does not shard again (`fit_inputs`), so each image is decoded by
+one worker. Worker 0 is the chief and writes the run, as on JAX; it evaluates
+the whole validation set once training ends.
 
 torch: Keras has no distribution engine there, and condnet does not wire DDP
 by hand: `data-parallel` is refused with a message and `auto` means one device.
@@ -186,11 +187,51 @@ def is_chief():
 
 
 def for_this_process(folder):
-    """`folder` itself, or in a JAX job of several processes its `shard` for this process
-    (TensorFlow shards the batches itself)."""
-    if folder is None or not _JOINED or _multi_worker() is not None:
+    """`folder` itself, or in a job of several processes its `shard` for this process."""
+    if folder is None or not _JOINED:
         return folder
     return folder.shard(_JOINED[0][2], _JOINED[0][1])
+
+
+def fit_inputs(train_data, validation):
+    """`(x, validation_data, callbacks)` for `fit` from this process's folders: the
+    folders themselves, except in a TensorFlow job of several workers. There `fit`
+    would shard a `PyDataset` again (every worker reading every batch and keeping a
+    slice), so the folders go in as `tf.data` pipelines with sharding off, and a
+    callback runs the training folder's end-of-epoch work (its next shuffle)."""
+    if _multi_worker() is None:
+        return train_data, validation, []
+    return _unsharded(train_data), _unsharded(validation), [_EpochEnd(train_data)]
+
+
+def _unsharded(folder):
+    """A `tf.data` pipeline of `folder`'s batches that no strategy shards again."""
+    if folder is None:
+        return None
+    import tensorflow as tf
+
+    first = folder[0]
+    signature = tuple(
+        tf.TensorSpec((None, *part.shape[1:]), tf.as_dtype(part.dtype)) for part in first
+    )
+
+    def batches():
+        for index in range(len(folder)):
+            yield folder[index]
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return dataset.with_options(options).prefetch(2)
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.on_epoch_end()
 
 
 @contextlib.contextmanager

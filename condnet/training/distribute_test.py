@@ -189,11 +189,21 @@ if process == "1":
     for name in ("replace", "rename", "mkdir", "unlink", "remove"):
         setattr(os, name, refusing(getattr(os, name)))
 
+from condnet.data.folders import ImageFolder
 from condnet.runs.recipe import resume, train
 
-losses, engine = [], []
+decoded = []  # the files this process decodes (before each fit: the first batches' types)
+submit = ImageFolder._submit
+def counted(self, paths):
+    decoded.extend("/".join(str(path).split(os.sep)[-3:]) for path in paths)
+    return submit(self, paths)
+ImageFolder._submit = counted
+
+losses, engine, first_epoch = [], [], []
 class Record(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
+        if not first_epoch:
+            first_epoch[:] = sorted(set(decoded))
         losses.append(float(logs["loss"]))
         if backend == "tensorflow":  # the strategy the model trains under, and its variables
             kernel = self.model.gate.trainable_variables[0].value
@@ -206,7 +216,7 @@ class Record(keras.callbacks.Callback):
 class KillOneAtThirdEpoch(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 2:
-            print("REPORT" + json.dumps({"losses": losses}), flush=True)
+            print("REPORT" + json.dumps({"losses": losses, "decoded": first_epoch}), flush=True)
             if process == "1":
                 os.kill(os.getpid(), 9)  # kill -9: no clean-up, no shutdown of the job
 
@@ -274,6 +284,11 @@ def test_a_two_process_job_loses_a_worker_and_resumes_with_one_writer(tmp_path):
     assert killed[1][0] == -9 and killed[0][0] != 0, _errors(killed)  # the job stopped
     before = [_report(out)["losses"] for _, out, _ in killed]
     assert len(before[0]) == 2 and before[0] == pytest.approx(before[1], rel=1e-6)  # one job
+    # each process decoded only its own slice of every batch (training and validation)
+    chief_files, follower_files = (set(_report(out)["decoded"]) for _, out, _ in killed)
+    assert chief_files and follower_files and not chief_files & follower_files
+    files = len(list((tmp_path / "data" / "train").rglob("*.png")))
+    assert len(chief_files | follower_files) >= 0.8 * files
     state = json.loads((run / "state.json").read_text())
     assert state["epoch"] == 2 and not (run / "metrics.json").exists()
 
