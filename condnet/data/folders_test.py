@@ -823,6 +823,70 @@ def test_the_disk_cache_reads_no_image_file_after_the_first_epoch(tmp_path, monk
     assert not list((tmp_path / "data").rglob("*.npy"))  # nothing written beside the data
 
 
+def test_a_run_cut_short_leaves_its_decoded_rows_for_the_next(tmp_path, monkeypatch):
+    hierarchy, paths, labels = _photos(tmp_path, count=12)
+    calls = _counting_decodes(monkeypatch)
+    options = dict(image_size=8, batch_size=4, cache="disk", cache_dir=tmp_path / "cache")
+    options["decode_workers"] = 1
+    ImageFolder(paths, labels, hierarchy, **options)[0]  # one batch, then the run stops
+    assert len(calls) == 4
+    again = ImageFolder(paths, labels, hierarchy, **options).numpy()[0]
+    assert len(calls) == 12 and sorted(calls) == sorted(paths)  # only the 8 left
+    expected = ImageFolder(paths, labels, hierarchy, image_size=8, cache="none").numpy()[0]
+    np.testing.assert_array_equal(again, expected)
+
+
+_FILL_PACK = """
+import sys
+from condnet.data.folders import ImageFolder
+from condnet.hierarchy import Hierarchy
+paths, labels, tree, cache = eval(sys.argv[1])
+data = ImageFolder(paths, labels, Hierarchy(tree), image_size=8, batch_size=4, cache="disk",
+                   cache_dir=cache, decode_workers=1)
+for index in range(len(data)):
+    data[index]
+"""
+
+
+def test_runs_sharing_a_pack_fill_it_at_once_without_harm(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    hierarchy, paths, labels = _photos(tmp_path, count=40)
+    cache = tmp_path / "cache"
+    argument = repr((paths, labels.tolist(), hierarchy.to_dict(), str(cache)))
+    runs = [
+        subprocess.Popen([sys.executable, "-c", _FILL_PACK, argument], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    assert [run.wait(timeout=120) for run in runs] == [0, 0, 0], runs[0].stderr.read()
+    assert len(list(cache.rglob("*.pack"))) == 1 and not list(cache.rglob("*.tmp"))
+    calls = _counting_decodes(monkeypatch)
+    options = dict(image_size=8, cache="disk", cache_dir=cache, decode_workers=1)
+    images = ImageFolder(paths, labels, hierarchy, **options).numpy()[0]
+    assert calls == []  # every row was in the pack
+    expected = ImageFolder(paths, labels, hierarchy, image_size=8, cache="none").numpy()[0]
+    np.testing.assert_array_equal(images, expected)
+
+
+def test_a_full_disk_turns_the_cache_off_with_one_warning(tmp_path, monkeypatch):
+    import errno
+
+    hierarchy, paths, labels = _photos(tmp_path, count=6)
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    options = dict(image_size=8, batch_size=3, cache="disk", cache_dir=tmp_path / "cache")
+    with pytest.warns(UserWarning, match="No space left on device") as caught:
+        images = ImageFolder(paths, labels, hierarchy, **options).numpy()[0]
+    assert len([w for w in caught if "cannot be written" in str(w.message)]) == 1
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing left
+    expected = ImageFolder(paths, labels, hierarchy, image_size=8, cache="none").numpy()[0]
+    np.testing.assert_array_equal(images, expected)
+
+
 def test_auto_keeps_large_sets_on_disk_and_small_ones_in_memory(tmp_path, monkeypatch):
     hierarchy, paths, labels = _photos(tmp_path, count=6)
     assert ImageFolder(paths, labels, hierarchy, image_size=8).cache == "memory"
