@@ -28,7 +28,8 @@ trains on the same images, split, batch size, epochs, callbacks and seed:
   flat model that every expert then starts from (`upcycle_epochs`), the rest
   the conditional model; `condnet-expert-dropout`: dropout 0.5 before each
   expert's classifier (the gate keeps 0.3);
-- `condnet-top`: gate and experts on the whole trunk (`expert_placement="top"`).
+- `condnet-top`: gate and experts on the whole trunk (`expert_placement="top"`);
+- `condnet-bf16`: the defaults in mixed precision (`precision="mixed_bfloat16"`).
 
 `--baseline-from JSON` trains recipe rows without their flat baseline and
 reports the baseline of that file's `condnet` row for the same seed instead
@@ -291,6 +292,9 @@ RECIPE_ROWS = {  # condnet.train with its defaults, but for these options
     # are copied from (the run's flat baseline trains all of them).
     "condnet-upcycle": {"upcycle_epochs": "half"},
     "condnet-expert-dropout": {"expert_dropout": 0.5},
+    # Mixed precision: the same run with bfloat16 compute (float32 weights, gate softmax,
+    # routing weights and losses), to compare accuracy with `condnet` over seeds.
+    "condnet-bf16": {"precision": "mixed_bfloat16"},
 }
 
 
