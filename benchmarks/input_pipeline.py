@@ -4,11 +4,12 @@
 
 Side by side in one process, one pass over the same JPEG photos each, uncached:
 
-- `condnet`: `ImageFolder(cache="none")` as `condnet train` feeds it (default
-  `decode_workers`: one forked process per core, two batches read ahead), iterated
-  through Keras's own data adapter for the backend (`tf.data` from the
-  generator on TensorFlow, the numpy/JAX iterator on JAX, the DataLoader on
-  torch), made once and iterated epoch after epoch as `fit` does (the warm-up
+- `condnet`: `ImageFolder(cache="none", dtype="uint8")` as `condnet train` feeds
+  it (default `decode_workers`: one forked process per core, two batches read
+  ahead; `condnet.training.distribute.fit_inputs`: a `tf.data` pipeline calling
+  the folder by batch index on TensorFlow, the folder itself elsewhere), iterated
+  through Keras's own data adapter for the backend (the numpy/JAX iterator on
+  JAX, the DataLoader on torch), made once and iterated epoch after epoch as `fit` does (the warm-up
   call of each pipeline is its first epoch; the medians are later epochs).
 - `condnet, threads`: the same with `decoder="threads"` (one thread per core).
 - `condnet, 1 thread`: the same with `decode_workers=1` (how it decoded before).
@@ -101,7 +102,10 @@ class KerasEpochs:
     def __init__(self, folder):
         from keras.src.trainers.data_adapters import get_data_adapter
 
-        self.adapter = get_data_adapter(folder)
+        from condnet.training.distribute import fit_inputs
+
+        x, _, self.epoch_ends = fit_inputs(folder, None)  # what `condnet train` hands `fit`
+        self.adapter = get_data_adapter(x)
         backend = keras.backend.backend()
         if backend == "tensorflow":
             dataset = self.adapter.get_tf_dataset()
@@ -115,6 +119,8 @@ class KerasEpochs:
         self.adapter.on_epoch_begin()
         count = sum(int(batch[0].shape[0]) for batch in self.iterate())
         self.adapter.on_epoch_end()
+        for callback in self.epoch_ends:
+            callback.on_epoch_end(0)
         return count
 
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from condnet.training.distribute import resolve
+from condnet.training.distribute import fit_inputs, resolve
 
 # Runs in a fresh JAX process that sees two (simulated) CPU devices.
 TWO_DEVICES = """
@@ -146,6 +146,47 @@ def test_a_mirrored_run_on_two_logical_cpus_takes_the_single_device_steps(tmp_pa
     recipe = report["recipe"]
     assert recipe["replicas"] == 2 and recipe["epochs"] == ["1", "2"]
     assert all(np.isfinite(recipe["loss"])) and 0 <= recipe["baseline"] <= 1
+
+
+def test_fit_inputs_feed_each_epoch_the_folders_batches_in_its_new_order(tmp_path):
+    from condnet.data.demo_data import make_shapes_dataset
+    from condnet.data.folders import ImageFolder, load_folders
+
+    make_shapes_dataset(tmp_path, samples_per_class=6, image_size=16, test_samples_per_class=1)
+    options = dict(image_size=16, batch_size=4, validation_split=0.25, seed=1, dtype="uint8")
+    train_data, validation = load_folders(tmp_path / "train", **options)
+    twin, twin_validation = load_folders(tmp_path / "train", **options)
+    x, validation_data, callbacks = fit_inputs(train_data, validation)
+    if keras.backend.backend() != "tensorflow":  # Keras's own iterators take the folders
+        assert (x, validation_data, callbacks) == (train_data, validation, [])
+        return
+    orders = []
+    for epoch in range(2):
+        batches = [[np.asarray(part) for part in batch] for batch in x]
+        assert len(batches) == len(twin)
+        for batch, index in zip(batches, range(len(twin))):
+            for got, want in zip(batch, twin[index], strict=True):
+                np.testing.assert_array_equal(got, want)
+                assert got.dtype == want.dtype
+        orders.append(np.concatenate([batch[1] for batch in batches]))
+        for callback in callbacks:
+            callback.on_epoch_end(epoch)
+        twin.on_epoch_end()
+    assert not np.array_equal(*orders)  # the second epoch was shuffled anew
+    strict = ImageFolder(
+        validation.paths, validation.labels, validation.hierarchy, image_size=16, batch_size=4,
+        substitute_unreadable=False,
+    )  # fmt: skip
+    for folder, pipeline in [
+        (twin_validation, validation_data),
+        (strict, fit_inputs(strict, None)[0]),
+    ]:
+        batches = [[np.asarray(part) for part in batch] for batch in pipeline]
+        assert len(batches) == len(folder)
+        for index, batch in enumerate(batches):
+            for got, want in zip(batch, folder[index], strict=True):  # (images, labels, valid)
+                np.testing.assert_array_equal(got, want)
+                assert got.dtype == want.dtype
 
 
 def test_data_parallel_is_refused_where_it_cannot_run():
