@@ -47,9 +47,10 @@ class ImageStore:
         """A boolean mask: which of `rows` hold their image."""
         return self.done[rows].astype(bool)
 
-    def write(self, row, image):
-        self.images[row] = image
-        self.done[row] = 1
+    def write(self, rows, images):
+        """Store `images` in `rows` (an index array, or one row and its image)."""
+        self.images[rows] = images
+        self.done[rows] = 1
 
 
 class DiskCache:

@@ -943,34 +943,46 @@ class ImageFolder(keras.utils.PyDataset):
         """`(images, reasons)` of `rows`: a uint8 array (zeros where a file fails) and
         None or why, per row. Taken from the store, from the read-ahead, or decoded now."""
         images = np.zeros((len(rows), *self.image_size, self.channels), "uint8")
-        reasons = [None] * len(rows)
         store = self._store.get()
         found = store.found(self._store_rows[rows]) if store else np.zeros(len(rows), bool)
         if found.any():
             images[found] = store.images[self._store_rows[rows[found]]]
         missing = [i for i in np.flatnonzero(~found) if self.paths[rows[i]] not in self._unreadable]
-        self._decode_soon([rows[i] for i in missing])
-        for i in missing:
-            future, position = self._take_pending(rows[i])
+        for future, places in self._taken([rows[i] for i in missing]).items():
             pixels, why = future.result()
-            images[i], reasons[i] = pixels[position], why[position]
-            self._keep(rows[i], pixels[position], why[position], store)
+            mine = [missing[j] for j, _ in places]
+            theirs = [position for _, position in places]
+            images[mine] = pixels[theirs]
+            self._keep(rows[mine], pixels[theirs], [why[t] for t in theirs], store)
+        reasons = [None] * len(rows)
         for i in np.flatnonzero(~found):
             reasons[i] = self._unreadable.get(self.paths[rows[i]])
         return images, reasons
 
-    def _take_pending(self, row):
-        while True:  # another thread may have taken it: decode it again then
+    def _taken(self, rows):
+        """The decoding of `rows` (started now where the read-ahead had not): a dict
+        future -> `[(index in rows, position in the future's chunk), ...]`."""
+        taken, indices = {}, list(range(len(rows)))
+        while indices:
+            self._decode_soon([rows[j] for j in indices])
             with self._pending_lock:
-                if row in self._pending:
-                    return self._pending.pop(row)
-            self._decode_soon([row])
+                pending = [(j, self._pending.pop(rows[j], None)) for j in indices]
+            for j, entry in pending:
+                if entry is not None:
+                    taken.setdefault(entry[0], []).append((j, entry[1]))
+            # Rows another thread took meanwhile: decode them again.
+            indices = [j for j, entry in pending if entry is None]
+        return taken
 
-    def _keep(self, row, image, reason, store):
-        if reason is not None:
-            self._unreadable[self.paths[row]] = reason
-        elif store is not None:
-            store.write(self._store_rows[row], image)
+    def _keep(self, rows, images, reasons, store):
+        """Note the files that failed; put the decoded images in the store."""
+        failed = [j for j, reason in enumerate(reasons) if reason is not None]
+        for j in failed:
+            self._unreadable[self.paths[rows[j]]] = reasons[j]
+        if store is not None:
+            decoded = np.ones(len(rows), bool)
+            decoded[failed] = False
+            store.write(self._store_rows[rows[decoded]], images[decoded])
 
     def _substituted(self, rows, images, reasons):
         """Each failed row replaced by the next readable sample and its label."""
