@@ -6,15 +6,57 @@ model; other names are imported on first use.
 """
 
 import importlib
+import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 from condnet.runs._backend import backend_problem
+
+# TensorFlow's C++ start-up lines: absl's pre-init warning, `I0000 ...` / `W0000 ...` log
+# lines (the oneDNN notice, the CPU-feature notice) and the notice's second line.
+_STARTUP_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog|[IW]\d{4} |To enable the following "
+    r"instructions"
+)
+
+
+def _startup_noise(line):
+    """Whether `line` is one of TensorFlow's INFO / WARNING start-up lines."""
+    return _STARTUP_NOISE.match(line) is not None
+
+
+def _import_keras_quietly():
+    """Import Keras (and with it the backend) without TensorFlow's INFO and WARNING lines.
+
+    Unless the user set `TF_CPP_MIN_LOG_LEVEL`, it is set to 2 (errors only) before
+    TensorFlow loads, and what the import writes on standard error is written back without
+    the start-up lines that TensorFlow prints before it reads that variable; any other
+    line (an error) is kept. A user who set the variable sees everything."""
+    if "keras" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import keras  # noqa: F401
+
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    with tempfile.TemporaryFile("w+") as captured:
+        saved = os.dup(2)
+        try:
+            os.dup2(captured.fileno(), 2)
+            import keras  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured if not _startup_noise(line)]
+            sys.stderr.write("".join(kept))
 
 
 def register_saved_classes():
     """Import the modules that register condnet's saved classes (ConditionalModel, Ensemble,
     backbone layers, TemperatureScaling) with Keras, so keras.models.load_model finds them."""
+    _import_keras_quietly()
     from condnet.evaluation import calibration  # noqa: F401
     from condnet.models import conditional_model, ensemble  # noqa: F401
     from condnet.vision import backbones  # noqa: F401

@@ -47,6 +47,7 @@ import numpy as np
 
 from condnet.data.folders import MAX_IMAGE_PIXELS, ImageDecodeError, decode_image_bytes
 from condnet.deploy.batching import MicroBatcher
+from condnet.evaluation.backoff import answer_fields, back_off, check_thresholds
 from condnet.evaluation.evaluate import prediction_row
 from condnet.models.dispatch import bucket_size, compiled_call
 
@@ -96,6 +97,7 @@ def create_app(
     max_upload_bytes=MAX_UPLOAD_BYTES,
     max_pixels=MAX_IMAGE_PIXELS,
     body_timeout=BODY_TIMEOUT,
+    thresholds=None,
 ):
     """A FastAPI app serving `model` (a ConditionalModel; its routing is used as is).
 
@@ -112,6 +114,9 @@ def create_app(
             decoding); larger is a 413.
         body_timeout: seconds a request's whole body may take to arrive; later
             is a 408.
+        thresholds: optional dict `level -> threshold`: each answer also says
+            the deepest node the model is sure of (`answer`, `answer_level`,
+            `answer_confidence`; `condnet.evaluation.backoff.back_off`).
     """
     check_options(
         max_batch=max_batch,
@@ -121,6 +126,8 @@ def create_app(
         body_timeout=body_timeout,
     )
     check_token(token)
+    if thresholds is not None:
+        thresholds = check_thresholds(model.hierarchy, thresholds)
     _needs_serving()
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -141,6 +148,7 @@ def create_app(
     description = {
         "hierarchy": hierarchy.to_dict(),
         "routing": model.routing,
+        "backoff_thresholds": thresholds,
         "input": {"image_size": list(image_size), "color_mode": color_mode},
         "limits": {
             "max_upload_bytes": max_upload_bytes,
@@ -189,7 +197,11 @@ def create_app(
         loop = asyncio.get_running_loop()
         names, images = await loop.run_in_executor(decoder, images_of, body, content_type)
         outputs = await batcher.submit(images)
-        return [prediction_row(hierarchy, name, outputs, row) for row, name in enumerate(names)]
+        rows = [prediction_row(hierarchy, name, outputs, row) for row, name in enumerate(names)]
+        if thresholds is not None:
+            answers = back_off(hierarchy, outputs["classes"], thresholds, outputs["groups"])
+            rows = [row | answer_fields(answers, index) for index, row in enumerate(rows)]
+        return rows
 
     return app
 

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from condnet.evaluation.mistakes import mistake_scores, tree_levels
+
 
 def evaluate_predictions(
     hierarchy, labels, class_probabilities, group_probabilities=None, route=None
@@ -40,7 +42,8 @@ def evaluate_predictions(
         A dict with `num_samples`, `accuracy`, `group_accuracy`,
         `gate_accuracy`, `predicted_class_group_accuracy`,
         `level_accuracy`, `hierarchical_precision`, `hierarchical_recall`,
-        `hierarchical_f1`, `routing`, `per_class`, `per_group`,
+        `hierarchical_f1`, `mistake_distance`, `mistakes`, `top_k_distance`
+        (`condnet.evaluation.mistakes.mistake_scores`), `routing`, `per_class`, `per_group`,
         `expected_calibration_error`, `group_confusion`, `class_confusion`,
         `routing_matrix`, `groups` and `classes`.
 
@@ -73,6 +76,7 @@ def evaluate_predictions(
         ),
         "level_accuracy": _level_accuracy(hierarchy, labels, predictions),
         **hierarchical_scores(hierarchy, labels, predictions),
+        **mistake_scores(hierarchy, labels, class_probabilities, group_probabilities),
         "routing": _routing(hierarchy, true_groups, route),
         "per_class": _per_label_scores(class_confusion, hierarchy.classes),
         "per_group": _per_label_scores(group_confusion, hierarchy.groups),
@@ -99,6 +103,14 @@ GLOSSARY = {
     "level_accuracy": "accuracy at each depth of the tree, following the final class's path",
     "hierarchical_f1": "F1 over the nodes of the predicted and true paths (Kiritchenko et "
     "al., 2006): a wrong class in the right group earns partial credit",
+    "mistake_distance": "how far the wrong answers miss: the mean height of the lowest common "
+    "ancestor of the true and predicted class (Bertinetto et al., 2020); 1 = the right group, "
+    "wrong class, 2 = another group (in a two-level tree)",
+    "top_k_distance": "the mean distance of the k most probable classes to the true one "
+    "(0 for the true class itself), averaged over every image",
+    "back-off": "answer with the deepest node the model is sure of: the class when its "
+    "probability reaches the class threshold, else the group when the group's does, else "
+    "unsure; coverage = the share of images answered at a level, accuracy = of those answers",
     "expected_calibration_error": "mean gap between confidence and accuracy over 15 "
     "confidence bins (0 = confidences mean what they say)",
     "wrong_expert_share": "share of images whose expert is not their true group's",
@@ -224,13 +236,8 @@ def _predicted_groups(hierarchy, class_probabilities, group_probabilities):
 def _level_nodes(hierarchy):
     """Per level, an id of each class's ancestor there (of the class itself below
     a shallow leaf), and the length of each class's path."""
-    paths = [hierarchy.path(name) for name in hierarchy.classes]
-    ids = {}
-    nodes = [
-        [ids.setdefault(path[: level + 1], len(ids)) for path in paths]
-        for level in range(hierarchy.depth)
-    ]
-    return np.array(nodes), np.array([len(path) for path in paths])
+    lengths = [len(hierarchy.path(name)) for name in hierarchy.classes]
+    return tree_levels(hierarchy)[1], np.array(lengths)
 
 
 def _level_accuracy(hierarchy, labels, predictions):

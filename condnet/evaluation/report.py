@@ -2,6 +2,7 @@
 
 import html
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -39,9 +40,10 @@ STYLE = (
     "nav{position:sticky;top:0;height:100vh;overflow:auto;padding:1em;background:#f5f5f5}"
     "main{padding:1em 2em;max-width:90em}"
     "table{border-collapse:collapse;margin-bottom:1em}"
-    "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
-    "th:first-child,td:first-child{text-align:left}img{max-width:100%}"
+    "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+    "td.number{text-align:right}img{max-width:100%}"
     ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(28em,1fr));gap:1em}"
+    ".grid .wide{grid-column:1/-1}.wide img{width:900px;max-width:100%}"
     ".gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(9em,1fr));gap:.5em}"
     "figure{margin:0}.example img{width:96px;height:96px;object-fit:contain;"
     "image-rendering:pixelated}figcaption{font-size:.75em}"
@@ -112,10 +114,12 @@ def write_report(
     history = _history_dict(history)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    plots, notes = _write_plots(run_dir, hierarchy, metrics, history)
+    flat_history = _history_dict((baseline or {}).get("flat", {}).get("history"))
+    plots, notes = _write_plots(run_dir, hierarchy, metrics, history, flat_history)
     gallery = _write_gallery(run_dir, examples or [])
     sections = _sections(hierarchy, metrics, plots, notes)
     sections[1:1] = _extra_sections(metrics, header, baseline, gallery)
+    sections += _options_section(header)
     if metrics.get("skipped"):
         rows = [(row["path"], row["error"]) for row in metrics["skipped"]]
         note = ("text", f"{metrics['num_skipped']} images could not be decoded and are not scored:")
@@ -160,9 +164,20 @@ def _summary_rows(metrics):
         ("hierarchical_precision", _number(metrics["hierarchical_precision"])),
         ("hierarchical_recall", _number(metrics["hierarchical_recall"])),
         ("hierarchical_f1", _number(metrics["hierarchical_f1"])),
+        *_mistake_rows(metrics),
         ("wrong_expert_share", _number(metrics["routing"]["wrong_expert_share"])),
         ("class_ece", _number(ece["class"])),
         ("group_ece", _number(ece["group"])),
+    ]
+
+
+def _mistake_rows(metrics):
+    """How far the mistakes miss (`condnet.evaluation.mistakes`), when the metrics say."""
+    if "mistake_distance" not in metrics:
+        return []
+    topk = metrics.get("top_k_distance") or {}
+    return [("mistake_distance", _cell(metrics["mistake_distance"]))] + [
+        (f"top_{k}_distance", _number(value)) for k, value in topk.items()
     ]
 
 
@@ -189,6 +204,8 @@ def _extra_sections(metrics, header, baseline, gallery):
     sections = []
     if baseline:
         sections.append(("Flat baseline", _baseline_items(baseline, metrics["num_samples"])))
+    if metrics.get("backoff"):
+        sections.append(("Back-off", _backoff_items(metrics["backoff"])))
     glossary = [(name, text) for name, text in GLOSSARY.items()]
     sections.append(("Glossary", [("table", ("name", "meaning"), glossary)]))
     if gallery:
@@ -199,13 +216,18 @@ def _extra_sections(metrics, header, baseline, gallery):
 
 
 def _header_items(header):
-    header = dict(header)
-    configuration = header.pop("configuration", None)
-    items = [("table", ("", ""), [(k, str(v)) for k, v in header.items()])]
-    if configuration:
-        rows = [(k, json_text(v)) for k, v in configuration.items()]
-        items.append(("table", ("option", "value"), rows))
-    return items
+    rows = [(k, str(v)) for k, v in header.items() if k != "configuration"]
+    return [("table", ("", ""), rows)]
+
+
+def _options_section(header):
+    """The run's every option, last: it is looked up, not read first."""
+    configuration = (header or {}).get("configuration")
+    if not configuration:
+        return []
+    rows = [(k, json_text(v)) for k, v in configuration.items()]
+    note = ("text", "Every option of the run, as its config.json stores them.")
+    return [("Options", [note, ("table", ("option", "value"), rows)])]
 
 
 def json_text(value):
@@ -221,6 +243,7 @@ def _baseline_items(baseline, num_samples=None):
         "group_accuracy",
         "within_group_accuracy",
         "hierarchical_f1",
+        "mistake_distance",
         "macs_per_image",
         "images_per_second",
         "epochs",
@@ -231,12 +254,90 @@ def _baseline_items(baseline, num_samples=None):
         for key in keys
         if key in conditional or key in flat
     ]
+    rows[4:4] = _top_k_rows(conditional, flat)
     items = [
         ("table", ("", "conditional (routed)", "flat baseline"), rows),
         ("text", baseline_verdict(conditional, flat, num_samples)),
     ]
-    where = gap_sources(conditional, flat)
-    return items + [("text", where)] if where else items
+    from condnet.evaluation.mistakes import milder_mistakes
+
+    lines = [gap_sources(conditional, flat), milder_mistakes(conditional, flat)]
+    return items + [("text", line) for line in lines if line]
+
+
+def _top_k_rows(conditional, flat):
+    """A row per k of both models' `top_k_distance`."""
+    mine, theirs = conditional.get("top_k_distance") or {}, flat.get("top_k_distance") or {}
+    return [
+        (f"top_{k}_distance", _cell(mine.get(k)), _cell(theirs.get(k)))
+        for k in dict.fromkeys([*mine, *theirs])
+    ]
+
+
+# === Back-off ===
+
+BACKOFF_SIDES = (("conditional", "conditional (routed)"), ("flat", "flat baseline"))
+
+
+def _backoff_items(section):
+    """Coverage and accuracy at each depth of each model's back-off answers, the area
+    under each level's risk-coverage curve, and where the thresholds come from."""
+    sides = [(key, name) for key, name in BACKOFF_SIDES if section.get(key)]
+    levels = list(section[sides[0][0]]["risk_coverage"])
+    header = (
+        "",
+        *(f"{name}: {part}" for _, name in sides for part in ("threshold", "coverage", "accuracy")),
+    )
+    rows = [(f"answered at {level}", *_backoff_cells(section, sides, level)) for level in levels]
+    rows.append(("unsure", *_backoff_cells(section, sides, "unsure")))
+    rows.append(("all answers", *_backoff_cells(section, sides, "all")))
+    areas = [
+        (
+            f"risk-coverage area, {level}",
+            *(_cell(section[key]["risk_coverage"][level]["area"]) for key, _ in sides),
+        )
+        for level in levels
+    ]
+    return [
+        ("text", _backoff_note(section, sides)),
+        ("table", header, rows),
+        ("table", ("", *(name for _, name in sides)), areas),
+    ]
+
+
+def _backoff_cells(section, sides, level):
+    cells = []
+    for key, _ in sides:
+        side = section[key]
+        if "levels" not in side:
+            cells += ["-", "-", "-"]
+        elif level == "unsure":
+            cells += ["", _cell(side["unsure"]), ""]
+        elif level == "all":
+            cells += ["", _cell(side["coverage"]), _cell(side["accuracy"])]
+        else:
+            entry = next(row for row in side["levels"] if row["level"] == level)
+            threshold = "never" if entry["threshold"] is None else _cell(entry["threshold"])
+            cells += [threshold, _cell(entry["coverage"]), _cell(entry["accuracy"])]
+    return cells
+
+
+def _backoff_note(section, sides):
+    chosen = [name for key, name in sides if "levels" in section[key]]
+    if not chosen:
+        return (
+            "No back-off thresholds for these models: `condnet backoff RUN_DIR` chooses them on "
+            "the run's validation split. The curves show the risk (share wrong) when only the "
+            "most confident images are answered."
+        )
+    target = section.get("target_accuracy")
+    aim = f" for {target:.2f} accuracy on the validation split" if target else ""
+    return (
+        "Each image is answered with its class when the class probability reaches the class "
+        "threshold, else with its group when the group's does, else 'unsure'. Thresholds "
+        f"(backoff.json){aim}; coverage = the share of images answered at that level, "
+        "accuracy = of those answers."
+    )
 
 
 def baseline_verdict(conditional, flat, num_samples=None):
@@ -371,16 +472,51 @@ THUMBNAIL = 96
 PER_KIND = 8
 
 
+def gallery_examples(hierarchy, predictions):
+    """The `examples` of `write_report` from `evaluate_model(..., return_predictions=True)`'s
+    predictions: one dict per image. A flat classifier's (no `route`) expert is the group
+    of its class."""
+    classes = predictions["classes"].argmax(1)
+    groups = np.asarray(hierarchy.class_to_group)
+    routes = predictions.get("route", groups[classes])
+    return [
+        {
+            "path": path,
+            "true": hierarchy.classes[label],
+            "predicted": hierarchy.classes[predicted],
+            "expert": hierarchy.groups[route],
+            "true_group": hierarchy.groups[groups[label]],
+            "confidence": float(row[predicted]),
+        }
+        for path, label, predicted, route, row in zip(
+            predictions["paths"], predictions["labels"], classes, routes, predictions["classes"]
+        )
+    ]
+
+
 def _write_gallery(run_dir, examples):
     """Thumbnails of up to `PER_KIND` images of each kind, as report items."""
     items = []
     for kind, caption in GALLERY_KINDS:
-        chosen = [e for e in examples if _kind(e) == kind][:PER_KIND]
+        chosen = across_classes([e for e in examples if _kind(e) == kind], PER_KIND)
         figures = [_thumbnail(run_dir, kind, i, e) for i, e in enumerate(chosen)]
         figures = [f for f in figures if f is not None]
         if figures:
             items.append(("gallery", f"{kind}: {caption}", figures))
     return items
+
+
+def across_classes(examples, count):
+    """Up to `count` of `examples`, taken round-robin over their true classes (in the order
+    the classes first appear; each class's examples in their order), so that one class
+    cannot fill a gallery."""
+    by_class = {}
+    for example in examples:
+        by_class.setdefault(example["true"], []).append(example)
+    queues, chosen = list(by_class.values()), []
+    for rank in range(max(map(len, queues), default=0)):
+        chosen += [queue[rank] for queue in queues if rank < len(queue)]
+    return chosen[:count]
 
 
 def _kind(example):
@@ -485,7 +621,8 @@ def _html_item(item):
         return f"<table>\n<thead>{head}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
     if kind == "image":
         name = html.escape(content[0])
-        return f'<figure><a href="{name}"><img src="{name}" alt="{name}"></a></figure>'
+        wide = ' class="wide"' if content[0] in WIDE_PLOTS else ""
+        return f'<figure{wide}><a href="{name}"><img src="{name}" alt="{name}"></a></figure>'
     if kind == "gallery":
         caption, figures = content
         cells = "".join(
@@ -498,13 +635,23 @@ def _html_item(item):
 
 
 def _html_row(cells, tag):
-    return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
+    return "<tr>" + "".join(_html_cell(str(c), tag) for c in cells) + "</tr>"
+
+
+NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?%?|-")
+
+
+def _html_cell(text, tag):
+    """A cell: numbers right-aligned (class "number"), text left-aligned."""
+    number = tag == "td" and NUMBER.fullmatch(text) is not None
+    opening = f'<{tag} class="number">' if number else f"<{tag}>"
+    return f"{opening}{html.escape(text)}</{tag}>"
 
 
 # === Plots ===
 
 
-def _write_plots(run_dir, hierarchy, metrics, history):
+def _write_plots(run_dir, hierarchy, metrics, history, flat_history=None):
     """Draw the PNGs; return their paths and notes on what was skipped."""
     try:
         import matplotlib  # noqa: F401
@@ -513,7 +660,7 @@ def _write_plots(run_dir, hierarchy, metrics, history):
         return [], [NO_MATPLOTLIB]
     plots, notes = [], []
     if history:
-        plots.append(_plot_history(run_dir / "training_curves.png", history))
+        plots.append(_plot_history(run_dir / "training_curves.png", history, flat_history))
     else:
         notes.append(NO_HISTORY)
     groups = hierarchy.groups
@@ -537,7 +684,26 @@ def _write_plots(run_dir, hierarchy, metrics, history):
             )
         )
     plots.append(_plot_class_confusion(run_dir / "class_confusion.png", hierarchy, metrics))
+    if metrics.get("backoff"):
+        plots.append(_plot_risk_coverage(run_dir / "risk_coverage.png", metrics["backoff"]))
     return plots, notes
+
+
+def _plot_risk_coverage(path, section):
+    """One panel per level: the risk (share wrong) of answering the most confident
+    images, against the share answered, for each model."""
+    sides = [(key, name) for key, name in BACKOFF_SIDES if section.get(key)]
+    levels = list(section[sides[0][0]]["risk_coverage"])
+    figure = _figure(4.5 * len(levels), 3.5)
+    for index, level in enumerate(levels):
+        axes = figure.add_subplot(1, len(levels), index + 1)
+        for (key, name), style in zip(sides, ("-", "--")):
+            curve = section[key]["risk_coverage"][level]
+            axes.plot(curve["coverage"], curve["risk"], style, marker=".", label=name)
+        axes.set(title=f"risk-coverage: {level}", xlabel="coverage", ylabel="risk", xlim=(0, 1))
+        axes.legend()
+    figure.savefig(path, dpi=100)
+    return path
 
 
 def _plot_class_confusion(path, hierarchy, metrics):
@@ -617,20 +783,38 @@ def _history_names(history):
     return list(dict.fromkeys(key.removeprefix("val_") for key in changing))
 
 
-def _plot_history(path, history):
+WIDE_PLOTS = ("training_curves.png",)  # shown across the page, not in the grid
+CURVES_WIDTH = 9  # inches: 900 px at the 100 dpi of every plot
+COMPARED = ("accuracy",)  # panels that also show the flat baseline's curves
+
+
+def _curves(name, history, flat_history):
+    """The `(label, values, line style)` series of one panel: the run's `name` and
+    `val_name`, and on the `COMPARED` panels the flat baseline's, dashed."""
+    keys = (name, f"val_{name}")
+    series = [(key, history[key], "-") for key in keys if key in history]
+    if name in COMPARED:
+        series += [(f"flat baseline {k}", flat_history[k], "--") for k in keys if k in flat_history]
+    return series
+
+
+def _plot_history(path, history, flat_history=None):
+    from matplotlib import rc_context
+
     names = _history_names(history)
-    columns = min(len(names), 3)
-    figure = _figure(4.5 * columns, 3.5 * math.ceil(len(names) / columns))
-    for index, name in enumerate(names):
-        axes = figure.add_subplot(math.ceil(len(names) / columns), columns, index + 1)
-        for key in (name, f"val_{name}"):
-            if key in history:
-                epochs = range(1, len(history[key]) + 1)
-                axes.plot(epochs, history[key], marker=".", label=key)
-        axes.set(title=name, xlabel="epoch")
-        axes.xaxis.get_major_locator().set_params(integer=True)
-        axes.legend()
-    figure.savefig(path, dpi=100)
+    columns = min(len(names), 2)
+    rows = math.ceil(len(names) / columns)
+    with rc_context({"font.size": 12, "axes.titlesize": 13, "legend.fontsize": 10}):
+        figure = _figure(CURVES_WIDTH, 3.2 * rows)
+        for index, name in enumerate(names):
+            axes = figure.add_subplot(rows, columns, index + 1)
+            for label, values, style in _curves(name, history, flat_history or {}):
+                epochs = range(1, len(values) + 1)
+                axes.plot(epochs, values, style, marker=".", label=label)
+            axes.set(title=name, xlabel="epoch")
+            axes.xaxis.get_major_locator().set_params(integer=True)
+            axes.legend()
+        figure.savefig(path, dpi=100)
     return path
 
 

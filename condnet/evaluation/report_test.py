@@ -180,7 +180,7 @@ def test_training_curves_leave_out_series_that_never_change(tmp_path, monkeypatc
     monkeypatch.setattr(
         report_module,
         "_plot_history",
-        lambda path, history: drawn.append(history) or real(path, history),
+        lambda path, history, *rest: drawn.append(history) or real(path, history, *rest),
     )
     history = {**HISTORY, "gate_loss_weight": [1.0, 1.0, 1.0]}
     write_report(tmp_path, HIERARCHY, make_metrics(), history=history)
@@ -253,6 +253,96 @@ def test_report_header_baseline_glossary_and_gallery(tmp_path):
     page = read(tmp_path / "run", "report.html")
     assert '<nav id="contents">' in page and 'href="#flat-baseline"' in page
     assert 'class="gallery"' in page and "examples/misrouted-00.png" in page
+
+
+def test_report_puts_the_options_after_the_summary_and_the_baseline(tmp_path):
+    write_report(
+        tmp_path,
+        HIERARCHY,
+        make_metrics(),
+        header={"data": "pets/train", "configuration": {"epochs": 5, "routing": "soft"}},
+        baseline={"conditional": {"accuracy": 0.8}, "flat": {"accuracy": 0.7}},
+    )
+    markdown = read(tmp_path, "report.md")
+    headings = [line[3:] for line in markdown.splitlines() if line.startswith("## ")]
+    assert headings[:3] == ["Summary", "About this run", "Flat baseline"]
+    assert headings[-1] == "Options"
+    assert markdown.index("| routing | soft |") > markdown.index("## Options")
+    about = markdown[markdown.index("## About this run") : markdown.index("## Flat baseline")]
+    assert "| epochs |" not in about and "configuration" not in about
+
+
+def test_html_tables_align_text_left_and_numbers_right(report):
+    page = read(report[0], "report.html")
+    assert "td.number{text-align:right}" in page and "text-align:left" in page
+    assert '<td class="number">30</td>' in page  # num_samples
+    glossary = page[page.index('id="glossary"') :]
+    glossary = glossary[: glossary.index("</section>")]
+    assert "<td>" in glossary and 'class="number"' not in glossary
+
+
+def _example(true, kind="correct"):
+    group = HIERARCHY.group_of(true)
+    expert = {"misrouted": "cat" if group == "dog" else "dog"}.get(kind, group)
+    predicted = true if kind == "correct" else next(c for c in HIERARCHY.classes if c != true)
+    return {"true": true, "predicted": predicted, "expert": expert, "true_group": group}
+
+
+def test_galleries_take_examples_round_robin_over_the_classes():
+    from condnet.evaluation.report import PER_KIND, across_classes
+
+    examples = [_example("persian")] * 10 + [_example("pug")] * 10 + [_example("beagle")] * 2
+    chosen = across_classes(examples, PER_KIND)
+    assert [e["true"] for e in chosen] == ["persian", "pug", "beagle"] * 2 + ["persian", "pug"]
+    assert across_classes(examples, PER_KIND) == chosen  # the same every time
+
+
+def test_report_gallery_shows_more_than_one_class(tmp_path):
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    examples = [{**_example(name), "path": image, "confidence": 0.9} for name in ["persian"] * 9]
+    examples.append({**_example("pug"), "path": image, "confidence": 0.8})
+    write_report(tmp_path / "run", HIERARCHY, make_metrics(), examples=examples)
+    markdown = read(tmp_path / "run", "report.md")
+    assert "true pug / predicted pug" in markdown  # the tenth example, not a ninth persian
+    assert markdown.count("![true persian / predicted persian") == 7
+
+
+def test_gallery_examples_of_a_flat_classifier_take_the_group_of_its_class():
+    from condnet.evaluation.report import gallery_examples
+
+    predictions = {
+        "paths": ["a.png", "b.png"],
+        "labels": np.array([0, 3]),  # persian, pug
+        "classes": np.eye(5)[[2, 3]] * 0.9,  # beagle (a dog), pug
+    }
+    rows = gallery_examples(HIERARCHY, predictions)
+    assert [(r["expert"], r["true_group"], r["predicted"]) for r in rows] == [
+        ("dog", "cat", "beagle"),
+        ("dog", "dog", "pug"),
+    ]
+    routed = gallery_examples(HIERARCHY, {**predictions, "route": np.array([0, 0])})
+    assert [r["expert"] for r in routed] == ["cat", "cat"]  # the expert that ran
+
+
+def test_training_curves_are_wide_and_show_the_flat_baselines_accuracy(tmp_path):
+    from condnet.evaluation.report import _curves
+
+    history = {**HISTORY, "accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.4, 0.6, 0.7]}
+    flat = {"accuracy": [0.5, 0.6], "val_accuracy": [0.45, 0.55], "loss": [1.0, 0.9]}
+    labels = [label for label, _, _ in _curves("accuracy", history, flat)]
+    assert labels == [
+        "accuracy",
+        "val_accuracy",
+        "flat baseline accuracy",
+        "flat baseline val_accuracy",
+    ]
+    assert [label for label, _, _ in _curves("loss", history, flat)] == ["loss", "val_loss"]
+    baseline = {"conditional": {"accuracy": 0.8}, "flat": {"accuracy": 0.7, "history": flat}}
+    write_report(tmp_path, HIERARCHY, make_metrics(), history=history, baseline=baseline)
+    with Image.open(tmp_path / "training_curves.png") as image:
+        assert image.width >= 900
+    assert '<figure class="wide"><a href="training_curves.png">' in read(tmp_path, "report.html")
 
 
 def test_report_lists_images_that_could_not_be_decoded(tmp_path):

@@ -18,8 +18,8 @@ from condnet.runs.outputs import (
 )
 
 CONFIG = "config.json"
-# Every file and folder a run writes (recipe, report, evaluate, calibrate, demo); nothing else
-# in a run directory is ever moved or deleted.
+# Every file and folder a run writes (recipe, report, evaluate, calibrate, backoff, demo);
+# nothing else in a run directory is ever moved or deleted.
 RUN_FILES = (
     CONFIG,
     "hierarchy.json",
@@ -38,6 +38,7 @@ RUN_FILES = (
     "baseline.keras",
     "model.calibrated.keras",
     "calibration.json",
+    "backoff.json",
     ckpt.CHECKPOINTS,
     "logs",
     "evaluation",

@@ -147,6 +147,7 @@ def build_parser():
         _demo_parser,
         _cv_parser,
         _calibrate_parser,
+        _backoff_parser,
         _export_parser,
         _serve_parser,
         _compare_parser,
@@ -166,9 +167,11 @@ def add_option_flags(p, names=None, exclude=(), defaults=None):
     Flags left out of the command line are left out of the namespace (their
     default is the dataclass's), so `given_options(args)` is what the user typed.
     """
-    from condnet.runs.options import TrainingOptions
+    from condnet.runs.options import HELP_GROUPS, TrainingOptions
 
     defaults = defaults or {}
+    topic = {name: title for title, names in HELP_GROUPS.items() for name in names}
+    groups = {title: _group(p, title) for title in HELP_GROUPS}  # listed in this order
     for field in dataclasses.fields(TrainingOptions):
         meta = field.metadata
         if not meta["cli"] or field.name in exclude or (names and field.name not in names):
@@ -181,9 +184,10 @@ def add_option_flags(p, names=None, exclude=(), defaults=None):
         else:
             kwargs.setdefault("type", type(field.default))
             kwargs.setdefault("metavar", {int: "N", float: "X"}.get(kwargs["type"]))
-        p.add_argument(f"--{field.name.replace('_', '-')}", **kwargs)
+        group = groups[topic[field.name]]
+        group.add_argument(f"--{field.name.replace('_', '-')}", **kwargs)
         if field.name == "augment":
-            p.add_argument(
+            group.add_argument(
                 "--no-augment",
                 dest="augment",
                 action="store_const",
@@ -191,6 +195,15 @@ def add_option_flags(p, names=None, exclude=(), defaults=None):
                 default=argparse.SUPPRESS,
                 help="no augmentation (= --augment none)",
             )
+
+
+def _group(p, title):
+    """The argument group of `p` titled `title` (created on first use): `--help` lists
+    options by topic."""
+    for group in p._action_groups:
+        if group.title == title:
+            return group
+    return p.add_argument_group(title)
 
 
 def given_options(args):
@@ -238,21 +251,23 @@ def _train_parser(commands, common):
         "root/<class>/* with --hierarchy) and write RUN_DIR.",
     )
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
-    add_option_flags(p)
-    p.add_argument(
+    run = _group(p, "run directory")
+    run.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    run.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in RUN_DIR from its last completed epoch (options given must "
         "agree with the run's, except a larger --epochs, the learning rates, --patience and "
         "--tensorboard)",
     )
-    p.add_argument(
+    run.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a run already in RUN_DIR (its files are kept aside until the new run "
         "has committed its first epoch)",
     )
+    _add_run_flags(p)
+    add_option_flags(p)
     processes = p.add_argument_group(
         "several processes",
         "a data-parallel job over processes or hosts: start the same command on each, with "
@@ -269,21 +284,20 @@ def _train_parser(commands, common):
     processes.add_argument(
         "--process-id", type=int, default=0, metavar="I", help="this process, 0..N-1"
     )
-    _add_run_flags(p)
+    _add_verbosity_flags(p)
     p.set_defaults(run=_train)
 
 
 def _add_run_flags(p):
-    p.add_argument(
+    _group(p, "run directory").add_argument(
         "--break-lock",
         action="store_true",
         help="remove a stale lock left in RUN_DIR by a condnet process that died",
     )
-    _add_verbosity_flags(p)
 
 
 def _add_verbosity_flags(p):
-    loudness = p.add_mutually_exclusive_group()
+    loudness = _group(p, "progress").add_mutually_exclusive_group()
     loudness.add_argument("--quiet", action="store_true", help="no progress bars")
     loudness.add_argument(
         "--verbose",
@@ -338,6 +352,8 @@ def _print_baseline(metrics):
         print(baseline["verdict"])
         if baseline.get("where"):
             print(baseline["where"])
+        if baseline.get("milder_mistakes"):
+            print(baseline["milder_mistakes"])
 
 
 def _join_job(args):
@@ -422,6 +438,17 @@ def _evaluate(args):
     if other is not None:  # the flat baseline (--model baseline.keras) has no other routing
         print(f"{label} accuracy: {other['accuracy']:.4f}")
     _print_baseline(metrics)
+    _print_backoff(metrics.get("backoff") or {})
+
+
+def _print_backoff(section):
+    """One line per model with back-off thresholds: coverage and accuracy of its answers at
+    each depth."""
+    from condnet.runs.backoff import backoff_line
+
+    for side in ("conditional", "flat"):
+        if "levels" in (section.get(side) or {}):
+            print(backoff_line(section[side]))
 
 
 def _predict_parser(commands, common):
@@ -437,10 +464,28 @@ def _predict_parser(commands, common):
         "write the rows to FILE (.jsonl: one JSON object per line; .csv: a table) and print "
         "only a one-line summary; with --json the rows are printed as JSON lines as well",
     )
+    _backoff_flags(p)
     p.set_defaults(run=_predict)
 
 
 PREDICT_COLUMNS = ("path", "group", "class", "expert", "confidence", "error")
+ANSWER_COLUMNS = ("answer", "answer_level", "answer_confidence")
+
+
+def _backoff_flags(p):
+    p.add_argument(
+        "--back-off",
+        action="store_true",
+        help="also answer with the deepest node the model is sure of (the class, else the "
+        "group, else 'unsure'), with the thresholds in RUN_DIR/backoff.json",
+    )
+    p.add_argument(
+        "--thresholds",
+        nargs="+",
+        metavar="LEVEL=P",
+        help="back off with these thresholds instead, one per level, e.g. group=0.8 "
+        "class=0.9 (never: a level that never answers)",
+    )
 
 
 def _predict(args):
@@ -456,6 +501,8 @@ def _predict(args):
         routing=args.routing,
         model_file=args.model,
         progress=not args.quiet,
+        back_off=args.back_off,
+        thresholds=parse_thresholds(args.thresholds),
     )
     failed = sum("error" in row for row in rows)
     if args.output:
@@ -477,14 +524,16 @@ def _predict(args):
 
 
 def _print_rows(rows):
-    print("\t".join(PREDICT_COLUMNS[:5]))
+    answers = any("answer" in row for row in rows)
+    print("\t".join(PREDICT_COLUMNS[:5] + (("answer",) if answers else ())))
     for row in rows:
         if "error" in row:
             print(f"{json.dumps(row['path'])}\terror\t{row['error']}")
         else:
+            answer = f"\t{row['answer']}" if answers else ""
             print(
                 f"{json.dumps(row['path'])}\t{row['group']}\t{row['class']}\t{row['expert']}"
-                f"\t{row['confidence']:.3f}"
+                f"\t{row['confidence']:.3f}{answer}"
             )
 
 
@@ -509,7 +558,8 @@ def _write_rows(path, rows):
         write_file(path, "".join(json.dumps(row) + "\n" for row in rows))
         return
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=PREDICT_COLUMNS, extrasaction="ignore")
+    answers = ANSWER_COLUMNS if any("answer" in row for row in rows) else ()
+    writer = csv.DictWriter(buffer, fieldnames=PREDICT_COLUMNS + answers, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_file(path, buffer.getvalue())
@@ -576,8 +626,26 @@ def _demo_parser(commands, common):
         help="where to write the data and the run (default ./condnet-demo)",
     )
     add_option_flags(p, names=("epochs", "routing"), defaults={"epochs": DEMO_EPOCHS})
-    p.add_argument(
-        "--samples-per-class", type=int, default=300, help="training images per class (default 300)"
+    data = _group(p, "data")
+    data.add_argument(
+        "--samples-per-class",
+        type=int,
+        default=300,
+        metavar="N",
+        help="training images per class (default 300)",
+    )
+    data.add_argument(
+        "--test-samples-per-class",
+        type=int,
+        default=100,
+        metavar="N",
+        help="test images per class (default 100)",
+    )
+    data.add_argument(
+        "--data-only",
+        action="store_true",
+        help="only draw the data set into RUN_DIR/data/{train,test} (seconds), for "
+        "`condnet train`; no training",
     )
     _add_verbosity_flags(p)
     p.set_defaults(run=_demo)
@@ -593,6 +661,8 @@ def _demo(args):
     run_demo(
         Path(args.out),
         samples_per_class=args.samples_per_class,
+        test_samples_per_class=args.test_samples_per_class,
+        data_only=args.data_only,
         verbose=_verbosity(args),
         **options,
     )
@@ -615,6 +685,7 @@ def _cv_parser(commands, common):
     add_option_flags(p, exclude=("validation_split",))
     p.add_argument("--overwrite", action="store_true", help="replace runs already in OUT_DIR")
     _add_run_flags(p)
+    _add_verbosity_flags(p)
     p.set_defaults(run=_cv)
 
 
@@ -668,6 +739,104 @@ def _calibrate(args):
         after = report["after"]["expected_calibration_error"][level]
         print(f"{level:<8}{before:>12.4f}{after:>12.4f}")
     print(f"Calibrated model written to {Path(args.run_dir) / report['model']}.")
+
+
+# === backoff ===
+
+
+def _backoff_parser(commands, common):
+    p = commands.add_parser(
+        "backoff",
+        parents=[common],
+        help="choose a run's back-off thresholds on its validation split (or store given ones)",
+        description="Choose, per level, the lowest probability at which RUN_DIR's answers reach "
+        "--target-accuracy on its validation split (drawn again from config.json), for "
+        "model.keras, model.calibrated.keras and baseline.keras (or --model); or store "
+        "--thresholds given directly. Writes RUN_DIR/backoff.json, which `predict --back-off`, "
+        "`serve --back-off` and `evaluate` read. `condnet train` chooses them for 0.95.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
+    p.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.95,
+        metavar="X",
+        help="the accuracy the answers given must reach at each level, in (0, 1] (default: 0.95)",
+    )
+    p.add_argument(
+        "--thresholds",
+        nargs="+",
+        metavar="LEVEL=P",
+        help="store these thresholds instead of choosing them, one per level, e.g. group=0.8 "
+        "class=0.9 (never: a level that never answers)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="FILE",
+        help="only this model file of the run (default: each of model.keras, "
+        "model.calibrated.keras and baseline.keras it holds; with --thresholds, model.keras)",
+    )
+    p.add_argument("--json", action="store_true", help="print backoff.json as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress line on standard error")
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="remove a stale lock left in RUN_DIR by a condnet process that died",
+    )
+    p.set_defaults(run=_backoff)
+
+
+def _backoff(args):
+    from condnet.runs.backoff import backoff_line, backoff_run
+
+    record = backoff_run(
+        args.run_dir,
+        target_accuracy=args.target_accuracy,
+        thresholds=parse_thresholds(args.thresholds),
+        model_file=args.model,
+        break_lock=args.break_lock,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(record))
+        return
+    for name, entry in record["models"].items():
+        shown = ", ".join(
+            f"{level} {'never' if value is None else f'{value:.4f}'}"
+            for level, value in entry["thresholds"].items()
+        )
+        print(f"{name}: thresholds {shown} ({entry.get('chosen_on', 'given')})")
+        if "there" in entry:
+            print(f"  {backoff_line(entry['there'])}")
+    print(f"Thresholds written to {Path(args.run_dir) / 'backoff.json'}.")
+
+
+def parse_thresholds(pairs):
+    """`--thresholds group=0.8 class=0.9` as `{"group": 0.8, "class": 0.9}` (`never`:
+    None), or None when not given. The levels are checked against the run's hierarchy."""
+    if pairs is None:
+        return None
+    thresholds = {}
+    for pair in pairs:
+        level, equals, value = pair.partition("=")
+        number = _probability(value)
+        if not equals or not level or level in thresholds or number is False:
+            raise ValueError(
+                "--thresholds takes one LEVEL=P per level of the hierarchy, e.g. group=0.8 "
+                f"class=0.9 (P a probability, or never). Received: --thresholds {' '.join(pairs)}"
+            )
+        thresholds[level] = number
+    return thresholds
+
+
+def _probability(text):
+    """A threshold's text as a float, None for `never`, False when it is neither."""
+    if text.strip().lower() == "never":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return False
 
 
 if __name__ == "__main__":
@@ -817,6 +986,7 @@ def _serve_parser(commands, common):
     )
     p.add_argument("--routing", choices=("hard", "soft"), default="hard", help="(default: hard)")
     p.add_argument("--model", metavar="FILE", help="model.keras (default), model.calibrated.keras")
+    _backoff_flags(p)
     p.set_defaults(run=_serve)
 
 
@@ -842,6 +1012,8 @@ def _serve(args):
         args.run_dir,
         routing=args.routing,
         model_file=args.model,
+        back_off=args.back_off,
+        thresholds=parse_thresholds(args.thresholds),
         token=token,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         **limits,

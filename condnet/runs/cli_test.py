@@ -262,6 +262,25 @@ def test_cli_flags_are_generated_from_the_options():
     assert "validation_split" not in cv_flags and "learning_rate" in cv_flags
 
 
+def test_train_help_lists_every_option_under_a_topic():
+    from condnet.runs.options import HELP_GROUPS
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    titled = {group.title: group._group_actions for group in train._action_groups}
+    topics = ["run directory", *HELP_GROUPS, "several processes", "progress"]
+    assert list(titled)[2:] == topics  # after "positional arguments" and "options"
+    untitled = {a.dest for a in titled["options"]}  # argparse's own group
+    assert untitled == {"help", "debug"}
+    for title, names in HELP_GROUPS.items():
+        assert names and {a.dest for a in titled[title]} == set(names)
+    fields = [f.name for f in dataclasses.fields(TrainingOptions) if f.metadata["cli"]]
+    listed = [name for names in HELP_GROUPS.values() for name in names]
+    assert sorted(listed) == sorted(fields)  # each option in exactly one topic
+    sections = {part.split(":")[0]: part for part in train.format_help().split("\n\n")}
+    assert "--image-size" in sections["data"]
+    assert "--confidence-threshold" in sections["routing"]
+
+
 def test_cli_passes_only_the_flags_given():
     from condnet.runs.cli import given_options
 
@@ -300,7 +319,7 @@ def test_every_cli_option_has_help_text():
     commands = parser._subparsers._group_actions[0].choices
     assert set(commands) == {
         *("train", "evaluate", "predict", "info", "demo", "cv", "calibrate", "export", "serve"),
-        *("compare", "ensemble", "tune"),
+        *("compare", "ensemble", "tune", "backoff"),
     }
     for name, command in commands.items():
         for action in command._actions:
@@ -321,12 +340,12 @@ def test_every_cli_option_names_its_default_once():
 @pytest.mark.slow
 @pytest.mark.one_backend
 def test_cli_demo_runs_end_to_end(tmp_path, capsys):
-    code = main(
-        ["demo", "--out", str(tmp_path), "--epochs", "1", "--samples-per-class", "10", "--quiet"]
-    )
+    sizes = ["--samples-per-class", "10", "--test-samples-per-class", "5"]
+    code = main(["demo", "--out", str(tmp_path), "--epochs", "1", *sizes, "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "Test set (600 images)" in printed
+    assert printed.startswith("Expected time on this machine: about ")
+    assert "Test set (30 images), hard-routed (only the chosen expert runs):" in printed
     assert "accuracy" in printed
     assert (tmp_path / "run" / "test-report" / "report.md").is_file()
 

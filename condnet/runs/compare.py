@@ -2,7 +2,9 @@
 
 The accuracies are those of each run's `metrics.json`: its validation split,
 hard-routed (`mixture`: the soft mixture; `baseline`: the run's flat
-baseline on the same images).
+baseline on the same images). `mistake_distance` is how far the wrong answers
+miss (the height of the lowest common ancestor of the true and predicted
+class, `condnet.evaluation.mistakes`), beside the flat baseline's.
 """
 
 import csv
@@ -23,6 +25,8 @@ COLUMNS = (
     "baseline",
     "gate_accuracy",
     "hierarchical_f1",
+    "mistake_distance",
+    "baseline_mistake_distance",
     "routed_mmacs",
     "all_experts_mmacs",
     "epochs",
@@ -87,6 +91,10 @@ def _row(run):
         "baseline": nested_entry(metrics, ("baseline", "flat", "accuracy")),
         "gate_accuracy": metrics.get("gate_accuracy", metrics.get("group_accuracy")),
         "hierarchical_f1": metrics.get("hierarchical_f1"),
+        "mistake_distance": metrics.get("mistake_distance"),
+        "baseline_mistake_distance": nested_entry(
+            metrics, ("baseline", "flat", "mistake_distance")
+        ),
         "routed_mmacs": _millions(macs.get("routed")),
         "all_experts_mmacs": _millions(macs.get("all_experts")),
         "epochs": len(history) or None,

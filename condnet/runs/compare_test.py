@@ -117,3 +117,21 @@ def test_compare_refuses_in_one_line_when_no_run_is_left(tmp_path, capsys, conte
     assert len(err.strip().splitlines()) == 1
     assert "No run to compare: The run's metrics.json cannot be used: " in err
     assert re.search(problem, err) and str(run / "metrics.json") in err
+
+
+def test_compare_shows_how_far_each_run_s_mistakes_miss_beside_its_baseline(tmp_path, capsys):
+    run = _run(tmp_path / "a", 0.6, 1_000_000, [10], baseline=0.62)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["mistake_distance"] = 1.25
+    metrics["baseline"]["flat"]["mistake_distance"] = 1.5
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (row,) = compare_runs([run])
+    assert (row["mistake_distance"], row["baseline_mistake_distance"]) == (1.25, 1.5)
+    assert main(["compare", str(run)]) == 0
+    header, _, line = capsys.readouterr().out.splitlines()[:3]
+    cells = dict(zip(header.split(" | "), line.split(" | ")))
+    assert (cells["mistake_distance"], cells["baseline_mistake_distance"]) == ("1.2500", "1.5000")
+    metrics["mistake_distance"] = -1  # a distance is never negative
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match=r"\['mistake_distance'\] is -1, where a finite number"):
+        compare_runs([run])

@@ -58,12 +58,21 @@ def export_run(run_dir, out=None, format="onnx", routing="hard", model_file=None
 # === serve ===
 
 
-def serve_app(run_dir, routing="hard", model_file=None, **service_options):
-    """The FastAPI app serving a run (see `condnet.deploy.serve.create_app`)."""
+def serve_app(
+    run_dir, routing="hard", model_file=None, back_off=False, thresholds=None, **service_options
+):
+    """The FastAPI app serving a run (see `condnet.deploy.serve.create_app`).
+
+    `back_off=True` adds the back-off answer to every prediction, with the thresholds
+    the run's backoff.json holds for the model file, or with `thresholds` (one per
+    level), which imply it (see `condnet.runs.run_dir.predict_paths`).
+    """
     from condnet.deploy.serve import create_app
-    from condnet.runs.run_dir import model_info
+    from condnet.runs.run_dir import backoff_thresholds, model_info
 
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
+    if back_off or thresholds is not None:
+        thresholds = backoff_thresholds(run_dir, model.hierarchy, model_file, thresholds)
     _, height, width, _ = input_shape_of(config)
     info = {}
     if hasattr(model, "gate"):  # a conditional model (an ensemble has no single route)
@@ -74,5 +83,6 @@ def serve_app(run_dir, routing="hard", model_file=None, **service_options):
         (height, width),
         color_mode=config["options"]["color_mode"],
         info={"run": Path(run_dir).resolve().name, **info},  # its name: no path of the host
+        thresholds=thresholds,
         **service_options,
     )

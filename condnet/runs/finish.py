@@ -29,12 +29,20 @@ import numpy as np
 from condnet.evaluation.baseline import flat_baseline, routed_macs
 from condnet.evaluation.cost import count_macs
 from condnet.evaluation.evaluate import evaluate_model, within_group_of
-from condnet.evaluation.report import baseline_verdict, gap_sources, write_report
+from condnet.evaluation.mistakes import milder_mistakes
+from condnet.evaluation.report import (
+    baseline_verdict,
+    gallery_examples,
+    gap_sources,
+    write_report,
+)
 from condnet.models.precision import loss_scaled
 from condnet.runs import checkpoint as ckpt
+from condnet.runs.backoff import TARGET_ACCURACY, chosen_entry, write_backoff
+from condnet.runs.run_dir import backoff_of
 from condnet.runs.timing import RunTimes, describe
 from condnet.training.callbacks import StopOnNaN
-from condnet.training.distribute import compile_options
+from condnet.training.distribute import IN_ORDER, compile_options, fit_inputs
 from condnet.training.staged import tunable_count
 from condnet.vision.backbones import is_pretrained, unfreeze_top
 
@@ -68,19 +76,28 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
     with times.part("evaluation"):
         model, metrics, predictions, macs = _scored(run_dir, options, train_data, scored)
     metrics["scored_on"] = SCORED_ON[validation is None]
-    comparison = None
+    comparison = flat_predictions = None
     if options.baseline:
         with times.part("flat baseline"):
-            comparison = _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs)
+            comparison, flat_predictions = _baseline(
+                run_dir, options, data, build, stopping_callbacks, fit_kwargs
+            )
         with times.part("evaluation"):
-            speed = _speed(model, scored)
+            speed = images_per_second(model, scored)
         comparison["conditional"] = _summary(metrics, macs["routed"], speed)
         comparison["conditional"]["epochs"] = _conditional_epochs(options, state)
         comparison["verdict"] = baseline_verdict(
             comparison["conditional"], comparison["flat"], metrics["num_samples"]
         )
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
+        comparison["milder_mistakes"] = milder_mistakes(
+            comparison["conditional"], comparison["flat"]
+        )
         metrics["baseline"] = comparison
+    with times.part("evaluation"):
+        metrics["backoff"] = _backoff(
+            run_dir, train_data.hierarchy, validation, predictions, flat_predictions
+        )
     with times.part("report"):
         ckpt.write_atomic(run_dir / ckpt.METRICS, json.dumps(metrics, indent=1))
         header = _header(options, data, state, metrics["training_routing"])
@@ -93,7 +110,7 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
             title=f"{run_dir.name}: trained on {_data_root(train_data)}",
             header=header,
             baseline=comparison,
-            examples=_examples(train_data.hierarchy, predictions),
+            examples=gallery_examples(train_data.hierarchy, predictions),
         )
     times.write(run_dir)
     return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
@@ -149,12 +166,14 @@ def _summary(metrics, macs, images_per_second):
         "group_accuracy": metrics["predicted_class_group_accuracy"],
         "within_group_accuracy": metrics["mixture"]["within_group_accuracy"],
         "hierarchical_f1": metrics["hierarchical_f1"],
+        "mistake_distance": metrics["mistake_distance"],
+        "top_k_distance": metrics["top_k_distance"],
         "macs_per_image": int(macs),
         "images_per_second": images_per_second,
     }
 
 
-def _speed(model, data):
+def images_per_second(model, data):
     """Images per second of `model.predict` on up to `_TIMED_IMAGES` images (after a warm-up)."""
     images = []
     for index in range(len(data)):
@@ -178,15 +197,18 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
     path = run_dir / ckpt.BASELINE
     planned = sum(epochs for epochs, _ in baseline_stages(options))
     recorded = _recorded_baseline(run_dir) if path.is_file() else {}
+    history = {}  # the baseline's curves in the report
     if recorded.get("epochs_planned") == planned:
         flat, trained = keras.models.load_model(path), recorded["epochs"]
+        history = recorded["history"]
     else:
         announce(_baseline_heading(options, recorded.get("epochs_planned")), fit_kwargs)
         keras.utils.set_random_seed(options.seed)
         fresh = build()
         shape = (*side_pair(options.image_size), train_data.channels)
         flat = flat_baseline(fresh, shape)
-        trained = fit_flat(flat, options, data, stopping_callbacks, fit_kwargs)
+        callbacks = _logging_epochs(stopping_callbacks, history)
+        trained = fit_flat(flat, options, data, callbacks, fit_kwargs)
         ckpt.save_model_atomic(flat, path)
     scored = validation or train_data
     metrics, predictions = evaluate_model(
@@ -199,13 +221,44 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
             "group_accuracy": metrics["group_accuracy"],
             "within_group_accuracy": within_group_of(train_data.hierarchy, predictions),
             "hierarchical_f1": metrics["hierarchical_f1"],
+            "mistake_distance": metrics["mistake_distance"],
+            "top_k_distance": metrics["top_k_distance"],
             "macs_per_image": int(count_macs(flat, shape)),
-            "images_per_second": _speed(flat, scored),
+            "images_per_second": images_per_second(flat, scored),
             "epochs": trained,
             "epochs_planned": planned,
+            "history": history,
         },
         "model": ckpt.BASELINE,
-    }
+    }, predictions
+
+
+# === Back-off ===
+
+
+def _backoff(run_dir, hierarchy, validation, predictions, flat_predictions):
+    """Choose the back-off thresholds of model.keras and baseline.keras on the validation
+    split (`condnet.runs.backoff`), write backoff.json, and return metrics.json's
+    `backoff`: each model's coverage and accuracy at each depth there, and its
+    risk-coverage curves. Without a validation split no threshold is chosen (they
+    would be chosen on the training images): the curves alone are returned."""
+    scored = {ckpt.BEST: predictions}
+    if flat_predictions is not None:
+        scored[ckpt.BASELINE] = flat_predictions
+    entries = {}
+    if validation is not None:
+        entries = {
+            name: chosen_entry(hierarchy, scored_predictions, TARGET_ACCURACY, "validation split")
+            for name, scored_predictions in scored.items()
+        }
+        write_backoff(run_dir, hierarchy, entries, keep=False)
+    section = {"target_accuracy": TARGET_ACCURACY if entries else None}
+    for side, name in (("conditional", ckpt.BEST), ("flat", ckpt.BASELINE)):
+        if name in scored:
+            thresholds = entries.get(name, {}).get("thresholds")
+            source = "chosen here (backoff.json)"
+            section[side] = backoff_of(hierarchy, scored[name], thresholds, name, source)
+    return section
 
 
 def baseline_stages(options):
@@ -220,15 +273,48 @@ def baseline_stages(options):
 
 def _recorded_baseline(run_dir):
     """What the run's metrics.json says of baseline.keras: `{"epochs": trained,
-    "epochs_planned": budget}`, or {} when it says nothing readable (a run that ended
-    before writing it, or written before condnet recorded epochs)."""
+    "epochs_planned": budget, "history": its curves}`, or {} when it says nothing
+    readable (a run that ended before writing it, or written before condnet recorded
+    epochs)."""
     try:
         flat = json.loads((run_dir / ckpt.METRICS).read_text())["baseline"]["flat"]
         recorded = {key: flat[key] for key in ("epochs", "epochs_planned")}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     counts = all(type(value) is int and value >= 0 for value in recorded.values())
-    return recorded if counts else {}
+    return {**recorded, "history": _curves_of(flat.get("history"))} if counts else {}
+
+
+def _curves_of(history):
+    """A recorded baseline history (name -> per-epoch numbers), or {} where it is not one."""
+    if not isinstance(history, dict):
+        return {}
+    numbers = (int, float)
+    return {
+        str(key): values
+        for key, values in history.items()
+        if isinstance(values, list) and all(isinstance(v, numbers) for v in values)
+    }
+
+
+def _logging_epochs(stopping_callbacks, history):
+    """The recipe's stopping callbacks, and one that appends each epoch's logs to
+    `history` (name -> per-epoch values, across the stages)."""
+
+    def callbacks(validation, epochs, rate):
+        return [*stopping_callbacks(validation, epochs, rate), _EpochLog(history)]
+
+    return callbacks
+
+
+class _EpochLog(keras.callbacks.Callback):
+    def __init__(self, history):
+        super().__init__()
+        self.logged = history
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.logged.setdefault(key, []).append(float(value))
 
 
 def _baseline_heading(options, stale_epochs=None):
@@ -275,12 +361,13 @@ def fit_flat(flat, options, data, stopping_callbacks, fit_kwargs, stages=None):
             metrics=["accuracy"],
             **compile_options(),
         )
+        x, validation_data, epoch_ends = fit_inputs(train_data, validation)
         history = flat.fit(
-            train_data,
-            validation_data=validation,
+            x,
+            validation_data=validation_data,
             epochs=epochs,
-            callbacks=[StopOnNaN(), *stopping_callbacks(validation, epochs, rate)],
-            **fit_kwargs,
+            callbacks=[StopOnNaN(), *epoch_ends, *stopping_callbacks(validation, epochs, rate)],
+            **{**IN_ORDER, **fit_kwargs},
         )
         trained += len(history.epoch)
     return trained
@@ -338,27 +425,6 @@ def _best_epoch(state, trained_routing):
         f"with the training routing ({routing}); the summary scores the shipped "
         f"model.keras afterwards, {INFERENCE_ROUTING}-routed, so the two can differ"
     )
-
-
-def _examples(hierarchy, predictions):
-    classes = predictions["classes"].argmax(1)
-    return [
-        {
-            "path": path,
-            "true": hierarchy.classes[label],
-            "predicted": hierarchy.classes[predicted],
-            "expert": hierarchy.groups[route],
-            "true_group": hierarchy.groups[hierarchy.class_to_group[label]],
-            "confidence": float(row[predicted]),
-        }
-        for path, label, predicted, route, row in zip(
-            predictions["paths"],
-            predictions["labels"],
-            classes,
-            predictions["route"],
-            predictions["classes"],
-        )
-    ]
 
 
 def _history_columns(history):

@@ -32,3 +32,26 @@ def test_best_epoch_without_validation_names_the_training_images():
     line = _best_epoch({"history": history}, "soft")
     assert "on the training images (averaged over the epoch) with" in line
     assert _best_epoch(None, "soft") == "unknown"
+
+
+def test_the_flat_baselines_epochs_are_logged_for_its_curves_across_stages():
+    from condnet.runs.finish import _logging_epochs
+
+    history = {}
+    stopping = _logging_epochs(lambda validation, epochs, rate: ["stop"], history)
+    for stage in range(2):  # fit_flat asks for the callbacks once per stage
+        callbacks = stopping(None, 1, 0.001)
+        assert callbacks[0] == "stop"
+        callbacks[-1].on_epoch_end(0, {"accuracy": 0.5 + stage / 10, "val_accuracy": 0.4})
+    assert history == {"accuracy": [0.5, 0.6], "val_accuracy": [0.4, 0.4]}
+
+
+def test_a_reloaded_baseline_keeps_the_curves_its_run_recorded(tmp_path):
+    import json
+
+    from condnet.runs.finish import _recorded_baseline
+
+    curves = {"accuracy": [0.5, 0.6], "val_accuracy": [0.4, 0.45]}
+    flat = {"epochs": 2, "epochs_planned": 2, "history": {**curves, "bad": "text"}}
+    (tmp_path / "metrics.json").write_text(json.dumps({"baseline": {"flat": flat}}))
+    assert _recorded_baseline(tmp_path) == {"epochs": 2, "epochs_planned": 2, "history": curves}

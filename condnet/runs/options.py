@@ -501,6 +501,44 @@ class TrainingOptions:
 
 _FIELDS = {field.name: field for field in dataclasses.fields(TrainingOptions)}
 
+# The topics `condnet train --help` lists the options under, in this order (each
+# option the CLI shows is in exactly one; a test checks it).
+HELP_GROUPS = {
+    "data": (
+        "hierarchy",
+        "discovery_groups",
+        "image_size",
+        "color_mode",
+        "validation_split",
+        "cache",
+        "cache_dir",
+    ),
+    "model": ("backbone", "expert_placement", "filters", "expert_dropout"),
+    "routing": ("routing", "temperature", "confidence_threshold", "dispatch", "capacity_factor"),
+    "training": (
+        "strategy",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "lr_schedule",
+        "patience",
+        "seed",
+        "loss_schedule",
+        "upcycle_epochs",
+    ),
+    "augmentation": ("augment", "flip", "rotation"),
+    "pretrained backbones": (
+        "weights",
+        "backbone_output",
+        "preprocess",
+        "fine_tune_epochs",
+        "fine_tune_layers",
+        "fine_tune_learning_rate",
+    ),
+    "comparison and logs": ("baseline", "tensorboard"),
+    "devices": ("distribute", "precision"),
+}
+
 
 def _check_combinations(options):
     if options.strategy == "staged" and options.epochs < STAGED_MIN_EPOCHS:

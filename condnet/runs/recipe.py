@@ -525,7 +525,7 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
             initial_epoch=initial,
             epochs=end,
             callbacks=[StopOnNaN(), *epoch_ends, checkpoint, *recipe, *callbacks],
-            **fit_kwargs,
+            **{**distribute.IN_ORDER, **fit_kwargs},
         )
     times.move(checkpoint.seconds, f"fit {phase.name}", "checkpoints")
     if checkpoint.refused is not None:

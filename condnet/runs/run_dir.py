@@ -11,6 +11,12 @@ import numpy as np
 
 from condnet.choices import COLOR_MODES
 from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
+from condnet.evaluation.backoff import (
+    answer_fields,
+    back_off,
+    backoff_summary,
+    check_thresholds,
+)
 from condnet.evaluation.calibration import calibrate
 from condnet.evaluation.cost import count_macs
 from condnet.evaluation.evaluate import (
@@ -266,6 +272,8 @@ _FIXES = {
     "start the run again with --overwrite",
     HIERARCHY: "`condnet train` writes it as a copy of the tree in config.json; restore it "
     "from there, or delete it",
+    "backoff.json": "`condnet train` and `condnet backoff RUN_DIR` write it; delete it and run "
+    "`condnet backoff RUN_DIR` to choose the thresholds again",
 }
 
 
@@ -370,6 +378,8 @@ _METRIC_ENTRIES = [
     for keys, check in [
         *[((key,), _FRACTION) for key in ("accuracy", "group_accuracy", "gate_accuracy")],
         (("hierarchical_f1",), _FRACTION),
+        (("mistake_distance",), _COUNT),
+        *[(("baseline", side, "mistake_distance"), _COUNT) for side in ("flat", "conditional")],
         (("training_routing",), (lambda value: isinstance(value, str), "a string")),
         (("mixture",), _OBJECT),
         (("mixture", "accuracy"), _FRACTION),
@@ -386,6 +396,85 @@ _METRIC_ENTRIES = [
         ],
     ]
 ]
+
+
+# === Back-off thresholds ===
+
+BACKOFF = "backoff.json"
+
+
+def read_backoff(path, hierarchy=None):
+    """A run's backoff.json: an object whose `"models"` map a model file of the run
+    (`model.keras`, `baseline.keras`, ...) to an object with its `"thresholds"`, one per
+    level (a number from 0 to 1, or null for a level that never answers); with
+    `hierarchy`, exactly its levels (`condnet.evaluation.mistakes.level_names`)."""
+    record = _read_json(path)
+    models = record.get("models") if isinstance(record, dict) else None
+    if not isinstance(models, dict):
+        raise ValueError(_bad_file(path, 'it has no "models" object'))
+    for name, entry in models.items():
+        thresholds = entry.get("thresholds") if isinstance(entry, dict) else None
+        if not _valid_thresholds(thresholds, hierarchy):
+            levels = "" if hierarchy is None else f" {list(_level_names(hierarchy))}"
+            problem = (
+                f'its ["models"][{name!r}]["thresholds"] is {thresholds!r:.80}, where an object '
+                f"with a threshold per level{levels} (a number from 0 to 1, or null) is expected"
+            )
+            raise ValueError(_bad_file(path, problem))
+    return record
+
+
+def _valid_thresholds(thresholds, hierarchy):
+    if hierarchy is not None:
+        try:
+            check_thresholds(hierarchy, thresholds)
+        except (TypeError, ValueError):
+            return False
+        return True
+    return isinstance(thresholds, dict) and all(
+        value is None or _fraction(value) for value in thresholds.values()
+    )
+
+
+def _level_names(hierarchy):
+    from condnet.evaluation.mistakes import level_names, tree_levels
+
+    return level_names(len(tree_levels(hierarchy)[1]))
+
+
+def run_thresholds(run_dir, hierarchy, model_file=None):
+    """The back-off thresholds the run's backoff.json holds for `model_file` (a model
+    file of the run; model.keras by default), or None."""
+    path, key = Path(run_dir) / BACKOFF, _model_key(run_dir, model_file)
+    if key is None or not path.is_file():
+        return None
+    entry = read_backoff(path, hierarchy)["models"].get(key)
+    return None if entry is None else check_thresholds(hierarchy, entry["thresholds"])
+
+
+def backoff_thresholds(run_dir, hierarchy, model_file=None, thresholds=None):
+    """The thresholds `predict` and `serve` back off with: `thresholds` when given (one
+    per level), else the run's own (`run_thresholds`); a ValueError when it has none."""
+    if thresholds is not None:
+        return check_thresholds(hierarchy, thresholds)
+    stored = run_thresholds(run_dir, hierarchy, model_file)
+    if stored is None:
+        name = _model_key(run_dir, model_file) or str(model_file)
+        raise ValueError(
+            f"The run {str(run_dir)!r} holds no back-off thresholds for {name} (in "
+            f"{BACKOFF}). `condnet backoff RUN_DIR` chooses them on its validation split "
+            "(--target-accuracy 0.95), or give them: --thresholds "
+            f"{' '.join(f'{level}=0.9' for level in _level_names(hierarchy))}. "
+            f"Received: run_dir={str(run_dir)!r}, model={name!r}"
+        )
+    return stored
+
+
+def _model_key(run_dir, model_file):
+    """The name backoff.json files a model under: its file name when it lies in the run."""
+    path = _model_path(Path(run_dir), model_file)
+    inside = path.resolve().parent == Path(run_dir).resolve()
+    return path.name if inside else None
 
 
 def nested_entry(value, keys):
@@ -520,18 +609,23 @@ def evaluate_run(
     guard(report_dir, "evaluation", flag="--report-dir", **read)
     data = folder_for(model, config, data_dir, batch_size)
     label = _labeller(progress)
+    comparison = None
     if isinstance(model, FlatBaseline):
-        metrics, comparison = _flat_metrics(model, data, label), None
+        metrics, predictions = _flat_metrics(run_dir, model, data, label, model_file)
     else:
-        metrics, comparison = _conditional_metrics(run_dir, model, data, label)
+        metrics, comparison, predictions = _conditional_metrics(
+            run_dir, model, data, label, model_file
+        )
     with staged_folder(report_dir, "evaluation") as partial:
         write_file(partial / METRICS, json.dumps(metrics, indent=1))
-        _write_evaluation_report(partial, run_dir, data_dir, model, metrics, comparison)
+        report = (run_dir, data_dir, model, metrics, comparison, predictions)
+        _write_evaluation_report(partial, *report)
     return metrics
 
 
-def _flat_metrics(model, data, label):
+def _flat_metrics(run_dir, model, data, label, model_file):
     """The run's flat baseline scored on `data`, as the run scores it beside its model."""
+    thresholds = run_thresholds(run_dir, model.hierarchy, model_file)  # checked first
     metrics, predictions = evaluate_model(
         model.classifier,
         data,
@@ -540,17 +634,34 @@ def _flat_metrics(model, data, label):
         progress=label("flat baseline"),
     )
     metrics["within_group_accuracy"] = within_group_of(model.hierarchy, predictions)
-    return {**metrics, "model": "baseline", "inference_routing": "flat"}
+    metrics["backoff"] = {"flat": backoff_of(model.hierarchy, predictions, thresholds, BASELINE)}
+    return {**metrics, "model": "baseline", "inference_routing": "flat"}, predictions
 
 
-def _conditional_metrics(run_dir, model, data, label):
+def backoff_of(hierarchy, predictions, thresholds, name, source=f"the run's {BACKOFF}"):
+    """`backoff_summary` of one model's predictions (those of `evaluate_model`) at
+    `thresholds` (or None), naming its model file and where the thresholds come from."""
+    summary = backoff_summary(
+        hierarchy,
+        predictions["labels"],
+        predictions["classes"],
+        thresholds,
+        predictions.get("groups"),
+    )
+    return {"model": name, "thresholds_from": source if thresholds else None, **summary}
+
+
+def _conditional_metrics(run_dir, model, data, label, model_file=None):
     """(metrics, baseline comparison or None) of a condnet model on `data`: its routing,
     the other routing's accuracy and the run's flat baseline beside it."""
+    from condnet.evaluation.mistakes import milder_mistakes
     from condnet.evaluation.report import baseline_verdict, gap_sources
 
     # The run files it reads are checked before the first pass over the images.
     trained = read_metrics(Path(run_dir) / METRICS) if (Path(run_dir) / METRICS).is_file() else {}
     flat = _flat_classifier(run_dir, model.hierarchy)
+    thresholds = run_thresholds(run_dir, model.hierarchy, model_file)
+    flat_thresholds = run_thresholds(run_dir, model.hierarchy, BASELINE) if flat else None
     metrics, predictions = evaluate_model(
         model, data, return_predictions=True, progress=label(f"{model.routing} routing")
     )
@@ -565,7 +676,9 @@ def _conditional_metrics(run_dir, model, data, label):
     }
     soft = other_predictions if other == "soft" else predictions
     within = within_group_of(model.hierarchy, soft)
-    comparison = _baseline_on(
+    name = _model_key(run_dir, model_file) or str(model_file)
+    metrics["backoff"] = {"conditional": backoff_of(model.hierarchy, predictions, thresholds, name)}
+    comparison, flat_predictions = _baseline_on(
         flat,
         data,
         model.hierarchy,
@@ -573,18 +686,27 @@ def _conditional_metrics(run_dir, model, data, label):
         label("flat baseline"),
     )
     if comparison is not None:
+        metrics["backoff"]["flat"] = backoff_of(
+            model.hierarchy, flat_predictions, flat_thresholds, BASELINE
+        )
+        comparison["milder_mistakes"] = milder_mistakes(
+            comparison["conditional"], comparison["flat"]
+        )
         if metrics["inference_routing"] == "hard":
             _add_training_costs(trained, comparison)
+            _add_speeds(model, flat, data, comparison)
         comparison["verdict"] = baseline_verdict(
             comparison["conditional"], comparison["flat"], metrics["num_samples"]
         )
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
-    return metrics, comparison
+    return metrics, comparison, predictions
 
 
-def _write_evaluation_report(report_dir, run_dir, data_dir, model, metrics, comparison):
-    from condnet.evaluation.report import write_report
+def _write_evaluation_report(
+    report_dir, run_dir, data_dir, model, metrics, comparison, predictions
+):
+    from condnet.evaluation.report import gallery_examples, write_report
 
     write_report(
         report_dir,
@@ -596,6 +718,7 @@ def _write_evaluation_report(report_dir, run_dir, data_dir, model, metrics, comp
             "routing": metrics["inference_routing"],
         },
         baseline=comparison,
+        examples=gallery_examples(model.hierarchy, predictions),  # images of this folder
     )
 
 
@@ -614,36 +737,70 @@ def _flat_classifier(run_dir, hierarchy):
 
 
 def _baseline_on(flat, data, hierarchy, metrics, progress=None):
-    """The flat baseline scored on `data`, beside the conditional model, or None."""
+    """(the flat baseline scored on `data` beside the conditional model, its predictions),
+    or (None, None) without one."""
     if flat is None:
-        return None
+        return None, None
     scores, predictions = evaluate_model(
         flat, data, hierarchy=hierarchy, return_predictions=True, progress=progress
     )
     scores["within_group_accuracy"] = within_group_of(hierarchy, predictions)
-    keys = ("accuracy", "group_accuracy", "within_group_accuracy", "hierarchical_f1")
-    return {
+    keys = (
+        "accuracy",
+        "group_accuracy",
+        "within_group_accuracy",
+        "hierarchical_f1",
+        "mistake_distance",
+        "top_k_distance",
+    )
+    comparison = {
         "conditional": {key: metrics[key] for key in keys},
         "flat": {key: scores[key] for key in keys},
         "model": BASELINE,
     }
+    return comparison, predictions
 
 
 def _add_training_costs(trained, comparison):
-    """MACs per image, images/s and epochs trained of both models, as `condnet train`
-    measured them for the hard-routed model (they do not depend on the images scored) in
-    the run's metrics `trained`; nothing if it did not."""
+    """MACs per image and epochs trained of both models, as `condnet train` recorded them
+    for the hard-routed model (they do not depend on the images scored) in the run's
+    metrics `trained`; nothing if it did not."""
     for side in ("conditional", "flat"):
-        for key in ("macs_per_image", "images_per_second", "epochs"):
+        for key in ("macs_per_image", "epochs"):
             if nested_entry(trained, ("baseline", side, key)) is not None:
                 comparison[side][key] = trained["baseline"][side][key]
 
 
-def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None, progress=False):
+def _add_speeds(model, flat, data, comparison):
+    """Images per second of both models, timed on these images as `condnet train` times
+    them on its validation split: each report states the speed it measured."""
+    from condnet.runs.finish import images_per_second
+
+    comparison["conditional"]["images_per_second"] = images_per_second(model, data)
+    comparison["flat"]["images_per_second"] = images_per_second(flat, data)
+
+
+def predict_paths(
+    run_dir,
+    inputs,
+    batch_size=64,
+    routing=None,
+    model_file=None,
+    progress=False,
+    back_off=False,
+    thresholds=None,
+):
     """Predict images (files or folders of images); one dict per image, in order.
 
     `routing` and `model_file` as in `load_run` (the model's own routing,
     hard for a run trained by `condnet train`, and model.keras by default).
+
+    `back_off=True` adds the deepest node each image is sure of
+    (`condnet.evaluation.backoff.back_off`): `answer` (the class, else the
+    group, else "unsure"), `answer_level` and `answer_confidence`, with the
+    thresholds the run's backoff.json holds for the model file, or with
+    `thresholds` (a dict `level -> threshold`, e.g. `{"group": 0.8,
+    "class": 0.9}`), which imply `back_off`.
 
     An image that cannot be decoded gets the row `{"path": ..., "error":
     "cannot decode: <reason>"}` instead of a prediction; no other image's
@@ -653,8 +810,10 @@ def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None,
     `expert` is their `group` (see `FlatBaseline`).
     """
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
-    paths = _image_paths(inputs)
     hierarchy = model.hierarchy
+    if back_off or thresholds is not None:
+        thresholds = backoff_thresholds(run_dir, hierarchy, model_file, thresholds)
+    paths = _image_paths(inputs)
     extra = {"model": "baseline"} if isinstance(model, FlatBaseline) else {}
     data = ImageFolder(
         paths,
@@ -670,15 +829,27 @@ def predict_paths(run_dir, inputs, batch_size=64, routing=None, model_file=None,
         images, _, errors = data.read_batch(index)
         valid = np.array([error is None for error in errors], bool)
         outputs = predict_batch(model, images[valid]) if valid.any() else None
+        answers = _answers(hierarchy, outputs, thresholds)
         decoded = iter(range(int(valid.sum())))
         for row, error in zip(data.batch_rows(index), errors):
             path = data.paths[row]
             if error is None:
-                results.append(prediction_row(hierarchy, path, outputs, next(decoded)) | extra)
+                decoded_row = next(decoded)
+                result = prediction_row(hierarchy, path, outputs, decoded_row) | extra
+                if answers is not None:
+                    result |= answer_fields(answers, decoded_row)
+                results.append(result)
             else:
                 results.append(error_row(path, error))
     shown.close(f", {len(results)} images")
     return results
+
+
+def _answers(hierarchy, outputs, thresholds):
+    """The back-off answers of a batch's outputs, or None (no thresholds, no images)."""
+    if thresholds is None or outputs is None:
+        return None
+    return back_off(hierarchy, outputs["classes"], thresholds, outputs["groups"])
 
 
 def input_shape_of(config):

@@ -193,6 +193,12 @@ def for_this_process(folder):
     return folder.shard(_JOINED[0][2], _JOINED[0][1])
 
 
+# `fit` takes the batches in order: a folder shuffles its rows every epoch itself, and
+# Keras shuffling the batch order too would leave the folder's read-ahead decoding
+# batches that come later (a `tf.data` input would also warn).
+IN_ORDER = {"shuffle": False}
+
+
 def fit_inputs(train_data, validation):
     """`(x, validation_data, callbacks)` for `fit` from this process's folders.
 
