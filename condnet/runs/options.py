@@ -157,7 +157,7 @@ def _image_size(name, value):
             "the backbone's poolings, and larger ones need gigabytes of memory per batch "
             f"(resize the images instead). Received: {name}={value!r}"
         )
-    return value if _is_int(value) else tuple(value)
+    return sides[0] if len(sides) == 1 else tuple(sides)  # [64] is 64
 
 
 def _filters(name, value):

@@ -82,6 +82,8 @@ def test_options_round_trip_through_json():
     assert options.filters == (8, 16) and options.split == ((0, 2), (1,))
     config = json.loads(json.dumps(options.to_config()))
     assert TrainingOptions.from_config(config) == options
+    assert TrainingOptions(image_size=[40]).image_size == 40  # one side: a square
+
 
 
 def test_from_config_skips_the_folders_and_refuses_unknown_keys():
