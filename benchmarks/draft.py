@@ -10,7 +10,8 @@ Pillow's `draft`) when the image size asked is that much smaller, then resizes
    96 px photos and on the same photos upscaled to 480 px;
 2. accuracy: the plain Keras CNN (`defaults.plain_cnn`) trained side by side on
    the two decodings of the same photos (96 px read at 48 px: 1/2 scale), the same
-   split and seed, `--seeds` seeds, scored on the test photos decoded the same way.
+   seed, `--epochs` epochs, `--seeds` seeds, scored on the test photos decoded the
+   same way.
 
 Replaces the "Reduced-scale JPEG decoding" section of benchmarks/RESULTS.md and
 writes benchmarks/draft.json.
@@ -28,7 +29,7 @@ os.environ["KERAS_BACKEND"] = common.choose_backend()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from defaults import DATA_SETS, extract, fit, plain_cnn, split_validation  # noqa: E402
+from defaults import DATA_SETS, extract, plain_cnn  # noqa: E402
 from input_pipeline import upscaled  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -79,10 +80,10 @@ def accuracy_rows(root, hierarchy, args):
             test = load(root / "test", hierarchy, args.test_per_class, 48, decode)
             keras.utils.set_random_seed(seed)
             model = plain_cnn(48, hierarchy.num_classes)
-            fitting, validation = split_validation(*train, 0.2, seed)
-            seconds, epochs = fit(model, fitting, validation, args.epochs, seed)
+            model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+            model.fit(*train, epochs=args.epochs, batch_size=32, verbose=0)
             accuracy = float(np.mean(model.predict(test[0], verbose=0).argmax(1) == test[1]))
-            rows.append({"decoding": name, "seed": seed, "accuracy": accuracy, "epochs": epochs})
+            rows.append({"decoding": name, "seed": seed, "accuracy": accuracy})
             print(rows[-1], flush=True)
     return rows
 
@@ -110,8 +111,8 @@ def main():
 
 def _options(parser):
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--train-per-class", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--train-per-class", type=int, default=200)
     parser.add_argument("--test-per-class", type=int, default=50)
 
 
@@ -137,8 +138,9 @@ def _write(args, pixels, accuracy):
             "",
             f"Accuracy: the plain CNN on photos20 read at 48 px from 96 px photos (1/2 "
             f"scale), {args.train_per_class} training and {args.test_per_class} test photos "
-            f"per class, up to {args.epochs} epochs (EarlyStopping(patience=5)), the same "
-            "split and seeds for both decodings:",
+            f"per class, {args.epochs} epochs (no early stopping: on so few photos the "
+            "validation loss of a BatchNorm CNN lags for several epochs), the same seeds for "
+            "both decodings:",
             "",
             accuracy_table,
             "",

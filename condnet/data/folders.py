@@ -1008,7 +1008,7 @@ class ImageFolder(keras.utils.PyDataset):
         decoding workers; each row's `(future, position)` goes to `_pending`."""
         with self._pending_lock:
             rows = [row for row in rows if row not in self._pending]
-            size = max(1, math.ceil(len(rows) / self.decode_workers))
+            size = max(1, min(_CHUNK, math.ceil(len(rows) / self.decode_workers)))
             for start in range(0, len(rows), size):
                 chunk = rows[start : start + size]
                 future = self._submit([self.paths[row] for row in chunk])
@@ -1081,6 +1081,7 @@ class ImageFolder(keras.utils.PyDataset):
 
 # Batches whose rows are decoded ahead of the one requested.
 READ_AHEAD = 2
+_CHUNK = 64  # most images a decoding task takes (a bounded reply, however many are asked)
 DECODERS = ("auto", "processes", "threads")
 _POOLS = {}
 _POOLS_LOCK = threading.Lock()
