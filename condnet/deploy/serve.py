@@ -49,6 +49,13 @@ from condnet.data.folders import MAX_IMAGE_PIXELS, ImageDecodeError, decode_imag
 from condnet.deploy.batching import MicroBatcher
 from condnet.evaluation.backoff import answer_fields, back_off, check_thresholds
 from condnet.evaluation.evaluate import prediction_row
+from condnet.evaluation.unknown import (
+    check_unknown_thresholds,
+    flag_unknown,
+    scored_route,
+    unknown_fields,
+    unknown_scores,
+)
 from condnet.models.dispatch import bucket_size, compiled_call
 
 MAX_UPLOAD_BYTES = 16 * 2**20
@@ -98,6 +105,7 @@ def create_app(
     max_pixels=MAX_IMAGE_PIXELS,
     body_timeout=BODY_TIMEOUT,
     thresholds=None,
+    unknown_thresholds=None,
 ):
     """A FastAPI app serving `model` (a ConditionalModel; its routing is used as is).
 
@@ -117,6 +125,9 @@ def create_app(
         thresholds: optional dict `level -> threshold`: each answer also says
             the deepest node the model is sure of (`answer`, `answer_level`,
             `answer_confidence`; `condnet.evaluation.backoff.back_off`).
+        unknown_thresholds: optional dict `group -> threshold`: each answer also
+            says whether the chosen expert knows none of its classes (`unknown`,
+            `unknown_score`; `condnet.evaluation.unknown`).
     """
     check_options(
         max_batch=max_batch,
@@ -128,6 +139,8 @@ def create_app(
     check_token(token)
     if thresholds is not None:
         thresholds = check_thresholds(model.hierarchy, thresholds)
+    if unknown_thresholds is not None:
+        unknown_thresholds = check_unknown_thresholds(model.hierarchy, unknown_thresholds)
     _needs_serving()
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -149,6 +162,7 @@ def create_app(
         "hierarchy": hierarchy.to_dict(),
         "routing": model.routing,
         "backoff_thresholds": thresholds,
+        "unknown_thresholds": unknown_thresholds,
         "input": {"image_size": list(image_size), "color_mode": color_mode},
         "limits": {
             "max_upload_bytes": max_upload_bytes,
@@ -201,6 +215,10 @@ def create_app(
         if thresholds is not None:
             answers = back_off(hierarchy, outputs["classes"], thresholds, outputs["groups"])
             rows = [row | answer_fields(answers, index) for index, row in enumerate(rows)]
+        if unknown_thresholds is not None:
+            scored = unknown_scores(hierarchy, outputs["classes"], scored_route(model, outputs))
+            flagged = flag_unknown(hierarchy, scored, unknown_thresholds)
+            rows = [row | unknown_fields(scored, flagged, i) for i, row in enumerate(rows)]
         return rows
 
     return app

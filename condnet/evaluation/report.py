@@ -60,6 +60,7 @@ def write_report(
     header=None,
     baseline=None,
     examples=None,
+    explain=None,
 ):
     """Write `report.md`, `report.html` and PNG plots of a run into `run_dir`.
 
@@ -98,6 +99,10 @@ def write_report(
         examples: optional list of dicts, one per image, with `path`, `true`
             (class), `predicted` (class), `expert` (group that ran), `true_group`
             and `confidence`: up to 8 of each kind are shown as thumbnails.
+        explain: optional callable `(image path, PNG path, caption)` that draws
+            why the model decided so (`condnet.evaluation.explain.explainer`):
+            each misrouted example shown gets the occlusion maps of the gate
+            and of the expert it was sent to. Defaults to `None` (none drawn).
 
     Returns:
         The list of written paths: `report.md`, `report.html`, then the PNGs.
@@ -116,7 +121,7 @@ def write_report(
     run_dir.mkdir(parents=True, exist_ok=True)
     flat_history = _history_dict((baseline or {}).get("flat", {}).get("history"))
     plots, notes = _write_plots(run_dir, hierarchy, metrics, history, flat_history)
-    gallery = _write_gallery(run_dir, examples or [])
+    gallery = _write_gallery(run_dir, examples or [], explain)
     sections = _sections(hierarchy, metrics, plots, notes)
     sections[1:1] = _extra_sections(metrics, header, baseline, gallery)
     sections += _options_section(header)
@@ -494,16 +499,39 @@ def gallery_examples(hierarchy, predictions):
     ]
 
 
-def _write_gallery(run_dir, examples):
-    """Thumbnails of up to `PER_KIND` images of each kind, as report items."""
-    items = []
+def _write_gallery(run_dir, examples, explain=None):
+    """Thumbnails of up to `PER_KIND` images of each kind, as report items; with
+    `explain`, the misrouted ones' occlusion maps after them."""
+    items, why = [], []
     for kind, caption in GALLERY_KINDS:
         chosen = across_classes([e for e in examples if _kind(e) == kind], PER_KIND)
+        if kind == "misrouted" and explain is not None:
+            why = _explanations(run_dir, chosen, explain)
         figures = [_thumbnail(run_dir, kind, i, e) for i, e in enumerate(chosen)]
         figures = [f for f in figures if f is not None]
         if figures:
             items.append(("gallery", f"{kind}: {caption}", figures))
-    return items
+    return items + why
+
+
+WHY_MISROUTED = (
+    "Why they were misrouted: where the gate looked for the group it chose, and where that "
+    "group's expert looked for its class (red: covering the region lowers the probability)."
+)
+
+
+def _explanations(run_dir, examples, explain):
+    """The occlusion maps of `examples` (`explain` draws each), as report items."""
+    images = []
+    for index, example in enumerate(examples):
+        name = f"examples/why-misrouted-{index:02d}.png"
+        try:
+            (run_dir / "examples").mkdir(exist_ok=True)
+            explain(example["path"], run_dir / name, f"true {example['true']}")
+        except (OSError, ValueError):
+            continue  # an image that cannot be read is left out, as from the gallery
+        images.append(("image", name))
+    return [("text", WHY_MISROUTED), *images] if images else []
 
 
 def across_classes(examples, count):

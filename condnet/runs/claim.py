@@ -39,6 +39,7 @@ RUN_FILES = (
     "model.calibrated.keras",
     "calibration.json",
     "backoff.json",
+    "unknown.json",
     ckpt.CHECKPOINTS,
     "logs",
     "evaluation",

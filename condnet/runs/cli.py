@@ -1,5 +1,5 @@
-"""The `condnet` command line: train, evaluate, predict, info, demo, cv, calibrate, export,
-serve, compare, ensemble, tune."""
+"""The `condnet` command line: train, evaluate, predict, explain, info, demo, cv, calibrate,
+export, serve, compare, ensemble, tune."""
 
 import argparse
 import contextlib
@@ -143,11 +143,13 @@ def build_parser():
         _train_parser,
         _evaluate_parser,
         _predict_parser,
+        _explain_parser,
         _info_parser,
         _demo_parser,
         _cv_parser,
         _calibrate_parser,
         _backoff_parser,
+        _unknown_parser,
         _export_parser,
         _serve_parser,
         _compare_parser,
@@ -465,11 +467,22 @@ def _predict_parser(commands, common):
         "only a one-line summary; with --json the rows are printed as JSON lines as well",
     )
     _backoff_flags(p)
+    _unknown_flag(p)
     p.set_defaults(run=_predict)
 
 
 PREDICT_COLUMNS = ("path", "group", "class", "expert", "confidence", "error")
 ANSWER_COLUMNS = ("answer", "answer_level", "answer_confidence")
+UNKNOWN_COLUMNS = ("unknown", "unknown_score")
+
+
+def _unknown_flag(p):
+    p.add_argument(
+        "--unknown",
+        action="store_true",
+        help="also say whether the chosen expert knows none of its classes (unknown: true, "
+        "e.g. a dog of a breed it never saw), with the thresholds in RUN_DIR/unknown.json",
+    )
 
 
 def _backoff_flags(p):
@@ -503,6 +516,7 @@ def _predict(args):
         progress=not args.quiet,
         back_off=args.back_off,
         thresholds=parse_thresholds(args.thresholds),
+        unknown=args.unknown,
     )
     failed = sum("error" in row for row in rows)
     if args.output:
@@ -525,12 +539,15 @@ def _predict(args):
 
 def _print_rows(rows):
     answers = any("answer" in row for row in rows)
-    print("\t".join(PREDICT_COLUMNS[:5] + (("answer",) if answers else ())))
+    unknown = any("unknown" in row for row in rows)
+    extra = (("answer",) if answers else ()) + (("unknown",) if unknown else ())
+    print("\t".join(PREDICT_COLUMNS[:5] + extra))
     for row in rows:
         if "error" in row:
             print(f"{json.dumps(row['path'])}\terror\t{row['error']}")
         else:
             answer = f"\t{row['answer']}" if answers else ""
+            answer += f"\t{json.dumps(row['unknown'])}" if unknown else ""
             print(
                 f"{json.dumps(row['path'])}\t{row['group']}\t{row['class']}\t{row['expert']}"
                 f"\t{row['confidence']:.3f}{answer}"
@@ -559,6 +576,7 @@ def _write_rows(path, rows):
         return
     buffer = io.StringIO()
     answers = ANSWER_COLUMNS if any("answer" in row for row in rows) else ()
+    answers += UNKNOWN_COLUMNS if any("unknown" in row for row in rows) else ()
     writer = csv.DictWriter(buffer, fieldnames=PREDICT_COLUMNS + answers, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
@@ -606,6 +624,78 @@ def _info(args):
         print(f"Taps: gate reads {taps['gate']}; experts read {taps['experts']}")
         if taps["available"]:
             print(f"  stage outputs of the backbone: {', '.join(taps['available'])}")
+
+
+# === explain ===
+
+
+def _explain_parser(commands, common):
+    p = commands.add_parser(
+        "explain",
+        parents=[common],
+        help="where the gate looked for its group and the expert for its class (occlusion maps)",
+        description="For each image, slide a grey patch over it and record how much the gate's "
+        "probability of its group and the chosen expert's probability of its class drop: "
+        "OUT_DIR gets one PNG per image (the image, the gate's map, the expert's map) and "
+        "explain.json (group, class, probabilities, the peak of each map).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
+    p.add_argument("inputs", metavar="IMAGE", nargs="+", help="image files or folders of images")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="folder to write")
+    p.add_argument(
+        "--model",
+        metavar="FILE",
+        help="model.keras (default), model.calibrated.keras or the path of a .keras file",
+    )
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        metavar="N",
+        help="side of the grey patch in pixels of the model's input (default: a quarter "
+        "of the image side)",
+    )
+    p.add_argument(
+        "--stride", type=int, metavar="N", help="step between patches (default: half the patch)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="covered copies per call of the trunk, the gate or the expert (default 64)",
+    )
+    p.set_defaults(run=_explain)
+
+
+def _explain(args):
+    from condnet.runs.explain import INDEX, explain_run, failed_images
+
+    record = explain_run(
+        args.run_dir,
+        args.inputs,
+        args.out,
+        model_file=args.model,
+        patch_size=args.patch_size,
+        stride=args.stride,
+        batch_size=args.batch_size,
+    )
+    for entry in record["images"]:
+        if "error" not in entry:
+            gate, expert = entry["gate_peak"], entry["expert_peak"]
+            print(
+                f"{json.dumps(entry['path'])}\t{entry['group']} ({entry['group_probability']:.3f})"
+                f"\t{entry['class']} ({entry['class_probability']:.3f})\tgate peak at "
+                f"({gate['row']}, {gate['column']})\texpert peak at "
+                f"({expert['row']}, {expert['column']})"
+            )
+    failed = failed_images(record)
+    print(f"Wrote {len(record['images']) - len(failed)} pictures and {INDEX} to {args.out}.")
+    for entry in failed[:5]:
+        print(f"condnet explain: {entry['path']!r}: {entry['error']}", file=sys.stderr)
+    if failed:
+        print(f"condnet explain: {len(failed)} image(s) could not be decoded.", file=sys.stderr)
+        return 1
+    return 0
 
 
 # === demo ===
@@ -811,9 +901,77 @@ def _backoff(args):
     print(f"Thresholds written to {Path(args.run_dir) / 'backoff.json'}.")
 
 
-def parse_thresholds(pairs):
+# === unknown ===
+
+
+def _unknown_parser(commands, common):
+    p = commands.add_parser(
+        "unknown",
+        parents=[common],
+        help="choose a run's unknown-class threshold per expert on its validation split "
+        "(or store given ones)",
+        description="Choose, per expert, the highest maximum-softmax threshold that flags at "
+        "most --false-alarm-rate of RUN_DIR's validation images routed to it as of no class "
+        "it knows (the split is drawn again from config.json), for model.keras, "
+        "model.calibrated.keras and baseline.keras (or --model); or store --thresholds given "
+        "directly. Writes RUN_DIR/unknown.json, which `predict --unknown` and `serve "
+        "--unknown` read. `condnet train` chooses them for 0.05.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
+    p.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=0.05,
+        metavar="X",
+        help="the share of known-class images each expert may flag unknown, in [0, 1) "
+        "(default: 0.05)",
+    )
+    p.add_argument(
+        "--thresholds",
+        nargs="+",
+        metavar="GROUP=P",
+        help="store these thresholds instead of choosing them, one per group, e.g. cat=0.6 "
+        "dog=0.5 (never: an expert that flags nothing)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="FILE",
+        help="only this model file of the run (default: each of model.keras, "
+        "model.calibrated.keras and baseline.keras it holds; with --thresholds, model.keras)",
+    )
+    p.add_argument("--json", action="store_true", help="print unknown.json as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress line on standard error")
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="remove a stale lock left in RUN_DIR by a condnet process that died",
+    )
+    p.set_defaults(run=_unknown)
+
+
+def _unknown(args):
+    from condnet.runs.unknown import unknown_line, unknown_run
+
+    record = unknown_run(
+        args.run_dir,
+        false_alarm_rate=args.false_alarm_rate,
+        thresholds=parse_thresholds(args.thresholds, "GROUP", "cat=0.6 dog=0.5"),
+        model_file=args.model,
+        break_lock=args.break_lock,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(record))
+        return
+    for name, entry in record["models"].items():
+        print(unknown_line(name, entry))
+    print(f"Thresholds written to {Path(args.run_dir) / 'unknown.json'}.")
+
+
+def parse_thresholds(pairs, key="LEVEL", example="group=0.8 class=0.9"):
     """`--thresholds group=0.8 class=0.9` as `{"group": 0.8, "class": 0.9}` (`never`:
-    None), or None when not given. The levels are checked against the run's hierarchy."""
+    None), or None when not given. The levels (or the groups, `key="GROUP"`) are checked
+    against the run's hierarchy."""
     if pairs is None:
         return None
     thresholds = {}
@@ -822,8 +980,8 @@ def parse_thresholds(pairs):
         number = _probability(value)
         if not equals or not level or level in thresholds or number is False:
             raise ValueError(
-                "--thresholds takes one LEVEL=P per level of the hierarchy, e.g. group=0.8 "
-                f"class=0.9 (P a probability, or never). Received: --thresholds {' '.join(pairs)}"
+                f"--thresholds takes one {key}=P per {key.lower()} of the hierarchy, e.g. "
+                f"{example} (P a probability, or never). Received: --thresholds {' '.join(pairs)}"
             )
         thresholds[level] = number
     return thresholds
@@ -987,6 +1145,7 @@ def _serve_parser(commands, common):
     p.add_argument("--routing", choices=("hard", "soft"), default="hard", help="(default: hard)")
     p.add_argument("--model", metavar="FILE", help="model.keras (default), model.calibrated.keras")
     _backoff_flags(p)
+    _unknown_flag(p)
     p.set_defaults(run=_serve)
 
 
@@ -1014,6 +1173,7 @@ def _serve(args):
         model_file=args.model,
         back_off=args.back_off,
         thresholds=parse_thresholds(args.thresholds),
+        unknown=args.unknown,
         token=token,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         **limits,

@@ -59,20 +59,33 @@ def export_run(run_dir, out=None, format="onnx", routing="hard", model_file=None
 
 
 def serve_app(
-    run_dir, routing="hard", model_file=None, back_off=False, thresholds=None, **service_options
+    run_dir,
+    routing="hard",
+    model_file=None,
+    back_off=False,
+    thresholds=None,
+    unknown=False,
+    unknown_thresholds=None,
+    **service_options,
 ):
     """The FastAPI app serving a run (see `condnet.deploy.serve.create_app`).
 
     `back_off=True` adds the back-off answer to every prediction, with the thresholds
     the run's backoff.json holds for the model file, or with `thresholds` (one per
-    level), which imply it (see `condnet.runs.run_dir.predict_paths`).
+    level), which imply it (see `condnet.runs.run_dir.predict_paths`). `unknown=True`
+    likewise adds `unknown` and `unknown_score`, with the run's unknown.json or
+    `unknown_thresholds` (one per group).
     """
     from condnet.deploy.serve import create_app
-    from condnet.runs.run_dir import backoff_thresholds, model_info
+    from condnet.runs.run_dir import backoff_thresholds, model_info, unknown_thresholds_of
 
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
     if back_off or thresholds is not None:
         thresholds = backoff_thresholds(run_dir, model.hierarchy, model_file, thresholds)
+    if unknown or unknown_thresholds is not None:
+        unknown_thresholds = unknown_thresholds_of(
+            run_dir, model.hierarchy, model_file, unknown_thresholds
+        )
     _, height, width, _ = input_shape_of(config)
     info = {}
     if hasattr(model, "gate"):  # a conditional model (an ensemble has no single route)
@@ -84,5 +97,6 @@ def serve_app(
         color_mode=config["options"]["color_mode"],
         info={"run": Path(run_dir).resolve().name, **info},  # its name: no path of the host
         thresholds=thresholds,
+        unknown_thresholds=unknown_thresholds,
         **service_options,
     )

@@ -29,6 +29,7 @@ import numpy as np
 from condnet.evaluation.baseline import flat_baseline, routed_macs
 from condnet.evaluation.cost import count_macs
 from condnet.evaluation.evaluate import evaluate_model, within_group_of
+from condnet.evaluation.explain import explainer
 from condnet.evaluation.mistakes import milder_mistakes
 from condnet.evaluation.report import (
     baseline_verdict,
@@ -41,6 +42,7 @@ from condnet.runs import checkpoint as ckpt
 from condnet.runs.backoff import TARGET_ACCURACY, chosen_entry, write_backoff
 from condnet.runs.run_dir import backoff_of
 from condnet.runs.timing import RunTimes, describe
+from condnet.runs.unknown import FALSE_ALARM_RATE, chosen_unknown_entry, write_unknown
 from condnet.training.callbacks import StopOnNaN
 from condnet.training.distribute import IN_ORDER, compile_options, fit_inputs
 from condnet.training.staged import tunable_count
@@ -98,6 +100,7 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
         metrics["backoff"] = _backoff(
             run_dir, train_data.hierarchy, validation, predictions, flat_predictions
         )
+        _unknown(run_dir, train_data.hierarchy, validation, predictions, flat_predictions)
     with times.part("report"):
         ckpt.write_atomic(run_dir / ckpt.METRICS, json.dumps(metrics, indent=1))
         header = _header(options, data, state, metrics["training_routing"])
@@ -111,6 +114,7 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
             header=header,
             baseline=comparison,
             examples=gallery_examples(train_data.hierarchy, predictions),
+            explain=explainer(model),  # occlusion maps of the misrouted examples
         )
     times.write(run_dir)
     return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
@@ -259,6 +263,22 @@ def _backoff(run_dir, hierarchy, validation, predictions, flat_predictions):
             source = "chosen here (backoff.json)"
             section[side] = backoff_of(hierarchy, scored[name], thresholds, name, source)
     return section
+
+
+def _unknown(run_dir, hierarchy, validation, predictions, flat_predictions):
+    """Choose the unknown-class thresholds of model.keras (scored in the group it routes
+    to) and baseline.keras (its maximum softmax) on the validation split and write
+    unknown.json (`condnet.runs.unknown`); nothing without a validation split."""
+    if validation is None:
+        return
+    entries = {ckpt.BEST: (predictions, predictions["route"])}
+    if flat_predictions is not None:
+        entries[ckpt.BASELINE] = (flat_predictions, None)
+    chosen = {
+        name: chosen_unknown_entry(hierarchy, scored, route, FALSE_ALARM_RATE, "validation split")
+        for name, (scored, route) in entries.items()
+    }
+    write_unknown(run_dir, hierarchy, chosen, keep=False)
 
 
 def baseline_stages(options):

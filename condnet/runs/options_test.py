@@ -85,7 +85,6 @@ def test_options_round_trip_through_json():
     assert TrainingOptions(image_size=[40]).image_size == 40  # one side: a square
 
 
-
 def test_from_config_skips_the_folders_and_refuses_unknown_keys():
     config = {**TrainingOptions(epochs=3).to_config(), "data_dir": "/data", "run_dir": "/run"}
     assert TrainingOptions.from_config(config).epochs == 3

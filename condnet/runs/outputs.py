@@ -1,7 +1,7 @@
 """The output guard: where a command may write, what it may replace, and how it writes.
 
-Every command that writes (train, evaluate, predict, export, ensemble, tune, cv,
-calibrate, compare) checks its outputs here before it touches the disk:
+Every command that writes (train, evaluate, predict, explain, export, ensemble, tune,
+cv, calibrate, compare) checks its outputs here before it touches the disk:
 
 - An output may not be, contain, or lie inside a data folder the command reads
   (or a run's training data), a run it reads, or any other run. The only places
@@ -176,7 +176,7 @@ def _unmarked_report(path, kind, entries):
 
 
 # Outputs rebuilt from a run in seconds, replaced without --overwrite when condnet wrote them.
-REGENERATED = ("evaluation", "table file", "rows file", "metrics file", "plot file")
+REGENERATED = ("evaluation", "explanation", "table file", "rows file", "metrics file", "plot file")
 
 
 # === Writing ===

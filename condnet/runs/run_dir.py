@@ -27,6 +27,7 @@ from condnet.evaluation.evaluate import (
     within_group_of,
 )
 from condnet.evaluation.progress import Progress
+from condnet.evaluation.unknown import flag_unknown, scored_route, unknown_fields, unknown_scores
 from condnet.hierarchy import Hierarchy
 from condnet.runs.checkpoint import (
     BASELINE,
@@ -274,6 +275,8 @@ _FIXES = {
     "from there, or delete it",
     "backoff.json": "`condnet train` and `condnet backoff RUN_DIR` write it; delete it and run "
     "`condnet backoff RUN_DIR` to choose the thresholds again",
+    "unknown.json": "`condnet train` and `condnet unknown RUN_DIR` write it; delete it and run "
+    "`condnet unknown RUN_DIR` to choose the thresholds again",
 }
 
 
@@ -475,6 +478,72 @@ def _model_key(run_dir, model_file):
     path = _model_path(Path(run_dir), model_file)
     inside = path.resolve().parent == Path(run_dir).resolve()
     return path.name if inside else None
+
+
+# === Unknown-class thresholds ===
+
+UNKNOWN = "unknown.json"
+
+
+def read_unknown(path, hierarchy=None):
+    """A run's unknown.json: an object whose `"models"` map a model file of the run to an
+    object with its `"thresholds"`, one per expert (a number from 0 to 1, or null for an
+    expert that flags nothing); with `hierarchy`, exactly its groups."""
+    from condnet.evaluation.unknown import check_unknown_thresholds
+
+    record = _read_json(path)
+    models = record.get("models") if isinstance(record, dict) else None
+    if not isinstance(models, dict):
+        raise ValueError(_bad_file(path, 'it has no "models" object'))
+    for name, entry in models.items():
+        thresholds = entry.get("thresholds") if isinstance(entry, dict) else None
+        try:
+            if hierarchy is not None:
+                check_unknown_thresholds(hierarchy, thresholds)
+            elif not isinstance(thresholds, dict) or not all(
+                value is None or _fraction(value) for value in thresholds.values()
+            ):
+                raise ValueError
+        except (TypeError, ValueError):
+            groups = "" if hierarchy is None else f" {list(hierarchy.groups)}"
+            problem = (
+                f'its ["models"][{name!r}]["thresholds"] is {thresholds!r:.80}, where an object '
+                f"with a threshold per group{groups} (a number from 0 to 1, or null) is expected"
+            )
+            raise ValueError(_bad_file(path, problem)) from None
+    return record
+
+
+def run_unknown_thresholds(run_dir, hierarchy, model_file=None):
+    """The unknown-class thresholds the run's unknown.json holds for `model_file` (a model
+    file of the run; model.keras by default), or None."""
+    from condnet.evaluation.unknown import check_unknown_thresholds
+
+    path, key = Path(run_dir) / UNKNOWN, _model_key(run_dir, model_file)
+    if key is None or not path.is_file():
+        return None
+    entry = read_unknown(path, hierarchy)["models"].get(key)
+    return None if entry is None else check_unknown_thresholds(hierarchy, entry["thresholds"])
+
+
+def unknown_thresholds_of(run_dir, hierarchy, model_file=None, thresholds=None):
+    """The thresholds `predict` and `serve` flag unknown classes with: `thresholds` when
+    given (one per group), else the run's own; a ValueError when it has none."""
+    from condnet.evaluation.unknown import check_unknown_thresholds
+
+    if thresholds is not None:
+        return check_unknown_thresholds(hierarchy, thresholds)
+    stored = run_unknown_thresholds(run_dir, hierarchy, model_file)
+    if stored is None:
+        name = _model_key(run_dir, model_file) or str(model_file)
+        raise ValueError(
+            f"The run {str(run_dir)!r} holds no unknown-class thresholds for {name} (in "
+            f"{UNKNOWN}). `condnet unknown RUN_DIR` chooses them on its validation split "
+            "(--false-alarm-rate 0.05), or give them: `condnet unknown RUN_DIR --thresholds "
+            f"{' '.join(f'{group}=0.5' for group in hierarchy.groups)}`. "
+            f"Received: run_dir={str(run_dir)!r}, model={name!r}"
+        )
+    return stored
 
 
 def nested_entry(value, keys):
@@ -706,6 +775,7 @@ def _conditional_metrics(run_dir, model, data, label, model_file=None):
 def _write_evaluation_report(
     report_dir, run_dir, data_dir, model, metrics, comparison, predictions
 ):
+    from condnet.evaluation.explain import explainer
     from condnet.evaluation.report import gallery_examples, write_report
 
     write_report(
@@ -719,6 +789,7 @@ def _write_evaluation_report(
         },
         baseline=comparison,
         examples=gallery_examples(model.hierarchy, predictions),  # images of this folder
+        explain=explainer(model),  # occlusion maps of the misrouted examples
     )
 
 
@@ -789,6 +860,8 @@ def predict_paths(
     progress=False,
     back_off=False,
     thresholds=None,
+    unknown=False,
+    unknown_thresholds=None,
 ):
     """Predict images (files or folders of images); one dict per image, in order.
 
@@ -802,6 +875,12 @@ def predict_paths(
     `thresholds` (a dict `level -> threshold`, e.g. `{"group": 0.8,
     "class": 0.9}`), which imply `back_off`.
 
+    `unknown=True` adds `unknown` (True when the chosen expert's maximum
+    softmax is below its threshold: an image of its group, but of none of its
+    classes; `condnet.evaluation.unknown`) and `unknown_score`, with the
+    thresholds the run's unknown.json holds for the model file, or with
+    `unknown_thresholds` (a dict `group -> threshold`), which imply `unknown`.
+
     An image that cannot be decoded gets the row `{"path": ..., "error":
     "cannot decode: <reason>"}` instead of a prediction; no other image's
     prediction ever stands in for it. `progress=True` reports the batches on
@@ -813,6 +892,10 @@ def predict_paths(
     hierarchy = model.hierarchy
     if back_off or thresholds is not None:
         thresholds = backoff_thresholds(run_dir, hierarchy, model_file, thresholds)
+    if unknown or unknown_thresholds is not None:
+        unknown_thresholds = unknown_thresholds_of(
+            run_dir, hierarchy, model_file, unknown_thresholds
+        )
     paths = _image_paths(inputs)
     extra = {"model": "baseline"} if isinstance(model, FlatBaseline) else {}
     data = ImageFolder(
@@ -830,6 +913,7 @@ def predict_paths(
         valid = np.array([error is None for error in errors], bool)
         outputs = predict_batch(model, images[valid]) if valid.any() else None
         answers = _answers(hierarchy, outputs, thresholds)
+        unknowns = _unknowns(model, outputs, unknown_thresholds)
         decoded = iter(range(int(valid.sum())))
         for row, error in zip(data.batch_rows(index), errors):
             path = data.paths[row]
@@ -838,6 +922,8 @@ def predict_paths(
                 result = prediction_row(hierarchy, path, outputs, decoded_row) | extra
                 if answers is not None:
                     result |= answer_fields(answers, decoded_row)
+                if unknowns is not None:
+                    result |= unknown_fields(*unknowns, decoded_row)
                 results.append(result)
             else:
                 results.append(error_row(path, error))
@@ -850,6 +936,15 @@ def _answers(hierarchy, outputs, thresholds):
     if thresholds is None or outputs is None:
         return None
     return back_off(hierarchy, outputs["classes"], thresholds, outputs["groups"])
+
+
+def _unknowns(model, outputs, thresholds):
+    """(scores, flagged) of a batch's outputs (`condnet.evaluation.unknown`), or None."""
+    if thresholds is None or outputs is None:
+        return None
+    route = scored_route(model, outputs)
+    scored = unknown_scores(model.hierarchy, outputs["classes"], route)
+    return scored, flag_unknown(model.hierarchy, scored, thresholds)
 
 
 def input_shape_of(config):
