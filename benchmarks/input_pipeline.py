@@ -5,18 +5,23 @@
 Side by side in one process, one pass over the same JPEG photos each, uncached:
 
 - `condnet`: `ImageFolder(cache="none", dtype="uint8")` as `condnet train` feeds
-  it (default `decode_workers`: one forked process per core, two batches read
-  ahead; `condnet.training.distribute.fit_inputs`: a `tf.data` pipeline calling
-  the folder by batch index on TensorFlow, the folder itself elsewhere), iterated
-  through Keras's own data adapter for the backend (the numpy/JAX iterator on
-  JAX, the DataLoader on torch), made once and iterated epoch after epoch as `fit` does (the warm-up
-  call of each pipeline is its first epoch; the medians are later epochs).
-- `condnet, threads`: the same with `decoder="threads"` (one thread per core).
+  it (default `decode_workers` and `decoder`: one thread per core, two batches
+  read ahead; JPEGs by libjpeg-turbo), handed over as `fit_inputs` hands it to
+  `fit` (a `tf.data` pipeline calling the folder by batch index on TensorFlow,
+  the folder itself elsewhere) and iterated through Keras's own data adapter
+  (the numpy/JAX iterator on JAX, the DataLoader on torch), made once and
+  iterated epoch after epoch as `fit` does (the warm-up call of each pipeline
+  is its first epoch; the medians are later epochs).
+- `condnet, processes`: the same with `decoder="processes"` (one forked process
+  per core; the pixels come back through a pipe).
 - `condnet, 1 thread`: the same with `decode_workers=1` (how it decoded before).
 - `tf.data`: `list_files -> read_file -> decode_jpeg -> resize -> batch ->
   prefetch`, `num_parallel_calls=AUTOTUNE`.
-- `decode limit`: Pillow with JPEG draft decoding (`decode_image`) in one
-  process per core, no batching: what the machine can decode.
+- `decode limit`: `decode_image` (libjpeg-turbo at a reduced scale) in one
+  process per core, no batching, nothing sent back but the shape: what the
+  machine can decode this way.
+- `Pillow limit`: the same with Pillow's own JPEG draft decoding (`Image.draft`),
+  the decode limit as the issue measured it.
 
 Two sets: photos20's real photos (96 px short side) read at 96 px, and the same
 photos upscaled to 480 px short side (JPEG quality 90; photos20 holds no large
@@ -167,11 +172,11 @@ def pipelines(root, side, pool):
         image_size=side, batch_size=BATCH, cache="none", shuffle=True, seed=0, dtype="uint8"
     )
     fast = ImageFolder(paths, labels, hierarchy, **folder)
-    threads = ImageFolder(paths, labels, hierarchy, decoder="threads", **folder)
+    processes = ImageFolder(paths, labels, hierarchy, decoder="processes", **folder)
     serial = ImageFolder(paths, labels, hierarchy, decode_workers=1, **folder)
     return len(paths), {
         "condnet": KerasEpochs(fast),
-        "condnet, threads": KerasEpochs(threads),
+        "condnet, processes": KerasEpochs(processes),
         "condnet, 1 thread": KerasEpochs(serial),
         "tf.data": lambda: tf_data_pass(paths, side),
         "decode limit": lambda: decode_limit_pass(pool, paths, side),
@@ -300,7 +305,7 @@ def _write(args, backend, rows, cache):
 
 PIPELINES = (
     "condnet",
-    "condnet, threads",
+    "condnet, processes",
     "condnet, 1 thread",
     "tf.data",
     "decode limit",
