@@ -946,9 +946,11 @@ class ImageFolder(keras.utils.PyDataset):
     def _images(self, rows):
         """`(images, reasons)` of `rows`: a uint8 array (zeros where a file fails) and
         None or why, per row. Taken from the store, from the read-ahead, or decoded now."""
-        images = np.zeros((len(rows), *self.image_size, self.channels), "uint8")
         store = self._store.get()
         found = store.found(self._store_rows[rows]) if store else np.zeros(len(rows), bool)
+        if store is not None and found.all():  # once cached: one copy out of the store
+            return np.asarray(store.images[self._store_rows[rows]]), [None] * len(rows)
+        images = np.zeros((len(rows), *self.image_size, self.channels), "uint8")
         if found.any():
             images[found] = store.images[self._store_rows[rows[found]]]
         missing = [i for i in np.flatnonzero(~found) if self.paths[rows[i]] not in self._unreadable]

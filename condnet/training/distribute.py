@@ -234,7 +234,7 @@ def _pipeline(folder):
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    dataset = tf.data.Dataset.range(len(folder)).map(batch).prefetch(1)
+    dataset = tf.data.Dataset.range(len(folder)).map(batch).prefetch(2)
     return dataset.with_options(options)
 
 
