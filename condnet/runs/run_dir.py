@@ -294,6 +294,8 @@ def read_config(path):
             raise ValueError(
                 _bad_file(path, f'its "options" hold {key}={options[key]!r:.80}, {_EXPECTED[key]}')
             )
+    if isinstance(options["image_size"], list) and len(options["image_size"]) == 1:
+        options["image_size"] = options["image_size"][0]  # one side: that square
     if config.get("hierarchy") is not None:
         _tree(path, config["hierarchy"])
     return config

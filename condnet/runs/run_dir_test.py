@@ -390,3 +390,12 @@ def test_info_and_calibrate_refuse_an_ensemble_run_in_one_line(run, tmp_path, ca
             in err
         )
         assert str(run) in err and str(other) in err  # the members to run it on instead
+
+
+def test_an_image_size_of_one_side_in_a_list_is_that_square(tmp_path):
+    from condnet.runs.run_dir import input_shape_of, read_config
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"options": {"image_size": [8], "color_mode": "rgb"}})
+    )
+    assert input_shape_of(read_config(tmp_path / "config.json")) == (None, 8, 8, 3)
