@@ -100,11 +100,13 @@ def left_out_of(args):
 
 
 def known_hierarchy(left_out):
-    """The groups without the left-out classes: the hierarchy the runs train on."""
+    """The groups without the left-out classes: the hierarchy the runs train on, in the
+    order `scan_directory` reads it from the folders (sorted), so that the test labels
+    index the classes as the trained model does."""
     return Hierarchy(
         {
-            group: [c for c in classes if c not in left_out]
-            for group, classes in CIFAR_GROUPS.items()
+            group: sorted(c for c in classes if c not in left_out)
+            for group, classes in sorted(CIFAR_GROUPS.items())
         }
     )
 
