@@ -127,25 +127,30 @@ def _backoff_locked(run_dir, target_accuracy, thresholds, model_file, progress):
     _refuse_ensemble(
         run_dir, model, config, "backoff", "chooses one model's thresholds on its validation split"
     )
-    validation = _validation_split(run_dir, config)
-    names = (
-        [name]
-        if model_file
-        else [n for n in (BEST, CALIBRATED, BASELINE) if (run_dir / n).is_file()]
-    )
     entries = {}
-    for each in names:
+    for each, _, predictions in validation_predictions(
+        run_dir, config, model_file, progress, "thresholds"
+    ):
+        entries[each] = chosen_entry(hierarchy, predictions, target, "validation split")
+    return write_backoff(run_dir, hierarchy, entries)
+
+
+def validation_predictions(run_dir, config, model_file, progress, what):
+    """`(file name, model, predictions)` on the run's validation split for `model_file`,
+    or for each of model.keras, model.calibrated.keras and baseline.keras the run holds:
+    what `condnet backoff` and `condnet unknown` choose their thresholds on."""
+    validation = _validation_split(run_dir, config)
+    names = [n for n in (BEST, CALIBRATED, BASELINE) if (run_dir / n).is_file()]
+    for each in [Path(model_file).name] if model_file else names:
         if progress:
             print(
-                f"Choosing the thresholds of {each} on {validation.num_samples} validation "
-                "images ...",
+                f"Choosing the {what} of {each} on {validation.num_samples} validation images ...",
                 file=sys.stderr,
                 flush=True,
             )
         chosen, _ = load_run(run_dir, model_file=each)
         _, predictions = evaluate_model(chosen, validation, return_predictions=True)
-        entries[each] = chosen_entry(hierarchy, predictions, target, "validation split")
-    return write_backoff(run_dir, hierarchy, entries)
+        yield each, chosen, predictions
 
 
 def _validation_split(run_dir, config):

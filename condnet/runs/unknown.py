@@ -16,12 +16,10 @@ given directly. `predict --unknown` and `serve --unknown` read them.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from condnet.evaluation.evaluate import evaluate_model
 from condnet.evaluation.unknown import (
     FALSE_ALARM_RATE,
     check_false_alarm_rate,
@@ -30,9 +28,9 @@ from condnet.evaluation.unknown import (
     flag_unknown,
     unknown_scores,
 )
-from condnet.runs.backoff import _validation_split
-from condnet.runs.checkpoint import BASELINE, BEST, write_atomic
-from condnet.runs.run_dir import CALIBRATED, UNKNOWN, _refuse_ensemble, load_run, read_unknown
+from condnet.runs.backoff import validation_predictions
+from condnet.runs.checkpoint import BEST, write_atomic
+from condnet.runs.run_dir import UNKNOWN, _refuse_ensemble, load_run, read_unknown
 
 
 def chosen_unknown_entry(hierarchy, predictions, route, false_alarm_rate, chosen_on):
@@ -112,23 +110,10 @@ def _unknown_locked(run_dir, false_alarm_rate, thresholds, model_file, progress)
     _refuse_ensemble(
         run_dir, model, config, "unknown", "chooses one model's thresholds on its validation split"
     )
-    validation = _validation_split(run_dir, config)
-    names = (
-        [name]
-        if model_file
-        else [n for n in (BEST, CALIBRATED, BASELINE) if (run_dir / n).is_file()]
-    )
     entries = {}
-    for each in names:
-        if progress:
-            print(
-                f"Choosing the unknown-class thresholds of {each} on {validation.num_samples} "
-                "validation images ...",
-                file=sys.stderr,
-                flush=True,
-            )
-        chosen, _ = load_run(run_dir, model_file=each)
-        _, predictions = evaluate_model(chosen, validation, return_predictions=True)
+    for each, chosen, predictions in validation_predictions(
+        run_dir, config, model_file, progress, "unknown-class thresholds"
+    ):
         route = None if chosen.routing is None else predictions["route"]
         entries[each] = chosen_unknown_entry(
             hierarchy, predictions, route, rate, "validation split"
