@@ -136,7 +136,8 @@ def milder_mistakes(conditional, flat):
     if mine is None or theirs is None:
         return None
     figures = (
-        f"its mistakes miss by {mine:.3f} levels on average against {theirs:.3f} for the flat "
+        f"the conditional model's mistakes miss by {mine:.3f} levels on average against "
+        f"{theirs:.3f} for the flat "
         "baseline (the height of the lowest common ancestor of the true and predicted class: "
         "1 = the right group, wrong class)"
     )

@@ -94,8 +94,12 @@ def test_evaluate_predictions_reports_the_mistake_distance():
 
 def test_milder_mistakes_names_the_model_whose_errors_miss_less():
     line = milder_mistakes({"mistake_distance": 1.2}, {"mistake_distance": 1.6})
-    assert line.startswith("Milder mistakes: the conditional model; its mistakes miss by 1.200")
-    assert "flat baseline" in milder_mistakes({"mistake_distance": 1.9}, {"mistake_distance": 1.1})
+    assert line.startswith(
+        "Milder mistakes: the conditional model; the conditional model's mistakes miss by 1.200"
+    )
+    flat = milder_mistakes({"mistake_distance": 1.9}, {"mistake_distance": 1.1})
+    assert flat.startswith("Milder mistakes: the flat baseline; the conditional model's")
+    assert "1.900 levels on average against 1.100 for the flat baseline" in flat
     assert "as mild" in milder_mistakes({"mistake_distance": 1.5}, {"mistake_distance": 1.5})
     assert milder_mistakes({"mistake_distance": None}, {"mistake_distance": 1.0}) is None
 
