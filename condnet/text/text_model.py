@@ -6,6 +6,9 @@ them (`condnet.data.text`), so that the compiled model holds no string op and
 runs alike on TensorFlow, JAX and PyTorch. The trunk is one of the three the
 Keras text-classification examples teach:
 
+- `"bag"`: the embeddings alone (a bag of words, as fastText; Joulin et al.
+  2016): the heads average them. The cheapest: a routed document costs the
+  gate's and one expert's Dense layers.
 - `"cnn"`: two 1D convolutions (kernel 5, ReLU) with a max pooling between.
 - `"gru"`: a bidirectional GRU over the sequence.
 - `"transformer"`: one Transformer encoder block (self-attention and a
@@ -14,8 +17,8 @@ Keras text-classification examples teach:
 
 The gate and every expert are heads on the trunk's sequence of features:
 global max pooling (the strongest evidence for a class anywhere in the
-document), dropout, a softmax Dense in float32 (`classifier_head` pools by
-average; text heads pool by max, as the Keras 1D-CNN example does).
+document, as the Keras 1D-CNN example pools; average pooling on `"bag"`),
+dropout, a softmax Dense in float32.
 """
 
 import keras
@@ -46,7 +49,8 @@ def build_text_model(
         vocabulary_size: int. Ids run from 0 to `vocabulary_size - 1` (the
             vectorizer's `vocabulary_size()`).
         sequence_length: int. Ids per document. Defaults to 256.
-        trunk: `"cnn"`, `"gru"` or `"transformer"`. Defaults to `"cnn"`.
+        trunk: `"bag"`, `"cnn"`, `"gru"` or `"transformer"`. Defaults to
+            `"cnn"`.
         embedding_dim: int. Defaults to 64.
         width: int. Filters of the convolutions, units of the GRU (both
             directions together) or of the encoder's feed-forward layer.
@@ -60,8 +64,10 @@ def build_text_model(
     features = text_trunk(vocabulary_size, sequence_length, trunk, embedding_dim, width)
     shape = tuple(features.output[TAP].shape[1:])
 
+    pooling = "average" if trunk == "bag" else "max"
+
     def head(units, name):
-        return text_head(shape, units, name, dropout)
+        return text_head(shape, units, name, dropout, pooling)
 
     return ConditionalModel(
         hierarchy,
@@ -79,7 +85,9 @@ def text_trunk(vocabulary_size, sequence_length, trunk="cnn", embedding_dim=64, 
     """The trunk model: token ids -> `{"features": (steps, channels)}`."""
     tokens = keras.Input((sequence_length,), dtype="int32", name="tokens")
     x = layers.Embedding(vocabulary_size, embedding_dim, name="embedding")(tokens)
-    if trunk == "cnn":
+    if trunk == "bag":
+        pass
+    elif trunk == "cnn":
         x = layers.Conv1D(width, 5, activation="relu", name="conv_1")(x)
         x = layers.MaxPooling1D(2, name="pool_1")(x)
         x = layers.Conv1D(width, 5, activation="relu", name="conv_2")(x)
@@ -103,10 +111,12 @@ def encoder_block(x, heads, width):
     return layers.LayerNormalization(name="norm_2")(x)
 
 
-def text_head(input_shape, units, name, dropout):
-    """A head on a sequence of features: global max pooling, dropout, a float32 softmax."""
+def text_head(input_shape, units, name, dropout, pooling="max"):
+    """A head on a sequence of features: global max (or average) pooling, dropout, a
+    float32 softmax."""
     inputs = keras.Input(input_shape)
-    x = layers.GlobalMaxPooling1D()(inputs)
+    pool = layers.GlobalMaxPooling1D if pooling == "max" else layers.GlobalAveragePooling1D
+    x = pool()(inputs)
     x = layers.Dropout(dropout)(x) if dropout else x
     outputs = layers.Dense(units, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
