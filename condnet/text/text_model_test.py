@@ -85,3 +85,23 @@ def test_bad_sizes_and_trunks_are_refused_with_what_was_received():
         build_text_model(TREE, VOCABULARY, sequence_length=8)
     with pytest.raises(TypeError, match=r"vocabulary_size must be an int|`vocabulary_size`"):
         build_text_model(TREE, 12.5)
+
+
+def test_the_vectorizer_travels_inside_the_model_file_and_predict_reads_text(tmp_path):
+    from condnet.data.text import make_vectorizer, token_ids
+
+    documents = [f"a post about the {name} and the {other}" for name in CLASSES for other in FILLER]
+    vectorizer = make_vectorizer(documents, sequence_length=16)
+    model = build_text_model(
+        TREE, vectorizer.vocabulary_size(), 16, trunk="bag", preprocessor=vectorizer
+    )
+    model.routing = "hard"
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert loaded.preprocessor.get_vocabulary() == vectorizer.get_vocabulary()
+    asked = ["the dog and a bus", "a train", "words it never saw"]
+    from_text = loaded.predict(asked, verbose=0)
+    from_ids = model.predict(token_ids(vectorizer, asked), verbose=0)
+    np.testing.assert_allclose(from_text["classes"], from_ids["classes"], atol=1e-6)
+    np.testing.assert_array_equal(from_text["route"], from_ids["route"])
