@@ -910,12 +910,14 @@ def _unknown_parser(commands, common):
         parents=[common],
         help="choose a run's unknown-class threshold per expert on its validation split "
         "(or store given ones)",
-        description="Choose, per expert, the highest maximum-softmax threshold that flags at "
+        description="Choose, per expert, the highest threshold on --score that flags at "
         "most --false-alarm-rate of RUN_DIR's validation images routed to it as of no class "
         "it knows (the split is drawn again from config.json), for model.keras, "
-        "model.calibrated.keras and baseline.keras (or --model); or store --thresholds given "
-        "directly. Writes RUN_DIR/unknown.json, which `predict --unknown` and `serve "
-        "--unknown` read. `condnet train` chooses them for 0.05.",
+        "model.calibrated.keras and baseline.keras (or --model); or store maximum-softmax "
+        "--thresholds given directly. Writes RUN_DIR/unknown.json (and, for a feature score, "
+        "its statistics fitted on the training split in unknown.npz), which `predict "
+        "--unknown` and `serve --unknown` read. `condnet train` chooses maximum-softmax "
+        "thresholds for 0.05.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument(
@@ -925,6 +927,14 @@ def _unknown_parser(commands, common):
         metavar="X",
         help="the share of known-class images each expert may flag unknown, in [0, 1) "
         "(default: 0.05)",
+    )
+    p.add_argument(
+        "--score",
+        choices=("mahalanobis", "energy", "softmax"),
+        default=None,
+        help="what says an image is of no known class: mahalanobis (default: the distance "
+        "of the chosen expert's features to its classes), energy (of its logits) or "
+        "softmax (its maximum probability; the score of --thresholds)",
     )
     p.add_argument(
         "--thresholds",
@@ -957,6 +967,7 @@ def _unknown(args):
         false_alarm_rate=args.false_alarm_rate,
         thresholds=parse_thresholds(args.thresholds, "GROUP", "cat=0.6 dog=0.5"),
         model_file=args.model,
+        score=args.score,
         break_lock=args.break_lock,
         progress=not args.quiet,
     )
