@@ -211,11 +211,11 @@ def run_entries(run, hierarchy):
     """The run's unknown.json entries per score: the maximum-softmax ones `condnet train`
     chose, then those `condnet unknown` chooses for its default score (what `predict
     --unknown` uses after it)."""
-    read = lambda: read_unknown(run / "unknown.json", hierarchy)["models"]  # noqa: E731
     chosen = {score: {} for score in SCORES}
-    chosen["softmax"] = read()
-    unknown_run(run, progress=False)
-    chosen[DEFAULT_SCORE] = read()
+    for name, entry in read_unknown(run / "unknown.json", hierarchy)["models"].items():
+        if entry.get("score", "softmax") == "softmax":  # not an earlier call's
+            chosen["softmax"][name] = entry
+    chosen[DEFAULT_SCORE] = unknown_run(run, progress=False)["models"]
     return chosen
 
 
