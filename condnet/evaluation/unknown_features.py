@@ -72,7 +72,8 @@ def _penultimate(model):
         if dense.use_bias
         else np.zeros(kernel.shape[1])
     )
-    return keras.Model(model.inputs, tensor), kernel, bias
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, tensor), kernel, bias
 
 
 def _last_dense(model, output):
@@ -82,7 +83,8 @@ def _last_dense(model, output):
         return layer, inputs[0]
     if isinstance(layer, keras.Model) and getattr(layer, "outputs", None):
         dense, inner = _last_dense(layer, layer.outputs[0])
-        return dense, keras.Model(layer.inputs, inner)(inputs[0])
+        nested = layer.inputs[0] if len(layer.inputs) == 1 else layer.inputs
+        return dense, keras.Model(nested, inner)(inputs[0])
     raise ValueError(
         "Feature scores need a model whose output is a Dense layer's (a softmax Dense, "
         f"the heads condnet builds); {model.name}'s output comes from a "
