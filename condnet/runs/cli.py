@@ -441,6 +441,10 @@ def _evaluate(args):
         print(f"{label} accuracy: {other['accuracy']:.4f}")
     _print_baseline(metrics)
     _print_backoff(metrics.get("backoff") or {})
+    from condnet.runs.unknown import flagged_line
+
+    for side in (metrics.get("unknown") or {}).values():
+        print(flagged_line(side))
 
 
 def _print_backoff(section):

@@ -720,6 +720,8 @@ def evaluate_run(
     "flat"`).
     """
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
+    if (Path(run_dir) / UNKNOWN).is_file():  # checked before the first pass
+        read_unknown(Path(run_dir) / UNKNOWN, model.hierarchy)
     report_dir = Path(report_dir or Path(run_dir) / "evaluation")
     read = dict(data=[data_dir, *training_data([run_dir])], reads=[run_dir])
     guard(report_dir, "evaluation", flag="--report-dir", **read)
@@ -732,11 +734,27 @@ def evaluate_run(
         metrics, comparison, predictions = _conditional_metrics(
             run_dir, model, data, label, model_file
         )
+    metrics["unknown"] = _unknown_metrics(run_dir, model, model_file, data)
     with staged_folder(report_dir, "evaluation") as partial:
         write_file(partial / METRICS, json.dumps(metrics, indent=1))
         report = (run_dir, data_dir, model, metrics, comparison, predictions)
         _write_evaluation_report(partial, *report)
     return metrics
+
+
+def _unknown_metrics(run_dir, model, model_file, data):
+    """The share of `data`'s images flagged unknown by each model with thresholds in the
+    run's unknown.json (`condnet.runs.unknown.unknown_section`), or None."""
+    from condnet.runs.unknown import unknown_section
+
+    if not (Path(run_dir) / UNKNOWN).is_file():
+        return None
+    if isinstance(model, FlatBaseline):
+        return unknown_section(run_dir, [("flat", model_file or BASELINE, model)], data)
+    models = [("conditional", model_file or BEST, model)]
+    if (Path(run_dir) / BASELINE).is_file() and model_file is None:
+        models.append(("flat", BASELINE, load_run(run_dir, model_file=BASELINE)[0]))
+    return unknown_section(run_dir, models, data)
 
 
 def _flat_metrics(run_dir, model, data, label, model_file):

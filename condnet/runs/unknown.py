@@ -257,6 +257,47 @@ def _write_statistics(run_dir, names, statistics):
     write_atomic(path, buffer.getvalue())
 
 
+def unknown_section(run_dir, models, data):
+    """`evaluate`'s unknown-class figures: for each `(side, model file, model)` of `models`
+    whose thresholds the run holds, the share of `data`'s images (all of known classes, so
+    each one flagged is a false alarm) flagged unknown, overall and per expert. None when
+    the run holds no thresholds for any of them."""
+    from condnet.runs.run_dir import run_unknown_detector
+
+    section = {}
+    for side, name, model in models:
+        detector = run_unknown_detector(run_dir, model.hierarchy, name)
+        if detector is None:
+            continue
+        scored = _scored_folder(model, detector, data)
+        flagged = flag_unknown(model.hierarchy, scored, detector.thresholds, detector.score)
+        section[side] = {
+            "model": Path(name).name,
+            "score": detector.score,
+            "thresholds": detector.thresholds,
+            "flagged": _share(flagged),
+            "flagged_per_expert": {
+                group: _share(flagged[scored["route"] == g])
+                for g, group in enumerate(model.hierarchy.groups)
+            },
+        }
+    return section or None
+
+
+def flagged_line(side):
+    """One line on a model's entry of `unknown_section`: its score and the share of the
+    evaluated images (all of known classes) it flags."""
+    return (
+        f"{side['model']}: flags {_percent(side['flagged'])} of these images unknown "
+        f"({side['score']} score, the run's unknown.json; they are all of known classes, so "
+        "each one flagged is a false alarm)"
+    )
+
+
+def _percent(share):
+    return "-" if share is None else f"{share:.1%}"
+
+
 def unknown_line(name, entry):
     """One line on a model's entry of unknown.json: each expert's threshold, where it was
     chosen, and the share of those images it flags."""

@@ -11,7 +11,7 @@ from condnet.hierarchy import Hierarchy
 from condnet.runs import backoff_test
 from condnet.runs.backoff_test import _images
 from condnet.runs.cli import main
-from condnet.runs.run_dir import predict_paths, read_unknown
+from condnet.runs.run_dir import evaluate_run, predict_paths, read_unknown
 from condnet.runs.unknown import unknown_run
 
 # Colours of no class the colour model knows: the gate sends dark orange to warm and cyan
@@ -126,6 +126,28 @@ def test_serve_flags_unknown_classes_as_predict_does(run, tmp_path):
     stored = read_unknown(run / "unknown.json")["models"]["model.keras"]["thresholds"]
     assert described["unknown_thresholds"] == stored
     assert described["unknown_score"] == "mahalanobis"  # the default of `condnet unknown`
+
+
+def test_evaluate_and_its_report_show_the_share_each_model_flags(run, tmp_path, capsys):
+    from condnet.runs.backoff_test import make_colour_folders
+
+    data = make_colour_folders(tmp_path / "test", per_class=3)
+    unknown_run(run, score="energy")  # both models
+    unknown_run(run, thresholds={"cool": 0.9, "warm": None})  # model.keras only
+    metrics = evaluate_run(run, data, report_dir=tmp_path / "evaluation")
+    section = metrics["unknown"]
+    assert section["flat"]["score"] == "energy" and section["flat"]["model"] == "baseline.keras"
+    assert section["flat"]["flagged"] <= 0.25  # chosen for 5% on the same colours
+    conditional = section["conditional"]
+    assert conditional["score"] == "softmax" and conditional["flagged_per_expert"]["warm"] == 0
+    rows = predict_paths(run, [data], unknown=True)
+    assert conditional["flagged"] == pytest.approx(np.mean([row["unknown"] for row in rows]))
+    report = (tmp_path / "evaluation" / "report.md").read_text()
+    assert "## Unknown classes" in report and "| conditional (routed) | softmax |" in report
+    assert main(["evaluate", str(run), str(data), "--report-dir", str(tmp_path / "e2")]) == 0
+    assert "model.keras: flags " in capsys.readouterr().out
+    (run / "unknown.json").unlink()
+    assert evaluate_run(run, data, report_dir=tmp_path / "e3")["unknown"] is None
 
 
 # === The command line ===
