@@ -65,6 +65,7 @@ from condnet.evaluation.unknown import (  # noqa: E402
     DEFAULT_SCORE,
     FALSE_ALARM_RATE,
     auroc,
+    flag_unknown,
     highest_threshold,
     scored_route,
     unknown_scores,
@@ -274,7 +275,7 @@ def measure(hierarchy, test, model, readers, fitted, score, known, unknown, entr
         for name, outputs in (("known", known), ("unknown", unknown))
     }
     at_five = _thresholds(hierarchy, on["known"], FALSE_ALARM_RATE)
-    caught = flag_unknown_any(hierarchy, on["unknown"], at_five)
+    caught = flag_unknown(hierarchy, on["unknown"], at_five, score)
     true_group = np.asarray(test["unknown_groups"]) == on["unknown"]["route"]
     figures = {
         "auroc": auroc(on["known"]["score"], on["unknown"]["score"]),
@@ -287,10 +288,10 @@ def measure(hierarchy, test, model, readers, fitted, score, known, unknown, entr
     if entry is not None:
         thresholds = entry["thresholds"]
         figures["detection_at_run_thresholds"] = float(
-            flag_unknown_any(hierarchy, on["unknown"], thresholds).mean()
+            flag_unknown(hierarchy, on["unknown"], thresholds, score).mean()
         )
         figures["false_alarms_at_run_thresholds"] = float(
-            flag_unknown_any(hierarchy, on["known"], thresholds).mean()
+            flag_unknown(hierarchy, on["known"], thresholds, score).mean()
         )
     figures["per_class"] = {}
     for name in sorted(set(test["unknown_names"])):
@@ -309,18 +310,6 @@ def _thresholds(hierarchy, known, rate):
         g: highest_threshold(known["score"][known["route"] == i], rate)
         for i, g in enumerate(hierarchy.groups)
     }
-
-
-def flag_unknown_any(hierarchy, on, thresholds):
-    """`flag_unknown` for scores of any range (energies and distances are not
-    probabilities): below the threshold of the image's group."""
-    values = np.array(
-        [-np.inf if thresholds[g] is None else thresholds[g] for g in hierarchy.groups]
-    )
-    route = np.asarray(on["route"])
-    cut = np.where(route >= 0, values[np.maximum(route, 0)], -np.inf)
-    with np.errstate(invalid="ignore"):
-        return np.asarray(on["score"]) < cut
 
 
 def test_images(root, groups, hierarchy, left_out, per_class):
