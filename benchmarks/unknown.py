@@ -213,9 +213,10 @@ def run_entries(run, hierarchy):
     chose, then those `condnet unknown` chooses for its default score (what `predict
     --unknown` uses after it)."""
     chosen = {score: {} for score in SCORES}
-    for name, entry in read_unknown(run / "unknown.json", hierarchy)["models"].items():
-        if entry.get("score", "softmax") == "softmax":  # not an earlier call's
-            chosen["softmax"][name] = entry
+    stored = read_unknown(run / "unknown.json", hierarchy)["models"]
+    if any(entry.get("score", "softmax") != "softmax" for entry in stored.values()):
+        stored = unknown_run(run, score="softmax")["models"]  # as train chose them
+    chosen["softmax"] = stored
     chosen[DEFAULT_SCORE] = unknown_run(run, progress=False)["models"]
     return chosen
 

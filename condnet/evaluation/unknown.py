@@ -34,8 +34,8 @@ import math
 import numpy as np
 
 FALSE_ALARM_RATE = 0.05
-SCORES = ("mahalanobis", "energy", "softmax")
-DEFAULT_SCORE = "mahalanobis"
+SCORES = ("energy", "mahalanobis", "softmax")
+DEFAULT_SCORE = "energy"  # of `condnet unknown`: see benchmarks/unknown.py
 
 
 # === Scores ===

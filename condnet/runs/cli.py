@@ -934,11 +934,12 @@ def _unknown_parser(commands, common):
     )
     p.add_argument(
         "--score",
-        choices=("mahalanobis", "energy", "softmax"),
+        choices=("energy", "mahalanobis", "softmax"),
         default=None,
-        help="what says an image is of no known class: mahalanobis (default: the distance "
-        "of the chosen expert's features to its classes), energy (of its logits) or "
-        "softmax (its maximum probability; the score of --thresholds)",
+        help="what says an image is of no known class: energy (default: the log-sum-exp "
+        "of the chosen expert's logits), mahalanobis (the distance of its features to its "
+        "classes, fitted on the training split into unknown.npz) or softmax (its maximum "
+        "probability; the score of --thresholds)",
     )
     p.add_argument(
         "--thresholds",

@@ -68,12 +68,12 @@ def test_predict_flags_colours_of_no_known_class_inside_their_group(run, tmp_pat
     assert "unknown" not in predict_paths(run, [folder])[0]  # only when asked for
 
 
-def test_the_default_score_is_each_expert_s_feature_distance_stored_beside_the_thresholds(
+def test_the_mahalanobis_score_is_each_expert_s_feature_distance_stored_beside_the_thresholds(
     run, tmp_path
 ):
     from condnet.runs.run_dir import read_unknown_statistics
 
-    record = unknown_run(run)
+    record = unknown_run(run, score="mahalanobis")
     entry = record["models"]["model.keras"]
     assert entry["score"] == "mahalanobis" and entry["there"]["flagged"] <= 0.05
     statistics = read_unknown_statistics(run / "unknown.npz")
@@ -125,7 +125,8 @@ def test_serve_flags_unknown_classes_as_predict_does(run, tmp_path):
     assert answer["unknown_score"] == pytest.approx(expected["unknown_score"])
     stored = read_unknown(run / "unknown.json")["models"]["model.keras"]["thresholds"]
     assert described["unknown_thresholds"] == stored
-    assert described["unknown_score"] == "mahalanobis"  # the default of `condnet unknown`
+    assert described["unknown_score"] == "energy"  # the default of `condnet unknown`
+    assert not (run / "unknown.npz").exists()  # energy reads the model's own weights only
 
 
 def test_evaluate_and_its_report_show_the_share_each_model_flags(run, tmp_path, capsys):
@@ -173,7 +174,7 @@ def test_cli_unknown_stores_given_thresholds_that_predict_uses(run, tmp_path, ca
 def test_cli_unknown_chooses_for_a_false_alarm_rate(run, capsys):
     assert main(["unknown", str(run), "--false-alarm-rate", "0.05", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "baseline.keras: unknown-class thresholds (mahalanobis score) cool" in out
+    assert "baseline.keras: unknown-class thresholds (energy score) cool" in out
     assert "chosen on the validation split (8 images); 0.0% of those images flagged" in out
     assert main(["unknown", str(run), "--score", "softmax", "--quiet"]) == 0
     assert "model.keras: unknown-class thresholds (softmax score) cool" in capsys.readouterr().out
