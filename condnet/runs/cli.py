@@ -918,8 +918,8 @@ def _unknown_parser(commands, common):
         "most --false-alarm-rate of RUN_DIR's validation images routed to it as of no class "
         "it knows (the split is drawn again from config.json), for model.keras, "
         "model.calibrated.keras and baseline.keras (or --model); or store maximum-softmax "
-        "--thresholds given directly. Writes RUN_DIR/unknown.json (and, for a feature score, "
-        "its statistics fitted on the training split in unknown.npz), which `predict "
+        "--thresholds given directly. Writes RUN_DIR/unknown.json (and, for the mahalanobis "
+        "score, its statistics fitted on the training split in unknown.npz), which `predict "
         "--unknown` and `serve --unknown` read. `condnet train` chooses maximum-softmax "
         "thresholds for 0.05.",
     )
