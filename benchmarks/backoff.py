@@ -1,11 +1,15 @@
-"""Back off to the group when unsure, and how far mistakes miss, on CIFAR-10 (issue 28).
+"""Back off to the group when unsure, and how far mistakes miss, on CIFAR-10 or photos20 (issue 28).
 
-    python benchmarks/backoff.py [--train-per-class N] [--test-per-class N] [--epochs N]
-        [--seeds 3] [--target-accuracy 0.95] [--quick]
+    python benchmarks/backoff.py [--data-set cifar10|photos20] [--image-size N]
+        [--train-per-class N] [--test-per-class N] [--epochs N] [--seeds 3]
+        [--target-accuracy 0.95] [--quick]
 
 For each seed, `condnet train` (its defaults, with the flat baseline) trains on
-CIFAR-10 in two groups (vehicles: airplane, automobile, ship, truck; animals:
-the other six), 20% of the training images held out for validation. The run
+the data set in two groups (CIFAR-10: vehicles: airplane, automobile, ship,
+truck; animals: the other six; photos20: dogs: the 11 breeds; things: the other
+9; `data_sets.py`), at `--image-size` (CIFAR-10: 32 px; photos20: 48 px, its
+96 px photos made smaller to keep the CPU time modest), 20% of the training
+images held out for validation. The run
 chooses its back-off thresholds on that validation split (`backoff.json`, for
 0.95; `condnet backoff` chooses them again for another --target-accuracy).
 `condnet evaluate` then scores the test images with those thresholds.
@@ -20,21 +24,21 @@ over the wrong answers; 1 = the right group, 2 = the other group;
 issue's target: test accuracy of the answers given >= 0.94 at the thresholds
 chosen for 0.95 on validation.
 
-Writes `benchmarks/backoff-cifar10-<settings>.json` and the "Back-off and
+Writes `benchmarks/backoff-<data set>-<settings>.json` and the "Back-off and
 mistake severity" section of `benchmarks/RESULTS.md` (not with --quick, a
-smoke check on a few images). Data: `../shared/data/cifar10-jpeg.tar.gz`; the
-script says so and exits 0 when it is absent.
+smoke check on a few images). Data: `../shared/data/cifar10-jpeg.tar.gz` or
+`photos20-96px.tar.gz`; the script says so and exits 0 when it is absent.
 """
 
 import json
 import os
 import statistics
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import common
+import data_sets
 
 BACKEND = common.choose_backend()
 os.environ["KERAS_BACKEND"] = BACKEND
@@ -45,11 +49,8 @@ from condnet.runs.backoff import TARGET_ACCURACY, backoff_run  # noqa: E402
 from condnet.runs.recipe import train  # noqa: E402
 from condnet.runs.run_dir import evaluate_run  # noqa: E402
 
-HIERARCHY = {
-    "vehicles": ["airplane", "automobile", "ship", "truck"],
-    "animals": ["bird", "cat", "deer", "dog", "frog", "horse"],
-}
 QUICK = {"train_per_class": 20, "test_per_class": 10, "epochs": 1, "seeds": 1}
+SHOWN = {"cifar10": "CIFAR-10", "photos20": "photos20"}
 SIDES = (("conditional", "conditional (hard-routed)"), ("flat", "flat baseline"))
 
 
@@ -65,16 +66,20 @@ def more_options(parser):
         help="the accuracy the thresholds are chosen for on validation (default 0.95)",
     )
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
+    parser.add_argument(
+        "--reuse", action="store_true", help="score the runs a previous call trained, if complete"
+    )
+    data_sets.add_options(parser)
 
 
 # === Data ===
 
 
-def nested_folder(root, split, per_class, cache):
-    """The first `per_class` images of each class of CIFAR-10's `split`, hard-linked as
-    <group>/<class>/* (the layout whose folders give the hierarchy)."""
-    hierarchy = Hierarchy(HIERARCHY)
-    target = cache / f"backoff-cifar10-{split}-{per_class}"
+def nested_folder(root, data_set, split, per_class, cache):
+    """The first `per_class` images of each class of the data set's `split`, hard-linked
+    as <group>/<class>/* (the layout whose folders give the hierarchy)."""
+    hierarchy = Hierarchy(data_set["groups"])
+    target = cache / f"backoff-{data_set['folder']}-{split}-{per_class}"
     if target.is_dir():
         return target
     partial = target.with_name(target.name + ".partial")
@@ -88,36 +93,37 @@ def nested_folder(root, split, per_class, cache):
     return target
 
 
-def extract(archive, cache):
-    target = cache / "cifar10"
-    if not target.is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as opened:
-            opened.extractall(cache, filter="data")
-    return target
-
-
 # === One seed ===
 
 
 def run_seed(args, train_folder, test_folder, seed):
     run = args.cache / (
-        f"backoff-run-{BACKEND}-{args.train_per_class}-{args.epochs}-epochs-seed-{seed}"
+        f"backoff-run-{prefix(args)}{BACKEND}-{args.train_per_class}-{args.epochs}-epochs-"
+        f"seed-{seed}"
     )
     started = time.perf_counter()
-    train(
-        train_folder,
-        run,
-        epochs=args.epochs,
-        seed=seed,
-        overwrite=True,
-        verbose=0 if args.quick else 2,
-        tensorboard=False,
-    )
+    if not (args.reuse and (run / "baseline.keras").is_file()):
+        train(
+            train_folder,
+            run,
+            epochs=args.epochs,
+            seed=seed,
+            image_size=args.image_size,
+            overwrite=True,
+            verbose=0 if args.quick else 2,
+            tensorboard=False,
+        )
     if args.target_accuracy != TARGET_ACCURACY:  # the run chose them for 0.95
         backoff_run(run, target_accuracy=args.target_accuracy)
     metrics = evaluate_run(run, test_folder, report_dir=run / "test-report")
     return {"seed": seed, "seconds": round(time.perf_counter() - started, 1), **scores(metrics)}
+
+
+def prefix(args):
+    """The data set and side in run and file names; none for CIFAR-10 at 32 px (the names
+    the first results were written under)."""
+    default = args.data_set == "cifar10" and args.image_size == 32
+    return "" if default else f"{args.data_set}-{args.image_size}px-"
 
 
 def scores(metrics):
@@ -186,10 +192,11 @@ def markdown(results, args, seconds):
         [
             f"`{common.command_line()}`",
             "",
-            f"CIFAR-10 in two groups (vehicles, animals), {args.train_per_class} training "
-            f"images per class (20% held out for validation), {args.test_per_class} test "
-            f"images per class, {args.epochs} epochs, {len(results)} seed(s): `condnet train` "
-            f"defaults. Thresholds chosen on the validation split for "
+            f"{data_sets.DATA_SETS[args.data_set]['describe']} at {args.image_size} px, "
+            f"{args.train_per_class} training images per class (20% held out for "
+            f"validation), {args.test_per_class} test images per class, {args.epochs} "
+            f"epochs, {len(results)} seed(s): `condnet train` defaults. Thresholds "
+            "chosen on the validation split for "
             f"{args.target_accuracy:.2f} accuracy; figures on the test images "
             "(mean ± standard deviation over the seeds).",
             "",
@@ -209,25 +216,31 @@ def main(argv=None):
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+    data_set = data_sets.resolve(args)
     if not args.data.is_file():
-        print(f"skipped: {args.data} is missing (CIFAR-10 JPEGs, see ../shared/data/README.md).")
+        print(f"skipped: {args.data} is missing (see ../shared/data/README.md).")
         return 0
     started = time.perf_counter()
-    root = extract(args.data, args.cache)
-    train_folder = nested_folder(root, "train", args.train_per_class, args.cache)
-    test_folder = nested_folder(root, "test", args.test_per_class, args.cache)
+    root = data_sets.extract(args, data_set)
+    train_folder = nested_folder(root, data_set, "train", args.train_per_class, args.cache)
+    test_folder = nested_folder(root, data_set, "test", args.test_per_class, args.cache)
     results = [run_seed(args, train_folder, test_folder, seed) for seed in range(args.seeds)]
     body = markdown(results, args, time.perf_counter() - started)
     print(body)
     if args.quick:
         print("(--quick: a smoke check; nothing written to RESULTS.md)")
         return 0
-    name = f"backoff-cifar10-{args.train_per_class}-per-class-{args.epochs}-epochs-{BACKEND}"
+    name = (
+        f"backoff-{args.data_set}-{args.image_size}px-{args.train_per_class}-per-class-"
+        f"{args.epochs}-epochs-{BACKEND}"
+    )
+    if args.data_set == "cifar10" and args.image_size == 32:  # the first results' name
+        name = f"backoff-cifar10-{args.train_per_class}-per-class-{args.epochs}-epochs-{BACKEND}"
     out = common.BENCHMARKS / f"{name}.json"
     shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     out.write_text(json.dumps({"args": shown, "results": results}, indent=1) + "\n")
     common.write_section(
-        f"Back-off and mistake severity: CIFAR-10, {args.epochs} epochs ({BACKEND})",
+        f"Back-off and mistake severity: {SHOWN[args.data_set]}, {args.epochs} epochs ({BACKEND})",
         body,
         args.results,
     )

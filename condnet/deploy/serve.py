@@ -50,11 +50,8 @@ from condnet.deploy.batching import MicroBatcher
 from condnet.evaluation.backoff import answer_fields, back_off, check_thresholds
 from condnet.evaluation.evaluate import prediction_row
 from condnet.evaluation.unknown import (
-    check_unknown_thresholds,
-    flag_unknown,
-    scored_route,
+    UnknownDetector,
     unknown_fields,
-    unknown_scores,
 )
 from condnet.models.dispatch import bucket_size, compiled_call
 
@@ -125,9 +122,11 @@ def create_app(
         thresholds: optional dict `level -> threshold`: each answer also says
             the deepest node the model is sure of (`answer`, `answer_level`,
             `answer_confidence`; `condnet.evaluation.backoff.back_off`).
-        unknown_thresholds: optional dict `group -> threshold`: each answer also
-            says whether the chosen expert knows none of its classes (`unknown`,
-            `unknown_score`; `condnet.evaluation.unknown`).
+        unknown_thresholds: optional dict `group -> threshold` (maximum-softmax
+            thresholds) or an `UnknownDetector` (a run's, `condnet.runs.run_dir.
+            run_unknown_detector`, any score): each answer also says whether the
+            chosen expert knows none of its classes (`unknown`, `unknown_score`;
+            `condnet.evaluation.unknown`).
     """
     check_options(
         max_batch=max_batch,
@@ -139,8 +138,9 @@ def create_app(
     check_token(token)
     if thresholds is not None:
         thresholds = check_thresholds(model.hierarchy, thresholds)
-    if unknown_thresholds is not None:
-        unknown_thresholds = check_unknown_thresholds(model.hierarchy, unknown_thresholds)
+    detector = unknown_thresholds
+    if detector is not None and not isinstance(detector, UnknownDetector):
+        detector = UnknownDetector(model.hierarchy, detector)
     _needs_serving()
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -162,7 +162,8 @@ def create_app(
         "hierarchy": hierarchy.to_dict(),
         "routing": model.routing,
         "backoff_thresholds": thresholds,
-        "unknown_thresholds": unknown_thresholds,
+        "unknown_thresholds": None if detector is None else detector.thresholds,
+        "unknown_score": None if detector is None else detector.score,
         "input": {"image_size": list(image_size), "color_mode": color_mode},
         "limits": {
             "max_upload_bytes": max_upload_bytes,
@@ -215,9 +216,8 @@ def create_app(
         if thresholds is not None:
             answers = back_off(hierarchy, outputs["classes"], thresholds, outputs["groups"])
             rows = [row | answer_fields(answers, index) for index, row in enumerate(rows)]
-        if unknown_thresholds is not None:
-            scored = unknown_scores(hierarchy, outputs["classes"], scored_route(model, outputs))
-            flagged = flag_unknown(hierarchy, scored, unknown_thresholds)
+        if detector is not None:
+            scored, flagged = await loop.run_in_executor(decoder, detector, model, images, outputs)
             rows = [row | unknown_fields(scored, flagged, i) for i, row in enumerate(rows)]
         return rows
 

@@ -211,6 +211,8 @@ def _extra_sections(metrics, header, baseline, gallery):
         sections.append(("Flat baseline", _baseline_items(baseline, metrics["num_samples"])))
     if metrics.get("backoff"):
         sections.append(("Back-off", _backoff_items(metrics["backoff"])))
+    if metrics.get("unknown"):
+        sections.append(("Unknown classes", _unknown_items(metrics["unknown"])))
     glossary = [(name, text) for name, text in GLOSSARY.items()]
     sections.append(("Glossary", [("table", ("name", "meaning"), glossary)]))
     if gallery:
@@ -308,6 +310,33 @@ def _backoff_items(section):
         ("table", header, rows),
         ("table", ("", *(name for _, name in sides)), areas),
     ]
+
+
+def _unknown_items(section):
+    """Per model, the unknown-class score, its thresholds and the share of these images
+    (all of known classes) it flags: false alarms, to be read against the rate the
+    thresholds were chosen for."""
+    rows = []
+    for key, name in BACKOFF_SIDES:
+        side = section.get(key)
+        if side:
+            shown = ", ".join(
+                f"{group} {'never' if value is None else _cell(value)}"
+                for group, value in side["thresholds"].items()
+            )
+            per_expert = ", ".join(
+                f"{group} {_cell(value)}" for group, value in side["flagged_per_expert"].items()
+            )
+            rows.append((name, side["score"], shown, _cell(side["flagged"]), per_expert))
+    note = (
+        "Each image is scored by the expert it is routed to (the flat baseline: over all its "
+        "classes) and flagged unknown, of its group but of none of its classes, when the "
+        "score is below that expert's threshold (unknown.json, chosen on the validation split "
+        "for a false-alarm rate, 0.05 by default). These images are all of known classes: "
+        "every one flagged is a false alarm."
+    )
+    header = ("model", "score", "thresholds", "flagged here", "flagged per expert")
+    return [("text", note), ("table", header, rows)]
 
 
 def _backoff_cells(section, sides, level):

@@ -20,6 +20,13 @@ unknown (5% by default). An image is flagged when its score is below the
 threshold of its expert; an expert with no threshold (None) flags nothing.
 `auroc` and `detection_rate` measure how well the score separates the
 images of left-out classes from those of known ones.
+
+Other scores read what the expert computes before its softmax
+(`condnet.evaluation.unknown_features`): `"energy"` (the log-sum-exp of its
+logits) and `"mahalanobis"` (minus the Mahalanobis distance of its
+penultimate features to the nearest of its classes' means, fitted on the
+training split). `UnknownDetector` holds a score, its thresholds and, for
+"mahalanobis", its statistics, and flags a batch of images.
 """
 
 import math
@@ -27,6 +34,8 @@ import math
 import numpy as np
 
 FALSE_ALARM_RATE = 0.05
+SCORES = ("energy", "mahalanobis", "softmax")
+DEFAULT_SCORE = "energy"  # of `condnet unknown`: see benchmarks/unknown.py
 
 
 # === Scores ===
@@ -73,19 +82,21 @@ def scored_route(model, outputs):
     return None if getattr(model, "routing", None) is None else outputs["route"]
 
 
-def flag_unknown(hierarchy, scored, thresholds):
+def flag_unknown(hierarchy, scored, thresholds, score="softmax"):
     """Whether each image is flagged unknown: its score is below its expert's threshold.
 
     Args:
         hierarchy: `Hierarchy`.
         scored: the dict of `unknown_scores`.
-        thresholds: dict `group -> threshold` (a probability, or None for an
-            expert that flags nothing), one per group.
+        thresholds: dict `group -> threshold` (a probability for "softmax", any
+            number for another score, or None for an expert that flags
+            nothing), one per group.
+        score: the score the thresholds are of (`SCORES`). Defaults to "softmax".
 
     Returns:
         A bool array; False where an image has no score (NaN).
     """
-    cuts = check_unknown_thresholds(hierarchy, thresholds)
+    cuts = check_unknown_thresholds(hierarchy, thresholds, score)
     values = np.array([-np.inf if cuts[g] is None else cuts[g] for g in hierarchy.groups])
     route = np.asarray(scored["route"])
     cut = np.where(route >= 0, values[np.maximum(route, 0)], -np.inf)
@@ -95,13 +106,70 @@ def flag_unknown(hierarchy, scored, thresholds):
 
 def unknown_fields(scored, flagged, row):
     """What a prediction row says of image `row`: `unknown` (None when it has no score)
-    and `unknown_score`, the chosen expert's maximum softmax."""
+    and `unknown_score`, the chosen expert's score (its maximum softmax by default)."""
     score = float(scored["score"][row])
     known = not math.isnan(score)
     return {
         "unknown": bool(flagged[row]) if known else None,
         "unknown_score": score if known else None,
     }
+
+
+class UnknownDetector:
+    """A score, each expert's threshold on it and what the score reads: flags unknown classes.
+
+    Args:
+        hierarchy: `Hierarchy` of the model it scores.
+        thresholds: dict `group -> threshold or None`, one per group (None:
+            an expert that flags nothing; see `check_unknown_thresholds`).
+        score: str, one of `SCORES`. Defaults to `"softmax"`, which reads the
+            class probabilities alone; "energy" and "mahalanobis" read the
+            expert's penultimate features as well.
+        statistics: dict of arrays, the class means and precision of each
+            expert (`condnet.evaluation.unknown_features.fit_statistics`);
+            required by "mahalanobis". Defaults to `None`.
+
+    Example:
+
+    ```python
+    detector = UnknownDetector(hierarchy, {"cat": 0.6, "dog": 0.5})
+    scored, flagged = detector(model, images, model.predict(images))
+    ```
+    """
+
+    def __init__(self, hierarchy, thresholds, score="softmax", statistics=None):
+        self.score = check_score(score)
+        self.thresholds = check_unknown_thresholds(hierarchy, thresholds, score)
+        if score == "mahalanobis" and not statistics:
+            raise ValueError(
+                "The mahalanobis score needs each expert's class means and precision, fitted "
+                "on training images (`condnet unknown RUN_DIR` fits and stores them). "
+                f"Received: statistics={statistics!r:.80}"
+            )
+        self.hierarchy = hierarchy
+        self.statistics = dict(statistics or {})
+        self._readers = (None, None)  # (model, its feature readers), built once per model
+
+    def scores(self, model, images, outputs):
+        """`unknown_scores`' dict (score, route) of `model`'s `outputs` on `images`."""
+        scored = unknown_scores(self.hierarchy, outputs["classes"], scored_route(model, outputs))
+        if self.score == "softmax":
+            return scored
+        from condnet.evaluation import unknown_features
+
+        if self._readers[0] is not model:
+            self._readers = (model, unknown_features.feature_readers(model))
+        readers = self._readers[1]
+        features = unknown_features.read_features(model, readers, images)
+        scored["score"] = unknown_features.feature_scores(
+            self.hierarchy, readers, features, scored["route"], self.statistics, self.score
+        )
+        return scored
+
+    def __call__(self, model, images, outputs):
+        """`(scored, flagged)` of a batch: the scores and whether each image is flagged."""
+        scored = self.scores(model, images, outputs)
+        return scored, flag_unknown(self.hierarchy, scored, self.thresholds, self.score)
 
 
 # === Choosing the thresholds ===
@@ -194,9 +262,19 @@ def check_false_alarm_rate(false_alarm_rate):
     return float(false_alarm_rate)
 
 
-def check_unknown_thresholds(hierarchy, thresholds):
-    """A dict with one threshold per group, each a number in [0, 1] or None; returned as a
-    new dict in the hierarchy's order."""
+def check_score(score):
+    """An unknown-class score: one of `SCORES`."""
+    if score not in SCORES:
+        raise ValueError(
+            f"The unknown-class score must be one of {list(SCORES)}. Received: score={score!r:.80}"
+        )
+    return score
+
+
+def check_unknown_thresholds(hierarchy, thresholds, score="softmax"):
+    """A dict with one threshold per group, each a number (in [0, 1] for "softmax") or
+    None; returned as a new dict in the hierarchy's order."""
+    check_score(score)
     groups = list(hierarchy.groups)
     if not isinstance(thresholds, dict):
         raise TypeError(
@@ -211,10 +289,12 @@ def check_unknown_thresholds(hierarchy, thresholds):
     for group in groups:
         value = thresholds[group]
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if value is not None and not (number and 0 <= value <= 1):
+        fits = number and (0 <= value <= 1 if score == "softmax" else math.isfinite(value))
+        if value is not None and not fits:
+            expected = "a probability in [0, 1]" if score == "softmax" else "a finite number"
             raise ValueError(
-                f"The unknown-class threshold of {group} must be a probability in [0, 1], or "
-                f"None for an expert that flags nothing. Received: thresholds[{group!r}]="
+                f"The unknown-class threshold of {group} ({score} score) must be {expected}, "
+                f"or None for an expert that flags nothing. Received: thresholds[{group!r}]="
                 f"{value!r:.80}"
             )
     return {g: None if thresholds[g] is None else float(thresholds[g]) for g in groups}

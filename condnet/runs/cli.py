@@ -441,6 +441,10 @@ def _evaluate(args):
         print(f"{label} accuracy: {other['accuracy']:.4f}")
     _print_baseline(metrics)
     _print_backoff(metrics.get("backoff") or {})
+    from condnet.runs.unknown import flagged_line
+
+    for side in (metrics.get("unknown") or {}).values():
+        print(flagged_line(side))
 
 
 def _print_backoff(section):
@@ -910,12 +914,14 @@ def _unknown_parser(commands, common):
         parents=[common],
         help="choose a run's unknown-class threshold per expert on its validation split "
         "(or store given ones)",
-        description="Choose, per expert, the highest maximum-softmax threshold that flags at "
+        description="Choose, per expert, the highest threshold on --score that flags at "
         "most --false-alarm-rate of RUN_DIR's validation images routed to it as of no class "
         "it knows (the split is drawn again from config.json), for model.keras, "
-        "model.calibrated.keras and baseline.keras (or --model); or store --thresholds given "
-        "directly. Writes RUN_DIR/unknown.json, which `predict --unknown` and `serve "
-        "--unknown` read. `condnet train` chooses them for 0.05.",
+        "model.calibrated.keras and baseline.keras (or --model); or store maximum-softmax "
+        "--thresholds given directly. Writes RUN_DIR/unknown.json (and, for the mahalanobis "
+        "score, its statistics fitted on the training split in unknown.npz), which `predict "
+        "--unknown` and `serve --unknown` read. `condnet train` chooses maximum-softmax "
+        "thresholds for 0.05.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument(
@@ -925,6 +931,15 @@ def _unknown_parser(commands, common):
         metavar="X",
         help="the share of known-class images each expert may flag unknown, in [0, 1) "
         "(default: 0.05)",
+    )
+    p.add_argument(
+        "--score",
+        choices=("energy", "mahalanobis", "softmax"),
+        default=None,
+        help="what says an image is of no known class: energy (default: the log-sum-exp "
+        "of the chosen expert's logits), mahalanobis (the distance of its features to its "
+        "classes, fitted on the training split into unknown.npz) or softmax (its maximum "
+        "probability; the score of --thresholds)",
     )
     p.add_argument(
         "--thresholds",
@@ -957,6 +972,7 @@ def _unknown(args):
         false_alarm_rate=args.false_alarm_rate,
         thresholds=parse_thresholds(args.thresholds, "GROUP", "cat=0.6 dog=0.5"),
         model_file=args.model,
+        score=args.score,
         break_lock=args.break_lock,
         progress=not args.quiet,
     )

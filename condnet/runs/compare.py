@@ -5,6 +5,11 @@ hard-routed (`mixture`: the soft mixture; `baseline`: the run's flat
 baseline on the same images). `mistake_distance` is how far the wrong answers
 miss (the height of the lowest common ancestor of the true and predicted
 class, `condnet.evaluation.mistakes`), beside the flat baseline's.
+`backoff_accuracy` and `backoff_coverage` are those of the answers given at
+the run's back-off thresholds on that split (`condnet.evaluation.backoff`);
+`unknown_score` and `unknown_flagged` name the score of model.keras's
+unknown-class thresholds in unknown.json and the share of the validation
+images (all of known classes) it flagged there.
 """
 
 import csv
@@ -27,6 +32,10 @@ COLUMNS = (
     "hierarchical_f1",
     "mistake_distance",
     "baseline_mistake_distance",
+    "backoff_accuracy",
+    "backoff_coverage",
+    "unknown_score",
+    "unknown_flagged",
     "routed_mmacs",
     "all_experts_mmacs",
     "epochs",
@@ -95,12 +104,34 @@ def _row(run):
         "baseline_mistake_distance": nested_entry(
             metrics, ("baseline", "flat", "mistake_distance")
         ),
+        "backoff_accuracy": nested_entry(metrics, ("backoff", "conditional", "accuracy")),
+        "backoff_coverage": nested_entry(metrics, ("backoff", "conditional", "coverage")),
+        **_unknown_columns(run),
         "routed_mmacs": _millions(macs.get("routed")),
         "all_experts_mmacs": _millions(macs.get("all_experts")),
         "epochs": len(history) or None,
         "train_minutes": round(sum(seconds) / 60, 2) if seconds else None,
         "routing": _text(metrics.get("training_routing") or options.get("routing")),
         "backbone": _text(options.get("backbone")),
+    }
+
+
+def _unknown_columns(run):
+    """model.keras's unknown-class score and the share flagged where its thresholds were
+    chosen, from unknown.json (blank without it, or with a warning when it is damaged)."""
+    from condnet.runs.checkpoint import BEST
+    from condnet.runs.run_dir import UNKNOWN, read_unknown
+
+    blank = {"unknown_score": None, "unknown_flagged": None}
+    if not (run / UNKNOWN).is_file():
+        return blank
+    record = _or_blank(lambda: read_unknown(run / UNKNOWN), {})
+    entry = nested_entry(record, ("models", BEST))
+    if not isinstance(entry, dict):
+        return blank
+    return {
+        "unknown_score": _text(entry.get("score", "softmax")),
+        "unknown_flagged": nested_entry(entry, ("there", "flagged")),
     }
 
 

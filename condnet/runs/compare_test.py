@@ -39,6 +39,23 @@ def test_compare_orders_runs_and_reads_macs_baseline_and_time(tmp_path):
     assert rows[1]["baseline"] == 0.6 and rows[0]["baseline"] is None
 
 
+def test_compare_lists_back_off_and_unknown_class_figures_of_a_run(tmp_path, capsys):
+    a = _run(tmp_path / "a", 0.6, 1_000_000, [10])
+    metrics = json.loads((a / "metrics.json").read_text())
+    metrics["backoff"] = {"conditional": {"accuracy": 0.95, "coverage": 0.7}}
+    (a / "metrics.json").write_text(json.dumps(metrics))
+    entry = {"score": "mahalanobis", "thresholds": {"x": -3.5}, "there": {"flagged": 0.048}}
+    (a / "unknown.json").write_text(json.dumps({"models": {"model.keras": entry}}))
+    b = _run(tmp_path / "b", 0.5, 1_000_000, [10])  # neither file: blank columns
+    (b / "unknown.json").write_text("[1]")  # damaged: blank, with a warning naming it
+    rows = {row["run"]: row for row in compare_runs([a, b])}
+    assert rows[str(a)]["backoff_accuracy"] == 0.95 and rows[str(a)]["backoff_coverage"] == 0.7
+    assert rows[str(a)]["unknown_score"] == "mahalanobis"
+    assert rows[str(a)]["unknown_flagged"] == 0.048
+    assert rows[str(b)]["backoff_accuracy"] is None and rows[str(b)]["unknown_score"] is None
+    assert "unknown.json cannot be used" in capsys.readouterr().err
+
+
 def test_cli_compare_prints_writes_and_plots(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     a = _run(tmp_path / "a", 0.5, 1_000_000, [10])

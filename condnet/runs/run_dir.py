@@ -27,7 +27,7 @@ from condnet.evaluation.evaluate import (
     within_group_of,
 )
 from condnet.evaluation.progress import Progress
-from condnet.evaluation.unknown import flag_unknown, scored_route, unknown_fields, unknown_scores
+from condnet.evaluation.unknown import unknown_fields
 from condnet.hierarchy import Hierarchy
 from condnet.runs.checkpoint import (
     BASELINE,
@@ -277,6 +277,8 @@ _FIXES = {
     "`condnet backoff RUN_DIR` to choose the thresholds again",
     "unknown.json": "`condnet train` and `condnet unknown RUN_DIR` write it; delete it and run "
     "`condnet unknown RUN_DIR` to choose the thresholds again",
+    "unknown.npz": "`condnet unknown RUN_DIR` writes it with unknown.json; delete both and run "
+    "`condnet unknown RUN_DIR` to fit and choose them again",
 }
 
 
@@ -485,13 +487,14 @@ def _model_key(run_dir, model_file):
 # === Unknown-class thresholds ===
 
 UNKNOWN = "unknown.json"
+UNKNOWN_STATISTICS = "unknown.npz"
 
 
 def read_unknown(path, hierarchy=None):
     """A run's unknown.json: an object whose `"models"` map a model file of the run to an
     object with its `"thresholds"`, one per expert (a number from 0 to 1, or null for an
     expert that flags nothing); with `hierarchy`, exactly its groups."""
-    from condnet.evaluation.unknown import check_unknown_thresholds
+    from condnet.evaluation.unknown import check_score, check_unknown_thresholds
 
     record = _read_json(path)
     models = record.get("models") if isinstance(record, dict) else None
@@ -499,43 +502,85 @@ def read_unknown(path, hierarchy=None):
         raise ValueError(_bad_file(path, 'it has no "models" object'))
     for name, entry in models.items():
         thresholds = entry.get("thresholds") if isinstance(entry, dict) else None
+        score = entry.get("score", "softmax") if isinstance(entry, dict) else "softmax"
+        fits = _fraction if score == "softmax" else _is_number
         try:
+            check_score(score)
             if hierarchy is not None:
-                check_unknown_thresholds(hierarchy, thresholds)
+                check_unknown_thresholds(hierarchy, thresholds, score)
             elif not isinstance(thresholds, dict) or not all(
-                value is None or _fraction(value) for value in thresholds.values()
+                value is None or fits(value) for value in thresholds.values()
             ):
                 raise ValueError
         except (TypeError, ValueError):
             groups = "" if hierarchy is None else f" {list(hierarchy.groups)}"
             problem = (
-                f'its ["models"][{name!r}]["thresholds"] is {thresholds!r:.80}, where an object '
-                f"with a threshold per group{groups} (a number from 0 to 1, or null) is expected"
+                f'its ["models"][{name!r}]["thresholds"] is {thresholds!r:.80} ({score!r:.40} '
+                f"score), where an object with a threshold per group{groups} (a number, from 0 "
+                "to 1 for the softmax score, or null) is expected"
             )
             raise ValueError(_bad_file(path, problem)) from None
     return record
 
 
+def read_unknown_statistics(path):
+    """A run's unknown.npz: a dict of float arrays (`<model file>/<expert>/means` and
+    `/precision`), read without pickles."""
+    try:
+        with np.load(path, allow_pickle=False) as opened:
+            return {key: opened[key] for key in opened.files}
+    except (OSError, ValueError) as error:
+        problem = f"it is not a NumPy .npz of arrays ({type(error).__name__}: {error})"
+        raise ValueError(_bad_file(path, problem)) from None
+
+
 def run_unknown_thresholds(run_dir, hierarchy, model_file=None):
     """The unknown-class thresholds the run's unknown.json holds for `model_file` (a model
-    file of the run; model.keras by default), or None."""
-    from condnet.evaluation.unknown import check_unknown_thresholds
+    file of the run; model.keras by default), or None; their score is
+    `run_unknown_detector`'s."""
+    detector = run_unknown_detector(run_dir, hierarchy, model_file)
+    return None if detector is None else detector.thresholds
+
+
+def run_unknown_detector(run_dir, hierarchy, model_file=None):
+    """The unknown-class detector of the run's unknown.json for `model_file` (a model file
+    of the run; model.keras by default): an `UnknownDetector` with its score, thresholds
+    and (for a feature score) the statistics in unknown.npz; or None."""
+    from condnet.evaluation.unknown import UnknownDetector
 
     path, key = Path(run_dir) / UNKNOWN, _model_key(run_dir, model_file)
     if key is None or not path.is_file():
         return None
     entry = read_unknown(path, hierarchy)["models"].get(key)
-    return None if entry is None else check_unknown_thresholds(hierarchy, entry["thresholds"])
+    if entry is None:
+        return None
+    score = entry.get("score", "softmax")
+    statistics = None
+    if score == "mahalanobis":  # energy reads the model's own weights only
+        statistics = _statistics_of(Path(run_dir) / UNKNOWN_STATISTICS, key)
+    return UnknownDetector(hierarchy, entry["thresholds"], score, statistics)
+
+
+def _statistics_of(path, key):
+    if not path.is_file():
+        raise ValueError(_bad_file(path, "it is missing, and unknown.json's score reads it"))
+    prefix = f"{key}/"
+    return {
+        name[len(prefix) :]: value
+        for name, value in read_unknown_statistics(path).items()
+        if name.startswith(prefix)
+    }
 
 
 def unknown_thresholds_of(run_dir, hierarchy, model_file=None, thresholds=None):
-    """The thresholds `predict` and `serve` flag unknown classes with: `thresholds` when
-    given (one per group), else the run's own; a ValueError when it has none."""
-    from condnet.evaluation.unknown import check_unknown_thresholds
+    """The `UnknownDetector` `predict` and `serve` flag unknown classes with: maximum-softmax
+    `thresholds` when given (one per group), else the run's own; a ValueError when it has
+    none."""
+    from condnet.evaluation.unknown import UnknownDetector
 
     if thresholds is not None:
-        return check_unknown_thresholds(hierarchy, thresholds)
-    stored = run_unknown_thresholds(run_dir, hierarchy, model_file)
+        return UnknownDetector(hierarchy, thresholds)
+    stored = run_unknown_detector(run_dir, hierarchy, model_file)
     if stored is None:
         name = _model_key(run_dir, model_file) or str(model_file)
         raise ValueError(
@@ -675,6 +720,8 @@ def evaluate_run(
     "flat"`).
     """
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
+    if (Path(run_dir) / UNKNOWN).is_file():  # checked before the first pass
+        read_unknown(Path(run_dir) / UNKNOWN, model.hierarchy)
     report_dir = Path(report_dir or Path(run_dir) / "evaluation")
     read = dict(data=[data_dir, *training_data([run_dir])], reads=[run_dir])
     guard(report_dir, "evaluation", flag="--report-dir", **read)
@@ -687,11 +734,27 @@ def evaluate_run(
         metrics, comparison, predictions = _conditional_metrics(
             run_dir, model, data, label, model_file
         )
+    metrics["unknown"] = _unknown_metrics(run_dir, model, model_file, data)
     with staged_folder(report_dir, "evaluation") as partial:
         write_file(partial / METRICS, json.dumps(metrics, indent=1))
         report = (run_dir, data_dir, model, metrics, comparison, predictions)
         _write_evaluation_report(partial, *report)
     return metrics
+
+
+def _unknown_metrics(run_dir, model, model_file, data):
+    """The share of `data`'s images flagged unknown by each model with thresholds in the
+    run's unknown.json (`condnet.runs.unknown.unknown_section`), or None."""
+    from condnet.runs.unknown import unknown_section
+
+    if not (Path(run_dir) / UNKNOWN).is_file():
+        return None
+    if isinstance(model, FlatBaseline):
+        return unknown_section(run_dir, [("flat", model_file or BASELINE, model)], data)
+    models = [("conditional", model_file or BEST, model)]
+    if (Path(run_dir) / BASELINE).is_file() and model_file is None:
+        models.append(("flat", BASELINE, load_run(run_dir, model_file=BASELINE)[0]))
+    return unknown_section(run_dir, models, data)
 
 
 def _flat_metrics(run_dir, model, data, label, model_file):
@@ -915,7 +978,7 @@ def predict_paths(
         valid = np.array([error is None for error in errors], bool)
         outputs = predict_batch(model, images[valid]) if valid.any() else None
         answers = _answers(hierarchy, outputs, thresholds)
-        unknowns = _unknowns(model, outputs, unknown_thresholds)
+        unknowns = _unknowns(model, images[valid], outputs, unknown_thresholds)
         decoded = iter(range(int(valid.sum())))
         for row, error in zip(data.batch_rows(index), errors):
             path = data.paths[row]
@@ -940,13 +1003,11 @@ def _answers(hierarchy, outputs, thresholds):
     return back_off(hierarchy, outputs["classes"], thresholds, outputs["groups"])
 
 
-def _unknowns(model, outputs, thresholds):
-    """(scores, flagged) of a batch's outputs (`condnet.evaluation.unknown`), or None."""
-    if thresholds is None or outputs is None:
+def _unknowns(model, images, outputs, detector):
+    """(scores, flagged) of a batch (`condnet.evaluation.unknown.UnknownDetector`), or None."""
+    if detector is None or outputs is None:
         return None
-    route = scored_route(model, outputs)
-    scored = unknown_scores(model.hierarchy, outputs["classes"], route)
-    return scored, flag_unknown(model.hierarchy, scored, thresholds)
+    return detector(model, images, outputs)
 
 
 def input_shape_of(config):

@@ -11,7 +11,7 @@ from condnet.hierarchy import Hierarchy
 from condnet.runs import backoff_test
 from condnet.runs.backoff_test import _images
 from condnet.runs.cli import main
-from condnet.runs.run_dir import predict_paths, read_unknown
+from condnet.runs.run_dir import evaluate_run, predict_paths, read_unknown
 from condnet.runs.unknown import unknown_run
 
 # Colours of no class the colour model knows: the gate sends dark orange to warm and cyan
@@ -40,7 +40,7 @@ def _names(rows):
 
 
 def test_unknown_run_chooses_a_threshold_per_expert_on_validation(run):
-    record = unknown_run(run, false_alarm_rate=0.05)
+    record = unknown_run(run, false_alarm_rate=0.05, score="softmax")
     assert record["groups"] == ["cool", "warm"]
     assert set(record["models"]) == {"model.keras", "baseline.keras"}
     routed = record["models"]["model.keras"]
@@ -54,7 +54,7 @@ def test_unknown_run_chooses_a_threshold_per_expert_on_validation(run):
 
 
 def test_predict_flags_colours_of_no_known_class_inside_their_group(run, tmp_path):
-    record = unknown_run(run)
+    record = unknown_run(run, score="softmax")
     thresholds = record["models"]["model.keras"]["thresholds"]
     folder = _with_strangers(tmp_path / "images")
     predicted = predict_paths(run, [folder], unknown=True)
@@ -66,6 +66,29 @@ def test_predict_flags_colours_of_no_known_class_inside_their_group(run, tmp_pat
     for row in rows.values():  # the chosen expert's score against its own threshold
         assert row["unknown"] == (row["unknown_score"] < thresholds[row["expert"]])
     assert "unknown" not in predict_paths(run, [folder])[0]  # only when asked for
+
+
+def test_the_mahalanobis_score_is_each_expert_s_feature_distance_stored_beside_the_thresholds(
+    run, tmp_path
+):
+    from condnet.runs.run_dir import read_unknown_statistics
+
+    record = unknown_run(run, score="mahalanobis")
+    entry = record["models"]["model.keras"]
+    assert entry["score"] == "mahalanobis" and entry["there"]["flagged"] <= 0.05
+    statistics = read_unknown_statistics(run / "unknown.npz")
+    means = statistics["model.keras/warm/means"]
+    assert means.shape[0] == 2  # one mean per class of the warm expert
+    assert statistics["model.keras/warm/precision"].shape == (means.shape[1],) * 2
+    assert "baseline.keras/flat/means" in statistics  # the flat model: one over every class
+    folder = _with_strangers(tmp_path / "images")
+    rows = dict(zip(_names(rows := predict_paths(run, [folder], unknown=True)), rows))
+    for row in rows.values():  # a distance, not a probability, against its expert's threshold
+        assert row["unknown"] == (row["unknown_score"] < entry["thresholds"][row["expert"]])
+    assert rows["cyan"]["unknown_score"] < min(rows[n]["unknown_score"] for n in ("blue", "green"))
+    (run / "unknown.npz").unlink()
+    with pytest.raises(ValueError, match="unknown.npz cannot be used: it is missing"):
+        predict_paths(run, [folder], unknown=True)
 
 
 def test_predict_with_thresholds_given_and_the_flat_baseline_s_maximum_softmax(run, tmp_path):
@@ -102,6 +125,30 @@ def test_serve_flags_unknown_classes_as_predict_does(run, tmp_path):
     assert answer["unknown_score"] == pytest.approx(expected["unknown_score"])
     stored = read_unknown(run / "unknown.json")["models"]["model.keras"]["thresholds"]
     assert described["unknown_thresholds"] == stored
+    assert described["unknown_score"] == "energy"  # the default of `condnet unknown`
+    assert not (run / "unknown.npz").exists()  # energy reads the model's own weights only
+
+
+def test_evaluate_and_its_report_show_the_share_each_model_flags(run, tmp_path, capsys):
+    from condnet.runs.backoff_test import make_colour_folders
+
+    data = make_colour_folders(tmp_path / "test", per_class=3)
+    unknown_run(run, score="energy")  # both models
+    unknown_run(run, thresholds={"cool": 0.9, "warm": None})  # model.keras only
+    metrics = evaluate_run(run, data, report_dir=tmp_path / "evaluation")
+    section = metrics["unknown"]
+    assert section["flat"]["score"] == "energy" and section["flat"]["model"] == "baseline.keras"
+    assert section["flat"]["flagged"] <= 0.25  # chosen for 5% on the same colours
+    conditional = section["conditional"]
+    assert conditional["score"] == "softmax" and conditional["flagged_per_expert"]["warm"] == 0
+    rows = predict_paths(run, [data], unknown=True)
+    assert conditional["flagged"] == pytest.approx(np.mean([row["unknown"] for row in rows]))
+    report = (tmp_path / "evaluation" / "report.md").read_text()
+    assert "## Unknown classes" in report and "| conditional (routed) | softmax |" in report
+    assert main(["evaluate", str(run), str(data), "--report-dir", str(tmp_path / "e2")]) == 0
+    assert "model.keras: flags " in capsys.readouterr().out
+    (run / "unknown.json").unlink()
+    assert evaluate_run(run, data, report_dir=tmp_path / "e3")["unknown"] is None
 
 
 # === The command line ===
@@ -110,7 +157,10 @@ def test_serve_flags_unknown_classes_as_predict_does(run, tmp_path):
 def test_cli_unknown_stores_given_thresholds_that_predict_uses(run, tmp_path, capsys):
     assert main(["unknown", str(run), "--thresholds", "cool=0.9", "warm=never"]) == 0
     out = capsys.readouterr().out
-    assert "model.keras: unknown-class thresholds cool 0.9000, warm never (given)" in out
+    assert (
+        "model.keras: unknown-class thresholds (softmax score) cool 0.9000, warm never (given)"
+        in out
+    )
     folder = _with_strangers(tmp_path / "images")
     assert main(["predict", str(run), str(folder), "--unknown", "--json", "--quiet"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -124,8 +174,10 @@ def test_cli_unknown_stores_given_thresholds_that_predict_uses(run, tmp_path, ca
 def test_cli_unknown_chooses_for_a_false_alarm_rate(run, capsys):
     assert main(["unknown", str(run), "--false-alarm-rate", "0.05", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "baseline.keras: unknown-class thresholds cool" in out
+    assert "baseline.keras: unknown-class thresholds (energy score) cool" in out
     assert "chosen on the validation split (8 images); 0.0% of those images flagged" in out
+    assert main(["unknown", str(run), "--score", "softmax", "--quiet"]) == 0
+    assert "model.keras: unknown-class thresholds (softmax score) cool" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -137,6 +189,10 @@ def test_cli_unknown_chooses_for_a_false_alarm_rate(run, capsys):
         (["unknown", "{run}", "--thresholds", "cool=0.5"], r"each group of the hierarchy once"),
         (["unknown", "{run}", "--thresholds", "cool=x", "warm=1"], "one GROUP=P per group"),
         (["unknown", "{run}", "--model", "../x.keras"], "There is no model file"),
+        (
+            ["unknown", "{run}", "--thresholds", "cool=1", "warm=1", "--score", "energy"],
+            "Received: score='energy'",
+        ),
     ],
 )
 def test_cli_unknown_errors_say_what_was_received(run, tmp_path, capsys, argv, message):
@@ -161,7 +217,8 @@ def test_cli_unknown_errors_say_what_was_received(run, tmp_path, capsys, argv, m
         ),
         (
             '{"models": {"model.keras": {"thresholds": {"warm": 0.5}}}}',
-            r"its .* is \{'warm': 0.5\}, where an object with a threshold per group \['cool', ",
+            r"its .* is \{'warm': 0.5\} \('softmax' score\), where an object with a threshold "
+            r"per group \['cool', ",
         ),
     ],
 )
