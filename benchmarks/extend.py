@@ -100,6 +100,7 @@ QUICK = {"train_per_class": 20, "test_per_class": 10, "epochs": 1, "seeds": 1}
 def more_options(parser):
     parser.add_argument("--data-set", choices=sorted(DATA_SETS), default="cifar10")
     parser.add_argument("--new", help="classes the old run lacks, comma-separated")
+    parser.add_argument("--image-size", type=int, help="pixels (default: 32 CIFAR-10, 64 photos20)")
     parser.add_argument("--train-per-class", type=int, default=400)
     parser.add_argument("--test-per-class", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=15)
@@ -152,9 +153,17 @@ def split_tree(groups, new):
 
 
 def run_seed(args, folders, test, seed):
-    base = args.cache / f"extend-{args.data_set}-{BACKEND}-{args.train_per_class}-{args.epochs}"
+    base = args.cache / (
+        f"extend-{args.data_set}-{args.image_size}px-{BACKEND}-{args.train_per_class}-{args.epochs}"
+    )
     verbose = 0 if args.quick else 2
-    common_options = dict(epochs=args.epochs, seed=seed, baseline=False, tensorboard=False)
+    common_options = dict(
+        epochs=args.epochs,
+        seed=seed,
+        image_size=args.image_size,
+        baseline=False,
+        tensorboard=False,
+    )
     old_run, grown_run, scratch_run = (base / f"{k}-seed-{seed}" for k in ("old", "ext", "all"))
     seconds = {}
     started = time.perf_counter()
@@ -257,7 +266,8 @@ def markdown(results, args, old, new, seconds):
         [
             f"`{common.command_line()}`",
             "",
-            f"{args.data_set} in groups {', '.join(old)}; the old run trains without "
+            f"{args.data_set} at {args.image_size} px in groups {', '.join(old)}; the old run "
+            "trains without "
             f"{', '.join(c for cs in new.values() for c in cs)}, then `extend` adds {added} "
             f"(only the gate and the growing experts train; trunk and untouched experts "
             f"frozen), against a run from scratch on every class. {args.train_per_class} "
@@ -299,6 +309,7 @@ def main(argv=None):
         for key, value in QUICK.items():
             setattr(args, key, value)
     spec = DATA_SETS[args.data_set]
+    args.image_size = args.image_size or spec["image_size"]
     new_names = (args.new or spec["new"]).split(",")
     if not set(new_names) <= set(Hierarchy(spec["groups"]).classes):
         raise SystemExit(f"--new takes classes of {args.data_set}. Received: {args.new}")
@@ -327,7 +338,7 @@ def main(argv=None):
     if args.quick:
         print("(--quick: a smoke check; nothing written to RESULTS.md)")
         return 0
-    name = f"extend-{tag}-{args.epochs}-epochs-{len(results)}-seeds-{BACKEND}"
+    name = f"extend-{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds-{BACKEND}"
     out = common.BENCHMARKS / f"{name}.json"
     shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     out.write_text(json.dumps({"args": shown, "results": results}, indent=1) + "\n")
