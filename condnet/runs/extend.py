@@ -411,7 +411,7 @@ def _plan(run_dir, data_dir, out, hierarchy, old_data, overwrite):
             f"whole tree from scratch. Received: run_dir={str(run_dir)!r}"
         )
     options = TrainingOptions.from_config(config["options"])
-    old_dir = Path(old_data) if old_data is not None else Path(config["options"]["data_dir"])
+    old_dir = Path(old_data if old_data is not None else config["options"]["data_dir"]).resolve()
     if not old_dir.is_dir():
         raise ValueError(
             f"The old run trained on {str(old_dir)!r}, which is gone. extend replays a sample "
@@ -420,7 +420,7 @@ def _plan(run_dir, data_dir, out, hierarchy, old_data, overwrite):
             "the folder, or pass the same images where they are now with --old-data DIR. "
             f"Received: old data={str(old_dir)!r}"
         )
-    found, paths, names = scan_new(data_dir, hierarchy)
+    found, paths, names = scan_new(data_dir.resolve(), hierarchy)  # absolute, as the old run's
     grown, new_groups, new_classes = grown_hierarchy(model.hierarchy, found)
     check_run_dir(out, data_dir)
     check_output(out, data=[data_dir, old_dir], reads=[run_dir], kind="run")
