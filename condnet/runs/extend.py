@@ -56,7 +56,7 @@ from condnet.runs.outputs import check_output
 from condnet.runs.run_dir import CONFIG, EXTENDED, _refuse_ensemble, load_run
 from condnet.runs.timing import RunTimes
 from condnet.training.callbacks import StopOnNaN
-from condnet.training.distribute import compile_options
+from condnet.training.distribute import IN_ORDER, compile_options, fit_inputs
 
 
 def extend(
@@ -630,12 +630,13 @@ def _fit(model, out, options, settings, data, claim, fit_kwargs):
     checkpoint = ckpt.RunCheckpoint(out, 0, on_commit=claim.commit)
     stage = (settings["epochs"], settings["learning_rate"], 0)
     stopping = _stopping_callbacks(options, data["validation"], stage, "Extend: ", fit_kwargs)
-    model.fit(
-        data["train"],
-        validation_data=data["validation"],
+    x, validation_data, epoch_ends = fit_inputs(data["train"], data["validation"])
+    model.fit(  # through the recipe's input pipeline (tf.data on TensorFlow)
+        x,
+        validation_data=validation_data,
         epochs=settings["epochs"],
-        callbacks=[StopOnNaN(), checkpoint, *stopping],
-        **fit_kwargs,
+        callbacks=[StopOnNaN(), *epoch_ends, checkpoint, *stopping],
+        **{**IN_ORDER, **fit_kwargs},
     )
     if checkpoint.refused is not None:
         epoch, problem = checkpoint.refused
