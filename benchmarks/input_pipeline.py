@@ -23,9 +23,10 @@ Side by side in one process, one pass over the same JPEG photos each, uncached:
 - `Pillow limit`: the same with Pillow's own JPEG draft decoding (`Image.draft`),
   the decode limit as the issue measured it.
 
-Two sets: photos20's real photos (96 px short side) read at 96 px, and the same
-photos upscaled to 480 px short side (JPEG quality 90; photos20 holds no large
-photos) read at 160 px. Then the cache: `--cache-images` photos of 160 px (20,000 by
+Three sets: photos20's real photos (96 px short side) read at 96 px, and the same
+photos upscaled to 480 px and to 1600 px short side (JPEG quality 90; photos20
+holds no large photos; 1600 px is a phone photo's size, where libjpeg-turbo
+decodes at 1/8 scale) read at 160 px. Then the cache: `--cache-images` photos of 160 px (20,000 by
 default: photos20's 8,000 training photos upscaled, mirrored and turned; 1.5 GB
 decoded, more than `CACHE_BYTES`, so the default policy keeps them on disk), epoch 1
 (decode and write the cache) against epoch 2 (read the cache), through Keras's iterator.
@@ -251,11 +252,14 @@ def main():
     with tempfile.TemporaryDirectory(prefix="condnet-input-") as scratch:
         scratch = Path(scratch)
         small = extract_photos(scratch / "small", count)
-        big = upscaled(extract_photos(scratch / "few", large), scratch / "large", 480)
+        few = extract_photos(scratch / "few", large)
+        big = upscaled(few, scratch / "large", 480)
+        huge = upscaled(few, scratch / "huge", 1600)
         with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
             rows = [
                 measure("photos20, 96 px, read at 96", small, 96, pool, repeats),
                 measure("photos20 upscaled to 480 px, read at 160", big, 160, pool, repeats),
+                measure("photos20 upscaled to 1600 px, read at 160", huge, 160, pool, repeats),
             ]
             many = many_photos(scratch, 2000 if args.quick else args.cache_images, 160, pool)
         cache = disk_cache(many, 160, scratch / "cache")

@@ -15,11 +15,18 @@ ALLOWED = {
     "models": {"hierarchy"},
     "data": {"hierarchy"},
     "vision": {"hierarchy", "models"},
-    "training": {"hierarchy", "models", "data", "vision"},
-    "evaluation": {"hierarchy", "models", "data", "vision"},
+    "text": {"hierarchy", "models"},
+    "training": {"hierarchy", "models", "data", "vision", "text"},
+    "evaluation": {"hierarchy", "models", "data", "vision", "text"},
     "deploy": {"hierarchy", "models", "data", "evaluation"},
-    "runs": {"hierarchy", "models", "data", "vision", "training", "evaluation", "deploy", ""},
-    "": {"hierarchy", "models", "data", "vision", "training", "evaluation", "deploy", "runs"},
+    "runs": {
+        *("hierarchy", "models", "data", "vision", "text"),
+        *("training", "evaluation", "deploy", ""),
+    },
+    "": {
+        *("hierarchy", "models", "data", "vision", "text"),
+        *("training", "evaluation", "deploy", "runs"),
+    },
 }
 
 # condnet/choices.py (the names options take, no imports) is below every layer.

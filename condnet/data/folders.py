@@ -11,8 +11,10 @@ import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -41,6 +43,8 @@ SKIP_REASONS = (
     "dangling symlink",
     "symlink loop",
     "symlink outside the data folder",
+    "empty",  # documents (condnet.data.text)
+    "binary content",
 )
 _SHOWN_PATHS = 5
 
@@ -119,20 +123,35 @@ def scan_directory(root, hierarchy=None):
     hierarchy.classes  # ['square', 'star', 'triangle', 'circle', 'ellipse', 'ring']
     ```
     """
+    return scan_folder(root, hierarchy, IMAGES)
+
+
+class FileKind(NamedTuple):
+    """What the class folders of a data set hold, for `scan_folder`."""
+
+    noun: str  # "images", "documents"
+    takes: Callable  # Path -> bool: whether the scan looks at a file (by its name, cheap)
+    problem: Callable  # Path -> None, or the SKIP_REASONS entry why the scan skips it
+    expected: str  # what a class folder should hold, for error messages
+    reader: str  # what reads them, for error messages ("Pillow")
+
+
+def scan_folder(root, hierarchy, kind):
+    """`scan_directory` for files of any `FileKind` (images, documents)."""
     root = _check_root(root)
     skipped = {}  # path -> one of SKIP_REASONS
     if hierarchy is None:
-        _refuse_flat_layout(root, skipped)
-        hierarchy = _read_nested_hierarchy(root, skipped)
+        _refuse_flat_layout(root, skipped, kind)
+        hierarchy = _read_nested_hierarchy(root, skipped, kind)
         folders = [root.joinpath(*hierarchy.path(name)) for name in hierarchy.classes]
     else:
         hierarchy = _as_hierarchy(hierarchy)
         folders = _flat_class_folders(root, hierarchy, skipped)
     paths, labels = [], []
     for label, folder in enumerate(folders):
-        images = _class_images(folder, root, skipped)
-        paths += images
-        labels += [label] * len(images)
+        files = _class_files(folder, root, skipped, kind)
+        paths += files
+        labels += [label] * len(files)
     _warn_skipped(root, skipped)
     return hierarchy, paths, np.array(labels, dtype="int32")
 
@@ -158,23 +177,23 @@ def _check_root(root):
     return path
 
 
-def _refuse_flat_layout(root, skipped):
+def _refuse_flat_layout(root, skipped, kind):
     for folder in _entries(root, root, skipped)[0]:
-        images = _image_files(folder, root, skipped)
-        if images:
+        files = _kind_files(folder, root, skipped, kind)
+        if files:
             raise ValueError(
-                f"The folder {str(folder)!r} holds {len(images)} image(s) directly "
-                "(e.g. " + repr(images[0].name) + "), so this looks like a flat "
+                f"The folder {str(folder)!r} holds {len(files)} {kind.noun} directly "
+                "(e.g. " + repr(files[0].name) + "), so this looks like a flat "
                 "layout root/<class>/*. A flat layout needs a hierarchy file mapping "
                 "each group to its classes: pass `--hierarchy FILE` on the command "
                 "line or `hierarchy=` in Python. For the nested layout, move the "
-                f"images into root/<group>/<class>/. Received: root={str(root)!r}"
+                f"{kind.noun} into root/<group>/<class>/. Received: root={str(root)!r}"
             )
 
 
-def _read_nested_hierarchy(root, skipped):
+def _read_nested_hierarchy(root, skipped, kind):
     tree = {
-        folder.name: _read_node(folder, root, skipped, depth=1)
+        folder.name: _read_node(folder, root, skipped, kind, depth=1)
         for folder in _entries(root, root, skipped)[0]
     }
     try:
@@ -187,7 +206,7 @@ def _read_nested_hierarchy(root, skipped):
         ) from None
 
 
-def _read_node(folder, root, skipped, depth):
+def _read_node(folder, root, skipped, kind, depth):
     if depth >= MAX_DEPTH:
         raise ValueError(
             f"The folders under {str(root)!r} nest more than {MAX_DEPTH} levels deep, "
@@ -210,12 +229,12 @@ def _read_node(folder, root, skipped, depth):
             "subgroups: move the classes into a subgroup folder."
         )
     for child in children:
-        if _image_files(child, root, skipped):
+        if _kind_files(child, root, skipped, kind):
             raise ValueError(
-                f"The folder {str(child)!r} holds both images and subfolders. "
-                "Move its images into class folders."
+                f"The folder {str(child)!r} holds both {kind.noun} and subfolders. "
+                f"Move its {kind.noun} into class folders."
             )
-    return {child.name: _read_node(child, root, skipped, depth + 1) for child in children}
+    return {child.name: _read_node(child, root, skipped, kind, depth + 1) for child in children}
 
 
 def _as_hierarchy(hierarchy):
@@ -252,27 +271,28 @@ def _flat_class_folders(root, hierarchy, skipped):
     return [found[name] for name in hierarchy.classes]
 
 
-def _class_images(folder, root, skipped):
+def _class_files(folder, root, skipped, kind):
     files = _entries(folder, root, skipped)[1]
-    problems = {str(path): _scan_problem(path) for path in files}
-    images = [path for path, problem in problems.items() if problem is None]
+    problems = {str(path): kind.problem(path) for path in files}
+    taken = [path for path, problem in problems.items() if problem is None]
     skipped.update({path: problem for path, problem in problems.items() if problem})
     here = {path: reason for path, reason in skipped.items() if Path(path).parent == folder}
-    candidates = [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
-    if not candidates and not images:
+    candidates = [path for path in files if kind.takes(path)]
+    if not candidates and not taken:
         others = [path.name for path in _visible(folder)]
         raise ValueError(
-            f"The class folder {str(folder)!r} has no images. Expected files "
-            f"ending in {', '.join(IMAGE_EXTENSIONS)}; found {len(others)} other "
-            f"entries {others[:_SHOWN_PATHS]}{_skipped_here(here)}. Add images or remove "
+            f"The class folder {str(folder)!r} has no {kind.noun}. Expected "
+            f"{kind.expected}; found {len(others)} other entries "
+            f"{others[:_SHOWN_PATHS]}{_skipped_here(here)}. Add {kind.noun} or remove "
             "the folder."
         )
-    if not images:
+    if not taken:
         raise ValueError(
-            f"None of the {len(candidates)} images in the class folder {str(folder)!r} "
-            f"can be read by Pillow{_skipped_here(here)}. Replace them or remove the folder."
+            f"None of the {len(candidates)} {kind.noun} in the class folder {str(folder)!r} "
+            f"can be read by {kind.reader}{_skipped_here(here)}. Replace them or remove "
+            "the folder."
         )
-    return images
+    return taken
 
 
 def _scan_problem(path):
@@ -355,9 +375,21 @@ def _contains(folder, path):
     return os.path.commonpath([folder, path]) == folder
 
 
-def _image_files(folder, root, skipped):
-    files = _entries(folder, root, skipped)[1]
-    return [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
+def _kind_files(folder, root, skipped, kind):
+    return [path for path in _entries(folder, root, skipped)[1] if kind.takes(path)]
+
+
+def _is_image_name(path):
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+IMAGES = FileKind(
+    "images",
+    _is_image_name,
+    _scan_problem,
+    "files ending in " + ", ".join(IMAGE_EXTENSIONS),
+    "Pillow",
+)
 
 
 # === Splitting ===

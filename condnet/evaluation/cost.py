@@ -23,14 +23,21 @@ def count_macs(model_or_layer, input_shape=None, return_details=False):
       positions. `SeparableConv1D`/`2D`: the depthwise plus the pointwise
       part. `Conv*Transpose`: kernel volume x input x output channels x
       input positions.
+    - `GRU` / `LSTM`: steps x gates (3 / 4) x (input features + units) x
+      units; `Bidirectional`: both directions. `MultiHeadAttention`
+      (self-attention): steps x (4 x features x heads x key_dim for the
+      projections + 2 x steps x heads x key_dim for the scores and the
+      weighted sum).
     - Everything else counts 0: normalization (it folds into the preceding
       convolution at inference), activations, pooling, `Add`/`Multiply`,
       `Rescaling`, `Embedding` (a lookup) and raw `keras.ops` calls. This is
       how published figures are quoted (at 224x224: VGG16 15.5 G, ResNet50
       3.9 G, MobileNetV3Small 57 M).
       Bias additions are not counted either.
-    - A layer of another type that holds weights (for example
-      `MultiHeadAttention`, an RNN or a custom layer) also counts 0 and is
+    - A layer with a `macs(input_shape, output_shape)` method: what it
+      returns (condnet's own layers say their cost this way).
+    - A layer of another type that holds weights (for example a
+      `SimpleRNN` or a custom layer) also counts 0 and is
       listed among the unknown layers, so that an undercount is never silent.
 
     Args:
@@ -230,6 +237,8 @@ def _first_shape(structure):
 
 def _leaf_macs(operation, input_shape, output_shape):
     """MACs of one call, or `None` for a layer with weights of unknown cost."""
+    if callable(getattr(operation, "macs", None)):  # a layer that says its own cost
+        return operation.macs(input_shape, output_shape)
     for types, counter in _COUNTERS:
         if isinstance(operation, types):
             return counter(operation, input_shape, output_shape)
@@ -265,12 +274,38 @@ def _zero_macs(layer, input_shape, output_shape):
     return 0
 
 
+def _recurrent_macs(layer, input_shape, output_shape):
+    """A GRU (3 gates) or LSTM (4): per step, each gate's input and recurrent kernels."""
+    gates = 3 if isinstance(layer, layers.GRU) else 4
+    steps, features = input_shape[-2], input_shape[-1]
+    return steps * gates * (features + layer.units) * layer.units
+
+
+def _bidirectional_macs(layer, input_shape, output_shape):
+    return sum(
+        _recurrent_macs(part, input_shape, output_shape)
+        for part in (layer.forward_layer, layer.backward_layer)
+    )
+
+
+def _attention_macs(layer, input_shape, output_shape):
+    """Self-attention over `steps` positions: the query, key, value and output projections
+    (each `features x heads x key_dim` per position), then the scores and the weighted sum
+    (`steps x heads x key_dim` each, per position)."""
+    steps, features = input_shape[-2], input_shape[-1]
+    inner = layer.num_heads * layer.key_dim
+    return steps * (4 * features * inner + 2 * steps * inner)
+
+
 _COUNTERS = (
     (layers.Dense, _dense_macs),
     ((layers.Conv1D, layers.Conv2D, layers.Conv3D), _conv_macs),
     ((layers.DepthwiseConv1D, layers.DepthwiseConv2D), _conv_macs),
     ((layers.SeparableConv1D, layers.SeparableConv2D), _separable_macs),
     ((layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose), _transpose_macs),
+    ((layers.GRU, layers.LSTM), _recurrent_macs),
+    (layers.Bidirectional, _bidirectional_macs),
+    (layers.MultiHeadAttention, _attention_macs),
     (
         (
             layers.BatchNormalization,

@@ -1,3 +1,5 @@
+import math
+
 import keras
 import pytest
 from keras import layers
@@ -171,12 +173,45 @@ def test_applications_match_published_counts(application, published):
 
 def test_return_details_lists_unknown_layers_with_weights():
     tokens = keras.Input((5, 8))
-    attention = layers.MultiHeadAttention(2, 4, name="attention")(tokens, tokens)
-    model = keras.Model(tokens, layers.Dense(3, name="head")(attention))
+    recurrent = layers.SimpleRNN(4, return_sequences=True, name="rnn")(tokens)
+    model = keras.Model(tokens, layers.Dense(3, name="head")(recurrent))
     total, macs_per_layer, unknown = count_macs(model, return_details=True)
-    assert total == 5 * 8 * 3
-    assert macs_per_layer == {"attention": 0, "head": 120}
-    assert unknown == ["attention"]
+    assert total == 5 * 4 * 3
+    assert macs_per_layer == {"rnn": 0, "head": 60}
+    assert unknown == ["rnn"]
+
+
+def _kernel_sizes(*kernels):
+    return sum(math.prod(kernel.shape) for kernel in kernels)
+
+
+@pytest.mark.parametrize("kind", [layers.GRU, layers.LSTM])
+def test_recurrent_layers_count_their_kernels_at_every_step(kind):
+    steps = 7
+    tokens = keras.Input((steps, 8))
+    recurrent = kind(6, return_sequences=True, name="rnn")
+    bidirectional = layers.Bidirectional(kind(5), name="both")
+    model = keras.Model(tokens, bidirectional(recurrent(tokens)))
+    total, macs_per_layer, unknown = count_macs(model, return_details=True)
+    assert unknown == []
+    cell = recurrent.cell
+    assert macs_per_layer["rnn"] == steps * _kernel_sizes(cell.kernel, cell.recurrent_kernel)
+    cells = [bidirectional.forward_layer.cell, bidirectional.backward_layer.cell]
+    both = sum(_kernel_sizes(c.kernel, c.recurrent_kernel) for c in cells)
+    assert macs_per_layer["both"] == steps * both
+    assert total == macs_per_layer["rnn"] + macs_per_layer["both"]
+
+
+def test_self_attention_counts_its_projections_and_its_scores():
+    steps, heads, key_dim = 5, 2, 4
+    tokens = keras.Input((steps, 8))
+    attention = layers.MultiHeadAttention(heads, key_dim, name="attention")
+    model = keras.Model(tokens, attention(tokens, tokens))
+    total, unknown = count_macs(model, return_details=True)[::2]
+    projections = [attention.query_dense, attention.key_dense, attention.value_dense]
+    kernels = _kernel_sizes(*[p.kernel for p in projections], attention.output_dense.kernel)
+    assert unknown == []
+    assert total == steps * kernels + 2 * steps * steps * heads * key_dim
 
 
 def test_unbuilt_model_asks_for_input_shape():

@@ -70,6 +70,13 @@ class ConditionalModel(keras.Model):
             `batch / num_groups` while training (at least 2.0 at inference).
             Rows beyond it go to their next-best expert, or are dropped and
             counted in the `dropped_rate` metric. Defaults to `1.25`.
+        preprocessor: optional Keras layer that turns raw inputs into what
+            the model reads, saved inside the model's `.keras` file: an
+            adapted `keras.layers.TextVectorization` for a text model
+            (documents -> token ids). `predict` applies it, eagerly and
+            outside the compiled step, when given text (a str, or a list or
+            array of str); `fit` and `evaluate` read what it gives
+            (`condnet.data.text.TextFolder`). Defaults to `None`.
         **kwargs: passed to `keras.Model` (`name`, `dtype`). `dtype` defaults
             to the mixed policy the gate, experts or trunk compute in, if any
             (else the global policy): see "Mixed precision" below.
@@ -123,6 +130,7 @@ class ConditionalModel(keras.Model):
         seed=None,
         dispatch="dense",
         capacity_factor=1.25,
+        preprocessor=None,
         **kwargs,
     ):
         hierarchy = _as_hierarchy(hierarchy)
@@ -148,6 +156,7 @@ class ConditionalModel(keras.Model):
         self._dispatch = dispatch
         self._capacity_factor = capacity_factor
         self._routed_runner = None
+        self.preprocessor = _check_preprocessor(preprocessor)
         input_shape = _known_input_shape(self.trunk, gate, self.expert_models)
         self._check_sizes(input_shape)
 
@@ -518,6 +527,8 @@ class ConditionalModel(keras.Model):
                 "ConditionalModel.predict takes x, batch_size, verbose, steps, callbacks "
                 f"and routed. Received unknown arguments: {sorted(kwargs)}"
             )
+        if self.preprocessor is not None and is_raw_text(x):
+            x = self.preprocess(x)
         if routed is None:
             routed = self.routes_at_inference
         if not routed:
@@ -531,6 +542,20 @@ class ConditionalModel(keras.Model):
             self, x, batch_size=batch_size or 32, verbose=verbose, steps=steps, callbacks=callbacks
         )
         return flag_non_finite(x, outputs)
+
+    def preprocess(self, inputs, chunk=1024):
+        """`inputs` (e.g. documents, a list of str) through the `preprocessor`, as a numpy
+        array of what the model reads (token ids), in chunks, eagerly."""
+        if self.preprocessor is None:
+            raise ValueError(
+                "This ConditionalModel has no preprocessor: it reads its inputs as they are."
+            )
+        inputs = np.asarray(inputs, dtype=object).reshape(-1)
+        parts = [
+            ops.convert_to_numpy(self.preprocessor(inputs[start : start + chunk]))
+            for start in range(0, len(inputs), chunk)
+        ]
+        return np.concatenate(parts)
 
     # === Config ===
 
@@ -551,6 +576,11 @@ class ConditionalModel(keras.Model):
             "seed": self.seed,
             "dispatch": self.dispatch,
             "capacity_factor": self.capacity_factor,
+            **(
+                {"preprocessor": serialize(self.preprocessor)}
+                if self.preprocessor is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -564,6 +594,8 @@ class ConditionalModel(keras.Model):
         }
         if config.get("trunk") is not None:
             config["trunk"] = deserialize(config["trunk"])
+        if config.get("preprocessor") is not None:
+            config["preprocessor"] = deserialize(config["preprocessor"])
         return cls(**config)
 
     # === Shape checks ===
@@ -678,6 +710,24 @@ def _check_dispatch(dispatch, capacity_factor, routing, confidence_threshold):
             "one. Use dispatch='dense' (predict() hedges either way). Received: "
             f"confidence_threshold={confidence_threshold!r}, dispatch='capacity'"
         )
+
+
+def _check_preprocessor(preprocessor):
+    if preprocessor is not None and not isinstance(preprocessor, keras.layers.Layer):
+        raise TypeError(
+            "`preprocessor` must be a Keras layer (e.g. an adapted TextVectorization) or "
+            f"None. Received: {type(preprocessor).__name__} {preprocessor!r:.100}"
+        )
+    return preprocessor
+
+
+def is_raw_text(x):
+    """Whether `x` is text for a preprocessor: a str, or a list or array of them."""
+    if isinstance(x, str):
+        return True
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind in "OUS" and (x.size == 0 or isinstance(x.flat[0], str | bytes))
+    return isinstance(x, list | tuple) and bool(x) and all(isinstance(v, str) for v in x)
 
 
 def _check_layer(role, layer):

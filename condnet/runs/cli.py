@@ -1447,7 +1447,7 @@ def _tune_parser(commands, common):
 
 
 def _tune(args):
-    from condnet.runs.tune import make_tuner, read_space, summarise
+    from condnet.runs.tune import make_tuner, read_space, report_best, summarise
 
     if args.trials < 1:
         raise ValueError(f"--trials must be at least 1. Received: --trials {args.trials}")
@@ -1476,11 +1476,12 @@ def _tune(args):
         if len(failed) == len(rows):
             raise RuntimeError(f"Every trial failed; the last: {reason[0]}")
     best = rows[0] if rows else None
+    report_best(rows, verbose=_verbosity(args))
     print(f"{len(rows)} trials; summary in {args.out}/summary.md, plot {args.out}/pareto.png.")
     if best is not None and best["val_accuracy"] is not None:
         print(  # numbered as KerasTuner's "Running Trial #N"; the folder keeps its id
             f"Best: trial #{best['number']} (val_accuracy {best['val_accuracy']:.4f}) -> "
-            f"{best['run_dir']}"
+            f"{best['run_dir']} (its report: report.md; the other trials wrote metrics only)"
         )
 
 

@@ -64,8 +64,9 @@ def cross_validate(
     _check_folds(folds)
     _check_kwargs(kwargs)
     fields, fit_kwargs = TrainingOptions.fields_of(kwargs)
-    # cv.json compares folds, not models: no flat baseline per fold unless asked for.
-    options = dataclasses.replace(options or TrainingOptions(baseline=False), **fields)
+    # cv.json compares folds, not models: no flat baseline and no report per fold unless asked.
+    default = TrainingOptions(baseline=False, report=False)
+    options = dataclasses.replace(options or default, **fields)
     _check_hierarchy(options.hierarchy)
     out_dir = Path(out_dir)
     check_run_dir(out_dir, data_dir, kind=KIND)

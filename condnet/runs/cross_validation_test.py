@@ -128,6 +128,7 @@ def test_cli_cv_trains_one_run_per_fold_and_writes_the_summary(tmp_path, capsys)
         assert row["num_validation"] == len(validation_rows) == 18
         metrics = json.loads((tmp_path / "cv" / f"fold-{row['fold']}" / "metrics.json").read_text())
         assert metrics["num_samples"] == len(validation_rows)  # scored on its own fold
+        assert not (tmp_path / "cv" / f"fold-{row['fold']}" / "report.md").exists()  # cv.md is
         validated += validation_rows
     assert sorted(validated) == list(range(len(labels)))
 

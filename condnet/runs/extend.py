@@ -268,6 +268,8 @@ def grow(model, grown, train_trunk=False):
         "trunk": model.trunk,
         "expert_taps": taps,
     }
+    if config.get("preprocessor") is not None:  # the layer itself, not its config
+        config["preprocessor"] = model.preprocessor
     grown_model = type(model)(**config)
     trainable = [layer.trainable for layer in grown_model._flatten_layers(include_self=True)]
     _freeze(grown_model, model, train_trunk)

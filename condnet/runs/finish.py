@@ -108,8 +108,11 @@ def finish_run(
         _unknown(run_dir, train_data.hierarchy, validation, predictions, flat_predictions)
     extra = extra or {}
     metrics.update(extra.get("metrics", {}))
+    ckpt.write_atomic(run_dir / ckpt.METRICS, json.dumps(metrics, indent=1))
+    if not options.report:  # a tune trial or a fold: its metrics are what is read
+        times.write(run_dir)
+        return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
     with times.part("report"):
-        ckpt.write_atomic(run_dir / ckpt.METRICS, json.dumps(metrics, indent=1))
         header = {**_header(options, data, state, metrics["training_routing"])}
         header.update(extra.get("header", {}))
         header["time"] = describe(times.summary()) + " (before this report)"

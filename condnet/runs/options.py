@@ -443,6 +443,13 @@ class TrainingOptions:
         "head over every class at the routed MACs per image) and compare it in the report",
         _boolean,
     )
+    report: bool = _option(
+        True,
+        "write report.md / report.html (plots, the gallery of mistakes, explanation maps); "
+        "without it the run writes metrics.json only. Tune trials and cross-validation folds "
+        "go without (the search writes its best trial's)",
+        _boolean,
+    )
     distribute: str = _option(
         "auto",
         "data-parallel: keras.distribution.DataParallel over every local device (JAX) or "
@@ -535,7 +542,7 @@ HELP_GROUPS = {
         "fine_tune_layers",
         "fine_tune_learning_rate",
     ),
-    "comparison and logs": ("baseline", "tensorboard"),
+    "comparison and logs": ("baseline", "report", "tensorboard"),
     "devices": ("distribute", "precision"),
 }
 

@@ -67,6 +67,7 @@ RESUME_CHANGES = (
     "fine_tune_learning_rate",
     "patience",
     "tensorboard",
+    "report",  # a run trained without its report (a tune trial) can have it written
     "distribute",  # the devices may differ from those the run started on
     "cache",  # where decoded images are kept changes no result
     "cache_dir",

@@ -258,8 +258,9 @@ def run_trial(data_dir, tune_dir, options, trial, verbose=0):
         values["epochs"] = values.pop("tuner/epochs")
     values = {k: v for k, v in values.items() if not k.startswith("tuner/")}
     run_dir = Path(tune_dir) / "trials" / f"trial-{trial.trial_id}"
-    # A trial is scored on its own validation accuracy: no flat baseline unless asked.
-    settings = {"baseline": False, **options, **values}
+    # A trial is scored on its own validation accuracy: no flat baseline unless asked, and
+    # no report (the search writes its best trial's, `report_best`).
+    settings = {"baseline": False, "report": False, **options, **values}
     run_dir.mkdir(parents=True, exist_ok=True)
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     record = {
@@ -314,6 +315,20 @@ def summarise(tune_dir, tuner):
     write_file(Path(tune_dir, "summary.md"), summary_table(rows))
     _plot(rows, Path(tune_dir) / "pareto.png")
     return rows
+
+
+def report_best(rows, verbose=0):
+    """Write the report of the most accurate finished trial (`summarise`'s first row with an
+    accuracy), which trained without one; its run directory, or None when no trial finished.
+    The run is resumed with `report=True`: nothing trains, its model is scored again on its
+    validation split for the gallery."""
+    from condnet.runs.recipe import resume
+
+    best = next((row for row in rows if row["val_accuracy"] is not None), None)
+    if best is None or Path(best["run_dir"], "report.md").is_file():
+        return best and best["run_dir"]
+    resume(best["run_dir"], report=True, verbose=verbose)
+    return best["run_dir"]
 
 
 def trial_number(trial_id):

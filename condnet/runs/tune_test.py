@@ -2,6 +2,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -55,6 +56,9 @@ def test_tune_runs_trials_as_runs_summarises_and_resumes(tmp_path, capsys):
         assert options["routing"] == row["values"]["routing"]  # the trial's values trained
         assert options["filters"] == [int(f) for f in row["values"]["filters"].split()]
     assert (tmp_path / "search" / "pareto.png").is_file()
+    reported = [r for r in rows if (Path(r["run_dir"]) / "report.md").is_file()]
+    assert [r["trial"] for r in reported] == [rows[0]["trial"]]  # only the best trial's
+    assert (Path(rows[0]["run_dir"]) / "report.html").is_file()
     before = {
         r["trial"]: (tmp_path / "search" / "trials" / f"trial-{r['trial']}" / "metrics.json")
         .stat()
@@ -110,6 +114,7 @@ def scored_trials(tmp_path, monkeypatch):
         return {"val_accuracy": metrics["accuracy"], "accuracy_per_mmac": metrics["accuracy"]}
 
     monkeypatch.setattr("condnet.runs.tune.run_trial", scored)
+    monkeypatch.setattr("condnet.runs.tune.report_best", lambda rows, verbose=0: None)
     (tmp_path / "data" / "round" / "ring").mkdir(parents=True)
     return ["tune", str(tmp_path / "data"), "--out", str(tmp_path / "search")], tried
 

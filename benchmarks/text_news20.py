@@ -1,0 +1,251 @@
+"""Conditional text classifiers on 20 Newsgroups: condnet's text models against flat Keras ones.
+
+    python benchmarks/text_news20.py [--seeds 3] [--trunks cnn,gru,transformer]
+        [--epochs 10] [--sequence-length 256] [--vocabulary 20000] [--quick]
+
+The training half of 20 Newsgroups (`../shared/data/news20-train.tar.gz`, 11,314
+posts, headers included, as users receive them), in five groups by the
+newsgroups' own prefixes: comp (5 newsgroups), rec (4), sci (4), talk (4) and
+other (alt.atheism, misc.forsale, soc.religion.christian). For each seed the
+posts are split 70% training / 10% validation / 20% test (stratified, drawn by
+`condnet.data.folders.split_indices`; the collection's own test half is never
+read). One `TextVectorization` is adapted on the training posts only and every
+model reads its ids. Rows, all trained side by side on the same split with Adam,
+batch 32, at most `--epochs` epochs, early stopping on validation accuracy
+(patience 2, best weights restored):
+
+- `flat, ten lines`: the model a user would write from the Keras text
+  classification example: Embedding(64) -> GlobalAveragePooling1D -> Dense.
+- `flat, Keras example 1D-CNN`: the 1D-CNN of the Keras example "Text
+  classification from scratch" (Embedding(128), two strided Conv1D(128, 7),
+  global max pooling, Dense(128)).
+- `flat, <trunk>`: condnet's text trunk with one softmax head over every
+  class (the flat model of the same trunk).
+- `condnet, <trunk>`: `build_text_model` (soft routing while training),
+  scored hard-routed (only the chosen expert runs).
+
+Reported per row: test accuracy, hierarchical F1, the MACs per document that
+inference runs (routed: trunk + gate + the costliest expert), training time.
+Writes `benchmarks/text-news20.json` and the "Text: 20 Newsgroups" section of
+`benchmarks/RESULTS.md` (not with --quick, a smoke run on a few posts).
+"""
+
+import json
+import os
+import statistics
+import tarfile
+import time
+from pathlib import Path
+
+import common
+
+os.environ["KERAS_BACKEND"] = common.choose_backend()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from condnet.data.folders import split_indices  # noqa: E402
+from condnet.data.text import (  # noqa: E402
+    TextFolder,
+    make_vectorizer,
+    read_documents,
+    scan_documents,
+)
+from condnet.evaluation.baseline import routed_macs  # noqa: E402
+from condnet.evaluation.cost import count_macs  # noqa: E402
+from condnet.evaluation.evaluate import evaluate_model  # noqa: E402
+from condnet.text.text_model import build_text_model, text_trunk  # noqa: E402
+
+NEWS = common.REPOSITORY.parent / "shared" / "data" / "news20-train.tar.gz"
+OTHER = ("alt.atheism", "misc.forsale", "soc.religion.christian")
+
+
+def news_folder(cache):
+    root = Path(cache) / "news20-train"
+    if not root.is_dir():
+        with tarfile.open(NEWS) as archive:
+            archive.extractall(cache, filter="data")
+    return root
+
+
+def hierarchy_of(root):
+    groups = {}
+    for name in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        prefix = name.split(".")[0]
+        groups.setdefault("other" if name in OTHER else prefix, []).append(name)
+    return groups
+
+
+def splits(labels, seed):
+    """(train, validation, test) row indices: 70 / 10 / 20, stratified."""
+    rest, test = split_indices(labels, 0.2, seed=seed)
+    train, validation = split_indices(labels[rest], 0.125, seed=seed)
+    return rest[train], rest[validation], test
+
+
+# === Models ===
+
+
+def ten_line_model(vocabulary, length, classes):
+    tokens = keras.Input((length,), dtype="int32")
+    x = keras.layers.Embedding(vocabulary, 64)(tokens)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(tokens, keras.layers.Dense(classes, activation="softmax")(x))
+
+
+def keras_cnn_model(vocabulary, length, classes):
+    """The 1D-CNN of the Keras example "Text classification from scratch"."""
+    tokens = keras.Input((length,), dtype="int32")
+    x = keras.layers.Embedding(vocabulary, 128)(tokens)
+    x = keras.layers.Dropout(0.5)(x)
+    x = keras.layers.Conv1D(128, 7, padding="valid", activation="relu", strides=3)(x)
+    x = keras.layers.Conv1D(128, 7, padding="valid", activation="relu", strides=3)(x)
+    x = keras.layers.GlobalMaxPooling1D()(x)
+    x = keras.layers.Dropout(0.5)(keras.layers.Dense(128, activation="relu")(x))
+    return keras.Model(tokens, keras.layers.Dense(classes, activation="softmax")(x))
+
+
+def flat_trunk_model(vocabulary, length, classes, trunk):
+    base = text_trunk(vocabulary, length, trunk)
+    layers = keras.layers
+    pool = layers.GlobalAveragePooling1D if trunk == "bag" else layers.GlobalMaxPooling1D
+    x = pool()(base.output["features"])
+    x = keras.layers.Dropout(0.3)(x)
+    return keras.Model(base.input, keras.layers.Dense(classes, activation="softmax")(x))
+
+
+def train_and_score(name, model, data, args, hierarchy):
+    train, validation, test = data
+    if not hasattr(model, "hierarchy"):
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    else:
+        model.compile()
+    stop = keras.callbacks.EarlyStopping(
+        "val_accuracy", patience=2, mode="max", restore_best_weights=True
+    )
+    start = time.perf_counter()
+    history = model.fit(train, validation_data=validation, epochs=args.epochs, callbacks=[stop],
+                        verbose=0)  # fmt: skip
+    seconds = time.perf_counter() - start
+    if hasattr(model, "hierarchy"):
+        model.routing = "hard"
+        macs = routed_macs(model, (args.sequence_length,))["routed"]
+    else:
+        macs = count_macs(model, (args.sequence_length,))
+    metrics = evaluate_model(model, test, hierarchy)
+    row = {
+        "row": name,
+        "accuracy": metrics["accuracy"],
+        "hierarchical_f1": metrics["hierarchical_f1"],
+        "mmacs": macs / 1e6,
+        "epochs": len(history.history["loss"]),
+        "seconds": seconds,
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def run_seed(args, texts, labels, hierarchy, seed):
+    keras.utils.set_random_seed(seed)
+    train_rows, validation_rows, test_rows = splits(labels, seed)
+    vectorizer = make_vectorizer(
+        [texts[r] for r in train_rows], args.vocabulary, args.sequence_length
+    )
+    vocabulary = vectorizer.vocabulary_size()
+
+    def folder(rows, shuffle=False):
+        picked = [texts[r] for r in rows]
+        return TextFolder(picked, labels[rows], hierarchy, vectorizer, shuffle=shuffle, seed=seed)
+
+    data = (folder(train_rows, True), folder(validation_rows), folder(test_rows))
+    length, classes = args.sequence_length, hierarchy.num_classes
+    rows = [train_and_score("flat, ten lines", ten_line_model(vocabulary, length, classes),
+                            data, args, hierarchy),
+            train_and_score("flat, Keras example 1D-CNN", keras_cnn_model(vocabulary, length,
+                            classes), data, args, hierarchy)]  # fmt: skip
+    for trunk in args.trunks.split(","):
+        flat = flat_trunk_model(vocabulary, length, classes, trunk)
+        rows.append(train_and_score(f"flat, {trunk}", flat, data, args, hierarchy))
+        model = build_text_model(hierarchy, vocabulary, length, trunk=trunk)
+        rows.append(train_and_score(f"condnet, {trunk}", model, data, args, hierarchy))
+    return [{**row, "seed": seed} for row in rows]
+
+
+# === Main ===
+
+
+def main():
+    args = common.parse_args(__doc__, more=_options)
+    if not NEWS.exists():
+        print(f"skipped: {NEWS} is absent (the shared data folder)")
+        return
+    root = news_folder(args.cache)
+    hierarchy, paths, labels = scan_documents(root, hierarchy_of(root))
+    if args.quick:
+        keep = np.concatenate([np.flatnonzero(labels == c)[:20] for c in range(20)])
+        paths, labels = [paths[i] for i in keep], labels[keep]
+        args.epochs = 1
+    texts, fallbacks = read_documents(paths)
+    print(f"{len(texts)} posts, {fallbacks} read as Windows-1252", flush=True)
+    start = time.perf_counter()
+    rows = []
+    for seed in range(args.seeds):
+        rows += run_seed(args, texts, labels, hierarchy, seed)
+    if not args.quick:
+        _write(args, rows, time.perf_counter() - start)
+
+
+def _options(parser):
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--trunks", default="bag,cnn,gru,transformer")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--sequence-length", type=int, default=256)
+    parser.add_argument("--vocabulary", type=int, default=20000)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
+
+
+def _write(args, rows, seconds):
+    names = list(dict.fromkeys(row["row"] for row in rows))
+    table = []
+    for name in names:
+        mine = [row for row in rows if row["row"] == name]
+
+        def spread(key, mine=mine):
+            values = [row[key] for row in mine]
+            deviation = statistics.stdev(values) if len(values) > 1 else 0.0
+            return f"{statistics.mean(values):.4f} ± {deviation:.4f}"
+
+        mean_seconds = statistics.mean(row["seconds"] for row in mine)
+        mmacs = f"{mine[0]['mmacs']:.4f}"
+        table.append([name, spread("accuracy"), spread("hierarchical_f1"), mmacs,
+                      f"{mean_seconds:.0f}", str(len(mine))])  # fmt: skip
+    body = "\n".join(
+        [
+            f"`{common.command_line()}` ({seconds / 60:.1f} min, {keras.backend.backend()}; "
+            f"{args.sequence_length} ids per post, vocabulary {args.vocabulary}, at most "
+            f"{args.epochs} epochs, early stopping on validation accuracy).",
+            "",
+            common.markdown_table(
+                [
+                    "row",
+                    "test accuracy",
+                    "hierarchical F1",
+                    "MMACs per post (routed)",
+                    "training s",
+                    "seeds",
+                ],  # fmt: skip
+                table,
+            ),
+        ]
+    )
+    common.write_section("Text: 20 Newsgroups", body, args.results)
+    out = common.BENCHMARKS / "text-news20.json"
+    out.write_text(json.dumps({"args": vars(args) | {"cache": str(args.cache),
+                                "results": str(args.results), "data": str(args.data)},
+                               "rows": rows}, indent=1) + "\n")  # fmt: skip
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
