@@ -210,14 +210,14 @@ def scan_new(data_dir, hierarchy=None):
 
     root, skipped = folders._check_root(data_dir), {}
     if hierarchy is None:
-        folders._refuse_flat_layout(root, skipped)
+        folders._refuse_flat_layout(root, skipped, folders.IMAGES)
         groups = folders._entries(root, root, skipped)[0]
         if not groups:
             raise ValueError(
                 f"DATA_DIR {str(data_dir)!r} holds no folder. Expected root/<group>/<class>/* "
                 f"(or root/<class>/* with --hierarchy). Received: DATA_DIR={str(data_dir)!r}"
             )
-        found = {g.name: folders._read_node(g, root, skipped, depth=1) for g in groups}
+        found = {g.name: folders._read_node(g, root, skipped, folders.IMAGES, 1) for g in groups}
         places = {
             (g, c): root / g / c for g, cs in found.items() if isinstance(cs, list) for c in cs
         }
@@ -236,7 +236,7 @@ def scan_new(data_dir, hierarchy=None):
         places = {(g, c): root / c for g, cs in found.items() for c in cs}
     paths, names = [], []
     for (_, name), folder in places.items():
-        images = folders._class_images(folder, root, skipped)
+        images = folders._class_files(folder, root, skipped, folders.IMAGES)
         paths += images
         names += [name] * len(images)
     folders._warn_skipped(root, skipped)
