@@ -18,7 +18,14 @@ from condnet.evaluation.backoff import backoff_scores, check_thresholds, choose_
 from condnet.evaluation.evaluate import evaluate_model
 from condnet.evaluation.mistakes import level_names, tree_levels
 from condnet.runs.checkpoint import BASELINE, BEST, write_atomic
-from condnet.runs.run_dir import BACKOFF, CALIBRATED, _refuse_ensemble, load_run, read_backoff
+from condnet.runs.run_dir import (
+    BACKOFF,
+    CALIBRATED,
+    _refuse_ensemble,
+    load_run,
+    read_backoff,
+    refuse_extended,
+)
 
 TARGET_ACCURACY = 0.95
 
@@ -156,6 +163,7 @@ def validation_predictions(run_dir, config, model_file, progress, what):
 def _validation_split(run_dir, config):
     from condnet.runs.recipe import check_split, load_data
 
+    refuse_extended(run_dir, config, "backoff / unknown")
     train_data, validation = load_data(config["options"])
     check_split(run_dir, config["options"]["data_dir"], train_data, validation)
     if validation is None:

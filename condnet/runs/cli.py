@@ -1,5 +1,5 @@
 """The `condnet` command line: train, evaluate, predict, explain, info, demo, cv, calibrate,
-export, serve, compare, ensemble, tune."""
+backoff, unknown, extend, export, serve, compare, ensemble, tune."""
 
 import argparse
 import contextlib
@@ -150,6 +150,7 @@ def build_parser():
         _calibrate_parser,
         _backoff_parser,
         _unknown_parser,
+        _extend_parser,
         _export_parser,
         _serve_parser,
         _compare_parser,
@@ -982,6 +983,132 @@ def _unknown(args):
     for name, entry in record["models"].items():
         print(unknown_line(name, entry))
     print(f"Thresholds written to {Path(args.run_dir) / 'unknown.json'}.")
+
+
+# === extend ===
+
+
+def _extend_parser(commands, common):
+    p = commands.add_parser(
+        "extend",
+        parents=[common],
+        help="grow a trained run with new groups or classes, training only what changed",
+        description="Add the groups and classes of DATA_DIR to RUN_DIR's model: a new group "
+        "gets a new expert and a gate output, a new class in a known group grows that "
+        "group's expert (its old outputs copied). Only the gate and those experts train, on "
+        "DATA_DIR and a replay sample of RUN_DIR's own training images; the trunk and every "
+        "other expert keep their weights. Writes a complete run in NEW_RUN (RUN_DIR is only "
+        "read), with the old classes' accuracy before and after in metrics.json.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
+    p.add_argument(
+        "data_dir",
+        metavar="DATA_DIR",
+        help="folder of the new classes: DATA_DIR/<group>/<class>/* (a known group or a new "
+        "one), or DATA_DIR/<class>/* with --hierarchy",
+    )
+    run = _group(p, "run directory")
+    run.add_argument("--out", required=True, metavar="NEW_RUN", help="run directory to write")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in NEW_RUN (its files are kept aside until the new run "
+        "has committed its first epoch)",
+    )
+    run.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="remove a stale lock left in NEW_RUN by a condnet process that died",
+    )
+    data = _group(p, "data")
+    data.add_argument(
+        "--hierarchy",
+        metavar="FILE",
+        help="JSON/YAML file naming the group of each class folder of a flat DATA_DIR",
+    )
+    data.add_argument(
+        "--old-data",
+        metavar="DIR",
+        help="where RUN_DIR's training images are now, if they moved (default: the folder "
+        "its config.json names)",
+    )
+    data.add_argument(
+        "--validation-split",
+        type=float,
+        metavar="X",
+        help="share of each new class held out to score it (default: RUN_DIR's)",
+    )
+    training = _group(p, "training")
+    training.add_argument(
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="epochs of the gate and changed experts (default: RUN_DIR's)",
+    )
+    training.add_argument(
+        "--replay",
+        default="auto",
+        metavar="N",
+        help="old training images per old class to train beside the new ones (default: auto, "
+        "half as many as each new class has)",
+    )
+    training.add_argument(
+        "--learning-rate", type=float, metavar="X", help="Adam's rate (default: RUN_DIR's)"
+    )
+    training.add_argument("--seed", type=int, metavar="N", help="seed (default: RUN_DIR's)")
+    training.add_argument(
+        "--train-trunk",
+        action="store_true",
+        help="train the shared trunk too (default: frozen, so untouched experts see the same "
+        "features)",
+    )
+    p.add_argument("--json", action="store_true", help="print metrics.json's extend section")
+    _add_verbosity_flags(p)
+    p.set_defaults(run=_extend)
+
+
+def _extend(args):
+    from condnet.runs.extend import extend
+
+    replay = args.replay
+    if replay != "auto":
+        try:
+            replay = int(replay)
+        except ValueError:
+            raise ValueError(
+                "--replay takes auto or a number of images per old class. "
+                f"Received: --replay {args.replay}"
+            ) from None
+    result = extend(
+        args.run_dir,
+        args.data_dir,
+        args.out,
+        epochs=args.epochs,
+        replay=replay,
+        seed=args.seed,
+        hierarchy=args.hierarchy,
+        validation_split=args.validation_split,
+        learning_rate=args.learning_rate,
+        train_trunk=args.train_trunk,
+        old_data=args.old_data,
+        overwrite=args.overwrite,
+        break_lock=args.break_lock,
+        verbose=_verbosity(args),
+    )
+    section = result["metrics"]["extend"]
+    if args.json:
+        print(json.dumps(section))
+        return
+    old, new = section["old_classes"], section["new_classes_scores"]
+    print(
+        f"old classes: {_rate(old['accuracy_before'])} before, {_rate(old['accuracy_after'])} "
+        f"after; new classes: {_rate(new['accuracy'])} ({section['seconds']:.0f} s) -> "
+        f"{Path(args.out) / 'model.keras'}"
+    )
+
+
+def _rate(value):
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def parse_thresholds(pairs, key="LEVEL", example="group=0.8 class=0.9"):

@@ -319,7 +319,7 @@ def test_every_cli_option_has_help_text():
     commands = parser._subparsers._group_actions[0].choices
     assert set(commands) == {
         *("train", "evaluate", "predict", "info", "demo", "cv", "calibrate", "export", "serve"),
-        *("compare", "ensemble", "tune", "backoff", "unknown", "explain"),
+        *("compare", "ensemble", "tune", "backoff", "unknown", "explain", "extend"),
     }
     for name, command in commands.items():
         for action in command._actions:

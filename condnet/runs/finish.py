@@ -53,7 +53,9 @@ SCORED_ON = {False: "validation split", True: "training images, no validation sp
 _TIMED_IMAGES = 256
 
 
-def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwargs, times=None):
+def finish_run(
+    run_dir, options, data, state, build, stopping_callbacks, fit_kwargs, times=None, extra=None
+):
     """Evaluate the best model on the validation split (or the training data without one),
     train and compare the baseline, write `metrics.json` and the report.
 
@@ -68,6 +70,9 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
         fit_kwargs: arguments the run passes to `fit` (e.g. `verbose`).
         times: the run's `RunTimes`; its parts are written to `timing.json` and
             a line of the report. Defaults to a stopwatch started here.
+        extra: dict with `"metrics"` (entries added to metrics.json) and
+            `"header"` (lines added to the report's header), e.g. what
+            `condnet extend` measured. Defaults to None.
 
     Returns:
         dict with `"metrics"`, `"model"` and `"run_dir"`.
@@ -101,12 +106,15 @@ def finish_run(run_dir, options, data, state, build, stopping_callbacks, fit_kwa
             run_dir, train_data.hierarchy, validation, predictions, flat_predictions
         )
         _unknown(run_dir, train_data.hierarchy, validation, predictions, flat_predictions)
+    extra = extra or {}
+    metrics.update(extra.get("metrics", {}))
     ckpt.write_atomic(run_dir / ckpt.METRICS, json.dumps(metrics, indent=1))
     if not options.report:  # a tune trial or a fold: its metrics are what is read
         times.write(run_dir)
         return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
     with times.part("report"):
-        header = _header(options, data, state, metrics["training_routing"])
+        header = {**_header(options, data, state, metrics["training_routing"])}
+        header.update(extra.get("header", {}))
         header["time"] = describe(times.summary()) + " (before this report)"
         write_report(
             run_dir,

@@ -36,6 +36,7 @@ from condnet.runs.finish import finish_run, fit_flat, side_pair
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
 from condnet.runs.run_dir import read_state as checked_state
+from condnet.runs.run_dir import refuse_extended
 from condnet.runs.timing import RunTimes
 from condnet.training import distribute
 from condnet.training.callbacks import (
@@ -316,13 +317,16 @@ def read_config(run_dir):
             "new run without --resume."
         )
     try:
-        stored = json.loads(path.read_text())["options"]
-        return TrainingOptions.from_config(stored), stored["data_dir"]
+        config = json.loads(path.read_text())
+        stored = config["options"]
+        found = TrainingOptions.from_config(stored), stored["data_dir"]
     except (ValueError, TypeError, KeyError) as error:
         raise ValueError(
             f"{str(path)!r} is not a readable run config ({type(error).__name__}: {error}). "
             "Restore it, or start a new run with --overwrite."
         ) from None
+    refuse_extended(run_dir, config, "train --resume")
+    return found
 
 
 def _finish(run_dir, options, data, state, fit_kwargs, times):

@@ -1028,6 +1028,23 @@ def run_info(run_dir, model_file=None):
     return model_info(model, config)
 
 
+EXTENDED = "extended_from"  # config.json's section that marks a run `condnet extend` wrote
+
+
+def refuse_extended(run_dir, config, command):
+    """An extended run's validation split spans the old run's folder and the new one, so
+    what draws the split again from config.json (resume, calibrate, backoff, unknown)
+    cannot run on it."""
+    if not isinstance(config.get(EXTENDED), dict):
+        return
+    raise ValueError(
+        f"{str(run_dir)!r} was written by `condnet extend` (from {config[EXTENDED].get('run')}); "
+        f"its validation split spans two folders, so `condnet {command}` cannot draw it again. "
+        "Extend the original run again with other settings, or train from scratch. "
+        f"Received: run_dir={str(run_dir)!r}"
+    )
+
+
 def _refuse_ensemble(run_dir, model, config, command, what):
     from condnet.models.ensemble import Ensemble
 
@@ -1123,6 +1140,7 @@ def _calibrate_locked(run_dir, progress=False):
         "calibrate",
         "fits the temperatures of one model's gate and experts on its own validation split",
     )
+    refuse_extended(run_dir, config, "calibrate")
     train_data, validation = load_data(config["options"])
     check_split(run_dir, config["options"]["data_dir"], train_data, validation)
     if validation is None:
