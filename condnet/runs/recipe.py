@@ -531,8 +531,9 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     )
     first = end - phase.epochs
     recipe = _recipe_callbacks(run_dir, options, phase, validation, first, fit_kwargs)
-    with times.part(f"fit {phase.name}"):
+    with times.part("fit frozen features"):  # the backbone's pass, once, when cached
         inputs, in_order = _fit_inputs(model, options, train_data, validation, fit_kwargs)
+    with times.part(f"fit {phase.name}"):
         model.fit(
             initial_epoch=initial,
             epochs=end,
