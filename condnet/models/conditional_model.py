@@ -251,7 +251,14 @@ class ConditionalModel(keras.Model):
         self.built = True
 
     def tap_features(self, inputs, training=False):
-        """The tensors the gate and experts read: {tap name: tensor}."""
+        """The tensors the gate and experts read: {tap name: tensor}.
+
+        `inputs` may already be those tensors, a dict keyed by the trunk's tap
+        names: the trunk does not run then (training on features computed once
+        by a frozen trunk, `condnet.training.features`).
+        """
+        if isinstance(inputs, dict) and self.trunk is not None:
+            return inputs
         if self.trunk is None:
             return {None: inputs}
         return self.trunk(inputs, training=training)

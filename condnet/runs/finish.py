@@ -43,8 +43,9 @@ from condnet.runs.backoff import TARGET_ACCURACY, chosen_entry, write_backoff
 from condnet.runs.run_dir import backoff_of
 from condnet.runs.timing import RunTimes, describe
 from condnet.runs.unknown import FALSE_ALARM_RATE, chosen_unknown_entry, write_unknown
-from condnet.training.callbacks import StopOnNaN
+from condnet.training.callbacks import StopOnNaN, checkpoint_monitor
 from condnet.training.distribute import IN_ORDER, compile_options, fit_inputs
+from condnet.training.features import features_fit, frozen_features
 from condnet.training.staged import tunable_count
 from condnet.vision.backbones import is_pretrained, unfreeze_top
 
@@ -83,6 +84,10 @@ def finish_run(
     with times.part("evaluation"):
         model, metrics, predictions, macs = _scored(run_dir, options, train_data, scored)
     metrics["scored_on"] = SCORED_ON[validation is None]
+    metrics["best_epoch_chosen_on"] = {
+        "images": scored.num_samples,
+        "monitor": checkpoint_monitor(validation),
+    }
     comparison = flat_predictions = None
     if options.baseline:
         with times.part("flat baseline"):
@@ -386,22 +391,51 @@ def fit_flat(flat, options, data, stopping_callbacks, fit_kwargs, stages=None):
         if index == 1 and backbone is not None:
             backbone.trainable = True
             unfreeze_top(backbone, min(options.fine_tune_layers, tunable_count(backbone)))
-        flat.compile(
+        model, inputs, epoch_ends = _flat_inputs(flat, options, data)
+        model.compile(
             optimizer=loss_scaled(keras.optimizers.Adam(rate), flat),  # float16: scaled
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
             **compile_options(),
         )
-        x, validation_data, epoch_ends = fit_inputs(train_data, validation)
-        history = flat.fit(
-            x,
-            validation_data=validation_data,
+        history = model.fit(
             epochs=epochs,
             callbacks=[StopOnNaN(), *epoch_ends, *stopping_callbacks(validation, epochs, rate)],
-            **{**IN_ORDER, **fit_kwargs},
+            **{**inputs, **fit_kwargs},
         )
         trained += len(history.epoch)
     return trained
+
+
+def _flat_inputs(flat, options, data):
+    """`(model to fit, fit's data arguments, callbacks)` for one stage of the flat model.
+
+    While its trunk is frozen and nothing augments the images, the head alone
+    trains on the trunk's features computed once per image (the same layers as
+    `flat`'s, so `flat` holds what it learned); else `flat` trains on the images.
+    """
+    train_data, validation = data
+    parts = _trunk_and_head(flat)
+    augmented = options.augment != "none"
+    if parts is None or not features_fit(parts[0], data, augmented):
+        x, validation_data, epoch_ends = fit_inputs(train_data, validation)
+        return flat, {"x": x, "validation_data": validation_data, **IN_ORDER}, epoch_ends
+    trunk, head = parts
+    (tap,) = trunk.output
+    x, y = frozen_features(trunk, train_data)
+    inputs = {"x": x[tap], "y": y, "batch_size": options.batch_size, "shuffle": True}
+    if validation is not None:
+        held_out = frozen_features(trunk, validation)
+        inputs["validation_data"] = (held_out[0][tap], held_out[1])
+    return head, inputs, []
+
+
+def _trunk_and_head(flat):
+    """The trunk (one tapped output) and the head of a `flat_twin`, or None."""
+    inner = [layer for layer in flat.layers if isinstance(layer, keras.Model)]
+    if len(inner) != 2 or not isinstance(inner[0].output, dict) or len(inner[0].output) != 1:
+        return None
+    return inner[0], inner[1]
 
 
 def _backbone(flat):

@@ -282,8 +282,9 @@ class TrainingOptions:
     expert_placement: str = _option(
         "auto",
         "where experts branch: branch (small_cnn only: each expert owns the last block), "
-        "taps (an earlier stage), top (shared trunk), separate (own CNNs); auto = branch for "
-        "small_cnn, taps for pretrained backbones",
+        "heads (light heads, dropout + dense, on the backbone's pooled features), taps (an "
+        "earlier stage), top (shared trunk), separate (own CNNs); auto = branch for "
+        "small_cnn, heads for pretrained backbones, taps for applications from scratch",
         _one_of(PLACEMENTS),
         choices=PLACEMENTS,
     )

@@ -40,11 +40,16 @@ from condnet.runs.run_dir import refuse_extended
 from condnet.runs.timing import RunTimes
 from condnet.training import distribute
 from condnet.training.callbacks import (
+    SMOOTHING_EPOCHS,
     EarlyStop,
     LossWeightSchedule,
+    SmoothedMetric,
     StopOnNaN,
+    checkpoint_monitor,
     cosine_learning_rate,
+    small_validation,
 )
+from condnet.training.features import features_fit, frozen_features
 from condnet.training.staged import plan_phases, prepare_phase, set_phase_trainable
 from condnet.training.upcycle import upcycle, upcycle_source
 from condnet.vision.backbones import is_pretrained
@@ -200,6 +205,8 @@ def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
             prepared = _prepare(options, data_dir)
         options, (train_data, validation), model = prepared
         _announce(_data_summary(train_data, validation, options), fit_kwargs)
+        if _selection_line(validation):
+            _announce(_selection_line(validation), fit_kwargs)
         if distribute.is_chief():
             _write_config(run_dir, data_dir, options, train_data.hierarchy)
             write_split(run_dir, data_dir, train_data, validation)
@@ -519,24 +526,58 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     (index, phase), (initial, end), (train_data, validation) = indexed_phase, epochs, data
     callbacks, fit_kwargs, on_commit, times = extras
     chief = distribute.is_chief()
-    checkpoint = ckpt.RunCheckpoint(run_dir, index, state=state, on_commit=on_commit, writes=chief)
+    checkpoint = ckpt.RunCheckpoint(
+        run_dir,
+        index,
+        state=state,
+        monitor=checkpoint_monitor(validation),
+        on_commit=on_commit,
+        writes=chief,
+    )
     first = end - phase.epochs
     recipe = _recipe_callbacks(run_dir, options, phase, validation, first, fit_kwargs)
-    x, validation_data, epoch_ends = distribute.fit_inputs(train_data, validation)
+    with times.part("fit frozen features"):  # the backbone's pass, once, when cached
+        inputs, in_order = _fit_inputs(model, options, train_data, validation, fit_kwargs)
     with times.part(f"fit {phase.name}"):
         model.fit(
-            x,
-            validation_data=validation_data,
             initial_epoch=initial,
             epochs=end,
-            callbacks=[StopOnNaN(), *epoch_ends, checkpoint, *recipe, *callbacks],
-            **{**distribute.IN_ORDER, **fit_kwargs},
+            # The checkpoint after the recipe's callbacks: it reads the smoothed metric.
+            callbacks=[StopOnNaN(), *in_order, *recipe, checkpoint, *callbacks],
+            **{**inputs, **fit_kwargs},
         )
     times.move(checkpoint.seconds, f"fit {phase.name}", "checkpoints")
     if checkpoint.refused is not None:
         raise RuntimeError(_not_finite_message(run_dir, options, phase, checkpoint.refused))
     checkpoint.end_phase()
     return ckpt.read_state(run_dir) if chief else checkpoint.committed or state
+
+
+def _fit_inputs(model, options, train_data, validation, fit_kwargs):
+    """`fit`'s data arguments and the callbacks that keep the folders in step.
+
+    While the trunk is frozen and nothing augments the images (a pretrained
+    backbone before fine-tuning, `augment="none"`), its features are computed
+    once per image (`condnet.training.features`) and the heads train on them:
+    the trunk does not run again, epoch after epoch.
+    """
+    folders = (train_data, validation)
+    augmented = options.augment != "none"
+    if distribute.process_count() > 1 or not features_fit(model.trunk, folders, augmented):
+        x, validation_data, epoch_ends = distribute.fit_inputs(train_data, validation)
+        return {"x": x, "validation_data": validation_data, **distribute.IN_ORDER}, epoch_ends
+    new = "_frozen_features" not in train_data.__dict__
+    x, y = frozen_features(model.trunk, train_data)
+    held_out = frozen_features(model.trunk, validation) if validation is not None else None
+    if new:
+        _announce(
+            f"The backbone is frozen and nothing augments the images: its features are "
+            f"computed once for the {len(y) + (len(held_out[1]) if held_out else 0)} images "
+            "and the heads train on them.",
+            fit_kwargs,
+        )
+    inputs = {"x": x, "y": y, "batch_size": options.batch_size, "shuffle": True}
+    return {**inputs, "validation_data": held_out}, []
 
 
 def _not_finite_message(run_dir, options, phase, refused):
@@ -640,6 +681,10 @@ def _stopping_callbacks(options, validation, stage, name="", fit_kwargs=None):
     (benchmarks/RESULTS.md, "Equal-cost accuracy on CIFAR-10").
     """
     monitor = "val_accuracy" if validation is not None else "accuracy"
+    smoothing = []
+    if small_validation(validation):
+        smoothing = [SmoothedMetric(monitor, SMOOTHING_EPOCHS)]
+        monitor = smoothing[0].name
     patience = options.patience
     epochs, rate, first_epoch = stage
     watch_from = first_epoch
@@ -653,6 +698,7 @@ def _stopping_callbacks(options, validation, stage, name="", fit_kwargs=None):
             monitor=monitor, mode="max", factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
         )
     return [
+        *smoothing,
         EarlyStop(
             name=name,
             announce=distribute.is_chief() and (fit_kwargs or {}).get("verbose", "auto") != 0,
@@ -664,6 +710,22 @@ def _stopping_callbacks(options, validation, stage, name="", fit_kwargs=None):
         ),
         schedule,
     ]
+
+
+def _selection_line(validation):
+    """Says on how many images the best epoch is chosen."""
+    if validation is None:
+        return None
+    count = validation.num_samples
+    if not small_validation(validation):
+        return f"The best epoch is chosen on the validation accuracy of {count} images."
+    error = 100 * (0.8 * 0.2 / count) ** 0.5
+    return (
+        f"The best epoch is chosen on {count} validation images only (about +-{error:.1f} "
+        f"points of noise at 80% accuracy), so on their accuracy averaged over the last "
+        f"{SMOOTHING_EPOCHS} epochs; hold out more images (--validation-split) for a "
+        "surer choice."
+    )
 
 
 # === Run directory ===
@@ -773,10 +835,27 @@ def _prepare(options, data_dir):
         options = dataclasses.replace(options, hierarchy=train_data.hierarchy.to_dict())
     # The policy "auto" picks on this machine, so that config.json (and a resume) keep it.
     options = dataclasses.replace(options, precision=resolve_precision(options.precision))
+    options = dataclasses.replace(options, augment=resolve_augment(options))
     model = _build(options, train_data.hierarchy, train_data.channels)
     if options.upcycle_epochs:
         _upcycle_source(model, options, train_data)  # refuses a model it cannot upcycle
     return options, (train_data, validation), model
+
+
+def resolve_augment(options):
+    """The augmentation policy a run uses: `"auto"` on a pretrained backbone is `"none"`.
+
+    A frozen pretrained backbone's pooled features barely move under the
+    small shifts `"auto"` would otherwise apply (`"light"`), and without
+    augmentation its features are computed once per image, so the heads
+    train in seconds an epoch instead of running the backbone every epoch
+    (benchmarks/RESULTS.md, "Pretrained backbone: photos20"). Other values
+    are kept; on a backbone trained from scratch `"auto"` stays for
+    `make_augmentation` to resolve.
+    """
+    if options.augment != "auto" or not is_pretrained(options.backbone, options.weights):
+        return options.augment
+    return "none"
 
 
 def _upcycle_source(model, options, train_data):

@@ -806,3 +806,96 @@ def test_expert_dropout_reaches_the_experts_only(shapes, tmp_path):
 
     assert all(rates(e) == [0.5] for e in model.experts.values() if e is not None)
     assert rates(model.gate) == [0.3]
+
+
+@pytest.mark.parametrize(
+    ("validation", "monitor"), [(120, "val_accuracy_smoothed"), (600, "val_accuracy")]
+)
+def test_early_stopping_on_a_small_validation_split_watches_the_smoothed_accuracy(
+    validation, monitor
+):
+    class Split:
+        num_samples = validation
+
+    callbacks = _stopping_callbacks(TrainingOptions(), Split(), (10, 1e-3, 0))
+    stopping = next(c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping))
+    assert stopping.monitor == monitor
+    smoothers = [c for c in callbacks if type(c).__name__ == "SmoothedMetric"]
+    assert callbacks.index(stopping) > (callbacks.index(smoothers[0]) if smoothers else -1)
+
+
+@pytest.mark.parametrize(
+    ("options", "policy"),
+    [
+        (dict(backbone="own.keras"), "none"),
+        (dict(backbone="MobileNetV3Small", weights="imagenet"), "none"),
+        (dict(backbone="own.keras", augment="light"), "light"),
+        (dict(), "auto"),
+    ],
+)
+def test_auto_augmentation_is_none_on_a_pretrained_backbone(options, policy):
+    from condnet.runs.recipe import resolve_augment
+
+    assert resolve_augment(TrainingOptions(**options)) == policy
+
+
+class _TrunkRuns(keras.callbacks.Callback):
+    """Counts, per fit, the calls of the model's trunk on images (not on cached features)."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.fits, self.calls = [], 0
+        from condnet.models.conditional_model import ConditionalModel
+
+        original = ConditionalModel.tap_features
+
+        def counted(model, inputs, training=False):
+            self.calls += not isinstance(inputs, dict)
+            return original(model, inputs, training=training)
+
+        monkeypatch.setattr(ConditionalModel, "tap_features", counted)
+
+    def on_train_begin(self, logs=None):
+        self.calls = 0
+
+    def on_train_end(self, logs=None):
+        self.fits.append(self.calls)
+
+
+@pytest.mark.slow
+def test_a_frozen_backbone_runs_once_per_image_then_fine_tuning_runs_it(
+    shapes, tmp_path, monkeypatch
+):
+    from condnet.training import features
+
+    images, run_once = [], features._run_once
+
+    def counted(trunk, folder):
+        images.append(folder.num_samples)
+        return run_once(trunk, folder)
+
+    monkeypatch.setattr(features, "_run_once", counted)
+    trunk_runs = _TrunkRuns(monkeypatch)
+    backbone, _, _ = _user_model_file(tmp_path)
+    options = {k: v for k, v in TINY.items() if k not in ("filters", "augment", "baseline")}
+    result = train(
+        shapes / "train",
+        tmp_path / "run",
+        backbone=backbone,
+        epochs=3,
+        fine_tune_epochs=1,
+        fine_tune_learning_rate=1e-2,
+        patience=10,
+        callbacks=[trunk_runs],
+        **options,
+    )
+    assert sum(images) == 72  # every image once: training and validation, model and baseline
+    assert trunk_runs.fits[0] == 0  # three frozen epochs on the features alone
+    assert trunk_runs.fits[1] > 0  # fine-tuning runs the unfrozen backbone
+    assert result["model"].gate_tap == "features"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["options"]
+    assert config["augment"] == "none"
+    assert result["metrics"]["best_epoch_chosen_on"] == {
+        "images": 12,
+        "monitor": "val_accuracy_smoothed",
+    }

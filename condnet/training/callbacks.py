@@ -1,5 +1,5 @@
 """Training callbacks: loss-weight and learning-rate schedules, early stopping that says
-so, a clear stop on NaN losses."""
+so, a smoothed validation metric for small validation sets, a clear stop on NaN losses."""
 
 import math
 import warnings
@@ -149,6 +149,59 @@ class EarlyStop(keras.callbacks.EarlyStopping):
             if self.announce:
                 print(self.message, flush=True)
         super().on_train_end(logs)
+
+
+# A validation split under this many images picks the best epoch (and stops early) on the
+# validation accuracy averaged over SMOOTHING_EPOCHS epochs: at 150 images one image is
+# 0.7 points, and the accuracy's standard error at 80% is 3.3 points.
+SMALL_VALIDATION = 200
+SMOOTHING_EPOCHS = 3
+
+
+def small_validation(validation):
+    """Whether `validation` (an ImageFolder or None) is small enough to smooth its metric
+    (`SmoothedMetric`): fewer than `SMALL_VALIDATION` images."""
+    return validation is not None and validation.num_samples < SMALL_VALIDATION
+
+
+def checkpoint_monitor(validation):
+    """The logged value that picks model.keras: the validation accuracy (smoothed on a
+    small split), or the training accuracy without a validation split."""
+    if validation is None:
+        return "accuracy"
+    return "val_accuracy_smoothed" if small_validation(validation) else "val_accuracy"
+
+
+class SmoothedMetric(keras.callbacks.Callback):
+    """Log the mean of a metric over the last `window` epochs as `f"{monitor}_smoothed"`.
+
+    On a small validation split one image more or less right moves the
+    accuracy by a point or more from epoch to epoch: early stopping and the
+    choice of the best epoch then chase noise. Watching the mean of the last
+    `window` epochs instead smooths it (the first epochs average what there
+    is). Put it before the callbacks that read the smoothed value: Keras
+    hands every callback the same logs.
+
+    Args:
+        monitor: str. The logged metric. Defaults to `"val_accuracy"`.
+        window: int. Epochs averaged. Defaults to 3.
+    """
+
+    def __init__(self, monitor="val_accuracy", window=3):
+        super().__init__()
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an int >= 1. Received: window={window!r}")
+        self.monitor, self.window, self.values = monitor, window, []
+
+    @property
+    def name(self):
+        return f"{self.monitor}_smoothed"
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or self.monitor not in logs:
+            return
+        self.values = [*self.values, float(logs[self.monitor])][-self.window :]
+        logs[self.name] = sum(self.values) / len(self.values)
 
 
 class StopOnNaN(keras.callbacks.Callback):

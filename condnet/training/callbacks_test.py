@@ -115,3 +115,29 @@ def test_early_stop_says_when_it_stopped_and_which_epoch_it_kept(capsys):
     history = model.fit(x, y, epochs=3, callbacks=[last], verbose=0)
     assert len(history.history["loss"]) == 3 and last.stopped_epoch == 2
     assert last.message is None and capsys.readouterr().out == ""
+
+
+def test_smoothed_metric_logs_the_mean_of_the_last_epochs():
+    from condnet.training.callbacks import SmoothedMetric
+
+    smoothed, seen = SmoothedMetric("val_accuracy", window=3), []
+    for epoch, value in enumerate([0.5, 0.8, 0.2, 0.5]):
+        logs = {"val_accuracy": value}
+        smoothed.on_epoch_end(epoch, logs)
+        seen.append(logs["val_accuracy_smoothed"])
+    np.testing.assert_allclose(seen, [0.5, 0.65, 0.5, 0.5])
+
+
+class _Split:
+    def __init__(self, num_samples):
+        self.num_samples = num_samples
+
+
+@pytest.mark.parametrize(
+    ("validation", "monitor"),
+    [(_Split(199), "val_accuracy_smoothed"), (_Split(200), "val_accuracy"), (None, "accuracy")],
+)
+def test_a_small_validation_split_picks_the_best_epoch_on_the_smoothed_metric(validation, monitor):
+    from condnet.training.callbacks import checkpoint_monitor
+
+    assert checkpoint_monitor(validation) == monitor

@@ -6,7 +6,13 @@ from keras import layers
 from condnet.choices import PLACEMENTS
 from condnet.models.conditional_model import ConditionalModel
 from condnet.models.precision import precision_scope
-from condnet.vision.backbones import SMALL_CNN_FILTERS, conv_bn_relu, make_trunk, small_cnn
+from condnet.vision.backbones import (
+    SMALL_CNN_FILTERS,
+    conv_bn_relu,
+    is_pretrained,
+    make_trunk,
+    small_cnn,
+)
 from condnet.vision.taps import default_taps
 
 # "branch": the gate is one conv a quarter of the last block's width (cheap);
@@ -16,6 +22,9 @@ from condnet.vision.taps import default_taps
 # defaults). See benchmarks/RESULTS.md ("Defaults against the plain CNN").
 BRANCH_GATE_WIDTH = 0.25
 BRANCH_EXPERT_WIDTH = 0.9375
+# "heads": the tap that gate and experts read, the backbone's last feature map
+# pooled to one vector per image (what the frozen-feature recipe caches).
+FEATURES_TAP = "features"
 
 
 def build_image_model(
@@ -54,12 +63,17 @@ def build_image_model(
             `"branch"` (`small_cnn` only: the trunk stops before its last
             block; each expert gets its own copy of that block plus a conv
             layer 1.25x as wide, and the gate a conv a quarter as wide, so a
-            routed image runs one deep expert and a cheap gate), `"taps"`
+            routed image runs one deep expert and a cheap gate), `"heads"`
+            (the trunk ends in global average pooling of the backbone's last
+            feature map, tap `"features"`; gate and experts are light heads on
+            that vector: dropout and a softmax Dense), `"taps"`
             (experts read the second-to-last stage and add their own conv
             layer; the gate reads the last stage), `"top"` (gate and experts
             share the whole trunk) or `"separate"` (gate and each expert are
             their own small CNN on the image). Defaults to `"auto"`:
-            `"branch"` for `small_cnn`, `"taps"` for application backbones.
+            `"branch"` for `small_cnn`, `"heads"` for a pretrained backbone
+            (`is_pretrained`: a model file, a model, a preset, or an application
+            with `weights`), `"taps"` for an application trained from scratch.
         augmentation: a Keras model of preprocessing layers run first (active
             in training only), or None. Defaults to None.
         routing: str. Routing mode of the ConditionalModel. Defaults to `"soft"`.
@@ -89,7 +103,7 @@ def build_image_model(
         **kwargs: passed to `ConditionalModel`.
     """
     with precision_scope(precision):
-        expert_placement = resolve_placement(expert_placement, backbone)
+        expert_placement = resolve_placement(expert_placement, backbone, weights)
         if expert_placement == "separate" and backbone != "small_cnn":
             raise ValueError(
                 "expert_placement='separate' gives the gate and every expert their own small_cnn "
@@ -102,9 +116,14 @@ def build_image_model(
                 hierarchy, shape, augmentation, routing, filters, dropout, kwargs
             )
         base = make_trunk(backbone, shape, weights, backbone_output, preprocess, filters)
-        taps = default_taps(base)
-        gate_tap, expert_tap, convs = _placement(expert_placement, taps, base)
-        trunk = _trunk(shape, base, [gate_tap, expert_tap], augmentation)
+        if expert_placement == "heads":
+            gate_tap = expert_tap = FEATURES_TAP
+            convs = {"gate": (), "inner_gate": (), "expert": ()}
+            trunk = _pooled_trunk(shape, base, augmentation)
+        else:
+            taps = default_taps(base)
+            gate_tap, expert_tap, convs = _placement(expert_placement, taps, base)
+            trunk = _trunk(shape, base, [gate_tap, expert_tap], augmentation)
         tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
 
         def make(units, name, part, tap=expert_tap):
@@ -124,15 +143,26 @@ def build_image_model(
         )
 
 
-def resolve_placement(expert_placement, backbone):
-    """The placement `build_image_model` uses: `"auto"` resolved, bad values rejected."""
+def resolve_placement(expert_placement, backbone, weights=None):
+    """The placement `build_image_model` uses: `"auto"` resolved, bad values rejected.
+
+    `"auto"` is `"branch"` for `small_cnn`, `"heads"` for a pretrained
+    backbone and `"taps"` for an application trained from scratch. A pretrained
+    backbone's features already separate the classes; with a few hundred
+    images per class, convolutional experts on its last feature map have too many
+    weights to learn from them, and light heads on its pooled features train
+    in seconds on features computed once (benchmarks/RESULTS.md, "Pretrained
+    backbone: photos20").
+    """
     if expert_placement not in PLACEMENTS:
         raise ValueError(
             f"expert_placement must be one of {list(PLACEMENTS)}. "
             f"Received: expert_placement={expert_placement!r}"
         )
     if expert_placement == "auto":
-        return "branch" if backbone == "small_cnn" else "taps"
+        if backbone == "small_cnn":
+            return "branch"
+        return "heads" if is_pretrained(backbone, weights) else "taps"
     if expert_placement == "branch" and backbone != "small_cnn":
         raise ValueError(
             "expert_placement='branch' gives each expert its own copy of small_cnn's "
@@ -189,6 +219,24 @@ def _trunk(shape, base, taps, augmentation):
     inputs = keras.Input(shape, name="image")
     x = augmentation(inputs) if augmentation is not None else inputs
     return keras.Model(inputs, tapped(x), name="trunk")
+
+
+def _pooled_trunk(shape, base, augmentation):
+    """Input -> augmentation -> backbone -> global average pooling, as the one tap
+    `FEATURES_TAP` (a `(tokens, features)` output is pooled over its tokens)."""
+    pooling = {4: layers.GlobalAveragePooling2D, 3: layers.GlobalAveragePooling1D}
+    rank = len(base.output.shape)
+    if rank not in pooling and rank != 2:
+        raise ValueError(
+            "expert_placement='heads' pools the backbone's last output, which must be a "
+            "feature map, a sequence of tokens or a vector. Received: backbone output of "
+            f"shape {tuple(base.output.shape)}"
+        )
+    inputs = keras.Input(shape, name="image")
+    x = augmentation(inputs) if augmentation is not None else inputs
+    features = keras.Model(base.inputs, base.output, name="backbone")(x)
+    pool = pooling.get(rank, lambda name: layers.Identity(name=name))
+    return keras.Model(inputs, {FEATURES_TAP: pool(name=FEATURES_TAP)(features)}, name="trunk")
 
 
 def _placement(placement, taps, base):

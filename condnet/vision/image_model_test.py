@@ -112,7 +112,9 @@ def _user_classifier(tmp_path):
 
 def test_a_users_model_file_is_a_backbone_with_taps(tmp_path):
     path = _user_classifier(tmp_path)
-    model = build_image_model(Hierarchy(SEVEN), backbone=str(path), image_size=32)
+    model = build_image_model(
+        Hierarchy(SEVEN), backbone=str(path), image_size=32, expert_placement="taps"
+    )
     assert taps_of(model) == {
         "gate": "stage_3",
         "experts": {group: "stage_2" for group in SEVEN},
@@ -132,7 +134,46 @@ def test_a_users_model_backbone_can_be_cut_earlier(tmp_path):
         Hierarchy(SEVEN), backbone=str(path), image_size=32, backbone_output="stage_2"
     )
     assert taps_of(model)["available"] == ["stage_1", "stage_2"]
-    assert model.gate_tap == "stage_2"
+    pooled = backbone_of(model).output
+    assert model.gate_tap == "features" and pooled.shape[-1] == 16  # stage_2's width
+
+
+def _layer_types(model):
+    return {type(layer).__name__ for layer in model.layers} - {"InputLayer"}
+
+
+def test_a_pretrained_backbone_gets_light_heads_on_its_pooled_features(tmp_path):
+    path = _user_classifier(tmp_path)
+    model = build_image_model(Hierarchy(SEVEN), backbone=str(path), image_size=32)
+    assert model.gate_tap == "features"
+    assert set(model.expert_taps.values()) == {"features"}
+    assert model.trunk.output["features"].shape == (None, 16)  # stage_3 pooled
+    assert _layer_types(model.gate) == {"Dropout", "Dense"}
+    assert _layer_types(model.experts["pets"]) == {"Dropout", "Dense"}
+    assert model.experts["pets"].output_shape == (None, 2)
+    x = np.random.default_rng(4).uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    routed = model.predict(x, verbose=0, routed=True)
+    features = model.trunk(x)  # the heads read the features alone, as cached training feeds them
+    from_features = keras.ops.convert_to_numpy(model(features)["experts"])
+    np.testing.assert_allclose(from_features, model.predict(x, verbose=0)["experts"], atol=1e-5)
+    model.save(tmp_path / "heads.keras")
+    loaded = keras.models.load_model(tmp_path / "heads.keras", safe_mode=True)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0)["classes"], routed["classes"], atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("backbone", "weights", "placement"),
+    [("small_cnn", None, "branch"), ("MobileNetV3Small", None, "taps")],
+)
+def test_auto_placement_keeps_branches_for_trunks_trained_from_scratch(
+    backbone, weights, placement
+):
+    from condnet.vision.image_model import resolve_placement
+
+    assert resolve_placement("auto", backbone, weights) == placement
+    assert resolve_placement("auto", "MobileNetV3Small", "imagenet") == "heads"
 
 
 def test_taps_of_separate_placement_has_no_backbone():

