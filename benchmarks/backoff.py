@@ -46,7 +46,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from condnet import Hierarchy  # noqa: E402
 from condnet.runs.backoff import TARGET_ACCURACY, backoff_run  # noqa: E402
-from condnet.runs.recipe import train  # noqa: E402
 from condnet.runs.run_dir import evaluate_run  # noqa: E402
 
 QUICK = {"train_per_class": 20, "test_per_class": 10, "epochs": 1, "seeds": 1}
@@ -102,17 +101,7 @@ def run_seed(args, train_folder, test_folder, seed):
         f"seed-{seed}"
     )
     started = time.perf_counter()
-    if not (args.reuse and (run / "baseline.keras").is_file()):
-        train(
-            train_folder,
-            run,
-            epochs=args.epochs,
-            seed=seed,
-            image_size=args.image_size,
-            overwrite=True,
-            verbose=0 if args.quick else 2,
-            tensorboard=False,
-        )
+    data_sets.train_unless_reused(args, train_folder, run, seed)
     if args.target_accuracy != TARGET_ACCURACY:  # the run chose them for 0.95
         backoff_run(run, target_accuracy=args.target_accuracy)
     metrics = evaluate_run(run, test_folder, report_dir=run / "test-report")

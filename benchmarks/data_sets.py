@@ -91,3 +91,23 @@ def extract(args, data_set):
         with tarfile.open(args.data) as opened:
             opened.extractall(args.cache, filter="data")
     return target
+
+
+def train_unless_reused(args, folder, run, seed):
+    """`condnet train` on `folder` into `run` with the benchmark's settings, unless
+    `--reuse` finds that run finished (its flat baseline written)."""
+    from condnet.runs.checkpoint import BASELINE
+    from condnet.runs.recipe import train
+
+    if args.reuse and (run / BASELINE).is_file():
+        return
+    train(
+        folder,
+        run,
+        epochs=args.epochs,
+        seed=seed,
+        image_size=args.image_size,
+        overwrite=True,
+        verbose=0 if args.quick else 2,
+        tensorboard=False,
+    )

@@ -77,7 +77,7 @@ from condnet.evaluation.unknown_features import (  # noqa: E402
     read_features,
 )
 from condnet.runs.checkpoint import BASELINE, BEST  # noqa: E402
-from condnet.runs.recipe import load_data, train  # noqa: E402
+from condnet.runs.recipe import load_data  # noqa: E402
 from condnet.runs.run_dir import load_run, read_unknown  # noqa: E402
 from condnet.runs.unknown import unknown_run  # noqa: E402
 
@@ -170,17 +170,7 @@ def run_name(args):
 def run_seed(args, hierarchy, train_folder, test, seed):
     run = args.cache / f"{run_name(args)}-seed-{seed}"
     started = time.perf_counter()
-    if not (args.reuse and (run / BASELINE).is_file()):
-        train(
-            train_folder,
-            run,
-            epochs=args.epochs,
-            seed=seed,
-            image_size=args.image_size,
-            overwrite=True,
-            verbose=0 if args.quick else 2,
-            tensorboard=False,
-        )
+    data_sets.train_unless_reused(args, train_folder, run, seed)
     chosen = run_entries(run, hierarchy)
     result = {"seed": seed}
     for side, _, model_file in SIDES:
