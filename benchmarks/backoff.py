@@ -225,13 +225,12 @@ def main(argv=None):
     )
     if args.data_set == "cifar10" and args.image_size == 32:  # the first results' name
         name = f"backoff-cifar10-{args.train_per_class}-per-class-{args.epochs}-epochs-{BACKEND}"
-    out = common.BENCHMARKS / f"{name}.json"
-    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out.write_text(json.dumps({"args": shown, "results": results}, indent=1) + "\n")
-    common.write_section(
+    common.write_results(
+        name,
+        args,
+        results,
         f"Back-off and mistake severity: {SHOWN[args.data_set]}, {args.epochs} epochs ({BACKEND})",
         body,
-        args.results,
     )
     return 0
 

@@ -6,6 +6,7 @@ Nothing here imports Keras, so a script can pick the backend with
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -206,6 +207,15 @@ def write_section(heading, body, path=RESULTS):
         lines += ["", *section]
     path.write_text("\n".join(lines).rstrip("\n") + "\n")
     return path
+
+
+def write_results(name, args, results, heading, body):
+    """`benchmarks/<name>.json` (the arguments and results) and the RESULTS.md section
+    `heading` holding `body`."""
+    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    out = BENCHMARKS / f"{name}.json"
+    out.write_text(json.dumps({"args": shown, "results": results}, indent=1) + "\n")
+    write_section(heading, body, args.results)
 
 
 # === Data ===

@@ -322,13 +322,12 @@ def main(argv=None):
         print("(--quick: a smoke check; nothing written to RESULTS.md)")
         return 0
     name = f"extend-{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds-{BACKEND}"
-    out = common.BENCHMARKS / f"{name}.json"
-    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out.write_text(json.dumps({"args": shown, "results": results}, indent=1) + "\n")
-    common.write_section(
+    common.write_results(
+        name,
+        args,
+        results,
         f"Growing a trained run: {args.data_set}, {args.epochs} epochs ({BACKEND})",
         body,
-        args.results,
     )
     return 0
 

@@ -42,7 +42,6 @@ classes inside known groups" section of `benchmarks/RESULTS.md` (not with
 when it is absent. `--reuse` scores the runs a previous call trained.
 """
 
-import json
 import os
 import statistics
 import sys
@@ -439,14 +438,13 @@ def main(argv=None):
         f"unknown-{args.data_set}-{args.train_per_class}-per-class-{args.epochs}-epochs-without-"
         f"{'-'.join(left_out)}-{BACKEND}"
     )
-    out = common.BENCHMARKS / f"{name}.json"
-    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out.write_text(json.dumps({"args": shown, "results": results}, indent=1) + "\n")
-    common.write_section(
+    common.write_results(
+        name,
+        args,
+        results,
         f"Unknown classes inside known groups: {SHOWN[args.data_set]}, {args.epochs} epochs "
         f"({BACKEND})",
         body,
-        args.results,
     )
     return 0
 
