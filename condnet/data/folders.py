@@ -819,10 +819,7 @@ class ImageFolder(keras.utils.PyDataset):
         self._reported = set()
         self._unreadable = {}  # path -> reason, shared with subsets
         self._shard = None  # (process index, process count): see `shard`
-        self._rng = np.random.default_rng(seed)
-        self._order = np.arange(self.num_samples)
-        if self.shuffle:
-            self._order = self._rng.permutation(self.num_samples)
+        self._rng, self._order = batch_order(self.num_samples, self.shuffle, seed)
 
     @property
     def num_samples(self):
@@ -1321,6 +1318,13 @@ def load_folders(
 
 
 # === Checks ===
+
+
+def batch_order(count, shuffle, seed):
+    """`(rng, order)` of a batched dataset of `count` samples: the generator of its
+    reshuffles and its first order (a permutation when shuffled, else 0..count-1)."""
+    rng = np.random.default_rng(seed)
+    return rng, rng.permutation(count) if shuffle else np.arange(count)
 
 
 def _check_image_size(image_size):

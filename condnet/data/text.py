@@ -32,6 +32,7 @@ from condnet.data.folders import (
     _check_indices,
     _check_lengths,
     _is_int,
+    batch_order,
     scan_folder,
 )
 
@@ -202,10 +203,7 @@ class TextFolder(keras.utils.PyDataset):
         self.vectorizer = vectorizer
         self.ids = token_ids(vectorizer, self.texts) if ids is None else np.asarray(ids)
         self.shuffle, self.seed = bool(shuffle), seed
-        self._rng = np.random.default_rng(seed)
-        self._order = np.arange(self.num_samples)
-        if self.shuffle:
-            self._order = self._rng.permutation(self.num_samples)
+        self._rng, self._order = batch_order(self.num_samples, self.shuffle, seed)
 
     @property
     def num_samples(self):
