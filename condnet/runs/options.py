@@ -136,9 +136,15 @@ def _hierarchy(name, value):
     )
 
 
-def image_size_argument(text):
-    """`--image-size` on the command line: `auto` or an int."""
+def auto_or_int(text):
+    """`--image-size` and `--head-units` on the command line: `auto` or an int."""
     return text if text == "auto" else int(text)
+
+
+def _head_units(name, value):
+    if value == "auto":
+        return value
+    return _int_at_least(0)(name, value)
 
 
 def _image_size(name, value):
@@ -288,13 +294,21 @@ class TrainingOptions:
         _one_of(PLACEMENTS),
         choices=PLACEMENTS,
     )
+    head_units: object = _option(
+        "auto",
+        "units of a ReLU layer (with dropout) before each head's classifier, 0 for none; "
+        "auto = 256 on light heads (a pretrained backbone's pooled features), else 0",
+        _head_units,
+        type=auto_or_int,
+        metavar="UNITS",
+    )
     image_size: object = _option(
         "auto",
         f"image side in pixels, {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}, or auto: the training "
         "images' median side, between 32 and 224 (a CNN of the same cost as one a user would "
         "write at the data's own size)",
         _image_size,
-        type=image_size_argument,
+        type=auto_or_int,
         metavar="PIXELS",
     )
     color_mode: str = _option(
@@ -521,7 +535,7 @@ HELP_GROUPS = {
         "cache",
         "cache_dir",
     ),
-    "model": ("backbone", "expert_placement", "filters", "expert_dropout"),
+    "model": ("backbone", "expert_placement", "head_units", "filters", "expert_dropout"),
     "routing": ("routing", "temperature", "confidence_threshold", "dispatch", "capacity_factor"),
     "training": (
         "strategy",

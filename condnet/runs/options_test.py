@@ -34,6 +34,8 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
         ({"color_mode": "cmyk"}, ValueError, "--color-mode / color_mode must be one of"),
         ({"loss_schedule": "linear"}, ValueError, "--loss-schedule / loss_schedule"),
         ({"upcycle_epochs": -1}, ValueError, "--upcycle-epochs / upcycle_epochs must be an int"),
+        ({"head_units": -8}, ValueError, "--head-units / head_units must be an int >= 0"),
+        ({"head_units": "wide"}, TypeError, "--head-units / head_units must be an int"),
         ({"expert_dropout": 1.0}, ValueError, "--expert-dropout / expert_dropout must be in"),
         ({"filters": ()}, ValueError, "--filters / filters must be a non-empty sequence"),
         ({"discovery_groups": 1}, ValueError, "--discovery-groups / discovery_groups"),

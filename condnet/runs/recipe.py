@@ -53,7 +53,12 @@ from condnet.training.features import features_fit, frozen_features
 from condnet.training.staged import plan_phases, prepare_phase, set_phase_trainable
 from condnet.training.upcycle import upcycle, upcycle_source
 from condnet.vision.backbones import is_pretrained
-from condnet.vision.image_model import backbone_of, build_image_model
+from condnet.vision.image_model import (
+    backbone_of,
+    build_image_model,
+    resolve_head_units,
+    resolve_placement,
+)
 
 DISCOVERED = "hierarchy.discovered.json"
 # model.fit arguments a caller may pass through; the recipe sets the others itself.
@@ -836,6 +841,10 @@ def _prepare(options, data_dir):
     # The policy "auto" picks on this machine, so that config.json (and a resume) keep it.
     options = dataclasses.replace(options, precision=resolve_precision(options.precision))
     options = dataclasses.replace(options, augment=resolve_augment(options))
+    placement = resolve_placement(options.expert_placement, options.backbone, options.weights)
+    options = dataclasses.replace(
+        options, head_units=resolve_head_units(options.head_units, placement)
+    )
     model = _build(options, train_data.hierarchy, train_data.channels)
     if options.upcycle_epochs:
         _upcycle_source(model, options, train_data)  # refuses a model it cannot upcycle
@@ -946,6 +955,7 @@ def _build(options, hierarchy, channels):
         routing=options.routing,
         filters=options.filters,
         expert_dropout=options.expert_dropout,
+        head_units=options.head_units,
         seed=options.seed,
         dispatch=options.dispatch,
         capacity_factor=options.capacity_factor,

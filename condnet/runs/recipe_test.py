@@ -867,6 +867,7 @@ def test_a_frozen_backbone_runs_once_per_image_then_fine_tuning_runs_it(
     shapes, tmp_path, monkeypatch
 ):
     from condnet.training import features
+    from condnet.vision.image_model import HEAD_UNITS
 
     images, run_once = [], features._run_once
 
@@ -895,6 +896,7 @@ def test_a_frozen_backbone_runs_once_per_image_then_fine_tuning_runs_it(
     assert result["model"].gate_tap == "features"
     config = json.loads((tmp_path / "run" / "config.json").read_text())["options"]
     assert config["augment"] == "none"
+    assert config["head_units"] == HEAD_UNITS  # "auto" resolved and kept for a resume
     assert result["metrics"]["best_epoch_chosen_on"] == {
         "images": 12,
         "monitor": "val_accuracy_smoothed",

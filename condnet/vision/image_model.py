@@ -25,6 +25,9 @@ BRANCH_EXPERT_WIDTH = 0.9375
 # "heads": the tap that gate and experts read, the backbone's last feature map
 # pooled to one vector per image (what the frozen-feature recipe caches).
 FEATURES_TAP = "features"
+# Hidden units of each light head on a pretrained backbone's features (`head_units="auto"`);
+# chosen on photos20 with 3 seeds (benchmarks/RESULTS.md, "Pretrained backbone").
+HEAD_UNITS = 256
 
 
 def build_image_model(
@@ -42,6 +45,7 @@ def build_image_model(
     backbone_output=None,
     preprocess=None,
     precision=None,
+    head_units="auto",
     **kwargs,
 ):
     """A ConditionalModel for images: a backbone trunk, a gate head, one head per group.
@@ -100,6 +104,11 @@ def build_image_model(
             by the caller, keeps its own. Every head ends in a float32 softmax
             Dense, so gate and class probabilities are float32 whatever the
             policy. Defaults to None: the global policy in force.
+        head_units: int or `"auto"`. Units of a ReLU Dense layer (with dropout
+            after it) before each head's classifier; 0 for none. `"auto"`:
+            `HEAD_UNITS` on light heads (`expert_placement="heads"`), where a
+            head that is a single Dense separates fewer classes than the
+            features allow, else 0. Defaults to `"auto"`.
         **kwargs: passed to `ConditionalModel`.
     """
     with precision_scope(precision):
@@ -125,10 +134,11 @@ def build_image_model(
             gate_tap, expert_tap, convs = _placement(expert_placement, taps, base)
             trunk = _trunk(shape, base, [gate_tap, expert_tap], augmentation)
         tap_shapes = {name: tuple(t.shape[1:]) for name, t in trunk.output.items()}
+        hidden = resolve_head_units(head_units, expert_placement)
 
         def make(units, name, part, tap=expert_tap):
             rate = dropout if part != "expert" or expert_dropout is None else expert_dropout
-            return classifier_head(tap_shapes[tap], units, name, rate, convs[part])
+            return classifier_head(tap_shapes[tap], units, name, rate, convs[part], hidden)
 
         experts = {group: _expert(hierarchy, group, make, routing) for group in hierarchy.groups}
         return ConditionalModel(
@@ -295,10 +305,23 @@ def _expert(hierarchy, group, make, routing):
     )
 
 
-def classifier_head(input_shape, units, name, dropout, convs=()):
+def resolve_head_units(head_units, expert_placement):
+    """The hidden units `build_image_model` gives each head: `"auto"` resolved, bad values
+    rejected."""
+    if head_units == "auto":
+        return HEAD_UNITS if expert_placement == "heads" else 0
+    if not isinstance(head_units, int) or isinstance(head_units, bool) or head_units < 0:
+        raise ValueError(
+            f"head_units must be an int >= 0 or 'auto'. Received: head_units={head_units!r}"
+        )
+    return head_units
+
+
+def classifier_head(input_shape, units, name, dropout, convs=(), hidden=0):
     """A head model: `(filters, pool)` convs (3x3 + BatchNorm + ReLU, 2x2 max
     pooling if `pool`), global average pooling (over the tokens of a
-    `(tokens, features)` input), dropout, a softmax Dense kept in float32 under a mixed
+    `(tokens, features)` input), dropout, a ReLU Dense of `hidden` units and dropout again
+    (when `hidden`), a softmax Dense kept in float32 under a mixed
     precision policy (the probabilities, which routing and the losses read, and the
     small last layer cost little in float32)."""
     inputs = keras.Input(input_shape)
@@ -309,6 +332,9 @@ def classifier_head(input_shape, units, name, dropout, convs=()):
     pooling = {3: layers.GlobalAveragePooling2D, 2: layers.GlobalAveragePooling1D}
     x = pooling[len(input_shape)]()(x) if len(input_shape) in pooling else x
     x = layers.Dropout(dropout)(x) if dropout else x
+    if hidden:
+        x = layers.Dense(hidden, activation="relu")(x)
+        x = layers.Dropout(dropout)(x) if dropout else x
     outputs = layers.Dense(units, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
 

@@ -163,6 +163,28 @@ def test_a_pretrained_backbone_gets_light_heads_on_its_pooled_features(tmp_path)
     )
 
 
+def _dense_units(head):
+    return [layer.units for layer in head.layers if isinstance(layer, keras.layers.Dense)]
+
+
+def test_light_heads_get_a_hidden_layer_unless_asked_otherwise(tmp_path):
+    from condnet.vision.image_model import HEAD_UNITS
+
+    path = _user_classifier(tmp_path)
+    tree = Hierarchy(SEVEN)
+    model = build_image_model(tree, backbone=str(path), image_size=32)
+    assert _dense_units(model.gate) == [HEAD_UNITS, tree.num_groups]
+    assert _dense_units(model.experts["pets"]) == [HEAD_UNITS, 2]
+    plain = build_image_model(tree, backbone=str(path), image_size=32, head_units=0)
+    assert _dense_units(plain.experts["pets"]) == [2]
+    small = build_image_model(tree, image_size=32, filters=(4, 4), head_units=8)
+    assert _dense_units(small.experts["pets"]) == [8, 2]  # any placement, when asked
+    branch = build_image_model(tree, image_size=32, filters=(4, 4))
+    assert _dense_units(branch.experts["pets"]) == [2]  # auto: none on branch experts
+    with pytest.raises(ValueError, match="head_units must be an int >= 0 or 'auto'"):
+        build_image_model(tree, image_size=32, head_units=-1)
+
+
 @pytest.mark.parametrize(
     ("backbone", "weights", "placement"),
     [("small_cnn", None, "branch"), ("MobileNetV3Small", None, "taps")],
