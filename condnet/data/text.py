@@ -95,6 +95,14 @@ DOCUMENTS = FileKind(
 def looks_like_text(root, limit=200):
     """Whether the files under `root` are documents rather than images: of the first
     `limit` files found (hidden ones left out), more are documents than images."""
+    images, documents = count_files(root, limit)
+    return documents > images
+
+
+def count_files(root, limit=200):
+    """`(images, documents)` among the first `limit` of them found under `root` (hidden
+    files and folders left out): files with an image extension, and files whose content
+    is text. Empty and binary files count as neither."""
     images = documents = 0
     for folder, folders, files in os.walk(root):
         folders[:] = sorted(name for name in folders if not name.startswith("."))
@@ -105,8 +113,8 @@ def looks_like_text(root, limit=200):
             elif _document_problem(Path(path)) is None:
                 documents += 1
             if images + documents >= limit:
-                return documents > images
-    return documents > images
+                return images, documents
+    return images, documents
 
 
 # === Reading ===
@@ -181,6 +189,8 @@ class TextFolder(keras.utils.PyDataset):
         seed: int. Seed of the shuffles. Defaults to `None`.
         ids: optional int array `(len(texts), sequence_length)`: the token ids
             `vectorizer` gives `texts`, when already computed (`subset`).
+        paths: optional list of str, the file of each document (a run's split
+            and its report name them). Defaults to `None`.
     """
 
     def __init__(
@@ -193,12 +203,16 @@ class TextFolder(keras.utils.PyDataset):
         shuffle=False,
         seed=None,
         ids=None,
+        paths=None,
     ):
         super().__init__()
         self.hierarchy = _as_hierarchy(hierarchy)
         self.texts = list(texts)
         self.labels = self.hierarchy.check_labels(labels).astype("int32")
         _check_lengths(self.texts, self.labels)
+        self.paths = None if paths is None else [str(path) for path in paths]
+        if self.paths is not None:
+            _check_lengths(self.paths, self.labels)
         self.batch_size = _check_batch_size(batch_size)
         self.vectorizer = vectorizer
         self.ids = token_ids(vectorizer, self.texts) if ids is None else np.asarray(ids)
@@ -225,6 +239,12 @@ class TextFolder(keras.utils.PyDataset):
         rows = self.batch_rows(index)
         return self.ids[rows], self.labels[rows]
 
+    def read_batch(self, index):
+        """`(ids, labels, errors)` of batch `index`, as `ImageFolder.read_batch` gives them
+        (a document, read when the folder was made, has no error: each is None)."""
+        ids, labels = self[index]
+        return ids, labels, [None] * len(labels)
+
     def on_epoch_end(self):
         if self.shuffle:
             self._order = self._rng.permutation(self.num_samples)
@@ -242,6 +262,7 @@ class TextFolder(keras.utils.PyDataset):
             shuffle=self.shuffle,
             seed=self.seed,
             ids=self.ids[rows],
+            paths=None if self.paths is None else [self.paths[row] for row in rows],
         )
 
     def numpy(self):
