@@ -65,7 +65,7 @@ def _is_document_name(path):
     return path.suffix.lower() not in IMAGE_EXTENSIONS
 
 
-def _document_problem(path):
+def document_problem(path):
     """Why the scan skips a file of a class folder (one of SKIP_REASONS), or None."""
     if not _is_document_name(path):
         return "unsupported extension"
@@ -86,7 +86,7 @@ def _document_problem(path):
 DOCUMENTS = FileKind(
     "documents",
     _is_document_name,
-    _document_problem,
+    document_problem,
     "text files (UTF-8 or Latin-1; any extension but an image's, or none)",
     "condnet as text",
 )
@@ -110,7 +110,7 @@ def count_files(root, limit=200):
             path = os.path.join(folder, name)
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 images += 1
-            elif _document_problem(Path(path)) is None:
+            elif document_problem(Path(path)) is None:
                 documents += 1
             if images + documents >= limit:
                 return images, documents
@@ -126,13 +126,19 @@ def read_documents(paths):
     texts, fallbacks = [], 0
     for path in paths:
         with open(path, "rb") as file:
-            data = file.read(MAX_DOCUMENT_BYTES)
-        try:
-            texts.append(data.decode("utf-8"))
-        except UnicodeDecodeError:
-            texts.append(data.decode("cp1252", errors="replace"))
-            fallbacks += 1
+            text, fell_back = decode_text(file.read(MAX_DOCUMENT_BYTES))
+        texts.append(text)
+        fallbacks += fell_back
     return texts, fallbacks
+
+
+def decode_text(data):
+    """`(text, fell_back)`: `data` (bytes) read as UTF-8, else as Windows-1252 (`fell_back`
+    True), which decodes any byte."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace"), True
 
 
 def warn_fallbacks(root, fallbacks, total):
