@@ -1167,12 +1167,13 @@ def _split_rows(options, count, data_dir, noun):
 def resolve_modality(options, data_dir):
     """`modality="auto"` as `"text"` when most of the first files of `data_dir` are
     documents (`condnet.data.text.count_files`), else `"image"`; the resolved options are
-    checked again (a text run refuses the image options). A folder with neither images
-    nor documents (only empty or binary files) is refused."""
+    checked again (a text run refuses the image options). A folder whose files are
+    neither images nor documents (only empty or binary files) is refused; one without
+    files is left to the image scan, which says what the layout lacks."""
     if options.modality != "auto":
         return options
     images, documents = count_files(data_dir)
-    if not images and not documents:
+    if not images and not documents and _holds_files(data_dir):
         raise ValueError(
             f"Found neither images nor text documents in {str(data_dir)!r}: its files (if "
             "any) are empty or binary. Put images (.jpg, .png, ...) or text files (UTF-8 or "
@@ -1180,3 +1181,9 @@ def resolve_modality(options, data_dir):
             f"with --hierarchy. Received: DATA_DIR={str(data_dir)!r}"
         )
     return dataclasses.replace(options, modality="text" if documents > images else "image")
+
+
+def _holds_files(folder):
+    """Whether `folder` holds a file that is not hidden, at any depth."""
+    visible = (path for path in Path(folder).rglob("*") if not path.name.startswith("."))
+    return any(path.is_file() for path in visible)
