@@ -154,11 +154,12 @@ def summary_table(metrics, title=None):
     return "\n".join([title, *table] if title else table)
 
 
-def summary_title(metrics, scored_on):
+def summary_title(metrics, scored_on, noun="images"):
     """What a summary table scores: `scored_on` (a split or a folder), the number of
-    images and the routing, e.g. "Validation split (120 images), hard-routed (...):"."""
+    images (or other `noun`) and the routing, e.g. "Validation split (120 images),
+    hard-routed (...):"."""
     routing = ROUTING_WORDS.get(metrics.get("inference_routing"))
-    scored = f"{scored_on} ({metrics['num_samples']} images)"
+    scored = f"{scored_on} ({metrics['num_samples']} {noun})"
     return f"{scored}, {routing}:" if routing else f"{scored}:"
 
 

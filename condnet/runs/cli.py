@@ -347,9 +347,19 @@ def _train(args):
         return
     metrics = result["metrics"]
     scored_on = metrics.get("scored_on", "scored").capitalize()
-    print(summary_table(metrics, summary_title(metrics, scored_on)))
+    print(summary_table(metrics, summary_title(metrics, scored_on, _inputs_noun(args.out))))
     _print_baseline(metrics)
     print(f"Run written to {args.out} (model.keras, report.md, history.csv).")
+
+
+def _inputs_noun(run_dir):
+    """What the run reads, as its summary counts them: "documents" or "images"."""
+    from condnet.runs.documents import is_text_run
+    from condnet.runs.run_dir import CONFIG, read_options
+
+    return (
+        "documents" if is_text_run({"options": read_options(Path(run_dir) / CONFIG)}) else "images"
+    )
 
 
 def _print_baseline(metrics):
@@ -443,7 +453,8 @@ def _evaluate(args):
     if args.json:
         print(json.dumps(metrics))
         return
-    print(summary_table(metrics, summary_title(metrics, str(args.data_dir))))
+    noun = _inputs_noun(args.run_dir)
+    print(summary_table(metrics, summary_title(metrics, str(args.data_dir), noun)))
     other = metrics.get("mixture") or metrics.get("hard_routed")
     label = "soft mixture" if "mixture" in metrics else "hard routed"
     if other is not None:  # the flat baseline (--model baseline.keras) has no other routing

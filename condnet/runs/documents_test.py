@@ -126,6 +126,8 @@ def test_cli_evaluates_a_text_run_on_a_folder_of_documents(text_run, capsys):
     assert metrics["accuracy"] > 0.5 and metrics["baseline"]["flat"]["accuracy"] > 0.5
     report = (root / "run" / "evaluation" / "report.md").read_text()
     assert f"{root / 'test'} (25 documents scored)" in report
+    assert main(["evaluate", str(root / "run"), str(root / "test"), "--quiet"]) == 0
+    assert f"{root / 'test'} (25 documents), hard-routed" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -476,12 +476,12 @@ def _header(options, data, state, trained_routing):
         "scored on": split,
         "routing": f"trained {trained_routing}; scored {INFERENCE_ROUTING} (only the chosen "
         "expert runs), the soft mixture beside it",
-        "best epoch": _best_epoch(state, trained_routing),
+        "best epoch": _best_epoch(state, trained_routing, noun),
         "configuration": {k: v for k, v in options.to_config().items() if k != "split"},
     }
 
 
-def _best_epoch(state, trained_routing):
+def _best_epoch(state, trained_routing, noun="images"):
     """The epoch model.keras keeps, and why its score is not the summary's."""
     history = (state or {}).get("history", [])
     scored = [row for row in history if "val_accuracy" in row or "accuracy" in row]
@@ -489,9 +489,9 @@ def _best_epoch(state, trained_routing):
         return "unknown"
     key = "val_accuracy" if "val_accuracy" in scored[0] else "accuracy"
     best = max(scored, key=lambda row: row[key])
-    images = "validation images"
+    images = f"validation {noun}"
     if key != "val_accuracy":
-        images = "training images (averaged over the epoch)"
+        images = f"training {noun} (averaged over the epoch)"
     routing = {"soft": "soft: every expert, mixed by the gate", "hard": "hard"}.get(
         trained_routing, f"{trained_routing}, hard-routed outside training"
     )
