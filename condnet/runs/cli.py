@@ -357,9 +357,11 @@ def _inputs_noun(run_dir):
     from condnet.runs.documents import is_text_run
     from condnet.runs.run_dir import CONFIG, read_options
 
-    return (
-        "documents" if is_text_run({"options": read_options(Path(run_dir) / CONFIG)}) else "images"
-    )
+    try:
+        options = read_options(Path(run_dir) / CONFIG)
+    except ValueError:  # the command read the run already; its summary needs no new error
+        return "images"
+    return "documents" if is_text_run({"options": options}) else "images"
 
 
 def _print_baseline(metrics):
