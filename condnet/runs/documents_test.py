@@ -1,6 +1,7 @@
 import io
 import json
 import random
+import re
 import shutil
 import warnings
 
@@ -176,6 +177,49 @@ def test_cli_predicts_documents_with_the_flat_baseline(text_run, tmp_path, capsy
     assert main([*words, "--model", "baseline.keras"]) == 0
     (row,) = _json_lines(capsys.readouterr().out)
     assert (row["model"], row["class"], row["expert"]) == ("baseline", "car", "vehicles")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        ([], "condnet predict needs something to predict"),
+        (["--lines", "-", "--jsonl", "-"], "Standard input can feed --lines or --jsonl, not both"),
+        (["NOWHERE"], "No such document file or folder: '.*nowhere'"),
+        (["--lines", "NOWHERE"], "No such file: '.*nowhere'. Pass a text file of one document"),
+        (["EMPTY_FOLDER"], "No documents found. Pass document files"),
+    ],
+)
+def test_cli_predict_on_a_text_run_says_what_is_missing(text_run, tmp_path, capsys, words, message):
+    root, _ = text_run
+    (tmp_path / "empty").mkdir()
+    names = {"NOWHERE": str(tmp_path / "nowhere"), "EMPTY_FOLDER": str(tmp_path / "empty")}
+    assert main(["predict", str(root / "run"), *[names.get(w, w) for w in words]]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_a_text_run_whose_files_disagree_is_refused_by_name(text_run, tmp_path):
+    from condnet.runs.run_dir import load_run
+
+    root, _ = text_run
+    run = shutil.copytree(root / "run", tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["sequence_length"] = 64
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match="names sequence_length=64, but model.keras was built for 32"
+    ):
+        load_run(run)
+    config["options"]["sequence_length"] = "long"
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="hold sequence_length='long', where an int >= 1"):
+        load_run(run)
+    config["options"]["sequence_length"] = 32
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "model.keras").unlink()
+    with pytest.raises(ValueError, match="has no model.keras holding its TextVectorization"):
+        load_run(run, model_file="baseline.keras")
 
 
 # === What text runs refuse ===
