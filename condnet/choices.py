@@ -19,3 +19,7 @@ LR_SCHEDULES = ("cosine", "plateau")
 CACHE_POLICIES = ("auto", "memory", "disk", "none")
 TEXT_TRUNKS = ("bag", "cnn", "gru", "transformer")
 MODALITIES = ("auto", "image", "text")
+# What `condnet train` reads documents with by default: the cheapest trunk, the first 256
+# words of each document, the 20,000 most frequent words of the training split (the
+# library's and benchmarks/text_news20.py's sizes; not yet tuned by measurement).
+TEXT_DEFAULTS = {"text_trunk": "bag", "sequence_length": 256, "vocabulary_size": 20000}

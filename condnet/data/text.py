@@ -65,7 +65,7 @@ def _is_document_name(path):
     return path.suffix.lower() not in IMAGE_EXTENSIONS
 
 
-def _document_problem(path):
+def document_problem(path):
     """Why the scan skips a file of a class folder (one of SKIP_REASONS), or None."""
     if not _is_document_name(path):
         return "unsupported extension"
@@ -86,7 +86,7 @@ def _document_problem(path):
 DOCUMENTS = FileKind(
     "documents",
     _is_document_name,
-    _document_problem,
+    document_problem,
     "text files (UTF-8 or Latin-1; any extension but an image's, or none)",
     "condnet as text",
 )
@@ -95,6 +95,14 @@ DOCUMENTS = FileKind(
 def looks_like_text(root, limit=200):
     """Whether the files under `root` are documents rather than images: of the first
     `limit` files found (hidden ones left out), more are documents than images."""
+    images, documents = count_files(root, limit)
+    return documents > images
+
+
+def count_files(root, limit=200):
+    """`(images, documents)` among the first `limit` of them found under `root` (hidden
+    files and folders left out): files with an image extension, and files whose content
+    is text. Empty and binary files count as neither."""
     images = documents = 0
     for folder, folders, files in os.walk(root):
         folders[:] = sorted(name for name in folders if not name.startswith("."))
@@ -102,11 +110,11 @@ def looks_like_text(root, limit=200):
             path = os.path.join(folder, name)
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 images += 1
-            elif _document_problem(Path(path)) is None:
+            elif document_problem(Path(path)) is None:
                 documents += 1
             if images + documents >= limit:
-                return documents > images
-    return documents > images
+                return images, documents
+    return images, documents
 
 
 # === Reading ===
@@ -118,13 +126,19 @@ def read_documents(paths):
     texts, fallbacks = [], 0
     for path in paths:
         with open(path, "rb") as file:
-            data = file.read(MAX_DOCUMENT_BYTES)
-        try:
-            texts.append(data.decode("utf-8"))
-        except UnicodeDecodeError:
-            texts.append(data.decode("cp1252", errors="replace"))
-            fallbacks += 1
+            text, fell_back = decode_text(file.read(MAX_DOCUMENT_BYTES))
+        texts.append(text)
+        fallbacks += fell_back
     return texts, fallbacks
+
+
+def decode_text(data):
+    """`(text, fell_back)`: `data` (bytes) read as UTF-8, else as Windows-1252 (`fell_back`
+    True), which decodes any byte."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace"), True
 
 
 def warn_fallbacks(root, fallbacks, total):
@@ -181,6 +195,8 @@ class TextFolder(keras.utils.PyDataset):
         seed: int. Seed of the shuffles. Defaults to `None`.
         ids: optional int array `(len(texts), sequence_length)`: the token ids
             `vectorizer` gives `texts`, when already computed (`subset`).
+        paths: optional list of str, the file of each document (a run's split
+            and its report name them). Defaults to `None`.
     """
 
     def __init__(
@@ -193,12 +209,16 @@ class TextFolder(keras.utils.PyDataset):
         shuffle=False,
         seed=None,
         ids=None,
+        paths=None,
     ):
         super().__init__()
         self.hierarchy = _as_hierarchy(hierarchy)
         self.texts = list(texts)
         self.labels = self.hierarchy.check_labels(labels).astype("int32")
         _check_lengths(self.texts, self.labels)
+        self.paths = None if paths is None else [str(path) for path in paths]
+        if self.paths is not None:
+            _check_lengths(self.paths, self.labels)
         self.batch_size = _check_batch_size(batch_size)
         self.vectorizer = vectorizer
         self.ids = token_ids(vectorizer, self.texts) if ids is None else np.asarray(ids)
@@ -225,6 +245,12 @@ class TextFolder(keras.utils.PyDataset):
         rows = self.batch_rows(index)
         return self.ids[rows], self.labels[rows]
 
+    def read_batch(self, index):
+        """`(ids, labels, errors)` of batch `index`, as `ImageFolder.read_batch` gives them
+        (a document, read when the folder was made, has no error: each is None)."""
+        ids, labels = self[index]
+        return ids, labels, [None] * len(labels)
+
     def on_epoch_end(self):
         if self.shuffle:
             self._order = self._rng.permutation(self.num_samples)
@@ -242,6 +268,7 @@ class TextFolder(keras.utils.PyDataset):
             shuffle=self.shuffle,
             seed=self.seed,
             ids=self.ids[rows],
+            paths=None if self.paths is None else [self.paths[row] for row in rows],
         )
 
     def numpy(self):

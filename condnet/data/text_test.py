@@ -108,3 +108,25 @@ def test_a_text_folder_batches_ids_and_labels_and_reshuffles_every_epoch():
     subset = folder.subset([1, 3])
     np.testing.assert_array_equal(subset.numpy()[0], folder.ids[[1, 3]])
     assert subset.vectorizer is vectorizer
+
+
+def test_a_text_folder_names_its_files_and_reads_batches_as_an_image_folder_does():
+    texts = [f"document {i}" for i in range(5)]
+    paths = [f"docs/{i}.txt" for i in range(5)]
+    vectorizer = make_vectorizer(texts, sequence_length=3)
+    folder = TextFolder(texts, np.arange(5) % 4, TREE, vectorizer, batch_size=2, paths=paths)
+    ids, labels, errors = folder.read_batch(2)
+    np.testing.assert_array_equal(ids, folder.ids[[4]])
+    assert labels.tolist() == [0] and errors == [None]
+    assert folder.subset([3, 1]).paths == ["docs/3.txt", "docs/1.txt"]
+    with pytest.raises(ValueError, match="one entry per image. Received: 2 paths and 5 labels"):
+        TextFolder(texts, np.arange(5) % 4, TREE, vectorizer, paths=paths[:2])
+
+
+def test_count_files_counts_images_and_documents_but_not_empty_or_binary_files(tmp_path):
+    _write_corpus(tmp_path, per_class=2)
+    (tmp_path / "animals" / "cat" / "photo.png").write_bytes(b"not even an image")
+    (tmp_path / "animals" / "cat" / "empty").write_bytes(b"")
+    (tmp_path / "animals" / "cat" / "blob").write_bytes(b"\0" * 64)
+    assert text.count_files(tmp_path) == (1, 8)
+    assert text.count_files(tmp_path, limit=3) == (1, 2)  # cat: 000, 001, (blob, empty), photo

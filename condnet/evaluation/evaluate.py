@@ -23,8 +23,9 @@ def evaluate_model(model, data, hierarchy=None, return_predictions=False, progre
     folder's `substitute_unreadable`): it is left out of the metrics, counted
     in `num_skipped`, listed (the first `SHOWN_SKIPPED`) in `skipped` as
     `{"path": ..., "error": "cannot decode: <reason>"}`, and reported in one
-    warning. Other datasets (a `PyDataset` of `(images, labels)` batches)
-    are read as they are.
+    warning. A `TextFolder` of documents with their `paths` is read the same
+    way (its documents never fail). Other datasets (a `PyDataset` of `(images,
+    labels)` batches) are read as they are.
 
     `progress`: a label (e.g. `"hard routing"`) to report progress under on
     standard error (`condnet.evaluation.progress.Progress`), or None.
@@ -112,8 +113,8 @@ def error_row(path, reason):
 def _batches(data):
     """(images, labels, paths, errors) per batch; errors[i] is None for a decoded row."""
     for index in range(len(data)):
-        if isinstance(data, ImageFolder):
-            images, labels, errors = data.read_batch(index)
+        if isinstance(data, ImageFolder) or getattr(data, "paths", None) is not None:
+            images, labels, errors = data.read_batch(index)  # ImageFolder, TextFolder
             paths = [data.paths[row] for row in data.batch_rows(index)]
         else:
             images, labels = data[index][:2]

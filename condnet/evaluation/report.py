@@ -47,6 +47,8 @@ STYLE = (
     ".gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(9em,1fr));gap:.5em}"
     "figure{margin:0}.example img{width:96px;height:96px;object-fit:contain;"
     "image-rendering:pixelated}figcaption{font-size:.75em}"
+    ".document{border:1px solid #ccc;padding:.25em .5em;margin-bottom:.5em}"
+    ".document pre{white-space:pre-wrap;margin:.25em 0;font-size:.85em}"
     "@media (max-width:50em){body{display:block}nav{position:static;height:auto}}"
 )
 
@@ -61,6 +63,7 @@ def write_report(
     baseline=None,
     examples=None,
     explain=None,
+    documents=False,
 ):
     """Write `report.md`, `report.html` and PNG plots of a run into `run_dir`.
 
@@ -103,6 +106,9 @@ def write_report(
             why the model decided so (`condnet.evaluation.explain.explainer`):
             each misrouted example shown gets the occlusion maps of the gate
             and of the expert it was sent to. Defaults to `None` (none drawn).
+        documents: bool. The examples' paths are text documents: the gallery
+            quotes the first `EXCERPT_LINES` lines of up to 8 misrouted and 8
+            misclassified ones instead of showing thumbnails. Defaults to `False`.
 
     Returns:
         The list of written paths: `report.md`, `report.html`, then the PNGs.
@@ -121,7 +127,10 @@ def write_report(
     run_dir.mkdir(parents=True, exist_ok=True)
     flat_history = _history_dict((baseline or {}).get("flat", {}).get("history"))
     plots, notes = _write_plots(run_dir, hierarchy, metrics, history, flat_history)
-    gallery = _write_gallery(run_dir, examples or [], explain)
+    if documents:
+        gallery = _document_gallery(examples or [])
+    else:
+        gallery = _write_gallery(run_dir, examples or [], explain)
     sections = _sections(hierarchy, metrics, plots, notes)
     sections[1:1] = _extra_sections(metrics, header, baseline, gallery)
     sections += _options_section(header)
@@ -145,11 +154,12 @@ def summary_table(metrics, title=None):
     return "\n".join([title, *table] if title else table)
 
 
-def summary_title(metrics, scored_on):
+def summary_title(metrics, scored_on, noun="images"):
     """What a summary table scores: `scored_on` (a split or a folder), the number of
-    images and the routing, e.g. "Validation split (120 images), hard-routed (...):"."""
+    images (or other `noun`) and the routing, e.g. "Validation split (120 images),
+    hard-routed (...):"."""
     routing = ROUTING_WORDS.get(metrics.get("inference_routing"))
-    scored = f"{scored_on} ({metrics['num_samples']} images)"
+    scored = f"{scored_on} ({metrics['num_samples']} {noun})"
     return f"{scored}, {routing}:" if routing else f"{scored}:"
 
 
@@ -543,6 +553,40 @@ def _write_gallery(run_dir, examples, explain=None):
     return items + why
 
 
+EXCERPT_LINES = 3
+EXCERPT_WIDTH = 160  # characters kept of each quoted line
+DOCUMENT_KINDS = GALLERY_KINDS[:2]  # misrouted, misclassified: what there is to read
+
+
+def _document_gallery(examples):
+    """The first lines of up to `PER_KIND` misrouted and misclassified documents, as
+    report items (a document that cannot be read is left out)."""
+    items = []
+    for kind, caption in DOCUMENT_KINDS:
+        chosen = across_classes([e for e in examples if _kind(e) == kind], PER_KIND)
+        quotes = [_quote(e) for e in chosen]
+        quotes = [quote for quote in quotes if quote is not None]
+        if quotes:
+            items.append(("documents", f"{kind}: {caption}", quotes))
+    return items
+
+
+def _quote(example):
+    """(caption, the document's first non-blank lines), or None when it cannot be read."""
+    from condnet.data.text import read_documents
+
+    try:
+        (text,), _ = read_documents([example["path"]])
+    except (OSError, TypeError):
+        return None
+    lines = [line.strip()[:EXCERPT_WIDTH] for line in text.splitlines() if line.strip()]
+    caption = (
+        f"{Path(example['path']).name}: true {example['true']} / predicted "
+        f"{example['predicted']} (expert {example['expert']}, {example['confidence']:.2f})"
+    )
+    return caption, "\n".join(lines[:EXCERPT_LINES])
+
+
 WHY_MISROUTED = (
     "Why they were misrouted: where the gate looked for the group it chose, and where that "
     "group's expert looked for its class (red: covering the region lowers the probability)."
@@ -628,6 +672,13 @@ def _markdown_item(item):
         return [f"**{_markdown_text(caption)}**", ""] + [
             f"![{_markdown_text(text)}]({name}) {_markdown_text(text)}  " for name, text in figures
         ]
+    if kind == "documents":
+        caption, quotes = content
+        lines = [f"**{_markdown_text(caption)}**", ""]
+        for text, excerpt in quotes:
+            lines += [_markdown_text(text), ""]
+            lines += [f"> {_markdown_text(line)}  " for line in excerpt.splitlines()] + [""]
+        return lines
     return [content[0]]
 
 
@@ -688,6 +739,14 @@ def _html_item(item):
             for n, text in figures
         )
         return f'<h3>{html.escape(caption)}</h3><div class="gallery">{cells}</div>'
+    if kind == "documents":
+        caption, quotes = content
+        cells = "".join(
+            f'<figure class="document"><figcaption>{html.escape(text)}</figcaption>'
+            f"<pre>{html.escape(excerpt)}</pre></figure>"
+            for text, excerpt in quotes
+        )
+        return f"<h3>{html.escape(caption)}</h3>{cells}"
     return f"<p>{html.escape(content[0])}</p>"
 
 

@@ -470,3 +470,30 @@ def test_baseline_verdict_without_a_count_says_nothing_of_noise():
     assert verdict == "The conditional model beats the flat baseline by 0.0480 accuracy."
     tie = baseline_verdict({"accuracy": 0.902}, {"accuracy": 0.9}, num_samples=600)
     assert tie.startswith("The conditional model ties the flat baseline (+0.0020; standard ")
+
+
+def test_a_document_gallery_quotes_the_first_lines_of_misrouted_and_misclassified_ones(tmp_path):
+    from condnet.evaluation.report import EXCERPT_LINES
+
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "a").write_text(
+        "\n\nMy <script>alert(1)</script> cat | purrs\nline 2\nline 3\nline 4\n"
+    )
+    (posts / "b").write_text("a pug post\n")
+    (posts / "c").write_text("a correct post\n")
+    examples = [
+        {**_example("persian", "misrouted"), "path": str(posts / "a"), "confidence": 0.6},
+        {**_example("pug", "misclassified"), "path": str(posts / "b"), "confidence": 0.5},
+        {**_example("beagle"), "path": str(posts / "c"), "confidence": 0.9},
+        {**_example("beagle", "misrouted"), "path": str(posts / "gone"), "confidence": 0.9},
+    ]
+    run_dir = tmp_path / "report"
+    write_report(run_dir, HIERARCHY, make_metrics(), examples=examples, documents=True)
+    markdown, page = read(run_dir, "report.md"), read(run_dir, "report.html")
+    assert "> My \\<script>alert(1)\\</script> cat \\| purrs  \n> line 2  \n> line 3" in markdown
+    assert "line 4" not in markdown and EXCERPT_LINES == 3
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    assert "a: true persian / predicted siamese (expert dog, 0.60)" in markdown
+    assert "a pug post" in markdown and "a correct post" not in markdown  # no correct ones
+    assert not (run_dir / "examples").exists()  # no thumbnails, and "gone" is left out

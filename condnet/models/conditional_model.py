@@ -601,7 +601,7 @@ class ConditionalModel(keras.Model):
         }
         if config.get("trunk") is not None:
             config["trunk"] = deserialize(config["trunk"])
-        if config.get("preprocessor") is not None:
+        if isinstance(config.get("preprocessor"), dict):  # a layer object is kept as it is
             config["preprocessor"] = deserialize(config["preprocessor"])
         return cls(**config)
 

@@ -18,6 +18,7 @@ from condnet.evaluation.backoff import backoff_scores, check_thresholds, choose_
 from condnet.evaluation.evaluate import evaluate_model
 from condnet.evaluation.mistakes import level_names, tree_levels
 from condnet.runs.checkpoint import BASELINE, BEST, write_atomic
+from condnet.runs.documents import refuse_text_run
 from condnet.runs.run_dir import (
     BACKOFF,
     CALIBRATED,
@@ -112,6 +113,7 @@ def backoff_run(
 
 def _backoff_locked(run_dir, target_accuracy, thresholds, model_file, progress):
     model, config = load_run(run_dir, model_file=model_file)
+    refuse_text_run(run_dir, config, "backoff")
     hierarchy = model.hierarchy
     name = Path(model_file or BEST).name
     if model_file is not None and Path(model_file).name != str(model_file):

@@ -249,11 +249,15 @@ def _train_parser(commands, common):
     p = commands.add_parser(
         "train",
         parents=[common],
-        help="train a conditional model on a folder of images",
+        help="train a conditional model on a folder of images or documents",
         description="Train on DATA_DIR (root/<group>/<class>/* or "
         "root/<class>/* with --hierarchy) and write RUN_DIR.",
     )
-    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images")
+    p.add_argument(
+        "data_dir",
+        metavar="DATA_DIR",
+        help="folder of images, or of text documents (see --modality)",
+    )
     run = _group(p, "run directory")
     run.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     run.add_argument(
@@ -343,9 +347,21 @@ def _train(args):
         return
     metrics = result["metrics"]
     scored_on = metrics.get("scored_on", "scored").capitalize()
-    print(summary_table(metrics, summary_title(metrics, scored_on)))
+    print(summary_table(metrics, summary_title(metrics, scored_on, _inputs_noun(args.out))))
     _print_baseline(metrics)
     print(f"Run written to {args.out} (model.keras, report.md, history.csv).")
+
+
+def _inputs_noun(run_dir):
+    """What the run reads, as its summary counts them: "documents" or "images"."""
+    from condnet.runs.documents import is_text_run
+    from condnet.runs.run_dir import CONFIG, read_options
+
+    try:
+        options = read_options(Path(run_dir) / CONFIG)
+    except ValueError:  # the command read the run already; its summary needs no new error
+        return "images"
+    return "documents" if is_text_run({"options": options}) else "images"
 
 
 def _print_baseline(metrics):
@@ -406,7 +422,11 @@ def _evaluate_parser(commands, common):
         "default, with the soft mixture and the run's flat baseline beside it.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
-    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images, e.g. a test split")
+    p.add_argument(
+        "data_dir",
+        metavar="DATA_DIR",
+        help="folder of images (of documents for a text run), e.g. a test split",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument(
         "--report-dir", default=None, help="where to write the report (default RUN_DIR/evaluation)"
@@ -435,7 +455,8 @@ def _evaluate(args):
     if args.json:
         print(json.dumps(metrics))
         return
-    print(summary_table(metrics, summary_title(metrics, str(args.data_dir))))
+    noun = _inputs_noun(args.run_dir)
+    print(summary_table(metrics, summary_title(metrics, str(args.data_dir), noun)))
     other = metrics.get("mixture") or metrics.get("hard_routed")
     label = "soft mixture" if "mixture" in metrics else "hard routed"
     if other is not None:  # the flat baseline (--model baseline.keras) has no other routing
@@ -460,10 +481,26 @@ def _print_backoff(section):
 
 def _predict_parser(commands, common):
     p = commands.add_parser(
-        "predict", parents=[common], help="predict the group and class of images"
+        "predict", parents=[common], help="predict the group and class of images or documents"
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
-    p.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files or folders")
+    p.add_argument(
+        "inputs",
+        metavar="PATH",
+        nargs="*",
+        help="image files or folders; for a text run, document files or folders",
+    )
+    p.add_argument(
+        "--lines",
+        metavar="FILE",
+        help="text run: FILE holds one document per line (- reads standard input)",
+    )
+    p.add_argument(
+        "--jsonl",
+        metavar="FILE",
+        help='text run: FILE holds one JSON object per line, the document in "text" (- reads '
+        "standard input)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     _inference_flags(
         p,
@@ -510,6 +547,13 @@ def _predict(args):
     from condnet.runs.run_dir import predict_paths
 
     _check_output(args.output, (".jsonl", ".csv"))
+    if not (args.inputs or args.lines or args.jsonl):
+        raise ValueError(
+            "condnet predict needs something to predict: image or document files and "
+            "folders, or --lines / --jsonl FILE for a text run. Received: no PATH"
+        )
+    if args.lines == "-" and args.jsonl == "-":
+        raise ValueError("Standard input can feed --lines or --jsonl, not both.")
     folders = [i for i in args.inputs if Path(i).is_dir()]
     _guard_file(args.output, "rows file", folders, [args.run_dir])
     rows = predict_paths(
@@ -522,6 +566,8 @@ def _predict(args):
         back_off=args.back_off,
         thresholds=parse_thresholds(args.thresholds),
         unknown=args.unknown,
+        lines=args.lines,
+        jsonl=args.jsonl,
     )
     failed = sum("error" in row for row in rows)
     if args.output:
@@ -530,12 +576,13 @@ def _predict(args):
         for row in rows:
             print(json.dumps(row))
     elif args.output:  # the rows are in the file: stdout says where
-        print(f"Wrote {len(rows)} rows (one per image) to {args.output}")
+        print(f"Wrote {len(rows)} rows (one per input) to {args.output}")
     else:
         _print_rows(rows)
     if failed:
         print(
-            f"condnet predict: {failed} image(s) could not be decoded; their rows say why.",
+            f"condnet predict: {failed} input(s) could not be read (an image that does not "
+            "decode, a document that is empty or binary); their rows say why.",
             file=sys.stderr,
         )
         return 1

@@ -106,7 +106,7 @@ def test_cli_predict_with_output_prints_a_summary_not_the_rows(colour_run, tmp_p
     run, data = colour_run
     rows = tmp_path / "rows.csv"
     assert main(["predict", str(run), str(data), "--output", str(rows), "--quiet"]) == 0
-    assert capsys.readouterr().out == f"Wrote 8 rows (one per image) to {rows}\n"
+    assert capsys.readouterr().out == f"Wrote 8 rows (one per input) to {rows}\n"
     assert len(rows.read_text().splitlines()) == 1 + 8  # the header, then one row per image
     jsonl = tmp_path / "rows.jsonl"
     assert main(["predict", str(run), str(data), "--output", str(jsonl), "--json", "--quiet"]) == 0

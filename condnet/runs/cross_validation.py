@@ -9,6 +9,7 @@ import numpy as np
 from condnet.data.folders import scan_directory
 from condnet.runs.checkpoint import write_atomic
 from condnet.runs.claim import check_run_dir
+from condnet.runs.documents import refuse_text_folder
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions
 from condnet.runs.outputs import mark
@@ -68,6 +69,7 @@ def cross_validate(
     default = TrainingOptions(baseline=False, report=False)
     options = dataclasses.replace(options or default, **fields)
     _check_hierarchy(options.hierarchy)
+    refuse_text_folder(data_dir, options.modality, "cv")
     out_dir = Path(out_dir)
     check_run_dir(out_dir, data_dir, kind=KIND)
     if (out_dir / SUMMARY).exists() and not overwrite:

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from condnet.choices import EXPORT_FORMATS as FORMATS
+from condnet.runs.documents import refuse_text_run
 from condnet.runs.outputs import guard, staged_file, staged_folder, training_data
 from condnet.runs.run_dir import input_shape_of, load_run
 
@@ -33,6 +34,7 @@ def export_run(run_dir, out=None, format="onnx", routing="hard", model_file=None
     kind = "export" if format == "tf_saved_model" else "export file"
     guard(out, kind, data=training_data([run_dir]), reads=[run_dir], overwrite=overwrite)
     model, config = load_run(run_dir, model_file=model_file)
+    refuse_text_run(run_dir, config, "export")
     if format == "tf_saved_model":
         from condnet.deploy.export import export_model
 
@@ -80,6 +82,7 @@ def serve_app(
     from condnet.runs.run_dir import backoff_thresholds, model_info, unknown_thresholds_of
 
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
+    refuse_text_run(run_dir, config, "serve")
     if back_off or thresholds is not None:
         thresholds = backoff_thresholds(run_dir, model.hierarchy, model_file, thresholds)
     if unknown or unknown_thresholds is not None:

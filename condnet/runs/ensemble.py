@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from condnet.runs.checkpoint import BEST, write_atomic
+from condnet.runs.documents import refuse_text_run
 from condnet.runs.outputs import guard, staged_folder, training_data
 from condnet.runs.run_dir import CONFIG, folder_for, load_run
 
@@ -25,6 +26,8 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     data = [data_dir, *training_data(run_dirs)]
     guard(out, "ensemble", data=data, reads=run_dirs, overwrite=overwrite)
     loaded = [load_run(run) for run in run_dirs]
+    for run, (_, run_config) in zip(run_dirs, loaded):
+        refuse_text_run(run, run_config, "ensemble")
     config = _shared_config(run_dirs, [config for _, config in loaded])
     members = [model for model, _ in loaded]
     for i, member in enumerate(members):

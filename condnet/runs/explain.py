@@ -11,6 +11,7 @@ from condnet.evaluation.explain import (
     render_explanation,
     summary_of,
 )
+from condnet.runs.documents import refuse_text_run
 from condnet.runs.outputs import guard, staged_folder, training_data, write_file
 from condnet.runs.run_dir import (
     FlatBaseline,
@@ -51,8 +52,9 @@ def explain_run(run_dir, inputs, out, model_file=None, patch_size=None, stride=N
         `expert_peak`), or `{"path": ..., "error": "cannot decode: <reason>"}` for
         an image that cannot be decoded (a ValueError when none can).
     """
-    paths = _image_paths(inputs)
     model, config = load_run(run_dir, model_file=model_file)
+    refuse_text_run(run_dir, config, "explain")
+    paths = _image_paths(inputs)
     _refuse_unexplainable(run_dir, model, config)
     folders = [item for item in inputs if Path(item).is_dir()]
     guard(out, KIND, data=[*folders, *training_data([run_dir])], reads=[run_dir])

@@ -49,6 +49,7 @@ from condnet.evaluation.evaluate import evaluate_model
 from condnet.hierarchy import Hierarchy
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.claim import COMMITTED, RunClaim, check_run_dir
+from condnet.runs.documents import refuse_text_run
 from condnet.runs.finish import INFERENCE_ROUTING, announce, finish_run
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions
@@ -405,6 +406,7 @@ def _plan(run_dir, data_dir, out, hierarchy, old_data, overwrite):
     """Everything read and checked before the disk is touched."""
     _check_folder(data_dir, "DATA_DIR", "the folder of the new classes")
     model, config = load_run(run_dir)
+    refuse_text_run(run_dir, config, "extend")
     _refuse_ensemble(run_dir, model, config, "extend", "grows one conditional model")
     if config.get(EXTENDED) is not None:
         raise ValueError(

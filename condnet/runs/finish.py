@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from condnet.data.text import TextFolder
 from condnet.evaluation.baseline import flat_baseline, routed_macs
 from condnet.evaluation.cost import count_macs
 from condnet.evaluation.evaluate import evaluate_model, within_group_of
@@ -63,7 +64,8 @@ def finish_run(
     Args:
         run_dir: the run directory.
         options: the run's `TrainingOptions`.
-        data: `(train, validation)` ImageFolders (validation may be None).
+        data: `(train, validation)` ImageFolders or TextFolders (validation
+            may be None).
         state: the last committed checkpoint state (its history).
         build: callable returning a freshly initialised conditional model of
             the run (the baseline copies its trunk and initial weights).
@@ -85,7 +87,7 @@ def finish_run(
         model, metrics, predictions, macs = _scored(run_dir, options, train_data, scored)
     metrics["scored_on"] = SCORED_ON[validation is None]
     metrics["best_epoch_chosen_on"] = {
-        "images": scored.num_samples,
+        noun_of(scored): scored.num_samples,
         "monitor": checkpoint_monitor(validation),
     }
     comparison = flat_predictions = None
@@ -121,6 +123,7 @@ def finish_run(
         header = {**_header(options, data, state, metrics["training_routing"])}
         header.update(extra.get("header", {}))
         header["time"] = describe(times.summary()) + " (before this report)"
+        documents = isinstance(train_data, TextFolder)
         write_report(
             run_dir,
             train_data.hierarchy,
@@ -130,7 +133,9 @@ def finish_run(
             header=header,
             baseline=comparison,
             examples=gallery_examples(train_data.hierarchy, predictions),
-            explain=explainer(model),  # occlusion maps of the misrouted examples
+            # occlusion maps of the misrouted images; documents show their first lines
+            explain=None if documents else explainer(model),
+            documents=documents,
         )
     times.write(run_dir)
     return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
@@ -141,13 +146,13 @@ def _scored(run_dir, options, train_data, scored):
     model = keras.models.load_model(run_dir / ckpt.BEST)
     trained_routing = model.routing
     model.routing = INFERENCE_ROUTING  # what a user's predict runs: the chosen expert only
-    model = _without_optimizer(model, (None, *side_pair(options.image_size), train_data.channels))
+    shape = model_input_shape(options, train_data)
+    model = _without_optimizer(model, (None, *shape))
     ckpt.save_model_atomic(model, run_dir / ckpt.BEST)
     metrics, predictions = evaluate_model(model, scored, return_predictions=True)
     metrics["inference_routing"] = INFERENCE_ROUTING
     metrics["training_routing"] = trained_routing
     metrics["mixture"] = _mixture_scores(model, scored)
-    shape = (*side_pair(options.image_size), train_data.channels)
     macs = routed_macs(model, shape)
     metrics["macs_per_image"] = {"routed": macs["routed"], "all_experts": macs["all_experts"]}
     return model, metrics, predictions, macs
@@ -155,8 +160,14 @@ def _scored(run_dir, options, train_data, scored):
 
 def _without_optimizer(model, input_shape):
     """The same model, uncompiled: what users ship needs no optimizer state (the
-    checkpoints keep it for --resume), and the file is about a third smaller."""
-    copy = type(model).from_config(model.get_config())
+    checkpoints keep it for --resume), and the file is about a third smaller.
+
+    A text model's adapted `TextVectorization` is handed over as it is: its config
+    does not hold the vocabulary it adapted (the saved file's assets do)."""
+    config = model.get_config()
+    if getattr(model, "preprocessor", None) is not None:
+        config["preprocessor"] = model.preprocessor
+    copy = type(model).from_config(config)
     copy.build(input_shape)
     copy.set_weights(model.get_weights())
     return copy
@@ -225,8 +236,7 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
         announce(_baseline_heading(options, recorded.get("epochs_planned")), fit_kwargs)
         keras.utils.set_random_seed(options.seed)
         fresh = build()
-        shape = (*side_pair(options.image_size), train_data.channels)
-        flat = flat_baseline(fresh, shape)
+        flat = flat_baseline(fresh, model_input_shape(options, train_data))
         callbacks = _logging_epochs(stopping_callbacks, history)
         trained = fit_flat(flat, options, data, callbacks, fit_kwargs)
         ckpt.save_model_atomic(flat, path)
@@ -234,7 +244,7 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
     metrics, predictions = evaluate_model(
         flat, scored, hierarchy=train_data.hierarchy, return_predictions=True
     )
-    shape = (*side_pair(options.image_size), train_data.channels)
+    shape = model_input_shape(options, train_data)
     return {
         "flat": {
             "accuracy": metrics["accuracy"],
@@ -417,7 +427,8 @@ def _flat_inputs(flat, options, data):
     train_data, validation = data
     parts = _trunk_and_head(flat)
     augmented = options.augment != "none"
-    if parts is None or not features_fit(parts[0], data, augmented):
+    once = parts is not None and not isinstance(train_data, TextFolder)  # images only
+    if not once or not features_fit(parts[0], data, augmented):
         x, validation_data, epoch_ends = fit_inputs(train_data, validation)
         return flat, {"x": x, "validation_data": validation_data, **IN_ORDER}, epoch_ends
     trunk, head = parts
@@ -450,27 +461,27 @@ def _backbone(flat):
 
 def _header(options, data, state, trained_routing):
     train_data, validation = data
-    hierarchy = train_data.hierarchy
-    split = "none: the figures are on the training images"
+    hierarchy, noun = train_data.hierarchy, noun_of(train_data)
+    split = f"none: the figures are on the training {noun}"
     if validation is not None:
         split = (
-            f"validation, {validation.num_samples} images ({options.validation_split:.0%} of "
+            f"validation, {validation.num_samples} {noun} ({options.validation_split:.0%} of "
             f"each class, seed {options.seed})"
         )
     return {
         "data": (
-            f"{train_data.num_samples} training images, {hierarchy.num_classes} classes in "
+            f"{train_data.num_samples} training {noun}, {hierarchy.num_classes} classes in "
             f"{hierarchy.num_groups} groups"
         ),
         "scored on": split,
         "routing": f"trained {trained_routing}; scored {INFERENCE_ROUTING} (only the chosen "
         "expert runs), the soft mixture beside it",
-        "best epoch": _best_epoch(state, trained_routing),
+        "best epoch": _best_epoch(state, trained_routing, noun),
         "configuration": {k: v for k, v in options.to_config().items() if k != "split"},
     }
 
 
-def _best_epoch(state, trained_routing):
+def _best_epoch(state, trained_routing, noun="images"):
     """The epoch model.keras keeps, and why its score is not the summary's."""
     history = (state or {}).get("history", [])
     scored = [row for row in history if "val_accuracy" in row or "accuracy" in row]
@@ -478,9 +489,9 @@ def _best_epoch(state, trained_routing):
         return "unknown"
     key = "val_accuracy" if "val_accuracy" in scored[0] else "accuracy"
     best = max(scored, key=lambda row: row[key])
-    images = "validation images"
+    images = f"validation {noun}"
     if key != "val_accuracy":
-        images = "training images (averaged over the epoch)"
+        images = f"training {noun} (averaged over the epoch)"
     routing = {"soft": "soft: every expert, mixed by the gate", "hard": "hard"}.get(
         trained_routing, f"{trained_routing}, hard-routed outside training"
     )
@@ -504,6 +515,19 @@ def _history_columns(history):
 def _data_root(data):
     """The folder all the training images share (the DATA_DIR of the run)."""
     return os.path.commonpath([str(path) for path in data.paths[:2000]]) if data.paths else "?"
+
+
+def noun_of(folder):
+    """What a folder of the run holds: "documents" or "images"."""
+    return "documents" if isinstance(folder, TextFolder) else "images"
+
+
+def model_input_shape(options, train_data):
+    """The shape of one input of the run's model: `(sequence_length,)` token ids for
+    documents, else `(height, width, channels)`."""
+    if isinstance(train_data, TextFolder):
+        return (options.sequence_length,)
+    return (*side_pair(options.image_size), train_data.channels)
 
 
 def side_pair(image_size):

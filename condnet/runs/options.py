@@ -11,12 +11,15 @@ from condnet.choices import (
     COLOR_MODES,
     DISTRIBUTE,
     LR_SCHEDULES,
+    MODALITIES,
     PLACEMENTS,
     PREPROCESS_MODES,
     ROUTINGS,
     SMALL_CNN_FILTERS,
     STAGED_MIN_EPOCHS,
     STRATEGIES,
+    TEXT_DEFAULTS,
+    TEXT_TRUNKS,
 )
 from condnet.hierarchy import Hierarchy
 from condnet.models.precision import PRECISIONS
@@ -254,6 +257,14 @@ class TrainingOptions:
         metavar="FILE",
         type=str,
     )
+    modality: str = _option(
+        "auto",
+        "what DATA_DIR's class folders hold: image files, or text documents (any file whose "
+        "content is text, with or without an extension; empty and binary files are skipped); "
+        "auto = text when more of its files are documents than images",
+        _one_of(MODALITIES),
+        choices=MODALITIES,
+    )
     discovery_groups: int = _option(
         2, "number of groups --hierarchy auto discovers", _int_at_least(2), metavar="N"
     )
@@ -328,6 +339,25 @@ class TrainingOptions:
         _optional_text,
         type=str,
         metavar="DIR",
+    )
+    text_trunk: str = _option(
+        TEXT_DEFAULTS["text_trunk"],
+        "documents: what reads the words before the gate and the experts: bag (their "
+        "embeddings averaged, as fastText), cnn (two 1D convolutions), gru (bidirectional), "
+        "transformer (one encoder block)",
+        _one_of(TEXT_TRUNKS),
+        choices=TEXT_TRUNKS,
+    )
+    sequence_length: int = _option(
+        TEXT_DEFAULTS["sequence_length"],
+        "documents: words read from each (the rest is cut; shorter ones are padded)",
+        _int_at_least(1),
+    )
+    vocabulary_size: int = _option(
+        TEXT_DEFAULTS["vocabulary_size"],
+        "documents: the most frequent words of the training split that get an embedding of "
+        "their own (the others share one)",
+        _int_at_least(3),
     )
     epochs: int = _option(10, "training epochs", _int_at_least(1))
     batch_size: int = _option(32, "batch size", _int_at_least(1))
@@ -527,6 +557,7 @@ _FIELDS = {field.name: field for field in dataclasses.fields(TrainingOptions)}
 # option the CLI shows is in exactly one; a test checks it).
 HELP_GROUPS = {
     "data": (
+        "modality",
         "hierarchy",
         "discovery_groups",
         "image_size",
@@ -536,6 +567,7 @@ HELP_GROUPS = {
         "cache_dir",
     ),
     "model": ("backbone", "expert_placement", "head_units", "filters", "expert_dropout"),
+    "documents": ("text_trunk", "sequence_length", "vocabulary_size"),
     "routing": ("routing", "temperature", "confidence_threshold", "dispatch", "capacity_factor"),
     "training": (
         "strategy",
@@ -562,7 +594,66 @@ HELP_GROUPS = {
 }
 
 
+# The options a run of the other modality does not read: given to it, they are refused.
+IMAGE_OPTIONS = (
+    "backbone",
+    "weights",
+    "expert_placement",
+    "head_units",
+    "image_size",
+    "color_mode",
+    "cache",
+    "cache_dir",
+    "augment",
+    "flip",
+    "rotation",
+    "filters",
+    "expert_dropout",  # the text heads share one dropout with the gate
+    "upcycle_epochs",
+    "fine_tune_epochs",
+    "fine_tune_layers",
+    "fine_tune_learning_rate",
+    "backbone_output",
+    "preprocess",
+)
+TEXT_OPTIONS = tuple(TEXT_DEFAULTS)
+
+
+def _check_modality(options):
+    """A run of one modality refuses the options of the other that were changed from
+    their defaults (it would ignore them)."""
+    if options.modality == "auto":
+        return
+    text = options.modality == "text"
+    names = IMAGE_OPTIONS if text else TEXT_OPTIONS
+    given = {name: getattr(options, name) for name in names}
+    given = {name: value for name, value in given.items() if value != _FIELDS[name].default}
+    if given:
+        shown = ", ".join(label(name) for name in given)
+        received = ", ".join(f"{name}={value!r}" for name, value in given.items())
+        if text:
+            raise ValueError(
+                f"{shown} only apply to images, and this run reads documents "
+                "(modality='text'; auto picks it for a folder of text files). Leave them out "
+                "(a text run's own options are --text-trunk, --sequence-length and "
+                f"--vocabulary-size), or pass --modality image. Received: {received}"
+            )
+        raise ValueError(
+            f"{shown} only apply to documents, and this run reads images "
+            "(modality='image'; auto picks it for a folder of images). Leave them out, or "
+            f"pass --modality text for a folder of text files. Received: {received}"
+        )
+    if text and options.hierarchy == "auto":
+        raise ValueError(
+            "--hierarchy auto discovers groups with a flat image classifier, and this run "
+            "reads documents (modality='text'). Pass --hierarchy FILE mapping each group to "
+            "its classes, or lay the folder out as DATA_DIR/<group>/<class>/*. Received: "
+            "hierarchy='auto', modality='text'"
+        )
+
+
 def _check_combinations(options):
+    _check_modality(options)
     if options.strategy == "staged" and options.epochs < STAGED_MIN_EPOCHS:
         raise ValueError(
             "--strategy / strategy='staged' trains the gate, then the experts, then both, at "

@@ -59,6 +59,26 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
             "needs backbone='small_cnn'",
         ),
         ({"hierarchy": "auto", "split": ([0], [1])}, ValueError, "hierarchy='auto' with split"),
+        ({"modality": "audio"}, ValueError, "--modality / modality must be one of"),
+        ({"text_trunk": "lstm"}, ValueError, "--text-trunk / text_trunk must be one of"),
+        ({"sequence_length": 0}, ValueError, "--sequence-length / sequence_length must be an"),
+        ({"vocabulary_size": 2}, ValueError, "--vocabulary-size / vocabulary_size must be an"),
+        (
+            {"modality": "text", "backbone": "ResNet50", "augment": "none"},
+            ValueError,
+            r"--backbone / backbone, --augment / augment only apply to images, and this run "
+            r"reads documents.*Received: backbone='ResNet50', augment='none'",
+        ),
+        (
+            {"modality": "image", "text_trunk": "cnn"},
+            ValueError,
+            r"--text-trunk / text_trunk only apply to documents.*Received: text_trunk='cnn'",
+        ),
+        (
+            {"modality": "text", "hierarchy": "auto"},
+            ValueError,
+            "--hierarchy auto discovers groups with a flat image classifier",
+        ),
         (
             {"strategy": "staged", "epochs": 1},
             ValueError,
@@ -106,3 +126,12 @@ def test_options_are_frozen_and_replace_validates():
 def test_fields_of_separates_options_from_fit_arguments():
     fields, others = TrainingOptions.fields_of({"epochs": 2, "verbose": 0, "routing": "hard"})
     assert fields == {"epochs": 2, "routing": "hard"} and others == {"verbose": 0}
+
+
+def test_a_run_of_either_modality_keeps_the_options_of_the_other_at_their_defaults():
+    text = TrainingOptions(modality="text", text_trunk="gru", sequence_length=64)
+    assert (text.image_size, text.backbone) == ("auto", "small_cnn")
+    image = TrainingOptions(modality="image", image_size=48, backbone="MobileNetV3Small")
+    assert (image.text_trunk, image.sequence_length, image.vocabulary_size) == ("bag", 256, 20000)
+    # auto resolves from the folder, then checks again: any option may be given until then
+    assert TrainingOptions(text_trunk="cnn", image_size=32).modality == "auto"

@@ -13,7 +13,15 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.data.folders import ImageFolder, load_folders, scan_directory
+from condnet.data.folders import ImageFolder, load_folders, scan_directory, split_indices
+from condnet.data.text import (
+    TextFolder,
+    count_files,
+    make_vectorizer,
+    read_documents,
+    scan_documents,
+    warn_fallbacks,
+)
 from condnet.evaluation.discovery import (
     check_discovery_installed,
     check_num_groups,
@@ -21,7 +29,7 @@ from condnet.evaluation.discovery import (
     flat_class_names,
 )
 from condnet.hierarchy import Hierarchy
-from condnet.models.precision import resolve_precision
+from condnet.models.precision import precision_scope, resolve_precision
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.claim import (
     CONFIG,
@@ -32,12 +40,13 @@ from condnet.runs.claim import (
     restore_replaced,
 )
 from condnet.runs.finish import announce as _announce
-from condnet.runs.finish import finish_run, fit_flat, side_pair
+from condnet.runs.finish import finish_run, fit_flat, model_input_shape, noun_of
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions, label, normalised
 from condnet.runs.run_dir import read_state as checked_state
 from condnet.runs.run_dir import refuse_extended
 from condnet.runs.timing import RunTimes
+from condnet.text.text_model import build_text_model
 from condnet.training import distribute
 from condnet.training.callbacks import (
     SMOOTHING_EPOCHS,
@@ -94,7 +103,8 @@ def train(
     callbacks=None,
     **fields_and_fit_kwargs,
 ):
-    """Train a conditional image classifier on a folder and write a run directory.
+    """Train a conditional classifier on a folder of images or documents and write a run
+    directory.
 
     The run directory receives `config.json` (every option, to reproduce
     the run), `hierarchy.json`, `model.keras` (the best epoch by validation
@@ -119,6 +129,13 @@ def train(
     a copy of it (`condnet.training.upcycle`); the flat baseline then trains
     as many epochs more.
 
+    A folder of documents (`modality="text"`, which `"auto"` picks when most
+    of its files are text; see `resolve_modality`) trains `build_text_model`
+    with `text_trunk`, `sequence_length` and `vocabulary_size`: its
+    `TextVectorization` is adapted on the training split only and saved
+    inside model.keras, which then predicts from strings. The options of
+    image runs are refused there.
+
     Nothing is lost: the options, `data_dir`, a hierarchy file and the model
     are checked before anything is written; the run directory is then locked
     (`run_lock`). A directory holding a committed run is refused unless
@@ -127,8 +144,8 @@ def train(
     with a non-finite loss or weights is never saved.
 
     Args:
-        data_dir: folder of images, `root/<group>/<class>/*`, or `root/<class>/*`
-            with a `hierarchy`.
+        data_dir: folder of images or documents, `root/<group>/<class>/*`, or
+            `root/<class>/*` with a `hierarchy`.
         run_dir: output folder (not inside `data_dir`, nor containing it).
         options: `TrainingOptions`. Defaults to `TrainingOptions()`.
         overwrite: bool. Replace a run already in `run_dir`.
@@ -166,6 +183,7 @@ def train(
     check_run_dir(run_dir, data_dir)
     times = RunTimes()
     with times.part("scan and prepare"):
+        options = resolve_modality(options, data_dir)
         options = _resolve_image_size(options, data_dir)
     with distribute.scope(options.distribute, options.batch_size):
         flags = (overwrite, break_lock, times)
@@ -194,6 +212,12 @@ def _check_inputs(options, data_dir):
 def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
     """`train` after its checks, inside the distribution scope."""
     overwrite, break_lock, times = flags
+    if options.modality == "text" and distribute.process_count() > 1:
+        raise ValueError(
+            "A text run trains in one process (its folder of documents is not sharded "
+            "between processes yet). Start it without --coordinator / --num-processes or "
+            "TF_CONFIG. Received: modality='text'"
+        )
     if options.hierarchy == "auto" and distribute.process_count() > 1:
         raise ValueError(
             "hierarchy='auto' discovers the groups in one process; a job of several "
@@ -294,12 +318,13 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
         state = _reopen_phase(stored, options, _resume_state(run_dir))
         if chief:
             clean_temporary_files(run_dir)
-        with times.part("scan and prepare"):
-            train_data, validation = load_data(options, stored_data_dir)
-            check_split(run_dir, stored_data_dir, train_data, validation)
         if distribute.process_count() > 1:  # loading initialises the layers first: alike
             keras.utils.set_random_seed(options.seed)
         model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
+        with times.part("scan and prepare"):  # documents: the checkpoint's own vectorizer
+            vectorizer = getattr(model, "preprocessor", None)
+            train_data, validation = load_data(options, stored_data_dir, vectorizer)
+            check_split(run_dir, stored_data_dir, train_data, validation)
         phase = _phases(options)[state["phase"]].name
         _announce(
             f"Resuming {run_dir} after epoch {state['epoch']} (phase {phase!r}), from "
@@ -348,7 +373,7 @@ def _finish(run_dir, options, data, state, fit_kwargs, times):
         return {"metrics": None, "model": None, "run_dir": str(run_dir)}
 
     def build():
-        return _build(options, train_data.hierarchy, train_data.channels)
+        return build_model(options, train_data)
 
     def stopping(validation, epochs, rate):
         stage = (epochs, rate, 0)
@@ -364,10 +389,16 @@ def _finish(run_dir, options, data, state, fit_kwargs, times):
 def _data_summary(train_data, validation, options):
     hierarchy = train_data.hierarchy
     held_out = f", validating on {validation.num_samples}" if validation is not None else ""
+    read = f"at {options.image_size} px"
+    if options.modality == "text":
+        read = (
+            f"{options.text_trunk} trunk on the first {options.sequence_length} words, a "
+            f"vocabulary of {train_data.vectorizer.vocabulary_size()} words"
+        )
     return (
         f"Found {train_data.num_samples + (validation.num_samples if validation else 0)} "
-        f"images in {hierarchy.num_classes} classes / {hierarchy.num_groups} groups; training "
-        f"on {train_data.num_samples}{held_out}, at {options.image_size} px."
+        f"{noun_of(train_data)} in {hierarchy.num_classes} classes / {hierarchy.num_groups} "
+        f"groups; training on {train_data.num_samples}{held_out}, {read}."
     )
 
 
@@ -568,7 +599,8 @@ def _fit_inputs(model, options, train_data, validation, fit_kwargs):
     """
     folders = (train_data, validation)
     augmented = options.augment != "none"
-    if distribute.process_count() > 1 or not features_fit(model.trunk, folders, augmented):
+    once = options.modality != "text" and distribute.process_count() == 1
+    if not once or not features_fit(model.trunk, folders, augmented):
         x, validation_data, epoch_ends = distribute.fit_inputs(train_data, validation)
         return {"x": x, "validation_data": validation_data, **distribute.IN_ORDER}, epoch_ends
     new = "_frozen_features" not in train_data.__dict__
@@ -721,14 +753,14 @@ def _selection_line(validation):
     """Says on how many images the best epoch is chosen."""
     if validation is None:
         return None
-    count = validation.num_samples
+    count, noun = validation.num_samples, noun_of(validation)
     if not small_validation(validation):
-        return f"The best epoch is chosen on the validation accuracy of {count} images."
+        return f"The best epoch is chosen on the validation accuracy of {count} {noun}."
     error = 100 * (0.8 * 0.2 / count) ** 0.5
     return (
-        f"The best epoch is chosen on {count} validation images only (about +-{error:.1f} "
+        f"The best epoch is chosen on {count} validation {noun} only (about +-{error:.1f} "
         f"points of noise at 80% accuracy), so on their accuracy averaged over the last "
-        f"{SMOOTHING_EPOCHS} epochs; hold out more images (--validation-split) for a "
+        f"{SMOOTHING_EPOCHS} epochs; hold out more {noun} (--validation-split) for a "
         "surer choice."
     )
 
@@ -840,12 +872,13 @@ def _prepare(options, data_dir):
         options = dataclasses.replace(options, hierarchy=train_data.hierarchy.to_dict())
     # The policy "auto" picks on this machine, so that config.json (and a resume) keep it.
     options = dataclasses.replace(options, precision=resolve_precision(options.precision))
-    options = dataclasses.replace(options, augment=resolve_augment(options))
-    placement = resolve_placement(options.expert_placement, options.backbone, options.weights)
-    options = dataclasses.replace(
-        options, head_units=resolve_head_units(options.head_units, placement)
-    )
-    model = _build(options, train_data.hierarchy, train_data.channels)
+    if options.modality != "text":
+        options = dataclasses.replace(options, augment=resolve_augment(options))
+        placement = resolve_placement(options.expert_placement, options.backbone, options.weights)
+        options = dataclasses.replace(
+            options, head_units=resolve_head_units(options.head_units, placement)
+        )
+    model = build_model(options, train_data)
     if options.upcycle_epochs:
         _upcycle_source(model, options, train_data)  # refuses a model it cannot upcycle
     return options, (train_data, validation), model
@@ -868,7 +901,7 @@ def resolve_augment(options):
 
 
 def _upcycle_source(model, options, train_data):
-    return upcycle_source(model, (*side_pair(options.image_size), train_data.channels))
+    return upcycle_source(model, model_input_shape(options, train_data))
 
 
 def _upcycle(model, options, data, fit_kwargs):
@@ -897,17 +930,23 @@ def _upcycle(model, options, data, fit_kwargs):
     upcycle(model, source)
 
 
-def load_data(options, data_dir=None):
-    """Training and validation ImageFolders of a run's options (its split or share, and seed).
+def load_data(options, data_dir=None, vectorizer=None):
+    """Training and validation folders of a run's options (its split or share, and seed):
+    ImageFolders, or TextFolders for documents (`load_documents`).
 
     Args:
         options: `TrainingOptions`, or the `"options"` dict of a run's
             config.json (which also names its `data_dir`).
-        data_dir: the image folder. Defaults to the one `options` names.
+        data_dir: the data folder. Defaults to the one `options` names.
+        vectorizer: documents only: the adapted `TextVectorization` to read
+            them with (a resumed run's). Defaults to one adapted on the
+            training split.
     """
     if not isinstance(options, TrainingOptions):
         data_dir = options["data_dir"] if data_dir is None else data_dir
         options = TrainingOptions.from_config(options)
+    if options.modality == "text":
+        return load_documents(options, data_dir, vectorizer)
     if options.split is not None:
         return _load_split(options, data_dir)
     return load_folders(
@@ -928,6 +967,61 @@ def _batch_dtype():
     """uint8 training batches (4 times smaller to move; the model casts them), except in a
     job of several processes: TensorFlow's collectives refuse to reduce uint8."""
     return "uint8" if distribute.process_count() == 1 else "float32"
+
+
+def load_documents(options, data_dir, vectorizer=None):
+    """Training and validation TextFolders of a text run: the documents of `data_dir`
+    (`scan_documents`), split as the options say, read (a count of those read as
+    Windows-1252 is warned once) and turned into token ids by `vectorizer`, by default
+    one adapted on the training split only (`make_vectorizer`)."""
+    hierarchy, paths, labels = scan_documents(data_dir, options.hierarchy)
+    if options.split is not None:
+        train_rows, validation_rows = _split_rows(options, len(paths), data_dir, "documents")
+    else:
+        train_rows, validation_rows = split_indices(labels, options.validation_split, options.seed)
+    texts, fallbacks = read_documents(paths)
+    warn_fallbacks(data_dir, fallbacks, len(texts))
+    if vectorizer is None:
+        training_texts = [texts[row] for row in train_rows]
+        vectorizer = make_vectorizer(
+            training_texts, options.vocabulary_size, options.sequence_length
+        )
+
+    def folder(rows, **kwargs):
+        return TextFolder(
+            [texts[row] for row in rows],
+            labels[rows],
+            hierarchy,
+            vectorizer,
+            batch_size=options.batch_size,
+            paths=[paths[row] for row in rows],
+            **kwargs,
+        )
+
+    train = folder(train_rows, shuffle=True, seed=options.seed)
+    return train, folder(validation_rows) if len(validation_rows) else None
+
+
+def build_model(options, train_data):
+    """The run's freshly initialised model: `build_text_model` on documents (reading the
+    training folder's vectorizer), else `build_image_model`."""
+    if options.modality != "text":
+        return _build(options, train_data.hierarchy, train_data.channels)
+    keras.utils.set_random_seed(options.seed)
+    with precision_scope(options.precision):
+        return build_text_model(
+            train_data.hierarchy,
+            train_data.vectorizer.vocabulary_size(),
+            options.sequence_length,
+            trunk=options.text_trunk,
+            routing=options.routing,
+            preprocessor=train_data.vectorizer,
+            seed=options.seed,
+            dispatch=options.dispatch,
+            capacity_factor=options.capacity_factor,
+            confidence_threshold=options.confidence_threshold,
+            temperature=options.temperature,
+        )
 
 
 def _build(options, hierarchy, channels):
@@ -970,7 +1064,7 @@ def _build(options, hierarchy, channels):
 def _resolve_image_size(options, data_dir, sample=200):
     """`image_size="auto"`: the median shorter side of up to `sample` training images,
     rounded to a multiple of 8 and kept within 32..224 px."""
-    if options.image_size != "auto":
+    if options.image_size != "auto" or options.modality == "text":
         return options
     from PIL import Image
 
@@ -1045,14 +1139,7 @@ def discover_for_run(options, data_dir, run_dir, fit_kwargs):
 def _load_split(options, data_dir):
     """Training and validation ImageFolders on the rows `options.split` names."""
     hierarchy, paths, labels = scan_directory(data_dir, options.hierarchy)
-    train_rows, validation_rows = (list(rows) for rows in options.split)
-    outside = [row for row in train_rows + validation_rows if row >= len(paths)]
-    if outside:
-        raise ValueError(
-            f"split names rows up to {max(outside)}, but {str(data_dir)!r} holds "
-            f"{len(paths)} images. The indices refer to scan_directory(data_dir, "
-            "hierarchy); the folder has changed since they were drawn."
-        )
+    train_rows, validation_rows = _split_rows(options, len(paths), data_dir, "images")
     common = dict(
         image_size=options.image_size,
         batch_size=options.batch_size,
@@ -1067,3 +1154,46 @@ def _load_split(options, data_dir):
 
     train = folder(train_rows, shuffle=True, seed=options.seed)
     return train, folder(validation_rows) if validation_rows else None
+
+
+def _split_rows(options, count, data_dir, noun):
+    """`options.split` as (train rows, validation rows), refused when a row is not one of
+    the `count` files of `data_dir`."""
+    train_rows, validation_rows = (list(rows) for rows in options.split)
+    outside = [row for row in train_rows + validation_rows if row >= count]
+    if outside:
+        scan = "scan_documents" if noun == "documents" else "scan_directory"
+        raise ValueError(
+            f"split names rows up to {max(outside)}, but {str(data_dir)!r} holds "
+            f"{count} {noun}. The indices refer to {scan}(data_dir, "
+            "hierarchy); the folder has changed since they were drawn."
+        )
+    return train_rows, validation_rows
+
+
+# === Modality ===
+
+
+def resolve_modality(options, data_dir):
+    """`modality="auto"` as `"text"` when most of the first files of `data_dir` are
+    documents (`condnet.data.text.count_files`), else `"image"`; the resolved options are
+    checked again (a text run refuses the image options). A folder whose files are
+    neither images nor documents (only empty or binary files) is refused; one without
+    files is left to the image scan, which says what the layout lacks."""
+    if options.modality != "auto":
+        return options
+    images, documents = count_files(data_dir)
+    if not images and not documents and _holds_files(data_dir):
+        raise ValueError(
+            f"Found neither images nor text documents in {str(data_dir)!r}: its files (if "
+            "any) are empty or binary. Put images (.jpg, .png, ...) or text files (UTF-8 or "
+            "Latin-1, any extension) in DATA_DIR/<group>/<class>/*, or DATA_DIR/<class>/* "
+            f"with --hierarchy. Received: DATA_DIR={str(data_dir)!r}"
+        )
+    return dataclasses.replace(options, modality="text" if documents > images else "image")
+
+
+def _holds_files(folder):
+    """Whether `folder` holds a file that is not hidden, at any depth."""
+    visible = (path for path in Path(folder).rglob("*") if not path.name.startswith("."))
+    return any(path.is_file() for path in visible)

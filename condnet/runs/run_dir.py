@@ -11,6 +11,13 @@ import numpy as np
 
 from condnet.choices import COLOR_MODES
 from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
+from condnet.data.text import (
+    TextFolder,
+    read_documents,
+    scan_documents,
+    token_ids,
+    warn_fallbacks,
+)
 from condnet.evaluation.backoff import (
     answer_fields,
     back_off,
@@ -39,6 +46,13 @@ from condnet.runs.checkpoint import (
     write_atomic,
 )
 from condnet.runs.checkpoint import read_state as read_checkpoint_state
+from condnet.runs.documents import (
+    document_files,
+    is_text_run,
+    jsonl_documents,
+    line_documents,
+    refuse_text_run,
+)
 from condnet.runs.options import IMAGE_SIZES, normalised
 from condnet.runs.outputs import guard, staged_folder, training_data, write_file
 
@@ -113,7 +127,9 @@ def _as_run_model(run_dir, model, path, config):
     if isinstance(model, ConditionalModel | Ensemble):
         _check_hierarchies([(path.name, model.hierarchy), *_hierarchies(run_dir, config)], path)
     elif path.name == BASELINE and isinstance(model, keras.Model):
-        model = FlatBaseline(_run_hierarchy(run_dir, config, path), model, path)
+        preprocessor = _run_preprocessor(run_dir) if is_text_run(config) else None
+        hierarchy = _run_hierarchy(run_dir, config, path)
+        model = FlatBaseline(hierarchy, model, path, preprocessor=preprocessor)
     else:
         raise ValueError(
             f"{path.name} holds a {type(model).__name__} model, not a condnet model: condnet "
@@ -123,6 +139,20 @@ def _as_run_model(run_dir, model, path, config):
         )
     _check_input_shape(model, path, config)
     return model
+
+
+def _run_preprocessor(run_dir):
+    """A text run's adapted TextVectorization, which its model.keras holds (its flat
+    baseline's file holds none: it reads token ids)."""
+    path = Path(run_dir) / BEST
+    model = _load_model(path) if path.is_file() else None
+    if getattr(model, "preprocessor", None) is None:
+        raise ValueError(
+            f"The text run {str(run_dir)!r} has no {BEST} holding its TextVectorization, "
+            f"which its flat baseline reads documents with. Restore {BEST}, or re-train the "
+            f"run. Received: run_dir={str(run_dir)!r}"
+        )
+    return model.preprocessor
 
 
 def _hierarchies(run_dir, config):
@@ -167,13 +197,21 @@ def _run_hierarchy(run_dir, config, path):
 
 
 def _check_input_shape(model, path, config):
-    """The image size and channels config.json names must be those the model was built for."""
+    """The image size and channels (or the sequence length) config.json names must be
+    those the model was built for."""
     expected = input_shape_of(config)[1:]
     built = _built_shape(getattr(model, "classifier", model))
     if built is None or len(built) != len(expected) + 1:
         return
     if any(side is not None and side != want for side, want in zip(built[1:], expected)):
         options = config["options"]
+        if is_text_run(config):
+            raise ValueError(
+                f"The run's {CONFIG} names sequence_length={options['sequence_length']!r}, "
+                f"but {path.name} was built for {built[1]} token ids per document: one of "
+                "them belongs to another run. Restore the run's own files, or re-train it. "
+                f"Received: path={str(path)!r}"
+            )
         raise ValueError(
             f"The run's {CONFIG} names image_size={options['image_size']!r} and color_mode="
             f"{options['color_mode']!r} (inputs {expected}), but {path.name} was built for "
@@ -200,15 +238,18 @@ class FlatBaseline(keras.Model):
     classes, and `route` is the group of the most probable class: a flat model has no
     experts, so the `expert` of its predictions is always their `group`. It does not route
     (`routing` is None and ignores a new value). `save` writes the classifier itself.
+    A text run's baseline reads token ids: its `preprocessor` is the run's vectorizer
+    (that of model.keras), None for images.
     """
 
     routes_at_inference = False
 
-    def __init__(self, hierarchy, classifier, path=BASELINE, **kwargs):
+    def __init__(self, hierarchy, classifier, path=BASELINE, preprocessor=None, **kwargs):
         super().__init__(name="baseline", **kwargs)
         _check_classifier(classifier, hierarchy, path)
         self.hierarchy = hierarchy
         self.classifier = classifier
+        self.preprocessor = preprocessor
         membership = np.zeros((hierarchy.num_classes, hierarchy.num_groups), "float32")
         membership[np.arange(hierarchy.num_classes), hierarchy.class_to_group] = 1.0
         self._membership = membership
@@ -288,6 +329,8 @@ def read_config(path):
     present, is a valid tree."""
     config = _read_json(path)
     options = _options_of(path, config)
+    if is_text_run(config):
+        return _text_config(path, config)
     missing = [key for key in ("image_size", "color_mode") if key not in options]
     if missing:
         raise ValueError(_bad_file(path, f'its "options" lack {missing}'))
@@ -298,6 +341,18 @@ def read_config(path):
             )
     if isinstance(options["image_size"], list) and len(options["image_size"]) == 1:
         options["image_size"] = options["image_size"][0]  # one side: that square
+    if config.get("hierarchy") is not None:
+        _tree(path, config["hierarchy"])
+    return config
+
+
+def _text_config(path, config):
+    """A text run's config.json: its `"options"` hold a valid `sequence_length`."""
+    length = config["options"].get("sequence_length")
+    if not _valid_option("sequence_length", length):
+        problem = f'its "options" hold sequence_length={length!r:.80}, where an int >= 1 is'
+        problem += " expected"
+        raise ValueError(_bad_file(path, problem))
     if config.get("hierarchy") is not None:
         _tree(path, config["hierarchy"])
     return config
@@ -843,18 +898,22 @@ def _write_evaluation_report(
     from condnet.evaluation.explain import explainer
     from condnet.evaluation.report import gallery_examples, write_report
 
+    documents = getattr(model, "preprocessor", None) is not None  # a text run's
+    noun = "documents" if documents else "images"
     write_report(
         report_dir,
         model.hierarchy,
         metrics,
         title=f"{Path(run_dir).name} evaluated on {data_dir}",
         header={
-            "data": f"{data_dir} ({metrics['num_samples']} images scored)",
+            "data": f"{data_dir} ({metrics['num_samples']} {noun} scored)",
             "routing": metrics["inference_routing"],
         },
         baseline=comparison,
-        examples=gallery_examples(model.hierarchy, predictions),  # images of this folder
-        explain=explainer(model),  # occlusion maps of the misrouted examples
+        examples=gallery_examples(model.hierarchy, predictions),  # files of this folder
+        # occlusion maps of the misrouted images; documents show their first lines
+        explain=None if documents else explainer(model),
+        documents=documents,
     )
 
 
@@ -927,8 +986,16 @@ def predict_paths(
     thresholds=None,
     unknown=False,
     unknown_thresholds=None,
+    lines=None,
+    jsonl=None,
 ):
     """Predict images (files or folders of images); one dict per image, in order.
+
+    A text run (trained on documents) predicts documents instead: `inputs`
+    are document files or folders of them, `lines` a file of one document
+    per line and `jsonl` one of JSON objects with a `"text"` each (either
+    `"-"`: standard input; `condnet.runs.documents`). A row's `path` is the
+    file, or `SOURCE:LINE`.
 
     `routing` and `model_file` as in `load_run` (the model's own routing,
     hard for a run trained by `condnet train`, and model.keras by default).
@@ -961,8 +1028,17 @@ def predict_paths(
         unknown_thresholds = unknown_thresholds_of(
             run_dir, hierarchy, model_file, unknown_thresholds
         )
-    paths = _image_paths(inputs)
     extra = {"model": "baseline"} if isinstance(model, FlatBaseline) else {}
+    found = (thresholds, unknown_thresholds, extra)
+    if is_text_run(config):
+        named = _documents_of(inputs, lines, jsonl)
+        return _predict_documents(model, named, batch_size, found, progress)
+    if lines is not None or jsonl is not None:
+        raise ValueError(
+            f"--lines and --jsonl read documents, and {str(run_dir)!r} was trained on images. "
+            f"Pass image files or folders. Received: lines={lines!r}, jsonl={jsonl!r}"
+        )
+    paths = _image_paths(inputs)
     data = ImageFolder(
         paths,
         np.zeros(len(paths), "int32"),
@@ -977,22 +1053,59 @@ def predict_paths(
         images, _, errors = data.read_batch(index)
         valid = np.array([error is None for error in errors], bool)
         outputs = predict_batch(model, images[valid]) if valid.any() else None
-        answers = _answers(hierarchy, outputs, thresholds)
-        unknowns = _unknowns(model, images[valid], outputs, unknown_thresholds)
-        decoded = iter(range(int(valid.sum())))
-        for row, error in zip(data.batch_rows(index), errors):
-            path = data.paths[row]
-            if error is None:
-                decoded_row = next(decoded)
-                result = prediction_row(hierarchy, path, outputs, decoded_row) | extra
-                if answers is not None:
-                    result |= answer_fields(answers, decoded_row)
-                if unknowns is not None:
-                    result |= unknown_fields(*unknowns, decoded_row)
-                results.append(result)
-            else:
-                results.append(error_row(path, error))
+        paths = [data.paths[row] for row in data.batch_rows(index)]
+        results += _rows(model, paths, errors, images[valid], outputs, found)
     shown.close(f", {len(results)} images")
+    return results
+
+
+def _rows(model, names, errors, inputs, outputs, found):
+    """The rows of one batch: a prediction for each input whose error is None (`inputs`
+    and `outputs` hold those only, in order), an error row for the others."""
+    thresholds, unknown_thresholds, extra = found
+    hierarchy = model.hierarchy
+    answers = _answers(hierarchy, outputs, thresholds)
+    unknowns = _unknowns(model, inputs, outputs, unknown_thresholds)
+    decoded, rows = iter(range(len(inputs))), []
+    for name, error in zip(names, errors):
+        if error is not None:
+            rows.append(error_row(name, error))
+            continue
+        row = next(decoded)
+        result = prediction_row(hierarchy, name, outputs, row) | extra
+        if answers is not None:
+            result |= answer_fields(answers, row)
+        if unknowns is not None:
+            result |= unknown_fields(*unknowns, row)
+        rows.append(result)
+    return rows
+
+
+def _documents_of(inputs, lines, jsonl):
+    """`[(name, text or None, error or None)]` of what a text run predicts."""
+    named = document_files(inputs) if inputs else []
+    named += line_documents(lines) if lines is not None else []
+    named += jsonl_documents(jsonl) if jsonl is not None else []
+    if not named:
+        raise ValueError(
+            "Nothing to predict: pass document files or folders, --lines FILE (one document "
+            'per line; - reads standard input) or --jsonl FILE (objects with a "text").'
+        )
+    return named
+
+
+def _predict_documents(model, named, batch_size, found, progress):
+    """`predict_paths` of a text run: documents through the run's vectorizer, in batches."""
+    results = []
+    shown = Progress("predicting", -(-len(named) // batch_size), enabled=progress)
+    for index, start in enumerate(range(0, len(named), batch_size)):
+        shown.update(index)
+        names, texts, errors = zip(*named[start : start + batch_size])
+        readable = [text for text, error in zip(texts, errors) if error is None]
+        ids = token_ids(model.preprocessor, readable) if readable else np.zeros((0, 1), "int32")
+        outputs = predict_batch(model, ids) if readable else None
+        results += _rows(model, names, errors, ids, outputs, found)
+    shown.close(f", {len(results)} documents")
     return results
 
 
@@ -1011,7 +1124,10 @@ def _unknowns(model, images, outputs, detector):
 
 
 def input_shape_of(config):
-    """`(None, height, width, channels)` of the images a run's model takes."""
+    """`(None, height, width, channels)` of the images a run's model takes, or
+    `(None, sequence_length)` of a text run's token ids."""
+    if is_text_run(config):
+        return (None, config["options"]["sequence_length"])
     size = config["options"]["image_size"]
     size = (size, size) if isinstance(size, int) else tuple(size)
     channels = 1 if config["options"]["color_mode"] == "grayscale" else 3
@@ -1140,6 +1256,7 @@ def _calibrate_locked(run_dir, progress=False):
         "calibrate",
         "fits the temperatures of one model's gate and experts on its own validation split",
     )
+    refuse_text_run(run_dir, config, "calibrate")
     refuse_extended(run_dir, config, "calibrate")
     train_data, validation = load_data(config["options"])
     check_split(run_dir, config["options"]["data_dir"], train_data, validation)
@@ -1176,13 +1293,15 @@ def _image_options(config, batch_size):
 
 
 def folder_for(model, config, data_dir, batch_size):
-    """An ImageFolder of `data_dir` labelled with the run's own hierarchy."""
+    """An ImageFolder of `data_dir` labelled with the run's own hierarchy (a TextFolder,
+    read with the model's vectorizer, for a text run)."""
     hierarchy = model.hierarchy
+    scan = scan_documents if is_text_run(config) else scan_directory
     try:
-        found, paths, labels = scan_directory(data_dir, hierarchy)
+        found, paths, labels = scan(data_dir, hierarchy)
     except ValueError as flat_error:
         try:
-            found, paths, labels = scan_directory(data_dir)
+            found, paths, labels = scan(data_dir)
         except ValueError:
             raise flat_error from None
         if found != hierarchy:
@@ -1191,6 +1310,11 @@ def folder_for(model, config, data_dir, batch_size):
                 f"but the run was trained on {hierarchy.to_dict()}. Evaluate on folders with "
                 "the run's groups and classes."
             ) from None
+    if is_text_run(config):
+        texts, fallbacks = read_documents(paths)
+        warn_fallbacks(data_dir, fallbacks, len(texts))
+        vectorizer = model.preprocessor
+        return TextFolder(texts, labels, hierarchy, vectorizer, batch_size, paths=paths)
     return ImageFolder(
         paths,
         labels,  # indices in `found`, which equals the run's hierarchy

@@ -176,6 +176,9 @@ def make_tuner(
             f"tuner must be one of {list(TUNERS)} and objective one of {list(OBJECTIVES)}. "
             f"Received: tuner={tuner!r}, objective={objective!r}"
         )
+    from condnet.runs.documents import refuse_text_folder
+
+    refuse_text_folder(data_dir, options.get("modality", "auto"), "tune")
     epochs = options.get("epochs", TrainingOptions.__dataclass_fields__["epochs"].default)
     space = strategies_for(space or SPACE, fewest_trial_epochs(tuner, epochs, space or SPACE))
     _claim(tune_dir, data_dir)

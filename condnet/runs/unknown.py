@@ -46,6 +46,7 @@ from condnet.evaluation.unknown import (
 )
 from condnet.runs.backoff import _validation_split, validation_predictions
 from condnet.runs.checkpoint import BEST, write_atomic
+from condnet.runs.documents import refuse_text_run
 from condnet.runs.run_dir import (
     UNKNOWN,
     UNKNOWN_STATISTICS,
@@ -127,6 +128,7 @@ def unknown_run(
 
 def _unknown_locked(run_dir, false_alarm_rate, thresholds, model_file, score, progress):
     model, config = load_run(run_dir, model_file=model_file)
+    refuse_text_run(run_dir, config, "unknown")
     hierarchy = model.hierarchy
     name = Path(model_file or BEST).name
     if model_file is not None and name != str(model_file):
