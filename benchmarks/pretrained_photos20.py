@@ -281,6 +281,7 @@ def table(rows):
             r["first_epoch_seconds"],
             r["later_epoch_seconds"],
             f"{r['later_epoch_seconds'] / r['first_epoch_seconds']:.1%}",
+            f"{r['later_epoch_seconds'] / (r['first_epoch_seconds'] + r['features_seconds']):.1%}",
             r["epochs"],
             r["hand_seconds"],
         ]
@@ -293,6 +294,7 @@ def table(rows):
         "epoch 1 s",
         "later epochs s",
         "later / first",
+        "later / (first + features)",
         "epochs",
         "hand recipe s",
     ]
