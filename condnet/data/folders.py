@@ -811,6 +811,7 @@ class ImageFolder(keras.utils.PyDataset):
         self.dtype = dtype
         self._pending = {}  # row -> (Future of its chunk's decoding, position in it)
         self._pending_lock = threading.Lock()
+        self._here = threading.local()  # `.active` while `decoded_here` runs in a thread
         self._store = _StoreSlot(self)  # the decoded images, shared with subsets
         self._store_rows = np.arange(len(self.paths))  # this folder's rows in the store
         self.substitute_unreadable = bool(substitute_unreadable)
@@ -850,6 +851,21 @@ class ImageFolder(keras.utils.PyDataset):
         if any(reasons):
             rows, images = self._substituted(rows, images, reasons)
         return images.astype(self.dtype, copy=False), self.labels[rows]
+
+    def decoded_here(self, index):
+        """`self[index]` with its files decoded in the calling thread and nothing read
+        ahead: for a caller that runs several batches at once itself, such as the
+        `tf.data` map with parallel calls that feeds `fit` on TensorFlow
+        (`condnet.training.distribute.fit_inputs`). Several threads may call it at
+        once; the decoded-image store is shared as usual."""
+        self._here.active = True
+        try:
+            return self[index]
+        finally:
+            self._here.active = False
+
+    def _decodes_here(self):
+        return self.decode_workers == 1 or getattr(self._here, "active", False)
 
     def batch_rows(self, index):
         """The sample indices (into `paths` and `labels`) of batch `index`, in order."""
@@ -1040,20 +1056,32 @@ class ImageFolder(keras.utils.PyDataset):
 
     def _decode_soon(self, rows):
         """Start decoding `rows` (those not started yet) in chunks spread over the
-        decoding workers; each row's `(future, position)` goes to `_pending`."""
+        decoding workers; each row's `(future, position)` goes to `_pending`. Decoding
+        in the calling thread (`_decodes_here`), the rows are claimed under the lock and
+        decoded after it, so that other threads decode other rows meanwhile."""
+        here = self._decodes_here()
         with self._pending_lock:
             rows = [row for row in rows if row not in self._pending]
-            size = max(1, min(_CHUNK, math.ceil(len(rows) / self.decode_workers)))
+            workers = 1 if here else self.decode_workers
+            size = max(1, min(_CHUNK, math.ceil(len(rows) / workers)))
+            claimed = []
             for start in range(0, len(rows), size):
                 chunk = rows[start : start + size]
-                future = self._submit([self.paths[row] for row in chunk])
+                future = Future() if here else self._submit([self.paths[row] for row in chunk])
                 self._pending.update((row, (future, i)) for i, row in enumerate(chunk))
+                claimed.append((future, chunk))
+        if here:
+            for future, chunk in claimed:
+                _settle(future, self._submit([self.paths[row] for row in chunk]))
 
     def _submit(self, paths):
         arguments = (paths, self.image_size, self.color_mode)
-        if self.decode_workers == 1:
+        if self._decodes_here():
             future = Future()
-            future.set_result(decode_files(*arguments))
+            try:
+                future.set_result(decode_files(*arguments))
+            except BaseException as error:  # noqa: BLE001 - the waiting threads get it too
+                future.set_exception(error)
             return future
         if self.decoder == "processes":
             processes = _process_pool(self.decode_workers)
@@ -1066,7 +1094,7 @@ class ImageFolder(keras.utils.PyDataset):
     def _read_ahead(self, index):
         """Start decoding the rows of batch `index` and of the `READ_AHEAD` after it that
         the store does not hold."""
-        if self.decode_workers == 1:
+        if self._decodes_here():
             return
         store = self._store.get()
         for ahead in range(index, min(len(self), index + 1 + READ_AHEAD)):
@@ -1116,6 +1144,16 @@ class ImageFolder(keras.utils.PyDataset):
 
 # Batches whose rows are decoded ahead of the one requested.
 READ_AHEAD = 2
+
+
+def _settle(future, done):
+    """Give `future` the outcome of the finished future `done`."""
+    if done.exception() is not None:
+        future.set_exception(done.exception())
+    else:
+        future.set_result(done.result())
+
+
 _CHUNK = 64  # most images a decoding task takes (a bounded reply, however many are asked)
 DECODERS = ("auto", "processes", "threads")
 _POOLS = {}

@@ -794,6 +794,25 @@ def test_parallel_decoding_and_read_ahead_give_the_same_batches(tmp_path, decode
     assert parallel.read_batch(1)[2] == serial.read_batch(1)[2]
 
 
+def test_batches_decoded_in_several_calling_threads_at_once_match_and_decode_once(
+    tmp_path, monkeypatch
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    hierarchy, paths, labels = _photos(tmp_path)
+    common = dict(image_size=8, batch_size=5, shuffle=True, seed=3, cache="memory")
+    serial = ImageFolder(paths, labels, hierarchy, decode_workers=1, **common)
+    here = ImageFolder(paths, labels, hierarchy, decode_workers=4, **common)
+    calls = _counting_decodes(monkeypatch)
+    with ThreadPoolExecutor(4) as threads:  # as tf.data's parallel map calls it
+        batches = list(threads.map(here.decoded_here, range(len(here))))
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == len(paths)  # each file once
+    assert here._pending == {}  # nothing left claimed, nothing read ahead
+    for index, batch in enumerate(batches):
+        for a, b in zip(serial[index], batch):
+            np.testing.assert_array_equal(a, b)
+
+
 def _counting_decodes(monkeypatch):
     calls = []
     real = folders._decode
