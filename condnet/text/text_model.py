@@ -6,18 +6,18 @@ them (`condnet.data.text`), so that the compiled model holds no string op and
 runs alike on TensorFlow, JAX and PyTorch. The trunk is one of the three the
 Keras text-classification examples teach:
 
-- `"bag"`: the embeddings alone (a bag of words, as fastText; Joulin et al.
-  2016): the heads average them. The cheapest: a routed document costs the
-  gate's and one expert's Dense layers.
+- `"bag"`: the mean of the embeddings of the document's words, padding left
+  out (a bag of words, as fastText; Joulin et al. 2016). The cheapest: a routed
+  document costs the gate's and one expert's Dense layers.
 - `"cnn"`: two 1D convolutions (kernel 5, ReLU) with a max pooling between.
 - `"gru"`: a bidirectional GRU over the sequence.
 - `"transformer"`: one Transformer encoder block (self-attention and a
   feed-forward layer, residuals and layer normalisation) on token plus
   position embeddings.
 
-The gate and every expert are heads on the trunk's sequence of features:
-global max pooling (the strongest evidence for a class anywhere in the
-document, as the Keras 1D-CNN example pools; average pooling on `"bag"`),
+The gate and every expert are heads on the trunk's features: global max
+pooling of a sequence (the strongest evidence for a class anywhere in the
+document, as the Keras 1D-CNN example pools; `"bag"` gives one vector already),
 dropout, a softmax Dense in float32.
 """
 
@@ -64,10 +64,8 @@ def build_text_model(
     features = text_trunk(vocabulary_size, sequence_length, trunk, embedding_dim, width)
     shape = tuple(features.output[TAP].shape[1:])
 
-    pooling = "average" if trunk == "bag" else "max"
-
     def head(units, name):
-        return text_head(shape, units, name, dropout, pooling)
+        return text_head(shape, units, name, dropout)
 
     return ConditionalModel(
         hierarchy,
@@ -86,7 +84,7 @@ def text_trunk(vocabulary_size, sequence_length, trunk="cnn", embedding_dim=64, 
     tokens = keras.Input((sequence_length,), dtype="int32", name="tokens")
     x = layers.Embedding(vocabulary_size, embedding_dim, name="embedding")(tokens)
     if trunk == "bag":
-        pass
+        x = TokenMean(name="mean")(x, tokens)
     elif trunk == "cnn":
         x = layers.Conv1D(width, 5, activation="relu", name="conv_1")(x)
         x = layers.MaxPooling1D(2, name="pool_1")(x)
@@ -111,12 +109,11 @@ def encoder_block(x, heads, width):
     return layers.LayerNormalization(name="norm_2")(x)
 
 
-def text_head(input_shape, units, name, dropout, pooling="max"):
-    """A head on a sequence of features: global max (or average) pooling, dropout, a
-    float32 softmax."""
+def text_head(input_shape, units, name, dropout):
+    """A head on the trunk's features: global max pooling of a `(steps, channels)`
+    sequence (a vector is read as it is), dropout, a float32 softmax."""
     inputs = keras.Input(input_shape)
-    pool = layers.GlobalMaxPooling1D if pooling == "max" else layers.GlobalAveragePooling1D
-    x = pool()(inputs)
+    x = layers.GlobalMaxPooling1D()(inputs) if len(input_shape) == 2 else inputs
     x = layers.Dropout(dropout)(x) if dropout else x
     outputs = layers.Dense(units, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
@@ -138,6 +135,26 @@ def _expert(hierarchy, group, head, routing):
         routing=routing,
         name=name,
     )
+
+
+@keras.saving.register_keras_serializable(package="condnet")
+class TokenMean(layers.Layer):
+    """The mean of a document's word embeddings over its tokens that are not padding
+    (id 0): `(embeddings (steps, channels), tokens (steps,))` -> `(channels,)`. A
+    document of padding only gives zeros (Keras's masked average pooling would give
+    NaN there)."""
+
+    def call(self, embeddings, tokens):
+        real = keras.ops.cast(keras.ops.greater(tokens, 0), embeddings.dtype)[..., None]
+        total = keras.ops.sum(embeddings * real, axis=-2)
+        return total / keras.ops.maximum(keras.ops.sum(real, axis=-2), 1.0)
+
+    def compute_output_shape(self, embeddings_shape, tokens_shape=None):
+        return (*embeddings_shape[:-2], embeddings_shape[-1])
+
+    def macs(self, input_shape, output_shape):
+        """Additions and one division per channel, which `count_macs` does not count."""
+        return 0
 
 
 @keras.saving.register_keras_serializable(package="condnet")

@@ -39,6 +39,16 @@ def test_every_trunk_builds_counts_its_cost_and_reloads_safely(trunk, tmp_path):
     assert_reload_equal(model, ids, tmp_path)
 
 
+def test_the_bag_trunk_averages_the_words_and_leaves_the_padding_out():
+    trunk = text_trunk(VOCABULARY, 6, "bag", embedding_dim=4)
+    table = keras.ops.convert_to_numpy(trunk.get_layer("embedding").embeddings)
+    ids = np.array([[5, 7, 0, 0, 0, 0], [5, 7, 5, 7, 0, 0], [0] * 6], "int32")
+    features = keras.ops.convert_to_numpy(trunk(ids)["features"])
+    np.testing.assert_allclose(features[0], table[[5, 7]].mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(features[1], features[0], atol=1e-6)  # same words, more padding
+    np.testing.assert_array_equal(features[2], np.zeros(4))  # padding only: zeros, not NaN
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("trunk", ["bag", "cnn", "transformer"])
 def test_a_text_model_learns_which_keyword_decides_the_class(trunk):
