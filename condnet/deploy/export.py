@@ -21,6 +21,15 @@ Tracing dynamic shapes needs TensorFlow graphs, so these two formats export
 with `KERAS_BACKEND=tensorflow`; a `.keras` file trained on any backend loads
 there. The exported artifacts need neither Keras nor condnet to run.
 
+A model that reads documents (a text run's, whose `preprocessor` is an
+adapted `TextVectorization`) exports to a SavedModel whose signature takes
+strings: the vectorizer (lower case, punctuation stripped, words split, the
+vocabulary looked up) runs inside the graph, before the routed model, so the
+artifact reads raw text as `predict` does. tf2onnx does not convert those
+string ops (`StaticRegexReplace`, `StringSplitV2`, the vocabulary's
+`LookupTableFindV2`) and would write a graph ONNX Runtime refuses, so `onnx`
+refuses such a model.
+
 An image holding NaN or an infinity has no prediction, here as in
 `ConditionalModel.predict`: its `route` is -1 and its `classes` and `groups`
 are NaN, and no expert runs on it. (What a network makes of such pixels
@@ -56,18 +65,23 @@ def export_model(model, path, format="tf_saved_model", input_shape=None, routing
             artifact to compare against.
 
     The signature takes `images` (float32, `(batch, *input_shape)`, pixels as
-    the model takes them) and returns `classes` (batch, num_classes), `groups`
-    (the gate's probabilities) and `route` (int32, the chosen expert). An ONNX
-    file names its columns in its metadata (`onnx_metadata`).
+    the model takes them), or for a model with a `preprocessor` `text`
+    (strings, `(batch,)`; `input_shape` is then unused), and returns `classes`
+    (batch, num_classes), `groups` (the gate's probabilities) and `route`
+    (int32, the chosen expert). An ONNX file names its columns in its
+    metadata (`onnx_metadata`).
     Returns the path written.
     """
-    _check_arguments(model, format, routing)
+    check_export(model, format, routing)
+    path = Path(path)
+    if model.preprocessor is not None:
+        _write_saved_model(model, _text_function(model, routing), path)
+        return path
     input_shape = _input_shape(model, input_shape)
     if format == "onnx" and precision_of(model) == "mixed_bfloat16":
         # tf2onnx writes mismatched float16/bfloat16 types that onnxruntime refuses; the
         # weights of a mixed model are float32, so the float32 copy is the exact model.
         model = with_precision(model, "float32")
-    path = Path(path)
     import tensorflow as tf
 
     function = tf.function(
@@ -80,6 +94,19 @@ def export_model(model, path, format="tf_saved_model", input_shape=None, routing
     else:
         _write_onnx(model, input_shape, routing, path)
     return path
+
+
+def _text_function(model, routing):
+    """The SavedModel's function of a model that reads documents: strings -> the model's
+    vectorizer (token ids, as `predict` computes them) -> the routed outputs."""
+    import tensorflow as tf
+
+    def documents(text):
+        ids = tf.cast(model.preprocessor(text), tf.int32)
+        return routed_outputs(model, ids, routing)
+
+    spec = tf.TensorSpec((None,), tf.string, name="text")
+    return tf.function(documents, input_signature=[spec], autograph=False)
 
 
 def routed_outputs(model, images, routing="hard", conditional=True):
@@ -179,6 +206,8 @@ def _expert_probabilities(model, group, features, routing, conditional=True):
 def _write_saved_model(model, function, path):
     archive = keras.export.ExportArchive()
     archive.track(model)
+    if model.preprocessor is not None:  # its vocabulary's lookup table goes in too
+        archive.track(model.preprocessor)
     archive.add_endpoint("serve", function)
     archive.write_out(str(path), verbose=False)
 
@@ -282,7 +311,8 @@ def _needs(module, what, extra):
         ) from None
 
 
-def _check_arguments(model, format, routing):
+def check_export(model, format, routing):
+    """Refuse what `export_model` cannot write, before anything is traced or written."""
     if format not in FORMATS:
         raise ValueError(
             f"format must be one of {list(FORMATS)} (a .keras file is the run's own "
@@ -292,6 +322,15 @@ def _check_arguments(model, format, routing):
         raise ValueError(
             f"routing must be one of {list(ROUTINGS)}: hard routes in the graph, soft runs "
             f"every expert. Received: routing={routing!r}"
+        )
+    if format == "onnx" and getattr(model, "preprocessor", None) is not None:
+        raise ValueError(
+            "A model that reads documents cannot be exported to ONNX: its "
+            f"{type(model.preprocessor).__name__} runs TensorFlow string ops (StaticRegexReplace, "
+            "StringSplitV2, a LookupTableFindV2 of the vocabulary) that tf2onnx does not "
+            "convert to ONNX operators. Export it with --format tf_saved_model "
+            "(format='tf_saved_model'), which carries the vectorizer inside and takes strings. "
+            "Received: format='onnx'"
         )
     if format == "onnx":
         _needs("tf2onnx", "ONNX export", "export")  # before anything is traced or written

@@ -299,3 +299,50 @@ def test_a_mixed_bfloat16_model_exports_to_onnx_in_float32(image_model, tmp_path
     path = export_model(mixed, tmp_path / "mixed.onnx", "onnx")
     results = _run_standalone(path, "onnx", x, tmp_path)  # onnxruntime loads it
     _assert_matches_predict(model, x, results)  # the exact float32 model
+
+
+# === Documents ===
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    """A text model with its vectorizer (a vocabulary of 8 words: the others are out of
+    it), its gate spread over the groups, and 256 documents of 1 to 30 words, some in
+    upper case or with punctuation."""
+    from condnet.data.text import make_vectorizer
+    from condnet.text.text_model import build_text_model
+
+    words = "purr whisker kitten bark leash puppy ticket bus stop engine wheel Sedan! the,".split()
+    rng = np.random.default_rng(4)
+    documents = [" ".join(rng.choice(words, size=rng.integers(1, 31))) for _ in range(256)]
+    hierarchy = Hierarchy({"animals": ["cat", "dog"], "vehicles": ["bus", "car", "van"]})
+    vectorizer = make_vectorizer(documents[:100], vocabulary_size=10, sequence_length=16)
+    model = build_text_model(
+        hierarchy, vectorizer.vocabulary_size(), 16, "cnn", routing="hard", preprocessor=vectorizer
+    )
+    ids = model.preprocess(documents)
+    model(ids[:2])
+    spread_gate(model, ids)
+    return model, np.array(documents)
+
+
+def test_a_text_model_exports_a_saved_model_that_reads_strings_and_routes_like_predict(
+    text_model, tmp_path
+):
+    model, documents = text_model
+    assert len(set(model.predict(documents, verbose=0)["route"])) == 2  # both experts see rows
+    path = export_model(model, tmp_path / "saved", "tf_saved_model")
+    results = _run_standalone(path, "tf_saved_model", documents, tmp_path)  # no condnet there
+    _assert_matches_predict(model, documents, results)
+
+
+def test_a_text_model_is_refused_by_onnx_with_the_format_that_carries_it(text_model, tmp_path):
+    model, _ = text_model
+    with pytest.raises(
+        ValueError, match="cannot be exported to ONNX: its TextVectorization"
+    ) as error:
+        export_model(model, tmp_path / "m.onnx", "onnx")
+    assert "--format tf_saved_model" in str(error.value) and "Received: format='onnx'" in str(
+        error.value
+    )
+    assert not list(tmp_path.iterdir())

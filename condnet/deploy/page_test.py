@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from condnet.deploy.serve import create_app
-from condnet.deploy.serve_test import SIZE, _expected, _png
+from condnet.deploy.serve_test import DOCUMENTS, SIZE, _expected, _expected_documents, _png
 from condnet.deploy.serve_test import model as model  # noqa: F401  (the fixture)
+from condnet.deploy.serve_test import text_model as text_model  # noqa: F401  (the fixture)
 from condnet.testing import headless_chromium
 
 uvicorn = pytest.importorskip("uvicorn")
@@ -100,3 +101,22 @@ def test_the_page_asks_for_the_token_and_shows_errors(model, serve, browser, tmp
     (tmp_path / "broken.png").write_bytes(b"not an image at all")
     _upload(browser, tmp_path / "broken.png")
     assert _text(browser, "error").startswith("Error 400")
+
+
+def test_the_page_of_a_text_model_takes_pasted_text(text_model, serve, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = serve(create_app(text_model))
+    browser.get(url + "/")
+    WebDriverWait(browser, 30).until(lambda b: "reads text" in b.find_element(By.ID, "model").text)
+    assert not browser.find_element(By.ID, "drop").is_displayed()
+    browser.find_element(By.ID, "text").send_keys(DOCUMENTS[2])
+    browser.find_element(By.ID, "send-text").click()
+    shown = _text(browser, "path")
+    (expected,) = _expected_documents(text_model, DOCUMENTS[2:3])
+    assert shown.startswith(f"{expected['group']} \u2192 {expected['class']}")
+    assert f"expert {expected['expert']}" in shown
+    browser.find_element(By.ID, "text").clear()
+    browser.find_element(By.ID, "send-text").click()
+    assert _text(browser, "error").startswith("Error 400")  # a blank document

@@ -1,7 +1,7 @@
 """An HTTP service for a conditional model: FastAPI on uvicorn, routed micro-batches.
 
 Why FastAPI + uvicorn: an ASGI server lets one process hold many open
-requests while a single worker runs the model on their images together
+requests while a single worker runs the model on their inputs together
 (`batching.MicroBatcher`); FastAPI adds routing, JSON responses and the
 OpenAPI page (`/docs`) on top of Starlette, and both are widely used and
 maintained. The model runs in one worker thread at a time.
@@ -9,17 +9,24 @@ maintained. The model runs in one worker thread at a time.
 Endpoints:
 - `POST /predict`: one image as the raw body (`Content-Type: image/...` or
   `application/octet-stream`), or several as `multipart/form-data` parts;
-  answers a JSON list with one object per image, the objects of
+  a model that reads documents (a text run's, whose `preprocessor` is its
+  TextVectorization) takes JSON instead: `{"text": "..."}` or
+  `{"text": ["...", ...]}`, the documents named `text:1`, `text:2`, ...
+  Answers a JSON list with one object per input, the objects of
   `condnet predict --json`.
 - `GET /health`: `{"status": "ok"}` (needs no token).
-- `GET /model`: hierarchy, routing, input size, MACs per route, limits.
-- `GET /`: a page to drop an image on and see group -> class -> expert (needs no
-  token itself; it asks for one when the service has one).
+- `GET /model`: hierarchy, routing, modality (`"image"` or `"text"`), input
+  size or sequence length, MACs per route, limits.
+- `GET /`: a page to drop an image on (or paste a document into) and see
+  group -> class -> expert (needs no token itself; it asks for one when the
+  service has one).
 
 Every bad request is answered with a JSON `{"error": ...}` and a 4xx status:
-400 unreadable image or empty body, 401 missing or wrong token, 408 body not
-received within `body_timeout`, 413 upload or image too large, 415 not an image
-or multipart body. The service keeps serving.
+400 unreadable image, JSON without a "text" string or list of them, blank
+document or empty body, 401 missing or wrong token, 408 body not received
+within `body_timeout`, 413 upload or image too large or too many documents,
+415 not an image or multipart body (not JSON, for documents). The service
+keeps serving.
 
 No request can hold the others up: parsing and decoding run in a pool of
 threads (Pillow releases the GIL while it decodes) and the model in its own
@@ -33,6 +40,7 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
 import logging
 import numbers
 import os
@@ -46,6 +54,7 @@ import keras
 import numpy as np
 
 from condnet.data.folders import MAX_IMAGE_PIXELS, ImageDecodeError, decode_image_bytes
+from condnet.data.text import token_ids
 from condnet.deploy.batching import MicroBatcher
 from condnet.evaluation.backoff import answer_fields, back_off, check_thresholds
 from condnet.evaluation.evaluate import prediction_row
@@ -56,6 +65,7 @@ from condnet.evaluation.unknown import (
 from condnet.models.dispatch import bucket_size, compiled_call
 
 MAX_UPLOAD_BYTES = 16 * 2**20
+MAX_DOCUMENTS = 1024  # documents per request: each costs its tokenizing and a model row
 HEADER_TIMEOUT = 10.0  # seconds for a request's headers to arrive
 BODY_TIMEOUT = 60.0  # seconds for its body (16 MB at about 2 Mbit/s)
 KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection stays open (uvicorn's default)
@@ -65,11 +75,12 @@ PUBLIC = ("/health", "/")
 # Every option's type and valid range (inclusive), checked before the service starts.
 OPTIONS = {
     "port": (int, 0, 65535, " (0: any free port)"),
-    "max_batch": (int, 1, 4096, " images"),
+    "max_batch": (int, 1, 4096, " inputs"),
     "max_wait_ms": (float, 0, 10_000, " milliseconds"),
     "max_upload_bytes": (int, 1, 2**30, " bytes"),
     "max_upload_mb": (float, 0.001, 1024, " MB"),  # the command line's unit
     "max_pixels": (int, 1, 2**30, " pixels"),
+    "max_documents": (int, 1, 100_000, " documents"),
     "header_timeout": (float, 0.01, 3600, " seconds"),
     "body_timeout": (float, 0.01, 3600, " seconds"),
 }
@@ -92,7 +103,7 @@ class ClientGone(Exception):
 
 def create_app(
     model,
-    image_size,
+    image_size=None,
     color_mode="rgb",
     info=None,
     token=None,
@@ -100,15 +111,21 @@ def create_app(
     max_wait_ms=5.0,
     max_upload_bytes=MAX_UPLOAD_BYTES,
     max_pixels=MAX_IMAGE_PIXELS,
+    max_documents=MAX_DOCUMENTS,
     body_timeout=BODY_TIMEOUT,
     thresholds=None,
     unknown_thresholds=None,
 ):
     """A FastAPI app serving `model` (a ConditionalModel; its routing is used as is).
 
+    A model with a `preprocessor` (a text run's adapted TextVectorization)
+    reads documents: `POST /predict` takes JSON `{"text": ...}`, and the
+    documents go through the preprocessor as `condnet predict` sends them.
+
     Args:
         model: the model; `model.hierarchy` names the outputs.
-        image_size: `(height, width)` the model takes.
+        image_size: `(height, width)` the model takes; None for a model that
+            reads documents (and only for one).
         color_mode: `"rgb"` or `"grayscale"`.
         info: extra JSON for `GET /model` (e.g. `condnet info` of the run).
         token: when set (a non-empty string), every endpoint but `/health` and
@@ -117,6 +134,7 @@ def create_app(
         max_upload_bytes: largest request body; larger is a 413.
         max_pixels: largest image (width x height, from its header, before
             decoding); larger is a 413.
+        max_documents: most documents in one request; more is a 413.
         body_timeout: seconds a request's whole body may take to arrive; later
             is a 408.
         thresholds: optional dict `level -> threshold`: each answer also says
@@ -133,9 +151,11 @@ def create_app(
         max_wait_ms=max_wait_ms,
         max_upload_bytes=max_upload_bytes,
         max_pixels=max_pixels,
+        max_documents=max_documents,
         body_timeout=body_timeout,
     )
     check_token(token)
+    documents = _reads_documents(model, image_size)
     if thresholds is not None:
         thresholds = check_thresholds(model.hierarchy, thresholds)
     detector = unknown_thresholds
@@ -164,10 +184,11 @@ def create_app(
         "backoff_thresholds": thresholds,
         "unknown_thresholds": None if detector is None else detector.thresholds,
         "unknown_score": None if detector is None else detector.score,
-        "input": {"image_size": list(image_size), "color_mode": color_mode},
+        "modality": "text" if documents else "image",
+        "input": _input_of(model, image_size, color_mode),
         "limits": {
             "max_upload_bytes": max_upload_bytes,
-            "max_pixels": max_pixels,
+            **({"max_documents": max_documents} if documents else {"max_pixels": max_pixels}),
             "max_batch": max_batch,
             "max_wait_ms": max_wait_ms,
             "body_timeout": body_timeout,
@@ -199,29 +220,61 @@ def create_app(
     async def page():
         return PAGE.read_text()
 
-    def images_of(body, content_type):
+    def inputs_of(body, content_type):
+        if documents:  # token ids, as `condnet predict` computes them
+            names, texts = _documents(body, content_type, max_documents)
+            return names, token_ids(model.preprocessor, texts)
         uploads = _uploads(body, content_type)
         names = [name for name, _ in uploads]
         images = [_decoded(data, n, image_size, color_mode, max_pixels) for n, data in uploads]
         return names, np.stack(images).astype("float32")
 
+    expected = TEXT_BODY if documents else "an image or a multipart form"
+
     @app.post("/predict")
     async def predict(request: Request):
-        body = await _body(request, max_upload_bytes, body_timeout)
+        body = await _body(request, max_upload_bytes, body_timeout, expected)
         content_type = request.headers.get("content-type", "")
         loop = asyncio.get_running_loop()
-        names, images = await loop.run_in_executor(decoder, images_of, body, content_type)
-        outputs = await batcher.submit(images)
+        names, inputs = await loop.run_in_executor(decoder, inputs_of, body, content_type)
+        outputs = await batcher.submit(inputs)
         rows = [prediction_row(hierarchy, name, outputs, row) for row, name in enumerate(names)]
         if thresholds is not None:
             answers = back_off(hierarchy, outputs["classes"], thresholds, outputs["groups"])
             rows = [row | answer_fields(answers, index) for index, row in enumerate(rows)]
         if detector is not None:
-            scored, flagged = await loop.run_in_executor(decoder, detector, model, images, outputs)
+            scored, flagged = await loop.run_in_executor(decoder, detector, model, inputs, outputs)
             rows = [row | unknown_fields(scored, flagged, i) for i, row in enumerate(rows)]
         return rows
 
     return app
+
+
+def _reads_documents(model, image_size):
+    """Whether the app reads documents (the model has a `preprocessor`) rather than images
+    of `image_size`; refuses an `image_size` that does not fit the model."""
+    documents = getattr(model, "preprocessor", None) is not None
+    if documents and image_size is not None:
+        raise ValueError(
+            "This model reads documents through its preprocessor "
+            f"({type(model.preprocessor).__name__}), so the service takes text, not images: "
+            f"pass image_size=None. Received: image_size={image_size!r}"
+        )
+    if not documents and image_size is None:
+        raise ValueError(
+            "This model reads images: pass the image_size it takes, (height, width). "
+            "Received: image_size=None"
+        )
+    return documents
+
+
+def _input_of(model, image_size, color_mode):
+    """What `GET /model` says the model reads: image size and colours, or for documents the
+    token ids kept of each (the vectorizer's `output_sequence_length`)."""
+    if image_size is None:
+        length = model.preprocessor.get_config().get("output_sequence_length")
+        return {"sequence_length": length}
+    return {"image_size": list(image_size), "color_mode": color_mode}
 
 
 def decoding_pool():
@@ -341,9 +394,10 @@ def _authorized(headers, token):
     return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), token)
 
 
-async def _body(request, limit, timeout):
+async def _body(request, limit, timeout, expected):
     """The request body, refused as soon as it passes `limit` bytes (413) or is not
-    complete `timeout` seconds after its headers (408)."""
+    complete `timeout` seconds after its headers (408), or when empty (400, saying to
+    send the `expected` body)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the upload is {int(declared):,} bytes; at most {limit:,}")
@@ -355,7 +409,7 @@ async def _body(request, limit, timeout):
         chunks.append(chunk)
     body = b"".join(chunks)
     if not body:
-        raise RequestError(400, "the request has no body: send an image or a multipart form")
+        raise RequestError(400, f"the request has no body: send {expected}")
     return body
 
 
@@ -417,6 +471,71 @@ def _uploads(body, content_type):
     if not uploads:
         raise RequestError(400, "the multipart form holds no files")
     return uploads
+
+
+TEXT_BODY = 'JSON {"text": "a document"} or {"text": ["a document", "another"]}'
+
+
+def _documents(body, content_type, limit):
+    """`(names, texts)` of the documents of a JSON body: `{"text": str or [str, ...]}`,
+    named `text:1`, `text:2`, ... in order."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise RequestError(
+            415,
+            f"this service reads documents: send {TEXT_BODY} with Content-Type "
+            f"application/json. Received: Content-Type {kind or 'none'!r}",
+        )
+    try:
+        record = json.loads(body)
+    except (ValueError, RecursionError) as error:  # bad UTF-8 is a ValueError too
+        raise RequestError(400, f"the body is not JSON ({str(error)[:200]})") from None
+    texts = record.get("text") if isinstance(record, dict) else None
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+        raise RequestError(400, f"send {TEXT_BODY}. Received: {_shape_of(record)}")
+    if not texts:
+        raise RequestError(400, '"text" is an empty list: send at least one document')
+    if len(texts) > limit:
+        raise RequestError(413, f"the request holds {len(texts):,} documents; at most {limit:,}")
+    for number, text in enumerate(texts, 1):
+        _check_document(number, text)
+    return [f"text:{number}" for number in range(1, len(texts) + 1)], texts
+
+
+def _shape_of(record):
+    """What a JSON body holds instead of a "text" string or list of strings, in words."""
+    if not isinstance(record, dict):
+        return f"a JSON {_JSON_KINDS[type(record)]}, not an object"
+    if "text" not in record:
+        return f'an object without "text" (keys: {sorted(record)[:10]})'
+    texts = record["text"]
+    if not isinstance(texts, list):
+        return f'"text" is a {_JSON_KINDS[type(texts)]}'
+    kinds = sorted({_JSON_KINDS[type(text)] for text in texts if not isinstance(text, str)})
+    return f'"text" is an array holding {" and ".join(kinds)} items'
+
+
+_JSON_KINDS = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _check_document(number, text):
+    if not text.strip():
+        raise RequestError(400, f"document text:{number} is blank: there is nothing to classify")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate escaped in the JSON
+        raise RequestError(
+            400, f"document text:{number} is not valid Unicode ({error.reason} at {error.start})"
+        ) from None
 
 
 def _decoded(data, name, image_size, color_mode, max_pixels):

@@ -390,6 +390,7 @@ START_ERRORS = [
     (["--port", "70000"], "--port must be an integer from 0 to 65535 (0: any free port). "),
     (["--max-batch", "0"], "Received: --max-batch=0"),
     (["--max-pixels", "0"], "Received: --max-pixels=0"),
+    (["--max-documents", "0"], "from 1 to 100,000 documents. Received: --max-documents=0"),
     (["--header-timeout", "0"], "from 0.01 to 3600 seconds. Received: --header-timeout=0.0"),
     (["--body-timeout=-inf"], "Received: --body-timeout=-inf"),
     (["--token", ""], "--token is empty: the service would run with no authentication"),
@@ -561,3 +562,106 @@ def test_a_burst_of_good_bad_slow_and_large_requests_loses_and_swaps_nothing(
     assert still_decoding and held.waited == [True]  # all of it while the large one decoded
     _assert_rows(big, _expected_rows(model, large))
     assert not any(r.exc_info for r in caplog.records)  # no traceback in the log
+
+
+# === Documents ===
+
+DOCUMENTS = ["purr whisker kitten", "bark leash puppy fetch", "ticket bus stop", "engine car wheel"]
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    """An untrained text model (a bag of words over 8 token ids) with its vectorizer."""
+    from condnet.data.text import make_vectorizer
+    from condnet.text.text_model import build_text_model
+
+    hierarchy = Hierarchy({"animals": ["cat", "dog"], "vehicles": ["bus", "car"]})
+    vectorizer = make_vectorizer(DOCUMENTS, sequence_length=8)
+    model = build_text_model(
+        hierarchy, vectorizer.vocabulary_size(), 8, "bag", routing="hard", preprocessor=vectorizer
+    )
+    model(np.zeros((1, 8), "int32"))
+    return model
+
+
+def _expected_documents(model, texts):
+    outputs = model.predict(texts, verbose=0)
+    return [prediction_row(model.hierarchy, f"text:{i + 1}", outputs, i) for i in range(len(texts))]
+
+
+def test_a_text_model_answers_json_documents_as_predict_does(text_model):
+    app = create_app(text_model, max_wait_ms=200)
+
+    async def go():
+        async with _client(app) as client:
+            one = client.post("/predict", json={"text": DOCUMENTS[1]})
+            several = client.post("/predict", json={"text": DOCUMENTS})
+            return await asyncio.gather(one, several)
+
+    one, several = _run(go())
+    assert one.status_code == several.status_code == 200
+    (row,) = one.json()
+    _assert_same(row, _expected_documents(text_model, DOCUMENTS[1:2])[0])
+    assert row["path"] == "text:1"
+    rows = several.json()
+    assert [row["path"] for row in rows] == ["text:1", "text:2", "text:3", "text:4"]
+    for got, expected in zip(rows, _expected_documents(text_model, DOCUMENTS)):
+        _assert_same(got, expected)
+    assert sum(n * count for n, count in app.state.batcher.batch_sizes.items()) == 5
+
+
+def test_a_text_model_says_it_reads_text_and_how_many_documents(text_model):
+    app = create_app(text_model, max_documents=50)
+
+    async def go():
+        async with _client(app) as client:
+            return (await client.get("/model")).json()
+
+    info = _run(go())
+    assert info["modality"] == "text" and info["input"] == {"sequence_length": 8}
+    assert info["limits"]["max_documents"] == 50 and "max_pixels" not in info["limits"]
+
+
+BAD_DOCUMENTS = [
+    ("no text", {"json": {"body": "hi"}}, 400, "an object without \"text\" .keys: .'body'."),
+    ("a number", {"json": {"text": 7}}, 400, 'Received: "text" is a number'),
+    ("not strings", {"json": {"text": ["a", 1, None]}}, 400, "array holding null and number"),
+    ("a list", {"json": ["a post"]}, 400, "a JSON array, not an object"),
+    ("empty list", {"json": {"text": []}}, 400, '"text" is an empty list'),
+    ("blank", {"json": {"text": ["a post", "  \n"]}}, 400, "document text:2 is blank"),
+    ("surrogate", {"content": b'{"text": "a \\ud800"}', "headers": JSON}, 400, "not valid Unic"),
+    ("not JSON", {"content": b"{text: 1", "headers": JSON}, 400, "the body is not JSON"),
+    ("deep", {"content": b"[" * 3000, "headers": JSON}, 400, "the body is not JSON"),
+    ("empty body", {"content": b"", "headers": JSON}, 400, 'no body: send JSON {"text"'),
+    ("an image", {"content": _png(1), "headers": PNG}, 415, "this service reads documents"),
+    ("too many", {"json": {"text": ["a"] * 4}}, 413, "holds 4 documents; at most 3"),
+    ("too big", {"json": {"text": "a " * 3000}}, 413, "the upload is"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, request_kwargs, status, message", BAD_DOCUMENTS, ids=[b[0] for b in BAD_DOCUMENTS]
+)
+def test_bad_document_requests_get_a_4xx_that_says_why(
+    text_model, name, request_kwargs, status, message
+):
+    app = create_app(text_model, max_upload_bytes=4000, max_documents=3)
+
+    async def go():
+        async with _client(app) as client:
+            bad = await client.post("/predict", **request_kwargs)
+            good = await client.post("/predict", json={"text": DOCUMENTS[:3]})
+            return bad, good
+
+    bad, good = _run(go())
+    assert bad.status_code == status
+    assert re.search(message, bad.json()["error"])
+    assert good.status_code == 200 and len(good.json()) == 3
+
+
+def test_create_app_refuses_an_image_size_that_does_not_fit_the_model(model, text_model):
+    with pytest.raises(ValueError, match="reads documents through its preprocessor"):
+        create_app(text_model, SIZE)
+    with pytest.raises(ValueError, match="This model reads images: pass the image_size"):
+        create_app(model)

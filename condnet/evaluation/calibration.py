@@ -89,8 +89,9 @@ def apply_temperatures(model, temperatures, input_shape=None):
     The new model holds a copy of every part of `model` (same weights, no
     shared variables); each part is wrapped in a functional model that
     appends `TemperatureScaling`. Hierarchy, trunk, taps and routing are the
-    same, and the model saves and loads with `safe_mode=True`. It is not
-    compiled: call `compile()` before `fit` or `evaluate`.
+    same, a `preprocessor` (a text model's vectorizer) is shared as it is,
+    and the model saves and loads with `safe_mode=True`. It is not compiled:
+    call `compile()` before `fit` or `evaluate`.
 
     Args:
         model: `ConditionalModel`.
@@ -100,7 +101,10 @@ def apply_temperatures(model, temperatures, input_shape=None):
     """
     _check_model(model)
     shape = _input_shape(model, input_shape)
-    copy = type(model).from_config(model.get_config())
+    config = model.get_config()
+    if model.preprocessor is not None:  # the adapted layer itself: its config has no vocabulary
+        config["preprocessor"] = model.preprocessor
+    copy = type(model).from_config(config)
     copy.build(shape)
     copy.set_weights(model.get_weights())
     taps = copy._tap_shapes(shape)
@@ -123,6 +127,7 @@ def apply_temperatures(model, temperatures, input_shape=None):
         seed=copy.seed,
         dispatch=copy.dispatch,
         capacity_factor=copy.capacity_factor,
+        preprocessor=copy.preprocessor,
         name=copy.name,
     )
 

@@ -132,7 +132,7 @@ def write_report(
     else:
         gallery = _write_gallery(run_dir, examples or [], explain)
     sections = _sections(hierarchy, metrics, plots, notes)
-    sections[1:1] = _extra_sections(metrics, header, baseline, gallery)
+    sections[1:1] = _extra_sections(metrics, header, baseline, gallery, documents)
     sections += _options_section(header)
     if metrics.get("skipped"):
         rows = [(row["path"], row["error"]) for row in metrics["skipped"]]
@@ -212,13 +212,14 @@ def _sections(hierarchy, metrics, plots, notes):
     ]
 
 
-def _extra_sections(metrics, header, baseline, gallery):
+def _extra_sections(metrics, header, baseline, gallery, documents=False):
     """Baseline, glossary and examples, placed after the summary."""
     from condnet.evaluation.metrics import GLOSSARY
 
     sections = []
     if baseline:
-        sections.append(("Flat baseline", _baseline_items(baseline, metrics["num_samples"])))
+        items = _baseline_items(baseline, metrics["num_samples"], documents)
+        sections.append(("Flat baseline", items))
     if metrics.get("backoff"):
         sections.append(("Back-off", _backoff_items(metrics["backoff"])))
     if metrics.get("unknown"):
@@ -254,7 +255,10 @@ def json_text(value):
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _baseline_items(baseline, num_samples=None):
+def _baseline_items(baseline, num_samples=None, documents=False):
+    """The two models side by side (per document rather than per image for a text run's),
+    and the verdict."""
+    noun = "documents" if documents else "images"
     keys = (
         "accuracy",
         "group_accuracy",
@@ -267,14 +271,14 @@ def _baseline_items(baseline, num_samples=None):
     )
     conditional, flat = baseline.get("conditional", {}), baseline.get("flat", {})
     rows = [
-        (key, _cell(conditional.get(key)), _cell(flat.get(key)))
+        (key.replace("image", noun[:-1]), _cell(conditional.get(key)), _cell(flat.get(key)))
         for key in keys
         if key in conditional or key in flat
     ]
     rows[4:4] = _top_k_rows(conditional, flat)
     items = [
         ("table", ("", "conditional (routed)", "flat baseline"), rows),
-        ("text", baseline_verdict(conditional, flat, num_samples)),
+        ("text", baseline_verdict(conditional, flat, num_samples, noun)),
     ]
     from condnet.evaluation.mistakes import milder_mistakes
 
@@ -384,31 +388,35 @@ def _backoff_note(section, sides):
     )
 
 
-def baseline_verdict(conditional, flat, num_samples=None):
+def baseline_verdict(conditional, flat, num_samples=None, noun="images"):
     """One line: which model is more accurate, at what cost, and, given the
-    `num_samples` images scored, whether the difference is more than noise."""
+    `num_samples` images (or other `noun`) scored, whether the difference is more
+    than noise."""
     if "accuracy" not in conditional or "accuracy" not in flat:
         return "No verdict: both models need an accuracy."
     gain = conditional["accuracy"] - flat["accuracy"]
     cost = ""
     if conditional.get("macs_per_image") and flat.get("macs_per_image"):
         cost = (
-            f" at {conditional['macs_per_image'] / flat['macs_per_image']:.2f}x its MACs per image"
+            f" at {conditional['macs_per_image'] / flat['macs_per_image']:.2f}x its MACs per "
+            f"{noun[:-1]}"
         )
     error = difference_error(conditional["accuracy"], flat["accuracy"], num_samples)
     if abs(gain) < 0.005:
-        noise = f"; {_error_words(error, num_samples)}" if error else ""
+        noise = f"; {_error_words(error, num_samples, noun)}" if error else ""
         return f"The conditional model ties the flat baseline ({gain:+.4f}{noise}){cost}."
     if error and abs(gain) <= 2 * error:
         side = "ahead of" if gain > 0 else "behind"
         return (
             f"The conditional model is {abs(gain):.4f} accuracy {side} the flat baseline{cost}, "
-            f"within noise: less than two standard errors ({_error_words(error, num_samples)})."
+            "within noise: less than two standard errors "
+            f"({_error_words(error, num_samples, noun)})."
         )
     better = "beats" if gain > 0 else "loses to"
     noise = ""
     if error:
-        noise = f" ({abs(gain) / error:.1f} standard errors; {_error_words(error, num_samples)})"
+        words = _error_words(error, num_samples, noun)
+        noise = f" ({abs(gain) / error:.1f} standard errors; {words})"
     gap = f"{abs(gain):.4f} accuracy{cost}{noise}"
     return f"The conditional model {better} the flat baseline by {gap}."
 
@@ -424,9 +432,9 @@ def difference_error(accuracy, other, num_samples):
     return math.sqrt(mean * (1 - mean) / num_samples) * math.sqrt(2)
 
 
-def _error_words(error, num_samples):
+def _error_words(error, num_samples, noun="images"):
     return (
-        f"standard error of the difference {error:.4f} on {num_samples} images, "
+        f"standard error of the difference {error:.4f} on {num_samples} {noun}, "
         "sqrt(p(1-p)/n) x sqrt(2): a simple bound"
     )
 

@@ -255,6 +255,18 @@ def test_report_header_baseline_glossary_and_gallery(tmp_path):
     assert 'class="gallery"' in page and "examples/misrouted-00.png" in page
 
 
+def test_a_report_on_documents_counts_documents_in_the_baseline_table(tmp_path):
+    baseline = {
+        "conditional": {"accuracy": 0.8, "macs_per_image": 1000, "images_per_second": 900.0},
+        "flat": {"accuracy": 0.7, "macs_per_image": 500, "images_per_second": 1200.0},
+    }
+    write_report(tmp_path / "run", HIERARCHY, make_metrics(), baseline=baseline, documents=True)
+    markdown = read(tmp_path / "run", "report.md")
+    assert "| macs_per_document | 1,000 | 500 |" in markdown
+    assert "| documents_per_second |" in markdown and "images_per_second" not in markdown
+    assert "at 2.00x its MACs per document" in markdown and "on 30 documents" in markdown
+
+
 def test_report_puts_the_options_after_the_summary_and_the_baseline(tmp_path):
     write_report(
         tmp_path,

@@ -658,16 +658,18 @@ def _info(args):
     if args.json:
         print(json.dumps(info))
         return
+    each = _inputs_noun(args.run_dir)[:-1]  # image, or document for a text run
     print("Hierarchy:")
     for group, classes in info["hierarchy"].items():
         print(f"  {group}: {classes}")
-    print(f"Routing: {info['routing'] or 'none (the flat baseline runs whole on every image)'}")
-    print(f"{'part':<24}{'parameters':>14}{'MACs / image':>16}")
+    whole = f"none (the flat baseline runs whole on every {each})"
+    print(f"Routing: {info['routing'] or whole}")
+    print(f"{'part':<24}{'parameters':>14}{f'MACs / {each}':>16}")
     for part, count in info["parameters"].items():
         print(f"{part:<24}{count:>14,}{info['macs'][part]:>16,}")
     if info.get("model") == "baseline":
         return
-    print("MACs per image by route (trunk + gate + one expert):")
+    print(f"MACs per {each} by route (trunk + gate + one expert):")
     for group, macs in info["macs_per_route"].items():
         print(f"  {group:<22}{macs:>16,}")
     print(f"  {'all experts (soft)':<22}{info['macs_all_experts']:>16,}")
@@ -1205,7 +1207,9 @@ def _export_parser(commands, common):
         "each expert runs on its own rows only (a batch of one runs one expert), and the "
         "artifact needs neither Keras nor condnet (ONNX Runtime / TensorFlow). keras copies "
         "the run's model file, which routes only through condnet's predict. The graph is "
-        "traced with TensorFlow whatever KERAS_BACKEND says.",
+        "traced with TensorFlow whatever KERAS_BACKEND says. A text run exports to "
+        "tf_saved_model (strings in: its TextVectorization runs in the graph) or keras; "
+        "tf2onnx does not convert its string ops, so onnx is refused.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="(default: onnx)")
@@ -1281,9 +1285,10 @@ def _serve_parser(commands, common):
         parents=[common],
         help="serve a run over HTTP (routed micro-batches; POST /predict, GET /health, /model, /)",
         description="An HTTP service for RUN_DIR on FastAPI + uvicorn. POST /predict takes one "
-        "image as the body or several as multipart/form-data and answers one JSON object per "
-        "image (those of `condnet predict --json`); requests that arrive together are routed "
-        "as one batch. GET / is a page to try it in a browser.",
+        'image as the body or several as multipart/form-data (a text run: JSON {"text": '
+        '"..."} or {"text": ["...", ...]}) and answers one JSON object per image or '
+        "document (those of `condnet predict --json`); requests that arrive together are "
+        "routed as one batch. GET / is a page to try it in a browser.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
     p.add_argument(
@@ -1298,7 +1303,7 @@ def _serve_parser(commands, common):
         "(default: $CONDNET_TOKEN, else none; an empty token is refused)",
     )
     p.add_argument(
-        "--max-batch", type=int, default=32, help="images per model call, 1 to 4096 (default: 32)"
+        "--max-batch", type=int, default=32, help="inputs per model call, 1 to 4096 (default: 32)"
     )
     p.add_argument(
         "--max-wait-ms",
@@ -1318,6 +1323,12 @@ def _serve_parser(commands, common):
         type=int,
         default=None,
         help="largest image, width x height, checked before decoding (default: 67,108,864)",
+    )
+    p.add_argument(
+        "--max-documents",
+        type=int,
+        default=1024,
+        help="a text run: most documents in one request, 1 to 100000 (default: 1024)",
     )
     p.add_argument(
         "--header-timeout",
@@ -1348,6 +1359,7 @@ def _serve(args):
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
         "max_pixels": MAX_IMAGE_PIXELS if args.max_pixels is None else args.max_pixels,
+        "max_documents": args.max_documents,
         "body_timeout": args.body_timeout,
     }
     server = {"port": args.port, "header_timeout": args.header_timeout}

@@ -9,7 +9,8 @@ class, `condnet.evaluation.mistakes`), beside the flat baseline's.
 the run's back-off thresholds on that split (`condnet.evaluation.backoff`);
 `unknown_score` and `unknown_flagged` name the score of model.keras's
 unknown-class thresholds in unknown.json and the share of the validation
-images (all of known classes) it flagged there.
+images (all of known classes) it flagged there. `backbone` is a text run's
+trunk, e.g. `bag (text)`.
 """
 
 import csv
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 from condnet.runs.checkpoint import HISTORY, METRICS
+from condnet.runs.documents import is_text_run
 from condnet.runs.outputs import staged_file, write_file
 from condnet.runs.run_dir import CONFIG, nested_entry, read_metrics, read_options
 
@@ -112,8 +114,15 @@ def _row(run):
         "epochs": len(history) or None,
         "train_minutes": round(sum(seconds) / 60, 2) if seconds else None,
         "routing": _text(metrics.get("training_routing") or options.get("routing")),
-        "backbone": _text(options.get("backbone")),
+        "backbone": _backbone(options),
     }
+
+
+def _backbone(options):
+    """What reads the inputs: the image backbone, or a text run's trunk (`"bag (text)"`)."""
+    if is_text_run({"options": options}):
+        return f"{_text(options.get('text_trunk'))} (text)"
+    return _text(options.get("backbone"))
 
 
 def _unknown_columns(run):

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 from condnet.choices import EXPORT_FORMATS as FORMATS
-from condnet.runs.documents import refuse_text_run
+from condnet.runs.documents import is_text_run
 from condnet.runs.outputs import guard, staged_file, staged_folder, training_data
 from condnet.runs.run_dir import input_shape_of, load_run
 
@@ -22,6 +22,10 @@ def export_run(run_dir, out=None, format="onnx", routing="hard", model_file=None
     `out` is kept unless `overwrite=True`, a folder only if condnet exported it
     (`condnet.runs.outputs`), and it is replaced only once the new artifact
     is complete.
+
+    A text run's `tf_saved_model` takes strings: its TextVectorization runs
+    inside the graph. Its `onnx` is refused before anything is written
+    (tf2onnx does not convert the vectorizer's string ops).
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}. Received: format={format!r}")
@@ -34,7 +38,10 @@ def export_run(run_dir, out=None, format="onnx", routing="hard", model_file=None
     kind = "export" if format == "tf_saved_model" else "export file"
     guard(out, kind, data=training_data([run_dir]), reads=[run_dir], overwrite=overwrite)
     model, config = load_run(run_dir, model_file=model_file)
-    refuse_text_run(run_dir, config, "export")
+    if format != "keras":
+        from condnet.deploy.export import check_export
+
+        check_export(model, format, routing)  # before the export folder is made
     if format == "tf_saved_model":
         from condnet.deploy.export import export_model
 
@@ -76,28 +83,30 @@ def serve_app(
     the run's backoff.json holds for the model file, or with `thresholds` (one per
     level), which imply it (see `condnet.runs.run_dir.predict_paths`). `unknown=True`
     likewise adds `unknown` and `unknown_score`, with the run's unknown.json or
-    `unknown_thresholds` (one per group).
+    `unknown_thresholds` (one per group). A text run's service takes documents
+    (JSON `{"text": ...}`) where an image run's takes images.
     """
     from condnet.deploy.serve import create_app
     from condnet.runs.run_dir import backoff_thresholds, model_info, unknown_thresholds_of
 
     model, config = load_run(run_dir, model_file=model_file, routing=routing)
-    refuse_text_run(run_dir, config, "serve")
     if back_off or thresholds is not None:
         thresholds = backoff_thresholds(run_dir, model.hierarchy, model_file, thresholds)
     if unknown or unknown_thresholds is not None:
         unknown_thresholds = unknown_thresholds_of(
             run_dir, model.hierarchy, model_file, unknown_thresholds
         )
-    _, height, width, _ = input_shape_of(config)
+    inputs = {}  # a text run's model reads documents through its preprocessor
+    if not is_text_run(config):
+        _, height, width, _ = input_shape_of(config)
+        inputs = {"image_size": (height, width), "color_mode": config["options"]["color_mode"]}
     info = {}
     if hasattr(model, "gate"):  # a conditional model (an ensemble has no single route)
         described = model_info(model, config).items()
         info = {k: v for k, v in described if k not in ("hierarchy", "routing")}
     return create_app(
         model,
-        (height, width),
-        color_mode=config["options"]["color_mode"],
+        **inputs,
         info={"run": Path(run_dir).resolve().name, **info},  # its name: no path of the host
         thresholds=thresholds,
         unknown_thresholds=unknown_thresholds,

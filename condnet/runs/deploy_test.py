@@ -13,10 +13,13 @@ from PIL import Image
 
 from condnet.evaluation.evaluate_test import colour_model
 from condnet.runs.cli import main
-from condnet.runs.run_dir import predict_paths
+from condnet.runs.documents_test import WORDS
+from condnet.runs.documents_test import text_run as text_run  # noqa: F401  (the fixture)
+from condnet.runs.run_dir import load_run, predict_paths
 from condnet.testing import free_port
 
 OPTIONS = {"image_size": 8, "color_mode": "rgb"}
+NEW_DOCUMENTS = [" ".join(words.split() * 2) for words in WORDS.values()]  # cat, dog, bus, car
 TENSORFLOW = keras.backend.backend() == "tensorflow"
 
 
@@ -178,3 +181,92 @@ def test_condnet_serve_answers_like_predict_and_refuses_bad_requests(server, run
     assert _post(f"{url}/predict", buffer.getvalue(), kind="text/plain")[0] == 415
     assert _wait_for(f"{url}/health", process) == {"status": "ok"}
     assert process.poll() is None
+
+
+# === Text runs ===
+
+
+def _rows_alike(got, expected):
+    """The same rows but for `path`, numbers within 1e-5."""
+    assert len(got) == len(expected)
+    for row, want in zip(got, expected):
+        assert set(row) == set(want)
+        for key in set(want) - {"path"}:
+            if isinstance(want[key], float | dict):
+                assert row[key] == pytest.approx(want[key], abs=1e-5), key
+            else:
+                assert row[key] == want[key], key
+
+
+@pytest.mark.slow
+def test_serve_answers_a_text_run_as_predict_does_with_back_off_and_unknown(text_run, tmp_path):
+    import asyncio
+
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from condnet.runs.deploy import serve_app
+
+    run = text_run[0] / "run"
+    lines = tmp_path / "new.txt"
+    lines.write_text("\n".join(NEW_DOCUMENTS) + "\n")
+    flags = {"back_off": True, "unknown": True}  # with the thresholds `condnet train` chose
+    expected = predict_paths(run, [], lines=str(lines), **flags)
+    app = serve_app(run, **flags)
+
+    async def ask():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            rows = await client.post("/predict", json={"text": NEW_DOCUMENTS})
+            return rows.json(), (await client.get("/model")).json()
+
+    rows, info = asyncio.run(ask())
+    assert [row["path"] for row in rows] == ["text:1", "text:2", "text:3", "text:4"]
+    assert {"answer", "answer_level", "unknown", "unknown_score"} <= set(rows[0])
+    _rows_alike(rows, expected)
+    assert [row["class"] for row in rows] == ["cat", "dog", "bus", "car"]
+    assert info["modality"] == "text" and info["input"] == {"sequence_length": 32}
+    assert set(info["macs_per_route"]) == {"animals", "vehicles"}
+
+
+@pytest.mark.slow
+def test_a_text_run_exports_a_saved_model_that_reads_strings_as_predict_does(text_run, tmp_path):
+    # On jax and torch the command runs itself again under TensorFlow.
+    import tensorflow as tf
+
+    run, out = text_run[0] / "run", tmp_path / "saved"
+    assert main(["export", str(run), "--format", "tf_saved_model", "--out", str(out)]) == 0
+    loaded = tf.saved_model.load(str(out))  # keep it: its variables die with it
+    outputs = {k: v.numpy() for k, v in loaded.serve(tf.constant(NEW_DOCUMENTS)).items()}
+    model, _ = load_run(run)
+    expected = model.predict(NEW_DOCUMENTS, verbose=0)
+    np.testing.assert_allclose(outputs["classes"], expected["classes"], atol=1e-5)
+    np.testing.assert_allclose(outputs["groups"], expected["groups"], atol=1e-5)
+    np.testing.assert_array_equal(outputs["route"], expected["route"])
+    assert outputs["route"].tolist() == [0, 0, 1, 1]  # hard-routed: animals, then vehicles
+
+
+@pytest.mark.slow
+def test_a_text_run_is_not_exported_to_onnx_and_nothing_is_written(text_run, capfd):
+    run = text_run[0] / "run"
+    assert main(["export", str(run)]) == 2
+    error = capfd.readouterr().err
+    assert "condnet export: error: A model that reads documents cannot be exported to ONNX" in (
+        error
+    )
+    assert "Export it with --format tf_saved_model" in error
+    assert not (run / "export").exists()
+
+
+@pytest.mark.slow
+def test_a_text_run_exports_a_keras_file_that_predicts_strings(text_run, tmp_path):
+    run, out = text_run[0] / "run", tmp_path / "model.keras"
+    words = ["export", str(run), "--format", "keras", "--routing", "soft", "--out", str(out)]
+    assert main(words) == 0
+    exported = keras.models.load_model(out, safe_mode=True)
+    assert exported.routing == "soft"
+    model, _ = load_run(run, routing="soft")
+    np.testing.assert_allclose(
+        exported.predict(NEW_DOCUMENTS, verbose=0)["classes"],
+        model.predict(NEW_DOCUMENTS, verbose=0)["classes"],
+        atol=1e-6,
+    )

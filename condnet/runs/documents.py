@@ -5,8 +5,9 @@ config.json) holds its adapted `TextVectorization` inside model.keras. The
 commands that read such a run take documents where an image run takes
 images: a folder laid out as the training one, document files or folders
 of them, a file of one document per line (`-`: standard input) or JSON
-lines with a `"text"` field. The commands that do not read documents yet
-refuse a text run in one line (`refuse_text_run`).
+lines with a `"text"` field. `calibrate`, `export`, `serve` and `compare`
+take text runs too; the commands that do not read documents yet refuse a
+text run in one line (`refuse_text_run`).
 """
 
 import json
@@ -34,7 +35,8 @@ def refuse_text_run(run_dir, config, command):
     if is_text_run(config):
         raise ValueError(
             f"`condnet {command}` does not support text runs yet: {str(run_dir)!r} was "
-            "trained on documents. `condnet evaluate` and `condnet predict` read them. "
+            "trained on documents. `condnet evaluate`, `predict`, `calibrate`, `export` and "
+            "`serve` read them. "
             f"Received: run_dir={str(run_dir)!r}"
         )
 

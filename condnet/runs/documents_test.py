@@ -222,6 +222,54 @@ def test_a_text_run_whose_files_disagree_is_refused_by_name(text_run, tmp_path):
         load_run(run, model_file="baseline.keras")
 
 
+# === calibrate, compare, info ===
+
+
+@pytest.mark.slow
+def test_cli_calibrates_a_text_run_on_its_validation_documents(text_run, tmp_path, capsys):
+    root, _ = text_run
+    run = shutil.copytree(root / "run", tmp_path / "run")
+    assert main(["calibrate", str(run), "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["num_samples"] == 25 and report["model"] == "model.calibrated.keras"
+    assert "temperatures on 25 validation documents" in captured.err
+    nll = {side: report[side]["negative_log_likelihood"]["group"] for side in ("before", "after")}
+    assert nll["after"] <= nll["before"] + 1e-9  # the gate's temperature fitted on them
+    calibrated = keras.models.load_model(run / "model.calibrated.keras", safe_mode=True)
+    model = keras.models.load_model(run / "model.keras")
+    assert calibrated.preprocessor.get_vocabulary() == model.preprocessor.get_vocabulary()
+    documents = [" ".join(words.split() * 2) for words in WORDS.values()]
+    outputs = calibrated.predict(documents, verbose=0)  # strings in, as the run's model
+    assert outputs["classes"].argmax(1).tolist() == [0, 1, 2, 3]
+    lines = tmp_path / "new.txt"
+    lines.write_text(documents[1] + "\n")
+    words = ["predict", str(run), "--lines", str(lines), "--model", "model.calibrated.keras"]
+    assert main([*words, "--json", "--quiet"]) == 0
+    (row,) = _json_lines(capsys.readouterr().out)
+    assert row["class"] == "dog"
+    assert row["confidence"] == pytest.approx(float(outputs["classes"][1].max()), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_cli_compares_a_text_run_by_its_text_trunk(text_run, capsys):
+    root, _ = text_run
+    assert main(["compare", str(root / "run"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["backbone"] == "bag (text)"  # not the image default, small_cnn
+    assert row["accuracy"] > 0.5 and row["routed_mmacs"] is not None
+
+
+@pytest.mark.slow
+def test_cli_info_of_a_text_run_counts_per_document(text_run, capsys):
+    root, _ = text_run
+    assert main(["info", str(root / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "MACs / document" in out and "MACs per document by route" in out
+    assert main(["info", str(root / "run"), "--model", "baseline.keras"]) == 0
+    assert "the flat baseline runs whole on every document" in capsys.readouterr().out
+
+
 # === What text runs refuse ===
 
 
@@ -229,9 +277,6 @@ def test_a_text_run_whose_files_disagree_is_refused_by_name(text_run, tmp_path):
 @pytest.mark.parametrize(
     "command",
     [
-        ["calibrate", "RUN"],
-        ["export", "RUN", "--format", "keras"],
-        ["serve", "RUN"],
         ["ensemble", "RUN", "--data", "DATA", "--out", "OUT"],
         ["explain", "RUN", "DATA", "--out", "OUT"],
         ["backoff", "RUN"],

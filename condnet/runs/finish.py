@@ -101,7 +101,7 @@ def finish_run(
         comparison["conditional"] = _summary(metrics, macs["routed"], speed)
         comparison["conditional"]["epochs"] = _conditional_epochs(options, state)
         comparison["verdict"] = baseline_verdict(
-            comparison["conditional"], comparison["flat"], metrics["num_samples"]
+            comparison["conditional"], comparison["flat"], metrics["num_samples"], noun_of(scored)
         )
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         comparison["milder_mistakes"] = milder_mistakes(

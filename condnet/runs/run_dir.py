@@ -51,7 +51,6 @@ from condnet.runs.documents import (
     is_text_run,
     jsonl_documents,
     line_documents,
-    refuse_text_run,
 )
 from condnet.runs.options import IMAGE_SIZES, normalised
 from condnet.runs.outputs import guard, staged_folder, training_data, write_file
@@ -884,8 +883,9 @@ def _conditional_metrics(run_dir, model, data, label, model_file=None):
         if metrics["inference_routing"] == "hard":
             _add_training_costs(trained, comparison)
             _add_speeds(model, flat, data, comparison)
+        noun = "documents" if isinstance(data, TextFolder) else "images"
         comparison["verdict"] = baseline_verdict(
-            comparison["conditional"], comparison["flat"], metrics["num_samples"]
+            comparison["conditional"], comparison["flat"], metrics["num_samples"], noun
         )
         comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
         metrics["baseline"] = comparison
@@ -1256,20 +1256,22 @@ def _calibrate_locked(run_dir, progress=False):
         "calibrate",
         "fits the temperatures of one model's gate and experts on its own validation split",
     )
-    refuse_text_run(run_dir, config, "calibrate")
     refuse_extended(run_dir, config, "calibrate")
-    train_data, validation = load_data(config["options"])
+    # A text run's documents are read with its own vectorizer (that of model.keras).
+    vectorizer = getattr(model, "preprocessor", None)
+    train_data, validation = load_data(config["options"], vectorizer=vectorizer)
     check_split(run_dir, config["options"]["data_dir"], train_data, validation)
+    noun = "documents" if is_text_run(config) else "images"
     if validation is None:
         raise ValueError(
             f"The run {str(run_dir)!r} has no validation split (validation_split=0), and "
-            "temperatures must be fitted on images the model did not train on. Train "
+            f"temperatures must be fitted on {noun} the model did not train on. Train "
             "with --validation-split 0.2 (or more)."
         )
     if progress:
         print(
             f"Fitting the gate and expert temperatures on {validation.num_samples} validation "
-            "images ...",
+            f"{noun} ...",
             file=sys.stderr,
             flush=True,
         )
