@@ -23,6 +23,13 @@ batch 32, at most `--epochs` epochs, early stopping on validation accuracy
   class (the flat model of the same trunk).
 - `condnet, <trunk>`: `build_text_model` (soft routing while training),
   scored hard-routed (only the chosen expert runs).
+- `condnet train (defaults)`: the recipe `condnet train DATA_DIR` runs, with its
+  defaults (`--condnet-option NAME=VALUE` changes one), on a folder of links
+  to the seed's training and validation posts (`<group>/<class>/<post>`; it
+  draws its own validation eighth, with the seed), its own vectorizer adapted on
+  its training split, its own epochs, schedule and early stopping; the shipped
+  hard-routed `model.keras` scored on the same test posts. Its wall time is the
+  whole `train` call. `condnet train's flat baseline`: the run's `baseline.keras`.
 
 Reported per row: test accuracy, hierarchical F1, the MACs per document that
 inference runs (routed: trunk + gate + the costliest expert), training time.
@@ -32,6 +39,7 @@ Writes `benchmarks/text-news20.json` and the "Text: 20 Newsgroups" section of
 
 import json
 import os
+import shutil
 import statistics
 import tarfile
 import time
@@ -55,6 +63,8 @@ from condnet.data.text import (  # noqa: E402
 from condnet.evaluation.baseline import routed_macs  # noqa: E402
 from condnet.evaluation.cost import count_macs  # noqa: E402
 from condnet.evaluation.evaluate import evaluate_model  # noqa: E402
+from condnet.hierarchy import Hierarchy  # noqa: E402
+from condnet.runs.recipe import train  # noqa: E402
 from condnet.text.text_model import build_text_model, text_trunk  # noqa: E402
 
 NEWS = common.REPOSITORY.parent / "shared" / "data" / "news20-train.tar.gz"
@@ -146,6 +156,60 @@ def train_and_score(name, model, data, args, hierarchy):
     return row
 
 
+def condnet_train_rows(args, paths, labels, hierarchy, split, seed):
+    """The `condnet train (defaults)` row and its flat baseline's, on this seed's split."""
+    train_rows, validation_rows, test_rows = split
+    folder = args.cache / f"news20-linked-{seed}"
+    if not folder.is_dir():
+        for row in (*train_rows, *validation_rows):
+            name = hierarchy.classes[labels[row]]
+            link = folder / hierarchy.group_of(name) / name / Path(paths[row]).name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(paths[row], link)  # a copy: the scan skips links that leave it
+    run = args.cache / "runs-news20" / f"seed-{seed}"
+    start = time.perf_counter()
+    train(folder, run, seed=seed, validation_split=0.125, overwrite=True, verbose=0,
+          **common_options(args.condnet_option))  # fmt: skip
+    seconds = time.perf_counter() - start
+    model = keras.models.load_model(run / "model.keras")
+    ordered = Hierarchy(json.loads((run / "hierarchy.json").read_text()))
+    remap = np.array([ordered.classes.index(name) for name in hierarchy.classes])
+    texts, _ = read_documents([paths[r] for r in test_rows])
+    test = TextFolder(texts, remap[labels[test_rows]], ordered, model.preprocessor)
+    model.routing = "hard"
+    flat = keras.models.load_model(run / "baseline.keras")
+    length = model.preprocessor.get_config()["output_sequence_length"]
+    epochs = len(json.loads((run / "state.json").read_text())["history"])
+    scored = {
+        "condnet train (defaults)": (model, routed_macs(model, (length,))["routed"]),
+        "condnet train's flat baseline": (flat, count_macs(flat, (length,))),
+    }
+    return [
+        {
+            "row": name,
+            "accuracy": metrics["accuracy"],
+            "hierarchical_f1": metrics["hierarchical_f1"],
+            "mmacs": macs / 1e6,
+            "epochs": epochs,
+            "seconds": seconds,
+            "seed": seed,
+        }
+        for name, (scored_model, macs) in scored.items()
+        for metrics in [evaluate_model(scored_model, test, ordered)]
+    ]
+
+
+def common_options(pairs):
+    options = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            options[name] = json.loads(value)
+        except ValueError:
+            options[name] = value
+    return options
+
+
 def run_seed(args, texts, labels, hierarchy, seed):
     keras.utils.set_random_seed(seed)
     train_rows, validation_rows, test_rows = splits(labels, seed)
@@ -164,7 +228,7 @@ def run_seed(args, texts, labels, hierarchy, seed):
                             data, args, hierarchy),
             train_and_score("flat, Keras example 1D-CNN", keras_cnn_model(vocabulary, length,
                             classes), data, args, hierarchy)]  # fmt: skip
-    for trunk in args.trunks.split(","):
+    for trunk in [t for t in args.trunks.split(",") if t]:
         flat = flat_trunk_model(vocabulary, length, classes, trunk)
         rows.append(train_and_score(f"flat, {trunk}", flat, data, args, hierarchy))
         model = build_text_model(hierarchy, vocabulary, length, trunk=trunk)
@@ -191,7 +255,12 @@ def main():
     start = time.perf_counter()
     rows = []
     for seed in range(args.seeds):
-        rows += run_seed(args, texts, labels, hierarchy, seed)
+        if not args.condnet_train_only:
+            rows += run_seed(args, texts, labels, hierarchy, seed)
+        if not args.quick:
+            split = splits(labels, seed)
+            rows += condnet_train_rows(args, paths, labels, hierarchy, split, seed)
+            print(json.dumps(rows[-2:]), flush=True)
     if not args.quick:
         _write(args, rows, time.perf_counter() - start)
 
@@ -203,6 +272,17 @@ def _options(parser):
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--vocabulary", type=int, default=20000)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
+    parser.add_argument(
+        "--condnet-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a TrainingOptions field for the condnet train row (JSON value)",
+    )
+    parser.add_argument("--section", default="Text: 20 Newsgroups")
+    parser.add_argument(
+        "--condnet-train-only", action="store_true", help="only the condnet train rows"
+    )
 
 
 def _write(args, rows, seconds):
@@ -239,7 +319,7 @@ def _write(args, rows, seconds):
             ),
         ]
     )
-    common.write_section("Text: 20 Newsgroups", body, args.results)
+    common.write_section(args.section, body, args.results)
     out = common.BENCHMARKS / "text-news20.json"
     out.write_text(json.dumps({"args": vars(args) | {"cache": str(args.cache),
                                 "results": str(args.results), "data": str(args.data)},

@@ -53,6 +53,19 @@ def text_run(tmp_path_factory):
     return root, [str(warning.message) for warning in caught]
 
 
+def test_a_text_run_takes_the_documents_learning_rate_unless_given(tmp_path):
+    from condnet.runs.recipe import TEXT_LEARNING_RATE, train
+
+    make_documents(tmp_path / "train", per_class=6)
+    options = dict(epochs=1, sequence_length=32, baseline=False, report=False)
+    train(tmp_path / "train", tmp_path / "run", tensorboard=False, verbose=0, **options)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["options"]
+    assert stored["learning_rate"] == TEXT_LEARNING_RATE  # "auto", resolved and kept
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    rate = history[1].split(",")[history[0].split(",").index("learning_rate")]
+    assert float(rate) == pytest.approx(TEXT_LEARNING_RATE)
+
+
 def _json_lines(text):
     return [json.loads(line) for line in text.strip().splitlines()]
 

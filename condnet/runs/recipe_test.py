@@ -839,6 +839,21 @@ def test_auto_augmentation_is_none_on_a_pretrained_backbone(options, policy):
     assert resolve_augment(TrainingOptions(**options)) == policy
 
 
+@pytest.mark.parametrize(
+    ("options", "rate"),
+    [
+        (dict(), 1e-3),
+        (dict(modality="image"), 1e-3),
+        (dict(modality="text"), 1e-2),
+        (dict(modality="text", learning_rate=3e-4), 3e-4),
+    ],
+)
+def test_auto_learning_rate_is_higher_for_documents(options, rate):
+    from condnet.runs.recipe import resolve_learning_rate
+
+    assert resolve_learning_rate(TrainingOptions(**options)) == rate
+
+
 class _TrunkRuns(keras.callbacks.Callback):
     """Counts, per fit, the calls of the model's trunk on images (not on cached features)."""
 
