@@ -53,6 +53,19 @@ def parse_args(description, argv=None, more=None, known=False):
     return parser.parse_known_args(argv)[0] if known else parser.parse_args(argv)
 
 
+def option_values(pairs):
+    """`{name: value}` of `NAME=VALUE` strings (each value read as JSON, else kept as text):
+    the TrainingOptions fields a benchmark's `--condnet-option` flags pass to a run."""
+    options = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            options[name] = json.loads(value)
+        except ValueError:
+            options[name] = value
+    return options
+
+
 def choose_backend():
     """The backend to set in KERAS_BACKEND, read from the command line.
 

@@ -99,17 +99,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def condnet_options(pairs):
-    options = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        try:
-            options[name] = json.loads(value)
-        except ValueError:
-            options[name] = value
-    return options
-
-
 # === condnet ===
 
 
@@ -125,7 +114,7 @@ def run_condnet(args, folder, seed, backbone):
         seed=seed,
         overwrite=True,
         verbose=0,
-        **condnet_options(args.condnet_option),
+        **common.option_values(args.condnet_option),
     )
     return run, time.perf_counter() - start, result["metrics"]
 

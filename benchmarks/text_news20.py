@@ -169,7 +169,7 @@ def condnet_train_rows(args, paths, labels, hierarchy, split, seed):
     run = args.cache / "runs-news20" / f"seed-{seed}"
     start = time.perf_counter()
     train(folder, run, seed=seed, validation_split=0.125, overwrite=True, verbose=0,
-          **common_options(args.condnet_option))  # fmt: skip
+          **common.option_values(args.condnet_option))  # fmt: skip
     seconds = time.perf_counter() - start
     model = keras.models.load_model(run / "model.keras")
     ordered = Hierarchy(json.loads((run / "hierarchy.json").read_text()))
@@ -197,17 +197,6 @@ def condnet_train_rows(args, paths, labels, hierarchy, split, seed):
         for name, (scored_model, macs) in scored.items()
         for metrics in [evaluate_model(scored_model, test, ordered)]
     ]
-
-
-def common_options(pairs):
-    options = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        try:
-            options[name] = json.loads(value)
-        except ValueError:
-            options[name] = value
-    return options
 
 
 def run_seed(args, texts, labels, hierarchy, seed):
