@@ -1189,9 +1189,6 @@ def _probability(text):
         return False
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # === export ===
 
@@ -1575,3 +1572,7 @@ def _distributed_tuning(args):
     os.environ["KERASTUNER_ORACLE_IP"] = host
     os.environ["KERASTUNER_ORACLE_PORT"] = port
     os.environ["KERASTUNER_TUNER_ID"] = "chief" if args.chief else args.worker_id
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -389,3 +389,15 @@ def test_help_answers_without_importing_keras(words):
     )
     assert "usage: condnet" in done.stdout
     assert done.stdout.strip().endswith("NO KERAS")
+
+
+def test_the_module_runs_as_a_script_with_every_subcommand_defined():
+    # `python -m condnet.runs.cli` once stopped at a `__main__` block placed before
+    # the later subcommands were defined.
+    done = subprocess.run(
+        [sys.executable, "-m", "condnet.runs.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "usage: condnet serve" in done.stdout
