@@ -1189,7 +1189,6 @@ def _probability(text):
         return False
 
 
-
 # === export ===
 
 
