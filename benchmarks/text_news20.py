@@ -2,6 +2,7 @@
 
     python benchmarks/text_news20.py [--seeds 3] [--trunks cnn,gru,transformer]
         [--epochs 10] [--sequence-length 256] [--vocabulary 20000] [--quick]
+        [--skip-keras-cnn] [--condnet-train-only] [--condnet-option NAME=VALUE ...]
 
 The training half of 20 Newsgroups (`../shared/data/news20-train.tar.gz`, 11,314
 posts, headers included, as users receive them), in five groups by the
@@ -214,9 +215,10 @@ def run_seed(args, texts, labels, hierarchy, seed):
     data = (folder(train_rows, True), folder(validation_rows), folder(test_rows))
     length, classes = args.sequence_length, hierarchy.num_classes
     rows = [train_and_score("flat, ten lines", ten_line_model(vocabulary, length, classes),
-                            data, args, hierarchy),
-            train_and_score("flat, Keras example 1D-CNN", keras_cnn_model(vocabulary, length,
-                            classes), data, args, hierarchy)]  # fmt: skip
+                            data, args, hierarchy)]  # fmt: skip
+    if not args.skip_keras_cnn:
+        rows.append(train_and_score("flat, Keras example 1D-CNN", keras_cnn_model(
+            vocabulary, length, classes), data, args, hierarchy))  # fmt: skip
     for trunk in [t for t in args.trunks.split(",") if t]:
         flat = flat_trunk_model(vocabulary, length, classes, trunk)
         rows.append(train_and_score(f"flat, {trunk}", flat, data, args, hierarchy))
@@ -271,6 +273,9 @@ def _options(parser):
     parser.add_argument("--section", default="Text: 20 Newsgroups")
     parser.add_argument(
         "--condnet-train-only", action="store_true", help="only the condnet train rows"
+    )
+    parser.add_argument(
+        "--skip-keras-cnn", action="store_true", help="leave out the Keras example's 1D-CNN"
     )
 
 
