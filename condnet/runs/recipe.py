@@ -236,6 +236,8 @@ def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
             prepared = _prepare(options, data_dir)
         options, (train_data, validation), model = prepared
         _announce(_data_summary(train_data, validation, options), fit_kwargs)
+        if _probe_line(train_data):
+            _announce(_probe_line(train_data), fit_kwargs)
         if _selection_line(validation):
             _announce(_selection_line(validation), fit_kwargs)
         if distribute.is_chief():
@@ -876,6 +878,7 @@ def _prepare(options, data_dir):
     # The policy "auto" picks on this machine, so that config.json (and a resume) keep it.
     options = dataclasses.replace(options, precision=resolve_precision(options.precision))
     options = dataclasses.replace(options, learning_rate=resolve_learning_rate(options))
+    probe = options.augment == "auto" and _probes_augmentation(options, validation)
     if options.modality != "text":
         options = dataclasses.replace(options, augment=resolve_augment(options))
         placement = resolve_placement(options.expert_placement, options.backbone, options.weights)
@@ -883,6 +886,8 @@ def _prepare(options, data_dir):
             options, head_units=resolve_head_units(options.head_units, placement)
         )
     model = build_model(options, train_data)
+    if probe:
+        options, model = _probe_augmentation(options, model, train_data, validation)
     if options.upcycle_epochs:
         _upcycle_source(model, options, train_data)  # refuses a model it cannot upcycle
     return options, (train_data, validation), model
@@ -896,6 +901,57 @@ def resolve_learning_rate(options):
     if options.learning_rate != "auto":
         return options.learning_rate
     return TEXT_LEARNING_RATE if options.modality == "text" else IMAGE_LEARNING_RATE
+
+
+# `--augment auto` on a pretrained backbone: the validation images the probe needs at
+# least, and the drop in accuracy under the light policy's shifts that turns it on.
+PROBE_MIN_IMAGES = 100
+PROBE_DROP = 0.02
+
+
+def _probes_augmentation(options, validation):
+    """Whether `augment="auto"` is decided by `augmentation_probe` (a pretrained backbone,
+    images, one process, and `PROBE_MIN_IMAGES` validation images to score)."""
+    return (
+        options.modality != "text"
+        and is_pretrained(options.backbone, options.weights)
+        and validation is not None
+        and validation.num_samples >= PROBE_MIN_IMAGES
+        and distribute.process_count() == 1
+    )
+
+
+def _probe_augmentation(options, model, train_data, validation):
+    """`augment="auto"` on a pretrained backbone: `"none"` (features computed once), unless
+    the light policy's shifts cost its frozen features `PROBE_DROP` or more of their
+    nearest-class-mean validation accuracy; then `"light"`, and the model is built again
+    with it. What the probe measured is kept on the training folder for the run's output."""
+    from condnet.training.features import augmentation_probe
+    from condnet.vision.augmentation import make_augmentation
+
+    shifts = make_augmentation("light", image_size=options.image_size, seed=options.seed)
+    found = augmentation_probe(model.trunk, train_data, validation, shifts)
+    augment = "light" if found["clean"] - found["augmented"] >= PROBE_DROP else "none"
+    train_data.augmentation_probe = {**found, "augment": augment}
+    if augment == "none":
+        return options, model
+    options = dataclasses.replace(options, augment=augment)
+    return options, build_model(options, train_data)
+
+
+def _probe_line(train_data):
+    found = getattr(train_data, "augmentation_probe", None)
+    if found is None:
+        return None
+    verdict = {
+        "none": "so the heads train on features computed once, without augmentation",
+        "light": "so the run augments them (every epoch runs the backbone)",
+    }[found["augment"]]
+    return (
+        f"--augment auto: the backbone's features classify the {found['images']} validation "
+        f"images {found['clean']:.1%} right as they are and {found['augmented']:.1%} right "
+        f"shifted slightly, {verdict}."
+    )
 
 
 def resolve_augment(options):

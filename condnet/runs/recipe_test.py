@@ -916,3 +916,24 @@ def test_a_frozen_backbone_runs_once_per_image_then_fine_tuning_runs_it(
         "images": 12,
         "monitor": "val_accuracy_smoothed",
     }
+
+
+@pytest.mark.parametrize(("augmented", "policy"), [(0.70, "light"), (0.79, "none")])
+def test_auto_augmentation_on_a_pretrained_backbone_follows_the_probe(
+    shapes, tmp_path, monkeypatch, augmented, policy
+):
+    from condnet.runs import recipe
+    from condnet.training import features
+
+    found = {"images": 12, "clean": 0.80, "augmented": augmented}
+    monkeypatch.setattr(recipe, "PROBE_MIN_IMAGES", 1)
+    monkeypatch.setattr(features, "augmentation_probe", lambda *args: found)
+    backbone, _, _ = _user_model_file(tmp_path)
+    options = TrainingOptions(backbone=backbone, image_size=32, batch_size=16)
+    options, (train_data, _), model = recipe._prepare(options, shapes / "train")
+    assert options.augment == policy  # a drop of 2 points or more turns it on
+    layers = [layer.name for layer in model.trunk.layers]
+    assert ("augmentation" in " ".join(layers)) == (policy == "light")
+    assert train_data.augmentation_probe["augment"] == policy
+    line = recipe._probe_line(train_data)
+    assert "12 validation images 80.0% right as they are" in line

@@ -75,14 +75,65 @@ def weights_fingerprint(model):
     return digest.hexdigest()
 
 
-def _run_once(trunk, folder):
-    """The trunk on every batch of `folder` in its current order, with the labels."""
+def augmentation_probe(trunk, train, validation, augmentation):
+    """What an augmentation changes in what a frozen trunk's features say.
+
+    A nearest-class-mean classifier (cosine similarity to each class's mean
+    training feature) scores the validation images as they are and as
+    `augmentation` transforms them (in training mode). Features that already
+    tell the classes apart as well under the transformation leave the heads
+    nothing to learn from augmented images; a clear drop says they would.
+    The features as they are are `frozen_features`, kept for the training;
+    only the transformed validation images run the trunk again.
+
+    Returns:
+        dict: `"images"` (validation images scored), `"clean"` and
+        `"augmented"` (their accuracies).
+    """
+    x, y = frozen_features(trunk, train)
+    clean_x, clean_y = frozen_features(trunk, validation)
+    shifted_x, shifted_y = _run_once(trunk, validation, transform=augmentation)
+    means = _class_means(_single(x), y, train.hierarchy.num_classes)
+
+    def accuracy(features, labels):
+        return float(np.mean((_unit(_single(features)) @ means.T).argmax(axis=1) == labels))
+
+    return {
+        "images": len(clean_y),
+        "clean": accuracy(clean_x, clean_y),
+        "augmented": accuracy(shifted_x, shifted_y),
+    }
+
+
+def _single(features):
+    return next(iter(features.values())) if isinstance(features, dict) else features
+
+
+def _unit(rows):
+    rows = rows.reshape(len(rows), -1)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def _class_means(features, labels, num_classes):
+    rows = _unit(features)
+    means = np.zeros((num_classes, rows.shape[1]), "float32")
+    for label in np.unique(labels):
+        means[label] = rows[labels == label].mean(axis=0)
+    return _unit(means)
+
+
+def _run_once(trunk, folder, transform=None):
+    """The trunk on every batch of `folder` in its current order, with the labels; the
+    images go through `transform` (a Keras layer, in training mode) first if given."""
     parts, labels = [], []
     for index in range(len(folder)):
         batch = folder[index]
         images, batch_labels = batch[0], batch[1]
         if len(batch) == 3:  # without substitution: the rows that failed to decode weigh 0
             images, batch_labels = images[batch[2] > 0], batch_labels[batch[2] > 0]
+        if transform is not None:
+            images = np.asarray(images, "float32")
+            images = keras.ops.convert_to_numpy(transform(images, training=True))
         for start in range(0, len(images), _BATCH):
             parts.append(trunk.predict_on_batch(images[start : start + _BATCH]))
         labels.append(np.asarray(batch_labels))

@@ -71,3 +71,24 @@ def test_features_are_used_only_for_a_frozen_unaugmented_trunk(folders):
     assert not features_fit(_trunk(frozen=False), folders)
     assert not features_fit(_trunk(), folders, augmented=True)
     assert not features_fit(None, folders)
+
+
+def _pixels_trunk():
+    inputs = keras.Input((16, 16, 3))
+    trunk = keras.Model(inputs, {"features": keras.layers.Flatten()(inputs)})
+    trunk.trainable = False
+    return trunk
+
+
+def test_the_augmentation_probe_scores_validation_as_it_is_and_transformed(folders):
+    from condnet.training.features import augmentation_probe
+
+    train, validation = folders
+    trunk = _pixels_trunk()
+    same = augmentation_probe(trunk, train, validation, lambda images, training: images)
+    assert same["images"] == validation.num_samples
+    assert same["clean"] == same["augmented"] > 1 / train.hierarchy.num_classes
+    negative = augmentation_probe(trunk, train, validation, lambda images, training: 255 - images)
+    assert negative["clean"] == same["clean"]  # the features as they are: computed once
+    assert negative["augmented"] < negative["clean"]
+    assert frozen_features(trunk, validation) is frozen_features(trunk, validation)
