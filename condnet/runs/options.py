@@ -398,7 +398,9 @@ class TrainingOptions:
         "auto",
         "augmentation policy: none; light (small shifts); standard / strong (flips, rotation, "
         "zoom, shifts, contrast); auto = light, or none under 32 px: no flips or rotations, "
-        "which would turn direction-dependent classes into each other (--no-augment = none)",
+        "which would turn direction-dependent classes into each other; on a pretrained "
+        "backbone none, unless a probe of the validation split finds that light shifts "
+        "cost its features 2 points (--no-augment = none)",
         _augment,
         choices=AUGMENT_POLICIES,
     )

@@ -955,14 +955,15 @@ def _probe_line(train_data):
 
 
 def resolve_augment(options):
-    """The augmentation policy a run uses: `"auto"` on a pretrained backbone is `"none"`.
+    """The augmentation policy a run starts from: `"auto"` on a pretrained backbone is
+    `"none"`.
 
-    A frozen pretrained backbone's pooled features barely move under the
-    small shifts `"auto"` would otherwise apply (`"light"`), and without
-    augmentation its features are computed once per image, so the heads
-    train in seconds an epoch instead of running the backbone every epoch
-    (benchmarks/RESULTS.md, "Pretrained backbone: photos20"). Other values
-    are kept; on a backbone trained from scratch `"auto"` stays for
+    Without augmentation a frozen backbone's features are computed once per
+    image, so the heads train in seconds an epoch instead of running the
+    backbone every epoch (benchmarks/RESULTS.md, "Pretrained backbone:
+    photos20"). With a validation split of `PROBE_MIN_IMAGES` or more,
+    `_probe_augmentation` then turns `"light"` on when the data needs it. Other
+    values are kept; on a backbone trained from scratch `"auto"` stays for
     `make_augmentation` to resolve.
     """
     if options.augment != "auto" or not is_pretrained(options.backbone, options.weights):
