@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -228,6 +229,7 @@ def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
         )
     with times.part("scan and prepare"):
         prepared = None if options.hierarchy == "auto" else _prepare(options, data_dir)
+    _time_probe(prepared, times)
     if prepared is None:
         check_num_groups(options.discovery_groups, len(flat_class_names(data_dir)))
     with _guarded(run_dir, break_lock, overwrite) as claim:
@@ -930,13 +932,23 @@ def _probe_augmentation(options, model, train_data, validation):
     from condnet.vision.augmentation import make_augmentation
 
     shifts = make_augmentation("light", image_size=options.image_size, seed=options.seed)
+    started = time.perf_counter()
     found = augmentation_probe(model.trunk, train_data, validation, shifts)
     augment = "light" if found["clean"] - found["augmented"] >= PROBE_DROP else "none"
-    train_data.augmentation_probe = {**found, "augment": augment}
+    seconds = time.perf_counter() - started
+    train_data.augmentation_probe = {**found, "augment": augment, "seconds": seconds}
     if augment == "none":
         return options, model
     options = dataclasses.replace(options, augment=augment)
     return options, build_model(options, train_data)
+
+
+def _time_probe(prepared, times):
+    """The probe's seconds (the backbone's pass over the images, kept for the training,
+    and over the shifted validation images) count as the frozen features' pass."""
+    found = getattr(prepared[1][0], "augmentation_probe", None) if prepared else None
+    if found is not None:
+        times.move(found["seconds"], "scan and prepare", "fit frozen features")
 
 
 def _probe_line(train_data):

@@ -937,3 +937,7 @@ def test_auto_augmentation_on_a_pretrained_backbone_follows_the_probe(
     assert train_data.augmentation_probe["augment"] == policy
     line = recipe._probe_line(train_data)
     assert "12 validation images 80.0% right as they are" in line
+    times, probed = recipe.RunTimes(), train_data.augmentation_probe["seconds"]
+    times.add("scan and prepare", probed + 2.0)
+    recipe._time_probe((options, (train_data, None), model), times)  # the probe's pass
+    assert times.seconds == pytest.approx({"scan and prepare": 2.0, "fit frozen features": probed})
