@@ -149,14 +149,13 @@ def auto_or_float(text):
     return text if text == "auto" else float(text)
 
 
-def _learning_rate(name, value):
-    return value if value == "auto" else _positive_number(name, value)
+def _auto_or(check):
+    """A check that keeps `"auto"` and gives any other value to `check`."""
 
+    def checked(name, value):
+        return value if value == "auto" else check(name, value)
 
-def _head_units(name, value):
-    if value == "auto":
-        return value
-    return _int_at_least(0)(name, value)
+    return checked
 
 
 def _image_size(name, value):
@@ -318,7 +317,7 @@ class TrainingOptions:
         "auto",
         "units of a ReLU layer (with dropout) before each head's classifier, 0 for none; "
         "auto = 256 on light heads (a pretrained backbone's pooled features), else 0",
-        _head_units,
+        _auto_or(_int_at_least(0)),
         type=auto_or_int,
         metavar="UNITS",
     )
@@ -374,7 +373,7 @@ class TrainingOptions:
         "auto",
         "Adam learning rate; auto = 1e-3 for images, 1e-2 for documents (the embeddings of "
         "a text trunk learn slowly at 1e-3)",
-        _learning_rate,
+        _auto_or(_positive_number),
         type=auto_or_float,
         metavar="RATE",
     )
