@@ -249,9 +249,21 @@ def run_seed(args, folder, hierarchy, test, seed, backbone, extractor):
         "epochs": len(json.loads((run / "state.json").read_text())["history"]),
         "validation_images": metrics["best_epoch_chosen_on"]["images"],
         "routed_mmacs": round(metrics["macs_per_image"]["routed"] / 1e6, 1),
+        **probe_columns(metrics),
     }
     print(json.dumps(row), flush=True)
     return row
+
+
+def probe_columns(metrics):
+    """What `--augment auto`'s probe measured (points), when the run probed."""
+    probe = metrics.get("augmentation_probe")
+    if probe is None:
+        return {"probe": "not run"}
+    drop = 100 * (probe["clean"] - probe["augmented"])
+    return {
+        "probe": f"{drop:.1f} +- {100 * probe['drop_error']:.1f} -> {probe['augment']}",
+    }
 
 
 def table(rows):
@@ -273,6 +285,7 @@ def table(rows):
             f"{r['later_epoch_seconds'] / (r['first_epoch_seconds'] + r['features_seconds']):.1%}",
             r["epochs"],
             r["hand_seconds"],
+            r["probe"],
         ]
         for r in rows
     ]
@@ -286,6 +299,7 @@ def table(rows):
         "later / (first + features)",
         "epochs",
         "hand recipe s",
+        "probe drop (points, +- 1 se) -> augment",
     ]
     return mean, common.markdown_table(headers, body), common.markdown_table(time_headers, times)
 

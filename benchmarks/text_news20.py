@@ -3,6 +3,7 @@
     python benchmarks/text_news20.py [--seeds 3] [--trunks cnn,gru,transformer]
         [--epochs 10] [--sequence-length 256] [--vocabulary 20000] [--quick]
         [--skip-keras-cnn] [--condnet-train-only] [--condnet-option NAME=VALUE ...]
+        [--variant LABEL:NAME=VALUE,... ...] [--section TITLE]
 
 The training half of 20 Newsgroups (`../shared/data/news20-train.tar.gz`, 11,314
 posts, headers included, as users receive them), in five groups by the
@@ -31,6 +32,8 @@ batch 32, at most `--epochs` epochs, early stopping on validation accuracy
   its training split, its own epochs, schedule and early stopping; the shipped
   hard-routed `model.keras` scored on the same test posts. Its wall time is the
   whole `train` call. `condnet train's flat baseline`: the run's `baseline.keras`.
+  Each `--variant LABEL:NAME=VALUE,...` adds a `condnet train (LABEL)` row (and its
+  baseline's) with those options instead, e.g. `--variant 'cnn:text_trunk="cnn"'`.
 
 Reported per row: test accuracy, hierarchical F1, the MACs per document that
 inference runs (routed: trunk + gate + the costliest expert), training time.
@@ -157,8 +160,28 @@ def train_and_score(name, model, data, args, hierarchy):
     return row
 
 
+def variants(args):
+    """`{label: options}` of the `condnet train` rows to run: `(defaults)` with the
+    `--condnet-option` values, or one row per `--variant LABEL:NAME=VALUE,...`."""
+    if not args.variant:
+        return {"defaults": common.option_values(args.condnet_option)}
+    found = {}
+    for text in args.variant:
+        label, _, pairs = text.partition(":")
+        found[label] = common.option_values([p for p in pairs.split(",") if p])
+    return found
+
+
 def condnet_train_rows(args, paths, labels, hierarchy, split, seed):
-    """The `condnet train (defaults)` row and its flat baseline's, on this seed's split."""
+    """The `condnet train` rows (one per variant) and their flat baselines'."""
+    rows = []
+    for label, options in variants(args).items():
+        rows += condnet_train_variant(args, paths, labels, hierarchy, split, seed, label, options)
+    return rows
+
+
+def condnet_train_variant(args, paths, labels, hierarchy, split, seed, label, options):
+    """The `condnet train (LABEL)` row and its flat baseline's, on this seed's split."""
     train_rows, validation_rows, test_rows = split
     folder = args.cache / f"news20-linked-{seed}"
     if not folder.is_dir():
@@ -170,7 +193,7 @@ def condnet_train_rows(args, paths, labels, hierarchy, split, seed):
     run = args.cache / "runs-news20" / f"seed-{seed}"
     start = time.perf_counter()
     train(folder, run, seed=seed, validation_split=0.125, overwrite=True, verbose=0,
-          **common.option_values(args.condnet_option))  # fmt: skip
+          **options)  # fmt: skip
     seconds = time.perf_counter() - start
     model = keras.models.load_model(run / "model.keras")
     ordered = Hierarchy(json.loads((run / "hierarchy.json").read_text()))
@@ -182,8 +205,8 @@ def condnet_train_rows(args, paths, labels, hierarchy, split, seed):
     length = model.preprocessor.get_config()["output_sequence_length"]
     epochs = len(json.loads((run / "state.json").read_text())["history"])
     scored = {
-        "condnet train (defaults)": (model, routed_macs(model, (length,))["routed"]),
-        "condnet train's flat baseline": (flat, count_macs(flat, (length,))),
+        f"condnet train ({label})": (model, routed_macs(model, (length,))["routed"]),
+        f"condnet train's flat baseline ({label})": (flat, count_macs(flat, (length,))),
     }
     return [
         {
@@ -251,7 +274,7 @@ def main():
         if not args.quick:
             split = splits(labels, seed)
             rows += condnet_train_rows(args, paths, labels, hierarchy, split, seed)
-            print(json.dumps(rows[-2:]), flush=True)
+            print(json.dumps(rows[-2 * len(variants(args)) :]), flush=True)
     if not args.quick:
         _write(args, rows, time.perf_counter() - start)
 
@@ -269,6 +292,13 @@ def _options(parser):
         default=[],
         metavar="NAME=VALUE",
         help="a TrainingOptions field for the condnet train row (JSON value)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:NAME=VALUE,...",
+        help="a condnet train row with these TrainingOptions values (repeat for more rows)",
     )
     parser.add_argument("--section", default="Text: 20 Newsgroups")
     parser.add_argument(
@@ -314,7 +344,8 @@ def _write(args, rows, seconds):
         ]
     )
     common.write_section(args.section, body, args.results)
-    out = common.BENCHMARKS / "text-news20.json"
+    slug = "".join(c if c.isalnum() else "-" for c in args.section.lower()).strip("-")
+    out = common.BENCHMARKS / f"{slug.replace('text--20-newsgroups', 'text-news20')}.json"
     out.write_text(json.dumps({"args": vars(args) | {"cache": str(args.cache),
                                 "results": str(args.results), "data": str(args.data)},
                                "rows": rows}, indent=1) + "\n")  # fmt: skip

@@ -90,6 +90,9 @@ def finish_run(
         noun_of(scored): scored.num_samples,
         "monitor": checkpoint_monitor(validation),
     }
+    probe = getattr(train_data, "augmentation_probe", None)  # what chose `--augment auto`
+    if probe is not None:
+        metrics["augmentation_probe"] = {k: v for k, v in probe.items() if k != "seconds"}
     comparison = flat_predictions = None
     if options.baseline:
         with times.part("flat baseline"):

@@ -399,7 +399,7 @@ class TrainingOptions:
         "zoom, shifts, contrast); auto = light, or none under 32 px: no flips or rotations, "
         "which would turn direction-dependent classes into each other; on a pretrained "
         "backbone none, unless a probe of the validation split finds that light shifts "
-        "cost its features 2 points (--no-augment = none)",
+        "surely cost its features 2 points, two standard errors down (--no-augment = none)",
         _augment,
         choices=AUGMENT_POLICIES,
     )

@@ -88,21 +88,33 @@ def augmentation_probe(trunk, train, validation, augmentation):
 
     Returns:
         dict: `"images"` (validation images scored), `"clean"` and
-        `"augmented"` (their accuracies).
+        `"augmented"` (their accuracies), and `"drop_error"`: the standard
+        error of `clean - augmented`, paired image by image (each image is
+        scored both ways, so only the images whose answer changed count).
     """
     x, y = frozen_features(trunk, train)
     clean_x, clean_y = frozen_features(trunk, validation)
     shifted_x, shifted_y = _run_once(trunk, validation, transform=augmentation)
+    if not np.array_equal(clean_y, shifted_y):
+        raise ValueError("the validation folder changed order between two passes")
     means = _class_means(_single(x), y, train.hierarchy.num_classes)
 
-    def accuracy(features, labels):
-        return float(np.mean((_unit(_single(features)) @ means.T).argmax(axis=1) == labels))
+    def right(features):
+        return ((_unit(_single(features)) @ means.T).argmax(axis=1) == clean_y).astype("float64")
 
+    clean, shifted = right(clean_x), right(shifted_x)
     return {
         "images": len(clean_y),
-        "clean": accuracy(clean_x, clean_y),
-        "augmented": accuracy(shifted_x, shifted_y),
+        "clean": float(clean.mean()),
+        "augmented": float(shifted.mean()),
+        "drop_error": _standard_error(clean - shifted),
     }
+
+
+def _standard_error(values):
+    if len(values) < 2:
+        return float("inf")
+    return float(np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
 def _single(features):

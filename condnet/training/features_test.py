@@ -88,7 +88,10 @@ def test_the_augmentation_probe_scores_validation_as_it_is_and_transformed(folde
     same = augmentation_probe(trunk, train, validation, lambda images, training: images)
     assert same["images"] == validation.num_samples
     assert same["clean"] == same["augmented"] > 1 / train.hierarchy.num_classes
+    assert same["drop_error"] == 0.0  # paired: no image changed its answer
     negative = augmentation_probe(trunk, train, validation, lambda images, training: 255 - images)
     assert negative["clean"] == same["clean"]  # the features as they are: computed once
     assert negative["augmented"] < negative["clean"]
+    # each image's difference is -1, 0 or 1: the error of their mean is at most 1 / sqrt(n - 1)
+    assert 0 < negative["drop_error"] <= 1 / np.sqrt(validation.num_samples - 1)
     assert frozen_features(trunk, validation) is frozen_features(trunk, validation)
