@@ -12,6 +12,10 @@ gradients at inference, on any gate or expert (a pretrained backbone, a
 `TemperatureScaling` head, a nested `ConditionalModel`) and on hard-routed models,
 where the route itself has no gradient. Its price is a bounded number of passes:
 `(image side / stride)` squared copies, 49 by default.
+
+Documents get the same idea word by word (`weighed_words`): each distinct word the
+model reads is taken out of the document in turn (its ids become padding), and the
+words whose absence lowers the predicted class's probability most weighed most.
 """
 
 import math
@@ -422,3 +426,59 @@ def _probabilities(part, inputs, batch_size):
     if isinstance(outputs, dict):  # a nested ConditionalModel: its classes
         outputs = outputs["classes"]
     return np.asarray(outputs, "float32")
+
+
+# === Words ===
+
+WORDS_TRIED = 100  # distinct words taken out of one document, its most frequent first
+
+
+def weighed_words(model, texts, top=5, max_words=WORDS_TRIED):
+    """The words that weighed most in the class a text model predicts for each document.
+
+    Each distinct word the model reads (its own vectorizer's tokens, the
+    first `sequence_length` of them, the vocabulary's out-of-vocabulary token
+    left out) is taken out in turn: its ids become padding, as the end of a
+    short document is. The weight of a word is the predicted class's
+    probability with it less without it; the model answers as it is set
+    (a run's model routes hard, so taking out a word can change the expert).
+    All the copies of all the documents go through one `predict`.
+
+    Args:
+        model: a `ConditionalModel` with a text `preprocessor` (a text run's model).
+        texts: list of str, the documents.
+        top: int. Words kept per document, heaviest first (positive weights only).
+        max_words: int. Distinct words tried per document, its most frequent first.
+
+    Returns:
+        One list per document of `(word, weight)` pairs, heaviest first.
+    """
+    ids = model.preprocess(list(texts)).astype("int32")
+    vocabulary = model.preprocessor.get_vocabulary()
+    tried = [_words_to_try(row, max_words) for row in ids]
+    copies = []
+    for row, words in zip(ids, tried):
+        copies.append(row)
+        copies += [np.where(row == word, 0, row) for word in words]
+    probabilities = np.asarray(model.predict(np.stack(copies), verbose=0)["classes"])
+    found, start = [], 0
+    for words in tried:
+        rows = probabilities[start : start + len(words) + 1]
+        start += len(words) + 1
+        predicted = int(np.argmax(rows[0]))
+        weights = rows[0, predicted] - rows[1:, predicted]
+        order = [i for i in np.argsort(-weights, kind="stable")[:top] if weights[i] > 0]
+        found.append([(vocabulary[words[i]], float(weights[i])) for i in order])
+    return found
+
+
+def document_weigher(model):
+    """`weighed_words` of `model` as the callable a report's document gallery takes."""
+    return lambda texts: weighed_words(model, texts)
+
+
+def _words_to_try(row, max_words):
+    """The distinct ids of `row` (neither padding, 0, nor out of vocabulary, 1), the most
+    frequent first, at most `max_words`."""
+    ids, counts = np.unique(row[row > 1], return_counts=True)
+    return [int(i) for i in ids[np.argsort(-counts, kind="stable")][:max_words]]

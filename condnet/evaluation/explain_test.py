@@ -250,3 +250,35 @@ def test_the_report_explains_its_misrouted_examples_only(tmp_path):
         assert "Why they were misrouted" in text and "examples/why-misrouted-00.png" in text
     write_report(tmp_path / "plain", Hierarchy(TREE), metrics, examples=examples)
     assert not list((tmp_path / "plain" / "examples").glob("why-*"))  # only when asked
+
+
+# === Words ===
+
+
+def test_the_keyword_that_decides_a_documents_class_weighs_most():
+    from condnet.data.text import make_vectorizer, token_ids
+    from condnet.evaluation.explain import weighed_words
+    from condnet.text.text_model import build_text_model
+
+    keras.utils.set_random_seed(0)
+    tree = {"animals": ["cat", "dog"], "vehicles": ["bus", "car"]}
+    classes, filler = ["cat", "dog", "bus", "car"], "the a of and to in it is".split()
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    texts = [
+        " ".join([*rng.choice(filler, 6), classes[label], *rng.choice(filler, 6)])
+        for label in labels
+    ]
+    vectorizer = make_vectorizer(texts, sequence_length=16)
+    model = build_text_model(tree, vectorizer.vocabulary_size(), 16, trunk="bag",
+                             preprocessor=vectorizer)  # fmt: skip
+    model.compile(optimizer=keras.optimizers.Adam(0.02))
+    model.fit(token_ids(vectorizer, texts), labels, epochs=6, batch_size=32, verbose=0)
+    model.routing = "hard"
+    asked = ["the a dog of and to the", "a bus in it is the of", "the unheard words cat"]
+    found = weighed_words(model, asked, top=2)
+    assert [words[0][0] for words in found] == ["dog", "bus", "cat"]
+    assert all(weight > 0 for words in found for _, weight in words)
+    assert all(word != "unheard" for word, _ in found[2])  # not in the vocabulary: never tried
+    only = weighed_words(model, asked, top=2, max_words=1)[0]  # the most frequent word only
+    assert {word for word, _ in only} <= {"the"}

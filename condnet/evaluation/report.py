@@ -105,7 +105,11 @@ def write_report(
         explain: optional callable `(image path, PNG path, caption)` that draws
             why the model decided so (`condnet.evaluation.explain.explainer`):
             each misrouted example shown gets the occlusion maps of the gate
-            and of the expert it was sent to. Defaults to `None` (none drawn).
+            and of the expert it was sent to. With `documents`, a callable
+            `(list of texts) -> list of [(word, weight)]`
+            (`condnet.evaluation.explain.weighed_words` of the run's model): each
+            quoted document's caption names the words that weighed most.
+            Defaults to `None` (none drawn).
         documents: bool. The examples' paths are text documents: the gallery
             quotes the first `EXCERPT_LINES` lines of up to 8 misrouted and 8
             misclassified ones instead of showing thumbnails. Defaults to `False`.
@@ -128,7 +132,7 @@ def write_report(
     flat_history = _history_dict((baseline or {}).get("flat", {}).get("history"))
     plots, notes = _write_plots(run_dir, hierarchy, metrics, history, flat_history)
     if documents:
-        gallery = _document_gallery(examples or [])
+        gallery = _document_gallery(examples or [], explain)
     else:
         gallery = _write_gallery(run_dir, examples or [], explain)
     sections = _sections(hierarchy, metrics, plots, notes)
@@ -566,32 +570,42 @@ EXCERPT_WIDTH = 160  # characters kept of each quoted line
 DOCUMENT_KINDS = GALLERY_KINDS[:2]  # misrouted, misclassified: what there is to read
 
 
-def _document_gallery(examples):
+def _document_gallery(examples, weigh=None):
     """The first lines of up to `PER_KIND` misrouted and misclassified documents, as
-    report items (a document that cannot be read is left out)."""
+    report items (a document that cannot be read is left out); with `weigh`, each
+    caption also names the words that weighed most in the prediction."""
     items = []
     for kind, caption in DOCUMENT_KINDS:
         chosen = across_classes([e for e in examples if _kind(e) == kind], PER_KIND)
-        quotes = [_quote(e) for e in chosen]
-        quotes = [quote for quote in quotes if quote is not None]
+        read = [(e, text) for e in chosen for text in [_read(e["path"])] if text is not None]
+        words = weigh([text for _, text in read]) if weigh and read else [None] * len(read)
+        quotes = [_quote(e, text, w) for (e, text), w in zip(read, words)]
         if quotes:
             items.append(("documents", f"{kind}: {caption}", quotes))
     return items
 
 
-def _quote(example):
-    """(caption, the document's first non-blank lines), or None when it cannot be read."""
+def _read(path):
+    """A document's text, or None when it cannot be read."""
     from condnet.data.text import read_documents
 
     try:
-        (text,), _ = read_documents([example["path"]])
+        (text,), _ = read_documents([path])
     except (OSError, TypeError):
         return None
+    return text
+
+
+def _quote(example, text, words=None):
+    """(caption, the document's first non-blank lines)."""
     lines = [line.strip()[:EXCERPT_WIDTH] for line in text.splitlines() if line.strip()]
     caption = (
         f"{Path(example['path']).name}: true {example['true']} / predicted "
         f"{example['predicted']} (expert {example['expert']}, {example['confidence']:.2f})"
     )
+    if words:
+        weighed = ", ".join(f"{word} ({weight:+.2f})" for word, weight in words)
+        caption += f"; the words that weighed most: {weighed}"
     return caption, "\n".join(lines[:EXCERPT_LINES])
 
 

@@ -509,3 +509,16 @@ def test_a_document_gallery_quotes_the_first_lines_of_misrouted_and_misclassifie
     assert "a: true persian / predicted siamese (expert dog, 0.60)" in markdown
     assert "a pug post" in markdown and "a correct post" not in markdown  # no correct ones
     assert not (run_dir / "examples").exists()  # no thumbnails, and "gone" is left out
+    asked = []
+
+    def weigh(texts):
+        asked.extend(texts)
+        return [[("purrs", 0.42), ("cat", 0.1)] for _ in texts]
+
+    write_report(run_dir, HIERARCHY, make_metrics(), examples=examples, documents=True,
+                 explain=weigh)  # fmt: skip
+    assert len(asked) == 2 and "a pug post" in asked[1]  # the quoted documents, read once
+    markdown = read(run_dir, "report.md")
+    assert "(expert dog, 0.60); the words that weighed most: purrs (+0.42), cat (+0.10)" in (
+        markdown
+    )

@@ -89,6 +89,8 @@ def test_cli_trains_a_text_run_on_a_folder_of_documents(text_run):
     assert metrics["baseline"]["flat"]["epochs"] == 2
     assert set(json.loads((run / "timing.json").read_text())["parts"]) >= {"fit joint", "report"}
     assert not (run / "examples").exists()  # no thumbnails: documents are quoted
+    report = (run / "report.md").read_text()  # every quoted document names its heavy words
+    assert report.count(" / predicted ") == report.count("the words that weighed most: ")
 
 
 @pytest.mark.slow
@@ -142,6 +144,21 @@ def test_cli_evaluates_a_text_run_on_a_folder_of_documents(text_run, capsys):
     assert f"{root / 'test'} (25 documents scored)" in report
     assert main(["evaluate", str(root / "run"), str(root / "test"), "--quiet"]) == 0
     assert f"{root / 'test'} (25 documents), hard-routed" in capsys.readouterr().out
+
+
+def test_the_evaluation_report_names_the_words_that_weighed_in_each_mistake(text_run, tmp_path):
+    root, _ = text_run
+    swapped = make_documents(tmp_path / "swapped", per_class=3, seed=2)
+    animals = swapped / "animals"  # cat and dog trade folders: the animals are all mistakes
+    (animals / "cat").rename(animals / "was-cat")
+    (animals / "dog").rename(animals / "cat")
+    (animals / "was-cat").rename(animals / "dog")
+    assert main(["evaluate", str(root / "run"), str(swapped), "--quiet"]) == 0
+    report = (root / "run" / "evaluation" / "report.md").read_text()
+    weighed = re.findall(r"predicted (cat|dog) .*the words that weighed most: (\w+)", report)
+    assert weighed and report.count(" / predicted ") == report.count("weighed most: ")
+    for predicted, heaviest in weighed:  # a word of the class the model chose
+        assert heaviest in WORDS[("animals", predicted)].split()
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from condnet.data.text import TextFolder
 from condnet.evaluation.baseline import flat_baseline, routed_macs
 from condnet.evaluation.cost import count_macs
 from condnet.evaluation.evaluate import evaluate_model, within_group_of
-from condnet.evaluation.explain import explainer
+from condnet.evaluation.explain import document_weigher, explainer
 from condnet.evaluation.mistakes import milder_mistakes
 from condnet.evaluation.report import (
     baseline_verdict,
@@ -137,7 +137,8 @@ def finish_run(
             baseline=comparison,
             examples=gallery_examples(train_data.hierarchy, predictions),
             # occlusion maps of the misrouted images; documents show their first lines
-            explain=None if documents else explainer(model),
+            # and the words that weighed most
+            explain=document_weigher(model) if documents else explainer(model),
             documents=documents,
         )
     times.write(run_dir)

@@ -895,7 +895,7 @@ def _conditional_metrics(run_dir, model, data, label, model_file=None):
 def _write_evaluation_report(
     report_dir, run_dir, data_dir, model, metrics, comparison, predictions
 ):
-    from condnet.evaluation.explain import explainer
+    from condnet.evaluation.explain import document_weigher, explainer
     from condnet.evaluation.report import gallery_examples, write_report
 
     documents = getattr(model, "preprocessor", None) is not None  # a text run's
@@ -912,7 +912,8 @@ def _write_evaluation_report(
         baseline=comparison,
         examples=gallery_examples(model.hierarchy, predictions),  # files of this folder
         # occlusion maps of the misrouted images; documents show their first lines
-        explain=None if documents else explainer(model),
+        # and the words that weighed most
+        explain=document_weigher(model) if documents else explainer(model),
         documents=documents,
     )
 
