@@ -1425,8 +1425,9 @@ def _ensemble_parser(commands, common):
         "ensemble",
         parents=[common],
         help="average finished runs into one model and evaluate it against its members",
-        description="Average the class probabilities of RUN_DIRs (same hierarchy and image "
-        "size; each member hard-routed) into one model.keras in OUT_DIR, scored on DATA_DIR "
+        description="Average the class probabilities of RUN_DIRs (same hierarchy; image runs "
+        "of one image size, or text runs, each reading documents with its own vectorizer; "
+        "each member hard-routed) into one model.keras in OUT_DIR, scored on DATA_DIR "
         "with each member beside it; OUT_DIR is a run directory for evaluate, predict, serve.",
     )
     p.add_argument(
@@ -1438,9 +1439,16 @@ def _ensemble_parser(commands, common):
         metavar="K",
         help="average the K best trials of the search in TUNE_DIR (condnet tune)",
     )
-    p.add_argument("--data", required=True, metavar="DATA_DIR", help="images to score on")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DATA_DIR",
+        help="images (documents, for text runs) to score on, laid out as the training folder",
+    )
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="where to write the ensemble")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="images or documents per batch (default 64)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an ensemble in OUT_DIR")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")

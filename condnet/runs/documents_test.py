@@ -290,7 +290,6 @@ def test_cli_info_of_a_text_run_counts_per_document(text_run, capsys):
 @pytest.mark.parametrize(
     "command",
     [
-        ["ensemble", "RUN", "--data", "DATA", "--out", "OUT"],
         ["explain", "RUN", "DATA", "--out", "OUT"],
         ["backoff", "RUN"],
         ["unknown", "RUN"],
