@@ -310,7 +310,7 @@ def summarise(tune_dir, tuner):
                 "routed_mmacs": _mmacs(metrics),
             }
         )
-    rows.sort(key=lambda r: -(r["val_accuracy"] or -1))
+    rows.sort(key=_ranked)
     front = pareto_front(rows)
     for row in rows:
         row["pareto"] = row["trial"] in front
@@ -334,6 +334,13 @@ def report_best(rows, verbose=0):
     return best["run_dir"]
 
 
+def _ranked(row):
+    """The order of trials: the most accurate first, and of equal accuracies the earliest
+    (KerasTuner reloads its trials in no fixed order, and the best must stay the best)."""
+    trial = str(row["trial"])
+    return -(row["val_accuracy"] or -1), len(trial), trial
+
+
 def trial_number(trial_id):
     """The number KerasTuner shows for a trial ("Running Trial #2", "Trial 2 Complete"):
     its id ("01", the `trials/trial-01` folder) counts from 0, the display from 1."""
@@ -354,7 +361,7 @@ def best_trials(tune_dir, k):
             f"--top must be between 1 and the {len(rows)} finished trials of "
             f"{str(tune_dir)!r}. Received: --top {k}"
         )
-    rows.sort(key=lambda r: -r["val_accuracy"])
+    rows.sort(key=_ranked)
     return [r["run_dir"] for r in rows[:k]]
 
 

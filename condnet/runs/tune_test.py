@@ -11,7 +11,14 @@ from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.cli import main
 from condnet.runs.lock import LOCK
 from condnet.runs.tune import SPACE as DEFAULT_SPACE
-from condnet.runs.tune import fewest_trial_epochs, pareto_front, read_space, run_trial
+from condnet.runs.tune import (
+    best_trials,
+    fewest_trial_epochs,
+    pareto_front,
+    read_space,
+    run_trial,
+    summarise,
+)
 from condnet.testing import free_port
 
 pytest.importorskip("keras_tuner")
@@ -176,6 +183,23 @@ def test_pareto_front_keeps_only_undominated_trials():
         {"trial": "d", "val_accuracy": None, "routed_mmacs": 1.0},  # failed
     ]
     assert pareto_front(rows) == {"a", "b"}
+
+
+def test_trials_of_equal_accuracy_rank_in_trial_order_however_keras_tuner_lists_them(tmp_path):
+    trials = {}
+    for trial_id, accuracy in [("10", 0.5), ("2", 0.5), ("0", 0.5), ("1", 0.9)]:
+        run = tmp_path / "trials" / f"trial-{trial_id}"
+        run.mkdir(parents=True)
+        metrics = {"accuracy": accuracy, "macs_per_image": {"routed": 1e6}}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        values = SimpleNamespace(values={"routing": "soft"})
+        trials[trial_id] = SimpleNamespace(
+            trial_id=trial_id, status="COMPLETED", hyperparameters=values
+        )
+    tuner = SimpleNamespace(oracle=SimpleNamespace(trials=trials))  # reloaded in glob order
+    rows = summarise(tmp_path, tuner)
+    assert [row["trial"] for row in rows] == ["1", "0", "2", "10"]  # ties: the earliest first
+    assert best_trials(tmp_path, 2) == [str(tmp_path / "trials" / f"trial-{t}") for t in "10"]
 
 
 def test_a_space_file_naming_an_unknown_option_is_refused(tmp_path):
