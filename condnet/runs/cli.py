@@ -1497,11 +1497,13 @@ def _tune_parser(commands, common):
         parents=[common],
         help="hyperparameter search over the recipe (KerasTuner); each trial is a run",
         description="Search routing, strategy, expert placement, widths, learning rate, loss "
-        "schedule and augmentation (or the options a --space file names) with KerasTuner. "
-        "Each trial is a run in TUNE_DIR/trials/; an interrupted search resumes; "
-        "TUNE_DIR/summary.md, summary.json and pareto.png rank the trials.",
+        "schedule and augmentation on images; text trunk, sequence length, vocabulary size, "
+        "learning rate, routing, strategy and loss schedule on documents (--modality, auto "
+        "as train decides it); or the options a --space file names, less those given as "
+        "flags, with KerasTuner. Each trial is a run in TUNE_DIR/trials/; an interrupted "
+        "search resumes; TUNE_DIR/summary.md, summary.json and pareto.png rank the trials.",
     )
-    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images")
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images or documents")
     p.add_argument("--out", required=True, metavar="TUNE_DIR", help="folder of the search")
     p.add_argument("--trials", type=int, default=10, help="trials to run (default 10)")
     p.add_argument("--tuner", choices=TUNERS, default="random", help="(default: random)")
@@ -1526,19 +1528,21 @@ def _tune_parser(commands, common):
 
 
 def _tune(args):
-    from condnet.runs.tune import make_tuner, read_space, report_best, summarise
+    from condnet.runs.tune import make_tuner, read_space, report_best, search_modality, summarise
 
     if args.trials < 1:
         raise ValueError(f"--trials must be at least 1. Received: --trials {args.trials}")
     _distributed_tuning(args)
+    data_dir, options = Path(args.data_dir).resolve(), given_options(args)
+    modality = search_modality(data_dir, options)  # images or documents, as train decides
     tuner = make_tuner(
-        Path(args.data_dir).resolve(),
+        data_dir,
         Path(args.out),
-        given_options(args),
+        {**options, "modality": modality},
         tuner=args.tuner,
         trials=args.trials,
         objective=args.objective,
-        space=read_space(args.space),
+        space=read_space(args.space, modality, fixed=options),
         verbose=_verbosity(args),
     )
     tuner.search()

@@ -294,7 +294,6 @@ def test_cli_info_of_a_text_run_counts_per_document(text_run, capsys):
         ["backoff", "RUN"],
         ["unknown", "RUN"],
         ["extend", "RUN", "DATA", "--out", "OUT"],
-        ["tune", "DATA", "--out", "OUT"],
         ["cv", "DATA", "--out", "OUT"],
     ],
 )
