@@ -6,6 +6,12 @@ and derives the group probabilities from the averaged classes, so groups and
 classes always agree (`P(group) = sum of P(class)` over the group's
 classes). It saves as one `.keras` file (members inside) that loads with
 `safe_mode=True` after `import condnet`.
+
+Members that read documents (text models, each with its own `preprocessor`,
+an adapted `TextVectorization`) may differ in vocabulary and sequence length:
+`predict` on documents gives each member the documents to read with its own
+vectorizer, and the ensemble's `preprocessor` puts the members' token ids side
+by side (member 0's first), the ids `call` and `predict` split between them.
 """
 
 import keras
@@ -13,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from condnet.hierarchy import Hierarchy
+from condnet.models.conditional_model import is_raw_text
 
 
 @keras.saving.register_keras_serializable(package="condnet")
@@ -25,6 +32,10 @@ class Ensemble(keras.Model):
             or a `(batch, num_classes)` softmax output (flat classifiers).
         weights: optional list of non-negative weights, one per member
             (normalised); defaults to equal weights.
+
+    Members read images, or all read documents (each has a `preprocessor`
+    giving a fixed number of token ids); the ensemble's `preprocessor` is then
+    `MemberVectorizers`, None for images.
     """
 
     def __init__(self, hierarchy, members, member_weights=None, **kwargs):
@@ -41,6 +52,7 @@ class Ensemble(keras.Model):
                     "trained on the same groups and classes."
                 )
         self.members = list(members)
+        self._widths = _token_widths(self.members)
         weights = np.ones(len(members)) if member_weights is None else np.asarray(member_weights)
         if weights.shape != (len(members),) or (weights < 0).any() or weights.sum() <= 0:
             raise ValueError(
@@ -70,16 +82,34 @@ class Ensemble(keras.Model):
     def routes_at_inference(self):
         return any(getattr(m, "routes_at_inference", False) for m in self.members)
 
+    @property
+    def preprocessor(self):
+        """Documents -> every member's token ids side by side, for members that read
+        documents (`MemberVectorizers`); None for members that read images."""
+        return None if self._widths is None else MemberVectorizers(self.members)
+
     def build(self, input_shape):
-        for member in self.members:
+        for member, shape in zip(self.members, self._member_shapes(input_shape)):
             if not member.built:
-                member.build(input_shape)
+                member.build(shape)
         self.built = True
+
+    def _member_shapes(self, input_shape):
+        if self._widths is None:
+            return [input_shape] * len(self.members)
+        return [(input_shape[0], width) for width in self._widths]
+
+    def _member_inputs(self, inputs):
+        """What each member reads of `inputs`: all of it, or its own token ids' columns."""
+        if self._widths is None:
+            return [inputs] * len(self.members)
+        ends = np.cumsum(self._widths)
+        return [inputs[:, end - width : end] for end, width in zip(ends, self._widths)]
 
     def call(self, inputs, training=False):
         classes = sum(
-            w * ops.cast(_classes(m(inputs, training=training)), "float32")
-            for m, w in zip(self.members, self.member_weights)
+            w * ops.cast(_classes(m(x, training=training)), "float32")
+            for m, w, x in zip(self.members, self.member_weights, self._member_inputs(inputs))
         )
         return self._outputs(classes)
 
@@ -88,11 +118,17 @@ class Ensemble(keras.Model):
         return {"classes": classes, "groups": groups, "route": ops.argmax(groups, axis=-1)}
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, **kwargs):
-        """Each member's own `predict` (routed for a hard-routed conditional member), averaged."""
+        """Each member's own `predict` (routed for a hard-routed conditional member), averaged.
+        Documents go to every member whole (each reads them with its own vectorizer);
+        token ids are split between the members (see `preprocessor`)."""
+        if self._widths is not None and not is_raw_text(x):
+            inputs = self._member_inputs(np.asarray(x))
+        else:
+            inputs = [x] * len(self.members)
         classes = None
-        for member, weight in zip(self.members, self.member_weights):
+        for member, weight, member_x in zip(self.members, self.member_weights, inputs):
             outputs = member.predict(
-                x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+                member_x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
             )
             term = weight * np.asarray(_classes(outputs), "float32")
             classes = term if classes is None else classes + term
@@ -118,3 +154,56 @@ class Ensemble(keras.Model):
 
 def _classes(outputs):
     return outputs["classes"] if isinstance(outputs, dict) else outputs
+
+
+# === Members that read documents ===
+
+
+class MemberVectorizers:
+    """The vectorizers of an ensemble's members as one: documents -> an int32 array of
+    every member's token ids side by side, member 0's first (what `Ensemble.call` reads).
+
+    Not a layer and never saved: it is made from the members, whose own files hold
+    their vectorizers. `get_config()` gives `output_sequence_length`, the ids per
+    document in all.
+    """
+
+    def __init__(self, members):
+        self.vectorizers = [member.preprocessor for member in members]
+
+    def __call__(self, texts):
+        texts = np.asarray(texts, dtype=object).reshape(-1)
+        ids = [ops.convert_to_numpy(vectorizer(texts)) for vectorizer in self.vectorizers]
+        return np.concatenate(ids, axis=1).astype("int32")
+
+    def get_config(self):
+        return {"output_sequence_length": sum(map(_token_width, self.vectorizers))}
+
+
+def _token_widths(members):
+    """The token ids each member reads per document, or None when they read images; a
+    mix of the two, or a vectorizer without a fixed length, is refused."""
+    readers = [getattr(m, "preprocessor", None) is not None for m in members]
+    if not any(readers):
+        return None
+    if not all(readers):
+        names = [m.name for m, reads in zip(members, readers) if reads]
+        others = [m.name for m, reads in zip(members, readers) if not reads]
+        raise ValueError(
+            f"The members read different inputs: {names} read documents (they have a "
+            f"preprocessor), {others} read images. Ensemble models of one modality. "
+            f"Received: members={[m.name for m in members]}"
+        )
+    return [_token_width(m.preprocessor, m.name) for m in members]
+
+
+def _token_width(vectorizer, name=None):
+    width = vectorizer.get_config().get("output_sequence_length")
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(
+            f"Member {name}'s preprocessor must give a fixed number of token ids per "
+            "document (a TextVectorization with output_sequence_length), so that the "
+            f"ensemble can put the members' ids side by side. Received: "
+            f"output_sequence_length={width!r}"
+        )
+    return width

@@ -1,7 +1,9 @@
+import re
 import warnings
 
 import keras
 import numpy as np
+import pytest
 
 from condnet.evaluation.evaluate_test import colour_model
 from condnet.models.ensemble import Ensemble
@@ -23,3 +25,58 @@ def test_an_ensemble_of_built_members_is_built_and_saves_without_a_warning(tmp_p
         ensemble.predict(images, verbose=0)["classes"],
         atol=1e-6,
     )
+
+
+# === Members that read documents ===
+
+POSTS = {
+    "blue": "sky sea ocean lake",
+    "green": "grass leaf forest moss",
+    "orange": "carrot pumpkin sunset amber",
+    "red": "blood cherry brick ruby",
+}
+
+
+def text_member(sequence_length, trunk="bag", vocabulary_size=20, name=None):
+    """A text ConditionalModel over the colour tree, its own vectorizer adapted on POSTS."""
+    from condnet.data.text import make_vectorizer
+    from condnet.evaluation.evaluate_test import TREE
+    from condnet.text.text_model import build_text_model
+
+    texts = [f"{words} the a of" for words in POSTS.values()]
+    vectorizer = make_vectorizer(texts, vocabulary_size, sequence_length)
+    size = vectorizer.vocabulary_size()
+    name = name or f"{trunk}_{sequence_length}"
+    return build_text_model(TREE, size, sequence_length, trunk, preprocessor=vectorizer, name=name)
+
+
+DOCUMENTS = ["the sky and the sea", "a cherry brick", "moss on a leaf", "pumpkin", "unseen words"]
+
+
+def test_an_ensemble_of_text_members_reads_documents_with_each_members_vectorizer(tmp_path):
+    members = [text_member(16, "bag", vocabulary_size=10), text_member(24, "cnn")]
+    ensemble = Ensemble(members[0].hierarchy, members)
+    mean = np.mean([m.predict(DOCUMENTS, verbose=0)["classes"] for m in members], axis=0)
+    outputs = ensemble.predict(DOCUMENTS, verbose=0)
+    np.testing.assert_allclose(outputs["classes"], mean, atol=1e-6)
+    ids = ensemble.preprocessor(DOCUMENTS)  # member 0's 16 ids, then member 1's 24
+    assert ids.shape == (5, 40) and ensemble.preprocessor.get_config() == {
+        "output_sequence_length": 40
+    }
+    np.testing.assert_array_equal(ids[:, 16:], members[1].preprocess(DOCUMENTS))
+    np.testing.assert_allclose(ensemble.predict(ids, verbose=0)["classes"], mean, atol=1e-6)
+    called = ensemble(keras.ops.convert_to_tensor(ids))["classes"]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(called), mean, atol=1e-5)
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(DOCUMENTS, verbose=0)["classes"], mean, atol=1e-6)
+    np.testing.assert_array_equal(loaded.preprocessor(DOCUMENTS), ids)
+
+
+def test_an_ensemble_refuses_members_that_read_images_and_documents():
+    members = [colour_model(), text_member(16)]
+    expected = (
+        rf"\['bag_16'\] read documents .*, \[{re.escape(repr(members[0].name))}\] read images"
+    )
+    with pytest.raises(ValueError, match=expected):
+        Ensemble(members[0].hierarchy, members)

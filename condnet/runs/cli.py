@@ -1425,8 +1425,9 @@ def _ensemble_parser(commands, common):
         "ensemble",
         parents=[common],
         help="average finished runs into one model and evaluate it against its members",
-        description="Average the class probabilities of RUN_DIRs (same hierarchy and image "
-        "size; each member hard-routed) into one model.keras in OUT_DIR, scored on DATA_DIR "
+        description="Average the class probabilities of RUN_DIRs (same hierarchy; image runs "
+        "of one image size, or text runs, each reading documents with its own vectorizer; "
+        "each member hard-routed) into one model.keras in OUT_DIR, scored on DATA_DIR "
         "with each member beside it; OUT_DIR is a run directory for evaluate, predict, serve.",
     )
     p.add_argument(
@@ -1438,9 +1439,16 @@ def _ensemble_parser(commands, common):
         metavar="K",
         help="average the K best trials of the search in TUNE_DIR (condnet tune)",
     )
-    p.add_argument("--data", required=True, metavar="DATA_DIR", help="images to score on")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DATA_DIR",
+        help="images (documents, for text runs) to score on, laid out as the training folder",
+    )
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="where to write the ensemble")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="images or documents per batch (default 64)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an ensemble in OUT_DIR")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -1489,11 +1497,13 @@ def _tune_parser(commands, common):
         parents=[common],
         help="hyperparameter search over the recipe (KerasTuner); each trial is a run",
         description="Search routing, strategy, expert placement, widths, learning rate, loss "
-        "schedule and augmentation (or the options a --space file names) with KerasTuner. "
-        "Each trial is a run in TUNE_DIR/trials/; an interrupted search resumes; "
-        "TUNE_DIR/summary.md, summary.json and pareto.png rank the trials.",
+        "schedule and augmentation on images; text trunk, sequence length, vocabulary size, "
+        "learning rate, routing, strategy and loss schedule on documents (--modality, auto "
+        "as train decides it); or the options a --space file names, less those given as "
+        "flags, with KerasTuner. Each trial is a run in TUNE_DIR/trials/; an interrupted "
+        "search resumes; TUNE_DIR/summary.md, summary.json and pareto.png rank the trials.",
     )
-    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images")
+    p.add_argument("data_dir", metavar="DATA_DIR", help="folder of images or documents")
     p.add_argument("--out", required=True, metavar="TUNE_DIR", help="folder of the search")
     p.add_argument("--trials", type=int, default=10, help="trials to run (default 10)")
     p.add_argument("--tuner", choices=TUNERS, default="random", help="(default: random)")
@@ -1518,19 +1528,21 @@ def _tune_parser(commands, common):
 
 
 def _tune(args):
-    from condnet.runs.tune import make_tuner, read_space, report_best, summarise
+    from condnet.runs.tune import make_tuner, read_space, report_best, search_modality, summarise
 
     if args.trials < 1:
         raise ValueError(f"--trials must be at least 1. Received: --trials {args.trials}")
     _distributed_tuning(args)
+    data_dir, options = Path(args.data_dir).resolve(), given_options(args)
+    modality = search_modality(data_dir, options)  # images or documents, as train decides
     tuner = make_tuner(
-        Path(args.data_dir).resolve(),
+        data_dir,
         Path(args.out),
-        given_options(args),
+        {**options, "modality": modality},
         tuner=args.tuner,
         trials=args.trials,
         objective=args.objective,
-        space=read_space(args.space),
+        space=read_space(args.space, modality, fixed=options),
         verbose=_verbosity(args),
     )
     tuner.search()

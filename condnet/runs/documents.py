@@ -5,9 +5,12 @@ config.json) holds its adapted `TextVectorization` inside model.keras. The
 commands that read such a run take documents where an image run takes
 images: a folder laid out as the training one, document files or folders
 of them, a file of one document per line (`-`: standard input) or JSON
-lines with a `"text"` field. `calibrate`, `export`, `serve` and `compare`
-take text runs too; the commands that do not read documents yet refuse a
-text run in one line (`refuse_text_run`).
+lines with a `"text"` field. `calibrate`, `export`, `serve`, `compare` and
+`ensemble` (of text runs only, each member reading the documents with its
+own vectorizer) take text runs too, and `tune` searches text runs on a
+folder of documents. The commands that do not read documents yet
+(`backoff`, `unknown`, `explain`, `extend`, `cv`) refuse a text run, or a
+folder of documents, in one line (`refuse_text_run`, `refuse_text_folder`).
 """
 
 import json
@@ -35,8 +38,8 @@ def refuse_text_run(run_dir, config, command):
     if is_text_run(config):
         raise ValueError(
             f"`condnet {command}` does not support text runs yet: {str(run_dir)!r} was "
-            "trained on documents. `condnet evaluate`, `predict`, `calibrate`, `export` and "
-            "`serve` read them. "
+            "trained on documents. `condnet evaluate`, `predict`, `calibrate`, `export`, "
+            "`serve`, `compare` and `ensemble` read them. "
             f"Received: run_dir={str(run_dir)!r}"
         )
 
@@ -48,7 +51,8 @@ def refuse_text_folder(data_dir, modality, command):
     if modality == "text" or auto:
         raise ValueError(
             f"`condnet {command}` does not support text runs yet: {str(data_dir)!r} holds "
-            "documents. `condnet train` trains a text run on it. Received: "
+            "documents. `condnet train` trains a text run on it, `condnet tune` searches "
+            "text runs on it. Received: "
             f"DATA_DIR={str(data_dir)!r}"
         )
 

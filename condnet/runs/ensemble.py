@@ -1,10 +1,16 @@
-"""`condnet ensemble`: finished runs averaged into one model, evaluated like a run."""
+"""`condnet ensemble`: finished runs averaged into one model, evaluated like a run.
+
+The runs read images, or all read documents (text runs, `condnet.runs.documents`):
+an ensemble of text runs scores a folder of documents, each member reading them
+with its own vectorizer, and its run directory takes documents in `evaluate`,
+`predict` and `serve` as a text run's does.
+"""
 
 import json
 from pathlib import Path
 
 from condnet.runs.checkpoint import BEST, write_atomic
-from condnet.runs.documents import refuse_text_run
+from condnet.runs.documents import is_text_run
 from condnet.runs.outputs import guard, staged_folder, training_data
 from condnet.runs.run_dir import CONFIG, folder_for, load_run
 
@@ -14,9 +20,12 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     write `out` as a run directory (`model.keras`, `config.json`, `metrics.json`, report)
     that `condnet evaluate`, `predict`, `serve` and `export` (keras) read.
 
-    Every run must share the hierarchy, image size and colour mode; all of it is
-    checked, and `out` must be new (or an ensemble condnet wrote, with `overwrite=True`)
-    and outside the data and every run, before anything is written.
+    Every run must share the hierarchy and the modality; image runs also the image size
+    and colour mode. Text runs may differ in trunk, vocabulary and sequence length:
+    `data_dir` is then a folder of documents, which each member reads with its own
+    vectorizer (`condnet.models.ensemble.MemberVectorizers`). All of it is checked, and
+    `out` must be new (or an ensemble condnet wrote, with `overwrite=True`) and outside
+    the data and every run, before anything is written.
     Returns the metrics.
     """
     from condnet.evaluation.evaluate import evaluate_model
@@ -26,17 +35,15 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     data = [data_dir, *training_data(run_dirs)]
     guard(out, "ensemble", data=data, reads=run_dirs, overwrite=overwrite)
     loaded = [load_run(run) for run in run_dirs]
-    for run, (_, run_config) in zip(run_dirs, loaded):
-        refuse_text_run(run, run_config, "ensemble")
-    config = _shared_config(run_dirs, [config for _, config in loaded])
+    configs = [config for _, config in loaded]
+    config = _shared_config(run_dirs, configs)
     members = [model for model, _ in loaded]
     for i, member in enumerate(members):
         member._name = f"member_{i}"  # one archive holds them all: names must differ
     ensemble = Ensemble(members[0].hierarchy, members)
-    data = folder_for(members[0], config, data_dir, batch_size)
+    data = folder_for(ensemble, config, data_dir, batch_size)
     scores = [
-        evaluate_model(m, data, progress=f"member {i}" if progress else None)["accuracy"]
-        for i, m in enumerate(members)
+        _accuracy(m, data, f"member {i}" if progress else None) for i, m in enumerate(members)
     ]
     metrics = evaluate_model(ensemble, data, progress="ensemble" if progress else None)
     metrics["members"] = [
@@ -52,9 +59,24 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     return metrics
 
 
+def _accuracy(member, data, progress):
+    """A member's accuracy on the ensemble's data: the same images, or the same documents
+    read with the member's own vectorizer."""
+    from condnet.data.text import TextFolder
+    from condnet.evaluation.evaluate import evaluate_model
+
+    if isinstance(data, TextFolder):
+        vectorizer, size = member.preprocessor, data.batch_size
+        data = TextFolder(
+            data.texts, data.labels, data.hierarchy, vectorizer, size, paths=data.paths
+        )
+    return evaluate_model(member, data, progress=progress)["accuracy"]
+
+
 def _report(out, ensemble, metrics, run_dirs, data_dir):
     from condnet.evaluation.report import write_report
 
+    documents = ensemble.preprocessor is not None
     write_report(
         out,
         ensemble.hierarchy,
@@ -62,13 +84,22 @@ def _report(out, ensemble, metrics, run_dirs, data_dir):
         title=f"Ensemble of {len(run_dirs)} runs on {data_dir}",
         header={
             "members": ", ".join(str(r) for r in run_dirs),
-            "data": f"{data_dir} ({metrics['num_samples']} images scored)",
+            "data": f"{data_dir} ({metrics['num_samples']} "
+            f"{'documents' if documents else 'images'} scored)",
             "gain over the best member": f"{metrics['gain_over_best_member']:+.4f}",
         },
+        documents=documents,
     )
 
 
 def _shared_config(run_dirs, configs):
+    """The options of the ensemble's config.json: what it reads. Image runs must share
+    their image size and colour mode; text runs give the ensemble all their token ids
+    side by side (`sequence_length`: their sum, as `Ensemble.preprocessor` makes them)."""
+    _check_modalities(run_dirs, configs)
+    if is_text_run(configs[0]):
+        length = sum(config["options"]["sequence_length"] for config in configs)
+        return {"options": {"modality": "text", "sequence_length": length}}
     first = configs[0]["options"]
     for run, config in zip(run_dirs[1:], configs[1:]):
         for key in ("image_size", "color_mode"):
@@ -79,6 +110,20 @@ def _shared_config(run_dirs, configs):
                     "runs trained at the same image size and colour mode."
                 )
     return {"options": {"image_size": first["image_size"], "color_mode": first["color_mode"]}}
+
+
+def _check_modalities(run_dirs, configs):
+    """Every run reads images, or every run reads documents."""
+    text = [is_text_run(config) for config in configs]
+    if len(set(text)) > 1:
+        other = text.index(not text[0])
+        inputs = {True: "documents (a text run)", False: "images"}
+        raise ValueError(
+            f"The runs read different inputs: {run_dirs[0]} was trained on {inputs[text[0]]}, "
+            f"{run_dirs[other]} on {inputs[text[other]]}. An ensemble averages runs of one "
+            "kind: pass only image runs, or only text runs. "
+            f"Received: {[str(run) for run in run_dirs]}"
+        )
 
 
 def _routed_macs(run):

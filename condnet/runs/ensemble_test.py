@@ -87,3 +87,112 @@ def test_ensemble_refuses_mismatched_runs_and_an_existing_out_before_writing(
     inside = ["ensemble", str(exact), "--data", str(data), "--out"]
     for place in (exact / "ensemble", data / "cool" / "blue" / "ensemble", exact):
         assert main([*inside, str(place)]) == 2 and not place.joinpath(MARKER).exists()
+
+
+# === Text runs ===
+
+
+def _text_run(folder, model):
+    """A run directory of a text model (hard-routed, as `condnet train` ships one)."""
+    model.routing = "hard"
+    folder.mkdir(parents=True)
+    model.save(folder / "model.keras")
+    length = model.preprocessor.get_config()["output_sequence_length"]
+    options = {"modality": "text", "sequence_length": length}
+    (folder / "config.json").write_text(json.dumps({"options": options}))
+    (folder / "metrics.json").write_text(json.dumps({"macs_per_image": {"routed": 500}}))
+    return folder
+
+
+def _colour_documents(root, per_class=3):
+    """root/<group>/<colour>/<n>.txt: posts of their colour's words."""
+    from condnet.evaluation.evaluate_test import TREE
+    from condnet.models.ensemble_test import POSTS
+
+    for group, names in TREE.items():
+        for name in names:
+            (root / group / name).mkdir(parents=True)
+            for n in range(per_class):
+                words = POSTS[name].split()
+                (root / group / name / f"{n}.txt").write_text(f"the {words[n]} and {words[-1]}\n")
+    return root
+
+
+@pytest.fixture
+def text_runs(tmp_path):
+    """Two text runs that read the documents differently (16 ids of a bag, 24 of a cnn),
+    their models, and a folder of documents."""
+    from condnet.models.ensemble_test import text_member
+
+    members = [text_member(16, "bag", vocabulary_size=10), text_member(24, "cnn")]
+    runs = [_text_run(tmp_path / member.name, member) for member in members]
+    return _colour_documents(tmp_path / "documents"), runs, members
+
+
+def test_an_ensemble_of_text_runs_scores_and_predicts_documents_as_its_members_mean(
+    text_runs, tmp_path, capsys
+):
+    from condnet.data.text import read_documents, scan_documents
+
+    data, runs, members = text_runs
+    out = tmp_path / "ensemble"
+    words = ["ensemble", *map(str, runs), "--data", str(data), "--out", str(out), "--quiet"]
+    assert main([*words, "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    hierarchy, paths, labels = scan_documents(data)
+    texts, _ = read_documents(paths)
+    member_classes = [m.predict(texts, verbose=0)["classes"] for m in members]
+    accuracies = [float(np.mean(c.argmax(1) == labels)) for c in member_classes]
+    assert [m["accuracy"] for m in metrics["members"]] == pytest.approx(accuracies)
+    mean = np.mean(member_classes, axis=0)
+    assert metrics["num_samples"] == 12
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(mean.argmax(1) == labels)))
+    config = json.loads((out / "config.json").read_text())
+    assert config["options"] == {"modality": "text", "sequence_length": 40}
+    assert "(12 documents scored)" in (out / "report.md").read_text()
+    lines = tmp_path / "new.txt"
+    lines.write_text("\n".join(texts) + "\n")
+    assert main(["predict", str(out), "--lines", str(lines), "--json", "--quiet"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["class"] for row in rows] == [hierarchy.classes[i] for i in mean.argmax(1)]
+    confidences = [row["confidence"] for row in rows]
+    np.testing.assert_allclose(confidences, mean.max(1), atol=1e-5)
+    assert main(["evaluate", str(out), str(data), "--json", "--quiet"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert evaluated["num_samples"] == 12
+
+
+def test_a_text_ensemble_is_served_as_a_text_run(text_runs, tmp_path):
+    import asyncio
+
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from condnet.models.ensemble_test import DOCUMENTS
+    from condnet.runs.deploy import serve_app
+    from condnet.runs.ensemble import build_ensemble
+
+    data, runs, members = text_runs
+    build_ensemble(runs, tmp_path / "ensemble", data)
+    app = serve_app(tmp_path / "ensemble")
+
+    async def ask():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            rows = await client.post("/predict", json={"text": DOCUMENTS})
+            return rows.json(), (await client.get("/model")).json()
+
+    rows, info = asyncio.run(ask())
+    mean = np.mean([m.predict(DOCUMENTS, verbose=0)["classes"] for m in members], axis=0)
+    np.testing.assert_allclose([row["confidence"] for row in rows], mean.max(1), atol=1e-5)
+    assert info["modality"] == "text" and info["input"] == {"sequence_length": 40}
+
+
+def test_ensemble_refuses_an_image_run_and_a_text_run_naming_both(runs, text_runs, capsys):
+    data, exact, _ = runs
+    _, (text, _), _ = text_runs
+    out = data.parent / "ensemble"
+    assert main(["ensemble", str(exact), str(text), "--data", str(data), "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"The runs read different inputs: {exact} was trained on images, {text} on " in line
+    assert "documents (a text run)" in line and not out.exists()

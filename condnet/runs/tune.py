@@ -8,6 +8,12 @@ cut short resumes from its last epoch). Distributed tuning is KerasTuner's
 own: a chief oracle and workers over gRPC, configured by
 `KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`
 (`--chief` / `--worker` set them).
+
+The trials read what `condnet train` would read in DATA_DIR (`search_modality`):
+`--modality image` or `text`, or with `auto` (the default) documents when more of
+its files are text than images. The default space is that modality's (`SPACE` for
+images, `TEXT_SPACE` for documents); an option given on the command line is fixed
+and leaves the space, and a space file may name only options of that modality.
 """
 
 import dataclasses
@@ -17,10 +23,10 @@ import os
 from pathlib import Path
 
 from condnet.choices import STAGED_MIN_EPOCHS
-from condnet.runs.options import TrainingOptions, normalised
+from condnet.runs.options import IMAGE_OPTIONS, TEXT_OPTIONS, TrainingOptions, normalised
 from condnet.runs.outputs import mark, write_file
 
-# The default search space: option -> {"choices": [...]} or {"min", "max", "sampling"}.
+# The default search space of images: option -> {"choices": [...]} or {"min", "max", "sampling"}.
 # It is sized for a first search on a CPU: the widths are small_cnn's default and a
 # narrower trunk, no wider (48 96 192 filters cost about 2.25x the MACs and time of
 # 32 64 128 per epoch); a --space file adds wider ones once the search has its bearings.
@@ -33,20 +39,49 @@ SPACE = {
     "loss_schedule": {"choices": ["none", "coarse_to_fine"]},
     "augment": {"choices": ["none", "light", "standard"]},
 }
+# The default space of a folder of documents, sized alike: the two cheap trunks (a bag of
+# embeddings, two 1D convolutions; gru and transformer cost far more per document), the
+# default sequence length and vocabulary and cheaper ones, and Adam around the text
+# runs' 1e-2 (a bag of embeddings learns slowly at the images' 1e-3).
+TEXT_SPACE = {
+    "text_trunk": {"choices": ["bag", "cnn"]},
+    "sequence_length": {"choices": [128, 256]},
+    "vocabulary_size": {"choices": [10000, 20000]},
+    "learning_rate": {"min": 3e-3, "max": 3e-2, "sampling": "log"},
+    "routing": {"choices": ["soft", "hard"]},
+    "strategy": {"choices": ["joint", "staged"]},
+    "loss_schedule": {"choices": ["none", "coarse_to_fine"]},
+}
+SPACES = {"image": SPACE, "text": TEXT_SPACE}
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVES = ("val_accuracy", "accuracy_per_mmac")
 SUMMARY = "summary.json"
 TRIAL = "trial.json"  # in each trial's run directory: its id, the tuner that ran it, its values
 
 
-def read_space(path=None):
-    """The default `SPACE`, with the entries of a JSON / YAML file replacing its own
-    (an entry may be a fixed value, `{"choices": [...]}` or `{"min", "max", "sampling"}`).
+def search_modality(data_dir, options):
+    """What the trials of a search on `data_dir` read, `"image"` or `"text"`: the
+    `modality` of `options` (a dict of training options), or for `"auto"` what
+    `condnet train` decides (`condnet.runs.recipe.resolve_modality`: documents when more
+    of the folder's files are text than images). The options are checked as a run of
+    that modality checks them (a text run refuses the image options)."""
+    from condnet.runs.recipe import resolve_modality
 
-    Every entry is checked here, before the first trial: each value it allows must be one
-    the option takes (`condnet train --help`), or a ValueError names the entry and value.
+    fields, _ = TrainingOptions.fields_of(options)
+    return resolve_modality(TrainingOptions(**fields), data_dir).modality
+
+
+def read_space(path=None, modality="image", fixed=()):
+    """The default space of `modality` (`SPACE` for images, `TEXT_SPACE` for documents)
+    without the options in `fixed` (those given on the command line), with the entries of
+    a JSON / YAML file replacing its own (an entry may be a fixed value,
+    `{"choices": [...]}` or `{"min", "max", "sampling"}`).
+
+    Every entry is checked here, before the first trial: it must name an option of
+    `modality` that `fixed` leaves free, and each value it allows must be one the option
+    takes (`condnet train --help`), or a ValueError names the entry and value.
     """
-    space = dict(SPACE)
+    space = {name: entry for name, entry in SPACES[modality].items() if name not in fixed}
     if path is None:
         return space
     loaded = _load_space(path)
@@ -62,6 +97,7 @@ def read_space(path=None):
                 f"The space file {str(path)!r} names {name!r}, which is not a training "
                 f"option (see `condnet train --help`). Received: {name!r}"
             )
+        _check_searchable(f"The space file {str(path)!r}", name, modality, fixed)
         space[name] = entry if isinstance(entry, dict) else {"choices": [entry]}
         problem = _entry_problem(name, space[name])
         if problem:
@@ -70,6 +106,32 @@ def read_space(path=None):
                 f"or remove the entry. Received: {name}={entry!r:.200}"
             )
     return space
+
+
+def _check_searchable(space, name, modality, fixed=()):
+    """An entry of `space` (a space file, "The space file 'space.json'") must name an
+    option that the search's trials read and that the command line leaves free."""
+    source = f"{space} names {name!r}"
+    if name == "modality":
+        raise ValueError(
+            f"{source}: a search reads one modality, decided as `condnet train` decides it. "
+            f"Remove the entry and pass --modality image or text. Received: {name!r}"
+        )
+    if name in fixed:
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(
+            f"{source}, which {flag} also fixes on the command line. Keep one: remove the "
+            f"entry, or leave out {flag}. Received: {name!r}"
+        )
+    other = IMAGE_OPTIONS if modality == "text" else TEXT_OPTIONS
+    if name in other:
+        reads, kind = ("documents", "images") if modality == "text" else ("images", "documents")
+        raise ValueError(
+            f"{source}, an option of runs on {kind}, and this search reads {reads} "
+            f"(modality={modality!r}; auto decides it from DATA_DIR's files). Remove the "
+            f"entry, or pass --modality {'image' if modality == 'text' else 'text'} for a "
+            f"folder of {kind}. Received: {name!r}"
+        )
 
 
 def _load_space(path):
@@ -168,7 +230,12 @@ def make_tuner(
     space=None,
     verbose=0,
 ):
-    """A KerasTuner tuner whose trials are `condnet.train` runs."""
+    """A KerasTuner tuner whose trials are `condnet.train` runs.
+
+    The trials read what `search_modality` decides for `data_dir` and `options`; without
+    a `space` they search that modality's default space less the options in `options`
+    (see `read_space`), and a `space` naming options of the other modality is refused.
+    """
     import keras_tuner as kt
 
     if tuner not in TUNERS or objective not in OBJECTIVES:
@@ -176,11 +243,13 @@ def make_tuner(
             f"tuner must be one of {list(TUNERS)} and objective one of {list(OBJECTIVES)}. "
             f"Received: tuner={tuner!r}, objective={objective!r}"
         )
-    from condnet.runs.documents import refuse_text_folder
-
-    refuse_text_folder(data_dir, options.get("modality", "auto"), "tune")
+    modality = search_modality(data_dir, options)
+    space = space or read_space(None, modality, options)
+    for name in space:
+        _check_searchable("The space", name, modality)
+    options = {**options, "modality": modality}  # every trial reads what the space is for
     epochs = options.get("epochs", TrainingOptions.__dataclass_fields__["epochs"].default)
-    space = strategies_for(space or SPACE, fewest_trial_epochs(tuner, epochs, space or SPACE))
+    space = strategies_for(space, fewest_trial_epochs(tuner, epochs, space))
     _claim(tune_dir, data_dir)
     goal = kt.Objective(objective, direction="max")
     hp = hyperparameters(space)
@@ -220,7 +289,7 @@ def strategies_for(space, epochs):
     entry = space.get("strategy") or {}
     if epochs >= STAGED_MIN_EPOCHS or "staged" not in entry.get("choices", []):
         return space
-    if entry != SPACE["strategy"]:
+    if entry not in [default["strategy"] for default in SPACES.values()]:
         raise ValueError(
             f"The space asks for the staged strategy, which trains the gate, then the experts: "
             f"it needs {STAGED_MIN_EPOCHS} epochs or more, and trials of this search may train "
@@ -310,7 +379,7 @@ def summarise(tune_dir, tuner):
                 "routed_mmacs": _mmacs(metrics),
             }
         )
-    rows.sort(key=lambda r: -(r["val_accuracy"] or -1))
+    rows.sort(key=_ranked)
     front = pareto_front(rows)
     for row in rows:
         row["pareto"] = row["trial"] in front
@@ -334,6 +403,13 @@ def report_best(rows, verbose=0):
     return best["run_dir"]
 
 
+def _ranked(row):
+    """The order of trials: the most accurate first, and of equal accuracies the earliest
+    (KerasTuner reloads its trials in no fixed order, and the best must stay the best)."""
+    trial = str(row["trial"])
+    return -(row["val_accuracy"] or -1), len(trial), trial
+
+
 def trial_number(trial_id):
     """The number KerasTuner shows for a trial ("Running Trial #2", "Trial 2 Complete"):
     its id ("01", the `trials/trial-01` folder) counts from 0, the display from 1."""
@@ -354,7 +430,7 @@ def best_trials(tune_dir, k):
             f"--top must be between 1 and the {len(rows)} finished trials of "
             f"{str(tune_dir)!r}. Received: --top {k}"
         )
-    rows.sort(key=lambda r: -r["val_accuracy"])
+    rows.sort(key=_ranked)
     return [r["run_dir"] for r in rows[:k]]
 
 

@@ -9,9 +9,18 @@ import pytest
 
 from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.cli import main
+from condnet.runs.documents_test import make_documents
 from condnet.runs.lock import LOCK
 from condnet.runs.tune import SPACE as DEFAULT_SPACE
-from condnet.runs.tune import fewest_trial_epochs, pareto_front, read_space, run_trial
+from condnet.runs.tune import (
+    TEXT_SPACE,
+    best_trials,
+    fewest_trial_epochs,
+    pareto_front,
+    read_space,
+    run_trial,
+    summarise,
+)
 from condnet.testing import free_port
 
 pytest.importorskip("keras_tuner")
@@ -100,9 +109,9 @@ def _a_trial_killed_midway_continues(data, search, row):
 SCORES = {"0": 0.5, "1": 0.9, "2": 0.7}  # trial id -> validation accuracy
 
 
-@pytest.fixture
-def scored_trials(tmp_path, monkeypatch):
-    """`condnet tune` whose trials write SCORES instead of training; the values tried."""
+def _score_trials(monkeypatch):
+    """Trials of `condnet tune` write SCORES instead of training; the list of the options
+    and values each trial was given."""
     tried = []
 
     def scored(data_dir, tune_dir, options, trial, verbose=0):
@@ -115,8 +124,23 @@ def scored_trials(tmp_path, monkeypatch):
 
     monkeypatch.setattr("condnet.runs.tune.run_trial", scored)
     monkeypatch.setattr("condnet.runs.tune.report_best", lambda rows, verbose=0: None)
+    return tried
+
+
+@pytest.fixture
+def scored_trials(tmp_path, monkeypatch):
+    """`condnet tune` on a folder of images, whose trials write SCORES; the values tried."""
     (tmp_path / "data" / "round" / "ring").mkdir(parents=True)
-    return ["tune", str(tmp_path / "data"), "--out", str(tmp_path / "search")], tried
+    args = ["tune", str(tmp_path / "data"), "--out", str(tmp_path / "search")]
+    return args, _score_trials(monkeypatch)
+
+
+@pytest.fixture
+def scored_text_trials(tmp_path, monkeypatch):
+    """`condnet tune` on a folder of documents, whose trials write SCORES; the values tried."""
+    make_documents(tmp_path / "data", per_class=2)
+    args = ["tune", str(tmp_path / "data"), "--out", str(tmp_path / "search")]
+    return args, _score_trials(monkeypatch)
 
 
 def test_tune_numbers_the_trials_as_keras_tuner_shows_them(scored_trials, tmp_path, capsys):
@@ -178,6 +202,23 @@ def test_pareto_front_keeps_only_undominated_trials():
     assert pareto_front(rows) == {"a", "b"}
 
 
+def test_trials_of_equal_accuracy_rank_in_trial_order_however_keras_tuner_lists_them(tmp_path):
+    trials = {}
+    for trial_id, accuracy in [("10", 0.5), ("2", 0.5), ("0", 0.5), ("1", 0.9)]:
+        run = tmp_path / "trials" / f"trial-{trial_id}"
+        run.mkdir(parents=True)
+        metrics = {"accuracy": accuracy, "macs_per_image": {"routed": 1e6}}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        values = SimpleNamespace(values={"routing": "soft"})
+        trials[trial_id] = SimpleNamespace(
+            trial_id=trial_id, status="COMPLETED", hyperparameters=values
+        )
+    tuner = SimpleNamespace(oracle=SimpleNamespace(trials=trials))  # reloaded in glob order
+    rows = summarise(tmp_path, tuner)
+    assert [row["trial"] for row in rows] == ["1", "0", "2", "10"]  # ties: the earliest first
+    assert best_trials(tmp_path, 2) == [str(tmp_path / "trials" / f"trial-{t}") for t in "10"]
+
+
 def test_a_space_file_naming_an_unknown_option_is_refused(tmp_path):
     (tmp_path / "space.json").write_text(json.dumps({"widht": [1, 2]}))
     with pytest.raises(ValueError, match="'widht', which is not a training option"):
@@ -220,3 +261,109 @@ def test_a_chief_and_two_workers_share_the_trials_without_repeating_one(tmp_path
     assert {r["tuner"] for r in records} <= {"worker-1", "worker-2"}  # the chief runs none
     rows = json.loads((tmp_path / "search" / "summary.json").read_text())
     assert sorted(r["trial"] for r in rows) == sorted(r["trial"] for r in records)
+
+
+# === Documents ===
+
+
+@pytest.mark.parametrize(
+    "modality, reads", [("auto", "text"), ("text", "text"), ("image", "image")]
+)
+def test_a_search_on_documents_tries_the_space_of_what_its_trials_read(
+    scored_text_trials, modality, reads
+):
+    args, tried = scored_text_trials
+    assert main([*args, "--trials", "3", "--epochs", "2", "--modality", modality]) == 0
+    assert len(tried) == 3 and {values["modality"] for values in tried} == {reads}
+    space = TEXT_SPACE if reads == "text" else DEFAULT_SPACE
+    assert all(set(values) >= set(space) for values in tried)
+    if reads == "text":  # auto reads the folder's documents, as `condnet train` does
+        assert not {"filters", "augment", "expert_placement"} & set().union(*tried)
+        assert {values["text_trunk"] for values in tried} <= {"bag", "cnn"}
+        assert {values["sequence_length"] for values in tried} <= {128, 256}
+        assert all(3e-3 <= values["learning_rate"] <= 3e-2 for values in tried)
+
+
+def test_a_flag_fixes_its_option_and_leaves_the_default_space(scored_text_trials, tmp_path):
+    args, tried = scored_text_trials
+    assert main([*args, "--trials", "2", "--epochs", "2", "--text-trunk", "cnn"]) == 0
+    assert [values["text_trunk"] for values in tried] == ["cnn", "cnn"]
+    rows = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert all("text_trunk" not in row["values"] for row in rows)  # not searched
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"filters": "8 16"},
+        {"augment": "none"},
+        {"backbone": "MobileNetV3Small"},
+        {"image_size": 64},
+    ],
+)
+def test_a_search_on_documents_refuses_an_image_option_in_its_space_file(
+    scored_text_trials, tmp_path, capsys, entry
+):
+    args, tried = scored_text_trials
+    (tmp_path / "space.json").write_text(json.dumps(entry))
+    assert main([*args, "--space", str(tmp_path / "space.json")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    (name,) = entry
+    assert f"names {name!r}, an option of runs on images, and this search reads documents" in line
+    assert "Remove the entry, or pass --modality image for a folder of images" in line
+    assert not tried and not (tmp_path / "search").exists()
+
+
+def test_a_search_on_documents_refuses_image_flags_and_a_flag_its_space_file_varies(
+    scored_text_trials, tmp_path, capsys
+):
+    args, tried = scored_text_trials
+    assert main([*args, "--filters", "8", "16"]) == 2
+    assert "--filters / filters only apply to images, and this run reads documents" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "space.json").write_text(json.dumps({"text_trunk": {"choices": ["bag", "gru"]}}))
+    assert main([*args, "--space", str(tmp_path / "space.json"), "--text-trunk", "cnn"]) == 2
+    assert "names 'text_trunk', which --text-trunk also fixes on the command line" in (
+        capsys.readouterr().err
+    )
+    assert not tried and not (tmp_path / "search").exists()
+
+
+def test_a_search_on_images_refuses_a_text_option_in_its_space_file(
+    scored_trials, tmp_path, capsys
+):
+    args, tried = scored_trials
+    (tmp_path / "space.json").write_text(json.dumps({"text_trunk": ["bag", "cnn"]}))
+    assert main([*args, "--space", str(tmp_path / "space.json")]) == 2
+    error = capsys.readouterr().err
+    assert "names 'text_trunk', an option of runs on documents, and this search reads images" in (
+        error
+    )
+    assert not tried and not (tmp_path / "search").exists()
+
+
+@pytest.mark.slow
+def test_tune_on_documents_trains_text_trials_and_ensembles_the_best_two(tmp_path, capsys):
+    make_documents(tmp_path / "train", per_class=8)
+    make_documents(tmp_path / "test", per_class=3, seed=1)
+    search = tmp_path / "search"
+    args = ["tune", str(tmp_path / "train"), "--out", str(search), "--trials", "2"]
+    args += ["--epochs", "1", "--sequence-length", "32", "--batch-size", "8", "--quiet"]
+    assert main([*args, "--no-tensorboard"]) == 0
+    rows = json.loads((search / "summary.json").read_text())
+    assert len(rows) == 2 and all(row["val_accuracy"] is not None for row in rows)
+    for row in rows:
+        options = json.loads((Path(row["run_dir"]) / "config.json").read_text())["options"]
+        assert (options["modality"], options["sequence_length"]) == ("text", 32)  # as fixed
+        for name in ("text_trunk", "vocabulary_size", "routing", "strategy"):
+            assert options[name] == row["values"][name]  # the trial's values trained
+        assert options["learning_rate"] == pytest.approx(row["values"]["learning_rate"])
+        assert "sequence_length" not in row["values"] and "filters" not in row["values"]
+    assert (Path(rows[0]["run_dir"]) / "report.md").is_file()  # the best trial's report
+    out = tmp_path / "top2"
+    words = ["ensemble", str(search), "--top", "2", "--data", str(tmp_path / "test")]
+    assert main([*words, "--out", str(out), "--quiet", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [member["run"] for member in metrics["members"]] == [row["run_dir"] for row in rows]
+    assert metrics["num_samples"] == 4 * 3 + 1  # the empty and binary files are skipped
