@@ -473,7 +473,12 @@ def weighed_words(model, texts, top=5, max_words=WORDS_TRIED):
 
 
 def document_weigher(model):
-    """`weighed_words` of `model` as the callable a report's document gallery takes."""
+    """`weighed_words` of `model` as the callable a report's document gallery takes, or
+    None for a model that does not read one vocabulary's ids (e.g. an `Ensemble` of
+    text runs, whose members each read their own)."""
+    vectorizer = getattr(model, "preprocessor", None)
+    if not isinstance(model, ConditionalModel) or not hasattr(vectorizer, "get_vocabulary"):
+        return None
     return lambda texts: weighed_words(model, texts)
 
 
