@@ -368,8 +368,9 @@ def test_verbosity_is_one_line_per_epoch_outside_a_terminal(monkeypatch):
 
 
 HELP_WITHOUT_KERAS = """
-import sys
-sys.argv = ["condnet", *sys.argv[1:]]  # as the console script runs
+import sys, sysconfig
+# As the installed console script runs: its path in this Python's scripts folder.
+sys.argv = [sysconfig.get_path("scripts") + "/condnet", *sys.argv[1:]]
 from condnet.runs.cli import main
 try:
     main(sys.argv[1:])
