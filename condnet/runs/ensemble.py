@@ -17,7 +17,7 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     Every run must share the hierarchy, image size and colour mode; all of it is
     checked, and `out` must be new (or an ensemble condnet wrote, with `overwrite=True`)
     and outside the data and every run, before anything is written.
-    Returns the metrics.
+    `progress=True` reports each pass on standard error. Returns the metrics.
     """
     from condnet.evaluation.evaluate import evaluate_model
     from condnet.models.ensemble import Ensemble
@@ -35,10 +35,10 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     ensemble = Ensemble(members[0].hierarchy, members)
     data = folder_for(members[0], config, data_dir, batch_size)
     scores = [
-        evaluate_model(m, data, progress=f"member {i}" if progress else None)["accuracy"]
+        evaluate_model(m, data, progress=progress, progress_label=f"member {i}")["accuracy"]
         for i, m in enumerate(members)
     ]
-    metrics = evaluate_model(ensemble, data, progress="ensemble" if progress else None)
+    metrics = evaluate_model(ensemble, data, progress=progress, progress_label="ensemble")
     metrics["members"] = [
         {"run": str(run), "accuracy": score, "routed_macs": _routed_macs(run)}
         for run, score in zip(run_dirs, scores)
