@@ -64,11 +64,31 @@ def register_saved_classes():
     from condnet.vision import backbones  # noqa: F401
 
 
+def _is_condnet_command():
+    """Whether this process is the `condnet` console script that pip installed beside this
+    Python (its `scripts` folder, or the user scheme's), which imports the package first.
+
+    Only that script may put registration off: the CLI registers the classes itself once a
+    command runs (`condnet.runs.cli`). Any other program, whatever its name (a user's script
+    called `condnet` included), registers them on `import condnet`."""
+    program = sys.argv[0] if sys.argv else ""
+    if Path(program).name != "condnet":
+        return False
+    import sysconfig
+
+    folders = {sysconfig.get_path("scripts")}
+    folders.add(sysconfig.get_path("scripts", sysconfig.get_preferred_scheme("user")))
+    try:
+        return Path(program).resolve() in {(Path(f) / "condnet").resolve() for f in folders if f}
+    except (OSError, RuntimeError):  # an unreadable path or a symlink loop: not the script
+        return False
+
+
 # `import condnet` registers them, so that it is enough for keras.models.load_model. With a
 # missing or bogus KERAS_BACKEND, Keras is not imported here: the CLI then reports the
-# problem in one line. The `condnet` command registers them itself once a command runs, so
-# that `condnet --help` and `condnet --version` answer without importing Keras.
-if backend_problem() is None and Path(sys.argv[0] if sys.argv else "").name != "condnet":
+# problem in one line. The installed `condnet` command registers them itself once a command
+# runs, so that `condnet --help` and `condnet --version` answer without importing Keras.
+if backend_problem() is None and not _is_condnet_command():
     register_saved_classes()
 
 __version__ = "0.1.0"

@@ -110,8 +110,14 @@ class Hierarchy:
     # === Label conversion ===
 
     def encode(self, labels):
-        """Class names (or label paths ending in a class) -> class indices."""
-        names = [label[-1] if isinstance(label, tuple | list) else label for label in labels]
+        """Class names, or label paths as `path` gives them, -> class indices.
+
+        A label path names the groups from the top level down to its class,
+        e.g. `("dog", "pug")`: a path through a group that does not hold its
+        class, or through an unknown group, is refused.
+        """
+        labels = list(labels)
+        names = [_class_of(label) for label in labels]
         unknown = sorted({str(n) for n in names if n not in self._class_index})
         if unknown:
             raise ValueError(
@@ -119,7 +125,33 @@ class Hierarchy:
                 f"{unknown[:10]}. Known classes: {self.classes}. Add them to the "
                 "hierarchy or remove those samples."
             )
+        self._check_paths(label for label in labels if isinstance(label, tuple | list))
         return np.array([self._class_index[n] for n in names], dtype="int32")
+
+    def _check_paths(self, paths):
+        wrong = {}
+        for path in map(tuple, paths):
+            if path not in wrong and path != self._paths[path[-1]]:
+                wrong[path] = self._path_problem(path)
+        if wrong:
+            raise ValueError(
+                f"{len(wrong)} label path(s) do not lead to their class: "
+                f"{'; '.join(list(wrong.values())[:10])}. A label path names the groups from "
+                "the top level down to the class, as hierarchy.path(name) gives it (or pass "
+                f"the class name alone). Received: labels containing {list(wrong)[:10]}"
+            )
+
+    def _path_problem(self, path):
+        groups = {group for known in self._paths.values() for group in known[:-1]}
+        unknown = [group for group in path[:-1] if group not in groups]
+        if unknown:
+            return f"{path!r} names {unknown[0]!r}, which is not a group of the hierarchy"
+        return f"{path!r} does not lead to {path[-1]!r}, whose path is {self._paths[path[-1]]!r}"
+
+    @functools.cached_property
+    def _paths(self):
+        """Every class's label path, in one walk of the tree."""
+        return dict(_leaf_paths(self._tree, ()))
 
     def decode(self, indices):
         """Class indices -> class names."""
@@ -313,6 +345,21 @@ def _group_names(tree):
         if isinstance(child, dict):
             names.extend(_group_names(child))
     return names
+
+
+def _class_of(label):
+    """The class a label names: a class name, or the last element of a label path."""
+    if isinstance(label, tuple | list):
+        return label[-1] if label else None
+    return label
+
+
+def _leaf_paths(node, prefix):
+    for group, child in node.items():
+        if isinstance(child, dict):
+            yield from _leaf_paths(child, prefix + (group,))
+        else:
+            yield from ((name, prefix + (group, name)) for name in child)
 
 
 def _find_path(node, name):

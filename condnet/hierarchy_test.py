@@ -68,6 +68,32 @@ def test_hierarchy_rejects_bad_trees(groups, error, message):
         Hierarchy(groups)
 
 
+@pytest.mark.parametrize(
+    "paths, message",
+    [
+        (
+            [("dog", "persian"), ("dog", "pug")],
+            r"\('dog', 'persian'\) does not lead to 'persian', whose path is \('cat', 'persian'\)",
+        ),
+        ([("fish", "pug")], r"\('fish', 'pug'\) names 'fish', which is not a group"),
+        ([("dog", "dog", "pug")], r"Received: labels containing \[\('dog', 'dog', 'pug'\)\]"),
+    ],
+)
+def test_hierarchy_refuses_a_label_path_that_does_not_lead_to_its_class(paths, message):
+    with pytest.raises(ValueError, match=message):
+        Hierarchy(CATS_AND_DOGS).encode(paths)
+
+
+def test_hierarchy_encodes_label_paths_of_a_deeper_tree():
+    hierarchy = Hierarchy(
+        {"animals": {"pets": ["cat", "dog"], "wild": ["wolf"]}, "plants": ["rose"]}
+    )
+    labels = hierarchy.encode([("animals", "wild", "wolf"), ("plants", "rose"), "dog"])
+    assert labels.tolist() == [2, 3, 1]
+    with pytest.raises(ValueError, match=r"whose path is \('animals', 'pets', 'cat'\)"):
+        hierarchy.encode([("pets", "cat")])
+
+
 def test_hierarchy_rejects_unknown_and_out_of_range_labels():
     hierarchy = Hierarchy(CATS_AND_DOGS)
     with pytest.raises(ValueError, match=r"not classes of the hierarchy: \['tabby'\]"):

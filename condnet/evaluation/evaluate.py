@@ -6,12 +6,19 @@ import numpy as np
 
 from condnet.data.folders import ImageFolder
 from condnet.evaluation.metrics import evaluate_predictions, within_group_accuracy
-from condnet.evaluation.progress import Progress
+from condnet.evaluation.progress import Progress, check_progress
 
 SHOWN_SKIPPED = 10
 
 
-def evaluate_model(model, data, hierarchy=None, return_predictions=False, progress=None):
+def evaluate_model(
+    model,
+    data,
+    hierarchy=None,
+    return_predictions=False,
+    progress=False,
+    progress_label="evaluating",
+):
     """Metrics of a ConditionalModel on an ImageFolder, in one pass over its batches.
 
     A flat Keras classifier over the same classes (such as
@@ -27,8 +34,9 @@ def evaluate_model(model, data, hierarchy=None, return_predictions=False, progre
     way (its documents never fail). Other datasets (a `PyDataset` of `(images,
     labels)` batches) are read as they are.
 
-    `progress`: a label (e.g. `"hard routing"`) to report progress under on
-    standard error (`condnet.evaluation.progress.Progress`), or None.
+    `progress=True` reports the batches on standard error, as a line that
+    starts with `progress_label` (e.g. `"hard routing"`;
+    `condnet.evaluation.progress.Progress`).
 
     Returns:
         The dict of `evaluate_predictions` (`num_samples` counts the scored
@@ -37,9 +45,10 @@ def evaluate_model(model, data, hierarchy=None, return_predictions=False, progre
         `predictions` holds the scored rows' `paths`, `labels` and the model's
         outputs (`classes`, and `groups` / `route` for a conditional model).
     """
+    check_progress(progress)
     hierarchy = hierarchy or model.hierarchy
     outputs, labels, kept_paths, skipped = [], [], [], []
-    shown = Progress(progress, len(data), enabled=progress is not None)
+    shown = Progress(progress_label, len(data), enabled=progress)
     for done, (images, batch_labels, paths, errors) in enumerate(_batches(data), 1):
         valid = np.array([error is None for error in errors], bool)
         skipped += [

@@ -95,6 +95,19 @@ def test_evaluate_model_counts_nothing_skipped_on_good_images(tmp_path):
     assert (metrics["num_samples"], metrics["num_skipped"], metrics["skipped"]) == (8, 0, [])
 
 
+def test_evaluate_model_progress_is_a_bool_and_its_line_goes_to_standard_error(tmp_path, capsys):
+    make_colour_folders(tmp_path, per_class=2)
+    hierarchy, paths, labels = scan_directory(tmp_path)
+    data = ImageFolder(paths, labels, hierarchy, image_size=8, batch_size=3)
+    evaluate_model(colour_model(), data, progress=True, progress_label="hard routing")
+    captured = capsys.readouterr()
+    assert captured.err.startswith("hard routing: 3/3 batches, ") and captured.out == ""
+    evaluate_model(colour_model(), data)
+    assert capsys.readouterr().err == ""  # progress=False by default: no line
+    with pytest.raises(TypeError, match="progress must be True .* progress_label=.*'hard"):
+        evaluate_model(colour_model(), data, progress="hard routing")
+
+
 def test_evaluate_model_error_when_no_image_decodes(tmp_path):
     for name in ("a.jpg", "b.jpg"):
         truncated_jpeg(tmp_path / name)

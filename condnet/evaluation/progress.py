@@ -1,4 +1,8 @@
-"""Progress of a pass over batches, on standard error (standard output may be JSON)."""
+"""Progress of a pass over batches, on standard error (standard output may be JSON).
+
+Everywhere in condnet, `progress` is a bool: `True` writes progress lines on standard
+error, `False` writes none. Results (tables, JSON, file names) go to standard output.
+"""
 
 import sys
 import time
@@ -30,3 +34,13 @@ class Progress:
         line = f"{self.label}: {self.total}/{self.total} batches, {seconds:.1f} s{note}"
         self.stream.write(("\r" if self.live else "") + line + "\n")
         self.stream.flush()
+
+
+def check_progress(progress):
+    """Refuse a `progress` that is not a bool (a label belongs in `progress_label`)."""
+    if not isinstance(progress, bool):
+        raise TypeError(
+            "progress must be True (progress lines on standard error) or False (none); "
+            "name the line with progress_label=. "
+            f"Received: progress={progress!r} of type {type(progress).__name__}"
+        )

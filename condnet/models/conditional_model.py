@@ -351,13 +351,21 @@ class ConditionalModel(keras.Model):
     def compile(
         self,
         optimizer="auto",
+        loss="auto",
+        loss_weights=None,
+        metrics="auto",
+        *,
         gate_loss_weight=1.0,
         class_loss_weight=1.0,
         expert_loss_weight=1.0,
-        metrics=None,
         **kwargs,
     ):
         """Configure training; the hierarchical loss is built in.
+
+        The arguments Keras has come in `keras.Model.compile`'s order
+        (`compile("adam")` works as it does on any Keras model); condnet's
+        own are keyword-only, and so are Keras's later ones, passed through
+        `**kwargs`.
 
         The loss is `gate_loss_weight * CE(true group, gate)` +
         `class_loss_weight * CE(true class, classes)` +
@@ -367,32 +375,35 @@ class ConditionalModel(keras.Model):
         `LossWeightSchedule` can change them between epochs.
 
         Args:
-            optimizer: optimizer or `"auto"` (Adam, learning rate 1e-3). Under
-                the `"mixed_float16"` policy Keras wraps it in a
+            optimizer: optimizer, its name, or `"auto"` (Adam, learning rate
+                1e-3). Under the `"mixed_float16"` policy Keras wraps it in a
                 `LossScaleOptimizer` (unless `auto_scale_loss=False`).
-            gate_loss_weight, class_loss_weight, expert_loss_weight: floats.
-            metrics: extra Keras metrics on the `"classes"` output.
-            **kwargs: passed to `keras.Model.compile` (not `loss`).
+            loss: `"auto"` (or `None`): the hierarchical loss above, the only
+                one this model trains with. Anything else is refused.
+            loss_weights: `None`. Weigh the loss's parts with the
+                `*_loss_weight` arguments instead.
+            metrics: Keras metrics on the `"classes"` output, added to the
+                ones the model always tracks (`accuracy`, `group_accuracy`
+                and each loss part). `"auto"` (the default) or `None` adds
+                none.
+            gate_loss_weight, class_loss_weight, expert_loss_weight: floats
+                >= 0, the weights of the loss's parts. Default to `1.0`.
+            **kwargs: the other arguments of `keras.Model.compile`, by
+                keyword (`weighted_metrics`, `run_eagerly`, `jit_compile`, ...).
         """
-        if "loss" in kwargs or "loss_weights" in kwargs:
-            raise TypeError(
-                "ConditionalModel builds its own hierarchical loss. Set its parts "
-                "with gate_loss_weight=, class_loss_weight=, expert_loss_weight= "
-                f"instead. Received: {sorted(k for k in kwargs if k.startswith('loss'))}"
-            )
+        _check_loss(loss, loss_weights)
         weights = (gate_loss_weight, class_loss_weight, expert_loss_weight)
         self.set_loss_weights(*weights)
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+        metrics = None if metrics == "auto" else metrics
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
         self._compile_config.config.update(
             dict(zip(("gate_loss_weight", "class_loss_weight", "expert_loss_weight"), weights))
         )
 
     def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        config = {k: v for k, v in config.items() if k not in ("loss", "loss_weights")}
-        self.compile(**config)
+        self.compile(**keras.saving.deserialize_keras_object(config))
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
@@ -682,6 +693,22 @@ def _as_hierarchy(hierarchy):
         "hierarchy must be a condnet.Hierarchy or a dict mapping group -> classes. "
         f"Received: hierarchy of type {type(hierarchy).__name__}"
     )
+
+
+def _check_loss(loss, loss_weights):
+    if not (loss is None or (isinstance(loss, str) and loss == "auto")):
+        raise ValueError(
+            "ConditionalModel trains with its own hierarchical loss (gate + class + "
+            "expert cross-entropy), so `loss` must be 'auto' (or left out). Weigh its parts "
+            "with gate_loss_weight=, class_loss_weight=, expert_loss_weight=. Received: "
+            f"loss={loss!r:.200}"
+        )
+    if loss_weights is not None:
+        raise ValueError(
+            "ConditionalModel weighs the parts of its loss with gate_loss_weight=, "
+            "class_loss_weight= and expert_loss_weight=, so `loss_weights` must be None. "
+            f"Received: loss_weights={loss_weights!r:.200}"
+        )
 
 
 def _check_options(temperature, confidence_threshold):

@@ -294,9 +294,48 @@ def test_out_of_range_labels_are_rejected_before_training():
         model.fit(x, np.array([0, 1, 2, 3, 4, 9, 0, 1]), verbose=0)
 
 
-def test_compile_rejects_a_loss_argument():
-    with pytest.raises(TypeError, match="builds its own hierarchical loss"):
-        cats_and_dogs_model().compile(loss="mse")
+def test_compile_takes_keras_arguments_in_keras_order():
+    model = cats_and_dogs_model()
+    top_two = keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top_two")
+    model.compile("sgd", "auto", None, [top_two])  # optimizer, loss, loss_weights, metrics
+    x, y = random_data(32)
+    results = model.evaluate(x, y, verbose=0, return_dict=True)
+    classes = numpy_outputs(model, x)["classes"]
+    in_top_two = (np.argsort(-classes, axis=1)[:, :2] == y[:, None]).any(axis=1)
+    np.testing.assert_allclose(results["top_two"], in_top_two.mean(), rtol=1e-6)
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    with pytest.raises(TypeError):  # condnet's own arguments are keyword-only
+        model.compile("sgd", "auto", None, None, 0.5)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            ("adam", "sparse_categorical_crossentropy"),
+            "`loss` must be 'auto'.*Received: loss='sparse_categorical_crossentropy'",
+        ),
+        (("adam", keras.losses.MeanSquaredError()), "must be 'auto'.*Received: loss=<"),
+        (
+            ("adam", "auto", {"gate": 2.0}),
+            r"gate_loss_weight=.*must be None. Received: loss_weights=\{'gate': 2.0\}",
+        ),
+    ],
+)
+def test_compile_refuses_a_loss_other_than_its_own(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        cats_and_dogs_model().compile(*arguments)
+
+
+def test_compile_metrics_auto_and_none_add_nothing_to_the_built_in_metrics():
+    x, y = random_data(16)
+    names = []
+    for metrics in ("auto", None):
+        model = cats_and_dogs_model()
+        model.compile(metrics=metrics)
+        names.append(sorted(model.evaluate(x, y, verbose=0, return_dict=True)))
+    built_in = ["loss", "accuracy", "group_accuracy", "gate_loss", "class_loss", "expert_loss"]
+    assert names[0] == names[1] == sorted(built_in)
 
 
 def test_changing_the_routing_after_use_takes_effect():

@@ -30,8 +30,10 @@ class Ensemble(keras.Model):
         hierarchy: the members' shared `Hierarchy` (same groups, classes, order).
         members: list of models with a `"classes"` output (ConditionalModels)
             or a `(batch, num_classes)` softmax output (flat classifiers).
-        weights: optional list of non-negative weights, one per member
-            (normalised); defaults to equal weights.
+        member_weights: optional list of non-negative weights, one per member,
+            not all 0 (normalised to sum to 1). Defaults to `None` (equal
+            weights).
+        **kwargs: passed to `keras.Model` (`name`, `dtype`).
 
     Members read images, or all read documents (each has a `preprocessor`
     giving a fixed number of token ids); the ensemble's `preprocessor` is then
@@ -39,29 +41,18 @@ class Ensemble(keras.Model):
     """
 
     def __init__(self, hierarchy, members, member_weights=None, **kwargs):
+        hierarchy = hierarchy if isinstance(hierarchy, Hierarchy) else Hierarchy(hierarchy)
+        members = [] if members is None else list(members)
+        _check_members(hierarchy, members)
+        weights = _normalised_weights(member_weights, len(members))
+        widths = _token_widths(members)
         super().__init__(**kwargs)
-        self.hierarchy = hierarchy if isinstance(hierarchy, Hierarchy) else Hierarchy(hierarchy)
-        if not members:
-            raise ValueError("An ensemble needs at least one member. Received: members=[]")
-        for i, member in enumerate(members):
-            other = getattr(member, "hierarchy", None)
-            if other is not None and other != self.hierarchy:
-                raise ValueError(
-                    f"Member {i} ({member.name}) has another hierarchy than the ensemble: "
-                    f"{other.to_dict()} vs {self.hierarchy.to_dict()}. Ensemble models "
-                    "trained on the same groups and classes."
-                )
-        self.members = list(members)
-        self._widths = _token_widths(self.members)
-        weights = np.ones(len(members)) if member_weights is None else np.asarray(member_weights)
-        if weights.shape != (len(members),) or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(
-                f"member_weights must be {len(members)} non-negative numbers, not all 0. "
-                f"Received: member_weights={member_weights!r}"
-            )
-        self.member_weights = [float(w) for w in weights / weights.sum()]
-        columns = np.zeros((self.hierarchy.num_classes, self.hierarchy.num_groups), "float32")
-        columns[np.arange(self.hierarchy.num_classes), self.hierarchy.class_to_group] = 1.0
+        self.hierarchy = hierarchy
+        self.members = members
+        self._widths = widths
+        self.member_weights = weights
+        columns = np.zeros((hierarchy.num_classes, hierarchy.num_groups), "float32")
+        columns[np.arange(hierarchy.num_classes), hierarchy.class_to_group] = 1.0
         self._class_to_group_matrix = columns
         if all(member.built for member in self.members):
             self.built = True  # no weights of its own: built members make it whole
@@ -121,6 +112,11 @@ class Ensemble(keras.Model):
         """Each member's own `predict` (routed for a hard-routed conditional member), averaged.
         Documents go to every member whole (each reads them with its own vectorizer);
         token ids are split between the members (see `preprocessor`)."""
+        if kwargs:
+            raise TypeError(
+                "Ensemble.predict takes x, batch_size, verbose, steps and callbacks. "
+                f"Received unknown arguments: {sorted(kwargs)}"
+            )
         if self._widths is not None and not is_raw_text(x):
             inputs = self._member_inputs(np.asarray(x))
         else:
@@ -154,6 +150,29 @@ class Ensemble(keras.Model):
 
 def _classes(outputs):
     return outputs["classes"] if isinstance(outputs, dict) else outputs
+
+
+def _check_members(hierarchy, members):
+    if not members:
+        raise ValueError("An ensemble needs at least one member. Received: members=[]")
+    for i, member in enumerate(members):
+        other = getattr(member, "hierarchy", None)
+        if other is not None and other != hierarchy:
+            raise ValueError(
+                f"Member {i} ({member.name}) has another hierarchy than the ensemble: "
+                f"{other.to_dict()} vs {hierarchy.to_dict()}. Ensemble models "
+                "trained on the same groups and classes."
+            )
+
+
+def _normalised_weights(member_weights, count):
+    weights = np.ones(count) if member_weights is None else np.asarray(member_weights)
+    if weights.shape != (count,) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(
+            f"member_weights must be {count} non-negative numbers, not all 0. "
+            f"Received: member_weights={member_weights!r}"
+        )
+    return [float(w) for w in weights / weights.sum()]
 
 
 # === Members that read documents ===

@@ -1,3 +1,4 @@
+import inspect
 import re
 import warnings
 
@@ -80,3 +81,41 @@ def test_an_ensemble_refuses_members_that_read_images_and_documents():
     )
     with pytest.raises(ValueError, match=expected):
         Ensemble(members[0].hierarchy, members)
+
+
+def _name_number(model):
+    base, _, number = model.name.rpartition("_")
+    return int(number) if base and number.isdigit() else 0
+
+
+@pytest.mark.parametrize(
+    "members, member_weights, message",
+    [
+        ([], None, r"at least one member. Received: members=\[\]"),
+        (1, [1.0, -1.0], r"member_weights must be 1 non-negative.*\[1.0, -1.0\]"),
+    ],
+)
+def test_an_ensemble_is_refused_before_any_keras_model_is_made(members, member_weights, message):
+    members = [colour_model() for _ in range(members or 0)]
+    hierarchy = colour_model().hierarchy
+    first = Ensemble(hierarchy, [colour_model()])
+    with pytest.raises(ValueError, match=message):
+        Ensemble(hierarchy, members, member_weights)
+    # Refused before keras.Model.__init__: the refused ensemble took no automatic name.
+    assert _name_number(Ensemble(hierarchy, [colour_model()])) == _name_number(first) + 1
+
+
+def test_ensemble_documents_every_argument():
+    for parameter in list(inspect.signature(Ensemble.__init__).parameters.values())[1:]:
+        stars = "**" if parameter.kind is parameter.VAR_KEYWORD else ""
+        assert f"\n        {stars}{parameter.name}: " in Ensemble.__doc__
+
+
+def test_ensemble_predict_refuses_unknown_arguments_as_a_conditional_model_does():
+    member = colour_model()
+    ensemble = Ensemble(member.hierarchy, [member])
+    images = np.full((1, 8, 8, 3), (250, 0, 0), "float32")
+    with pytest.raises(TypeError, match=r"Received unknown arguments: \['routd'\]"):
+        member.predict(images, verbose=0, routd=True)
+    with pytest.raises(TypeError, match=r"Ensemble.predict takes .*unknown arguments: \['routd'\]"):
+        ensemble.predict(images, verbose=0, routd=True)

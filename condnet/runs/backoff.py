@@ -102,8 +102,9 @@ def backoff_run(
     validation split for `model_file`, or by default for each of
     model.keras, model.calibrated.keras and baseline.keras the run holds.
     With `thresholds` (a dict `level -> threshold or None`), those are stored
-    for `model_file` (model.keras by default). Holds the run's lock. Returns
-    the record written to `RUN_DIR/backoff.json`.
+    for `model_file` (model.keras by default). Holds the run's lock.
+    `progress=True` says what it does on standard error. Returns the record
+    written to `RUN_DIR/backoff.json`.
     """
     from condnet.runs.lock import run_lock
 

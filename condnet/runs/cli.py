@@ -1244,7 +1244,11 @@ def _run_with_tensorflow(argv):
     change its backend once imported; the run's .keras file loads on any backend)."""
     import subprocess
 
-    print(f"condnet export: tracing with TensorFlow (the backend here is {backend_name()[0]}).")
+    print(
+        f"condnet export: tracing with TensorFlow (the backend here is {backend_name()[0]}).",
+        file=sys.stderr,
+        flush=True,
+    )
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     return subprocess.run([sys.executable, "-m", "condnet", *argv], env=env).returncode
 

@@ -60,6 +60,7 @@ def cross_validate(
     summary["mean"]["accuracy"], summary["std"]["accuracy"]
     ```
     """
+    from condnet.runs.finish import announce
     from condnet.runs.recipe import train
 
     _check_folds(folds)
@@ -87,8 +88,7 @@ def cross_validate(
             run_dir = out_dir / f"fold-{number}"
             split = (train_rows.tolist(), validation_rows.tolist())
             fold = dataclasses.replace(options, split=split)
-            if fit_kwargs.get("verbose", "auto") != 0:
-                print(f"=== Fold {number}/{folds}: {run_dir} ===", flush=True)
+            announce(f"=== Fold {number}/{folds}: {run_dir} ===", fit_kwargs)
             result = train(
                 data_dir, run_dir, fold, overwrite=overwrite, break_lock=break_lock, **fit_kwargs
             )

@@ -134,3 +134,14 @@ def test_cli_cv_trains_one_run_per_fold_and_writes_the_summary(tmp_path, capsys)
 
     assert main(argv + tiny) == 2  # a second run does not clobber the first
     assert "already holds a cross-validation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verbose, heading", [(2, True), (0, False)])
+def test_each_fold_is_announced_on_standard_error(tmp_path, monkeypatch, capsys, verbose, heading):
+    make_shapes_dataset(tmp_path / "data", samples_per_class=3, image_size=16)
+    metrics = {"accuracy": 0.5, "group_accuracy": 0.5, "hierarchical_f1": 0.5}
+    monkeypatch.setattr("condnet.runs.recipe.train", lambda *a, **k: {"metrics": metrics})
+    cross_validate(tmp_path / "data", tmp_path / "cv", folds=2, verbose=verbose)
+    captured = capsys.readouterr()
+    assert ("=== Fold 2/2: " in captured.err) is heading
+    assert "=== Fold" not in captured.out  # standard output holds results only

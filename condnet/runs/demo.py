@@ -1,5 +1,6 @@
 """`condnet demo`: the whole workflow on the embedded shapes data set."""
 
+import sys
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def run_demo(
     if not data_only:
         drawn = 0 if (data / "train").is_dir() else samples_per_class + test_samples_per_class
         seconds = estimate_seconds(samples_per_class, epochs, drawn, options.get("routing"))
-        print(expected_time_line(seconds, epochs, samples_per_class), flush=True)
+        print(expected_time_line(seconds, epochs, samples_per_class), file=sys.stderr, flush=True)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     mark(out, "demo", ["data", "run"])
@@ -62,7 +63,7 @@ def run_demo(
 def _draw(data, samples_per_class, test_samples_per_class):
     if (data / "train").is_dir():
         return
-    print(f"Drawing the shapes data set into {data} ...")
+    print(f"Drawing the shapes data set into {data} ...", file=sys.stderr, flush=True)
     make_shapes_dataset(
         data,
         samples_per_class=samples_per_class,

@@ -26,7 +26,7 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     vectorizer (`condnet.models.ensemble.MemberVectorizers`). All of it is checked, and
     `out` must be new (or an ensemble condnet wrote, with `overwrite=True`) and outside
     the data and every run, before anything is written.
-    Returns the metrics.
+    `progress=True` reports each pass on standard error. Returns the metrics.
     """
     from condnet.evaluation.evaluate import evaluate_model
     from condnet.models.ensemble import Ensemble
@@ -42,10 +42,8 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
         member._name = f"member_{i}"  # one archive holds them all: names must differ
     ensemble = Ensemble(members[0].hierarchy, members)
     data = folder_for(ensemble, config, data_dir, batch_size)
-    scores = [
-        _accuracy(m, data, f"member {i}" if progress else None) for i, m in enumerate(members)
-    ]
-    metrics = evaluate_model(ensemble, data, progress="ensemble" if progress else None)
+    scores = [_accuracy(m, data, progress, f"member {i}") for i, m in enumerate(members)]
+    metrics = evaluate_model(ensemble, data, progress=progress, progress_label="ensemble")
     metrics["members"] = [
         {"run": str(run), "accuracy": score, "routed_macs": _routed_macs(run)}
         for run, score in zip(run_dirs, scores)
@@ -59,7 +57,7 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     return metrics
 
 
-def _accuracy(member, data, progress):
+def _accuracy(member, data, progress, label):
     """A member's accuracy on the ensemble's data: the same images, or the same documents
     read with the member's own vectorizer."""
     from condnet.data.text import TextFolder
@@ -70,7 +68,7 @@ def _accuracy(member, data, progress):
         data = TextFolder(
             data.texts, data.labels, data.hierarchy, vectorizer, size, paths=data.paths
         )
-    return evaluate_model(member, data, progress=progress)["accuracy"]
+    return evaluate_model(member, data, progress=progress, progress_label=label)["accuracy"]
 
 
 def _report(out, ensemble, metrics, run_dirs, data_dir):

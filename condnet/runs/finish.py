@@ -20,6 +20,7 @@ comparison does not depend on the run's history.
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -386,9 +387,9 @@ def _conditional_epochs(options, state):
 
 
 def announce(line, fit_kwargs):
-    """Print a progress line unless the run is silent (`verbose=0`)."""
+    """Print a progress line on standard error unless the run is silent (`verbose=0`)."""
     if fit_kwargs.get("verbose", "auto") != 0:
-        print(line, flush=True)
+        print(line, file=sys.stderr, flush=True)
 
 
 def fit_flat(flat, options, data, stopping_callbacks, fit_kwargs, stages=None):

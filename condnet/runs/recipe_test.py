@@ -119,7 +119,9 @@ def test_staged_strategy_runs_gate_expert_and_joint_phases(shapes, tmp_path, cap
     run = tmp_path / "run"
     loud = {**TINY, "verbose": 2}
     train(shapes / "train", run, epochs=3, strategy="staged", routing="hard", **loud)
-    headers = [line for line in capsys.readouterr().out.splitlines() if "=== Phase" in line]
+    captured = capsys.readouterr()  # progress lines on standard error, none on standard output
+    assert "=== Phase" not in captured.out
+    headers = [line for line in captured.err.splitlines() if "=== Phase" in line]
     assert [h.split(":")[0] for h in headers] == [
         "=== Phase 1/3",
         "=== Phase 2/3",
@@ -604,7 +606,7 @@ def test_a_soft_run_ships_a_hard_routed_model_scored_beside_its_mixture_and_base
     options = {**TINY, "image_size": "auto"}
     del options["baseline"]  # on by default
     result = train(shapes / "train", run, epochs=2, **options)
-    assert "Flat baseline" not in capsys.readouterr().out  # verbose=0: no heading either
+    assert "Flat baseline" not in capsys.readouterr().err  # verbose=0: no heading either
     metrics = json.loads((run / "metrics.json").read_text())
     assert json.loads((run / "config.json").read_text())["options"]["image_size"] == 32
     assert metrics["training_routing"] == "soft" and metrics["inference_routing"] == "hard"
@@ -644,14 +646,14 @@ def test_a_resume_that_adds_epochs_trains_the_baseline_as_long(shapes, tmp_path,
     run = tmp_path / "run"
     options = {**TINY, "baseline": True, "verbose": 2, "patience": 10}
     train(shapes / "train", run, epochs=1, **options)
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     heading = "=== Flat baseline, epochs 1-1: one head over every class at the routed MACs"
     assert heading in printed and "(--no-baseline skips it) ===" in printed
     baseline = json.loads((run / "metrics.json").read_text())["baseline"]
     assert (baseline["conditional"]["epochs"], baseline["flat"]["epochs"]) == (1, 1)
 
     resume(run, epochs=2, verbose=2)
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "=== Flat baseline, epochs 1-2:" in printed
     assert "trained again: baseline.keras trained for 1 epochs ===" in printed
     baseline = json.loads((run / "metrics.json").read_text())["baseline"]
@@ -661,7 +663,7 @@ def test_a_resume_that_adds_epochs_trains_the_baseline_as_long(shapes, tmp_path,
 
     weights = keras.models.load_model(run / "baseline.keras").get_weights()
     resume(run, verbose=2)  # as many epochs as the baseline trained: it is kept
-    assert "=== Flat baseline" not in capsys.readouterr().out
+    assert "=== Flat baseline" not in capsys.readouterr().err
     for kept, before in zip(keras.models.load_model(run / "baseline.keras").get_weights(), weights):
         np.testing.assert_array_equal(kept, before)
 
@@ -688,7 +690,7 @@ def test_discovery_without_its_extra_fails_before_anything_is_written(
     with pytest.raises(ImportError, match=r'pip install "condnet\[discovery\]"'):
         train(flat, tmp_path / "run", hierarchy="auto", **{**TINY, "verbose": 2})
     assert not (tmp_path / "run").exists()
-    assert "Discovery" not in capsys.readouterr().out
+    assert "Discovery" not in capsys.readouterr().err
 
 
 class _Crash(Exception):
@@ -743,10 +745,10 @@ def test_train_and_resume_say_what_they_found_and_where_they_continue(shapes, tm
     run = tmp_path / "run"
     options = {**TINY, "verbose": 2}
     train(shapes / "train", run, epochs=1, **options)
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "Found 72 images in 6 classes / 2 groups; training on" in printed
     resume(run, epochs=2, verbose=2)
-    assert "after epoch 1 (phase 'joint')" in capsys.readouterr().out
+    assert "after epoch 1 (phase 'joint')" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("schedule", "epochs_run"), [("cosine", 7), ("plateau", 2)])
@@ -778,7 +780,7 @@ def test_an_upcycled_run_starts_every_expert_from_one_trained_flat_model(shapes,
     train(shapes / "train", tmp_path / "plain", epochs=1, callbacks=[fresh], **TINY)
     options = dict(epochs=1, upcycle_epochs=2, callbacks=[seen])
     train(shapes / "train", tmp_path / "run", **options, **{**TINY, "verbose": 2})
-    assert "=== Upcycling, epochs 1-2: a flat model over all 6 classes" in capsys.readouterr().out
+    assert "=== Upcycling, epochs 1-2: a flat model over all 6 classes" in capsys.readouterr().err
     first, *others = seen.kernels
     assert others and all(np.array_equal(first, kernel) for kernel in others)
     assert not np.array_equal(fresh.kernels[0], fresh.kernels[1])  # without: each its own

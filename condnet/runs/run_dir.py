@@ -780,13 +780,12 @@ def evaluate_run(
     read = dict(data=[data_dir, *training_data([run_dir])], reads=[run_dir])
     guard(report_dir, "evaluation", flag="--report-dir", **read)
     data = folder_for(model, config, data_dir, batch_size)
-    label = _labeller(progress)
     comparison = None
     if isinstance(model, FlatBaseline):
-        metrics, predictions = _flat_metrics(run_dir, model, data, label, model_file)
+        metrics, predictions = _flat_metrics(run_dir, model, data, progress, model_file)
     else:
         metrics, comparison, predictions = _conditional_metrics(
-            run_dir, model, data, label, model_file
+            run_dir, model, data, progress, model_file
         )
     metrics["unknown"] = _unknown_metrics(run_dir, model, model_file, data)
     with staged_folder(report_dir, "evaluation") as partial:
@@ -811,7 +810,7 @@ def _unknown_metrics(run_dir, model, model_file, data):
     return unknown_section(run_dir, models, data)
 
 
-def _flat_metrics(run_dir, model, data, label, model_file):
+def _flat_metrics(run_dir, model, data, progress, model_file):
     """The run's flat baseline scored on `data`, as the run scores it beside its model."""
     thresholds = run_thresholds(run_dir, model.hierarchy, model_file)  # checked first
     metrics, predictions = evaluate_model(
@@ -819,7 +818,8 @@ def _flat_metrics(run_dir, model, data, label, model_file):
         data,
         hierarchy=model.hierarchy,
         return_predictions=True,
-        progress=label("flat baseline"),
+        progress=progress,
+        progress_label="flat baseline",
     )
     metrics["within_group_accuracy"] = within_group_of(model.hierarchy, predictions)
     metrics["backoff"] = {"flat": backoff_of(model.hierarchy, predictions, thresholds, BASELINE)}
@@ -839,7 +839,7 @@ def backoff_of(hierarchy, predictions, thresholds, name, source=f"the run's {BAC
     return {"model": name, "thresholds_from": source if thresholds else None, **summary}
 
 
-def _conditional_metrics(run_dir, model, data, label, model_file=None):
+def _conditional_metrics(run_dir, model, data, progress, model_file=None):
     """(metrics, baseline comparison or None) of a condnet model on `data`: its routing,
     the other routing's accuracy and the run's flat baseline beside it."""
     from condnet.evaluation.mistakes import milder_mistakes
@@ -851,13 +851,17 @@ def _conditional_metrics(run_dir, model, data, label, model_file=None):
     thresholds = run_thresholds(run_dir, model.hierarchy, model_file)
     flat_thresholds = run_thresholds(run_dir, model.hierarchy, BASELINE) if flat else None
     metrics, predictions = evaluate_model(
-        model, data, return_predictions=True, progress=label(f"{model.routing} routing")
+        model,
+        data,
+        return_predictions=True,
+        progress=progress,
+        progress_label=f"{model.routing} routing",
     )
     metrics["inference_routing"] = model.routing
     other = "soft" if model.routing != "soft" else "hard"
     model.routing = other
     other_metrics, other_predictions = evaluate_model(
-        model, data, return_predictions=True, progress=label(f"{other} routing")
+        model, data, return_predictions=True, progress=progress, progress_label=f"{other} routing"
     )
     metrics["mixture" if other == "soft" else "hard_routed"] = {
         "accuracy": other_metrics["accuracy"]
@@ -871,7 +875,7 @@ def _conditional_metrics(run_dir, model, data, label, model_file=None):
         data,
         model.hierarchy,
         {**metrics, "within_group_accuracy": within},
-        label("flat baseline"),
+        progress,
     )
     if comparison is not None:
         metrics["backoff"]["flat"] = backoff_of(
@@ -918,10 +922,6 @@ def _write_evaluation_report(
     )
 
 
-def _labeller(progress):
-    return (lambda label: label) if progress else (lambda label: None)
-
-
 def _flat_classifier(run_dir, hierarchy):
     """The run's flat baseline (its plain Keras classifier), or None without one."""
     path = Path(run_dir) / BASELINE
@@ -932,13 +932,18 @@ def _flat_classifier(run_dir, hierarchy):
     return classifier
 
 
-def _baseline_on(flat, data, hierarchy, metrics, progress=None):
+def _baseline_on(flat, data, hierarchy, metrics, progress=False):
     """(the flat baseline scored on `data` beside the conditional model, its predictions),
     or (None, None) without one."""
     if flat is None:
         return None, None
     scores, predictions = evaluate_model(
-        flat, data, hierarchy=hierarchy, return_predictions=True, progress=progress
+        flat,
+        data,
+        hierarchy=hierarchy,
+        return_predictions=True,
+        progress=progress,
+        progress_label="flat baseline",
     )
     scores["within_group_accuracy"] = within_group_of(hierarchy, predictions)
     keys = (

@@ -109,7 +109,8 @@ def unknown_run(
     fitted on the run's training split and written to unknown.npz). With
     `thresholds` (a dict `group -> threshold or None`, maximum-softmax
     thresholds), those are stored for `model_file` (model.keras by default).
-    Holds the run's lock. Returns the record written to `RUN_DIR/unknown.json`.
+    Holds the run's lock. `progress=True` says what it does on standard
+    error. Returns the record written to `RUN_DIR/unknown.json`.
     """
     from condnet.runs.lock import run_lock
 

@@ -2,6 +2,7 @@
 so, a smoothed validation metric for small validation sets, a clear stop on NaN losses."""
 
 import math
+import sys
 import warnings
 
 import keras
@@ -22,7 +23,7 @@ class LossWeightSchedule(keras.callbacks.Callback):
             `{0: {"gate": 1.0, "class": 0.1}, 5: {"class": 1.0}}`; weights not
             named keep their value. A callable takes the epoch and returns
             such a dict.
-        verbose: int. 1 prints each change. Defaults to 0.
+        verbose: int. 1 prints each change on standard error. Defaults to 0.
         start_epoch: int. The fit epoch the schedule's epoch 0 falls on, for a
             schedule used in a later training phase (`fit(initial_epoch=...)`).
             Defaults to 0.
@@ -86,7 +87,11 @@ class LossWeightSchedule(keras.callbacks.Callback):
             weights.get("gate"), weights.get("class"), weights.get("expert")
         )
         if self.verbose:
-            print(f"Epoch {epoch + 1}: loss weights {self.model.loss_weights_dict}")
+            print(
+                f"Epoch {epoch + 1}: loss weights {self.model.loss_weights_dict}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -125,11 +130,12 @@ class EarlyStop(keras.callbacks.EarlyStopping):
 
     Keras's own callback stops silently unless `verbose=1`, and then prints two
     bare lines; a user whose 30-epoch run ended at epoch 11 should read why,
-    which epoch was kept and how to train on. `name` prefixes the line (e.g.
-    "Flat baseline: "); `announce=False` keeps it silent. `message` holds the
-    line once training stopped early, else None. Keras also "stops" a fit whose
-    patience runs out on its last epoch; that run trained every epoch, so it
-    gets no line (the report still names the epoch kept).
+    which epoch was kept and how to train on. The line goes to standard error;
+    `name` prefixes it (e.g. "Flat baseline: "); `announce=False` keeps it
+    silent. `message` holds the line once training stopped early, else None.
+    Keras also "stops" a fit whose patience runs out on its last epoch; that
+    run trained every epoch, so it gets no line (the report still names the
+    epoch kept).
     """
 
     def __init__(self, *, name="", announce=True, **kwargs):
@@ -147,7 +153,7 @@ class EarlyStop(keras.callbacks.EarlyStopping):
                 "--patience (or `patience=`) to train longer."
             )
             if self.announce:
-                print(self.message, flush=True)
+                print(self.message, file=sys.stderr, flush=True)
         super().on_train_end(logs)
 
 

@@ -50,6 +50,17 @@ def test_start_epoch_offsets_the_schedule():
         LossWeightSchedule({0: {}}, start_epoch=-1)
 
 
+def test_a_verbose_schedule_says_each_change_on_standard_error(capsys):
+    schedule = LossWeightSchedule({0: {"class": 0.5}}, verbose=1)
+    model = cats_and_dogs_model()
+    model.compile()
+    schedule.set_model(model)
+    schedule.on_epoch_begin(0)
+    captured = capsys.readouterr()
+    assert captured.err.startswith("Epoch 1: loss weights {'gate': 1.0, 'class': 0.5,")
+    assert captured.out == ""
+
+
 def test_stop_on_nan_records_where_it_stopped():
     guard = StopOnNaN()
     guard.set_model(keras.Sequential([keras.layers.Dense(1)]))
@@ -101,20 +112,21 @@ def test_early_stop_says_when_it_stopped_and_which_epoch_it_kept(capsys):
     stop = EarlyStop(name="Phase 'joint': ", monitor="accuracy", mode="max", patience=2)
     history = model.fit(x, y, epochs=10, callbacks=[stop], verbose=0)
     assert len(history.history["loss"]) == 3
-    line = capsys.readouterr().out.strip()
-    assert line == stop.message
+    captured = capsys.readouterr()
+    line = captured.err.strip()  # a progress line: standard output holds results only
+    assert line == stop.message and captured.out == ""
     assert line.startswith("Phase 'joint': stopped early at epoch 3: accuracy did not improve")
     assert "keeping epoch 1" in line and "--patience" in line
 
     quiet = EarlyStop(announce=False, monitor="accuracy", mode="max", patience=1)
     model.fit(x, y, epochs=10, callbacks=[quiet], verbose=0)
-    assert quiet.message.startswith("Stopped early at epoch 2") and capsys.readouterr().out == ""
+    assert quiet.message.startswith("Stopped early at epoch 2") and capsys.readouterr().err == ""
 
     # Patience running out on the last epoch is not an early stop: every epoch trained.
     last = EarlyStop(monitor="accuracy", mode="max", patience=2)
     history = model.fit(x, y, epochs=3, callbacks=[last], verbose=0)
     assert len(history.history["loss"]) == 3 and last.stopped_epoch == 2
-    assert last.message is None and capsys.readouterr().out == ""
+    assert last.message is None and capsys.readouterr().err == ""
 
 
 def test_smoothed_metric_logs_the_mean_of_the_last_epochs():
