@@ -117,8 +117,10 @@ def test_train_with_auto_hierarchy_writes_the_discovered_hierarchy(flat_shapes, 
     loud = {**TINY, "verbose": 2, "baseline": False}
     result = train(flat_shapes, run, hierarchy="auto", epochs=1, augment=False, **loud)
     discovered = Hierarchy.from_file(run / "hierarchy.discovered.json")
-    printed = capsys.readouterr().out
-    assert "=== Discovery: training a flat classifier for 1 epochs to find 2 groups" in printed
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    # the run's progress lines go to standard error
+    assert "=== Discovery: training a flat classifier for 1 epochs to find 2 groups" in captured.err
     for group in discovered.groups:  # the groups it found, by name and classes
         assert f"{group}: {', '.join(discovered.classes_of(group))}" in printed
     assert sorted(discovered.classes) == sorted(p.name for p in flat_shapes.iterdir())
