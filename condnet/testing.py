@@ -188,3 +188,19 @@ def tiny_resnet_backbone(keras_hub):
         stackwise_num_strides=[1, 2],
         block_type="basic_block",
     )
+
+
+def ask_text_app(app, documents):
+    """`(rows, model info)` a `serve` app answers to `POST /predict {"text": documents}`
+    and `GET /model`, asked in process (httpx's ASGI transport, no socket)."""
+    import asyncio
+
+    import httpx
+
+    async def ask():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            rows = await client.post("/predict", json={"text": documents})
+            return rows.json(), (await client.get("/model")).json()
+
+    return asyncio.run(ask())

@@ -200,11 +200,10 @@ def _rows_alike(got, expected):
 
 @pytest.mark.slow
 def test_serve_answers_a_text_run_as_predict_does_with_back_off_and_unknown(text_run, tmp_path):
-    import asyncio
-
     pytest.importorskip("fastapi")
-    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("httpx")
     from condnet.runs.deploy import serve_app
+    from condnet.testing import ask_text_app
 
     run = text_run[0] / "run"
     lines = tmp_path / "new.txt"
@@ -212,14 +211,7 @@ def test_serve_answers_a_text_run_as_predict_does_with_back_off_and_unknown(text
     flags = {"back_off": True, "unknown": True}  # with the thresholds `condnet train` chose
     expected = predict_paths(run, [], lines=str(lines), **flags)
     app = serve_app(run, **flags)
-
-    async def ask():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            rows = await client.post("/predict", json={"text": NEW_DOCUMENTS})
-            return rows.json(), (await client.get("/model")).json()
-
-    rows, info = asyncio.run(ask())
+    rows, info = ask_text_app(app, NEW_DOCUMENTS)
     assert [row["path"] for row in rows] == ["text:1", "text:2", "text:3", "text:4"]
     assert {"answer", "answer_level", "unknown", "unknown_score"} <= set(rows[0])
     _rows_alike(rows, expected)

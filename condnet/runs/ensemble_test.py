@@ -164,25 +164,17 @@ def test_an_ensemble_of_text_runs_scores_and_predicts_documents_as_its_members_m
 
 
 def test_a_text_ensemble_is_served_as_a_text_run(text_runs, tmp_path):
-    import asyncio
-
     pytest.importorskip("fastapi")
-    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("httpx")
     from condnet.models.ensemble_test import DOCUMENTS
     from condnet.runs.deploy import serve_app
     from condnet.runs.ensemble import build_ensemble
+    from condnet.testing import ask_text_app
 
     data, runs, members = text_runs
     build_ensemble(runs, tmp_path / "ensemble", data)
     app = serve_app(tmp_path / "ensemble")
-
-    async def ask():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            rows = await client.post("/predict", json={"text": DOCUMENTS})
-            return rows.json(), (await client.get("/model")).json()
-
-    rows, info = asyncio.run(ask())
+    rows, info = ask_text_app(app, DOCUMENTS)
     mean = np.mean([m.predict(DOCUMENTS, verbose=0)["classes"] for m in members], axis=0)
     np.testing.assert_allclose([row["confidence"] for row in rows], mean.max(1), atol=1e-5)
     assert info["modality"] == "text" and info["input"] == {"sequence_length": 40}
