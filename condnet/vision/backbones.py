@@ -442,7 +442,7 @@ def unfreeze_top(trunk, num_layers):
     """
     trunk.trainable = True
     weighted = [layer for layer in _leaf_layers(trunk) if layer.trainable_weights]
-    tunable = [layer for layer in weighted if not isinstance(layer, layers.BatchNormalization)]
+    tunable = tunable_layers(trunk)
     if not isinstance(num_layers, int) or not 0 <= num_layers <= len(tunable):
         raise ValueError(
             f"num_layers must be an int from 0 to {len(tunable)}, the number of "
@@ -453,6 +453,18 @@ def unfreeze_top(trunk, num_layers):
     for layer in weighted:
         layer.trainable = id(layer) in top
     return trunk
+
+
+def tunable_layers(trunk):
+    """The layers `unfreeze_top` counts, input first: the trunk's layers, and those of the
+    models nested in it, that hold trainable weights (frozen now or not), BatchNormalization
+    left out. A layer made of layers (a keras-hub Transformer block) counts as one."""
+    return [
+        layer
+        for layer in _leaf_layers(trunk)
+        if any(weight.trainable for weight in layer.weights)
+        and not isinstance(layer, layers.BatchNormalization)
+    ]
 
 
 def _leaf_layers(model):
