@@ -410,6 +410,11 @@ def freeze(trunk):
     trunk.trainable_weights  # []
     ```
     """
+    # True first: on TensorFlow, Keras skips an assignment of the value an attribute
+    # already holds (KerasAutoTrackable.__setattr__), so `trainable = False` on a layer
+    # restored frozen would not reach the sublayers it made in build() (a keras-hub
+    # Transformer block's attention and dense layers), which restore as trainable.
+    trunk.trainable = True
     trunk.trainable = False
     return trunk
 
@@ -441,7 +446,7 @@ def unfreeze_top(trunk, num_layers):
     ```
     """
     trunk.trainable = True
-    weighted = [layer for layer in _leaf_layers(trunk) if layer.trainable_weights]
+    weighted = [layer for layer in _leaf_layers(trunk) if layer.weights]
     tunable = tunable_layers(trunk)
     if not isinstance(num_layers, int) or not 0 <= num_layers <= len(tunable):
         raise ValueError(
@@ -456,14 +461,13 @@ def unfreeze_top(trunk, num_layers):
 
 
 def tunable_layers(trunk):
-    """The layers `unfreeze_top` counts, input first: the trunk's layers, and those of the
-    models nested in it, that hold trainable weights (frozen now or not), BatchNormalization
-    left out. A layer made of layers (a keras-hub Transformer block) counts as one."""
+    """The layers `unfreeze_top` counts, input first: the trunk's layers with weights, and
+    those of the models nested in it, BatchNormalization left out. A layer made of layers
+    (a keras-hub Transformer block) counts as one."""
     return [
         layer
         for layer in _leaf_layers(trunk)
-        if any(weight.trainable for weight in layer.weights)
-        and not isinstance(layer, layers.BatchNormalization)
+        if layer.weights and not isinstance(layer, layers.BatchNormalization)
     ]
 
 
