@@ -193,10 +193,11 @@ def tiny_resnet_backbone(keras_hub):
 BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def tiny_bert_preset(keras_hub, directory, words, hidden_dim=16, max_sequence_length=64):
+def tiny_bert_preset(keras_hub, directory, words, hidden_dim=16, max_sequence_length=64, seed=0):
     """A keras-hub BERT preset folder small enough for a test: a lower-casing WordPiece
     tokenizer over `words` (and the suffix "##s"), one Transformer block of `hidden_dim`
-    (random weights). Returns the folder as a string."""
+    (random weights drawn with `seed`). Returns the folder as a string."""
+    keras.utils.set_random_seed(seed)
     vocabulary = [*BERT_SPECIAL_TOKENS, *sorted(set(words)), "##s"]
     keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(directory)
     keras_hub.models.BertBackbone(

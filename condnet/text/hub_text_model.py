@@ -90,9 +90,9 @@ def build_hub_text_model(
             f"tokenizer={tokenizer!r:.100}"
         )
     keras_hub = _import_keras_hub(preset)
-    backbone = _from_preset(keras_hub.models.Backbone, preset, "a backbone", name="backbone")
-    backbone.trainable = bool(trainable_backbone)
+    backbone = _from_preset(keras_hub.models.Backbone, preset, "a backbone")
     trunk = hub_text_trunk(backbone, sequence_length, tokenizer.pad_token_id)
+    trunk.get_layer("backbone").trainable = bool(trainable_backbone)
     return heads_on(trunk, hierarchy, dropout, routing, preprocessor=tokenizer, **kwargs)
 
 
@@ -114,7 +114,11 @@ def hub_tokenizer(preset, sequence_length=256):
 
 def hub_text_trunk(backbone, sequence_length, pad_token_id=0):
     """The trunk model: token ids `(sequence_length,)` -> `{"features": (hidden,)}`, the
-    mean of `backbone`'s token vectors over the ids that are not `pad_token_id`."""
+    mean of `backbone`'s token vectors over the ids that are not `pad_token_id`.
+
+    The backbone's layers up to its token vectors become the trunk's layer
+    `"backbone"` (BERT's pooled output, which the mean does not read, is left out:
+    it neither runs nor counts among the layers that fine-tuning unfreezes)."""
     names = _backbone_inputs(backbone)
     maximum = getattr(backbone, "max_sequence_length", None)
     if maximum is not None and sequence_length > maximum:
@@ -123,10 +127,10 @@ def hub_text_trunk(backbone, sequence_length, pad_token_id=0):
             f"Pass a sequence_length of {maximum} or less. "
             f"Received: sequence_length={sequence_length}"
         )
+    encoder = keras.Model(backbone.input, _token_vectors(backbone), name="backbone")
     tokens = keras.Input((sequence_length,), dtype="int32", name="tokens")
     inputs = BackboneInputs(names, pad_token_id, name="backbone_inputs")(tokens)
-    sequence = _token_vectors(backbone, backbone(inputs))
-    features = TokenMean(pad_token_id, name="mean")(sequence, tokens)
+    features = TokenMean(pad_token_id, name="mean")(encoder(inputs), tokens)
     return keras.Model(tokens, {TAP: layers.Identity(name=TAP)(features)}, name="trunk")
 
 
@@ -310,8 +314,10 @@ def _backbone_inputs(backbone):
     return names
 
 
-def _token_vectors(backbone, outputs):
-    """The backbone's `(steps, hidden)` token vectors: its output, or `"sequence_output"`."""
+def _token_vectors(backbone):
+    """The backbone's symbolic `(steps, hidden)` token vectors: its output, or its
+    `"sequence_output"`."""
+    outputs = backbone.output
     if isinstance(outputs, dict):
         outputs = outputs.get("sequence_output")
     if outputs is None or len(outputs.shape) != 3:

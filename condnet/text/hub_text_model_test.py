@@ -48,6 +48,7 @@ def test_a_hub_text_model_predicts_strings_and_reloads_safely_with_its_vocabular
     assert isinstance(loaded.preprocessor, HubTokenizer)
     vocabulary = loaded.preprocessor.preprocessor.tokenizer.get_vocabulary()  # from the file
     assert vocabulary == model.preprocessor.preprocessor.tokenizer.get_vocabulary()
+    assert len(loaded.trainable_variables) == len(model.trainable_variables)  # still frozen
     after = loaded.predict(DOCUMENTS, verbose=0)
     for key in ("classes", "groups", "route"):
         np.testing.assert_allclose(after[key], before[key], atol=1e-6)
