@@ -399,16 +399,16 @@ def _data_summary(train_data, validation, options):
     hierarchy = train_data.hierarchy
     held_out = f", validating on {validation.num_samples}" if validation is not None else ""
     read = f"at {options.image_size} px"
-    if options.modality == "text":
-        read = (
-            f"{options.text_trunk} trunk on the first {options.sequence_length} words, a "
-            f"vocabulary of {train_data.vectorizer.vocabulary_size()} words"
-        )
     if _reads_hub(options):
         read = (
             f"the keras-hub backbone {options.backbone} (frozen) on the first "
             f"{options.sequence_length} tokens, its tokenizer's vocabulary of "
             f"{train_data.vectorizer.vocabulary_size()}"
+        )
+    elif options.modality == "text":
+        read = (
+            f"{options.text_trunk} trunk on the first {options.sequence_length} words, a "
+            f"vocabulary of {train_data.vectorizer.vocabulary_size()} words"
         )
     return (
         f"Found {train_data.num_samples + (validation.num_samples if validation else 0)} "
