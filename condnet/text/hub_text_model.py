@@ -91,6 +91,13 @@ def build_hub_text_model(
         )
     keras_hub = _import_keras_hub(preset)
     backbone = _from_preset(keras_hub.models.Backbone, preset, "a backbone")
+    embedded = getattr(backbone, "vocabulary_size", None)
+    if embedded is not None and tokenizer.vocabulary_size() > embedded:
+        raise ValueError(  # ids past the embedding: NaN on JAX, an error elsewhere
+            f"The tokenizer has {tokenizer.vocabulary_size()} tokens, but the backbone of "
+            f"{preset!r} embeds {embedded}: they come from different presets. Pass the "
+            f"tokenizer of the same preset (hub_tokenizer(preset)). Received: preset={preset!r}"
+        )
     trunk = hub_text_trunk(backbone, sequence_length, tokenizer.pad_token_id)
     trunk.get_layer("backbone").trainable = bool(trainable_backbone)
     return heads_on(trunk, hierarchy, dropout, routing, preprocessor=tokenizer, **kwargs)

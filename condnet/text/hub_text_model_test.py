@@ -187,12 +187,17 @@ def test_without_keras_hub_the_error_says_how_to_install_it(monkeypatch):
         build_hub_text_model(TREE, "bert")
 
 
-def test_wrong_parts_are_refused_with_what_was_received(preset):
+def test_wrong_parts_are_refused_with_what_was_received(keras_hub, preset, tmp_path):
     with pytest.raises(TypeError, match=r"TextClassifierPreprocessor.*Received: preprocessor"):
         HubTokenizer(keras.layers.Identity())
     with pytest.raises(ValueError, match=r"Received: names=\['image'\]"):
         BackboneInputs(["image"])
     with pytest.raises(ValueError, match=r"HubTokenizer of 12 ids"):
         build_hub_text_model(TREE, preset, 12, tokenizer=hub_tokenizer(preset, 8))
+    other = tiny_bert_preset(keras_hub, tmp_path / "other", [*WORDS, "extra", "words"])
+    with pytest.raises(
+        ValueError, match=r"The tokenizer has 22 tokens, but the backbone.*embeds 20"
+    ):
+        build_hub_text_model(TREE, preset, 12, tokenizer=hub_tokenizer(other, 12))
     with pytest.raises(ValueError, match=r"trunk='hub'.*build_hub_text_model"):
         build_text_model(TREE, 20, trunk="hub")
