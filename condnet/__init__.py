@@ -55,12 +55,12 @@ def _import_keras_quietly():
 
 def register_saved_classes():
     """Import the modules that register condnet's saved classes (ConditionalModel, Ensemble,
-    backbone layers, TemperatureScaling, the text layers TokenMean and PositionEmbedding)
-    with Keras, so keras.models.load_model finds them."""
+    backbone layers, TemperatureScaling, the text layers TokenMean, PositionEmbedding,
+    HubTokenizer and BackboneInputs) with Keras, so keras.models.load_model finds them."""
     _import_keras_quietly()
     from condnet.evaluation import calibration  # noqa: F401
     from condnet.models import conditional_model, ensemble  # noqa: F401
-    from condnet.text import text_model  # noqa: F401
+    from condnet.text import hub_text_model, text_model  # noqa: F401
     from condnet.vision import backbones  # noqa: F401
 
 

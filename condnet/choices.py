@@ -17,7 +17,10 @@ EXPORT_FORMATS = ("onnx", "tf_saved_model", "keras")
 DISTRIBUTE = ("auto", "none", "data-parallel")
 LR_SCHEDULES = ("cosine", "plateau")
 CACHE_POLICIES = ("auto", "memory", "disk", "none")
-TEXT_TRUNKS = ("bag", "cnn", "gru", "transformer")
+# "hub": a pretrained keras-hub text backbone preset (`--backbone PRESET`) with its own
+# tokenizer, instead of a trunk trained from scratch on the run's own vocabulary.
+HUB_TEXT_TRUNK = "hub"
+TEXT_TRUNKS = ("bag", "cnn", "gru", "transformer", HUB_TEXT_TRUNK)
 MODALITIES = ("auto", "image", "text")
 # What `condnet train` reads documents with by default: the bag trunk, the first 256
 # words of each document, the 20,000 most frequent words of the training split. Measured

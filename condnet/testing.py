@@ -204,3 +204,24 @@ def ask_text_app(app, documents):
             return rows.json(), (await client.get("/model")).json()
 
     return asyncio.run(ask())
+
+
+BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_bert_preset(keras_hub, directory, words, hidden_dim=16, max_sequence_length=64, seed=0):
+    """A keras-hub BERT preset folder small enough for a test: a lower-casing WordPiece
+    tokenizer over `words` (and the suffix "##s"), one Transformer block of `hidden_dim`
+    (random weights drawn with `seed`). Returns the folder as a string."""
+    keras.utils.set_random_seed(seed)
+    vocabulary = [*BERT_SPECIAL_TOKENS, *sorted(set(words)), "##s"]
+    keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(directory)
+    keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocabulary),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=hidden_dim,
+        intermediate_dim=2 * hidden_dim,
+        max_sequence_length=max_sequence_length,
+    ).save_to_preset(directory)
+    return str(directory)

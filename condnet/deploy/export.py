@@ -311,6 +311,25 @@ def _needs(module, what, extra):
         ) from None
 
 
+def _check_graph_requirements(preprocessor, format):
+    """A preprocessor that needs packages inside a TensorFlow graph (a keras-hub tokenizer:
+    tensorflow-text) says so in `graph_requirements`; refuse the SavedModel without them."""
+    import importlib.util
+
+    needed = getattr(preprocessor, "graph_requirements", ())
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if format == "tf_saved_model" and missing:
+        packages = " ".join(name.replace("_", "-") for name in missing)
+        raise ImportError(
+            "A SavedModel that takes strings runs the model's "
+            f"{type(preprocessor).__name__} inside its TensorFlow graph, where it needs "
+            f"{', '.join(missing)}, which is not installed (`condnet predict` and `serve` "
+            f"tokenize in Python without it): pip install {packages} (tensorflow-text "
+            "installs the full tensorflow package beside tensorflow-cpu). "
+            "Received: format='tf_saved_model'"
+        )
+
+
 def check_export(model, format, routing):
     """Refuse what `export_model` cannot write, before anything is traced or written."""
     if format not in FORMATS:
@@ -323,15 +342,17 @@ def check_export(model, format, routing):
             f"routing must be one of {list(ROUTINGS)}: hard routes in the graph, soft runs "
             f"every expert. Received: routing={routing!r}"
         )
-    if format == "onnx" and getattr(model, "preprocessor", None) is not None:
+    preprocessor = getattr(model, "preprocessor", None)
+    if format == "onnx" and preprocessor is not None:
         raise ValueError(
             "A model that reads documents cannot be exported to ONNX: its "
-            f"{type(model.preprocessor).__name__} runs TensorFlow string ops (StaticRegexReplace, "
-            "StringSplitV2, a LookupTableFindV2 of the vocabulary) that tf2onnx does not "
-            "convert to ONNX operators. Export it with --format tf_saved_model "
-            "(format='tf_saved_model'), which carries the vectorizer inside and takes strings. "
-            "Received: format='onnx'"
+            f"{type(preprocessor).__name__} runs TensorFlow string ops (a TextVectorization's "
+            "StaticRegexReplace, StringSplitV2 and LookupTableFindV2 of the vocabulary; a "
+            "keras-hub tokenizer's tensorflow-text ops) that tf2onnx does not convert to ONNX "
+            "operators. Export it with --format tf_saved_model (format='tf_saved_model'), "
+            "which carries the vectorizer inside and takes strings. Received: format='onnx'"
         )
+    _check_graph_requirements(preprocessor, format)
     if format == "onnx":
         _needs("tf2onnx", "ONNX export", "export")  # before anything is traced or written
     if keras.backend.backend() != "tensorflow":

@@ -346,3 +346,19 @@ def test_a_text_model_is_refused_by_onnx_with_the_format_that_carries_it(text_mo
         error.value
     )
     assert not list(tmp_path.iterdir())
+
+
+def test_a_hub_text_model_needs_tensorflow_text_for_a_saved_model_of_strings(tmp_path):
+    import importlib.util
+
+    keras_hub = pytest.importorskip("keras_hub")
+    if importlib.util.find_spec("tensorflow_text") is not None:
+        pytest.skip("tensorflow-text is installed: the SavedModel can hold the tokenizer")
+    from condnet.testing import tiny_bert_preset
+    from condnet.text.hub_text_model import build_hub_text_model
+
+    preset = tiny_bert_preset(keras_hub, tmp_path / "preset", ["a", "cat", "bus"])
+    model = build_hub_text_model({"a": ["x", "y"], "b": ["z", "w"]}, preset, 8, routing="hard")
+    with pytest.raises(ImportError, match=r"HubTokenizer inside its TensorFlow graph.*pip install"):
+        export_model(model, tmp_path / "saved", "tf_saved_model")
+    assert not (tmp_path / "saved").exists()  # refused before anything is written

@@ -270,9 +270,12 @@ def _reads_documents(model, image_size):
 
 def _input_of(model, image_size, color_mode):
     """What `GET /model` says the model reads: image size and colours, or for documents the
-    token ids kept of each (the vectorizer's `output_sequence_length`)."""
+    token ids kept of each (the vectorizer's `output_sequence_length`, a keras-hub
+    tokenizer's `sequence_length`)."""
     if image_size is None:
-        length = model.preprocessor.get_config().get("output_sequence_length")
+        length = getattr(model.preprocessor, "sequence_length", None)
+        if length is None:
+            length = model.preprocessor.get_config().get("output_sequence_length")
         return {"sequence_length": length}
     return {"image_size": list(image_size), "color_mode": color_mode}
 

@@ -623,6 +623,28 @@ def test_a_text_model_says_it_reads_text_and_how_many_documents(text_model):
     assert info["limits"]["max_documents"] == 50 and "max_pixels" not in info["limits"]
 
 
+def test_a_hub_text_model_answers_documents_through_its_presets_tokenizer(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    from condnet.testing import tiny_bert_preset
+    from condnet.text.hub_text_model import build_hub_text_model
+
+    words = {word for document in DOCUMENTS for word in document.lower().split()}
+    preset = tiny_bert_preset(keras_hub, tmp_path / "preset", words)
+    hierarchy = Hierarchy({"animals": ["cat", "dog"], "vehicles": ["bus", "car"]})
+    model = build_hub_text_model(hierarchy, preset, 12, routing="hard")
+    app = create_app(model, max_wait_ms=200)
+
+    async def go():
+        async with _client(app) as client:
+            answers = await client.post("/predict", json={"text": DOCUMENTS})
+            return answers, (await client.get("/model")).json()
+
+    answers, info = _run(go())
+    assert answers.status_code == 200 and info["input"] == {"sequence_length": 12}
+    for got, expected in zip(answers.json(), _expected_documents(model, DOCUMENTS)):
+        _assert_same(got, expected)
+
+
 BAD_DOCUMENTS = [
     ("no text", {"json": {"body": "hi"}}, 400, "an object without \"text\" .keys: .'body'."),
     ("a number", {"json": {"text": 7}}, 400, 'Received: "text" is a number'),

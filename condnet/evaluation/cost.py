@@ -36,6 +36,9 @@ def count_macs(model_or_layer, input_shape=None, return_details=False):
       Bias additions are not counted either.
     - A layer with a `macs(input_shape, output_shape)` method: what it
       returns (condnet's own layers say their cost this way).
+    - A layer of another type made of layers of known cost (a keras-hub
+      Transformer block: self-attention, `Dense` and normalization layers):
+      each of those once, at every position of its input.
     - A layer of another type that holds weights (for example a
       `SimpleRNN` or a custom layer) also counts 0 and is
       listed among the unknown layers, so that an undercount is never silent.
@@ -243,8 +246,25 @@ def _leaf_macs(operation, input_shape, output_shape):
         if isinstance(operation, types):
             return counter(operation, input_shape, output_shape)
     if isinstance(operation, keras.layers.Layer) and operation.weights:
-        return None
+        return _composite_macs(operation, input_shape)
     return 0
+
+
+def _composite_macs(layer, input_shape):
+    """A layer made of layers of known cost (a Transformer block): each of them once at
+    every position of `input_shape` (a `Dense` from its kernel's input features, an
+    attention over the whole sequence); `None` when one of them holds weights of
+    unknown cost, or when it has none."""
+    total, parts = 0, [part for part in layer._layers if part.weights]
+    for part in parts:
+        if isinstance(part, layers.Dense):
+            macs = _positions(input_shape) * math.prod(part.kernel.shape)
+        else:
+            macs = _leaf_macs(part, input_shape, input_shape)
+        if macs is None:
+            return None
+        total += macs
+    return total if parts else None
 
 
 def _positions(shape, data_format="channels_last"):

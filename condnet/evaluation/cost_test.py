@@ -243,3 +243,38 @@ def test_count_params_includes_non_trainable_weights():
 def test_count_params_of_unbuilt_model_says_to_build_it():
     with pytest.raises(ValueError, match="not built yet. Build it first"):
         count_params(keras.Sequential([layers.Dense(3)]))
+
+
+class _Block(layers.Layer):
+    """A Transformer block as keras-hub writes one: a layer of layers, not a graph."""
+
+    def __init__(self, inner=None, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = layers.MultiHeadAttention(2, 4)
+        self.norm = layers.LayerNormalization()
+        self.inner = inner or layers.Dense(16)
+        self.outer = layers.Dense(8)
+
+    def call(self, x):
+        x = self.norm(x + self.attention(x, x))
+        return x + self.outer(self.inner(x))
+
+
+def test_a_layer_made_of_known_layers_counts_each_at_every_position():
+    steps, block = 5, _Block(name="block")
+    tokens = keras.Input((steps, 8))
+    model = keras.Model(tokens, block(tokens))
+    total, unknown = count_macs(model, return_details=True)[::2]
+    attention = block.attention
+    projections = [attention.query_dense, attention.key_dense, attention.value_dense]
+    kernels = _kernel_sizes(*[p.kernel for p in projections], attention.output_dense.kernel)
+    dense = steps * (8 * 16 + 16 * 8)
+    assert unknown == []
+    assert total == steps * kernels + 2 * steps * steps * 2 * 4 + dense
+
+
+def test_a_layer_holding_a_layer_of_unknown_cost_stays_unknown():
+    block = _Block(inner=layers.SimpleRNN(8, return_sequences=True), name="block")
+    tokens = keras.Input((5, 8))
+    model = keras.Model(tokens, block(tokens))
+    assert count_macs(model, return_details=True)[2] == ["block"]

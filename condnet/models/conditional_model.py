@@ -614,7 +614,9 @@ class ConditionalModel(keras.Model):
             config["trunk"] = deserialize(config["trunk"])
         if isinstance(config.get("preprocessor"), dict):  # a layer object is kept as it is
             config["preprocessor"] = deserialize(config["preprocessor"])
-        return cls(**config)
+        model = cls(**config)
+        _pass_on_frozen(model)
+        return model
 
     # === Shape checks ===
 
@@ -744,6 +746,21 @@ def _check_dispatch(dispatch, capacity_factor, routing, confidence_threshold):
             "one. Use dispatch='dense' (predict() hedges either way). Received: "
             f"confidence_threshold={confidence_threshold!r}, dispatch='capacity'"
         )
+
+
+def _pass_on_frozen(model):
+    """Freeze again, all the way down, each layer restored frozen.
+
+    Keras restores `trainable=False` when it makes a layer, before build()
+    makes the layer's own sublayers (a keras-hub Transformer block's attention
+    and dense layers), which then restore trainable: a loaded model would train
+    the weights of a backbone saved frozen. True first: on TensorFlow, Keras
+    skips an assignment of the value an attribute already holds.
+    """
+    for layer in model._flatten_layers(include_self=False):
+        if not layer.trainable:
+            layer.trainable = True
+            layer.trainable = False
 
 
 def _check_preprocessor(preprocessor):

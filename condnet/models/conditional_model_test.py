@@ -116,6 +116,33 @@ def test_save_and_load_of_a_tapped_trunk_model(tmp_path):
     assert loaded.expert_taps == {"cat": "conv_03", "dog": "conv_02"}
 
 
+@keras.saving.register_keras_serializable(package="condnet_test")
+class _BuildsItsDense(layers.Layer):
+    """A layer that makes its sublayer in build(), as a keras-hub Transformer block does."""
+
+    def build(self, input_shape):
+        self.dense = layers.Dense(8)
+        self.dense.build(input_shape)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_a_trunk_saved_frozen_loads_frozen_all_the_way_down(tmp_path):
+    inputs = keras.Input((8,))
+    trunk = keras.Model(inputs, _BuildsItsDense(name="block")(inputs), name="trunk")
+    trunk.trainable = False
+    model = cats_and_dogs_model(trunk=trunk)
+    model.compile()
+    x, y = random_data(16)
+    loaded = assert_reload_equal(model, x, tmp_path)
+    assert len(loaded.trainable_variables) == len(model.trainable_variables)
+    assert not loaded.trunk.get_layer("block").dense.trainable_weights
+    start = loaded.trunk.get_weights()
+    loaded.fit(x, y, epochs=1, verbose=0)  # compiled on load; the trunk stays as it was
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.trunk.get_weights(), start))
+
+
 def _train_only_on(model, x, y, epochs=2):
     before = {g: [w.copy() for w in e.get_weights()] for g, e in model.experts.items()}
     model.fit(x, y, epochs=epochs, batch_size=16, verbose=0)

@@ -20,6 +20,7 @@ import math
 import sys
 from pathlib import Path
 
+from condnet.choices import HUB_TEXT_TRUNK
 from condnet.runs.checkpoint import HISTORY, METRICS
 from condnet.runs.documents import is_text_run
 from condnet.runs.outputs import staged_file, write_file
@@ -119,8 +120,11 @@ def _row(run):
 
 
 def _backbone(options):
-    """What reads the inputs: the image backbone, or a text run's trunk (`"bag (text)"`)."""
+    """What reads the inputs: the image backbone, or a text run's trunk (`"bag (text)"`,
+    `"hub: PRESET (text)"` for a keras-hub backbone)."""
     if is_text_run({"options": options}):
+        if options.get("text_trunk") == HUB_TEXT_TRUNK:
+            return f"hub: {_text(options.get('backbone'))} (text)"
         return f"{_text(options.get('text_trunk'))} (text)"
     return _text(options.get("backbone"))
 

@@ -6,10 +6,13 @@ import shutil
 import warnings
 
 import keras
+import numpy as np
 import pytest
 
 from condnet.runs.cli import main
 from condnet.runs.documents import jsonl_documents, line_documents
+from condnet.runs.run_dir import read_state
+from condnet.testing import tiny_bert_preset
 
 WORDS = {
     ("animals", "cat"): "purr whisker litter kitten meow",
@@ -384,3 +387,133 @@ def test_predict_of_an_image_run_refuses_lines(tmp_path):
     )
     with pytest.raises(ValueError, match="--lines and --jsonl read documents, and .* images"):
         predict_paths(run, [], lines="-")
+
+
+# === A keras-hub backbone: --text-trunk hub ===
+
+# Heads on a tiny random BERT's frozen features learn the keywords fast at 0.05.
+HUB_TRAIN = ["--epochs", "3", "--learning-rate", "0.05", "--batch-size", "8"]
+HUB_TRAIN += ["--sequence-length", "24", "--quiet", "--no-tensorboard"]
+HUB_WORDS = {word for text in WORDS.values() for word in text.split()} | set(FILLER)
+KEYWORD_DOCUMENTS = [" ".join(words.split() * 2) for words in WORDS.values()]
+
+
+def _backbone_weights(model):
+    return [keras.ops.convert_to_numpy(w) for w in model.trunk.get_layer("backbone").weights]
+
+
+def _preset_weights(preset):
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.Backbone.from_preset(preset)
+    return [keras.ops.convert_to_numpy(w) for w in backbone.weights]
+
+
+def _all_in(weights, pretrained):
+    """Whether every weight is one of the pretrained ones, unchanged."""
+    return all(
+        any(w.shape == v.shape and np.array_equal(w, v) for v in pretrained) for w in weights
+    )
+
+
+@pytest.fixture(scope="module")
+def hub_run(tmp_path_factory):
+    """A text run on a keras-hub preset folder, trained through the CLI, and the preset."""
+    keras_hub = pytest.importorskip("keras_hub")
+    root = tmp_path_factory.mktemp("hub")
+    preset = tiny_bert_preset(keras_hub, root / "preset", HUB_WORDS)
+    make_documents(root / "train")
+    make_documents(root / "test", per_class=6, seed=1)
+    words = ["train", str(root / "train"), "--out", str(root / "run")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the folder's empty, binary and Latin-1 files
+        assert main([*words, "--text-trunk", "hub", "--backbone", preset, *HUB_TRAIN]) == 0
+    return root, preset
+
+
+@pytest.mark.slow
+def test_cli_trains_a_hub_run_on_the_presets_frozen_backbone_and_tokenizer(hub_run):
+    root, preset = hub_run
+    run = root / "run"
+    options = json.loads((run / "config.json").read_text())["options"]
+    assert (options["text_trunk"], options["backbone"]) == ("hub", preset)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.5 and metrics["baseline"]["flat"]["accuracy"] > 0.5
+    assert metrics["macs_per_image"]["routed"] > 24 * 4 * 16 * 16  # the Transformer block
+    model = keras.models.load_model(run / "model.keras", safe_mode=True)
+    assert model.preprocessor.vocabulary_size() == len(HUB_WORDS) + 6  # the preset's own
+    outputs = model.predict(KEYWORD_DOCUMENTS, verbose=0)  # cat, dog, bus, car
+    assert (outputs["classes"].argmax(1) == [0, 1, 2, 3]).sum() >= 3  # a random tiny BERT
+    shipped = _backbone_weights(model)
+    assert shipped and _all_in(shipped, _preset_weights(preset))  # frozen while heads trained
+    flat = keras.models.load_model(run / "baseline.keras", safe_mode=True)
+    (backbone,) = [layer for layer in flat._flatten_layers() if layer.name == "backbone"]
+    assert _all_in([keras.ops.convert_to_numpy(w) for w in backbone.weights], shipped)
+
+
+@pytest.mark.slow
+def test_a_hub_run_fine_tunes_the_top_of_its_backbone_when_asked(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    preset = tiny_bert_preset(keras_hub, tmp_path / "preset", HUB_WORDS)
+    make_documents(tmp_path / "train", per_class=8)
+    words = ["train", str(tmp_path / "train"), "--out", str(tmp_path / "run"), *HUB_TRAIN]
+    words += ["--text-trunk", "hub", "--backbone", preset, "--epochs", "1", "--no-baseline"]
+    words += ["--no-report", "--fine-tune-epochs", "1", "--fine-tune-layers", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*words, "--fine-tune-learning-rate", "0.01"]) == 0
+    last = read_state(tmp_path / "run")["checkpoint"]  # model.keras: maybe the frozen epoch
+    model = keras.models.load_model(tmp_path / "run" / "checkpoints" / last, safe_mode=True)
+    pretrained = _preset_weights(preset)
+    backbone = model.trunk.get_layer("backbone")
+
+    def weights_of(name):
+        return [keras.ops.convert_to_numpy(w) for w in backbone.get_layer(name).weights]
+
+    assert not _all_in(weights_of("transformer_layer_0"), pretrained)  # the top layer trained
+    assert _all_in(weights_of("token_embedding"), pretrained)  # the layers below it did not
+
+
+@pytest.mark.slow
+@pytest.mark.one_backend
+def test_cli_predicts_evaluates_compares_and_describes_a_hub_run(hub_run, tmp_path, capsys):
+    root, preset = hub_run
+    run = str(root / "run")
+    lines = tmp_path / "new.txt"
+    lines.write_text("\n".join(KEYWORD_DOCUMENTS) + "\n")
+    assert main(["predict", run, "--lines", str(lines), "--json", "--quiet"]) == 0
+    rows = _json_lines(capsys.readouterr().out)
+    model = keras.models.load_model(root / "run" / "model.keras")
+    outputs = model.predict(KEYWORD_DOCUMENTS, verbose=0)  # what the CLI should print
+    classes, groups = [name for _, name in WORDS], ["animals", "vehicles"]
+    assert [row["class"] for row in rows] == [classes[i] for i in outputs["classes"].argmax(1)]
+    assert [row["expert"] for row in rows] == [groups[i] for i in outputs["route"]]
+    assert main(["evaluate", run, str(root / "test"), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] > 0.5
+    assert main(["compare", run, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["backbone"] == f"hub: {preset} (text)"
+    assert main(["info", run]) == 0
+    assert "experts read {'animals': 'features'" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_hub_run_resumes_with_its_own_tokenizer(hub_run, tmp_path):
+    root, _ = hub_run
+    run = shutil.copytree(root / "run", tmp_path / "run")
+    before = keras.models.load_model(run / "model.keras").preprocess(KEYWORD_DOCUMENTS)
+    words = ["train", str(root / "train"), "--out", str(run), "--resume", "--epochs", "4"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*words, "--quiet"]) == 0
+    history = (run / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3", "4"]
+    after = keras.models.load_model(run / "model.keras").preprocess(KEYWORD_DOCUMENTS)
+    np.testing.assert_array_equal(after, before)  # the same token ids
+
+
+def test_train_refuses_a_hub_run_without_its_preset_before_writing(tmp_path, capsys):
+    data = make_documents(tmp_path / "data", per_class=2)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--text-trunk", "hub", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "name its preset with --backbone / backbone" in error and not run.exists()

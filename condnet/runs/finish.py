@@ -49,7 +49,7 @@ from condnet.training.callbacks import StopOnNaN, checkpoint_monitor
 from condnet.training.distribute import IN_ORDER, compile_options, fit_inputs
 from condnet.training.features import features_fit, frozen_features
 from condnet.training.staged import tunable_count
-from condnet.vision.backbones import is_pretrained, unfreeze_top
+from condnet.vision.backbones import freeze, is_pretrained, unfreeze_top
 
 INFERENCE_ROUTING = "hard"
 SCORED_ON = {False: "validation split", True: "training images, no validation split"}
@@ -400,7 +400,7 @@ def fit_flat(flat, options, data, stopping_callbacks, fit_kwargs, stages=None):
     train_data, validation = data
     backbone = _backbone(flat)
     if backbone is not None and is_pretrained(options.backbone, options.weights):
-        backbone.trainable = False
+        freeze(backbone)  # a copy of a frozen backbone: see freeze
     trained = 0
     for index, (epochs, rate) in enumerate(stages or baseline_stages(options)):
         if index == 1 and backbone is not None:
@@ -431,9 +431,10 @@ def _flat_inputs(flat, options, data):
     """
     train_data, validation = data
     parts = _trunk_and_head(flat)
-    augmented = options.augment != "none"
-    once = parts is not None and not isinstance(train_data, TextFolder)  # images only
-    if not once or not features_fit(parts[0], data, augmented):
+    augmented = options.modality != "text" and options.augment != "none"
+    # A trunk trained from scratch is never frozen here; a pretrained one (an image
+    # backbone, or a text run's keras-hub backbone) is until fine-tuning.
+    if parts is None or not features_fit(parts[0], data, augmented):
         x, validation_data, epoch_ends = fit_inputs(train_data, validation)
         return flat, {"x": x, "validation_data": validation_data, **IN_ORDER}, epoch_ends
     trunk, head = parts

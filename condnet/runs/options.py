@@ -10,6 +10,7 @@ from condnet.choices import (
     CACHE_POLICIES,
     COLOR_MODES,
     DISTRIBUTE,
+    HUB_TEXT_TRUNK,
     LR_SCHEDULES,
     MODALITIES,
     PLACEMENTS,
@@ -293,7 +294,10 @@ class TrainingOptions:
     backbone: str = _option(
         "small_cnn",
         "small_cnn (from scratch) or a keras.applications base: MobileNetV3Small, "
-        "MobileNetV3Large, EfficientNetB0-B3, ResNet50, ResNet101, VGG16, VGG19",
+        "MobileNetV3Large, EfficientNetB0-B3, ResNet50, ResNet101, VGG16, VGG19; a keras-hub "
+        "preset (name, kaggle:// or hf:// handle, or a local preset folder) or a .keras / .h5 "
+        "model file; documents with --text-trunk hub: a keras-hub text backbone preset, read "
+        "with its own tokenizer",
         _text,
         metavar="NAME",
     )
@@ -352,13 +356,16 @@ class TrainingOptions:
         TEXT_DEFAULTS["text_trunk"],
         "documents: what reads the words before the gate and the experts: bag (their "
         "embeddings averaged, as fastText), cnn (two 1D convolutions), gru (bidirectional), "
-        "transformer (one encoder block)",
+        "transformer (one encoder block), all trained from scratch; hub: the pretrained "
+        "keras-hub text backbone preset --backbone names (BERT, RoBERTa, ...), frozen, with "
+        "its own tokenizer",
         _one_of(TEXT_TRUNKS),
         choices=TEXT_TRUNKS,
     )
     sequence_length: int = _option(
         TEXT_DEFAULTS["sequence_length"],
-        "documents: words read from each (the rest is cut; shorter ones are padded)",
+        "documents: words read from each (the rest is cut; shorter ones are padded); with "
+        "--text-trunk hub, the tokenizer's tokens, its start and end tokens included",
         _int_at_least(1),
     )
     vocabulary_size: int = _option(
@@ -634,6 +641,9 @@ IMAGE_OPTIONS = (
     "preprocess",
 )
 TEXT_OPTIONS = tuple(TEXT_DEFAULTS)
+# What a text run on a keras-hub backbone (--text-trunk hub) reads of the image options:
+# the preset, and the fine-tuning of its top layers.
+HUB_TEXT_OPTIONS = ("backbone", "fine_tune_epochs", "fine_tune_layers", "fine_tune_learning_rate")
 
 
 def _check_modality(options):
@@ -642,23 +652,41 @@ def _check_modality(options):
     if options.modality == "auto":
         return
     text = options.modality == "text"
+    hub = text and options.text_trunk == HUB_TEXT_TRUNK
     names = IMAGE_OPTIONS if text else TEXT_OPTIONS
+    if hub:
+        names = [name for name in names if name not in HUB_TEXT_OPTIONS] + ["vocabulary_size"]
     given = {name: getattr(options, name) for name in names}
     given = {name: value for name, value in given.items() if value != _FIELDS[name].default}
     if given:
         shown = ", ".join(label(name) for name in given)
         received = ", ".join(f"{name}={value!r}" for name, value in given.items())
+        if hub:
+            raise ValueError(
+                f"{shown} do not apply to --text-trunk hub, which reads documents with a "
+                "pretrained keras-hub backbone and its own tokenizer (its vocabulary is the "
+                "preset's). Leave them out (a hub run's own options are --backbone PRESET, "
+                "--sequence-length and the --fine-tune-* options). Received: " + received
+            )
         if text:
             raise ValueError(
                 f"{shown} only apply to images, and this run reads documents "
                 "(modality='text'; auto picks it for a folder of text files). Leave them out "
                 "(a text run's own options are --text-trunk, --sequence-length and "
-                f"--vocabulary-size), or pass --modality image. Received: {received}"
+                "--vocabulary-size; --backbone names the preset of --text-trunk hub), or "
+                f"pass --modality image. Received: {received}"
             )
         raise ValueError(
             f"{shown} only apply to documents, and this run reads images "
             "(modality='image'; auto picks it for a folder of images). Leave them out, or "
             f"pass --modality text for a folder of text files. Received: {received}"
+        )
+    if hub and options.backbone == _FIELDS["backbone"].default:
+        raise ValueError(
+            "--text-trunk / text_trunk='hub' reads documents with a pretrained keras-hub text "
+            "backbone: name its preset with --backbone / backbone (a name such as "
+            "bert_tiny_en_uncased, a kaggle:// or hf:// handle, or a local preset folder). "
+            f"Received: text_trunk='hub', backbone={options.backbone!r}"
         )
     if text and options.hierarchy == "auto":
         raise ValueError(

@@ -75,6 +75,25 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
             r"--text-trunk / text_trunk only apply to documents.*Received: text_trunk='cnn'",
         ),
         (
+            {"modality": "text", "text_trunk": "hub"},
+            ValueError,
+            r"text_trunk='hub' reads documents with a pretrained keras-hub text backbone: name "
+            r"its preset with --backbone.*Received: text_trunk='hub', backbone='small_cnn'",
+        ),
+        (
+            {"modality": "text", "text_trunk": "hub", "backbone": "p", "augment": "none"}
+            | {"vocabulary_size": 100},
+            ValueError,
+            r"--augment / augment, --vocabulary-size / vocabulary_size do not apply to "
+            r"--text-trunk hub.*Received: augment='none', vocabulary_size=100",
+        ),
+        (
+            {"modality": "text", "fine_tune_epochs": 2},
+            ValueError,
+            r"--fine-tune-epochs / fine_tune_epochs only apply to images.*--backbone names the "
+            r"preset of --text-trunk hub",
+        ),
+        (
             {"modality": "text", "hierarchy": "auto"},
             ValueError,
             "--hierarchy auto discovers groups with a flat image classifier",
@@ -89,6 +108,19 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
 def test_options_refuse_bad_values_naming_the_flag(options, error, message):
     with pytest.raises(error, match=message):
         TrainingOptions(**options)
+
+
+def test_a_hub_text_run_takes_its_preset_and_the_fine_tuning_options():
+    options = TrainingOptions(
+        modality="text",
+        text_trunk="hub",
+        backbone="bert_tiny_en_uncased",
+        sequence_length=128,
+        fine_tune_epochs=2,
+        fine_tune_layers=3,
+        fine_tune_learning_rate=1e-4,
+    )
+    assert TrainingOptions.from_config(options.to_config()) == options
 
 
 def test_options_round_trip_through_json():

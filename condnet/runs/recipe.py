@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from condnet.choices import HUB_TEXT_TRUNK
 from condnet.data.folders import ImageFolder, load_folders, scan_directory, split_indices
 from condnet.data.text import (
     TextFolder,
@@ -47,6 +48,7 @@ from condnet.runs.options import TrainingOptions, label, normalised
 from condnet.runs.run_dir import read_state as checked_state
 from condnet.runs.run_dir import refuse_extended
 from condnet.runs.timing import RunTimes
+from condnet.text.hub_text_model import build_hub_text_model, hub_tokenizer
 from condnet.text.text_model import build_text_model
 from condnet.training import distribute
 from condnet.training.callbacks import (
@@ -397,7 +399,13 @@ def _data_summary(train_data, validation, options):
     hierarchy = train_data.hierarchy
     held_out = f", validating on {validation.num_samples}" if validation is not None else ""
     read = f"at {options.image_size} px"
-    if options.modality == "text":
+    if _reads_hub(options):
+        read = (
+            f"the keras-hub backbone {options.backbone} (frozen) on the first "
+            f"{options.sequence_length} tokens, its tokenizer's vocabulary of "
+            f"{train_data.vectorizer.vocabulary_size()}"
+        )
+    elif options.modality == "text":
         read = (
             f"{options.text_trunk} trunk on the first {options.sequence_length} words, a "
             f"vocabulary of {train_data.vectorizer.vocabulary_size()} words"
@@ -605,8 +613,11 @@ def _fit_inputs(model, options, train_data, validation, fit_kwargs):
     the trunk does not run again, epoch after epoch.
     """
     folders = (train_data, validation)
-    augmented = options.augment != "none"
-    once = options.modality != "text" and distribute.process_count() == 1
+    augmented = options.modality != "text" and options.augment != "none"
+    # Documents: a hub backbone's features (a trunk trained from scratch is never frozen
+    # outside the staged "experts" phase, which keeps running it).
+    once = options.modality != "text" or _reads_hub(options)
+    once = once and distribute.process_count() == 1
     if not once or not features_fit(model.trunk, folders, augmented):
         x, validation_data, epoch_ends = distribute.fit_inputs(train_data, validation)
         return {"x": x, "validation_data": validation_data, **distribute.IN_ORDER}, epoch_ends
@@ -614,10 +625,11 @@ def _fit_inputs(model, options, train_data, validation, fit_kwargs):
     x, y = frozen_features(model.trunk, train_data)
     held_out = frozen_features(model.trunk, validation) if validation is not None else None
     if new:
+        noun, count = noun_of(train_data), len(y) + (len(held_out[1]) if held_out else 0)
+        augmenting = "" if options.modality == "text" else " and nothing augments the images"
         _announce(
-            f"The backbone is frozen and nothing augments the images: its features are "
-            f"computed once for the {len(y) + (len(held_out[1]) if held_out else 0)} images "
-            "and the heads train on them.",
+            f"The backbone is frozen{augmenting}: its features are computed once for the "
+            f"{count} {noun} and the heads train on them.",
             fit_kwargs,
         )
     inputs = {"x": x, "y": y, "batch_size": options.batch_size, "shuffle": True}
@@ -896,13 +908,23 @@ def _prepare(options, data_dir):
 
 
 def resolve_learning_rate(options):
-    """The Adam learning rate a run uses: `"auto"` is `TEXT_LEARNING_RATE` for documents,
-    `IMAGE_LEARNING_RATE` for images (a resolved modality; `"auto"` modality counts as
-    images). On 20 Newsgroups the default bag trunk reached 79.9% at 1e-3 and 89.4% at
-    1e-2 in 10 epochs (benchmarks/RESULTS.md, "Text: 20 Newsgroups")."""
+    """The Adam learning rate a run uses: `"auto"` is `TEXT_LEARNING_RATE` for documents read
+    by a trunk trained from scratch, `IMAGE_LEARNING_RATE` for images (a resolved modality;
+    `"auto"` modality counts as images) and for documents read by a pretrained keras-hub
+    backbone (`text_trunk="hub"`: heads on frozen features, as on a pretrained image
+    backbone). On 20 Newsgroups the default bag trunk reached 79.9% at 1e-3 and 89.4% at
+    1e-2 in 10 epochs (benchmarks/RESULTS.md, "Text: 20 Newsgroups"): its embeddings learn
+    slowly at 1e-3."""
     if options.learning_rate != "auto":
         return options.learning_rate
-    return TEXT_LEARNING_RATE if options.modality == "text" else IMAGE_LEARNING_RATE
+    if options.modality == "text" and not _reads_hub(options):
+        return TEXT_LEARNING_RATE
+    return IMAGE_LEARNING_RATE
+
+
+def _reads_hub(options):
+    """Whether a run reads documents with a pretrained keras-hub backbone (`text_trunk="hub"`)."""
+    return options.modality == "text" and options.text_trunk == HUB_TEXT_TRUNK
 
 
 # `--augment auto` on a pretrained backbone: the validation images the probe needs at
@@ -1035,8 +1057,9 @@ def load_data(options, data_dir=None, vectorizer=None):
             config.json (which also names its `data_dir`).
         data_dir: the data folder. Defaults to the one `options` names.
         vectorizer: documents only: the adapted `TextVectorization` to read
-            them with (a resumed run's). Defaults to one adapted on the
-            training split.
+            them with (a resumed run's; a `HubTokenizer` for `text_trunk="hub"`).
+            Defaults to one adapted on the training split (the preset's
+            tokenizer for `"hub"`).
     """
     if not isinstance(options, TrainingOptions):
         data_dir = options["data_dir"] if data_dir is None else data_dir
@@ -1069,7 +1092,8 @@ def load_documents(options, data_dir, vectorizer=None):
     """Training and validation TextFolders of a text run: the documents of `data_dir`
     (`scan_documents`), split as the options say, read (a count of those read as
     Windows-1252 is warned once) and turned into token ids by `vectorizer`, by default
-    one adapted on the training split only (`make_vectorizer`)."""
+    one adapted on the training split only (`make_vectorizer`), or for `text_trunk="hub"`
+    the preset's own tokenizer (`hub_tokenizer`)."""
     hierarchy, paths, labels = scan_documents(data_dir, options.hierarchy)
     if options.split is not None:
         train_rows, validation_rows = _split_rows(options, len(paths), data_dir, "documents")
@@ -1077,6 +1101,8 @@ def load_documents(options, data_dir, vectorizer=None):
         train_rows, validation_rows = split_indices(labels, options.validation_split, options.seed)
     texts, fallbacks = read_documents(paths)
     warn_fallbacks(data_dir, fallbacks, len(texts))
+    if vectorizer is None and _reads_hub(options):  # the preset's own tokenizer
+        vectorizer = hub_tokenizer(options.backbone, options.sequence_length)
     if vectorizer is None:
         training_texts = [texts[row] for row in train_rows]
         vectorizer = make_vectorizer(
@@ -1104,19 +1130,30 @@ def build_model(options, train_data):
     if options.modality != "text":
         return _build(options, train_data.hierarchy, train_data.channels)
     keras.utils.set_random_seed(options.seed)
+    conditional = dict(  # the ConditionalModel's own arguments
+        routing=options.routing,
+        seed=options.seed,
+        dispatch=options.dispatch,
+        capacity_factor=options.capacity_factor,
+        confidence_threshold=options.confidence_threshold,
+        temperature=options.temperature,
+    )
     with precision_scope(options.precision):
+        if _reads_hub(options):
+            return build_hub_text_model(
+                train_data.hierarchy,
+                options.backbone,
+                options.sequence_length,
+                tokenizer=train_data.vectorizer,
+                **conditional,
+            )
         return build_text_model(
             train_data.hierarchy,
             train_data.vectorizer.vocabulary_size(),
             options.sequence_length,
             trunk=options.text_trunk,
-            routing=options.routing,
             preprocessor=train_data.vectorizer,
-            seed=options.seed,
-            dispatch=options.dispatch,
-            capacity_factor=options.capacity_factor,
-            confidence_threshold=options.confidence_threshold,
-            temperature=options.temperature,
+            **conditional,
         )
 
 

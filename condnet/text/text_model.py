@@ -22,9 +22,9 @@ dropout, a softmax Dense in float32.
 """
 
 import keras
-from keras import layers
+from keras import layers, ops
 
-from condnet.choices import TEXT_TRUNKS
+from condnet.choices import HUB_TEXT_TRUNK, TEXT_TRUNKS
 from condnet.hierarchy import Hierarchy
 from condnet.models.conditional_model import ConditionalModel
 
@@ -62,14 +62,21 @@ def build_text_model(
     hierarchy = hierarchy if isinstance(hierarchy, Hierarchy) else Hierarchy(hierarchy)
     _check(vocabulary_size, sequence_length, trunk, embedding_dim, width)
     features = text_trunk(vocabulary_size, sequence_length, trunk, embedding_dim, width)
-    shape = tuple(features.output[TAP].shape[1:])
+    return heads_on(features, hierarchy, dropout, routing, **kwargs)
+
+
+def heads_on(trunk, hierarchy, dropout=0.3, routing="soft", **kwargs):
+    """A ConditionalModel on a text trunk: a gate head and one head per group (`text_head`),
+    all reading the trunk's `"features"` tap. `build_text_model` and
+    `build_hub_text_model` assemble their models with it."""
+    shape = tuple(trunk.output[TAP].shape[1:])
 
     def head(units, name):
         return text_head(shape, units, name, dropout)
 
     return ConditionalModel(
         hierarchy,
-        trunk=features,
+        trunk=trunk,
         gate=head(hierarchy.num_groups, "gate"),
         experts={group: _expert(hierarchy, group, head, routing) for group in hierarchy.groups},
         gate_tap=TAP,
@@ -139,15 +146,25 @@ def _expert(hierarchy, group, head, routing):
 
 @keras.saving.register_keras_serializable(package="condnet")
 class TokenMean(layers.Layer):
-    """The mean of a document's word embeddings over its tokens that are not padding
-    (id 0): `(embeddings (steps, channels), tokens (steps,))` -> `(channels,)`. A
-    document of padding only gives zeros (Keras's masked average pooling would give
-    NaN there)."""
+    """The mean of a document's token vectors over its tokens that are not padding:
+    `(vectors (steps, channels), tokens (steps,))` -> `(channels,)`. A document of
+    padding only gives zeros (Keras's masked average pooling would give NaN there).
+
+    Args:
+        pad_token_id: int. The id that pads a document: 0 for a `TextVectorization`,
+            the preset tokenizer's `pad_token_id` for a keras-hub backbone (1 for
+            RoBERTa). Defaults to 0.
+    """
+
+    def __init__(self, pad_token_id=0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_token_id = int(pad_token_id)
 
     def call(self, embeddings, tokens):
-        real = keras.ops.cast(keras.ops.greater(tokens, 0), embeddings.dtype)[..., None]
-        total = keras.ops.sum(embeddings * real, axis=-2)
-        return total / keras.ops.maximum(keras.ops.sum(real, axis=-2), 1.0)
+        real = ops.not_equal(ops.cast(tokens, "int32"), self.pad_token_id)
+        real = ops.cast(real, embeddings.dtype)[..., None]
+        total = ops.sum(embeddings * real, axis=-2)
+        return total / ops.maximum(ops.sum(real, axis=-2), 1.0)
 
     def compute_output_shape(self, embeddings_shape, tokens_shape=None):
         return (*embeddings_shape[:-2], embeddings_shape[-1])
@@ -155,6 +172,9 @@ class TokenMean(layers.Layer):
     def macs(self, input_shape, output_shape):
         """Additions and one division per channel, which `count_macs` does not count."""
         return 0
+
+    def get_config(self):
+        return {**super().get_config(), "pad_token_id": self.pad_token_id}
 
 
 @keras.saving.register_keras_serializable(package="condnet")
@@ -171,8 +191,8 @@ class PositionEmbedding(layers.Layer):
         )
 
     def call(self, inputs):
-        steps = keras.ops.shape(inputs)[-2]
-        return inputs + keras.ops.cast(self.positions[:steps], inputs.dtype)
+        steps = ops.shape(inputs)[-2]
+        return inputs + ops.cast(self.positions[:steps], inputs.dtype)
 
     def macs(self, input_shape, output_shape):
         """An addition, which `count_macs` does not count (as a bias)."""
@@ -183,8 +203,16 @@ class PositionEmbedding(layers.Layer):
 
 
 def _check(vocabulary_size, sequence_length, trunk, embedding_dim, width):
+    if trunk == HUB_TEXT_TRUNK:
+        raise ValueError(
+            "trunk='hub' is a pretrained keras-hub backbone with its own tokenizer, not a "
+            "trunk over this vocabulary: build it with "
+            "condnet.text.hub_text_model.build_hub_text_model(hierarchy, preset). "
+            "Received: trunk='hub'"
+        )
     if trunk not in TEXT_TRUNKS:
-        raise ValueError(f"`trunk` must be one of {list(TEXT_TRUNKS)}. Received: trunk={trunk!r}")
+        built_in = [name for name in TEXT_TRUNKS if name != HUB_TEXT_TRUNK]
+        raise ValueError(f"`trunk` must be one of {built_in}. Received: trunk={trunk!r}")
     # The cnn trunk's two convolutions of 5 and its pooling need 13 ids; an id is 0
     # (padding), 1 (out of vocabulary) or a word.
     smallest = {"vocabulary_size": 3, "sequence_length": 13 if trunk == "cnn" else 1}

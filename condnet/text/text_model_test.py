@@ -7,7 +7,7 @@ from condnet.evaluation.cost import count_macs
 from condnet.models.conditional_model import ConditionalModel
 from condnet.models.dispatch import bucket_size
 from condnet.testing import RowCounter, assert_reload_equal
-from condnet.text.text_model import build_text_model, text_head, text_trunk
+from condnet.text.text_model import TokenMean, build_text_model, text_head, text_trunk
 
 TREE = {"animals": ["cat", "dog"], "vehicles": ["bus", "car", "train"]}
 CLASSES = ["cat", "dog", "bus", "car", "train"]
@@ -115,3 +115,11 @@ def test_the_vectorizer_travels_inside_the_model_file_and_predict_reads_text(tmp
     from_ids = model.predict(token_ids(vectorizer, asked), verbose=0)
     np.testing.assert_allclose(from_text["classes"], from_ids["classes"], atol=1e-6)
     np.testing.assert_array_equal(from_text["route"], from_ids["route"])
+
+
+def test_the_token_mean_leaves_out_the_pad_id_it_is_given():
+    vectors = np.arange(12, dtype="float32").reshape(1, 4, 3)
+    tokens = np.array([[0, 5, 1, 1]], "int32")  # RoBERTa: 0 starts a document, 1 pads
+    mean = keras.ops.convert_to_numpy(TokenMean(pad_token_id=1)(vectors, tokens))
+    np.testing.assert_allclose(mean[0], vectors[0, :2].mean(axis=0))
+    assert TokenMean.from_config(TokenMean(pad_token_id=1).get_config()).pad_token_id == 1

@@ -17,7 +17,7 @@ import numpy as np
 
 from condnet.choices import STAGED_MIN_EPOCHS, STRATEGIES
 from condnet.training.distribute import compile_options
-from condnet.vision.backbones import unfreeze_top
+from condnet.vision.backbones import tunable_layers, unfreeze_top
 
 # Loss weights (gate, class, expert) of each kind of phase.
 _PHASE_WEIGHTS = {
@@ -119,14 +119,8 @@ def prepare_phase(model, phase, **trainable_kwargs):
 
 
 def tunable_count(backbone):
-    """Layers with weights in `backbone`, not counting BatchNormalization."""
-    return sum(
-        1
-        for layer in backbone._flatten_layers(include_self=False)
-        if layer.weights
-        and not isinstance(layer, keras.layers.BatchNormalization)
-        and not isinstance(layer, keras.Model)
-    )
+    """The layers of `backbone` that `unfreeze_top` can unfreeze (`tunable_layers`)."""
+    return len(tunable_layers(backbone))
 
 
 def fit_staged(

@@ -410,6 +410,11 @@ def freeze(trunk):
     trunk.trainable_weights  # []
     ```
     """
+    # True first: on TensorFlow, Keras skips an assignment of the value an attribute
+    # already holds (KerasAutoTrackable.__setattr__), so `trainable = False` on a layer
+    # restored frozen would not reach the sublayers it made in build() (a keras-hub
+    # Transformer block's attention and dense layers), which restore as trainable.
+    trunk.trainable = True
     trunk.trainable = False
     return trunk
 
@@ -441,8 +446,8 @@ def unfreeze_top(trunk, num_layers):
     ```
     """
     trunk.trainable = True
-    weighted = [layer for layer in _leaf_layers(trunk) if layer.trainable_weights]
-    tunable = [layer for layer in weighted if not isinstance(layer, layers.BatchNormalization)]
+    weighted = [layer for layer in _leaf_layers(trunk) if layer.weights]
+    tunable = tunable_layers(trunk)
     if not isinstance(num_layers, int) or not 0 <= num_layers <= len(tunable):
         raise ValueError(
             f"num_layers must be an int from 0 to {len(tunable)}, the number of "
@@ -453,6 +458,17 @@ def unfreeze_top(trunk, num_layers):
     for layer in weighted:
         layer.trainable = id(layer) in top
     return trunk
+
+
+def tunable_layers(trunk):
+    """The layers `unfreeze_top` counts, input first: the trunk's layers with weights, and
+    those of the models nested in it, BatchNormalization left out. A layer made of layers
+    (a keras-hub Transformer block) counts as one."""
+    return [
+        layer
+        for layer in _leaf_layers(trunk)
+        if layer.weights and not isinstance(layer, layers.BatchNormalization)
+    ]
 
 
 def _leaf_layers(model):

@@ -12,6 +12,7 @@ from condnet.vision.backbones import (
     is_pretrained,
     make_trunk,
     small_cnn,
+    tunable_layers,
     unfreeze_top,
 )
 from condnet.vision.preprocessing import CaffePreprocess, preprocessing_layer
@@ -242,6 +243,33 @@ def test_freeze_leaves_no_trainable_weights():
     trunk = freeze(small_cnn((16, 16, 3), filters=(4, 4)))
     assert trunk.trainable_weights == []
     assert len(trunk.non_trainable_weights) == len(trunk.weights)
+
+
+class _Block(keras.layers.Layer):
+    """A layer that makes its sublayer in build(), as a keras-hub Transformer block does."""
+
+    def build(self, input_shape):
+        self.dense = keras.layers.Dense(2)
+        self.dense.build(input_shape)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_freeze_reaches_the_sublayers_of_a_layer_restored_frozen():
+    block = _Block.from_config(_Block(trainable=False).get_config())  # as a copy restores it
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, block(inputs))
+    freeze(block)
+    assert model.trainable_weights == []  # the Dense made in build() is frozen too
+
+
+def test_unfreeze_top_counts_a_layer_made_of_layers_as_one():
+    inputs = keras.Input((3,))
+    trunk = keras.Model(inputs, keras.layers.Dense(2, name="top")(_Block(name="block")(inputs)))
+    assert [layer.name for layer in tunable_layers(trunk)] == ["block", "top"]
+    unfreeze_top(freeze(trunk), 2)  # as many as tunable_layers counts: no error
+    assert len(trunk.trainable_weights) == 4
 
 
 def test_unfreeze_top_trains_top_layers_and_keeps_batchnorm_frozen():

@@ -197,13 +197,15 @@ def taps_of(model):
 
     Returns a dict: `"gate"` (the layer the gate reads), `"experts"` (group ->
     layer) and `"available"` (the backbone's stage outputs from `default_taps`,
-    shallowest first; empty for `expert_placement="separate"`).
+    shallowest first; empty for `expert_placement="separate"` and for a model that
+    reads token ids, whose gate and experts read the text trunk's one tap).
     """
     backbone = backbone_of(model)
+    images = backbone is not None and len(model.trunk.inputs[0].shape) == 4
     return {
         "gate": model.gate_tap,
         "experts": dict(model.expert_taps),
-        "available": default_taps(backbone) if backbone is not None else [],
+        "available": default_taps(backbone) if images else [],
     }
 
 
