@@ -143,8 +143,9 @@ def calibrate(model, data):
         A tuple `(calibrated_model, report)`. The report holds
         `temperatures`, `num_samples`, and under `before` and `after`: the
         `expected_calibration_error` per level (`group`, `class`), the
-        `negative_log_likelihood` per level, `accuracy` and `group_accuracy`,
-        all measured on `data`.
+        `negative_log_likelihood` per level, `accuracy`, `group_accuracy` and
+        `gate_accuracy` (`condnet.evaluation.metrics.GLOSSARY`), all measured
+        on `data`.
 
     Example:
 
@@ -238,6 +239,7 @@ def _scores(model, groups, experts, labels, temperatures):
         },
         "accuracy": metrics["accuracy"],
         "group_accuracy": metrics["group_accuracy"],
+        "gate_accuracy": metrics["gate_accuracy"],
     }
 
 

@@ -167,7 +167,10 @@ class ConditionalModel(keras.Model):
         )
         self._class_to_group = np.asarray(hierarchy.class_to_group, "int32")
         self.accuracy_metric = keras.metrics.Mean(name="accuracy")
-        self.group_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="group_accuracy")
+        # The group of the final class (as `evaluate_predictions` scores it), and the gate's
+        # own top group: under the soft mixture a peaked expert can move the final class.
+        self.group_accuracy_metric = keras.metrics.Mean(name="group_accuracy")
+        self.gate_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="gate_accuracy")
         self.loss_part_metrics = [keras.metrics.Mean(name=f"{p}_loss") for p in _LOSS_PARTS]
         if dispatch == "capacity":
             self.dropped_metric = keras.metrics.Mean(name="dropped_rate")
@@ -450,13 +453,19 @@ class ConditionalModel(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels = _flat_labels(y)
         predicted = ops.cast(ops.argmax(y_pred["classes"], axis=-1), "int32")
+        true_groups = ops.take(self._class_to_group, labels)
         correct = ops.cast(ops.equal(predicted, labels), "float32")
+        right_group = ops.cast(
+            ops.equal(ops.take(self._class_to_group, predicted), true_groups), "float32"
+        )
         if "dropped" in y_pred:  # a dropped row has no prediction: it is wrong, not class 0
             correct = correct * (1.0 - y_pred["dropped"])
+            right_group = right_group * (1.0 - y_pred["dropped"])
         self.accuracy_metric.update_state(correct, sample_weight=_flat_weight(sample_weight))
         self.group_accuracy_metric.update_state(
-            ops.take(self._class_to_group, labels), y_pred["groups"], sample_weight
+            right_group, sample_weight=_flat_weight(sample_weight)
         )
+        self.gate_accuracy_metric.update_state(true_groups, y_pred["groups"], sample_weight)
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(labels, y_pred["classes"], sample_weight)
         return _as_multi_worker_logs(self.get_metrics_result())

@@ -152,8 +152,10 @@ def test_loss_parts_match_their_definitions():
     np.testing.assert_allclose(results["loss"], sum(expected.values()), rtol=1e-4)
     np.testing.assert_allclose(results["accuracy"], (outputs["classes"].argmax(1) == y).mean())
     np.testing.assert_allclose(
-        results["group_accuracy"], (outputs["groups"].argmax(1) == groups).mean()
+        results["gate_accuracy"], (outputs["groups"].argmax(1) == groups).mean()
     )
+    predicted_groups = Hierarchy(CATS_AND_DOGS).group_labels(outputs["classes"].argmax(1))
+    np.testing.assert_allclose(results["group_accuracy"], (predicted_groups == groups).mean())
 
 
 def test_teacher_forcing_trains_the_class_output_through_the_true_expert():

@@ -188,8 +188,8 @@ def _mixture_scores(model, data):
         model.routing = INFERENCE_ROUTING
     return {
         "accuracy": mixture["accuracy"],
+        "group_accuracy": mixture["group_accuracy"],
         "gate_accuracy": mixture["gate_accuracy"],
-        "predicted_class_group_accuracy": mixture["predicted_class_group_accuracy"],
         "within_group_accuracy": within_group_of(model.hierarchy, predictions),
         "note": "every expert runs; P(class) = P(group) x P(class | group)",
     }
@@ -198,7 +198,7 @@ def _mixture_scores(model, data):
 def _summary(metrics, macs, images_per_second):
     return {
         "accuracy": metrics["accuracy"],
-        "group_accuracy": metrics["predicted_class_group_accuracy"],
+        "group_accuracy": metrics["group_accuracy"],
         "within_group_accuracy": metrics["mixture"]["within_group_accuracy"],
         "hierarchical_f1": metrics["hierarchical_f1"],
         "mistake_distance": metrics["mistake_distance"],
