@@ -64,7 +64,7 @@ from keras import layers  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from condnet import ConditionalModel, Hierarchy  # noqa: E402
-from condnet.evaluation.cost import count_macs  # noqa: E402
+from condnet.evaluation.cost import routed_macs  # noqa: E402
 from condnet.evaluation.metrics import within_group_accuracy  # noqa: E402
 
 SHARED = common.REPOSITORY.parent / "shared" / "data"
@@ -220,16 +220,6 @@ def conditional(image_size, hierarchy, routing, expert_width, gate_width):
         gate_tap="shared",
         routing=routing,
     )
-
-
-def routed_macs(model, image_size):
-    if not isinstance(model, ConditionalModel):
-        return count_macs(model, (image_size, image_size, 3))
-    shape = (None, image_size, image_size, 3)
-    taps = model._tap_shapes(shape)
-    shared = count_macs(model.trunk, shape[1:]) + count_macs(model.gate, taps[model.gate_tap][1:])
-    experts = [count_macs(e, taps[model.expert_taps[g]][1:]) for g, e in model.experts.items() if e]
-    return shared + max(experts)
 
 
 # === Training and scoring ===
@@ -479,7 +469,9 @@ def run_row(row, data, hierarchy, args, seed):
         "seed": seed,
         "epochs_run": epochs,
         "train_seconds": round(seconds, 1),
-        "routed_mmacs": round(routed_macs(model, args.image_size) / 1e6, 2),
+        "routed_mmacs": round(
+            routed_macs(model, (args.image_size, args.image_size, 3))["routed"] / 1e6, 2
+        ),
         "parameters": int(model.count_params()),
         **score(model, hierarchy, *data["test"]),
     }

@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 import condnet.vision.image_model as image_model  # noqa: E402
 from condnet import Hierarchy  # noqa: E402
+from condnet.evaluation.cost import routed_macs  # noqa: E402
 
 
 def split_convs(gate, expert_share):
@@ -68,7 +69,7 @@ def run_seed(args, seed, folder, test):
         "name": args.name,
         "seed": seed,
         "seconds": round(time.perf_counter() - start),
-        "mmacs": round(defaults.routed_macs(model, 32) / 1e6, 2),
+        "mmacs": round(routed_macs(model, (32, 32, 3))["routed"] / 1e6, 2),
         **scores,
     }
 

@@ -64,8 +64,7 @@ from condnet.data.text import (  # noqa: E402
     read_documents,
     scan_documents,
 )
-from condnet.evaluation.baseline import routed_macs  # noqa: E402
-from condnet.evaluation.cost import count_macs  # noqa: E402
+from condnet.evaluation.cost import count_macs, routed_macs  # noqa: E402
 from condnet.evaluation.evaluate import evaluate_model  # noqa: E402
 from condnet.hierarchy import Hierarchy  # noqa: E402
 from condnet.runs.recipe import train  # noqa: E402

@@ -6,7 +6,7 @@ from pathlib import Path
 from condnet.runs.checkpoint import BEST, write_atomic
 from condnet.runs.documents import refuse_text_run
 from condnet.runs.outputs import guard, staged_folder, training_data
-from condnet.runs.run_dir import CONFIG, folder_for, load_run
+from condnet.runs.run_dir import CONFIG, folder_for, input_shape_of, load_run
 
 
 def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, progress=False):
@@ -19,6 +19,7 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     and outside the data and every run, before anything is written.
     Returns the metrics.
     """
+    from condnet.evaluation.cost import routed_macs
     from condnet.evaluation.evaluate import evaluate_model
     from condnet.models.ensemble import Ensemble
 
@@ -39,13 +40,14 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
         for i, m in enumerate(members)
     ]
     metrics = evaluate_model(ensemble, data, progress="ensemble" if progress else None)
+    shape = input_shape_of(config)[1:]  # every member runs: the costs add up
     metrics["members"] = [
-        {"run": str(run), "accuracy": score, "routed_macs": _routed_macs(run)}
-        for run, score in zip(run_dirs, scores)
+        {"run": str(run), "accuracy": score, "routed_macs": routed_macs(member, shape)["routed"]}
+        for run, score, member in zip(run_dirs, scores, members)
     ]
     metrics["gain_over_best_member"] = metrics["accuracy"] - max(scores)
-    costs = [m["routed_macs"] for m in metrics["members"]]
-    metrics["macs_per_image"] = {"routed": sum(costs) if None not in costs else None}
+    costs = routed_macs(ensemble, shape)
+    metrics["macs_per_image"] = {"routed": costs["routed"], "all_experts": costs["all_experts"]}
     with staged_folder(out, "ensemble") as partial:
         _write(partial, ensemble, config, metrics, run_dirs, data_dir)
         _report(partial, ensemble, metrics, run_dirs, data_dir)
@@ -79,13 +81,6 @@ def _shared_config(run_dirs, configs):
                     "runs trained at the same image size and colour mode."
                 )
     return {"options": {"image_size": first["image_size"], "color_mode": first["color_mode"]}}
-
-
-def _routed_macs(run):
-    try:
-        return json.loads((run / "metrics.json").read_text())["macs_per_image"]["routed"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _write(out, ensemble, config, metrics, run_dirs, data_dir):

@@ -27,8 +27,8 @@ import keras
 import numpy as np
 
 from condnet.data.text import TextFolder
-from condnet.evaluation.baseline import flat_baseline, routed_macs
-from condnet.evaluation.cost import count_macs
+from condnet.evaluation.baseline import flat_baseline
+from condnet.evaluation.cost import routed_macs
 from condnet.evaluation.evaluate import evaluate_model, within_group_of
 from condnet.evaluation.explain import document_weigher, explainer
 from condnet.evaluation.mistakes import milder_mistakes
@@ -257,7 +257,7 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
             "hierarchical_f1": metrics["hierarchical_f1"],
             "mistake_distance": metrics["mistake_distance"],
             "top_k_distance": metrics["top_k_distance"],
-            "macs_per_image": int(count_macs(flat, shape)),
+            "macs_per_image": int(routed_macs(flat, shape)["routed"]),
             "images_per_second": images_per_second(flat, scored),
             "epochs": trained,
             "epochs_planned": planned,

@@ -25,7 +25,7 @@ from condnet.evaluation.backoff import (
     check_thresholds,
 )
 from condnet.evaluation.calibration import calibrate
-from condnet.evaluation.cost import count_macs
+from condnet.evaluation.cost import routed_macs
 from condnet.evaluation.evaluate import (
     error_row,
     evaluate_model,
@@ -1180,8 +1180,6 @@ def model_info(model, config):
     """`run_info` of a loaded run's model and config."""
     if isinstance(model, FlatBaseline):
         return _flat_info(model, config)
-    shape = input_shape_of(config)
-    taps = model._tap_shapes(shape)
     parts = {
         "trunk": model.trunk,
         "gate": model.gate,
@@ -1190,15 +1188,10 @@ def model_info(model, config):
     params = {
         name: int(part.count_params()) if part is not None else 0 for name, part in parts.items()
     }
-    macs = {
-        "trunk": count_macs(model.trunk, shape[1:]) if model.trunk is not None else 0,
-        "gate": count_macs(model.gate, taps[model.gate_tap][1:]),
-    }
-    for group, expert in model.experts.items():
-        tap_shape = taps[model.expert_taps[group]][1:]
-        macs[f"expert {group}"] = count_macs(expert, tap_shape) if expert is not None else 0
-    shared = macs["trunk"] + macs["gate"]
-    routes = {g: shared + macs[f"expert {g}"] for g in model.hierarchy.groups}
+    # A nested expert costs its costliest route (`condnet.evaluation.cost.routed_macs`).
+    costs = routed_macs(model, input_shape_of(config)[1:])
+    macs = {"trunk": costs["trunk"], "gate": costs["gate"]}
+    macs.update({f"expert {group}": cost for group, cost in costs["experts"].items()})
     from condnet.vision.image_model import taps_of
 
     return {
@@ -1207,14 +1200,14 @@ def model_info(model, config):
         "taps": taps_of(model),
         "parameters": params,
         "macs": macs,
-        "macs_per_route": routes,
-        "macs_all_experts": shared + sum(macs[f"expert {g}"] for g in model.hierarchy.groups),
+        "macs_per_route": costs["routes"],
+        "macs_all_experts": costs["all_experts"],
     }
 
 
 def _flat_info(model, config):
     """`model_info` of the run's flat baseline: one part, the same cost for every image."""
-    macs = count_macs(model.classifier, input_shape_of(config)[1:])
+    macs = routed_macs(model.classifier, input_shape_of(config)[1:])["routed"]
     return {
         "model": "baseline",
         "hierarchy": model.hierarchy.to_dict(),
