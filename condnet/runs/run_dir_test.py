@@ -347,6 +347,27 @@ def test_the_flat_baseline_predicts_evaluates_and_describes_itself(run, tmp_path
     assert set(info["macs_per_route"].values()) == {info["macs_all_experts"]}
 
 
+def test_info_counts_a_nested_expert_by_its_costliest_route(tmp_path):
+    from condnet.evaluation.cost import count_macs
+    from condnet.hierarchy import Hierarchy
+    from condnet.runs.run_dir import run_info
+    from condnet.vision.image_model import build_image_model
+
+    tree = {"animals": {"pets": ["cat", "dog"], "wild": ["wolf", "fox"]}, "cars": ["van", "bus"]}
+    model = build_image_model(Hierarchy(tree), image_size=16, filters=(4, 8, 8))
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "config.json").write_text(json.dumps({"options": {**OPTIONS, "image_size": 16}}))
+    info = run_info(tmp_path)
+    inner = model.experts["animals"]
+    tap = model._tap_shapes((None, 16, 16, 3))[model.expert_taps["animals"]][1:]
+    route = count_macs(inner.gate, tap) + max(count_macs(e, tap) for e in inner.expert_models)
+    assert info["macs"]["expert animals"] == route  # was 0: one unknown layer to count_macs
+    shared = info["macs"]["trunk"] + info["macs"]["gate"]
+    assert info["macs_per_route"]["animals"] == shared + route
+    every = count_macs(inner.gate, tap) + sum(count_macs(e, tap) for e in inner.expert_models)
+    assert info["macs_all_experts"] == shared + every + info["macs"]["expert cars"]
+
+
 def test_serve_answers_with_the_flat_baseline_as_predict_does(run, tmp_path):
     import asyncio
 
