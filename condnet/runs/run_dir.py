@@ -766,9 +766,10 @@ def evaluate_run(
     """Evaluate a run on another folder (e.g. a test split) and write a report there.
 
     The headline metrics are those of `routing` (default hard: only the
-    chosen expert runs); the other routing's accuracy is reported beside them
+    chosen expert runs); the other routing's scores are reported beside them
     (`mixture` or `hard_routed`), and so is the run's flat baseline when it
-    has one (`baseline`), on the same images. `progress=True` reports each
+    has one (`baseline`), on the same images, scored as `condnet train` scores
+    its validation split (`condnet.runs.finish.score_run`). `progress=True` reports each
     pass on standard error. With `model_file="baseline.keras"` the flat
     baseline alone is scored (`"model": "baseline"`, `"inference_routing":
     "flat"`).
@@ -780,13 +781,12 @@ def evaluate_run(
     read = dict(data=[data_dir, *training_data([run_dir])], reads=[run_dir])
     guard(report_dir, "evaluation", flag="--report-dir", **read)
     data = folder_for(model, config, data_dir, batch_size)
-    label = _labeller(progress)
     comparison = None
     if isinstance(model, FlatBaseline):
-        metrics, predictions = _flat_metrics(run_dir, model, data, label, model_file)
+        metrics, predictions = _flat_metrics(run_dir, model, data, progress, model_file)
     else:
         metrics, comparison, predictions = _conditional_metrics(
-            run_dir, model, data, label, model_file
+            run_dir, model, data, progress, model_file
         )
     metrics["unknown"] = _unknown_metrics(run_dir, model, model_file, data)
     with staged_folder(report_dir, "evaluation") as partial:
@@ -811,7 +811,7 @@ def _unknown_metrics(run_dir, model, model_file, data):
     return unknown_section(run_dir, models, data)
 
 
-def _flat_metrics(run_dir, model, data, label, model_file):
+def _flat_metrics(run_dir, model, data, progress, model_file):
     """The run's flat baseline scored on `data`, as the run scores it beside its model."""
     thresholds = run_thresholds(run_dir, model.hierarchy, model_file)  # checked first
     metrics, predictions = evaluate_model(
@@ -819,7 +819,7 @@ def _flat_metrics(run_dir, model, data, label, model_file):
         data,
         hierarchy=model.hierarchy,
         return_predictions=True,
-        progress=label("flat baseline"),
+        progress="flat baseline" if progress else None,
     )
     metrics["within_group_accuracy"] = within_group_of(model.hierarchy, predictions)
     metrics["backoff"] = {"flat": backoff_of(model.hierarchy, predictions, thresholds, BASELINE)}
@@ -839,57 +839,28 @@ def backoff_of(hierarchy, predictions, thresholds, name, source=f"the run's {BAC
     return {"model": name, "thresholds_from": source if thresholds else None, **summary}
 
 
-def _conditional_metrics(run_dir, model, data, label, model_file=None):
-    """(metrics, baseline comparison or None) of a condnet model on `data`: its routing,
-    the other routing's accuracy and the run's flat baseline beside it."""
-    from condnet.evaluation.mistakes import milder_mistakes
-    from condnet.evaluation.report import baseline_verdict, gap_sources
+def _conditional_metrics(run_dir, model, data, progress, model_file=None):
+    """(metrics, baseline comparison or None, predictions) of a condnet model on `data`:
+    `condnet.runs.finish.score_run` (its routing, the other routing beside it, the run's
+    flat baseline compared, at the costs `condnet train` recorded), and the back-off
+    answers at the run's thresholds."""
+    from condnet.runs.finish import score_run
 
     # The run files it reads are checked before the first pass over the images.
     trained = read_metrics(Path(run_dir) / METRICS) if (Path(run_dir) / METRICS).is_file() else {}
     flat = _flat_classifier(run_dir, model.hierarchy)
     thresholds = run_thresholds(run_dir, model.hierarchy, model_file)
     flat_thresholds = run_thresholds(run_dir, model.hierarchy, BASELINE) if flat else None
-    metrics, predictions = evaluate_model(
-        model, data, return_predictions=True, progress=label(f"{model.routing} routing")
+    metrics, predictions, flat_predictions = score_run(
+        model, data, flat, _training_costs(trained), progress=progress
     )
-    metrics["inference_routing"] = model.routing
-    other = "soft" if model.routing != "soft" else "hard"
-    model.routing = other
-    other_metrics, other_predictions = evaluate_model(
-        model, data, return_predictions=True, progress=label(f"{other} routing")
-    )
-    metrics["mixture" if other == "soft" else "hard_routed"] = {
-        "accuracy": other_metrics["accuracy"]
-    }
-    soft = other_predictions if other == "soft" else predictions
-    within = within_group_of(model.hierarchy, soft)
     name = _model_key(run_dir, model_file) or str(model_file)
     metrics["backoff"] = {"conditional": backoff_of(model.hierarchy, predictions, thresholds, name)}
-    comparison, flat_predictions = _baseline_on(
-        flat,
-        data,
-        model.hierarchy,
-        {**metrics, "within_group_accuracy": within},
-        label("flat baseline"),
-    )
-    if comparison is not None:
+    if flat_predictions is not None:
         metrics["backoff"]["flat"] = backoff_of(
             model.hierarchy, flat_predictions, flat_thresholds, BASELINE
         )
-        comparison["milder_mistakes"] = milder_mistakes(
-            comparison["conditional"], comparison["flat"]
-        )
-        if metrics["inference_routing"] == "hard":
-            _add_training_costs(trained, comparison)
-            _add_speeds(model, flat, data, comparison)
-        noun = "documents" if isinstance(data, TextFolder) else "images"
-        comparison["verdict"] = baseline_verdict(
-            comparison["conditional"], comparison["flat"], metrics["num_samples"], noun
-        )
-        comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
-        metrics["baseline"] = comparison
-    return metrics, comparison, predictions
+    return metrics, metrics.get("baseline"), predictions
 
 
 def _write_evaluation_report(
@@ -918,10 +889,6 @@ def _write_evaluation_report(
     )
 
 
-def _labeller(progress):
-    return (lambda label: label) if progress else (lambda label: None)
-
-
 def _flat_classifier(run_dir, hierarchy):
     """The run's flat baseline (its plain Keras classifier), or None without one."""
     path = Path(run_dir) / BASELINE
@@ -932,48 +899,18 @@ def _flat_classifier(run_dir, hierarchy):
     return classifier
 
 
-def _baseline_on(flat, data, hierarchy, metrics, progress=None):
-    """(the flat baseline scored on `data` beside the conditional model, its predictions),
-    or (None, None) without one."""
-    if flat is None:
-        return None, None
-    scores, predictions = evaluate_model(
-        flat, data, hierarchy=hierarchy, return_predictions=True, progress=progress
-    )
-    scores["within_group_accuracy"] = within_group_of(hierarchy, predictions)
-    keys = (
-        "accuracy",
-        "group_accuracy",
-        "within_group_accuracy",
-        "hierarchical_f1",
-        "mistake_distance",
-        "top_k_distance",
-    )
-    comparison = {
-        "conditional": {key: metrics[key] for key in keys},
-        "flat": {key: scores[key] for key in keys},
-        "model": BASELINE,
-    }
-    return comparison, predictions
-
-
-def _add_training_costs(trained, comparison):
+def _training_costs(trained):
     """MACs per image and epochs trained of both models, as `condnet train` recorded them
     for the hard-routed model (they do not depend on the images scored) in the run's
-    metrics `trained`; nothing if it did not."""
-    for side in ("conditional", "flat"):
-        for key in ("macs_per_image", "epochs"):
-            if nested_entry(trained, ("baseline", side, key)) is not None:
-                comparison[side][key] = trained["baseline"][side][key]
-
-
-def _add_speeds(model, flat, data, comparison):
-    """Images per second of both models, timed on these images as `condnet train` times
-    them on its validation split: each report states the speed it measured."""
-    from condnet.runs.finish import images_per_second
-
-    comparison["conditional"]["images_per_second"] = images_per_second(model, data)
-    comparison["flat"]["images_per_second"] = images_per_second(flat, data)
+    metrics `trained`; only those it recorded."""
+    return {
+        side: {
+            key: trained["baseline"][side][key]
+            for key in ("macs_per_image", "epochs")
+            if nested_entry(trained, ("baseline", side, key)) is not None
+        }
+        for side in ("conditional", "flat")
+    }
 
 
 def predict_paths(
