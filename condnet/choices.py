@@ -7,6 +7,10 @@ from here.
 
 COLOR_MODES = ("rgb", "grayscale")
 ROUTINGS = ("soft", "hard", "gumbel", "teacher")
+# What a trained model may run at inference (predict, evaluate, serve, export): hard runs the
+# chosen expert only, soft mixes every expert.
+INFERENCE_ROUTINGS = ("hard", "soft")
+DISPATCHES = ("dense", "capacity")  # how hard routing runs while training
 STRATEGIES = ("joint", "staged")
 STAGED_MIN_EPOCHS = 2  # staged: one epoch for the gate, then one for the experts
 AUGMENT_POLICIES = ("auto", "none", "light", "standard", "strong")

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from condnet.choices import DISPATCHES
 from condnet.hierarchy import Hierarchy
 from condnet.models import capacity as capacity_lib
 from condnet.models import routing as routing_lib
@@ -704,7 +705,7 @@ def _check_options(temperature, confidence_threshold):
 
 
 def _check_dispatch(dispatch, capacity_factor, routing, confidence_threshold):
-    if dispatch not in ("dense", "capacity"):
+    if dispatch not in DISPATCHES:
         raise ValueError(
             "dispatch must be 'dense' (every expert computes every row while training; "
             "hard modes select with a one-hot) or 'capacity' (each expert runs on a "

@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
-from condnet.runs.checkpoint import BEST, write_atomic
+from condnet.runs.checkpoint import write_atomic
 from condnet.runs.documents import refuse_text_run
+from condnet.runs.files import BEST, CONFIG, METRICS
 from condnet.runs.outputs import guard, staged_folder, training_data
-from condnet.runs.run_dir import CONFIG, folder_for, input_shape_of, load_run
+from condnet.runs.run_dir import folder_for, input_shape_of, load_run
 
 
 def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, progress=False):
@@ -89,4 +90,4 @@ def _write(out, ensemble, config, metrics, run_dirs, data_dir):
     save_model_atomic(ensemble, out / BEST)
     config = {**config, "ensemble": {"members": [str(r) for r in run_dirs], "data": str(data_dir)}}
     write_atomic(out / CONFIG, json.dumps(config, indent=1) + "\n")
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_atomic(out / METRICS, json.dumps(metrics, indent=1) + "\n")

@@ -41,6 +41,7 @@ from condnet.evaluation.report import (
 from condnet.models.precision import loss_scaled
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.backoff import TARGET_ACCURACY, chosen_entry, write_backoff
+from condnet.runs.files import BASELINE, BEST, METRICS
 from condnet.runs.run_dir import backoff_of
 from condnet.runs.timing import RunTimes, describe
 from condnet.runs.unknown import FALSE_ALARM_RATE, chosen_unknown_entry, write_unknown
@@ -116,7 +117,7 @@ def finish_run(
         _unknown(run_dir, train_data.hierarchy, validation, predictions, flat_predictions)
     extra = extra or {}
     metrics.update(extra.get("metrics", {}))
-    ckpt.write_atomic(run_dir / ckpt.METRICS, json.dumps(metrics, indent=1))
+    ckpt.write_atomic(run_dir / METRICS, json.dumps(metrics, indent=1))
     if not options.report:  # a tune trial or a fold: its metrics are what is read
         times.write(run_dir)
         return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
@@ -146,11 +147,11 @@ def finish_run(
 def _shipped(run_dir, shape):
     """model.keras hard-routed and without its optimizer (saved so), and the routing it
     trained with."""
-    model = keras.models.load_model(run_dir / ckpt.BEST)
+    model = keras.models.load_model(run_dir / BEST)
     trained_routing = model.routing
     model.routing = INFERENCE_ROUTING  # what a user's predict runs: the chosen expert only
     model = _without_optimizer(model, (None, *shape))
-    ckpt.save_model_atomic(model, run_dir / ckpt.BEST)
+    ckpt.save_model_atomic(model, run_dir / BEST)
     return model, trained_routing
 
 
@@ -214,7 +215,7 @@ def score_run(model, data, flat=None, costs=None, progress=False):
     comparison = {
         "conditional": _summary({**metrics, "within_group_accuracy": within}),
         "flat": _summary(flat_metrics),
-        "model": ckpt.BASELINE,
+        "model": BASELINE,
     }
     if routing == INFERENCE_ROUTING:  # the costs and speeds of the models as shipped
         for side, parts in (costs or {}).items():
@@ -292,7 +293,7 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
     what the comparison records of it beside its scores: MACs per image, epochs
     trained and planned, its curves."""
     train_data, _ = data
-    path = run_dir / ckpt.BASELINE
+    path = run_dir / BASELINE
     planned = sum(epochs for epochs, _ in baseline_stages(options))
     recorded = _recorded_baseline(run_dir) if path.is_file() else {}
     history = {}  # the baseline's curves in the report
@@ -325,9 +326,9 @@ def _backoff(run_dir, hierarchy, validation, predictions, flat_predictions):
     `backoff`: each model's coverage and accuracy at each depth there, and its
     risk-coverage curves. Without a validation split no threshold is chosen (they
     would be chosen on the training images): the curves alone are returned."""
-    scored = {ckpt.BEST: predictions}
+    scored = {BEST: predictions}
     if flat_predictions is not None:
-        scored[ckpt.BASELINE] = flat_predictions
+        scored[BASELINE] = flat_predictions
     entries = {}
     if validation is not None:
         entries = {
@@ -336,7 +337,7 @@ def _backoff(run_dir, hierarchy, validation, predictions, flat_predictions):
         }
         write_backoff(run_dir, hierarchy, entries, keep=False)
     section = {"target_accuracy": TARGET_ACCURACY if entries else None}
-    for side, name in (("conditional", ckpt.BEST), ("flat", ckpt.BASELINE)):
+    for side, name in (("conditional", BEST), ("flat", BASELINE)):
         if name in scored:
             thresholds = entries.get(name, {}).get("thresholds")
             source = "chosen here (backoff.json)"
@@ -350,9 +351,9 @@ def _unknown(run_dir, hierarchy, validation, predictions, flat_predictions):
     unknown.json (`condnet.runs.unknown`); nothing without a validation split."""
     if validation is None:
         return
-    entries = {ckpt.BEST: (predictions, predictions["route"])}
+    entries = {BEST: (predictions, predictions["route"])}
     if flat_predictions is not None:
-        entries[ckpt.BASELINE] = (flat_predictions, None)
+        entries[BASELINE] = (flat_predictions, None)
     chosen = {
         name: chosen_unknown_entry(hierarchy, scored, route, FALSE_ALARM_RATE, "validation split")
         for name, (scored, route) in entries.items()
@@ -376,7 +377,7 @@ def _recorded_baseline(run_dir):
     readable (a run that ended before writing it, or written before condnet recorded
     epochs)."""
     try:
-        flat = json.loads((run_dir / ckpt.METRICS).read_text())["baseline"]["flat"]
+        flat = json.loads((run_dir / METRICS).read_text())["baseline"]["flat"]
         recorded = {key: flat[key] for key in ("epochs", "epochs_planned")}
     except (OSError, ValueError, KeyError, TypeError):
         return {}

@@ -9,6 +9,7 @@ from condnet.choices import (
     AUGMENT_POLICIES,
     CACHE_POLICIES,
     COLOR_MODES,
+    DISPATCHES,
     DISTRIBUTE,
     LR_SCHEDULES,
     MODALITIES,
@@ -25,7 +26,6 @@ from condnet.hierarchy import Hierarchy
 from condnet.models.precision import PRECISIONS
 
 SCHEDULES = ("coarse_to_fine",)
-DISPATCHES = ("dense", "capacity")
 IMAGE_SIZES = (8, 2048)
 # Keys of config.json's "options" that name the run's folders rather than options.
 RUN_KEYS = ("data_dir", "run_dir")

@@ -13,7 +13,8 @@ import pytest
 
 from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.checkpoint import read_state
-from condnet.runs.claim import RUN_FILES, RunClaim
+from condnet.runs.claim import RunClaim
+from condnet.runs.files import RUN_FILES
 from condnet.runs.lock import LOCK, RunLocked
 from condnet.runs.options import TrainingOptions
 from condnet.runs.outputs import mark

@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.choices import COLOR_MODES
+from condnet.choices import COLOR_MODES, INFERENCE_ROUTINGS
 from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
 from condnet.data.text import (
     TextFolder,
@@ -36,29 +36,31 @@ from condnet.evaluation.evaluate import (
 from condnet.evaluation.progress import Progress
 from condnet.evaluation.unknown import unknown_fields
 from condnet.hierarchy import Hierarchy
-from condnet.runs.checkpoint import (
-    BASELINE,
-    BEST,
-    CHECKPOINTS,
-    METRICS,
-    STATE,
-    save_model_atomic,
-    write_atomic,
-)
 from condnet.runs.checkpoint import read_state as read_checkpoint_state
+from condnet.runs.checkpoint import save_model_atomic, write_atomic
 from condnet.runs.documents import (
     document_files,
     is_text_run,
     jsonl_documents,
     line_documents,
 )
+from condnet.runs.files import (
+    BACKOFF,
+    BASELINE,
+    BEST,
+    CALIBRATED,
+    CALIBRATION_REPORT,
+    CHECKPOINTS,
+    CONFIG,
+    HIERARCHY,
+    KERAS_ARCHIVE_CONFIG,
+    METRICS,
+    STATE,
+    UNKNOWN,
+    UNKNOWN_STATISTICS,
+)
 from condnet.runs.options import IMAGE_SIZES, normalised
 from condnet.runs.outputs import guard, staged_folder, training_data, write_file
-
-CONFIG = "config.json"
-
-
-INFERENCE_ROUTINGS = ("hard", "soft")
 
 
 def load_run(run_dir, model_file=None, routing=None):
@@ -304,7 +306,6 @@ def _model_path(run_dir, model_file):
 # Each reader checks what condnet relies on in one file of a run and raises one
 # ValueError naming the file, the problem and the fix.
 
-HIERARCHY = "hierarchy.json"
 _FIXES = {
     CONFIG: "`condnet train --out RUN_DIR` writes it with the run's options; re-train the run "
     "or restore the file",
@@ -313,12 +314,12 @@ _FIXES = {
     "start the run again with --overwrite",
     HIERARCHY: "`condnet train` writes it as a copy of the tree in config.json; restore it "
     "from there, or delete it",
-    "backoff.json": "`condnet train` and `condnet backoff RUN_DIR` write it; delete it and run "
+    BACKOFF: "`condnet train` and `condnet backoff RUN_DIR` write it; delete it and run "
     "`condnet backoff RUN_DIR` to choose the thresholds again",
-    "unknown.json": "`condnet train` and `condnet unknown RUN_DIR` write it; delete it and run "
+    UNKNOWN: "`condnet train` and `condnet unknown RUN_DIR` write it; delete it and run "
     "`condnet unknown RUN_DIR` to choose the thresholds again",
-    "unknown.npz": "`condnet unknown RUN_DIR` writes it with unknown.json; delete both and run "
-    "`condnet unknown RUN_DIR` to fit and choose them again",
+    UNKNOWN_STATISTICS: "`condnet unknown RUN_DIR` writes it with unknown.json; delete both and "
+    "run `condnet unknown RUN_DIR` to fit and choose them again",
 }
 
 
@@ -461,8 +462,6 @@ _METRIC_ENTRIES = [
 
 # === Back-off thresholds ===
 
-BACKOFF = "backoff.json"
-
 
 def read_backoff(path, hierarchy=None):
     """A run's backoff.json: an object whose `"models"` map a model file of the run
@@ -539,9 +538,6 @@ def _model_key(run_dir, model_file):
 
 
 # === Unknown-class thresholds ===
-
-UNKNOWN = "unknown.json"
-UNKNOWN_STATISTICS = "unknown.npz"
 
 
 def read_unknown(path, hierarchy=None):
@@ -749,7 +745,7 @@ def _archive_problem(path):
         return f"it is not a complete .keras (zip) archive ({error})"
     if damaged is not None:
         return f"its member {damaged!r} fails its checksum"
-    if "config.json" not in names:
+    if KERAS_ARCHIVE_CONFIG not in names:
         return "it holds no config.json, so it was not written by model.save"
     return None
 
@@ -1154,10 +1150,6 @@ def _flat_info(model, config):
         "macs_per_route": {group: macs for group in model.hierarchy.groups},
         "macs_all_experts": macs,
     }
-
-
-CALIBRATED = "model.calibrated.keras"
-CALIBRATION_REPORT = "calibration.json"
 
 
 def calibrate_run(run_dir, break_lock=False, progress=False):

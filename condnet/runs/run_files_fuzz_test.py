@@ -15,16 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from condnet.runs.checkpoint import STATE
 from condnet.runs.compare import _row, table
-from condnet.runs.run_dir import (
-    CONFIG,
-    METRICS,
-    input_shape_of,
-    read_config,
-    read_metrics,
-    read_state,
-)
+from condnet.runs.files import CONFIG, METRICS, STATE
+from condnet.runs.run_dir import input_shape_of, read_config, read_metrics, read_state
 from condnet.testing import fuzz_settings
 
 FUZZ = fuzz_settings()
