@@ -267,7 +267,7 @@ def test_bad_experts_are_rejected(experts, error, message):
     "kwargs, message",
     [
         ({"routing": "top1"}, "Received: routing='top1'"),
-        ({"temperature": 0}, "temperature must be a number > 0"),
+        ({"temperature": 0}, "temperature must be a finite number > 0"),
         ({"confidence_threshold": 1.5}, "confidence_threshold must be in"),
         ({"gate_tap": "conv_01"}, "no trunk was given"),
     ],

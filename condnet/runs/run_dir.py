@@ -9,8 +9,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.choices import COLOR_MODES, INFERENCE_ROUTINGS
-from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
+from condnet.choices import COLOR_MODES, INFERENCE_ROUTINGS, MAX_IMAGE_SIDE
+from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, is_int, scan_directory
 from condnet.data.text import (
     TextFolder,
     read_documents,
@@ -59,7 +59,7 @@ from condnet.runs.files import (
     UNKNOWN,
     UNKNOWN_STATISTICS,
 )
-from condnet.runs.options import IMAGE_SIZES, normalised
+from condnet.runs.options import normalised
 from condnet.runs.outputs import guard, staged_folder, training_data, write_file
 
 
@@ -325,7 +325,7 @@ _FIXES = {
 
 def read_config(path):
     """A run's config.json: an object whose `"options"` hold a valid `image_size` (pixels,
-    8 to 2048, as the options allow) and `color_mode`, and whose `"hierarchy"`, when
+    1 to 2048, as the options allow) and `color_mode`, and whose `"hierarchy"`, when
     present, is a valid tree."""
     config = _read_json(path)
     options = _options_of(path, config)
@@ -372,7 +372,7 @@ def _options_of(path, config):
 
 _EXPECTED = {
     "image_size": "where an int or a (height, width) pair of ints from "
-    f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} pixels is expected",
+    f"1 to {MAX_IMAGE_SIDE} pixels is expected",
     "color_mode": f"where one of {list(COLOR_MODES)} is expected",
 }
 
@@ -668,13 +668,13 @@ def read_state(run_dir):
     return read_checkpoint_state(run_dir)  # and the checkpoint a plain name inside the run
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _index(value):
+    return is_int(value) and value >= 0
 
 
 _STATE_FIELDS = [
-    ("phase", _is_int, "an int >= 0"),
-    ("epoch", _is_int, "an int >= 0"),
+    ("phase", _index, "an int >= 0"),
+    ("epoch", _index, "an int >= 0"),
     ("phase_done", lambda value: isinstance(value, bool), "true or false"),
     ("checkpoint", lambda value: isinstance(value, str), "a file name"),
     ("best", lambda value: value is None or _is_number(value), "a number or null"),
