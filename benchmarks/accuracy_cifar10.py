@@ -67,9 +67,8 @@ import models
 import numpy as np
 from keras import layers, ops
 
-from condnet import ConditionalModel
 from condnet.data.folders import ImageFolder, load_folders, scan_directory
-from condnet.evaluation.cost import count_macs
+from condnet.evaluation.cost import count_macs, routed_macs
 from condnet.evaluation.evaluate import evaluate_model
 from condnet.evaluation.metrics import confusion_matrix, evaluate_predictions
 from condnet.training.callbacks import LossWeightSchedule
@@ -385,27 +384,15 @@ def conditional(hierarchy, settings, seed, routing, placement="auto"):
 
 
 def conditional_macs(model):
-    """MACs per image: routed (trunk + gate + the costliest route) and mixture (all)."""
-    shared = count_macs(model.trunk) + count_macs(model.gate)
-    experts = [_routed_macs(e) for e in model.expert_models]
-    every = [_routed_macs(e, every_route=True) for e in model.expert_models]
+    """MACs per image: routed (trunk + gate + the costliest route) and mixture (all),
+    as `condnet.evaluation.cost.routed_macs` counts them."""
+    costs = routed_macs(model, IMAGE_SHAPE)
     return {
-        ROUTED: shared + max(experts),
-        MIXTURE: shared + sum(every),
-        "trunk_and_gate": shared,
-        "experts": experts,
+        ROUTED: costs["routed"],
+        MIXTURE: costs["all_experts"],
+        "trunk_and_gate": costs["trunk"] + costs["gate"],
+        "experts": [costs["experts"][group] for group in model.hierarchy.groups],
     }
-
-
-def _routed_macs(expert, every_route=False):
-    """An expert's MACs: a nested ConditionalModel runs its gate and its costliest
-    route (or, with `every_route`, all its experts)."""
-    if expert is None:
-        return 0
-    if isinstance(expert, ConditionalModel):
-        inner = [_routed_macs(e, every_route) for e in expert.expert_models]
-        return count_macs(expert.gate) + (sum(inner) if every_route else max(inner))
-    return count_macs(expert)
 
 
 def average_routed_macs(macs, routed_metrics):

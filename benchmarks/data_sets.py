@@ -96,7 +96,7 @@ def extract(args, data_set):
 def train_unless_reused(args, folder, run, seed):
     """`condnet train` on `folder` into `run` with the benchmark's settings, unless
     `--reuse` finds that run finished (its flat baseline written)."""
-    from condnet.runs.checkpoint import BASELINE
+    from condnet.runs.files import BASELINE
     from condnet.runs.recipe import train
 
     if args.reuse and (run / BASELINE).is_file():

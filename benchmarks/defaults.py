@@ -64,8 +64,10 @@ from keras import layers  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from condnet import ConditionalModel, Hierarchy  # noqa: E402
-from condnet.evaluation.cost import count_macs  # noqa: E402
+from condnet.choices import INFERENCE_ROUTINGS  # noqa: E402
+from condnet.evaluation.cost import routed_macs  # noqa: E402
 from condnet.evaluation.metrics import within_group_accuracy  # noqa: E402
+from condnet.runs.files import BASELINE, BEST, CONFIG, HISTORY, METRICS  # noqa: E402
 
 SHARED = common.REPOSITORY.parent / "shared" / "data"
 DATA_SETS = {
@@ -222,16 +224,6 @@ def conditional(image_size, hierarchy, routing, expert_width, gate_width):
     )
 
 
-def routed_macs(model, image_size):
-    if not isinstance(model, ConditionalModel):
-        return count_macs(model, (image_size, image_size, 3))
-    shape = (None, image_size, image_size, 3)
-    taps = model._tap_shapes(shape)
-    shared = count_macs(model.trunk, shape[1:]) + count_macs(model.gate, taps[model.gate_tap][1:])
-    experts = [count_macs(e, taps[model.expert_taps[g]][1:]) for g, e in model.experts.items() if e]
-    return shared + max(experts)
-
-
 # === Training and scoring ===
 
 
@@ -261,7 +253,7 @@ def score(model, hierarchy, x, y):
         return {"accuracy": float(np.mean(predicted == y))}
     groups = hierarchy.class_to_group[y]
     scores = {}
-    for mode in ("hard", "soft"):
+    for mode in INFERENCE_ROUTINGS:
         model.routing = mode
         outputs = model.predict(x, batch_size=256, verbose=0)
         scores[f"{mode}_accuracy"] = float(np.mean(outputs["classes"].argmax(1) == y))
@@ -323,7 +315,7 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
             "lr_schedule": "cosine",
         },
     ):
-        with open(run / "history.csv", newline="") as history:
+        with open(run / HISTORY, newline="") as history:
             seconds = sum(float(r["epoch_seconds"]) for r in csv.DictReader(history))
         scored = score_run(run, data, hierarchy, seed, seconds, borrowed)
         return {**scored, "row": row, "reused": True}
@@ -385,9 +377,9 @@ MISSING = {"routing": "soft", "lr_schedule": "plateau"}  # what a config without
 
 def finished_run(run, wanted):
     """Whether `run` holds a finished run whose options include `wanted`."""
-    if not (run / "metrics.json").is_file() or not (run / "baseline.keras").is_file():
+    if not (run / METRICS).is_file() or not (run / BASELINE).is_file():
         return False
-    options = json.loads((run / "config.json").read_text())["options"]
+    options = json.loads((run / CONFIG).read_text())["options"]
     return all(options.get(key, MISSING.get(key)) == value for key, value in wanted.items())
 
 
@@ -399,24 +391,24 @@ def score_run(run, data, hierarchy, seed, seconds, borrowed=None):
     groups and classes sorted by name, so the test labels (in `hierarchy`'s
     order) are mapped to the run's class indices by name.
     """
-    model = keras.models.load_model(run / "model.keras")  # hard-routed, as shipped
+    model = keras.models.load_model(run / BEST)  # hard-routed, as shipped
     x, y = data["test"]
     order = np.array([model.hierarchy.classes.index(name) for name in hierarchy.classes])
     y = order[y]
     scores = score(model, model.hierarchy, x, y)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / METRICS).read_text())
     result = {
         "row": "condnet",
         "seed": seed,
         "train_seconds": round(seconds, 1),
-        "image_size": json.loads((run / "config.json").read_text())["options"]["image_size"],
+        "image_size": json.loads((run / CONFIG).read_text())["options"]["image_size"],
         "routed_mmacs": round(metrics["macs_per_image"]["routed"] / 1e6, 2),
         **scores,
     }
     if borrowed is not None:
         within = within_group_accuracy(model.hierarchy, y, mixture_of(model, x))
         return {**result, **borrowed, "within_group_accuracy": within, "borrowed_baseline": True}
-    flat = keras.models.load_model(run / "baseline.keras")
+    flat = keras.models.load_model(run / BASELINE)
     flat_probabilities = flat.predict(x, batch_size=256, verbose=0)
     return {
         **result,
@@ -479,7 +471,9 @@ def run_row(row, data, hierarchy, args, seed):
         "seed": seed,
         "epochs_run": epochs,
         "train_seconds": round(seconds, 1),
-        "routed_mmacs": round(routed_macs(model, args.image_size) / 1e6, 2),
+        "routed_mmacs": round(
+            routed_macs(model, (args.image_size, args.image_size, 3))["routed"] / 1e6, 2
+        ),
         "parameters": int(model.count_params()),
         **score(model, hierarchy, *data["test"]),
     }

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import common
 
+from condnet.runs.files import HIERARCHY
+
 TRAIN = """
 import json, sys, time
 data, out, mode, epochs, tree, backend, devices = sys.argv[1:]
@@ -65,7 +67,7 @@ def main(argv=None):
     results = {}
     with tempfile.TemporaryDirectory() as runs:
         images = sum(1 for _ in Path(root).rglob("*.jpg"))
-        tree = Path(runs) / "hierarchy.json"
+        tree = Path(runs) / HIERARCHY
         tree.write_text(json.dumps(TWO_GROUPS))
         for backend, devices, mode in CONFIGURATIONS:
             env = {

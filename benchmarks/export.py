@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import models  # noqa: E402
 import numpy as np  # noqa: E402
 
+from condnet.choices import INFERENCE_ROUTINGS  # noqa: E402
 from condnet.deploy.export import export_model  # noqa: E402
 
 BATCH_SIZES = (1, 32, 256)
@@ -74,7 +75,7 @@ def main(argv=None):
 
 def _export_all(model, flat, folder):
     artifacts = {}
-    for routing in ("hard", "soft"):
+    for routing in INFERENCE_ROUTINGS:
         name = "routed" if routing == "hard" else "all experts"
         artifacts[("onnx", name)] = export_model(
             model, folder / f"{routing}.onnx", "onnx", routing=routing

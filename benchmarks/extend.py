@@ -49,6 +49,7 @@ from condnet import Hierarchy  # noqa: E402
 from condnet.data.folders import ImageFolder  # noqa: E402
 from condnet.evaluation.evaluate import predict_batch  # noqa: E402
 from condnet.runs.extend import extend  # noqa: E402
+from condnet.runs.files import TIMING  # noqa: E402
 from condnet.runs.recipe import train  # noqa: E402
 from condnet.runs.run_dir import load_run  # noqa: E402
 
@@ -164,7 +165,7 @@ def run_seed(args, folders, test, seed):
 def trained(args, folder, run, verbose, options):
     """Train `run` and return its wall time; with --reuse, a finished run already there is
     kept and its own timing.json gives the wall time it took."""
-    timing = run / "timing.json"
+    timing = run / TIMING
     if args.reuse and timing.is_file():
         return json.loads(timing.read_text())["wall_seconds"]
     started = time.perf_counter()

@@ -37,6 +37,8 @@ import numpy as np  # noqa: E402
 
 import condnet.vision.image_model as image_model  # noqa: E402
 from condnet import Hierarchy  # noqa: E402
+from condnet.evaluation.cost import routed_macs  # noqa: E402
+from condnet.runs.files import BEST  # noqa: E402
 
 
 def split_convs(gate, expert_share):
@@ -60,7 +62,7 @@ def run_seed(args, seed, folder, test):
     train(
         folder, run, epochs=15, seed=seed, image_size=32, overwrite=True, verbose=0, baseline=False
     )
-    model = keras.models.load_model(run / "model.keras")
+    model = keras.models.load_model(run / BEST)
     x, y = test
     order = np.array([model.hierarchy.classes.index(n) for n in args.hierarchy.classes])
     scores = defaults.score(model, model.hierarchy, x, order[y])
@@ -68,7 +70,7 @@ def run_seed(args, seed, folder, test):
         "name": args.name,
         "seed": seed,
         "seconds": round(time.perf_counter() - start),
-        "mmacs": round(defaults.routed_macs(model, 32) / 1e6, 2),
+        "mmacs": round(routed_macs(model, (32, 32, 3))["routed"] / 1e6, 2),
         **scores,
     }
 

@@ -52,8 +52,8 @@ from PIL import Image  # noqa: E402
 
 import condnet  # noqa: E402
 from condnet.data.folders import ImageFolder  # noqa: E402
-from condnet.evaluation.baseline import flat_baseline, routed_macs  # noqa: E402
-from condnet.evaluation.cost import count_macs  # noqa: E402
+from condnet.evaluation.baseline import flat_baseline  # noqa: E402
+from condnet.evaluation.cost import count_macs, routed_macs  # noqa: E402
 from condnet.models.precision import resolve_precision  # noqa: E402
 from condnet.vision.augmentation import make_augmentation  # noqa: E402
 from condnet.vision.image_model import build_image_model  # noqa: E402

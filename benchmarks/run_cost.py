@@ -36,6 +36,7 @@ os.environ["KERAS_BACKEND"] = common.choose_backend()
 from defaults import DATA_SETS, extract, link_folder  # noqa: E402
 
 from condnet.hierarchy import Hierarchy  # noqa: E402
+from condnet.runs.files import METRICS, TIMING  # noqa: E402
 
 PLAIN = common.REPOSITORY.parent / "shared" / "tools" / "plain_cnn.py"
 
@@ -62,8 +63,8 @@ def one_seed(train, test, args, seed, scratch, env):
          "--epochs", str(args.epochs), "--seed", str(seed), "--quiet"],
         env,
     )  # fmt: skip
-    timing = json.loads((run / "timing.json").read_text())
-    metrics = json.loads((run / "metrics.json").read_text())
+    timing = json.loads((run / TIMING).read_text())
+    metrics = json.loads((run / METRICS).read_text())
     return {
         "seed": seed,
         "plain_seconds": plain_seconds,

@@ -42,6 +42,8 @@ import models  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from condnet.choices import INFERENCE_ROUTINGS  # noqa: E402
+from condnet.runs.files import BEST, CONFIG  # noqa: E402
 from condnet.testing import free_port  # noqa: E402
 
 CONFIGS = {
@@ -99,9 +101,9 @@ def _png(image):
 def _save_run(model, folder):
     run = folder / "run"
     run.mkdir()
-    model.save(run / "model.keras")
+    model.save(run / BEST)
     options = {"image_size": 32, "color_mode": "rgb"}
-    (run / "config.json").write_text(json.dumps({"options": options}))
+    (run / CONFIG).write_text(json.dumps({"options": options}))
     return run
 
 
@@ -111,7 +113,7 @@ def _expected(model, bodies):
 
     pixels = np.stack([decode_image_bytes(b, (32, 32)) for b in bodies]).astype("float32")
     expected = {}
-    for routing in ("hard", "soft"):
+    for routing in INFERENCE_ROUTINGS:
         model.routing = routing
         outputs = model.predict(pixels, batch_size=256, verbose=0)
         classes = model.hierarchy.decode(outputs["classes"].argmax(1))

@@ -64,10 +64,10 @@ from condnet.data.text import (  # noqa: E402
     read_documents,
     scan_documents,
 )
-from condnet.evaluation.baseline import routed_macs  # noqa: E402
-from condnet.evaluation.cost import count_macs  # noqa: E402
+from condnet.evaluation.cost import count_macs, routed_macs  # noqa: E402
 from condnet.evaluation.evaluate import evaluate_model  # noqa: E402
 from condnet.hierarchy import Hierarchy  # noqa: E402
+from condnet.runs.files import BASELINE, BEST, HIERARCHY, STATE  # noqa: E402
 from condnet.runs.recipe import train  # noqa: E402
 from condnet.text.text_model import build_text_model, text_trunk  # noqa: E402
 
@@ -195,15 +195,15 @@ def condnet_train_variant(args, paths, labels, hierarchy, split, seed, label, op
     train(folder, run, seed=seed, validation_split=0.125, overwrite=True, verbose=0,
           **options)  # fmt: skip
     seconds = time.perf_counter() - start
-    model = keras.models.load_model(run / "model.keras")
-    ordered = Hierarchy(json.loads((run / "hierarchy.json").read_text()))
+    model = keras.models.load_model(run / BEST)
+    ordered = Hierarchy(json.loads((run / HIERARCHY).read_text()))
     remap = np.array([ordered.classes.index(name) for name in hierarchy.classes])
     texts, _ = read_documents([paths[r] for r in test_rows])
     test = TextFolder(texts, remap[labels[test_rows]], ordered, model.preprocessor)
     model.routing = "hard"
-    flat = keras.models.load_model(run / "baseline.keras")
+    flat = keras.models.load_model(run / BASELINE)
     length = model.preprocessor.get_config()["output_sequence_length"]
-    epochs = len(json.loads((run / "state.json").read_text())["history"])
+    epochs = len(json.loads((run / STATE).read_text())["history"])
     scored = {
         f"condnet train ({label})": (model, routed_macs(model, (length,))["routed"]),
         f"condnet train's flat baseline ({label})": (flat, count_macs(flat, (length,))),

@@ -75,7 +75,7 @@ from condnet.evaluation.unknown_features import (  # noqa: E402
     fit_statistics,
     read_features,
 )
-from condnet.runs.checkpoint import BASELINE, BEST  # noqa: E402
+from condnet.runs.files import BASELINE, BEST, UNKNOWN  # noqa: E402
 from condnet.runs.recipe import load_data  # noqa: E402
 from condnet.runs.run_dir import load_run, read_unknown  # noqa: E402
 from condnet.runs.unknown import unknown_run  # noqa: E402
@@ -202,7 +202,7 @@ def run_entries(run, hierarchy):
     chose, then those `condnet unknown` chooses for its default score (what `predict
     --unknown` uses after it)."""
     chosen = {score: {} for score in SCORES}
-    stored = read_unknown(run / "unknown.json", hierarchy)["models"]
+    stored = read_unknown(run / UNKNOWN, hierarchy)["models"]
     if any(entry.get("score", "softmax") != "softmax" for entry in stored.values()):
         stored = unknown_run(run, score="softmax")["models"]  # as train chose them
     chosen["softmax"] = stored

@@ -1,4 +1,5 @@
-"""The package's one-way import rule, checked by walking every module's imports."""
+"""The package's one-way import rule, checked by walking every module's imports, and the
+rule that a run's file names are written in one module."""
 
 import ast
 from pathlib import Path
@@ -92,3 +93,45 @@ def test_the_rule_checker_sees_an_import_inside_a_function(tmp_path):
     path = tmp_path / "probe.py"
     path.write_text("def f():\n    from condnet.runs.recipe import train\n")
     assert list(_imports(path)) == ["condnet.runs.recipe", "condnet.runs.recipe.train"]
+
+
+# === Run-file names ===
+
+BENCHMARKS = PACKAGE.parent / "benchmarks"
+REGISTRY = PACKAGE / "runs" / "files.py"
+
+
+def _run_file_names():
+    """The file names `condnet/runs/files.py` registers (`"metrics.json"`, ...)."""
+    from condnet.runs import files
+
+    return {
+        value
+        for name, value in vars(files).items()
+        if name.isupper() and isinstance(value, str) and "." in value
+    }
+
+
+def _literal_names(path, names):
+    """(line, name) of every string literal in `path` that is one of `names`."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and node.value in names:
+            yield node.lineno, node.value
+
+
+def test_run_file_names_are_written_only_in_the_registry():
+    names = _run_file_names()
+    sources = [*_library_files(), *BENCHMARKS.glob("*.py")]
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{line} writes {name!r}"
+        for path in sources
+        if path != REGISTRY and not path.name.endswith("_test.py")
+        for line, name in _literal_names(path, names)
+    ]
+    assert not found, "import the name from condnet.runs.files instead:\n" + "\n".join(found)
+
+
+def test_the_name_checker_sees_a_literal_run_file_name(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text('def f(run):\n    return f"{run / \'metrics.json\'}", "metrics.json.bak"\n')
+    assert list(_literal_names(path, _run_file_names())) == [(2, "metrics.json")]

@@ -6,7 +6,14 @@ from here.
 """
 
 COLOR_MODES = ("rgb", "grayscale")
+# The largest image side, in pixels: larger images need gigabytes of memory per batch. The
+# smallest is the backbone's (small_cnn: 2 ** blocks, 8 by default; an application: 32).
+MAX_IMAGE_SIDE = 2048
 ROUTINGS = ("soft", "hard", "gumbel", "teacher")
+# What a trained model may run at inference (predict, evaluate, serve, export): hard runs the
+# chosen expert only, soft mixes every expert.
+INFERENCE_ROUTINGS = ("hard", "soft")
+DISPATCHES = ("dense", "capacity")  # how hard routing runs while training
 STRATEGIES = ("joint", "staged")
 STAGED_MIN_EPOCHS = 2  # staged: one epoch for the gate, then one for the experts
 AUGMENT_POLICIES = ("auto", "none", "light", "standard", "strong")

@@ -74,7 +74,7 @@ def numpy_outputs(model, x, training=False):
 
 def assert_reload_equal(model, x, tmp_path, **predict_kwargs):
     """Save as .keras, load with safe_mode=True, compare predictions; return the copy."""
-    path = tmp_path / "model.keras"
+    path = tmp_path / "round_trip.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
     before = model.predict(x, verbose=0, **predict_kwargs)

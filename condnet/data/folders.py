@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from PIL import Image, ImageOps, features
 
-from condnet.choices import CACHE_POLICIES, COLOR_MODES
+from condnet.choices import CACHE_POLICIES, COLOR_MODES, MAX_IMAGE_SIDE
 from condnet.data.cache import DiskCache, ImageStore
 from condnet.hierarchy import MAX_DEPTH, Hierarchy
 
@@ -482,7 +482,7 @@ def decode_image(path, image_size=(64, 64), color_mode="rgb"):
     pixels.shape  # (48, 48, 3)
     ```
     """
-    return _decode(str(path), _check_image_size(image_size), _check_color_mode(color_mode))
+    return _decode(str(path), check_image_size(image_size), _check_color_mode(color_mode))
 
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
@@ -502,7 +502,7 @@ def decode_image_bytes(
     orientation, first frame, resizing and pixel guard (checked from the header, before
     decoding; `max_pixels`, default `MAX_IMAGE_PIXELS`). `name` is what an
     `ImageDecodeError` names."""
-    size, color_mode = _check_image_size(image_size), _check_color_mode(color_mode)
+    size, color_mode = check_image_size(image_size), _check_color_mode(color_mode)
     data = bytes(data)
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     pixels = _jpeg_pixels(data, size, color_mode, limit)
@@ -796,7 +796,7 @@ class ImageFolder(keras.utils.PyDataset):
         self.paths = [str(path) for path in paths]
         self.labels = self.hierarchy.check_labels(labels).astype("int32")
         _check_lengths(self.paths, self.labels)
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_image_size(image_size)
         self.batch_size = _check_batch_size(batch_size)
         self.color_mode = _check_color_mode(color_mode)
         super().__init__(**pydataset_kwargs)
@@ -869,7 +869,7 @@ class ImageFolder(keras.utils.PyDataset):
 
     def batch_rows(self, index):
         """The sample indices (into `paths` and `labels`) of batch `index`, in order."""
-        if not (_is_int(index) and 0 <= index < len(self)):
+        if not (is_int(index) and 0 <= index < len(self)):
             raise IndexError(
                 f"Batch index out of range: this ImageFolder has {len(self)} batches. "
                 f"Received: index={index!r}"
@@ -942,7 +942,7 @@ class ImageFolder(keras.utils.PyDataset):
         processes must shuffle alike: a shuffled folder needs a `seed`. It
         shares this folder's caches; `whole` is the folder it slices.
         """
-        if not (_is_int(count) and count >= 1 and _is_int(index) and 0 <= index < count):
+        if not (is_int(count) and count >= 1 and is_int(index) and 0 <= index < count):
             raise ValueError(
                 f"shard takes a process index in 0..count-1 and a count >= 1. Received: "
                 f"index={index!r}, count={count!r}"
@@ -1262,7 +1262,7 @@ def _check_decoder(decoder):
 def _check_decode_workers(workers):
     if workers == "auto":
         return max(1, min(16, os.cpu_count() or 1))
-    if not (_is_int(workers) and 1 <= workers <= 256):
+    if not (is_int(workers) and 1 <= workers <= 256):
         raise ValueError(
             "`decode_workers` must be 'auto' or an int from 1 to 256 (1 decodes in the "
             f"caller's thread). Received: decode_workers={workers!r}"
@@ -1322,7 +1322,7 @@ def load_folders(
     ```
     """
     options = dict(
-        image_size=_check_image_size(image_size),
+        image_size=check_image_size(image_size),
         batch_size=_check_batch_size(batch_size),
         color_mode=_check_color_mode(color_mode),
         **pydataset_kwargs,
@@ -1365,22 +1365,31 @@ def batch_order(count, shuffle, seed):
     return rng, rng.permutation(count) if shuffle else np.arange(count)
 
 
-def _check_image_size(image_size):
-    size = (image_size, image_size) if _is_int(image_size) else image_size
-    if not (
-        isinstance(size, tuple | list)
-        and len(size) == 2
-        and all(_is_int(side) and side > 0 for side in size)
-    ):
+def check_image_size(image_size):
+    """`image_size` (an int: a square; or a `(height, width)` pair of ints) as a
+    `(height, width)` tuple of ints, each side from 1 to `MAX_IMAGE_SIDE` pixels; a
+    TypeError or ValueError otherwise.
+
+    The one rule for every image size condnet takes: folders, decoding and the
+    training recipe's options. The smallest side a model takes is its backbone's
+    to check (`condnet.vision.backbones`)."""
+    size = (image_size, image_size) if is_int(image_size) else image_size
+    if not (isinstance(size, tuple | list) and len(size) == 2 and all(map(is_int, size))):
+        raise TypeError(
+            "image_size must be an int or a (height, width) pair of ints, e.g. 64 or (64, 96). "
+            f"Received: image_size={image_size!r}"
+        )
+    if not all(1 <= side <= MAX_IMAGE_SIDE for side in size):
         raise ValueError(
-            "`image_size` must be a positive int or a (height, width) pair of "
-            f"positive ints, e.g. 64 or (64, 96). Received: image_size={image_size!r}"
+            f"image_size must be from 1 to {MAX_IMAGE_SIDE} pixels a side: larger images need "
+            "gigabytes of memory per batch (resize the images instead). Received: "
+            f"image_size={image_size!r}"
         )
     return int(size[0]), int(size[1])
 
 
 def _check_batch_size(batch_size):
-    if not (_is_int(batch_size) and batch_size > 0):
+    if not (is_int(batch_size) and batch_size > 0):
         raise ValueError(
             f"`batch_size` must be a positive int, e.g. 32. Received: batch_size={batch_size!r}"
         )
@@ -1441,5 +1450,6 @@ def _check_indices(indices, num_samples):
     return rows.astype("int64")
 
 
-def _is_int(value):
+def is_int(value):
+    """Whether `value` is an int (a NumPy integer too), and not a bool."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool)

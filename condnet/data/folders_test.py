@@ -705,18 +705,19 @@ def test_load_folders_error_no_validation_sample(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options, match",
+    "options, error, match",
     [
-        ({"image_size": 0}, "image_size=0"),
-        ({"image_size": (32, -1)}, r"image_size=\(32, -1\)"),
-        ({"image_size": "big"}, "image_size='big'"),
-        ({"color_mode": "rgba"}, "color_mode='rgba'"),
-        ({"batch_size": 0}, "batch_size=0"),
-        ({"validation_split": 1}, "validation_split=1"),
+        ({"image_size": 0}, ValueError, "image_size=0"),
+        ({"image_size": (32, -1)}, ValueError, r"image_size=\(32, -1\)"),
+        ({"image_size": (32, 4096)}, ValueError, r"2048 pixels a side.*image_size=\(32, 4096\)"),
+        ({"image_size": "big"}, TypeError, "image_size='big'"),
+        ({"color_mode": "rgba"}, ValueError, "color_mode='rgba'"),
+        ({"batch_size": 0}, ValueError, "batch_size=0"),
+        ({"validation_split": 1}, ValueError, "validation_split=1"),
     ],
 )
-def test_load_folders_error_bad_options_before_reading(tmp_path, options, match):
-    with pytest.raises(ValueError, match=match):
+def test_load_folders_error_bad_options_before_reading(tmp_path, options, error, match):
+    with pytest.raises(error, match=match):
         load_folders(tmp_path / "not-read-yet", **options)
 
 

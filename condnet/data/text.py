@@ -31,8 +31,8 @@ from condnet.data.folders import (
     _check_batch_size,
     _check_indices,
     _check_lengths,
-    _is_int,
     batch_order,
+    is_int,
     scan_folder,
 )
 
@@ -234,7 +234,7 @@ class TextFolder(keras.utils.PyDataset):
 
     def batch_rows(self, index):
         """The sample indices of batch `index`, in order."""
-        if not (_is_int(index) and 0 <= index < len(self)):
+        if not (is_int(index) and 0 <= index < len(self)):
             raise IndexError(
                 f"Batch index out of range: this TextFolder has {len(self)} batches. "
                 f"Received: index={index!r}"

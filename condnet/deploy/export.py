@@ -43,10 +43,10 @@ from pathlib import Path
 
 import keras
 
+from condnet.choices import INFERENCE_ROUTINGS
 from condnet.models.precision import precision_of, with_precision
 
 FORMATS = ("tf_saved_model", "onnx")
-ROUTINGS = ("hard", "soft")
 ONNX_OPSET = 17
 OUTPUTS = ("classes", "groups", "route")
 
@@ -337,10 +337,10 @@ def check_export(model, format, routing):
             f"format must be one of {list(FORMATS)} (a .keras file is the run's own "
             f"model.keras). Received: format={format!r}"
         )
-    if routing not in ROUTINGS:
+    if routing not in INFERENCE_ROUTINGS:
         raise ValueError(
-            f"routing must be one of {list(ROUTINGS)}: hard routes in the graph, soft runs "
-            f"every expert. Received: routing={routing!r}"
+            f"routing must be one of {list(INFERENCE_ROUTINGS)}: hard routes in the graph, soft "
+            f"runs every expert. Received: routing={routing!r}"
         )
     preprocessor = getattr(model, "preprocessor", None)
     if format == "onnx" and preprocessor is not None:

@@ -7,53 +7,17 @@ that classifier from the conditional model itself: a fresh copy of its trunk
 costliest expert head with every convolution widened (or narrowed) by one
 factor and a softmax over all classes, the factor chosen so that the flat
 model's multiply-accumulates per image match the conditional model's routed
-cost (trunk + gate + one expert) as closely as possible without exceeding it.
+cost (`condnet.evaluation.cost.routed_macs`: trunk + gate + the costliest route) as
+closely as possible without exceeding it.
 """
 
 from keras import layers
 
-from condnet.evaluation.cost import count_macs
+from condnet.evaluation.cost import count_macs, routed_macs
 from condnet.models.conditional_model import ConditionalModel
 from condnet.models.flat import flat_head, flat_twin, functional_experts, output_layer
 
 _SEARCH_STEPS = 24
-
-
-def routed_macs(model, input_shape):
-    """MACs per image of a routed inference: trunk + gate + the costliest expert.
-
-    Args:
-        model: `ConditionalModel`.
-        input_shape: shape of one input, e.g. `(32, 32, 3)`.
-
-    Returns:
-        A dict with `"trunk"`, `"gate"`, `"experts"` (group -> MACs), `"routed"`
-        (the costliest route) and `"all_experts"` (soft routing: every expert).
-    """
-    shape = (None, *tuple(input_shape))
-    taps = model._tap_shapes(shape)
-    trunk = count_macs(model.trunk, shape[1:]) if model.trunk is not None else 0
-    gate = count_macs(model.gate, taps[model.gate_tap][1:])
-    experts = {
-        group: _expert_macs(expert, taps[model.expert_taps[group]][1:])
-        for group, expert in model.experts.items()
-    }
-    return {
-        "trunk": trunk,
-        "gate": gate,
-        "experts": experts,
-        "routed": trunk + gate + max(experts.values()),
-        "all_experts": trunk + gate + sum(experts.values()),
-    }
-
-
-def _expert_macs(expert, input_shape):
-    """MACs of one expert on its tap; a nested ConditionalModel counts its costliest route."""
-    if expert is None:
-        return 0
-    if isinstance(expert, ConditionalModel):
-        return routed_macs(expert, input_shape)["routed"]
-    return count_macs(expert, input_shape)
 
 
 def flat_baseline(model, input_shape, name="flat_baseline"):

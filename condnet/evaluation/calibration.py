@@ -3,13 +3,13 @@
 import keras
 import numpy as np
 from keras import ops
+from keras.config import epsilon  # Keras's fuzz factor, 1e-7 by default
 
 from condnet.evaluation.metrics import evaluate_predictions
 from condnet.models.conditional_model import ConditionalModel
 from condnet.models.dispatch import inference_weights
 
 TEMPERATURE_RANGE = (0.05, 20.0)
-_EPSILON = 1e-7
 
 
 @keras.saving.register_keras_serializable(package="condnet")
@@ -47,7 +47,7 @@ class TemperatureScaling(keras.layers.Layer):
         self.temperature = float(temperature)
 
     def call(self, inputs):
-        log_probabilities = ops.log(ops.clip(inputs, _EPSILON, 1.0))
+        log_probabilities = ops.log(ops.clip(inputs, epsilon(), 1.0))
         return ops.softmax(log_probabilities / self.temperature, axis=-1)
 
     def compute_output_shape(self, input_shape):
@@ -143,8 +143,9 @@ def calibrate(model, data):
         A tuple `(calibrated_model, report)`. The report holds
         `temperatures`, `num_samples`, and under `before` and `after`: the
         `expected_calibration_error` per level (`group`, `class`), the
-        `negative_log_likelihood` per level, `accuracy` and `group_accuracy`,
-        all measured on `data`.
+        `negative_log_likelihood` per level, `accuracy`, `group_accuracy` and
+        `gate_accuracy` (`condnet.evaluation.metrics.GLOSSARY`), all measured
+        on `data`.
 
     Example:
 
@@ -171,7 +172,7 @@ def calibrate(model, data):
 
 def tempered(probabilities, temperature):
     """Numpy twin of `TemperatureScaling`: softmax(log(p) / T) over the last axis."""
-    logits = np.log(np.clip(probabilities, _EPSILON, 1.0)) / temperature
+    logits = np.log(np.clip(probabilities, epsilon(), 1.0)) / temperature
     logits = logits - logits.max(axis=-1, keepdims=True)
     exponentials = np.exp(logits)
     return exponentials / exponentials.sum(axis=-1, keepdims=True)
@@ -223,7 +224,7 @@ def _search(loss, steps=40):
 
 def _nll(probabilities, labels):
     picked = probabilities[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(picked, _EPSILON, 1.0))))
+    return float(-np.mean(np.log(np.clip(picked, epsilon(), 1.0))))
 
 
 def _scores(model, groups, experts, labels, temperatures):
@@ -238,6 +239,7 @@ def _scores(model, groups, experts, labels, temperatures):
         },
         "accuracy": metrics["accuracy"],
         "group_accuracy": metrics["group_accuracy"],
+        "gate_accuracy": metrics["gate_accuracy"],
     }
 
 

@@ -99,7 +99,7 @@ def test_calibration_of_an_overconfident_model_softens_it(routing):
             < before["expected_calibration_error"][level] / 2
         )
         assert after["negative_log_likelihood"][level] < before["negative_log_likelihood"][level]
-    assert after["group_accuracy"] == before["group_accuracy"]  # a temperature keeps the argmax
+    assert after["gate_accuracy"] == before["gate_accuracy"]  # a temperature keeps the argmax
 
     outputs = calibrated.predict(x, verbose=0)  # the layers do what the fit measured
     metrics = evaluate_predictions(

@@ -82,6 +82,74 @@ def count_macs(model_or_layer, input_shape=None, return_details=False):
     return total
 
 
+def routed_macs(model, input_shape):
+    """Multiply-accumulates per input of a condnet model, routed and as a soft mixture.
+
+    The routed cost is what one input can cost at most under hard routing:
+    the trunk, the gate and the costliest expert, where an expert that is
+    itself a `ConditionalModel` (a deeper level of the tree) counts its own
+    costliest route (its gate and its costliest expert), never all of its
+    experts, since one input runs one expert per level. An input routed to a
+    cheaper expert costs less, so the mean over a data set may be lower. The
+    soft mixture runs every expert at every level: `all_experts`. Each part is
+    counted by `count_macs`.
+
+    Args:
+        model: `ConditionalModel`, `Ensemble` (every member runs: each cost is
+            the members' sum; members of documents each read their own token
+            ids), or any other Keras model (a flat classifier, which costs the
+            same on every input).
+        input_shape: shape of one input, without the batch dimension, e.g.
+            `(32, 32, 3)` or `(sequence_length,)`.
+
+    Returns:
+        A dict with `"routed"` and `"all_experts"` (ints). For a
+        `ConditionalModel`, also `"trunk"`, `"gate"`, `"experts"` (group ->
+        that expert's routed MACs) and `"routes"` (group -> what an input
+        routed to that group costs: trunk + gate + expert).
+
+    Example:
+
+    ```python
+    model = build_image_model(hierarchy, image_size=32)
+    routed_macs(model, (32, 32, 3))["routed"]  # what one image costs at most
+    ```
+    """
+    from condnet.models.conditional_model import ConditionalModel
+    from condnet.models.ensemble import Ensemble
+
+    if isinstance(model, Ensemble):
+        shapes = model.member_input_shapes((None, *tuple(input_shape)))
+        members = [routed_macs(m, shape[1:]) for m, shape in zip(model.members, shapes)]
+        return {key: sum(m[key] for m in members) for key in ("routed", "all_experts")}
+    if not isinstance(model, ConditionalModel):
+        macs = count_macs(model, tuple(input_shape))
+        return {"routed": macs, "all_experts": macs}
+    taps = model._tap_shapes((None, *tuple(input_shape)))
+    trunk = count_macs(model.trunk, tuple(input_shape)) if model.trunk is not None else 0
+    gate = count_macs(model.gate, taps[model.gate_tap][1:])
+    experts = {
+        group: _expert_macs(expert, taps[model.expert_taps[group]][1:])
+        for group, expert in model.experts.items()
+    }
+    routes = {group: trunk + gate + costs["routed"] for group, costs in experts.items()}
+    return {
+        "trunk": trunk,
+        "gate": gate,
+        "experts": {group: costs["routed"] for group, costs in experts.items()},
+        "routes": routes,
+        "routed": max(routes.values()),
+        "all_experts": trunk + gate + sum(costs["all_experts"] for costs in experts.values()),
+    }
+
+
+def _expert_macs(expert, input_shape):
+    """`{"routed", "all_experts"}` of one expert on its tap (0 for a group without one)."""
+    if expert is None:
+        return {"routed": 0, "all_experts": 0}
+    return routed_macs(expert, input_shape)
+
+
 def count_params(model):
     """Counts the weights of a built model or layer, trainable or not.
 

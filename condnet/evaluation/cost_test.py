@@ -4,7 +4,9 @@ import keras
 import pytest
 from keras import layers
 
-from condnet.evaluation.cost import count_macs, count_params
+from condnet.evaluation.cost import count_macs, count_params, routed_macs
+from condnet.hierarchy import Hierarchy
+from condnet.vision.image_model import build_image_model
 
 
 def _model(input_shape, *stack):
@@ -278,3 +280,49 @@ def test_a_layer_holding_a_layer_of_unknown_cost_stays_unknown():
     tokens = keras.Input((5, 8))
     model = keras.Model(tokens, block(tokens))
     assert count_macs(model, return_details=True)[2] == ["block"]
+
+
+# === Routed cost of a condnet model ===
+
+NESTED = Hierarchy(
+    {
+        "animals": {"pets": ["cat", "dog"], "wild": ["wolf", "fox", "bear"]},
+        "vehicles": ["car", "ship"],
+    }
+)
+
+
+def test_routed_macs_count_one_expert_and_all_experts():
+    hierarchy = Hierarchy({"vehicles": ["car", "truck", "ship"], "animals": ["cat", "dog"]})
+    model = build_image_model(hierarchy, image_size=32, filters=(8, 16, 32, 32))
+    macs = routed_macs(model, (32, 32, 3))
+    shared = macs["trunk"] + macs["gate"]
+    assert macs["routes"] == {g: shared + macs["experts"][g] for g in hierarchy.groups}
+    assert macs["routed"] == shared + max(macs["experts"].values())
+    assert macs["all_experts"] == shared + sum(macs["experts"].values())
+
+
+def test_routed_macs_of_a_nested_expert_count_its_costliest_route_and_soft_every_expert():
+    model = build_image_model(NESTED, image_size=16, filters=(4, 8, 8))
+    inner = model.experts["animals"]
+    taps = model._tap_shapes((None, 16, 16, 3))
+    tap = taps[model.expert_taps["animals"]][1:]
+    inner_experts = [count_macs(e, tap) for e in inner.experts.values()]
+    inner_gate = count_macs(inner.gate, tap)
+    macs = routed_macs(model, (16, 16, 3))
+    assert macs["experts"]["animals"] == inner_gate + max(inner_experts)  # one route per level
+    shared = count_macs(model.trunk, (16, 16, 3)) + count_macs(model.gate, taps[model.gate_tap][1:])
+    vehicles = count_macs(model.experts["vehicles"], taps[model.expert_taps["vehicles"]][1:])
+    assert macs["routed"] == shared + max(inner_gate + max(inner_experts), vehicles)
+    assert macs["all_experts"] == shared + inner_gate + sum(inner_experts) + vehicles
+
+
+def test_routed_macs_of_a_flat_model_and_an_ensemble():
+    from condnet.models.ensemble import Ensemble
+
+    flat = _model((8,), layers.Dense(4))
+    assert routed_macs(flat, (8,)) == {"routed": 32, "all_experts": 32}
+    model = build_image_model(NESTED, image_size=16, filters=(4, 8, 8))
+    single = routed_macs(model, (16, 16, 3))
+    doubled = routed_macs(Ensemble(NESTED, [model, model]), (16, 16, 3))
+    assert doubled == {"routed": 2 * single["routed"], "all_experts": 2 * single["all_experts"]}

@@ -25,7 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.data.folders import decode_image
+from condnet.data.folders import decode_image, is_int
 from condnet.models.conditional_model import ConditionalModel
 
 # The default patch covers a quarter of each side and moves by half a patch: 7 x 7 copies.
@@ -337,7 +337,7 @@ def _check_image(model, image):
 
 
 def _check_batch_size(batch_size):
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(
             f"batch_size must be an int >= 1 (rows per call of a part). Received: "
             f"batch_size={batch_size!r}"
@@ -361,16 +361,12 @@ def _pair(name, value, default):
     if (
         not isinstance(values, tuple | list)
         or len(values) != 2
-        or not all(_is_int(v) for v in values)
+        or not all(is_int(v) for v in values)
     ):
         raise TypeError(
             f"{name} must be an int or a (height, width) pair of ints. Received: {name}={value!r}"
         )
     return tuple(int(v) for v in values)
-
-
-def _is_int(value):
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _starts(side, patch, stride):

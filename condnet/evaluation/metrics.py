@@ -31,18 +31,21 @@ def evaluate_predictions(
             expert each sample was sent to. Defaults to `None`, which takes the
             predicted group.
 
-    Two group accuracies answer two questions (see `GLOSSARY`):
-    `gate_accuracy` (also `group_accuracy`) scores the gate's own choice;
-    `predicted_class_group_accuracy` scores the group of the final class. Under
+    Two group scores answer two questions (see `GLOSSARY`): `group_accuracy`
+    scores the group of the final class (the share of samples whose predicted
+    class lies in their true group), for any model; `gate_accuracy`, present
+    only with `group_probabilities`, scores the gate's own top group. Under
     hard routing without hedging they are equal (the class comes from the
     chosen expert); under the soft mixture a peaked expert of a less likely
-    group can win the final argmax, so they can differ.
+    group can win the final argmax, so they can differ. `group_confusion`,
+    `per_group` and the group calibration error follow the predicted group
+    (the gate's, else the final class's).
 
     Returns:
         A dict with `num_samples`, `accuracy`, `group_accuracy`,
-        `gate_accuracy`, `predicted_class_group_accuracy`,
-        `level_accuracy`, `hierarchical_precision`, `hierarchical_recall`,
-        `hierarchical_f1`, `mistake_distance`, `mistakes`, `top_k_distance`
+        `gate_accuracy` (with `group_probabilities` only), `level_accuracy`,
+        `hierarchical_precision`, `hierarchical_recall`, `hierarchical_f1`,
+        `mistake_distance`, `mistakes`, `top_k_distance`
         (`condnet.evaluation.mistakes.mistake_scores`), `routing`, `per_class`, `per_group`,
         `expected_calibration_error`, `group_confusion`, `class_confusion`,
         `routing_matrix`, `groups` and `classes`.
@@ -69,11 +72,8 @@ def evaluate_predictions(
     return {
         "num_samples": int(len(labels)),
         "accuracy": _mean(predictions == labels),
-        "group_accuracy": _mean(group_predictions == true_groups),
-        "gate_accuracy": _mean(group_predictions == true_groups),
-        "predicted_class_group_accuracy": _mean(
-            hierarchy.class_to_group[predictions] == true_groups
-        ),
+        "group_accuracy": _mean(hierarchy.class_to_group[predictions] == true_groups),
+        **_gate_accuracy(group_probabilities, true_groups),
         "level_accuracy": _level_accuracy(hierarchy, labels, predictions),
         **hierarchical_scores(hierarchy, labels, predictions),
         **mistake_scores(hierarchy, labels, class_probabilities, group_probabilities),
@@ -96,10 +96,11 @@ def evaluate_predictions(
 
 GLOSSARY = {
     "accuracy": "share of images whose final class is right",
-    "gate_accuracy": "share of images the gate sends to their true group (its top group)",
-    "group_accuracy": "same as gate_accuracy (the name metrics and logs have always used)",
-    "predicted_class_group_accuracy": "share of images whose final class lies in the true "
-    "group; equals gate_accuracy under hard routing, can differ under the soft mixture",
+    "group_accuracy": "share of images whose final class lies in their true group (for any "
+    "model, flat or conditional)",
+    "gate_accuracy": "share of images whose gate's top group is their true group (models with "
+    "a gate only); equals group_accuracy under hard routing without hedging, can differ under "
+    "the soft mixture",
     "level_accuracy": "accuracy at each depth of the tree, following the final class's path",
     "hierarchical_f1": "F1 over the nodes of the predicted and true paths (Kiritchenko et "
     "al., 2006): a wrong class in the right group earns partial credit",
@@ -231,6 +232,13 @@ def _predicted_groups(hierarchy, class_probabilities, group_probabilities):
         axis=-1,
     )
     return groups, np.clip(summed[np.arange(len(groups)), groups], 0.0, 1.0)
+
+
+def _gate_accuracy(group_probabilities, true_groups):
+    """`{"gate_accuracy": ...}` of the gate's top group, or {} without a gate."""
+    if group_probabilities is None:
+        return {}
+    return {"gate_accuracy": _mean(group_probabilities.argmax(-1) == true_groups)}
 
 
 def _level_nodes(hierarchy):

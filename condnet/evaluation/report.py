@@ -649,17 +649,20 @@ def _kind(example):
 
 
 def _thumbnail(run_dir, kind, index, example):
+    """The image as the model read it (`decode_image`: upright by its EXIF orientation,
+    its pixels capped before decoding), resized to a `THUMBNAIL`-pixel square as the
+    model's inputs are to theirs; None for an image that cannot be decoded."""
     from PIL import Image
+
+    from condnet.data.folders import decode_image
 
     folder = run_dir / "examples"
     folder.mkdir(exist_ok=True)
     name = f"examples/{kind}-{index:02d}.png"
     try:
-        with Image.open(example["path"]) as image:
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
-            image.save(run_dir / name)
-    except (OSError, ValueError):
+        pixels = decode_image(example["path"], image_size=THUMBNAIL)
+        Image.fromarray(pixels).save(run_dir / name)
+    except (OSError, ValueError):  # ImageDecodeError is a ValueError
         return None  # an image that cannot be read is left out of the gallery
     caption = (
         f"true {example['true']} / predicted {example['predicted']} "

@@ -320,6 +320,22 @@ def test_report_gallery_shows_more_than_one_class(tmp_path):
     assert markdown.count("![true persian / predicted persian") == 7
 
 
+def test_gallery_thumbnails_stand_upright_by_their_exif_orientation(tmp_path):
+    pixels = np.zeros((8, 16, 3), "uint8")  # stored sideways: red on the left, blue on the right
+    pixels[:, :8], pixels[:, 8:] = (250, 0, 0), (0, 0, 250)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a viewer turns it 90 degrees clockwise: red on top
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(pixels).save(photo, exif=exif, quality=95)
+    example = {**_example("persian"), "path": photo, "confidence": 0.9}
+    write_report(tmp_path / "run", HIERARCHY, make_metrics(), examples=[example])
+    thumbnail = np.asarray(Image.open(tmp_path / "run" / "examples" / "correct-00.png"))
+    top_right, bottom_left = thumbnail[2, -3].astype(int), thumbnail[-3, 2].astype(int)
+    assert top_right[0] > 200 > top_right[2]  # red: turned upright, not read sideways
+    assert bottom_left[2] > 200 > bottom_left[0]  # blue
+    assert thumbnail.shape == (96, 96, 3)  # decode_image's square, THUMBNAIL pixels a side
+
+
 def test_gallery_examples_of_a_flat_classifier_take_the_group_of_its_class():
     from condnet.evaluation.report import gallery_examples
 

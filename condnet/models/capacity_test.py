@@ -112,7 +112,10 @@ def test_capacity_model_saves_and_loads(tmp_path):
     "kwargs, message",
     [
         ({"dispatch": "sparse"}, "dispatch must be 'dense'"),
-        ({"dispatch": "capacity", "capacity_factor": 0}, "capacity_factor must be a number > 0"),
+        (
+            {"dispatch": "capacity", "capacity_factor": 0},
+            "capacity_factor must be a finite number > 0",
+        ),
         ({"dispatch": "capacity", "routing": "teacher"}, "Teacher forcing needs the true group"),
         ({"dispatch": "capacity", "confidence_threshold": 0.5}, "Hedging"),
     ],

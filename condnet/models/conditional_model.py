@@ -1,15 +1,18 @@
 """ConditionalModel: a gate routes each input to the expert of its group."""
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
+from keras.config import epsilon  # Keras's fuzz factor, 1e-7 by default
 
+from condnet.choices import DISPATCHES
 from condnet.hierarchy import Hierarchy
 from condnet.models import capacity as capacity_lib
 from condnet.models import routing as routing_lib
 from condnet.models.precision import precision_of
 
-_EPSILON = 1e-7
 _LOSS_PARTS = ("gate", "class", "expert")
 
 
@@ -135,8 +138,10 @@ class ConditionalModel(keras.Model):
     ):
         hierarchy = _as_hierarchy(hierarchy)
         routing_lib.check_routing(routing)
-        _check_options(temperature, confidence_threshold)
-        _check_dispatch(dispatch, capacity_factor, routing, confidence_threshold)
+        check_temperature(temperature)
+        check_confidence_threshold(confidence_threshold)
+        check_capacity_factor(capacity_factor)
+        check_dispatch(dispatch, routing, confidence_threshold)
         _check_layer("gate", gate)
         experts = _experts_by_group(hierarchy, experts)
         gate_tap, expert_taps = _resolve_taps(hierarchy, trunk, gate_tap, expert_taps)
@@ -167,7 +172,10 @@ class ConditionalModel(keras.Model):
         )
         self._class_to_group = np.asarray(hierarchy.class_to_group, "int32")
         self.accuracy_metric = keras.metrics.Mean(name="accuracy")
-        self.group_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="group_accuracy")
+        # The group of the final class (as `evaluate_predictions` scores it), and the gate's
+        # own top group: under the soft mixture a peaked expert can move the final class.
+        self.group_accuracy_metric = keras.metrics.Mean(name="group_accuracy")
+        self.gate_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="gate_accuracy")
         self.loss_part_metrics = [keras.metrics.Mean(name=f"{p}_loss") for p in _LOSS_PARTS]
         if dispatch == "capacity":
             self.dropped_metric = keras.metrics.Mean(name="dropped_rate")
@@ -185,7 +193,7 @@ class ConditionalModel(keras.Model):
     @routing.setter
     def routing(self, value):
         routing_lib.check_routing(value)
-        _check_dispatch(self._dispatch, self._capacity_factor, value, self._confidence_threshold)
+        check_dispatch(self._dispatch, value, self._confidence_threshold)
         self._change("_routing", value)
 
     @property
@@ -194,7 +202,7 @@ class ConditionalModel(keras.Model):
 
     @temperature.setter
     def temperature(self, value):
-        _check_options(value, self._confidence_threshold)
+        check_temperature(value)
         self._change("_temperature", value)
 
     @property
@@ -203,8 +211,8 @@ class ConditionalModel(keras.Model):
 
     @confidence_threshold.setter
     def confidence_threshold(self, value):
-        _check_options(self._temperature, value)
-        _check_dispatch(self._dispatch, self._capacity_factor, self._routing, value)
+        check_confidence_threshold(value)
+        check_dispatch(self._dispatch, self._routing, value)
         self._change("_confidence_threshold", value)
 
     @property
@@ -213,7 +221,7 @@ class ConditionalModel(keras.Model):
 
     @capacity_factor.setter
     def capacity_factor(self, value):
-        _check_dispatch(self._dispatch, value, self._routing, self._confidence_threshold)
+        check_capacity_factor(value)
         self._change("_capacity_factor", value)
 
     @property
@@ -383,8 +391,8 @@ class ConditionalModel(keras.Model):
             loss_weights: `None`. Weigh the loss's parts with the
                 `*_loss_weight` arguments instead.
             metrics: Keras metrics on the `"classes"` output, added to the
-                ones the model always tracks (`accuracy`, `group_accuracy`
-                and each loss part). `"auto"` (the default) or `None` adds
+                ones the model always tracks (`accuracy`, `group_accuracy`,
+                `gate_accuracy` and each loss part). `"auto"` (the default) or `None` adds
                 none.
             gate_loss_weight, class_loss_weight, expert_loss_weight: floats
                 >= 0, the weights of the loss's parts. Default to `1.0`.
@@ -461,13 +469,19 @@ class ConditionalModel(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels = _flat_labels(y)
         predicted = ops.cast(ops.argmax(y_pred["classes"], axis=-1), "int32")
+        true_groups = ops.take(self._class_to_group, labels)
         correct = ops.cast(ops.equal(predicted, labels), "float32")
+        right_group = ops.cast(
+            ops.equal(ops.take(self._class_to_group, predicted), true_groups), "float32"
+        )
         if "dropped" in y_pred:  # a dropped row has no prediction: it is wrong, not class 0
             correct = correct * (1.0 - y_pred["dropped"])
+            right_group = right_group * (1.0 - y_pred["dropped"])
         self.accuracy_metric.update_state(correct, sample_weight=_flat_weight(sample_weight))
         self.group_accuracy_metric.update_state(
-            ops.take(self._class_to_group, labels), y_pred["groups"], sample_weight
+            right_group, sample_weight=_flat_weight(sample_weight)
         )
+        self.gate_accuracy_metric.update_state(true_groups, y_pred["groups"], sample_weight)
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(labels, y_pred["classes"], sample_weight)
         return _as_multi_worker_logs(self.get_metrics_result())
@@ -679,11 +693,11 @@ def _scale_for_replicas(loss):
 
 def _mean_nll(probabilities, labels, sample_weight):
     picked = ops.take_along_axis(probabilities, ops.expand_dims(labels, -1), axis=-1)
-    nll = -ops.log(ops.squeeze(picked, -1) + _EPSILON)  # NaN stays NaN: StopOnNaN sees it
+    nll = -ops.log(ops.squeeze(picked, -1) + epsilon())  # NaN stays NaN: StopOnNaN sees it
     if sample_weight is None:
         return ops.mean(nll)
     weight = ops.reshape(ops.cast(sample_weight, nll.dtype), (-1,))
-    return ops.sum(nll * weight) / ops.maximum(ops.sum(weight), _EPSILON)
+    return ops.sum(nll * weight) / ops.maximum(ops.sum(weight), epsilon())
 
 
 def _as_hierarchy(hierarchy):
@@ -713,26 +727,49 @@ def _check_loss(loss, loss_weights):
         )
 
 
-def _check_options(temperature, confidence_threshold):
-    if not isinstance(temperature, int | float) or not temperature > 0:
-        raise ValueError(f"temperature must be a number > 0. Received: temperature={temperature!r}")
-    if confidence_threshold is not None and not 0 < confidence_threshold <= 1:
+# === Checks of the routing settings (also run by the training recipe's options) ===
+
+
+def check_temperature(temperature):
+    """The Gumbel-softmax temperature: a finite number > 0."""
+    if not _finite_positive(temperature):
+        raise ValueError(
+            f"temperature must be a finite number > 0. Received: temperature={temperature!r}"
+        )
+    return temperature
+
+
+def check_confidence_threshold(confidence_threshold):
+    """The top gate probability below which a hard-routed row hedges: in (0, 1], or None."""
+    value = confidence_threshold
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if value is not None and not (number and 0 < value <= 1):
         raise ValueError(
             "confidence_threshold must be in (0, 1] (or None to never hedge). "
             f"Received: confidence_threshold={confidence_threshold!r}"
         )
+    return confidence_threshold
 
 
-def _check_dispatch(dispatch, capacity_factor, routing, confidence_threshold):
-    if dispatch not in ("dense", "capacity"):
+def check_capacity_factor(capacity_factor):
+    """The size of each expert's buffer under capacity dispatch, as a multiple of its fair
+    share: a finite number > 0."""
+    if not _finite_positive(capacity_factor):
+        raise ValueError(
+            "capacity_factor must be a finite number > 0. "
+            f"Received: capacity_factor={capacity_factor!r}"
+        )
+    return capacity_factor
+
+
+def check_dispatch(dispatch, routing=None, confidence_threshold=None):
+    """`dispatch` one of `DISPATCHES`, and capacity dispatch with neither teacher forcing
+    nor hedging (it sees neither the true group nor a second expert per row)."""
+    if dispatch not in DISPATCHES:
         raise ValueError(
             "dispatch must be 'dense' (every expert computes every row while training; "
             "hard modes select with a one-hot) or 'capacity' (each expert runs on a "
             f"fixed-size buffer of its own rows). Received: dispatch={dispatch!r}"
-        )
-    if not isinstance(capacity_factor, int | float) or not capacity_factor > 0:
-        raise ValueError(
-            f"capacity_factor must be a number > 0. Received: capacity_factor={capacity_factor!r}"
         )
     if dispatch == "capacity" and routing == "teacher":
         raise ValueError(
@@ -746,6 +783,12 @@ def _check_dispatch(dispatch, capacity_factor, routing, confidence_threshold):
             "one. Use dispatch='dense' (predict() hedges either way). Received: "
             f"confidence_threshold={confidence_threshold!r}, dispatch='capacity'"
         )
+    return dispatch
+
+
+def _finite_positive(value):
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value > 0
 
 
 def _pass_on_frozen(model):

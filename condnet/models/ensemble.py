@@ -80,12 +80,14 @@ class Ensemble(keras.Model):
         return None if self._widths is None else MemberVectorizers(self.members)
 
     def build(self, input_shape):
-        for member, shape in zip(self.members, self._member_shapes(input_shape)):
+        for member, shape in zip(self.members, self.member_input_shapes(input_shape)):
             if not member.built:
                 member.build(shape)
         self.built = True
 
-    def _member_shapes(self, input_shape):
+    def member_input_shapes(self, input_shape):
+        """The input shape each member reads of `input_shape` (batch dimension first):
+        all of it for images, its own token ids' columns for documents."""
         if self._widths is None:
             return [input_shape] * len(self.members)
         return [(input_shape[0], width) for width in self._widths]

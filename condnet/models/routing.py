@@ -1,10 +1,9 @@
 """Routing: how the gate's group probabilities become per-expert mixing weights."""
 
 from keras import ops, random
+from keras.config import epsilon  # Keras's fuzz factor, 1e-7 by default
 
 from condnet.choices import ROUTINGS
-
-_EPSILON = 1e-7
 
 
 def check_routing(routing):
@@ -32,9 +31,9 @@ def hard_weights(probabilities):
 
 def gumbel_weights(probabilities, temperature, seed):
     """Straight-through Gumbel-softmax sample of one group per row."""
-    uniform = random.uniform(ops.shape(probabilities), minval=_EPSILON, maxval=1.0, seed=seed)
+    uniform = random.uniform(ops.shape(probabilities), minval=epsilon(), maxval=1.0, seed=seed)
     gumbel = -ops.log(-ops.log(uniform))
-    logits = ops.log(probabilities + _EPSILON)
+    logits = ops.log(probabilities + epsilon())
     soft = ops.softmax((logits + gumbel) / temperature, axis=-1)
     return straight_through(hard_weights(soft), soft)
 
@@ -50,7 +49,7 @@ def top_two_weights(probabilities, threshold):
     rest = probabilities - top * 2.0  # push the top group below every other
     second = hard_weights(rest)
     pair = (top + second) * probabilities
-    pair = pair / ops.maximum(ops.sum(pair, axis=-1, keepdims=True), _EPSILON)
+    pair = pair / ops.maximum(ops.sum(pair, axis=-1, keepdims=True), epsilon())
     unsure = ops.max(probabilities, axis=-1, keepdims=True) < threshold
     return ops.where(unsure, pair, top)
 

@@ -17,16 +17,10 @@ from pathlib import Path
 from condnet.evaluation.backoff import backoff_scores, check_thresholds, choose_thresholds
 from condnet.evaluation.evaluate import evaluate_model
 from condnet.evaluation.mistakes import level_names, tree_levels
-from condnet.runs.checkpoint import BASELINE, BEST, write_atomic
+from condnet.runs.checkpoint import write_atomic
 from condnet.runs.documents import refuse_text_run
-from condnet.runs.run_dir import (
-    BACKOFF,
-    CALIBRATED,
-    _refuse_ensemble,
-    load_run,
-    read_backoff,
-    refuse_extended,
-)
+from condnet.runs.files import BACKOFF, BASELINE, BEST, CALIBRATED
+from condnet.runs.run_dir import _refuse_ensemble, load_run, read_backoff, refuse_extended
 
 TARGET_ACCURACY = 0.95
 

@@ -11,15 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from condnet.runs.files import BEST, CHECKPOINTS, HISTORY, STATE
 from condnet.runs.outputs import write_file
-
-STATE = "state.json"
-BEST = "model.keras"
-BASELINE = "baseline.keras"  # the flat model of the same cost, trained after BEST
-METRICS = "metrics.json"
-HISTORY = "history.csv"
-CHECKPOINTS = "checkpoints"
-
 
 # Write text or bytes through a temporary file and a rename: a reader (or a run killed
 # mid-write) sees the old file or the new one, never half of one, and no partial file
@@ -103,7 +96,7 @@ def _save_and_discard(model, times):
 
     with tempfile.TemporaryDirectory(prefix="condnet-follower-") as scratch:
         for _ in range(times):
-            save_model_atomic(model, Path(scratch) / "model.keras")
+            save_model_atomic(model, Path(scratch) / BEST)
 
 
 class RunCheckpoint(keras.callbacks.Callback):

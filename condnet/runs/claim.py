@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from condnet.runs import checkpoint as ckpt
+from condnet.runs.files import BEST, CHECKPOINTS, METRICS, RUN_FILES, STATE
 from condnet.runs.outputs import (
     BOOKKEEPING,
     MARKER,
@@ -17,41 +17,10 @@ from condnet.runs.outputs import (
     read_mark,
 )
 
-CONFIG = "config.json"
-# Every file and folder a run writes (recipe, report, evaluate, calibrate, backoff, demo);
-# nothing else in a run directory is ever moved or deleted.
-RUN_FILES = (
-    CONFIG,
-    "hierarchy.json",
-    "hierarchy.discovered.json",
-    ckpt.STATE,
-    ckpt.BEST,
-    ckpt.HISTORY,
-    ckpt.METRICS,
-    "report.md",
-    "report.html",
-    "training_curves.png",
-    "group_confusion.png",
-    "class_confusion.png",
-    "routing_matrix.png",
-    "examples",
-    "baseline.keras",
-    "model.calibrated.keras",
-    "calibration.json",
-    "backoff.json",
-    "unknown.json",
-    ckpt.CHECKPOINTS,
-    "logs",
-    "evaluation",
-    "test-report",
-    "export",
-    "split.json",
-    "timing.json",
-)
 # What a killed write leaves: `save_model_atomic`'s and `write_atomic`'s temporary files.
 TEMPORARY_FILES = (".tmp-*.keras", ".*.tmp")
 # The files that mean an epoch was committed: a run with none of them has nothing to lose.
-COMMITTED = (ckpt.STATE, ckpt.BEST, ckpt.METRICS)
+COMMITTED = (STATE, BEST, METRICS)
 
 
 def check_run_dir(run_dir, data_dir, flag="--out", kind="run"):
@@ -119,7 +88,7 @@ def run_files(run_dir):
 def clean_temporary_files(run_dir):
     """Delete the temporary files a killed write left (`.tmp-*.keras`, `.*.tmp`)."""
     run_dir = Path(run_dir)
-    for folder in (run_dir, run_dir / ckpt.CHECKPOINTS):
+    for folder in (run_dir, run_dir / CHECKPOINTS):
         for pattern in TEMPORARY_FILES:
             for path in folder.glob(pattern):
                 if path.is_file():

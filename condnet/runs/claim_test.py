@@ -6,13 +6,8 @@ import textwrap
 
 import pytest
 
-from condnet.runs.claim import (
-    RUN_FILES,
-    RunClaim,
-    check_run_dir,
-    clean_temporary_files,
-    restore_replaced,
-)
+from condnet.runs.claim import RunClaim, check_run_dir, clean_temporary_files, restore_replaced
+from condnet.runs.files import RUN_FILES
 from condnet.runs.outputs import MARKER, mark, read_mark
 
 

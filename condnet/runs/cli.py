@@ -11,7 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
+from condnet.choices import INFERENCE_ROUTINGS
 from condnet.runs._backend import backend_name, check_backend
+from condnet.runs.files import BACKOFF, BEST, UNKNOWN
 from condnet.runs.outputs import guard, training_data, write_file
 
 # What a failure the user can fix raises; anything else is a bug and keeps its traceback.
@@ -355,7 +357,8 @@ def _train(args):
 def _inputs_noun(run_dir):
     """What the run reads, as its summary counts them: "documents" or "images"."""
     from condnet.runs.documents import is_text_run
-    from condnet.runs.run_dir import CONFIG, read_options
+    from condnet.runs.files import CONFIG
+    from condnet.runs.run_dir import read_options
 
     try:
         options = read_options(Path(run_dir) / CONFIG)
@@ -395,7 +398,7 @@ def _join_job(args):
 def _inference_flags(p, routing_default, output_help):
     p.add_argument(
         "--routing",
-        choices=("hard", "soft"),
+        choices=INFERENCE_ROUTINGS,
         default=routing_default,
         help="hard: only the chosen expert runs (what a deployed model does); soft: every "
         f"expert, mixed by the gate (default: {routing_default or 'the model saved in the run'})",
@@ -952,7 +955,7 @@ def _backoff(args):
         print(f"{name}: thresholds {shown} ({entry.get('chosen_on', 'given')})")
         if "there" in entry:
             print(f"  {backoff_line(entry['there'])}")
-    print(f"Thresholds written to {Path(args.run_dir) / 'backoff.json'}.")
+    print(f"Thresholds written to {Path(args.run_dir) / BACKOFF}.")
 
 
 # === unknown ===
@@ -1031,7 +1034,7 @@ def _unknown(args):
         return
     for name, entry in record["models"].items():
         print(unknown_line(name, entry))
-    print(f"Thresholds written to {Path(args.run_dir) / 'unknown.json'}.")
+    print(f"Thresholds written to {Path(args.run_dir) / UNKNOWN}.")
 
 
 # === extend ===
@@ -1152,7 +1155,7 @@ def _extend(args):
     print(
         f"old classes: {_rate(old['accuracy_before'])} before, {_rate(old['accuracy_after'])} "
         f"after; new classes: {_rate(new['accuracy'])} ({section['seconds']:.0f} s) -> "
-        f"{Path(args.out) / 'model.keras'}"
+        f"{Path(args.out) / BEST}"
     )
 
 
@@ -1217,7 +1220,7 @@ def _export_parser(commands, common):
     )
     p.add_argument(
         "--routing",
-        choices=("hard", "soft"),
+        choices=INFERENCE_ROUTINGS,
         default="hard",
         help="hard: route in the graph; soft: every expert on every row (default: hard)",
     )
@@ -1343,7 +1346,7 @@ def _serve_parser(commands, common):
         default=60.0,
         help="seconds a request has to send its whole body, else a 408 (default: 60)",
     )
-    p.add_argument("--routing", choices=("hard", "soft"), default="hard", help="(default: hard)")
+    p.add_argument("--routing", choices=INFERENCE_ROUTINGS, default="hard", help="(default: hard)")
     p.add_argument("--model", metavar="FILE", help="model.keras (default), model.calibrated.keras")
     _backoff_flags(p)
     _unknown_flag(p)

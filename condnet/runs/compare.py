@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 
 from condnet.choices import HUB_TEXT_TRUNK
-from condnet.runs.checkpoint import HISTORY, METRICS
 from condnet.runs.documents import is_text_run
+from condnet.runs.files import CONFIG, HISTORY, METRICS
 from condnet.runs.outputs import staged_file, write_file
-from condnet.runs.run_dir import CONFIG, nested_entry, read_metrics, read_options
+from condnet.runs.run_dir import nested_entry, read_metrics, read_options
 
 COLUMNS = (
     "run",
@@ -132,8 +132,8 @@ def _backbone(options):
 def _unknown_columns(run):
     """model.keras's unknown-class score and the share flagged where its thresholds were
     chosen, from unknown.json (blank without it, or with a warning when it is damaged)."""
-    from condnet.runs.checkpoint import BEST
-    from condnet.runs.run_dir import UNKNOWN, read_unknown
+    from condnet.runs.files import BEST, UNKNOWN
+    from condnet.runs.run_dir import read_unknown
 
     blank = {"unknown_score": None, "unknown_flagged": None}
     if not (run / UNKNOWN).is_file():

@@ -5,10 +5,11 @@ from pathlib import Path
 
 from condnet.choices import EXPORT_FORMATS as FORMATS
 from condnet.runs.documents import is_text_run
+from condnet.runs.files import BEST
 from condnet.runs.outputs import guard, staged_file, staged_folder, training_data
 from condnet.runs.run_dir import input_shape_of, load_run
 
-DEFAULT_NAMES = {"onnx": "model.onnx", "tf_saved_model": "saved_model", "keras": "model.keras"}
+DEFAULT_NAMES = {"onnx": "model.onnx", "tf_saved_model": "saved_model", "keras": BEST}
 
 
 def export_run(run_dir, out=None, format="onnx", routing="hard", model_file=None, overwrite=False):

@@ -9,10 +9,11 @@ with its own vectorizer, and its run directory takes documents in `evaluate`,
 import json
 from pathlib import Path
 
-from condnet.runs.checkpoint import BEST, write_atomic
+from condnet.runs.checkpoint import write_atomic
 from condnet.runs.documents import is_text_run
+from condnet.runs.files import BEST, CONFIG, METRICS
 from condnet.runs.outputs import guard, staged_folder, training_data
-from condnet.runs.run_dir import CONFIG, folder_for, load_run
+from condnet.runs.run_dir import folder_for, input_shape_of, load_run
 
 
 def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, progress=False):
@@ -28,6 +29,7 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     the data and every run, before anything is written.
     `progress=True` reports each pass on standard error. Returns the metrics.
     """
+    from condnet.evaluation.cost import routed_macs
     from condnet.evaluation.evaluate import evaluate_model
     from condnet.models.ensemble import Ensemble
 
@@ -44,13 +46,14 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     data = folder_for(ensemble, config, data_dir, batch_size)
     scores = [_accuracy(m, data, progress, f"member {i}") for i, m in enumerate(members)]
     metrics = evaluate_model(ensemble, data, progress=progress, progress_label="ensemble")
+    shape = input_shape_of(config)[1:]  # every member runs: the costs add up
     metrics["members"] = [
-        {"run": str(run), "accuracy": score, "routed_macs": _routed_macs(run)}
-        for run, score in zip(run_dirs, scores)
+        {"run": str(run), "accuracy": score, "routed_macs": macs}
+        for run, score, macs in zip(run_dirs, scores, _member_costs(ensemble, shape))
     ]
     metrics["gain_over_best_member"] = metrics["accuracy"] - max(scores)
-    costs = [m["routed_macs"] for m in metrics["members"]]
-    metrics["macs_per_image"] = {"routed": sum(costs) if None not in costs else None}
+    costs = routed_macs(ensemble, shape)
+    metrics["macs_per_image"] = {"routed": costs["routed"], "all_experts": costs["all_experts"]}
     with staged_folder(out, "ensemble") as partial:
         _write(partial, ensemble, config, metrics, run_dirs, data_dir)
         _report(partial, ensemble, metrics, run_dirs, data_dir)
@@ -69,6 +72,14 @@ def _accuracy(member, data, progress, label):
             data.texts, data.labels, data.hierarchy, vectorizer, size, paths=data.paths
         )
     return evaluate_model(member, data, progress=progress, progress_label=label)["accuracy"]
+
+
+def _member_costs(ensemble, shape):
+    """Each member's routed MACs per input of the ensemble (`shape`, no batch dimension)."""
+    from condnet.evaluation.cost import routed_macs
+
+    shapes = ensemble.member_input_shapes((None, *shape))
+    return [routed_macs(m, s[1:])["routed"] for m, s in zip(ensemble.members, shapes)]
 
 
 def _report(out, ensemble, metrics, run_dirs, data_dir):
@@ -124,17 +135,10 @@ def _check_modalities(run_dirs, configs):
         )
 
 
-def _routed_macs(run):
-    try:
-        return json.loads((run / "metrics.json").read_text())["macs_per_image"]["routed"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _write(out, ensemble, config, metrics, run_dirs, data_dir):
     from condnet.runs.checkpoint import save_model_atomic
 
     save_model_atomic(ensemble, out / BEST)
     config = {**config, "ensemble": {"members": [str(r) for r in run_dirs], "data": str(data_dir)}}
     write_atomic(out / CONFIG, json.dumps(config, indent=1) + "\n")
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_atomic(out / METRICS, json.dumps(metrics, indent=1) + "\n")

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from condnet.evaluation.cost import routed_macs
 from condnet.evaluation.evaluate_test import colour_model, make_colour_folders
 from condnet.runs.cli import main
 from condnet.runs.outputs import MARKER
@@ -44,7 +45,9 @@ def test_an_ensemble_averages_its_members_and_is_a_run_directory(runs, tmp_path,
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["accuracy"] for m in metrics["members"]] == [1.0, 0.5]  # red, orange swapped
     assert metrics["gain_over_best_member"] == pytest.approx(metrics["accuracy"] - 1.0)
-    assert metrics["macs_per_image"]["routed"] == 2000
+    member = routed_macs(colour_model(), (8, 8, 3))["routed"]  # counted, not read: 1000 above
+    assert [m["routed_macs"] for m in metrics["members"]] == [member, member]
+    assert metrics["macs_per_image"]["routed"] == 2 * member
     import condnet  # noqa: F401
 
     ensemble = keras.models.load_model(out / "model.keras", safe_mode=True)

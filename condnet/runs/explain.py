@@ -12,6 +12,7 @@ from condnet.evaluation.explain import (
     summary_of,
 )
 from condnet.runs.documents import refuse_text_run
+from condnet.runs.files import BEST
 from condnet.runs.outputs import guard, staged_folder, training_data, write_file
 from condnet.runs.run_dir import (
     FlatBaseline,
@@ -71,7 +72,7 @@ def explain_run(run_dir, inputs, out, model_file=None, patch_size=None, stride=N
         _check_some_decoded(entries)
         record = {
             "run": str(run_dir),
-            "model": Path(model_file).name if model_file else "model.keras",
+            "model": Path(model_file).name if model_file else BEST,
             "image_size": list(shape[:2]),
             "patch_size": list(patch),
             "stride": list(step),

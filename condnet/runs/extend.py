@@ -50,11 +50,12 @@ from condnet.hierarchy import Hierarchy
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.claim import COMMITTED, RunClaim, check_run_dir
 from condnet.runs.documents import refuse_text_run
+from condnet.runs.files import BEST, CONFIG, HIERARCHY
 from condnet.runs.finish import INFERENCE_ROUTING, announce, finish_run
 from condnet.runs.lock import run_lock
 from condnet.runs.options import TrainingOptions
 from condnet.runs.outputs import check_output
-from condnet.runs.run_dir import CONFIG, EXTENDED, _refuse_ensemble, load_run
+from condnet.runs.run_dir import EXTENDED, _refuse_ensemble, load_run
 from condnet.runs.timing import RunTimes
 from condnet.training.callbacks import StopOnNaN
 from condnet.training.distribute import IN_ORDER, compile_options, fit_inputs
@@ -623,7 +624,7 @@ def _write_config(out, plan, settings, options, parts):
         "versions": {"condnet": __version__, "keras": keras.__version__},
     }
     ckpt.write_atomic(out / CONFIG, json.dumps(config, indent=1))
-    plan["grown"].save(out / "hierarchy.json")
+    plan["grown"].save(out / HIERARCHY)
 
 
 def _fit(model, out, options, settings, data, claim, fit_kwargs):
@@ -655,15 +656,15 @@ def _fit(model, out, options, settings, data, claim, fit_kwargs):
 def _restore_trainable(out, trainable):
     """model.keras as the old run shipped its parts: the trainable flags they had before
     extend froze them (the weights are those of the best epoch)."""
-    model = keras.models.load_model(out / ckpt.BEST, compile=False)
+    model = keras.models.load_model(out / BEST, compile=False)
     layers = list(model._flatten_layers(include_self=True))
     for layer, flag in zip(layers, trainable if len(trainable) == len(layers) else []):
         layer.trainable = flag
-    ckpt.save_model_atomic(model, out / ckpt.BEST)
+    ckpt.save_model_atomic(model, out / BEST)
 
 
 def _shipped(out):
-    model = keras.models.load_model(out / ckpt.BEST, compile=False)
+    model = keras.models.load_model(out / BEST, compile=False)
     model.routing = INFERENCE_ROUTING
     return model
 

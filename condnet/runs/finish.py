@@ -28,8 +28,8 @@ import keras
 import numpy as np
 
 from condnet.data.text import TextFolder
-from condnet.evaluation.baseline import flat_baseline, routed_macs
-from condnet.evaluation.cost import count_macs
+from condnet.evaluation.baseline import flat_baseline
+from condnet.evaluation.cost import routed_macs
 from condnet.evaluation.evaluate import evaluate_model, within_group_of
 from condnet.evaluation.explain import document_weigher, explainer
 from condnet.evaluation.mistakes import milder_mistakes
@@ -42,6 +42,7 @@ from condnet.evaluation.report import (
 from condnet.models.precision import loss_scaled
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.backoff import TARGET_ACCURACY, chosen_entry, write_backoff
+from condnet.runs.files import BASELINE, BEST, METRICS
 from condnet.runs.run_dir import backoff_of
 from condnet.runs.timing import RunTimes, describe
 from condnet.runs.unknown import FALSE_ALARM_RATE, chosen_unknown_entry, write_unknown
@@ -84,8 +85,23 @@ def finish_run(
     run_dir, times = Path(run_dir), times or RunTimes()
     train_data, validation = data
     scored = validation or train_data
+    shape = model_input_shape(options, train_data)
     with times.part("evaluation"):
-        model, metrics, predictions, macs = _scored(run_dir, options, train_data, scored)
+        model, trained_routing = _shipped(run_dir, shape)
+        macs = routed_macs(model, shape)
+    flat = flat_costs = None
+    if options.baseline:
+        with times.part("flat baseline"):
+            flat, flat_costs = _baseline(
+                run_dir, options, data, build, stopping_callbacks, fit_kwargs
+            )
+    with times.part("evaluation"):
+        epochs = _conditional_epochs(options, state)
+        costs = {"conditional": {"macs_per_image": int(macs["routed"]), "epochs": epochs}}
+        costs["flat"] = flat_costs
+        metrics, predictions, flat_predictions = score_run(model, scored, flat, costs)
+    metrics["training_routing"] = trained_routing
+    metrics["macs_per_image"] = {"routed": macs["routed"], "all_experts": macs["all_experts"]}
     metrics["scored_on"] = SCORED_ON[validation is None]
     metrics["best_epoch_chosen_on"] = {
         noun_of(scored): scored.num_samples,
@@ -94,24 +110,7 @@ def finish_run(
     probe = getattr(train_data, "augmentation_probe", None)  # what chose `--augment auto`
     if probe is not None:
         metrics["augmentation_probe"] = {k: v for k, v in probe.items() if k != "seconds"}
-    comparison = flat_predictions = None
-    if options.baseline:
-        with times.part("flat baseline"):
-            comparison, flat_predictions = _baseline(
-                run_dir, options, data, build, stopping_callbacks, fit_kwargs
-            )
-        with times.part("evaluation"):
-            speed = images_per_second(model, scored)
-        comparison["conditional"] = _summary(metrics, macs["routed"], speed)
-        comparison["conditional"]["epochs"] = _conditional_epochs(options, state)
-        comparison["verdict"] = baseline_verdict(
-            comparison["conditional"], comparison["flat"], metrics["num_samples"], noun_of(scored)
-        )
-        comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
-        comparison["milder_mistakes"] = milder_mistakes(
-            comparison["conditional"], comparison["flat"]
-        )
-        metrics["baseline"] = comparison
+    comparison = metrics.get("baseline")
     with times.part("evaluation"):
         metrics["backoff"] = _backoff(
             run_dir, train_data.hierarchy, validation, predictions, flat_predictions
@@ -119,7 +118,7 @@ def finish_run(
         _unknown(run_dir, train_data.hierarchy, validation, predictions, flat_predictions)
     extra = extra or {}
     metrics.update(extra.get("metrics", {}))
-    ckpt.write_atomic(run_dir / ckpt.METRICS, json.dumps(metrics, indent=1))
+    ckpt.write_atomic(run_dir / METRICS, json.dumps(metrics, indent=1))
     if not options.report:  # a tune trial or a fold: its metrics are what is read
         times.write(run_dir)
         return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
@@ -146,21 +145,15 @@ def finish_run(
     return {"metrics": metrics, "model": model, "run_dir": str(run_dir)}
 
 
-def _scored(run_dir, options, train_data, scored):
-    """model.keras hard-routed and without its optimizer, its metrics, predictions, MACs."""
-    model = keras.models.load_model(run_dir / ckpt.BEST)
+def _shipped(run_dir, shape):
+    """model.keras hard-routed and without its optimizer (saved so), and the routing it
+    trained with."""
+    model = keras.models.load_model(run_dir / BEST)
     trained_routing = model.routing
     model.routing = INFERENCE_ROUTING  # what a user's predict runs: the chosen expert only
-    shape = model_input_shape(options, train_data)
     model = _without_optimizer(model, (None, *shape))
-    ckpt.save_model_atomic(model, run_dir / ckpt.BEST)
-    metrics, predictions = evaluate_model(model, scored, return_predictions=True)
-    metrics["inference_routing"] = INFERENCE_ROUTING
-    metrics["training_routing"] = trained_routing
-    metrics["mixture"] = _mixture_scores(model, scored)
-    macs = routed_macs(model, shape)
-    metrics["macs_per_image"] = {"routed": macs["routed"], "all_experts": macs["all_experts"]}
-    return model, metrics, predictions, macs
+    ckpt.save_model_atomic(model, run_dir / BEST)
+    return model, trained_routing
 
 
 def _without_optimizer(model, input_shape):
@@ -181,31 +174,108 @@ def _without_optimizer(model, input_shape):
 # === Scores ===
 
 
-def _mixture_scores(model, data):
-    model.routing = "soft"
-    try:
-        mixture, predictions = evaluate_model(model, data, return_predictions=True)
-    finally:
-        model.routing = INFERENCE_ROUTING
-    return {
-        "accuracy": mixture["accuracy"],
-        "gate_accuracy": mixture["gate_accuracy"],
-        "predicted_class_group_accuracy": mixture["predicted_class_group_accuracy"],
-        "within_group_accuracy": within_group_of(model.hierarchy, predictions),
-        "note": "every expert runs; P(class) = P(group) x P(class | group)",
+def score_run(model, data, flat=None, costs=None, progress=False):
+    """Score a run's condnet model, and its flat baseline beside it, on `data`: what
+    `condnet train` writes to metrics.json for its validation split and `condnet
+    evaluate` for another folder.
+
+    The model is scored with its own routing (`inference_routing`; a run ships hard:
+    only the chosen expert runs), and with the other one beside it: `mixture` (the
+    soft mixture, every expert) or `hard_routed`. With `flat` (the run's flat
+    baseline: a Keras classifier over the same classes) the two are scored on the
+    same images and compared in `baseline`: per side the accuracy, `group_accuracy`
+    (the final class lies in the true group), `within_group_accuracy` (the right
+    class among the true group's: the soft mixture's for the conditional model),
+    hierarchical F1 and how far the mistakes miss; under hard routing also `costs`
+    (`{"conditional": {...}, "flat": {...}}`, e.g. MACs per image and epochs, which
+    do not depend on the images) and the images per second timed on these images.
+    Then the verdict, where the gap comes from (the gate or the experts) and whose
+    mistakes are milder. `progress=True` reports each pass on standard error.
+
+    Returns:
+        `(metrics, predictions, flat_predictions)`: the predictions of
+        `evaluate_model` (None for a missing `flat`).
+    """
+    hierarchy = model.hierarchy
+    routing = model.routing
+    metrics, predictions = evaluate_model(
+        model, data, return_predictions=True, progress=progress, progress_label=f"{routing} routing"
+    )
+    metrics["inference_routing"] = routing
+    other = "hard" if routing == "soft" else "soft"
+    beside, soft = _routed_as(model, other, data, progress)
+    within = within_group_of(hierarchy, predictions if other == "hard" else soft)
+    metrics["hard_routed" if other == "hard" else "mixture"] = _other_routing(beside, other, within)
+    if flat is None:
+        return metrics, predictions, None
+    flat_metrics, flat_predictions = evaluate_model(
+        flat,
+        data,
+        hierarchy=hierarchy,
+        return_predictions=True,
+        progress=progress,
+        progress_label="flat baseline",
+    )
+    flat_metrics["within_group_accuracy"] = within_group_of(hierarchy, flat_predictions)
+    comparison = {
+        "conditional": _summary({**metrics, "within_group_accuracy": within}),
+        "flat": _summary(flat_metrics),
+        "model": BASELINE,
     }
+    if routing == INFERENCE_ROUTING:  # the costs and speeds of the models as shipped
+        for side, parts in (costs or {}).items():
+            comparison[side].update(parts)
+        comparison["conditional"]["images_per_second"] = images_per_second(model, data)
+        comparison["flat"]["images_per_second"] = images_per_second(flat, data)
+    metrics["baseline"] = _compared(comparison, metrics["num_samples"], noun_of(data))
+    return metrics, predictions, flat_predictions
 
 
-def _summary(metrics, macs, images_per_second):
+def _routed_as(model, routing, data, progress):
+    """`evaluate_model` of `model` under another routing, which it is given back after."""
+    kept, model.routing = model.routing, routing
+    label = f"{routing} routing"
+    try:
+        return evaluate_model(
+            model, data, return_predictions=True, progress=progress, progress_label=label
+        )
+    finally:
+        model.routing = kept
+
+
+def _other_routing(metrics, routing, within):
+    """The scores of the routing beside the model's own; the soft mixture's hold the
+    within-group accuracy too."""
+    scores = {key: metrics[key] for key in ("accuracy", "group_accuracy", "gate_accuracy")}
+    if routing != "soft":
+        return scores
+    note = "every expert runs; P(class) = P(group) x P(class | group)"
+    return {**scores, "within_group_accuracy": within, "note": note}
+
+
+_COMPARED = (
+    "accuracy",
+    "group_accuracy",
+    "within_group_accuracy",
+    "hierarchical_f1",
+    "mistake_distance",
+    "top_k_distance",
+)
+
+
+def _summary(metrics):
+    return {key: metrics[key] for key in _COMPARED}
+
+
+def _compared(comparison, num_samples, noun):
+    """The comparison with its verdict, where the gap comes from and whose mistakes are
+    milder."""
+    conditional, flat = comparison["conditional"], comparison["flat"]
     return {
-        "accuracy": metrics["accuracy"],
-        "group_accuracy": metrics["predicted_class_group_accuracy"],
-        "within_group_accuracy": metrics["mixture"]["within_group_accuracy"],
-        "hierarchical_f1": metrics["hierarchical_f1"],
-        "mistake_distance": metrics["mistake_distance"],
-        "top_k_distance": metrics["top_k_distance"],
-        "macs_per_image": int(macs),
-        "images_per_second": images_per_second,
+        **comparison,
+        "verdict": baseline_verdict(conditional, flat, num_samples, noun),
+        "where": gap_sources(conditional, flat),
+        "milder_mistakes": milder_mistakes(conditional, flat),
     }
 
 
@@ -227,10 +297,11 @@ def images_per_second(model, data):
 
 
 def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
-    """Train the flat baseline (or reload the one trained for as many epochs) and score
-    it on the same images."""
-    train_data, validation = data
-    path = run_dir / ckpt.BASELINE
+    """The flat baseline, trained (or reloaded when trained for as many epochs), and
+    what the comparison records of it beside its scores: MACs per image, epochs
+    trained and planned, its curves."""
+    train_data, _ = data
+    path = run_dir / BASELINE
     planned = sum(epochs for epochs, _ in baseline_stages(options))
     recorded = _recorded_baseline(run_dir) if path.is_file() else {}
     history = {}  # the baseline's curves in the report
@@ -245,27 +316,13 @@ def _baseline(run_dir, options, data, build, stopping_callbacks, fit_kwargs):
         callbacks = _logging_epochs(stopping_callbacks, history)
         trained = fit_flat(flat, options, data, callbacks, fit_kwargs)
         ckpt.save_model_atomic(flat, path)
-    scored = validation or train_data
-    metrics, predictions = evaluate_model(
-        flat, scored, hierarchy=train_data.hierarchy, return_predictions=True
-    )
     shape = model_input_shape(options, train_data)
-    return {
-        "flat": {
-            "accuracy": metrics["accuracy"],
-            "group_accuracy": metrics["group_accuracy"],
-            "within_group_accuracy": within_group_of(train_data.hierarchy, predictions),
-            "hierarchical_f1": metrics["hierarchical_f1"],
-            "mistake_distance": metrics["mistake_distance"],
-            "top_k_distance": metrics["top_k_distance"],
-            "macs_per_image": int(count_macs(flat, shape)),
-            "images_per_second": images_per_second(flat, scored),
-            "epochs": trained,
-            "epochs_planned": planned,
-            "history": history,
-        },
-        "model": ckpt.BASELINE,
-    }, predictions
+    return flat, {
+        "macs_per_image": int(routed_macs(flat, shape)["routed"]),
+        "epochs": trained,
+        "epochs_planned": planned,
+        "history": history,
+    }
 
 
 # === Back-off ===
@@ -277,9 +334,9 @@ def _backoff(run_dir, hierarchy, validation, predictions, flat_predictions):
     `backoff`: each model's coverage and accuracy at each depth there, and its
     risk-coverage curves. Without a validation split no threshold is chosen (they
     would be chosen on the training images): the curves alone are returned."""
-    scored = {ckpt.BEST: predictions}
+    scored = {BEST: predictions}
     if flat_predictions is not None:
-        scored[ckpt.BASELINE] = flat_predictions
+        scored[BASELINE] = flat_predictions
     entries = {}
     if validation is not None:
         entries = {
@@ -288,7 +345,7 @@ def _backoff(run_dir, hierarchy, validation, predictions, flat_predictions):
         }
         write_backoff(run_dir, hierarchy, entries, keep=False)
     section = {"target_accuracy": TARGET_ACCURACY if entries else None}
-    for side, name in (("conditional", ckpt.BEST), ("flat", ckpt.BASELINE)):
+    for side, name in (("conditional", BEST), ("flat", BASELINE)):
         if name in scored:
             thresholds = entries.get(name, {}).get("thresholds")
             source = "chosen here (backoff.json)"
@@ -302,9 +359,9 @@ def _unknown(run_dir, hierarchy, validation, predictions, flat_predictions):
     unknown.json (`condnet.runs.unknown`); nothing without a validation split."""
     if validation is None:
         return
-    entries = {ckpt.BEST: (predictions, predictions["route"])}
+    entries = {BEST: (predictions, predictions["route"])}
     if flat_predictions is not None:
-        entries[ckpt.BASELINE] = (flat_predictions, None)
+        entries[BASELINE] = (flat_predictions, None)
     chosen = {
         name: chosen_unknown_entry(hierarchy, scored, route, FALSE_ALARM_RATE, "validation split")
         for name, (scored, route) in entries.items()
@@ -328,7 +385,7 @@ def _recorded_baseline(run_dir):
     readable (a run that ended before writing it, or written before condnet recorded
     epochs)."""
     try:
-        flat = json.loads((run_dir / ckpt.METRICS).read_text())["baseline"]["flat"]
+        flat = json.loads((run_dir / METRICS).read_text())["baseline"]["flat"]
         recorded = {key: flat[key] for key in ("epochs", "epochs_planned")}
     except (OSError, ValueError, KeyError, TypeError):
         return {}

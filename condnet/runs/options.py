@@ -1,6 +1,7 @@
 """The training recipe's options: one frozen, checked dataclass that the CLI is generated from."""
 
 import dataclasses
+import importlib
 import math
 import numbers
 from pathlib import Path
@@ -9,9 +10,11 @@ from condnet.choices import (
     AUGMENT_POLICIES,
     CACHE_POLICIES,
     COLOR_MODES,
+    DISPATCHES,
     DISTRIBUTE,
     HUB_TEXT_TRUNK,
     LR_SCHEDULES,
+    MAX_IMAGE_SIDE,
     MODALITIES,
     PLACEMENTS,
     PREPROCESS_MODES,
@@ -26,8 +29,7 @@ from condnet.hierarchy import Hierarchy
 from condnet.models.precision import PRECISIONS
 
 SCHEDULES = ("coarse_to_fine",)
-DISPATCHES = ("dense", "capacity")
-IMAGE_SIZES = (8, 2048)
+_MODEL = "condnet.models.conditional_model"  # the validators of the routing settings
 # Keys of config.json's "options" that name the run's folders rather than options.
 RUN_KEYS = ("data_dir", "run_dir")
 
@@ -57,7 +59,9 @@ def normalised(name, value):
 
 
 def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+    from condnet.data.folders import is_int  # imported when first checked: see `_library`
+
+    return is_int(value)
 
 
 def _is_number(value):
@@ -71,7 +75,7 @@ def _int_at_least(low):
         elif value < low:
             kind = ValueError
         else:
-            return value
+            return int(value)
         raise kind(f"{label(name)} must be an int >= {low}. Received: {name}={value!r}")
 
     return check
@@ -159,23 +163,30 @@ def _auto_or(check):
     return checked
 
 
+def _library(module, function):
+    """A check by the library's own validator, `module.function(value)`, which returns the
+    value to store; its error names the flag first. The module is imported when a value
+    is first checked: `condnet --help` lists the options without importing Keras."""
+
+    def check(name, value):
+        validator = getattr(importlib.import_module(module), function)
+        try:
+            return validator(value)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{label(name)}: {error}") from None
+
+    return check
+
+
 def _image_size(name, value):
+    """`"auto"`, or a size `condnet.data.folders.check_image_size` accepts: an int, or a
+    (height, width) pair (stored as a tuple); a list of one side is that square."""
     if value == "auto":
         return value
-    sides = [value] if _is_int(value) else value
-    low, high = IMAGE_SIZES
-    if not (isinstance(sides, list | tuple) and len(sides) in (1, 2) and all(map(_is_int, sides))):
-        raise TypeError(
-            f"{label(name)} must be an int or a (height, width) pair of ints. "
-            f"Received: {name}={value!r}"
-        )
-    if not all(low <= side <= high for side in sides):
-        raise ValueError(
-            f"{label(name)} must be between {low} and {high} pixels: smaller images vanish in "
-            "the backbone's poolings, and larger ones need gigabytes of memory per batch "
-            f"(resize the images instead). Received: {name}={value!r}"
-        )
-    return sides[0] if len(sides) == 1 else tuple(sides)  # [64] is 64
+    if isinstance(value, list | tuple) and len(value) == 1:
+        value = value[0]  # [64] is 64
+    height, width = _library("condnet.data.folders", "check_image_size")(name, value)
+    return height if _is_int(value) else (height, width)
 
 
 def _filters(name, value):
@@ -195,16 +206,6 @@ def _fraction(name, value):
         raise TypeError(f"{label(name)} must be a float in [0, 1). Received: {name}={value!r}")
     if not 0 <= value < 1:
         raise ValueError(f"{label(name)} must be in [0, 1). Received: {name}={value!r}")
-    return value
-
-
-def _confidence_threshold(name, value):
-    if value is None:
-        return value
-    if not _is_number(value) or not 0 < value <= 1:
-        raise ValueError(
-            f"{label(name)} must be in (0, 1] (or None to never hedge). Received: {name}={value!r}"
-        )
     return value
 
 
@@ -321,13 +322,14 @@ class TrainingOptions:
         "auto",
         "units of a ReLU layer (with dropout) before each head's classifier, 0 for none; "
         "auto = 256 on light heads (a pretrained backbone's pooled features), else 0",
-        _auto_or(_int_at_least(0)),
+        _library("condnet.vision.image_model", "check_head_units"),
         type=auto_or_int,
         metavar="UNITS",
     )
     image_size: object = _option(
         "auto",
-        f"image side in pixels, {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}, or auto: the training "
+        f"image side in pixels, at most {MAX_IMAGE_SIDE} (at least 8 for small_cnn, 32 for an "
+        "application), or auto: the training "
         "images' median side, between 32 and 224 (a CNN of the same cost as one a user would "
         "write at the data's own size)",
         _image_size,
@@ -480,16 +482,18 @@ class TrainingOptions:
     capacity_factor: float = _option(
         1.25,
         "with --dispatch capacity: buffer size per expert as a multiple of batch / groups",
-        _positive_number,
+        _library(_MODEL, "check_capacity_factor"),
     )
     confidence_threshold: object = _option(
         None,
         "at inference with a hard routing, rows whose top gate probability is below it mix "
         "their two most likely experts, in (0, 1] (none: never hedge)",
-        _confidence_threshold,
+        _library(_MODEL, "check_confidence_threshold"),
         type=float,
     )
-    temperature: float = _option(1.0, "Gumbel-softmax temperature", _positive_number)
+    temperature: float = _option(
+        1.0, "Gumbel-softmax temperature", _library(_MODEL, "check_temperature")
+    )
     backbone_output: object = _option(
         None,
         "layer of a backbone model file to end the trunk at (default: before its global "
@@ -706,30 +710,19 @@ def _check_combinations(options):
             f"of {STAGED_MIN_EPOCHS} or more. Pass more epochs or --strategy joint. Received: "
             f"strategy='staged', epochs={options.epochs}"
         )
-    if options.expert_placement == "branch" and options.backbone != "small_cnn":
-        raise ValueError(
-            "--expert-placement / expert_placement='branch' gives each expert its own copy of "
-            "small_cnn's last block, so it needs backbone='small_cnn'. For a pretrained "
-            f"backbone use 'taps' or 'top'. Received: backbone={options.backbone!r}"
-        )
+    if options.expert_placement != "auto":  # auto resolves from the backbone, when built
+        from condnet.vision.image_model import resolve_placement
+
+        resolve_placement(options.expert_placement, options.backbone, options.weights)
     if options.backbone == "small_cnn" and options.weights is not None:
         raise ValueError(
             "small_cnn trains from scratch and takes no pretrained --weights / weights. Pick "
             "an application --backbone (e.g. MobileNetV3Small) or leave out the weights. "
             f"Received: weights={options.weights!r}"
         )
-    if options.dispatch == "capacity" and options.routing == "teacher":
-        raise ValueError(
-            "--dispatch / dispatch='capacity' cannot teacher-force: the true group never "
-            "reaches the model's buffers. Use --routing hard (or gumbel), or dispatch='dense'. "
-            "Received: routing='teacher', dispatch='capacity'"
-        )
-    if options.dispatch == "capacity" and options.confidence_threshold is not None:
-        raise ValueError(
-            "--confidence-threshold / confidence_threshold hedges over two experts per row, "
-            "capacity dispatch runs one. Use dispatch='dense'. Received: "
-            f"confidence_threshold={options.confidence_threshold!r}, dispatch='capacity'"
-        )
+    from condnet.models.conditional_model import check_dispatch
+
+    check_dispatch(options.dispatch, options.routing, options.confidence_threshold)
     if options.split is not None and options.hierarchy == "auto":
         raise ValueError(
             "split indices refer to the rows of a known hierarchy, so they cannot be "

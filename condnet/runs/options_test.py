@@ -23,8 +23,9 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
         ({"batch_size": 0}, ValueError, "--batch-size / batch_size must be an int >= 1"),
         ({"patience": 0}, ValueError, "--patience / patience must be an int >= 1"),
         ({"validation_split": 1.0}, ValueError, "--validation-split / validation_split"),
-        ({"image_size": 4}, ValueError, "between 8 and 2048 pixels.*memory.*image_size=4"),
-        ({"image_size": (32, 4096)}, ValueError, "between 8 and 2048 pixels"),
+        ({"image_size": 0}, ValueError, "--image-size / image_size: .*from 1 to 2048 pixels"),
+        ({"image_size": (32, 4096)}, ValueError, "2048 pixels a side.*memory.*\\(32, 4096\\)"),
+        ({"image_size": "big"}, TypeError, "--image-size / image_size: image_size must be an"),
         ({"capacity_factor": 0}, ValueError, "--capacity-factor / capacity_factor"),
         ({"confidence_threshold": 0}, ValueError, "--confidence-threshold .*\\(0, 1\\]"),
         ({"confidence_threshold": 1.5}, ValueError, "confidence_threshold=1.5"),
@@ -34,8 +35,8 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
         ({"color_mode": "cmyk"}, ValueError, "--color-mode / color_mode must be one of"),
         ({"loss_schedule": "linear"}, ValueError, "--loss-schedule / loss_schedule"),
         ({"upcycle_epochs": -1}, ValueError, "--upcycle-epochs / upcycle_epochs must be an int"),
-        ({"head_units": -8}, ValueError, "--head-units / head_units must be an int >= 0"),
-        ({"head_units": "wide"}, TypeError, "--head-units / head_units must be an int"),
+        ({"head_units": -8}, ValueError, "--head-units / head_units: head_units must be an int"),
+        ({"head_units": "wide"}, TypeError, "head_units must be an int >= 0 or 'auto'"),
         ({"expert_dropout": 1.0}, ValueError, "--expert-dropout / expert_dropout must be in"),
         ({"filters": ()}, ValueError, "--filters / filters must be a non-empty sequence"),
         ({"discovery_groups": 1}, ValueError, "--discovery-groups / discovery_groups"),
@@ -45,12 +46,12 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
         (
             {"dispatch": "capacity", "routing": "teacher"},
             ValueError,
-            "cannot teacher-force",
+            "Teacher forcing needs the true group",
         ),
         (
             {"dispatch": "capacity", "confidence_threshold": 0.5},
             ValueError,
-            "hedges over two experts",
+            "Hedging \\(confidence_threshold\\) runs two experts per row",
         ),
         ({"weights": "imagenet"}, ValueError, "small_cnn trains from scratch"),
         (
@@ -121,6 +122,19 @@ def test_a_hub_text_run_takes_its_preset_and_the_fine_tuning_options():
         fine_tune_learning_rate=1e-4,
     )
     assert TrainingOptions.from_config(options.to_config()) == options
+
+
+def test_options_check_image_sizes_by_the_data_library_s_one_rule(tmp_path):
+    from condnet.data.folders import check_image_size
+
+    # The smallest side is the backbone's to check; the largest is the same everywhere.
+    assert TrainingOptions(image_size=4).image_size == 4 and check_image_size(4) == (4, 4)
+    assert TrainingOptions(image_size=(2048, 16)).image_size == (2048, 16)
+    with pytest.raises(ValueError, match="2048 pixels a side") as refused:
+        TrainingOptions(image_size=2049)
+    with pytest.raises(ValueError, match="2048 pixels a side") as library:
+        check_image_size(2049)
+    assert str(refused.value) == f"--image-size / image_size: {library.value}"
 
 
 def test_options_round_trip_through_json():

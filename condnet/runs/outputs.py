@@ -22,6 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
+from condnet.runs.files import BEST, CONFIG, METRICS, STATE
 from condnet.runs.lock import alive
 
 MARKER = ".condnet-output.json"
@@ -30,7 +31,7 @@ BOOKKEEPING = (MARKER, ".condnet.lock")
 # The folders inside a run that commands other than `train` write to.
 OWN_FOLDERS = ("evaluation", "export", "test-report")
 # What makes a folder a run, for folders written before markers existed.
-_RUN_SIGNATURE = ("config.json", ("model.keras", "state.json"))
+_RUN_SIGNATURE = (CONFIG, (BEST, STATE))
 RUN_KINDS = ("run", "ensemble")
 
 
@@ -87,7 +88,7 @@ def training_data(run_dirs):
     folders = []
     for run in run_dirs:
         try:
-            options = json.loads((Path(run) / "config.json").read_text())["options"]
+            options = json.loads((Path(run) / CONFIG).read_text())["options"]
             folders.append(Path(options["data_dir"]))
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             continue  # an unreadable config: the command that reads it says so
@@ -169,7 +170,7 @@ def check_replaceable(path, kind, overwrite=False, flag="--out"):
 
 def _unmarked_report(path, kind, entries):
     """A report folder written before markers existed holds only what a report writes."""
-    names = ("metrics.json", "report.md", "report.html", "examples")
+    names = (METRICS, "report.md", "report.html", "examples")
     if kind == "evaluation" and all(n in names or n.endswith(".png") for n in entries):
         return {"kind": kind, "names": entries}
     return None

@@ -34,13 +34,13 @@ from condnet.hierarchy import Hierarchy
 from condnet.models.precision import precision_scope, resolve_precision
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.claim import (
-    CONFIG,
     RunClaim,
     check_run_dir,
     clean_temporary_files,
     replaced_asides,
     restore_replaced,
 )
+from condnet.runs.files import CHECKPOINTS, CONFIG, DISCOVERED, HIERARCHY, SPLIT, STATE
 from condnet.runs.finish import announce as _announce
 from condnet.runs.finish import finish_run, fit_flat, model_input_shape, noun_of
 from condnet.runs.lock import run_lock
@@ -72,7 +72,6 @@ from condnet.vision.image_model import (
     resolve_placement,
 )
 
-DISCOVERED = "hierarchy.discovered.json"
 # model.fit arguments a caller may pass through; the recipe sets the others itself.
 FIT_KEYWORDS = tuple(
     name
@@ -329,7 +328,7 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
             clean_temporary_files(run_dir)
         if distribute.process_count() > 1:  # loading initialises the layers first: alike
             keras.utils.set_random_seed(options.seed)
-        model = keras.models.load_model(run_dir / ckpt.CHECKPOINTS / state["checkpoint"])
+        model = keras.models.load_model(run_dir / CHECKPOINTS / state["checkpoint"])
         with times.part("scan and prepare"):  # documents: the checkpoint's own vectorizer
             vectorizer = getattr(model, "preprocessor", None)
             train_data, validation = load_data(options, stored_data_dir, vectorizer)
@@ -337,7 +336,7 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
         phase = _phases(options)[state["phase"]].name
         _announce(
             f"Resuming {run_dir} after epoch {state['epoch']} (phase {phase!r}), from "
-            f"{ckpt.CHECKPOINTS}/{state['checkpoint']}.",
+            f"{CHECKPOINTS}/{state['checkpoint']}.",
             fit_kwargs,
         )
         _set_learning_rate(model, stored, options, state["phase"])
@@ -791,11 +790,11 @@ def _resume_state(run_dir):
     state = checked_state(run_dir)
     if state is None:
         raise ValueError(
-            f"There is no run to resume in {str(run_dir)!r}: it has no {ckpt.STATE} (no "
+            f"There is no run to resume in {str(run_dir)!r}: it has no {STATE} (no "
             "epoch was completed there, so nothing is lost). Start it again without "
             "--resume, with the same --out."
         )
-    if not (Path(run_dir) / ckpt.CHECKPOINTS / state["checkpoint"]).is_file():
+    if not (Path(run_dir) / CHECKPOINTS / state["checkpoint"]).is_file():
         raise ValueError(
             f"The run in {str(run_dir)!r} cannot resume: its checkpoint "
             f"{state['checkpoint']!r} is missing. Start a new run with --overwrite."
@@ -817,12 +816,10 @@ def _write_config(run_dir, data_dir, options, hierarchy):
         },
     }
     ckpt.write_atomic(Path(run_dir) / CONFIG, json.dumps(config, indent=1))
-    hierarchy.save(Path(run_dir) / "hierarchy.json")
+    hierarchy.save(Path(run_dir) / HIERARCHY)
 
 
 # === The split's fingerprint ===
-
-SPLIT = "split.json"
 
 
 def write_split(run_dir, data_dir, train_data, validation):

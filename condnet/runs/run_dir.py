@@ -9,8 +9,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.choices import COLOR_MODES
-from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, scan_directory
+from condnet.choices import COLOR_MODES, INFERENCE_ROUTINGS, MAX_IMAGE_SIDE
+from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, is_int, scan_directory
 from condnet.data.text import (
     TextFolder,
     read_documents,
@@ -25,7 +25,7 @@ from condnet.evaluation.backoff import (
     check_thresholds,
 )
 from condnet.evaluation.calibration import calibrate
-from condnet.evaluation.cost import count_macs
+from condnet.evaluation.cost import routed_macs
 from condnet.evaluation.evaluate import (
     error_row,
     evaluate_model,
@@ -36,29 +36,31 @@ from condnet.evaluation.evaluate import (
 from condnet.evaluation.progress import Progress
 from condnet.evaluation.unknown import unknown_fields
 from condnet.hierarchy import Hierarchy
-from condnet.runs.checkpoint import (
-    BASELINE,
-    BEST,
-    CHECKPOINTS,
-    METRICS,
-    STATE,
-    save_model_atomic,
-    write_atomic,
-)
 from condnet.runs.checkpoint import read_state as read_checkpoint_state
+from condnet.runs.checkpoint import save_model_atomic, write_atomic
 from condnet.runs.documents import (
     document_files,
     is_text_run,
     jsonl_documents,
     line_documents,
 )
-from condnet.runs.options import IMAGE_SIZES, normalised
+from condnet.runs.files import (
+    BACKOFF,
+    BASELINE,
+    BEST,
+    CALIBRATED,
+    CALIBRATION_REPORT,
+    CHECKPOINTS,
+    CONFIG,
+    HIERARCHY,
+    KERAS_ARCHIVE_CONFIG,
+    METRICS,
+    STATE,
+    UNKNOWN,
+    UNKNOWN_STATISTICS,
+)
+from condnet.runs.options import normalised
 from condnet.runs.outputs import guard, staged_folder, training_data, write_file
-
-CONFIG = "config.json"
-
-
-INFERENCE_ROUTINGS = ("hard", "soft")
 
 
 def load_run(run_dir, model_file=None, routing=None):
@@ -304,7 +306,6 @@ def _model_path(run_dir, model_file):
 # Each reader checks what condnet relies on in one file of a run and raises one
 # ValueError naming the file, the problem and the fix.
 
-HIERARCHY = "hierarchy.json"
 _FIXES = {
     CONFIG: "`condnet train --out RUN_DIR` writes it with the run's options; re-train the run "
     "or restore the file",
@@ -313,18 +314,18 @@ _FIXES = {
     "start the run again with --overwrite",
     HIERARCHY: "`condnet train` writes it as a copy of the tree in config.json; restore it "
     "from there, or delete it",
-    "backoff.json": "`condnet train` and `condnet backoff RUN_DIR` write it; delete it and run "
+    BACKOFF: "`condnet train` and `condnet backoff RUN_DIR` write it; delete it and run "
     "`condnet backoff RUN_DIR` to choose the thresholds again",
-    "unknown.json": "`condnet train` and `condnet unknown RUN_DIR` write it; delete it and run "
+    UNKNOWN: "`condnet train` and `condnet unknown RUN_DIR` write it; delete it and run "
     "`condnet unknown RUN_DIR` to choose the thresholds again",
-    "unknown.npz": "`condnet unknown RUN_DIR` writes it with unknown.json; delete both and run "
-    "`condnet unknown RUN_DIR` to fit and choose them again",
+    UNKNOWN_STATISTICS: "`condnet unknown RUN_DIR` writes it with unknown.json; delete both and "
+    "run `condnet unknown RUN_DIR` to fit and choose them again",
 }
 
 
 def read_config(path):
     """A run's config.json: an object whose `"options"` hold a valid `image_size` (pixels,
-    8 to 2048, as the options allow) and `color_mode`, and whose `"hierarchy"`, when
+    1 to 2048, as the options allow) and `color_mode`, and whose `"hierarchy"`, when
     present, is a valid tree."""
     config = _read_json(path)
     options = _options_of(path, config)
@@ -371,7 +372,7 @@ def _options_of(path, config):
 
 _EXPECTED = {
     "image_size": "where an int or a (height, width) pair of ints from "
-    f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} pixels is expected",
+    f"1 to {MAX_IMAGE_SIDE} pixels is expected",
     "color_mode": f"where one of {list(COLOR_MODES)} is expected",
 }
 
@@ -461,8 +462,6 @@ _METRIC_ENTRIES = [
 
 # === Back-off thresholds ===
 
-BACKOFF = "backoff.json"
-
 
 def read_backoff(path, hierarchy=None):
     """A run's backoff.json: an object whose `"models"` map a model file of the run
@@ -539,9 +538,6 @@ def _model_key(run_dir, model_file):
 
 
 # === Unknown-class thresholds ===
-
-UNKNOWN = "unknown.json"
-UNKNOWN_STATISTICS = "unknown.npz"
 
 
 def read_unknown(path, hierarchy=None):
@@ -672,13 +668,13 @@ def read_state(run_dir):
     return read_checkpoint_state(run_dir)  # and the checkpoint a plain name inside the run
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _index(value):
+    return is_int(value) and value >= 0
 
 
 _STATE_FIELDS = [
-    ("phase", _is_int, "an int >= 0"),
-    ("epoch", _is_int, "an int >= 0"),
+    ("phase", _index, "an int >= 0"),
+    ("epoch", _index, "an int >= 0"),
     ("phase_done", lambda value: isinstance(value, bool), "true or false"),
     ("checkpoint", lambda value: isinstance(value, str), "a file name"),
     ("best", lambda value: value is None or _is_number(value), "a number or null"),
@@ -749,7 +745,7 @@ def _archive_problem(path):
         return f"it is not a complete .keras (zip) archive ({error})"
     if damaged is not None:
         return f"its member {damaged!r} fails its checksum"
-    if "config.json" not in names:
+    if KERAS_ARCHIVE_CONFIG not in names:
         return "it holds no config.json, so it was not written by model.save"
     return None
 
@@ -766,9 +762,10 @@ def evaluate_run(
     """Evaluate a run on another folder (e.g. a test split) and write a report there.
 
     The headline metrics are those of `routing` (default hard: only the
-    chosen expert runs); the other routing's accuracy is reported beside them
+    chosen expert runs); the other routing's scores are reported beside them
     (`mixture` or `hard_routed`), and so is the run's flat baseline when it
-    has one (`baseline`), on the same images. `progress=True` reports each
+    has one (`baseline`), on the same images, scored as `condnet train` scores
+    its validation split (`condnet.runs.finish.score_run`). `progress=True` reports each
     pass on standard error. With `model_file="baseline.keras"` the flat
     baseline alone is scored (`"model": "baseline"`, `"inference_routing":
     "flat"`).
@@ -840,60 +837,27 @@ def backoff_of(hierarchy, predictions, thresholds, name, source=f"the run's {BAC
 
 
 def _conditional_metrics(run_dir, model, data, progress, model_file=None):
-    """(metrics, baseline comparison or None) of a condnet model on `data`: its routing,
-    the other routing's accuracy and the run's flat baseline beside it."""
-    from condnet.evaluation.mistakes import milder_mistakes
-    from condnet.evaluation.report import baseline_verdict, gap_sources
+    """(metrics, baseline comparison or None, predictions) of a condnet model on `data`:
+    `condnet.runs.finish.score_run` (its routing, the other routing beside it, the run's
+    flat baseline compared, at the costs `condnet train` recorded), and the back-off
+    answers at the run's thresholds."""
+    from condnet.runs.finish import score_run
 
     # The run files it reads are checked before the first pass over the images.
     trained = read_metrics(Path(run_dir) / METRICS) if (Path(run_dir) / METRICS).is_file() else {}
     flat = _flat_classifier(run_dir, model.hierarchy)
     thresholds = run_thresholds(run_dir, model.hierarchy, model_file)
     flat_thresholds = run_thresholds(run_dir, model.hierarchy, BASELINE) if flat else None
-    metrics, predictions = evaluate_model(
-        model,
-        data,
-        return_predictions=True,
-        progress=progress,
-        progress_label=f"{model.routing} routing",
+    metrics, predictions, flat_predictions = score_run(
+        model, data, flat, _training_costs(trained), progress=progress
     )
-    metrics["inference_routing"] = model.routing
-    other = "soft" if model.routing != "soft" else "hard"
-    model.routing = other
-    other_metrics, other_predictions = evaluate_model(
-        model, data, return_predictions=True, progress=progress, progress_label=f"{other} routing"
-    )
-    metrics["mixture" if other == "soft" else "hard_routed"] = {
-        "accuracy": other_metrics["accuracy"]
-    }
-    soft = other_predictions if other == "soft" else predictions
-    within = within_group_of(model.hierarchy, soft)
     name = _model_key(run_dir, model_file) or str(model_file)
     metrics["backoff"] = {"conditional": backoff_of(model.hierarchy, predictions, thresholds, name)}
-    comparison, flat_predictions = _baseline_on(
-        flat,
-        data,
-        model.hierarchy,
-        {**metrics, "within_group_accuracy": within},
-        progress,
-    )
-    if comparison is not None:
+    if flat_predictions is not None:
         metrics["backoff"]["flat"] = backoff_of(
             model.hierarchy, flat_predictions, flat_thresholds, BASELINE
         )
-        comparison["milder_mistakes"] = milder_mistakes(
-            comparison["conditional"], comparison["flat"]
-        )
-        if metrics["inference_routing"] == "hard":
-            _add_training_costs(trained, comparison)
-            _add_speeds(model, flat, data, comparison)
-        noun = "documents" if isinstance(data, TextFolder) else "images"
-        comparison["verdict"] = baseline_verdict(
-            comparison["conditional"], comparison["flat"], metrics["num_samples"], noun
-        )
-        comparison["where"] = gap_sources(comparison["conditional"], comparison["flat"])
-        metrics["baseline"] = comparison
-    return metrics, comparison, predictions
+    return metrics, metrics.get("baseline"), predictions
 
 
 def _write_evaluation_report(
@@ -932,53 +896,18 @@ def _flat_classifier(run_dir, hierarchy):
     return classifier
 
 
-def _baseline_on(flat, data, hierarchy, metrics, progress=False):
-    """(the flat baseline scored on `data` beside the conditional model, its predictions),
-    or (None, None) without one."""
-    if flat is None:
-        return None, None
-    scores, predictions = evaluate_model(
-        flat,
-        data,
-        hierarchy=hierarchy,
-        return_predictions=True,
-        progress=progress,
-        progress_label="flat baseline",
-    )
-    scores["within_group_accuracy"] = within_group_of(hierarchy, predictions)
-    keys = (
-        "accuracy",
-        "group_accuracy",
-        "within_group_accuracy",
-        "hierarchical_f1",
-        "mistake_distance",
-        "top_k_distance",
-    )
-    comparison = {
-        "conditional": {key: metrics[key] for key in keys},
-        "flat": {key: scores[key] for key in keys},
-        "model": BASELINE,
-    }
-    return comparison, predictions
-
-
-def _add_training_costs(trained, comparison):
+def _training_costs(trained):
     """MACs per image and epochs trained of both models, as `condnet train` recorded them
     for the hard-routed model (they do not depend on the images scored) in the run's
-    metrics `trained`; nothing if it did not."""
-    for side in ("conditional", "flat"):
-        for key in ("macs_per_image", "epochs"):
-            if nested_entry(trained, ("baseline", side, key)) is not None:
-                comparison[side][key] = trained["baseline"][side][key]
-
-
-def _add_speeds(model, flat, data, comparison):
-    """Images per second of both models, timed on these images as `condnet train` times
-    them on its validation split: each report states the speed it measured."""
-    from condnet.runs.finish import images_per_second
-
-    comparison["conditional"]["images_per_second"] = images_per_second(model, data)
-    comparison["flat"]["images_per_second"] = images_per_second(flat, data)
+    metrics `trained`; only those it recorded."""
+    return {
+        side: {
+            key: trained["baseline"][side][key]
+            for key in ("macs_per_image", "epochs")
+            if nested_entry(trained, ("baseline", side, key)) is not None
+        }
+        for side in ("conditional", "flat")
+    }
 
 
 def predict_paths(
@@ -1185,8 +1114,6 @@ def model_info(model, config):
     """`run_info` of a loaded run's model and config."""
     if isinstance(model, FlatBaseline):
         return _flat_info(model, config)
-    shape = input_shape_of(config)
-    taps = model._tap_shapes(shape)
     parts = {
         "trunk": model.trunk,
         "gate": model.gate,
@@ -1195,15 +1122,10 @@ def model_info(model, config):
     params = {
         name: int(part.count_params()) if part is not None else 0 for name, part in parts.items()
     }
-    macs = {
-        "trunk": count_macs(model.trunk, shape[1:]) if model.trunk is not None else 0,
-        "gate": count_macs(model.gate, taps[model.gate_tap][1:]),
-    }
-    for group, expert in model.experts.items():
-        tap_shape = taps[model.expert_taps[group]][1:]
-        macs[f"expert {group}"] = count_macs(expert, tap_shape) if expert is not None else 0
-    shared = macs["trunk"] + macs["gate"]
-    routes = {g: shared + macs[f"expert {g}"] for g in model.hierarchy.groups}
+    # A nested expert costs its costliest route (`condnet.evaluation.cost.routed_macs`).
+    costs = routed_macs(model, input_shape_of(config)[1:])
+    macs = {"trunk": costs["trunk"], "gate": costs["gate"]}
+    macs.update({f"expert {group}": cost for group, cost in costs["experts"].items()})
     from condnet.vision.image_model import taps_of
 
     return {
@@ -1212,14 +1134,14 @@ def model_info(model, config):
         "taps": taps_of(model),
         "parameters": params,
         "macs": macs,
-        "macs_per_route": routes,
-        "macs_all_experts": shared + sum(macs[f"expert {g}"] for g in model.hierarchy.groups),
+        "macs_per_route": costs["routes"],
+        "macs_all_experts": costs["all_experts"],
     }
 
 
 def _flat_info(model, config):
     """`model_info` of the run's flat baseline: one part, the same cost for every image."""
-    macs = count_macs(model.classifier, input_shape_of(config)[1:])
+    macs = routed_macs(model.classifier, input_shape_of(config)[1:])["routed"]
     return {
         "model": "baseline",
         "hierarchy": model.hierarchy.to_dict(),
@@ -1229,10 +1151,6 @@ def _flat_info(model, config):
         "macs_per_route": {group: macs for group in model.hierarchy.groups},
         "macs_all_experts": macs,
     }
-
-
-CALIBRATED = "model.calibrated.keras"
-CALIBRATION_REPORT = "calibration.json"
 
 
 def calibrate_run(run_dir, break_lock=False, progress=False):

@@ -189,6 +189,46 @@ def test_evaluate_run_scores_hard_routing_with_the_mixture_and_baseline_beside(r
     assert soft["inference_routing"] == "soft" and "accuracy" in soft["hard_routed"]
 
 
+def _torn_model():
+    """The colour model with a gate sure at 0.6 only and a cool expert that cannot tell
+    blue from green: under the soft mixture the peaked warm expert wins the cool images,
+    so the gate's top group is right for all and the final class's for half."""
+    import keras
+
+    from condnet import ConditionalModel
+    from condnet.evaluation.evaluate_test import TREE, _fixed_softmax
+
+    inputs = keras.Input((8, 8, 3))
+    mean = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    gate = _fixed_softmax([[-0.2, 0.2], [0.2, -0.2], [0.2, -0.2]], [0, 0], "gate")
+    warm = _fixed_softmax([[0, 0], [20, -20], [0, 0]], [-6, 6], "warm")
+    cool = _fixed_softmax([[0, 0], [0, 0], [0, 0]], [0, 0], "cool")
+    trunk = keras.Model(inputs, mean, name="trunk")
+    experts = {"warm": warm, "cool": cool}
+    return ConditionalModel(TREE, gate=gate, experts=experts, trunk=trunk, routing="hard")
+
+
+def test_evaluate_run_scores_the_final_class_group_and_the_gate_apart(run, tmp_path):
+    _torn_model().save(run / "model.keras")
+    _flat_baseline(run / "baseline.keras")
+    data = make_colour_folders(tmp_path / "data", per_class=2)
+    soft = evaluate_run(run, data, routing="soft", report_dir=tmp_path / "soft")
+    assert soft["gate_accuracy"] == 1.0 and soft["group_accuracy"] == 0.5
+    # The comparison's group accuracy is the final class's, as the flat model's is.
+    assert soft["baseline"]["conditional"]["group_accuracy"] == 0.5
+    assert "the right group for 0.5000 of the images" in soft["baseline"]["where"]
+    assert soft["hard_routed"] == {"accuracy": 0.75, "group_accuracy": 1.0, "gate_accuracy": 1.0}
+    hard = evaluate_run(run, data, report_dir=tmp_path / "hard")
+    assert hard["group_accuracy"] == hard["gate_accuracy"] == 1.0
+    # The mixture beside it has the parts `condnet train` writes for its validation split.
+    mixture = hard["mixture"]
+    assert (mixture["group_accuracy"], mixture["gate_accuracy"]) == (0.5, 1.0)
+    assert (
+        mixture["within_group_accuracy"] == hard["baseline"]["conditional"]["within_group_accuracy"]
+    )
+    assert "every expert runs" in mixture["note"]
+
+
 def test_evaluate_run_shows_the_costs_training_measured_and_times_its_own_speed(run, tmp_path):
     import keras
 
@@ -345,6 +385,27 @@ def test_the_flat_baseline_predicts_evaluates_and_describes_itself(run, tmp_path
     info = run_info(run, model_file="baseline.keras")
     assert info["model"] == "baseline" and info["parameters"] == {"baseline": 3 * 4 + 4}
     assert set(info["macs_per_route"].values()) == {info["macs_all_experts"]}
+
+
+def test_info_counts_a_nested_expert_by_its_costliest_route(tmp_path):
+    from condnet.evaluation.cost import count_macs
+    from condnet.hierarchy import Hierarchy
+    from condnet.runs.run_dir import run_info
+    from condnet.vision.image_model import build_image_model
+
+    tree = {"animals": {"pets": ["cat", "dog"], "wild": ["wolf", "fox"]}, "cars": ["van", "bus"]}
+    model = build_image_model(Hierarchy(tree), image_size=16, filters=(4, 8, 8))
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "config.json").write_text(json.dumps({"options": {**OPTIONS, "image_size": 16}}))
+    info = run_info(tmp_path)
+    inner = model.experts["animals"]
+    tap = model._tap_shapes((None, 16, 16, 3))[model.expert_taps["animals"]][1:]
+    route = count_macs(inner.gate, tap) + max(count_macs(e, tap) for e in inner.expert_models)
+    assert info["macs"]["expert animals"] == route  # was 0: one unknown layer to count_macs
+    shared = info["macs"]["trunk"] + info["macs"]["gate"]
+    assert info["macs_per_route"]["animals"] == shared + route
+    every = count_macs(inner.gate, tap) + sum(count_macs(e, tap) for e in inner.expert_models)
+    assert info["macs_all_experts"] == shared + every + info["macs"]["expert cars"]
 
 
 def test_serve_answers_with_the_flat_baseline_as_predict_does(run, tmp_path):

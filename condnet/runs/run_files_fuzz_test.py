@@ -15,16 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from condnet.runs.checkpoint import STATE
+from condnet.choices import MAX_IMAGE_SIDE
 from condnet.runs.compare import _row, table
-from condnet.runs.run_dir import (
-    CONFIG,
-    METRICS,
-    input_shape_of,
-    read_config,
-    read_metrics,
-    read_state,
-)
+from condnet.runs.files import CONFIG, METRICS, STATE
+from condnet.runs.run_dir import input_shape_of, read_config, read_metrics, read_state
 from condnet.testing import fuzz_settings
 
 FUZZ = fuzz_settings()
@@ -106,7 +100,8 @@ def _config(run, content):
     config = _refused_or_read(run / CONFIG, content, lambda: read_config(run / CONFIG))
     if config is not None:  # usable: the input shape of the model, within the limits
         _, height, width, channels = input_shape_of(config)
-        assert all(isinstance(side, int) and 8 <= side <= 2048 for side in (height, width))
+        sides = (height, width)
+        assert all(isinstance(side, int) and 1 <= side <= MAX_IMAGE_SIDE for side in sides)
         assert channels in (1, 3)
 
 
@@ -238,7 +233,7 @@ def test_fuzz_space_file_is_checked_before_any_trial(run, space):
         ({"routing": "bogus"}, r"bad entry for 'routing': 'bogus' is refused \(--routing"),
         (
             {"image_size": {"choices": [32, 100000]}},
-            r"'image_size': 100000 is refused \(--image-size / image_size must be between 8",
+            r"'image_size': 100000 is refused \(--image-size / image_size: image_size must be",
         ),
         (
             {"learning_rate": {"min": 0, "max": 1, "sampling": "log"}},

@@ -4,7 +4,8 @@ import contextlib
 import json
 import time
 
-TIMING = "timing.json"
+from condnet.runs.files import TIMING
+
 # The parts that train or score a model; everything else is the run's own cost.
 MODEL_PARTS = ("fit", "flat baseline", "evaluation")
 

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from condnet.choices import STAGED_MIN_EPOCHS
+from condnet.runs.files import METRICS
 from condnet.runs.options import IMAGE_OPTIONS, TEXT_OPTIONS, TrainingOptions, normalised
 from condnet.runs.outputs import mark, write_file
 
@@ -321,7 +322,7 @@ def _claim(tune_dir, data_dir):
 
 def run_trial(data_dir, tune_dir, options, trial, verbose=0):
     """Train (or resume) one trial's run; its objectives."""
-    from condnet.runs.claim import RUN_FILES
+    from condnet.runs.files import RUN_FILES
     from condnet.runs.recipe import resume, train
     from condnet.runs.run_dir import read_state
 
@@ -345,7 +346,7 @@ def run_trial(data_dir, tune_dir, options, trial, verbose=0):
     write_file(run_dir / TRIAL, json.dumps(record, indent=1) + "\n")
     # The search owns its trials: the lock of a trial whose process died (a search killed
     # mid-trial) is stale, and breaking it lets the trial continue.
-    if read_state(run_dir) is not None and not (run_dir / "metrics.json").is_file():
+    if read_state(run_dir) is not None and not (run_dir / METRICS).is_file():
         result = resume(run_dir, break_lock=True, verbose=verbose)  # left unfinished
     else:
         result = train(
@@ -367,7 +368,7 @@ def summarise(tune_dir, tuner):
     rows = []
     for trial in tuner.oracle.trials.values():
         run_dir = Path(tune_dir) / "trials" / f"trial-{trial.trial_id}"
-        metrics = _read(run_dir / "metrics.json")
+        metrics = _read(run_dir / METRICS)
         rows.append(
             {
                 "trial": trial.trial_id,

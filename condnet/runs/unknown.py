@@ -45,16 +45,10 @@ from condnet.evaluation.unknown import (
     unknown_scores,
 )
 from condnet.runs.backoff import _validation_split, validation_predictions
-from condnet.runs.checkpoint import BEST, write_atomic
+from condnet.runs.checkpoint import write_atomic
 from condnet.runs.documents import refuse_text_run
-from condnet.runs.run_dir import (
-    UNKNOWN,
-    UNKNOWN_STATISTICS,
-    _refuse_ensemble,
-    load_run,
-    read_unknown,
-    read_unknown_statistics,
-)
+from condnet.runs.files import BEST, UNKNOWN, UNKNOWN_STATISTICS
+from condnet.runs.run_dir import _refuse_ensemble, load_run, read_unknown, read_unknown_statistics
 
 
 def chosen_unknown_entry(hierarchy, predictions, route, false_alarm_rate, chosen_on):
@@ -193,8 +187,7 @@ def _feature_entries(run_dir, config, model_file, score, rate, progress):
 
 
 def _model_files(run_dir):
-    from condnet.runs.checkpoint import BASELINE
-    from condnet.runs.run_dir import CALIBRATED
+    from condnet.runs.files import BASELINE, CALIBRATED
 
     return [n for n in (BEST, CALIBRATED, BASELINE) if (run_dir / n).is_file()]
 

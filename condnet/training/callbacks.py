@@ -210,11 +210,13 @@ class SmoothedMetric(keras.callbacks.Callback):
         logs[self.name] = sum(self.values) / len(self.values)
 
 
-class StopOnNaN(keras.callbacks.Callback):
-    """Stop training with a clear message when the loss becomes NaN or inf.
+class StopOnNaN(keras.callbacks.TerminateOnNaN):
+    """Keras's `TerminateOnNaN`, which also says what to try and where it stopped.
 
-    Training stops after the offending batch; weights saved by earlier
-    callbacks (checkpoints) are kept. `stopped_at` holds (epoch, batch).
+    Keras stops training after the batch whose loss is NaN or inf (weights
+    saved by earlier callbacks, such as checkpoints, are kept). condnet adds a
+    `RuntimeWarning` naming the epoch and batch and the usual causes, and
+    `stopped_at`: `(epoch, batch)`, 0-based, or None while the loss is finite.
     """
 
     def __init__(self):
@@ -225,17 +227,18 @@ class StopOnNaN(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None or math.isfinite(float(loss)):
+    def on_batch_end(self, batch, logs=None):
+        was_stopping = getattr(self.model, "stop_training", False)
+        super().on_batch_end(batch, logs)  # Keras decides, and stops
+        if was_stopping or not getattr(self.model, "stop_training", False):
             return
+        loss = float(logs["loss"])
         self.stopped_at = (self._epoch, batch)
-        self.model.stop_training = True
         warnings.warn(
             f"Training stopped at epoch {self._epoch + 1}, batch {batch + 1}: the loss "
-            f"became {float(loss)}. Usual causes: a learning rate too high (try 10x "
-            "lower), inputs with NaN/inf values, or a gate or expert that does not "
-            f"end in a softmax. Received: loss={float(loss)}",
+            f"became {loss}. Usual causes: a learning rate too high (try 10x lower), inputs "
+            "with NaN/inf values, or a gate or expert that does not end in a softmax. "
+            f"Received: loss={loss}",
             RuntimeWarning,
             stacklevel=2,
         )

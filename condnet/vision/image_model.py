@@ -310,9 +310,20 @@ def _expert(hierarchy, group, make, routing):
 def resolve_head_units(head_units, expert_placement):
     """The hidden units `build_image_model` gives each head: `"auto"` resolved, bad values
     rejected."""
-    if head_units == "auto":
+    if check_head_units(head_units) == "auto":
         return HEAD_UNITS if expert_placement == "heads" else 0
-    if not isinstance(head_units, int) or isinstance(head_units, bool) or head_units < 0:
+    return head_units
+
+
+def check_head_units(head_units):
+    """`head_units`: an int >= 0 (0: no hidden layer) or `"auto"`."""
+    if head_units == "auto":
+        return head_units
+    if not isinstance(head_units, int) or isinstance(head_units, bool):
+        raise TypeError(
+            f"head_units must be an int >= 0 or 'auto'. Received: head_units={head_units!r}"
+        )
+    if head_units < 0:
         raise ValueError(
             f"head_units must be an int >= 0 or 'auto'. Received: head_units={head_units!r}"
         )
