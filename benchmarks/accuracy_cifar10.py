@@ -67,7 +67,9 @@ import models
 import numpy as np
 from keras import layers, ops
 
-from condnet.data.folders import ImageFolder, load_folders, scan_directory
+from condnet.data.image_folder import ImageFolder
+from condnet.data.scan import scan_directory
+from condnet.data.splits import load_folders
 from condnet.evaluation.cost import count_macs, routed_macs
 from condnet.evaluation.evaluate import evaluate_model
 from condnet.evaluation.metrics import confusion_matrix, evaluate_predictions

@@ -33,7 +33,7 @@ from defaults import DATA_SETS, extract, plain_cnn  # noqa: E402
 from input_pipeline import upscaled  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from condnet.data.folders import decode_image  # noqa: E402
+from condnet.data.decode import decode_image  # noqa: E402
 from condnet.hierarchy import Hierarchy  # noqa: E402
 
 

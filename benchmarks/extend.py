@@ -46,7 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from condnet import Hierarchy  # noqa: E402
-from condnet.data.folders import ImageFolder  # noqa: E402
+from condnet.data.image_folder import ImageFolder  # noqa: E402
 from condnet.evaluation.evaluate import predict_batch  # noqa: E402
 from condnet.runs.extend import extend  # noqa: E402
 from condnet.runs.files import TIMING  # noqa: E402

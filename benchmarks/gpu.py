@@ -51,7 +51,7 @@ from input_pipeline import PHOTOS, KerasEpochs, extract_photos, upscaled  # noqa
 from PIL import Image  # noqa: E402
 
 import condnet  # noqa: E402
-from condnet.data.folders import ImageFolder  # noqa: E402
+from condnet.data.image_folder import ImageFolder  # noqa: E402
 from condnet.evaluation.baseline import flat_baseline  # noqa: E402
 from condnet.evaluation.cost import count_macs, routed_macs  # noqa: E402
 from condnet.models.precision import resolve_precision  # noqa: E402

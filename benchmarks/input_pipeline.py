@@ -56,7 +56,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from condnet.data.folders import ImageFolder, decode_image, scan_directory  # noqa: E402
+from condnet.data.decode import decode_image  # noqa: E402
+from condnet.data.image_folder import ImageFolder  # noqa: E402
+from condnet.data.scan import scan_directory  # noqa: E402
 
 PHOTOS = common.REPOSITORY.parent / "shared" / "data" / "photos20-96px.tar.gz"
 BATCH = 32

@@ -11,7 +11,7 @@ import numpy as np
 from common import extract_cifar
 
 import condnet
-from condnet.data.folders import load_folders
+from condnet.data.splits import load_folders
 from condnet.evaluation.cost import count_macs
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -145,7 +145,7 @@ def balance_gate(gate, images, sweeps=20):
 def load_images(tarball, count, seed=0):
     """`count` CIFAR-10 test images (float32 in [0, 255]) and labels in the 4-group hierarchy.
 
-    Reads the JPEGs through `condnet.data.folders.load_folders` (image_size=32).
+    Reads the JPEGs through `condnet.data.splits.load_folders` (image_size=32).
     Without the tarball, random images and labels. Returns `(images,
     labels, source)`, `source` a sentence for the results.
     """
@@ -166,7 +166,7 @@ def load_images(tarball, count, seed=0):
     order = np.random.default_rng(seed).permutation(len(images))[:count]
     source = (
         f"{len(order)} CIFAR-10 test JPEGs from {tarball.name}, read by "
-        "condnet.data.folders.load_folders(image_size=32)"
+        "condnet.data.splits.load_folders(image_size=32)"
     )
     return images[order], labels[order], source
 

@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import models  # noqa: E402
 import numpy as np  # noqa: E402
 
-from condnet.data.folders import ImageFolder  # noqa: E402
+from condnet.data.image_folder import ImageFolder  # noqa: E402
 from condnet.models.dispatch import routed_predict  # noqa: E402
 
 

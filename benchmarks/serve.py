@@ -109,7 +109,7 @@ def _save_run(model, folder):
 
 def _expected(model, bodies):
     """(class, expert) of each request body, offline: decoded as the service decodes."""
-    from condnet.data.folders import decode_image_bytes
+    from condnet.data.decode import decode_image_bytes
 
     pixels = np.stack([decode_image_bytes(b, (32, 32)) for b in bodies]).astype("float32")
     expected = {}

@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import serve as load_test  # noqa: E402  (benchmarks/serve.py: the model, run and helpers)
 from PIL import Image  # noqa: E402
 
-from condnet.data.folders import decode_image_bytes  # noqa: E402
+from condnet.data.decode import decode_image_bytes  # noqa: E402
 from condnet.evaluation.evaluate import prediction_row  # noqa: E402
 from condnet.testing import free_port  # noqa: E402
 

@@ -10,7 +10,7 @@ posts, headers included, as users receive them), in five groups by the
 newsgroups' own prefixes: comp (5 newsgroups), rec (4), sci (4), talk (4) and
 other (alt.atheism, misc.forsale, soc.religion.christian). For each seed the
 posts are split 70% training / 10% validation / 20% test (stratified, drawn by
-`condnet.data.folders.split_indices`; the collection's own test half is never
+`condnet.data.splits.split_indices`; the collection's own test half is never
 read). One `TextVectorization` is adapted on the training posts only and every
 model reads its ids. Rows, all trained side by side on the same split with Adam,
 batch 32, at most `--epochs` epochs, early stopping on validation accuracy
@@ -57,7 +57,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from condnet.data.folders import split_indices  # noqa: E402
+from condnet.data.splits import split_indices  # noqa: E402
 from condnet.data.text import (  # noqa: E402
     TextFolder,
     make_vectorizer,

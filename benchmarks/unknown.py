@@ -58,7 +58,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from condnet import Hierarchy  # noqa: E402
-from condnet.data.folders import ImageFolder  # noqa: E402
+from condnet.data.image_folder import ImageFolder  # noqa: E402
 from condnet.evaluation.evaluate import predict_batch  # noqa: E402
 from condnet.evaluation.unknown import (  # noqa: E402
     DEFAULT_SCORE,

@@ -101,7 +101,7 @@ _EXPORTS = {
     "build_image_model": "condnet.vision.image_model",
     "evaluate_predictions": "condnet.evaluation.metrics",
     "fit_staged": "condnet.training.staged",
-    "load_folders": "condnet.data.folders",
+    "load_folders": "condnet.data.splits",
     "make_augmentation": "condnet.vision.augmentation",
     "make_shapes_dataset": "condnet.data.demo_data",
     "routed_predict": "condnet.models.dispatch",

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from condnet.data.demo_data import SHAPES, _render, make_shapes_dataset, render_shape
-from condnet.data.folders import scan_directory
+from condnet.data.scan import scan_directory
 from condnet.hierarchy import Hierarchy
 
 CLASSES = [name for names in SHAPES.values() for name in names]

@@ -16,14 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from condnet.data.folders import (
-    IMAGE_EXTENSIONS,
-    SKIP_REASONS,
-    ImageDecodeError,
-    ImageFolder,
-    decode_image,
-    scan_directory,
-)
+from condnet.data.decode import ImageDecodeError, decode_image
+from condnet.data.image_folder import ImageFolder
+from condnet.data.scan import IMAGE_EXTENSIONS, SKIP_REASONS, scan_directory
 from condnet.testing import fuzz_settings
 
 FUZZ = fuzz_settings()

@@ -12,14 +12,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from condnet.data import folders
-from condnet.data.folders import (
-    ImageDecodeError,
-    ImageFolder,
-    decode_image,
-    load_folders,
-    scan_directory,
-    split_indices,
-)
+from condnet.data.decode import ImageDecodeError, decode_image
+from condnet.data.image_folder import ImageFolder
+from condnet.data.scan import scan_directory
+from condnet.data.splits import load_folders, split_indices
 from condnet.hierarchy import Hierarchy
 
 TREE = {"round": ["circle", "ring"], "angular": ["square"]}
@@ -858,7 +854,7 @@ def test_a_run_cut_short_leaves_its_decoded_rows_for_the_next(tmp_path, monkeypa
 
 _FILL_PACK = """
 import sys
-from condnet.data.folders import ImageFolder
+from condnet.data.image_folder import ImageFolder
 from condnet.hierarchy import Hierarchy
 paths, labels, tree, cache = eval(sys.argv[1])
 data = ImageFolder(paths, labels, Hierarchy(tree), image_size=8, batch_size=4, cache="disk",
@@ -939,7 +935,7 @@ def test_decoding_processes_exit_when_their_parent_is_killed(tmp_path):
     hierarchy, paths, labels = _photos(tmp_path, count=6)
     script = f"""
 import os, signal
-from condnet.data.folders import ImageFolder, _process_pool
+from condnet.data.image_folder import ImageFolder, _process_pool
 data = ImageFolder({paths!r}, {labels.tolist()!r}, {hierarchy.to_dict()!r}, image_size=8,
                    batch_size=3, decode_workers=2, decoder="processes", cache="none")
 data.numpy()

@@ -24,17 +24,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.data.folders import (
-    IMAGE_EXTENSIONS,
-    FileKind,
-    _as_hierarchy,
-    _check_batch_size,
-    _check_indices,
-    _check_lengths,
-    batch_order,
-    is_int,
-    scan_folder,
-)
+from condnet.data.checks import _check_batch_size, _check_indices, _check_lengths, is_int
+from condnet.data.image_folder import batch_order
+from condnet.data.scan import IMAGE_EXTENSIONS, FileKind, _as_hierarchy, scan_folder
 
 SNIFF_BYTES = 8192
 MAX_DOCUMENT_BYTES = 1 << 20

@@ -53,7 +53,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.data.folders import MAX_IMAGE_PIXELS, ImageDecodeError, decode_image_bytes
+from condnet.data.decode import MAX_IMAGE_PIXELS, ImageDecodeError, decode_image_bytes
 from condnet.data.text import token_ids
 from condnet.deploy.batching import MicroBatcher
 from condnet.evaluation.backoff import answer_fields, back_off, check_thresholds

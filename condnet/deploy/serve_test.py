@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from condnet import Hierarchy
-from condnet.data.folders import decode_image_bytes
+from condnet.data.decode import decode_image_bytes
 from condnet.deploy import serve
 from condnet.deploy.batching import MicroBatcher
 from condnet.deploy.serve import create_app, run_server, server_config

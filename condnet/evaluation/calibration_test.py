@@ -211,7 +211,7 @@ def test_cli_calibrate_needs_a_finished_run(tmp_path, capsys):
 
 
 def test_calibration_leaves_out_images_that_fail_to_decode(tmp_path):
-    from condnet.data.folders import ImageFolder
+    from condnet.data.image_folder import ImageFolder
     from condnet.hierarchy import Hierarchy
 
     hierarchy = Hierarchy({"a": ["x", "y"], "b": ["z", "w"]})

@@ -5,7 +5,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.data.folders import ImageFolder, scan_directory, split_indices
+from condnet.data.scan import scan_directory
+from condnet.data.splits import split_folders, split_indices
 from condnet.evaluation.metrics import confusion_matrix
 from condnet.hierarchy import Hierarchy
 from condnet.vision.backbones import small_cnn
@@ -127,26 +128,22 @@ def discover_from_folder(
     check_num_groups(num_groups, len(names))
     placeholder = Hierarchy({"discovery_1": names[:1], "discovery_2": names[1:]})
     _, paths, labels = scan_directory(data_dir, placeholder)
-    train_rows, validation_rows = split_indices(labels, validation_split, seed)
-    if not len(validation_rows):
+    rows = split_indices(labels, validation_split, seed)
+    if not len(rows[1]):
         raise ValueError(
             f"No class of {str(data_dir)!r} has 2 images or more, so none can be held "
             "out to measure confusions. Add images."
         )
-
-    def folder(rows, shuffle):
-        return ImageFolder(
-            [paths[row] for row in rows],
-            labels[rows],
-            placeholder,
-            image_size=image_size,
-            batch_size=batch_size,
-            color_mode=color_mode,
-            shuffle=shuffle,
-            seed=seed,
-        )
-
-    train, validation = folder(train_rows, True), folder(validation_rows, False)
+    train, validation = split_folders(
+        placeholder,
+        paths,
+        labels,
+        rows,
+        seed=seed,
+        image_size=image_size,
+        batch_size=batch_size,
+        color_mode=color_mode,
+    )
     model = flat_classifier(len(names), image_size, train.channels, filters, seed)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),

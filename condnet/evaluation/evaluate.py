@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 
-from condnet.data.folders import ImageFolder
+from condnet.data.image_folder import ImageFolder
 from condnet.evaluation.metrics import evaluate_predictions, within_group_accuracy
 from condnet.evaluation.progress import Progress, check_progress
 

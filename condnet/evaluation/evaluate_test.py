@@ -4,7 +4,8 @@ import pytest
 from keras import layers
 from PIL import Image
 
-from condnet.data.folders import ImageFolder, scan_directory
+from condnet.data.image_folder import ImageFolder
+from condnet.data.scan import scan_directory
 from condnet.evaluation.evaluate import evaluate_model
 from condnet.models.conditional_model import ConditionalModel
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.data.folders import decode_image, is_int
+from condnet.data.checks import is_int
+from condnet.data.decode import decode_image
 from condnet.models.conditional_model import ConditionalModel
 
 # The default patch covers a quarter of each side and moves by half a patch: 7 x 7 copies.
@@ -321,7 +322,7 @@ def _check_image(model, image):
     ):
         raise ValueError(
             f"The model reads images of shape {tuple(expected)}; resize the image first "
-            "(`condnet.data.folders.decode_image(path, image_size=..., color_mode=...)`). "
+            "(`condnet.data.decode.decode_image(path, image_size=..., color_mode=...)`). "
             f"Received: an image of shape {image.shape}"
         )
     if image.dtype.kind not in "biuf":

@@ -654,7 +654,7 @@ def _thumbnail(run_dir, kind, index, example):
     model's inputs are to theirs; None for an image that cannot be decoded."""
     from PIL import Image
 
-    from condnet.data.folders import decode_image
+    from condnet.data.decode import decode_image
 
     folder = run_dir / "examples"
     folder.mkdir(exist_ok=True)

@@ -527,7 +527,7 @@ def test_nested_soft_expert_mixes_inside_routed_predict():
 
 def test_fit_refuses_an_image_folder_of_another_hierarchy(tmp_path):
     from condnet.data.demo_data import make_shapes_dataset
-    from condnet.data.folders import load_folders
+    from condnet.data.splits import load_folders
 
     make_shapes_dataset(tmp_path / "shapes", samples_per_class=2, image_size=16)
     data = load_folders(tmp_path / "shapes", image_size=16, validation_split=0)[0]

@@ -1354,7 +1354,7 @@ def _serve_parser(commands, common):
 
 
 def _serve(args):
-    from condnet.data.folders import MAX_IMAGE_PIXELS
+    from condnet.data.decode import MAX_IMAGE_PIXELS
     from condnet.deploy.serve import check_options, check_token, run_server
     from condnet.runs.deploy import serve_app
 

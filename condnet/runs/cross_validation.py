@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from condnet.data.folders import scan_directory
+from condnet.data.scan import scan_directory
 from condnet.runs.checkpoint import write_atomic
 from condnet.runs.claim import check_run_dir
 from condnet.runs.documents import refuse_text_folder

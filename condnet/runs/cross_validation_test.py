@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from condnet.data.demo_data import make_shapes_dataset
-from condnet.data.folders import scan_directory
+from condnet.data.scan import scan_directory
 from condnet.runs.cli import main
 from condnet.runs.cross_validation import cross_validate, fold_indices, summarize, summary_table
 from condnet.runs.lock import LOCK, RunLocked

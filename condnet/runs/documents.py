@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from condnet.data.folders import IMAGE_EXTENSIONS
+from condnet.data.scan import IMAGE_EXTENSIONS
 from condnet.data.text import (
     decode_text,
     document_problem,

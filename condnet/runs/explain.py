@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from condnet.data.folders import ImageDecodeError, decode_image
+from condnet.data.decode import ImageDecodeError, decode_image
 from condnet.evaluation.explain import (
     explain,
     occlusion_grid,

@@ -44,7 +44,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from condnet.data.folders import ImageFolder, split_indices
+from condnet.data.image_folder import ImageFolder
+from condnet.data.splits import split_indices
 from condnet.evaluation.evaluate import evaluate_model
 from condnet.hierarchy import Hierarchy
 from condnet.runs import checkpoint as ckpt
@@ -208,24 +209,24 @@ def scan_new(data_dir, hierarchy=None):
     `hierarchy` naming the group of each class folder (the grown tree, or any tree
     holding them); its classes without a folder are left out.
     """
-    from condnet.data import folders
+    from condnet.data import scan
 
-    root, skipped = folders._check_root(data_dir), {}
+    root, skipped = scan._check_root(data_dir), {}
     if hierarchy is None:
-        folders._refuse_flat_layout(root, skipped, folders.IMAGES)
-        groups = folders._entries(root, root, skipped)[0]
+        scan._refuse_flat_layout(root, skipped, scan.IMAGES)
+        groups = scan._entries(root, root, skipped)[0]
         if not groups:
             raise ValueError(
                 f"DATA_DIR {str(data_dir)!r} holds no folder. Expected root/<group>/<class>/* "
                 f"(or root/<class>/* with --hierarchy). Received: DATA_DIR={str(data_dir)!r}"
             )
-        found = {g.name: folders._read_node(g, root, skipped, folders.IMAGES, 1) for g in groups}
+        found = {g.name: scan._read_node(g, root, skipped, scan.IMAGES, 1) for g in groups}
         places = {
             (g, c): root / g / c for g, cs in found.items() if isinstance(cs, list) for c in cs
         }
     else:
-        tree = folders._as_hierarchy(hierarchy)
-        present = {f.name for f in folders._entries(root, root, skipped)[0]}
+        tree = scan._as_hierarchy(hierarchy)
+        present = {f.name for f in scan._entries(root, root, skipped)[0]}
         extra = sorted(present - set(tree.classes))
         if extra:
             raise ValueError(
@@ -238,10 +239,10 @@ def scan_new(data_dir, hierarchy=None):
         places = {(g, c): root / c for g, cs in found.items() for c in cs}
     paths, names = [], []
     for (_, name), folder in places.items():
-        images = folders._class_files(folder, root, skipped, folders.IMAGES)
+        images = scan._class_files(folder, root, skipped, scan.IMAGES)
         paths += images
         names += [name] * len(images)
-    folders._warn_skipped(root, skipped)
+    scan._warn_skipped(root, skipped)
     return found, paths, np.asarray(names, dtype=object)
 
 

@@ -59,7 +59,7 @@ def normalised(name, value):
 
 
 def _is_int(value):
-    from condnet.data.folders import is_int  # imported when first checked: see `_library`
+    from condnet.data.checks import is_int  # imported when first checked: see `_library`
 
     return is_int(value)
 
@@ -179,13 +179,13 @@ def _library(module, function):
 
 
 def _image_size(name, value):
-    """`"auto"`, or a size `condnet.data.folders.check_image_size` accepts: an int, or a
+    """`"auto"`, or a size `condnet.data.checks.check_image_size` accepts: an int, or a
     (height, width) pair (stored as a tuple); a list of one side is that square."""
     if value == "auto":
         return value
     if isinstance(value, list | tuple) and len(value) == 1:
         value = value[0]  # [64] is 64
-    height, width = _library("condnet.data.folders", "check_image_size")(name, value)
+    height, width = _library("condnet.data.checks", "check_image_size")(name, value)
     return height if _is_int(value) else (height, width)
 
 

@@ -125,7 +125,7 @@ def test_a_hub_text_run_takes_its_preset_and_the_fine_tuning_options():
 
 
 def test_options_check_image_sizes_by_the_data_library_s_one_rule(tmp_path):
-    from condnet.data.folders import check_image_size
+    from condnet.data.checks import check_image_size
 
     # The smallest side is the backbone's to check; the largest is the same everywhere.
     assert TrainingOptions(image_size=4).image_size == 4 and check_image_size(4) == (4, 4)

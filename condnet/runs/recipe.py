@@ -15,7 +15,8 @@ import keras
 import numpy as np
 
 from condnet.choices import HUB_TEXT_TRUNK
-from condnet.data.folders import ImageFolder, load_folders, scan_directory, split_indices
+from condnet.data.scan import scan_directory
+from condnet.data.splits import load_folders, split_folders, split_indices
 from condnet.data.text import (
     TextFolder,
     count_files,
@@ -1198,7 +1199,7 @@ def _resolve_image_size(options, data_dir, sample=200):
         return options
     from PIL import Image
 
-    from condnet.data.folders import IMAGE_EXTENSIONS
+    from condnet.data.scan import IMAGE_EXTENSIONS
 
     files = sorted(
         path
@@ -1269,8 +1270,13 @@ def discover_for_run(options, data_dir, run_dir, fit_kwargs):
 def _load_split(options, data_dir):
     """Training and validation ImageFolders on the rows `options.split` names."""
     hierarchy, paths, labels = scan_directory(data_dir, options.hierarchy)
-    train_rows, validation_rows = _split_rows(options, len(paths), data_dir, "images")
-    common = dict(
+    rows = _split_rows(options, len(paths), data_dir, "images")
+    return split_folders(
+        hierarchy,
+        paths,
+        labels,
+        rows,
+        seed=options.seed,
         image_size=options.image_size,
         batch_size=options.batch_size,
         color_mode=options.color_mode,
@@ -1278,12 +1284,6 @@ def _load_split(options, data_dir):
         cache_dir=options.cache_dir,
         dtype=_batch_dtype(),
     )
-
-    def folder(rows, **kwargs):
-        return ImageFolder([paths[r] for r in rows], labels[rows], hierarchy, **common, **kwargs)
-
-    train = folder(train_rows, shuffle=True, seed=options.seed)
-    return train, folder(validation_rows) if validation_rows else None
 
 
 def _split_rows(options, count, data_dir, noun):

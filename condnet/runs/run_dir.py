@@ -10,7 +10,9 @@ import keras
 import numpy as np
 
 from condnet.choices import COLOR_MODES, INFERENCE_ROUTINGS, MAX_IMAGE_SIDE
-from condnet.data.folders import IMAGE_EXTENSIONS, ImageFolder, is_int, scan_directory
+from condnet.data.checks import is_int
+from condnet.data.image_folder import ImageFolder
+from condnet.data.scan import IMAGE_EXTENSIONS, scan_directory
 from condnet.data.text import (
     TextFolder,
     read_documents,

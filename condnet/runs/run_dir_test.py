@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from condnet.data.folders import scan_directory
+from condnet.data.scan import scan_directory
 from condnet.evaluation.evaluate_test import (
     COLOURS,
     colour_model,

@@ -150,7 +150,8 @@ def test_a_mirrored_run_on_two_logical_cpus_takes_the_single_device_steps(tmp_pa
 
 def test_fit_inputs_feed_each_epoch_the_folders_batches_in_its_new_order(tmp_path):
     from condnet.data.demo_data import make_shapes_dataset
-    from condnet.data.folders import ImageFolder, load_folders
+    from condnet.data.image_folder import ImageFolder
+    from condnet.data.splits import load_folders
 
     make_shapes_dataset(tmp_path, samples_per_class=6, image_size=16, test_samples_per_class=1)
     options = dict(image_size=16, batch_size=4, validation_split=0.25, seed=1, dtype="uint8")
@@ -230,7 +231,7 @@ if process == "1":
     for name in ("replace", "rename", "mkdir", "unlink", "remove"):
         setattr(os, name, refusing(getattr(os, name)))
 
-from condnet.data.folders import ImageFolder
+from condnet.data.image_folder import ImageFolder
 from condnet.runs.recipe import resume, train
 
 decoded = []  # the files this process decodes (before each fit: the first batches' types)

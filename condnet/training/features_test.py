@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from condnet.data.demo_data import make_shapes_dataset
-from condnet.data.folders import load_folders
+from condnet.data.splits import load_folders
 from condnet.training.features import features_fit, frozen_features
 
 
