@@ -1,8 +1,12 @@
 """Small builders and checks shared by condnet's tests."""
 
+import struct
+import zlib
+
 import keras
 import numpy as np
 from keras import layers, ops
+from PIL import Image
 
 from condnet.hierarchy import Hierarchy
 from condnet.models.conditional_model import ConditionalModel
@@ -225,3 +229,58 @@ def tiny_bert_preset(keras_hub, directory, words, hidden_dim=16, max_sequence_le
         max_sequence_length=max_sequence_length,
     ).save_to_preset(directory)
     return str(directory)
+
+
+# === Image folders ===
+
+IMAGE_TREE = {"round": ["circle", "ring"], "angular": ["square"]}
+
+
+def write_image(path, color=(200, 30, 30), size=(10, 12), format=None):
+    """One plain-coloured RGB image of `size` (width, height) at `path`, folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=format)
+
+
+def class_color(index):
+    """The colour of the images of class `index` in `nested_images` and `flat_images`."""
+    return (40 * index % 256, 255 - 30 * index % 256, 90)
+
+
+def nested_images(root, tree=IMAGE_TREE, per_class=3, size=(10, 12)):
+    """Writes root/<group>/<class>/<n>.png, one colour per class; returns `root`."""
+    index = 0
+    for group, classes in tree.items():
+        for name in classes:
+            for n in range(per_class):
+                write_image(root / group / name / f"{n}.png", class_color(index), size)
+            index += 1
+    return root
+
+
+def flat_images(root, classes=("circle", "ring", "square"), per_class=3):
+    """Writes root/<class>/<n>.png, one colour per class; returns `root`."""
+    for index, name in enumerate(classes):
+        for n in range(per_class):
+            write_image(root / name / f"{n}.png", class_color(index))
+    return root
+
+
+def truncated_jpeg(path):
+    """A JPEG cut short: it passes the scan's verify() but fails to decode."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype="uint8")
+    Image.fromarray(noise).save(path, format="JPEG")
+    path.write_bytes(path.read_bytes()[:1500])
+    return path
+
+
+def png_header(width, height):
+    """A PNG that declares `width` x `height` pixels and holds none of them."""
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
