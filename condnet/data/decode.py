@@ -31,7 +31,7 @@ class ImageDecodeError(ValueError):
     Attributes:
         path: str. The file.
         reason: str. Why it cannot be decoded, e.g. `"not a regular file (a
-            character device)"`. It starts with one of `SKIP_REASONS`
+            character device)"`. It starts with one of the scan's `SKIP_REASONS`
             (`"unreadable"` when Pillow fails) when it is a scan category.
     """
 
