@@ -22,7 +22,7 @@ from condnet.data.scan import (
     scan_directory,
     scan_folder,
 )
-from condnet.data.splits import load_folders, split_folders, split_indices
+from condnet.data.splits import load_folders, split_indices
 
 __all__ = [
     "CACHE_BYTES",
@@ -44,6 +44,5 @@ __all__ = [
     "load_folders",
     "scan_directory",
     "scan_folder",
-    "split_folders",
     "split_indices",
 ]
