@@ -1,4 +1,5 @@
-"""`condnet backoff`."""
+"""`condnet backoff`: choose a run's back-off thresholds on its validation split (or store
+given ones)."""
 
 import json
 from pathlib import Path

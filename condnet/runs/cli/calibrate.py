@@ -1,4 +1,4 @@
-"""`condnet calibrate`."""
+"""`condnet calibrate`: fit gate and expert temperatures on a run's validation split."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""`condnet compare`."""
+"""`condnet compare`: finished runs side by side: accuracy, baseline, routed MACs, training time."""
 
 import json
 

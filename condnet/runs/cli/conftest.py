@@ -7,6 +7,7 @@ import pytest
 
 from condnet.data.demo_data import make_shapes_dataset
 from condnet.runs.cli import main
+from condnet.runs.files import BEST, CONFIG
 
 TRAIN = ["--epochs", "1", "--image-size", "32", "--batch-size", "16", "--no-augment", "--quiet"]
 TRAIN += ["--no-tensorboard"]
@@ -38,7 +39,7 @@ def colour_run(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    colour_model().save(run / "model.keras")
+    colour_model().save(run / BEST)
     options = {"image_size": 8, "color_mode": "rgb"}
-    (run / "config.json").write_text(json.dumps({"options": options}))
+    (run / CONFIG).write_text(json.dumps({"options": options}))
     return run, make_colour_folders(tmp_path / "data", per_class=2)

@@ -1,4 +1,4 @@
-"""`condnet cv`."""
+"""`condnet cv`: stratified K-fold cross-validation of the training recipe."""
 
 from condnet.runs.cli.common import (
     add_option_flags,

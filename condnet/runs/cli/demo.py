@@ -1,4 +1,4 @@
-"""`condnet demo`."""
+"""`condnet demo`: generate the shapes data set, train, evaluate, report."""
 
 from pathlib import Path
 

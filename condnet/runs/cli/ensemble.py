@@ -1,4 +1,4 @@
-"""`condnet ensemble`."""
+"""`condnet ensemble`: average finished runs into one model and evaluate it against its members."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""`condnet evaluate`."""
+"""`condnet evaluate`: metrics of a trained run on another folder."""
 
 import json
 

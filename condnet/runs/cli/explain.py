@@ -1,4 +1,5 @@
-"""`condnet explain`."""
+"""`condnet explain`: where the gate looked for its group and the expert for its class
+(occlusion maps)."""
 
 import json
 import sys

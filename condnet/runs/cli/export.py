@@ -1,4 +1,5 @@
-"""`condnet export`."""
+"""`condnet export`: write a run's model as ONNX or a TensorFlow SavedModel that routes in the
+graph."""
 
 import os
 import sys

@@ -1,4 +1,4 @@
-"""`condnet extend`."""
+"""`condnet extend`: grow a trained run with new groups or classes, training only what changed."""
 
 import json
 from pathlib import Path

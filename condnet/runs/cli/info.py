@@ -1,4 +1,4 @@
-"""`condnet info`."""
+"""`condnet info`: hierarchy, parameters and compute per route of a run."""
 
 import json
 

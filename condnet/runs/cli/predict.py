@@ -1,4 +1,4 @@
-"""`condnet predict`."""
+"""`condnet predict`: predict the group and class of images or documents."""
 
 import json
 import sys

@@ -1,4 +1,5 @@
-"""`condnet serve`."""
+"""`condnet serve`: serve a run over HTTP (routed micro-batches; POST /predict, GET /health,
+/model, /)."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""`condnet train`."""
+"""`condnet train`: train a conditional model on a folder of images or documents."""
 
 from condnet.runs._backend import backend_name
 from condnet.runs.cli.common import (

@@ -1,4 +1,4 @@
-"""`condnet tune`."""
+"""`condnet tune`: hyperparameter search over the recipe (KerasTuner); each trial is a run."""
 
 import os
 import sys

@@ -1,4 +1,5 @@
-"""`condnet unknown`."""
+"""`condnet unknown`: choose a run's unknown-class threshold per expert on its validation split
+(or store given ones)."""
 
 import json
 from pathlib import Path
