@@ -832,7 +832,9 @@ class InferenceOptions:
         choices=INFERENCE_ROUTINGS,
     )
     model: object = _option(None, MODEL_HELP, _optional_text, metavar="FILE")
-    batch_size: int = _option(64, "images per batch (default 64)", _int_at_least(1), type=int)
+    batch_size: int = _option(
+        64, "images per batch (default {default})", _int_at_least(1), type=int
+    )
     quiet: bool = _option(
         False, "no progress lines (they go to standard error)", _boolean, action="store_true"
     )

@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,13 @@ def test_inference_flags_are_generated_from_the_inference_options():
     for name in ("predict", "serve"):
         assert {"back_off", "thresholds", "unknown"} <= {a.dest for a in commands[name]._actions}
     assert fields["routing"].metadata["argparse"]["choices"] == INFERENCE_ROUTINGS
+
+
+def test_no_inference_flag_is_spelled_in_a_command_module():
+    flags = {f'"--{f.name.replace("_", "-")}"' for f in dataclasses.fields(InferenceOptions)}
+    for name in (*INFERENCE_COMMANDS, "info", "ensemble"):
+        source = (Path(__file__).parent / f"{name}.py").read_text()
+        assert not [flag for flag in flags if flag in source], name
 
 
 def test_inference_flags_keep_each_command_default():

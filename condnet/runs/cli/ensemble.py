@@ -2,6 +2,8 @@
 
 import json
 
+from condnet.runs.cli.common import add_inference_flags, inference_options
+
 
 def add_parser(commands, common):
     p = commands.add_parser(
@@ -29,11 +31,13 @@ def add_parser(commands, common):
         help="images (documents, for text runs) to score on, laid out as the training folder",
     )
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="where to write the ensemble")
-    p.add_argument(
-        "--batch-size", type=int, default=64, help="images or documents per batch (default 64)"
+    add_inference_flags(
+        p,
+        ("batch_size",),
+        helps={"batch_size": "images or documents per batch (default {default})"},
     )
     p.add_argument("--overwrite", action="store_true", help="replace an ensemble in OUT_DIR")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_inference_flags(p, ("quiet",), helps={"quiet": "no progress lines"})
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(run=_run)
 
@@ -41,6 +45,7 @@ def add_parser(commands, common):
 def _run(args):
     from condnet.runs.ensemble import build_ensemble
 
+    options = inference_options(args)
     runs = args.runs
     if args.top is not None:
         from condnet.runs.tune import best_trials
@@ -54,9 +59,9 @@ def _run(args):
         runs,
         args.out,
         args.data,
-        batch_size=args.batch_size,
+        batch_size=options.batch_size,
         overwrite=args.overwrite,
-        progress=not args.quiet,
+        progress=not options.quiet,
     )
     if args.json:
         print(json.dumps(metrics))
