@@ -64,7 +64,6 @@ def add_parser(commands, common):
 
 
 def _run(args):
-    from condnet.evaluation.report import summary_table, summary_title
     from condnet.runs.recipe import resume, train
 
     verbose = verbosity(args)
@@ -94,11 +93,16 @@ def _run(args):
     if result["metrics"] is None:
         print(f"Process {distribute.process_index()} done; process 0 writes the run to {args.out}.")
         return
-    metrics = result["metrics"]
+    _print_summary(result["metrics"], args.out)
+
+
+def _print_summary(metrics, run_dir):
+    from condnet.evaluation.report import summary_table, summary_title
+
     scored_on = metrics.get("scored_on", "scored").capitalize()
-    print(summary_table(metrics, summary_title(metrics, scored_on, inputs_noun(args.out))))
+    print(summary_table(metrics, summary_title(metrics, scored_on, inputs_noun(run_dir))))
     print_baseline(metrics)
-    print(f"Run written to {args.out} (model.keras, report.md, history.csv).")
+    print(f"Run written to {run_dir} (model.keras, report.md, history.csv).")
 
 
 def _join_job(args):
