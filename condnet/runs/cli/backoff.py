@@ -4,7 +4,12 @@ given ones)."""
 import json
 from pathlib import Path
 
-from condnet.runs.cli.common import add_run_dir
+from condnet.runs.cli.common import (
+    EACH_MODEL_HELP,
+    add_inference_flags,
+    add_run_dir,
+    add_upkeep_flags,
+)
 from condnet.runs.files import BACKOFF
 from condnet.runs.options import parse_thresholds
 
@@ -35,19 +40,9 @@ def add_parser(commands, common):
         help="store these thresholds instead of choosing them, one per level, e.g. group=0.8 "
         "class=0.9 (never: a level that never answers)",
     )
-    p.add_argument(
-        "--model",
-        metavar="FILE",
-        help="only this model file of the run (default: each of model.keras, "
-        "model.calibrated.keras and baseline.keras it holds; with --thresholds, model.keras)",
-    )
+    add_inference_flags(p, ("model",), helps={"model": EACH_MODEL_HELP})
     p.add_argument("--json", action="store_true", help="print backoff.json as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress line on standard error")
-    p.add_argument(
-        "--break-lock",
-        action="store_true",
-        help="remove a stale lock left in RUN_DIR by a condnet process that died",
-    )
+    add_upkeep_flags(p)
     p.set_defaults(run=_run)
 
 

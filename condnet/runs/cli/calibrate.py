@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from condnet.runs.cli.common import add_run_dir
+from condnet.runs.cli.common import add_run_dir, add_upkeep_flags
 
 
 def add_parser(commands, common):
@@ -16,12 +16,7 @@ def add_parser(commands, common):
     )
     add_run_dir(p)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress line on standard error")
-    p.add_argument(
-        "--break-lock",
-        action="store_true",
-        help="remove a stale lock left in RUN_DIR by a condnet process that died",
-    )
+    add_upkeep_flags(p)
     p.set_defaults(run=_run)
 
 

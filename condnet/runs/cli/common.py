@@ -123,12 +123,27 @@ def add_run_dir(p):
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory from `condnet train`")
 
 
-def add_run_flags(p):
-    group(p, "run directory").add_argument(
+def add_run_flags(p, topic="run directory"):
+    """--break-lock, listed under `topic` (None: with the command's other options)."""
+    (group(p, topic) if topic else p).add_argument(
         "--break-lock",
         action="store_true",
         help="remove a stale lock left in RUN_DIR by a condnet process that died",
     )
+
+
+def add_upkeep_flags(p):
+    """--quiet and --break-lock of the commands that write into a finished run: calibrate,
+    backoff, unknown."""
+    add_inference_flags(p, ("quiet",), helps={"quiet": "no progress line on standard error"})
+    add_run_flags(p, topic=None)
+
+
+# What --model means to the commands that read each model of a run (backoff, unknown).
+EACH_MODEL_HELP = (
+    "only this model file of the run (default: each of model.keras, model.calibrated.keras "
+    "and baseline.keras it holds; with --thresholds, model.keras)"
+)
 
 
 def add_verbosity_flags(p):
