@@ -9,7 +9,8 @@ from PIL import Image
 
 from condnet.evaluation.evaluate_test import COLOURS, colour_model, make_colour_folders
 from condnet.runs.backoff import backoff_run
-from condnet.runs.cli import main, parse_thresholds
+from condnet.runs.cli import main
+from condnet.runs.options import parse_thresholds
 from condnet.runs.run_dir import evaluate_run, predict_paths, read_backoff
 
 # Columns blue, green, orange, red; rows the mean red, green, blue. Sure of red, green and

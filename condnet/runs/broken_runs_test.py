@@ -1,6 +1,6 @@
 """A corpus of broken runs: every read-only command refuses each in one line, changing nothing.
 
-One real run is trained once (cli_test's `trained`: one epoch of `condnet train`
+One real run is trained once (the CLI tests' `trained`: one epoch of `condnet train`
 on a tiny shapes folder). Each broken run is a copy of it with one file missing,
 empty, truncated, foreign, of the wrong JSON type, with wrong keys or absurd
 values. Every read-only command that reads that file (`evaluate`, `predict`,
@@ -19,11 +19,11 @@ import zipfile
 
 import pytest
 
-from condnet.runs import cli_test
+from condnet.runs.cli import conftest as cli_conftest
 from condnet.runs.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.one_backend]
-trained = cli_test.trained  # the fixture of cli_test's one tiny real run (module-scoped)
+trained = cli_conftest.trained  # the fixture of the CLI tests' one tiny real run
 
 # === Damages: (file, how it is broken) ===
 

@@ -1,4 +1,5 @@
-"""The training recipe's options: one frozen, checked dataclass that the CLI is generated from."""
+"""The options of the recipe and of the commands that use a trained run: frozen, checked
+dataclasses that the CLI's flags are generated from."""
 
 import dataclasses
 import importlib
@@ -13,6 +14,7 @@ from condnet.choices import (
     DISPATCHES,
     DISTRIBUTE,
     HUB_TEXT_TRUNK,
+    INFERENCE_ROUTINGS,
     LR_SCHEDULES,
     MAX_IMAGE_SIDE,
     MODALITIES,
@@ -36,7 +38,7 @@ RUN_KEYS = ("data_dir", "run_dir")
 
 def _option(default, help, check, cli=True, **argparse_kwargs):
     """A field: its default, its help text, its check (which may normalise the value), and
-    what `argparse` needs beyond that (`choices`, `metavar`, `type`, `nargs`)."""
+    what `argparse` needs beyond that (`action`, `choices`, `metavar`, `type`, `nargs`)."""
     metadata = dict(help=help, check=check, cli=cli, argparse=argparse_kwargs)
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -47,7 +49,7 @@ def _option(default, help, check, cli=True, **argparse_kwargs):
 
 def label(name):
     """How an error names an option: as the CLI spells it and as Python does."""
-    field = _FIELDS.get(name)
+    field = _FIELDS.get(name) or _INFERENCE_FIELDS.get(name)
     if field is None or not field.metadata["cli"]:
         return name
     return f"--{name.replace('_', '-')} / {name}"
@@ -730,3 +732,140 @@ def _check_combinations(options):
             "(condnet.evaluation.discovery.discover_from_folder), save it, and pass its file. "
             "Received: hierarchy='auto' with split"
         )
+
+
+# === Inference options ===
+
+
+def parse_thresholds(pairs, key="LEVEL", example="group=0.8 class=0.9"):
+    """`--thresholds group=0.8 class=0.9` as `{"group": 0.8, "class": 0.9}` (`never`:
+    None), or None when not given. The levels (or the groups, `key="GROUP"`) are checked
+    against the run's hierarchy."""
+    if pairs is None:
+        return None
+    thresholds = {}
+    for pair in pairs:
+        level, equals, value = pair.partition("=")
+        number = _probability(value)
+        if not equals or not level or level in thresholds or number is False:
+            raise ValueError(
+                f"--thresholds takes one {key}=P per {key.lower()} of the hierarchy, e.g. "
+                f"{example} (P a probability, or never). Received: --thresholds {' '.join(pairs)}"
+            )
+        thresholds[level] = number
+    return thresholds
+
+
+def _probability(text):
+    """A threshold's text as a float, None for `never`, False when it is neither."""
+    if text.strip().lower() == "never":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return False
+
+
+def _thresholds(name, value):
+    """None, `LEVEL=P` words as the command line gives them, or a dict level -> P (None:
+    never); stored as the dict."""
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(pair, str) for pair in value):
+        return parse_thresholds(value)
+    raise TypeError(
+        f"{label(name)} must be LEVEL=P words or a dict level -> probability. Received: "
+        f"{name}={value!r}"
+    )
+
+
+MODEL_HELP = (
+    "model of the run to use: model.keras (default), model.calibrated.keras (after `condnet "
+    "calibrate`), baseline.keras (the run's flat baseline) or the path of a .keras file"
+)
+# What `--routing`'s help says when a command keeps the routing the run's model was saved with.
+SAVED_ROUTING = "the model saved in the run"
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+    """The options of the commands that use a trained run: evaluate, predict, export, serve.
+
+    Each field is checked when the object is made (before the model is
+    loaded), and each command's flags are generated from the fields it takes
+    (`condnet.runs.cli.common.add_inference_flags`): a flag is spelled once,
+    here, whichever commands share it. A command may change a field's default
+    (`evaluate` routes hard) and word its help for what it does with the value.
+
+    Args:
+        routing: str or None. `"hard"` runs only the chosen expert (what a
+            deployed model does), `"soft"` every expert, mixed by the gate.
+            Defaults to None: the routing the run's model was saved with.
+        model: str or None. The run's model file: `model.keras`,
+            `model.calibrated.keras`, `baseline.keras` or a path. Defaults to
+            None (`model.keras`).
+        batch_size: int. Inputs per model call. Defaults to 64.
+        quiet: bool. No progress lines on standard error. Defaults to False.
+        output: str or None. A file to write the results to. Defaults to None.
+        back_off: bool. Also answer with the deepest node the model is sure
+            of, with the thresholds in the run's `backoff.json`. Defaults to
+            False.
+        thresholds: dict or None. Back-off thresholds per level instead of the
+            run's (`{"group": 0.8, "class": None}`; None: never), or their
+            `LEVEL=P` words. Defaults to None.
+        unknown: bool. Also say whether the chosen expert knows none of its
+            classes, with the thresholds in the run's `unknown.json`. Defaults
+            to False.
+
+    Example:
+
+    ```python
+    options = InferenceOptions(routing="soft", batch_size=128)
+    ```
+    """
+
+    routing: object = _option(
+        None,
+        "hard: only the chosen expert runs (what a deployed model does); soft: every expert, "
+        "mixed by the gate (default: {default})",
+        _one_of(INFERENCE_ROUTINGS, optional=True),
+        choices=INFERENCE_ROUTINGS,
+    )
+    model: object = _option(None, MODEL_HELP, _optional_text, metavar="FILE")
+    batch_size: int = _option(
+        64, "images per batch (default {default})", _int_at_least(1), type=int
+    )
+    quiet: bool = _option(
+        False, "no progress lines (they go to standard error)", _boolean, action="store_true"
+    )
+    output: object = _option(None, "write the results to FILE", _optional_text, metavar="FILE")
+    back_off: bool = _option(
+        False,
+        "also answer with the deepest node the model is sure of (the class, else the group, "
+        "else 'unsure'), with the thresholds in RUN_DIR/backoff.json",
+        _boolean,
+        action="store_true",
+    )
+    thresholds: object = _option(
+        None,
+        "back off with these thresholds instead, one per level, e.g. group=0.8 class=0.9 "
+        "(never: a level that never answers)",
+        _thresholds,
+        nargs="+",
+        metavar="LEVEL=P",
+    )
+    unknown: bool = _option(
+        False,
+        "also say whether the chosen expert knows none of its classes (unknown: true, e.g. a "
+        "dog of a breed it never saw), with the thresholds in RUN_DIR/unknown.json",
+        _boolean,
+        action="store_true",
+    )
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = field.metadata["check"](field.name, getattr(self, field.name))
+            object.__setattr__(self, field.name, value)
+
+
+_INFERENCE_FIELDS = {field.name: field for field in dataclasses.fields(InferenceOptions)}

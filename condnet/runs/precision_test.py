@@ -7,7 +7,8 @@ import pytest
 from condnet.data.demo_data import make_shapes_dataset
 from condnet.models import precision as precision_lib
 from condnet.models.precision import precision_of
-from condnet.runs.cli import build_parser, given_options, main
+from condnet.runs.cli import build_parser, main
+from condnet.runs.cli.common import given_options
 from condnet.runs.options import TrainingOptions
 from condnet.runs.recipe import train
 

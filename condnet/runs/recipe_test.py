@@ -400,7 +400,8 @@ def test_capacity_dispatch_reaches_the_model():
 )
 def test_no_flip_and_no_rotation_drop_them_from_the_policy(flags, kept):
     from condnet.hierarchy import Hierarchy
-    from condnet.runs.cli import build_parser, given_options
+    from condnet.runs.cli import build_parser
+    from condnet.runs.cli.common import given_options
     from condnet.runs.recipe import _build
 
     argv = ["train", "d", "--out", "r", "--augment", "standard", "--image-size", "16", *flags]
