@@ -24,10 +24,10 @@ over the wrong answers; 1 = the right group, 2 = the other group;
 issue's target: test accuracy of the answers given >= 0.94 at the thresholds
 chosen for 0.95 on validation.
 
-Writes `benchmarks/backoff-<data set>-<settings>.json` and the "Back-off and
-mistake severity" section of `benchmarks/RESULTS.md` (not with --quick, a
-smoke check on a few images). Data: `../shared/data/cifar10-jpeg.tar.gz` or
-`photos20-96px.tar.gz`; the script says so and exits 0 when it is absent.
+Writes the key `<data set>-<settings>` of `benchmarks/results/backoff-<backend>.json`
+and the "Back-off and mistake severity" section of `benchmarks/results/backoff.md` (not
+with --quick, a smoke check on a few images). Data: `../shared/data/cifar10-jpeg.tar.gz`
+or `photos20-96px.tar.gz`; the script says so and exits 0 when it is absent.
 """
 
 import json
@@ -217,20 +217,18 @@ def main(argv=None):
     body = markdown(results, args, time.perf_counter() - started)
     print(body)
     if args.quick:
-        print("(--quick: a smoke check; nothing written to RESULTS.md)")
+        print("(--quick: a smoke check; nothing written to benchmarks/results)")
         return 0
-    name = (
-        f"backoff-{args.data_set}-{args.image_size}px-{args.train_per_class}-per-class-"
-        f"{args.epochs}-epochs-{BACKEND}"
+    variant = (
+        f"{args.data_set}-{args.image_size}px-{args.train_per_class}-per-class-{args.epochs}-epochs"
     )
-    if args.data_set == "cifar10" and args.image_size == 32:  # the first results' name
-        name = f"backoff-cifar10-{args.train_per_class}-per-class-{args.epochs}-epochs-{BACKEND}"
     common.write_results(
-        name,
-        args,
-        results,
+        "backoff",
+        variant,
+        {"args": common.arguments(args), "results": results},
         f"Back-off and mistake severity: {SHOWN[args.data_set]}, {args.epochs} epochs ({BACKEND})",
         body,
+        args.results,
     )
     return 0
 

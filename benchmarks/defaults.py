@@ -3,7 +3,7 @@
     python benchmarks/defaults.py [--data-set cifar10|photos20] [--train-per-class N]
         [--test-per-class N] [--epochs E] [--seeds 3] [--image-size S]
         [--rows plain,soft,hard,condnet,condnet-hard,condnet-coarse-to-fine,condnet-staged]
-        [--baseline-from defaults-....json]
+        [--baseline-from VARIANT]
 
 The yardstick is the plain Keras CNN of `../shared/tools/plain_cnn.py`, rebuilt
 here layer for layer (Rescaling, RandomFlip("horizontal"), three blocks of two
@@ -31,14 +31,14 @@ trains on the same images, split, batch size, epochs, callbacks and seed:
 - `condnet-top`: gate and experts on the whole trunk (`expert_placement="top"`);
 - `condnet-bf16`: the defaults in mixed precision (`precision="mixed_bfloat16"`).
 
-`--baseline-from JSON` trains recipe rows without their flat baseline and
-reports the baseline of that file's `condnet` row for the same seed instead
+`--baseline-from VARIANT` trains recipe rows without their flat baseline and
+reports the baseline of that variant's `condnet` row for the same seed instead
 (the same images, split, seed, epochs and flat model: half the training time).
 
 MACs per image are counted by `condnet.evaluation.cost.count_macs` (routed: trunk
-+ gate + the costliest expert). Results go to
-`benchmarks/defaults-<data>-<size>px-<rows>.json` and the
-"Defaults against the plain CNN" section of `benchmarks/RESULTS.md`.
++ gate + the costliest expert). Results go to the key `<data>-<size>px-<rows>` of
+`benchmarks/results/defaults-<backend>.json` and the
+"Defaults against the plain CNN" section of `benchmarks/results/defaults.md`.
 Data: `../shared/data/{cifar10-jpeg,photos20-96px}.tar.gz` (the script says so
 and exits 0 when they are absent).
 """
@@ -343,12 +343,12 @@ BASELINE_KEYS = (
 
 
 def borrowed_baseline(args, seed):
-    """`--baseline-from JSON`: the flat baseline figures of that file's `condnet` row for
-    `seed` (the same images, split, seed and epochs: the run's own baseline would be
+    """`--baseline-from VARIANT`: the flat baseline figures of that variant's `condnet` row
+    for `seed` (the same images, split, seed and epochs: the run's own baseline would be
     the same model), so that a recipe row trains without one. None without the flag."""
     if args.baseline_from is None:
         return None
-    earlier = json.loads(args.baseline_from.read_text())
+    earlier = earlier_variant(args)
     same = ("data_set", "train_per_class", "test_per_class", "epochs", "image_size")
     if any(earlier["args"].get(key) != getattr(args, key) for key in same):
         sys.exit(f"{args.baseline_from} was measured with other {same}: {earlier['args']}")
@@ -359,13 +359,25 @@ def borrowed_baseline(args, seed):
     sys.exit(f"{args.baseline_from} has no condnet row for seed {seed}")
 
 
+def earlier_variant(args):
+    """The `--baseline-from` variant of `results/defaults-<backend>.json`."""
+    stored = common.read_results("defaults")
+    if args.baseline_from not in stored:
+        sys.exit(
+            f"{common.results_file('defaults')} has no variant {args.baseline_from!r}; it has "
+            f"{sorted(stored)}. Received: --baseline-from {args.baseline_from}"
+        )
+    return stored[args.baseline_from]
+
+
 def previous_result(args, row, seed):
     """A hand-built row's result line from an earlier call's JSON with the same data,
     sizes and epochs (these rows do not depend on condnet's defaults), or None."""
     same = ("train_per_class", "test_per_class", "epochs", "image_size")
-    for path in sorted(common.BENCHMARKS.glob(f"defaults-{args.data_set}-*.json")):
-        earlier = json.loads(path.read_text())
-        if all(earlier["args"].get(key) == getattr(args, key) for key in same):
+    for variant, earlier in sorted(common.read_results("defaults").items()):
+        if variant.startswith(f"{args.data_set}-") and all(
+            earlier["args"].get(key) == getattr(args, key) for key in same
+        ):
             for result in earlier["results"]:
                 if result["row"] == row and result["seed"] == seed:
                     return {**result, "reused": True}
@@ -568,7 +580,7 @@ def plain_mean(summary, args):
     if "plain" in summary:
         return summary["plain"]["mean"]
     if args.baseline_from is not None:
-        earlier = json.loads(args.baseline_from.read_text())["summary"]
+        earlier = earlier_variant(args)["summary"]
         return earlier["plain"]["mean"] if "plain" in earlier else None
     return None
 
@@ -636,13 +648,14 @@ def parse_args(argv=None):
     parser.add_argument("--expert-width", type=int, default=120)
     parser.add_argument("--gate-width", type=int, default=32)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
-    parser.add_argument("--results", type=Path, default=common.RESULTS)
+    parser.add_argument("--results", type=Path, default=common.details("defaults"))
     parser.add_argument(
         "--baseline-from",
-        type=Path,
         default=None,
-        help="a defaults-*.json with a condnet row on the same data and epochs: recipe rows "
-        "train without a flat baseline and report that row's baseline of the same seed",
+        metavar="VARIANT",
+        help="a key of results/defaults-<backend>.json with a condnet row on the same data and "
+        "epochs: recipe rows train without a flat baseline and report that row's baseline of "
+        "the same seed",
     )
     return parser.parse_args(argv)
 
@@ -667,25 +680,20 @@ def main(argv=None):
     summary = summarise(results, rows)
     seconds = time.perf_counter() - started
     recipe = any(row in RECIPE_ROWS for row in rows)
-    name = f"defaults-{args.data_set}-{args.image_size}px-" + "-".join(rows)
+    variant = f"{args.data_set}-{args.image_size}px-" + "-".join(rows)
     if args.epochs != DEFAULT_EPOCHS:
-        name += f"-{args.epochs}-epochs"
-    out = common.BENCHMARKS / f"{name}.json"
-    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out.write_text(
-        json.dumps({"args": shown, "results": results, "summary": summary}, indent=1) + "\n"
-    )
+        variant += f"-{args.epochs}-epochs"
+    document = {"args": common.arguments(args), "results": results, "summary": summary}
     body = markdown(summary, args, seconds)
     print(body)
     kind = "condnet train defaults" if recipe else "hand-built rows"
     if args.epochs != DEFAULT_EPOCHS:
         kind += f", {args.epochs} epochs"
-    common.write_section(
+    heading = (
         f"Defaults against the plain CNN: {args.data_set} at {args.image_size} px, {kind} "
-        f"({', '.join(rows)})",
-        body,
-        args.results,
+        f"({', '.join(rows)})"
     )
+    common.write_results("defaults", variant, document, heading, body, args.results)
     return 0
 
 

@@ -11,7 +11,7 @@ MirroredStrategy. It reports training images/s from the epochs after the first
 (compilation). The "devices" share the same two CPU cores, so this measures
 the overhead of sharding, not a speedup: on real accelerators each device
 brings its own compute. Replaces the "Distributed training" section of
-benchmarks/RESULTS.md.
+benchmarks/results/distributed.md.
 """
 
 import json
@@ -115,9 +115,17 @@ def main(argv=None):
         "TensorFlow the 2-device run also compiles without XLA (`jit_compile=False`, which "
         "MirroredStrategy needs), so its ratio includes the cost of losing XLA.\n"
     )
-    (common.BENCHMARKS / "distributed.json").write_text(json.dumps(results, indent=1) + "\n")
     print(body)
-    common.write_section("Distributed training", body, args.results)
+    variant = "quick" if args.quick else "full"
+    common.write_results(
+        "distributed",
+        variant,
+        results,
+        "Distributed training",
+        body,
+        args.results,
+        "jax-tensorflow",
+    )
     return 0
 
 

@@ -13,11 +13,10 @@ Pillow's `draft`) when the image size asked is that much smaller, then resizes
    seed, `--epochs` epochs, `--seeds` seeds, scored on the test photos decoded the
    same way.
 
-Replaces the "Reduced-scale JPEG decoding" section of benchmarks/RESULTS.md and
-writes benchmarks/draft.json.
+Replaces the "Reduced-scale JPEG decoding" section of benchmarks/results/draft.md and
+writes benchmarks/results/draft-<backend>.json.
 """
 
-import json
 import os
 import statistics
 import tempfile
@@ -146,9 +145,11 @@ def _write(args, pixels, accuracy):
             "",
         ]
     )
-    common.write_section("Reduced-scale JPEG decoding", body, args.results)
-    out = common.BENCHMARKS / "draft.json"
-    out.write_text(json.dumps({"pixels": pixels, "accuracy": accuracy}, indent=1) + "\n")
+    variant = "quick" if args.quick else "full"
+    document = {"pixels": pixels, "accuracy": accuracy}
+    common.write_results(
+        "draft", variant, document, "Reduced-scale JPEG decoding", body, args.results
+    )
     print(body)
 
 

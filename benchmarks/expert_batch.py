@@ -9,7 +9,7 @@ for several N (the rows an expert's queue collects before it runs; the trunk and
 gate run on inputs joined up to 256 rows, or N if fewer), and reports routed /
 flat. It is the evidence for the default N per backend in
 `condnet.models.dispatch` (`_EXPERT_ROWS`).
-Replaces this backend's section of benchmarks/RESULTS.md.
+Replaces this backend's section of benchmarks/results/expert_batch.md.
 """
 
 import os

@@ -16,10 +16,9 @@ For each, images/s at batch 1, 32 and 256 in ONNX Runtime (CPU, the session's
 default threads) and in TensorFlow (`tf.saved_model.load(...).serve`), measured
 side by side in interleaved rounds, and the largest difference from
 `model.predict` (hard routing). TensorFlow backend only (the export traces
-TensorFlow graphs). Replaces the "Export" section of benchmarks/RESULTS.md.
+TensorFlow graphs). Replaces the "Export" section of benchmarks/results/export.md.
 """
 
-import json
 import os
 import sys
 import tempfile
@@ -66,10 +65,11 @@ def main(argv=None):
         "max_abs_difference_from_predict": differences,
         "images_per_second": speeds,
     }
-    (common.BENCHMARKS / "export.json").write_text(json.dumps(result, indent=1) + "\n")
     body = _markdown(result)
     print(body)
-    common.write_section("Export: routed ONNX and SavedModel", body, args.results)
+    variant = "quick" if args.quick else "full"
+    heading = "Export: routed ONNX and SavedModel"
+    common.write_results("export", variant, result, heading, body, args.results)
     return 0
 
 

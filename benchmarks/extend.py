@@ -22,10 +22,11 @@ wall time of extend and of the run from scratch (each call, its evaluation and
 report included). The issue's target: old classes within 1 point of before; new
 classes within 3 points of the run from scratch, in less than half its wall time.
 
-Writes `benchmarks/extend-<data set>-<settings>.json` and the section "Growing a
-trained run: <data set>" of `benchmarks/RESULTS.md` (not with --quick, a smoke
-check). Data: `../shared/data/{cifar10-jpeg,photos20-96px}.tar.gz`; the script
-says so and exits 0 when the archive is absent.
+Writes the key `<data set>-<settings>` of `benchmarks/results/extend-<backend>.json` and
+the section "Growing a trained run: <data set>" of `benchmarks/results/extend.md` (not
+with --quick, a smoke check). Data:
+`../shared/data/{cifar10-jpeg,photos20-96px}.tar.gz`; the script says so and exits 0
+when the archive is absent.
 """
 
 import json
@@ -320,15 +321,15 @@ def main(argv=None):
     body = markdown(results, args, old, new, time.perf_counter() - started)
     print(body)
     if args.quick:
-        print("(--quick: a smoke check; nothing written to RESULTS.md)")
+        print("(--quick: a smoke check; nothing written to benchmarks/results)")
         return 0
-    name = f"extend-{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds-{BACKEND}"
     common.write_results(
-        name,
-        args,
-        results,
+        "extend",
+        f"{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds",
+        {"args": common.arguments(args), "results": results},
         f"Growing a trained run: {args.data_set}, {args.epochs} epochs ({BACKEND})",
         body,
+        args.results,
     )
     return 0
 

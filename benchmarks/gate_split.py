@@ -14,8 +14,9 @@ at the same routed MACs. It replaces `condnet.vision.image_model.branch_convs`
 `condnet.train` with its defaults otherwise (no baseline), and scores the
 run's `model.keras` on the same test images as `defaults.py`; compare with the
 `condnet` row and its flat baseline there (same images, split and seeds).
-Results: `benchmarks/gate-split-gate-<widths>-experts-<share>.json`, one line
-per seed, and the section "Gate split: ..." of `benchmarks/RESULTS.md`.
+Results: the key `gate-<widths>-experts-<share>` of
+`benchmarks/results/gate_split-<backend>.json`, one line per seed, and the section "Gate
+split: ..." of `benchmarks/results/gate_split.md`.
 """
 
 import argparse
@@ -99,10 +100,10 @@ def main(argv=None):
     for seed in args.seeds:
         results.append(run_seed(args, seed, folder, test))
         print(json.dumps(results[-1]), flush=True)
-    out = common.BENCHMARKS / f"gate-split-{args.name}.json"
     command = common.command_line()
-    out.write_text(json.dumps({"command": command, "results": results}, indent=1))
-    common.write_section(f"Gate split: {args.name}", section(results, command))
+    body = section(results, command)
+    document = {"command": command, "results": results}
+    common.write_results("gate_split", args.name, document, f"Gate split: {args.name}", body)
     return 0
 
 

@@ -29,11 +29,10 @@ groups, at 32 px and at 160 px. Side by side in one process:
    the chosen expert of each row) against its flat baseline of equal MACs
    (`condnet.evaluation.baseline.flat_baseline`), at batch 32, 256 and 1,024.
 
-Replaces the section "GPU: BACKEND on DEVICE" of benchmarks/RESULTS.md and
-writes benchmarks/gpu-BACKEND.json.
+Replaces the section "GPU: BACKEND on DEVICE" of benchmarks/results/gpu.md and
+writes the key DEVICE[-quick|-smoke] of benchmarks/results/gpu-BACKEND.json.
 """
 
-import json
 import os
 import statistics
 import tempfile
@@ -267,10 +266,10 @@ def write(args, results):
     print(body)
     size = " (smoke)" if args.smoke else " (quick)" if args.quick else ""
     heading = f"GPU: {backend} on {device}{size}"
-    print(f"\nwrote section '{heading}' of {common.write_section(heading, body, args.results)}")
-    out = common.BENCHMARKS / f"gpu-{backend}.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out}")
+    variant = device + ("-smoke" if args.smoke else "-quick" if args.quick else "")
+    written = common.write_results("gpu", variant, results, heading, body, args.results, backend)
+    print(f"\nwrote section '{heading}' of {written}")
+    print(f"wrote {common.results_file('gpu', backend)}")
 
 
 def setup(results):

@@ -20,7 +20,7 @@ of, side by side in one process:
 The ideal routed/soft speedup is (G + sum_k E_k) / (G + sum_k share_k E_k) in
 MACs, with G the gate's MACs, E_k expert k's and share_k the share of images
 routed to it (about (G + K E) / (G + E) when routing is even). Prints
-markdown tables and replaces this backend's section of benchmarks/RESULTS.md.
+markdown tables and replaces this backend's section of benchmarks/results/inference.md.
 """
 
 import os

@@ -35,11 +35,10 @@ default: photos20's 8,000 training photos upscaled, mirrored and turned; 1.5 GB
 decoded, more than `CACHE_BYTES`, so the default policy keeps them on disk), epoch 1
 (decode and write the cache) against the median of epochs 2-4 (read the cache), through
 Keras's iterator.
-Replaces this backend's section of benchmarks/RESULTS.md and writes
-benchmarks/input_pipeline-BACKEND.json.
+Replaces this backend's section of benchmarks/results/input_pipeline.md and writes
+benchmarks/results/input_pipeline-BACKEND.json.
 """
 
-import json
 import multiprocessing
 import os
 import statistics
@@ -319,9 +318,10 @@ def _write(args, backend, rows, cache):
     body = "\n".join(
         [*common.machine(backend), "", "images/s, one pass each:", "", table, "", cached, ""]
     )
-    common.write_section(f"Input pipeline: {backend}", body, args.results)
-    out = common.BENCHMARKS / f"input_pipeline-{backend}.json"
-    out.write_text(json.dumps({"rows": rows, "disk_cache": cache}, indent=1) + "\n")
+    variant = "quick" if args.quick else "full"
+    document = {"rows": rows, "disk_cache": cache}
+    heading = f"Input pipeline: {backend}"
+    common.write_results("input_pipeline", variant, document, heading, body, args.results, backend)
     print(table)
     print(cached)
 

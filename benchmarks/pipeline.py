@@ -7,7 +7,7 @@ same images, side by side in one process: `pipeline=True` (a worker thread
 reads the next batch and runs its trunk and gate while the experts of the
 current batch run) versus `pipeline=False` (one after the other), from numpy
 arrays and from an `ImageFolder` (decoding from disk, no cache). Replaces
-this backend's section of benchmarks/RESULTS.md.
+this backend's section of benchmarks/results/pipeline.md.
 """
 
 import os

@@ -30,8 +30,8 @@ Rows, per seed, all scored on the same test images:
 
 Epoch times come from the run's `history.csv` (first epoch against the mean of
 the later ones) and `timing.json` (the backbone's one pass over the images).
-Results: `benchmarks/pretrained-photos20.json` and the "Pretrained backbone:
-photos20" section of `benchmarks/RESULTS.md`.
+Results: the key `--section` of `benchmarks/results/pretrained_photos20-<backend>.json`
+and the "Pretrained backbone: photos20" section of `benchmarks/results/pretrained_photos20.md`.
 """
 
 import argparse
@@ -96,7 +96,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--section", default="Pretrained backbone: photos20")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
-    parser.add_argument("--results", type=Path, default=common.RESULTS)
+    parser.add_argument("--results", type=Path, default=common.details("pretrained_photos20"))
     return parser.parse_args(argv)
 
 
@@ -345,18 +345,12 @@ def main(argv=None):
         "the features once = the backbone's one pass over training and validation images; "
         f"epochs = those condnet trained):\n\n{times}\n"
     )
-    out = common.BENCHMARKS / f"pretrained-photos20{json_suffix(args)}.json"
-    out.write_text(json.dumps({"rows": rows, "mean": mean}, indent=1) + "\n")
     print(body)
-    common.write_section(args.section, body, args.results)
+    document = {"args": common.arguments(args), "rows": rows, "mean": mean}
+    common.write_results(
+        "pretrained_photos20", args.section, document, args.section, body, args.results
+    )
     return 0
-
-
-def json_suffix(args):
-    if not args.condnet_option and args.train_per_class == 150:
-        return ""
-    tail = "-".join(o.replace("=", "") for o in args.condnet_option)
-    return f"-{args.train_per_class}" + (f"-{tail}" if tail else "")
 
 
 if __name__ == "__main__":

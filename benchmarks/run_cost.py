@@ -16,8 +16,8 @@ each class, 32 px), the same epochs, one after the other on a quiet machine:
 
 The ratio of wall times is the figure; each run's `timing.json` says where its
 time went (the share that neither trains nor scores a model included).
-Replaces the "Run cost" section of benchmarks/RESULTS.md and writes
-benchmarks/run_cost-BACKEND.json.
+Replaces the "Run cost" section of benchmarks/results/run_cost.md and writes
+benchmarks/results/run_cost-BACKEND.json.
 """
 
 import json
@@ -135,10 +135,10 @@ def _write(args, backend, rows):
             "",
         ]
     )
-    common.write_section(f"Run cost: {backend}", body, args.results)
-    out = common.BENCHMARKS / f"run_cost-{backend}.json"
-    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out.write_text(json.dumps({"args": shown, "rows": rows}, indent=1) + "\n")
+    variant = "quick" if args.quick else "full"
+    document = {"args": common.arguments(args), "rows": rows}
+    heading = f"Run cost: {backend}"
+    common.write_results("run_cost", variant, document, heading, body, args.results, backend)
     print(body)
 
 

@@ -18,7 +18,7 @@ Every response is checked against offline `predict` of the same image (class
 and expert); a lost, failed or mismatched response is counted. Reports
 requests/s and p50 / p99 latency. Client and server share this machine's two
 cores, so absolute figures are low; the ratios compare configurations under
-the same load. Replaces the "Serving" section of benchmarks/RESULTS.md.
+the same load. Replaces the "Serving" section of benchmarks/results/serve.md.
 """
 
 import asyncio
@@ -73,16 +73,14 @@ def main(argv=None):
         run = _save_run(model, Path(folder))
         expected = _expected(model, bodies)
         results = {name: _measure(run, flags, bodies, expected) for name, flags in CONFIGS.items()}
-    suffix = "" if args.width == 4 else f"-width-{args.width}"
-    out = common.BENCHMARKS / f"serve-{os.environ['KERAS_BACKEND']}{suffix}.json"
-    out.write_text(json.dumps({"source": source, "results": results}, indent=1) + "\n")
     expert_macs = max(models.macs_of(model)[1].values())
     body = _markdown(results, source, requests, expert_macs)
     print(body)
     title = f"Serving: {os.environ['KERAS_BACKEND']}"
     if args.width != 4:
         title += f", experts of {expert_macs / 1e6:.0f} MMACs"
-    common.write_section(title, body, args.results)
+    document = {"source": source, "results": results}
+    common.write_results("serve", f"width-{args.width}", document, title, body, args.results)
     return 0
 
 

@@ -37,8 +37,9 @@ batch 32, at most `--epochs` epochs, early stopping on validation accuracy
 
 Reported per row: test accuracy, hierarchical F1, the MACs per document that
 inference runs (routed: trunk + gate + the costliest expert), training time.
-Writes `benchmarks/text-news20.json` and the "Text: 20 Newsgroups" section of
-`benchmarks/RESULTS.md` (not with --quick, a smoke run on a few posts).
+Writes the key `--section` of `benchmarks/results/text_news20-<backend>.json` and the
+"Text: 20 Newsgroups" section of `benchmarks/results/text_news20.md` (not with --quick,
+a smoke run on a few posts).
 """
 
 import json
@@ -343,12 +344,8 @@ def _write(args, rows, seconds):
             ),
         ]
     )
-    common.write_section(args.section, body, args.results)
-    slug = "".join(c if c.isalnum() else "-" for c in args.section.lower()).strip("-")
-    out = common.BENCHMARKS / f"{slug.replace('text--20-newsgroups', 'text-news20')}.json"
-    out.write_text(json.dumps({"args": vars(args) | {"cache": str(args.cache),
-                                "results": str(args.results), "data": str(args.data)},
-                               "rows": rows}, indent=1) + "\n")  # fmt: skip
+    document = {"args": common.arguments(args), "rows": rows}
+    common.write_results("text_news20", args.section, document, args.section, body, args.results)
     print(table)
 
 

@@ -17,7 +17,7 @@ round (tracing, compiling), then the timed rounds; images/s is the median
 over timed epochs, timed by a callback from epoch begin to epoch end. The
 ideal speedup of capacity over soft is (G + K E) / (G + capacity_factor E)
 in MACs. Prints a markdown table and replaces this backend's section of
-benchmarks/RESULTS.md.
+benchmarks/results/training.md.
 """
 
 import inspect

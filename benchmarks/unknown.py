@@ -35,8 +35,8 @@ per left-out class. Means over the seeds, with the standard deviation. The
 issue's target: better than the flat baseline's maximum softmax on the same
 left-out classes.
 
-Writes `benchmarks/unknown-<data set>-<settings>.json` and the "Unknown
-classes inside known groups" section of `benchmarks/RESULTS.md` (not with
+Writes the key `<data set>-<settings>` of `benchmarks/results/unknown-<backend>.json`
+and the "Unknown classes inside known groups" section of `benchmarks/results/unknown.md` (not with
 --quick, a smoke check on a few images). Data: `../shared/data/`
 `cifar10-jpeg.tar.gz` or `photos20-96px.tar.gz`; the script says so and exits 0
 when it is absent. `--reuse` scores the runs a previous call trained.
@@ -432,19 +432,20 @@ def main(argv=None):
     body = markdown(results, args, left_out, time.perf_counter() - started)
     print(body)
     if args.quick:
-        print("(--quick: a smoke check; nothing written to RESULTS.md)")
+        print("(--quick: a smoke check; nothing written to benchmarks/results)")
         return 0
-    name = (
-        f"unknown-{args.data_set}-{args.train_per_class}-per-class-{args.epochs}-epochs-without-"
-        f"{'-'.join(left_out)}-{BACKEND}"
+    variant = (
+        f"{args.data_set}-{args.train_per_class}-per-class-{args.epochs}-epochs-without-"
+        f"{'-'.join(left_out)}"
     )
     common.write_results(
-        name,
-        args,
-        results,
+        "unknown",
+        variant,
+        {"args": common.arguments(args), "results": results},
         f"Unknown classes inside known groups: {SHOWN[args.data_set]}, {args.epochs} epochs "
         f"({BACKEND})",
         body,
+        args.results,
     )
     return 0
 
