@@ -13,8 +13,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -266,31 +264,3 @@ def write_results(benchmark, variant, document, heading, body, markdown=None, ba
 def arguments(args):
     """The parsed arguments as JSON-able `{name: value}` (paths as text)."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-
-
-# === Data ===
-
-
-def extract_cifar(tarball, per_class, split="test"):
-    """Extract the first `per_class` JPEGs of each CIFAR-10 class into a temp folder.
-
-    Returns the `TemporaryDirectory` (delete it with `.cleanup()`) and the
-    path of its `cifar10/<split>` folder (flat layout: `<class>/NNNN.jpg`),
-    or `(None, None)` when the tarball is absent.
-    """
-    if not Path(tarball).exists():
-        return None, None
-    folder = tempfile.TemporaryDirectory(prefix="condnet-bench-")
-    counts = {}
-    prefix = f"cifar10/{split}/"
-    with tarfile.open(tarball) as archive:
-        for member in archive:
-            if not (member.isfile() and member.name.startswith(prefix)):
-                continue
-            name = member.name.split("/")[2]
-            if counts.get(name, 0) < per_class:
-                counts[name] = counts.get(name, 0) + 1
-                archive.extract(member, folder.name, filter="data")
-            if len(counts) == 10 and min(counts.values()) >= per_class:
-                break  # CIFAR-10 has 10 classes
-    return folder, Path(folder.name) / "cifar10" / split

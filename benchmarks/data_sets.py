@@ -1,13 +1,16 @@
-"""The labelled image sets that `backoff.py` and `unknown.py` train and test on, two groups each.
+"""The data sets the benchmarks read, and the one loader of each.
 
-Each entry: the tarball in `../shared/data`, its folder inside it
-(`<folder>/{train,test}/<class>/*.jpg`), the two-group hierarchy, the image
-side the benchmarks train at, and the classes `unknown.py` leaves out by
-default (the last class of each group in sorted order: the same rule on
-every data set, not a choice per data set).
+Each entry: the tarball in `../shared/data`, its folder inside it (images:
+`<folder>/{train,test}/<class>/*.jpg`; documents: `<folder>/<class>/*`), and
+for the image sets the two-group hierarchy, the image side the benchmarks
+train at, and the classes `unknown.py` leaves out by default (the last class of
+each group in sorted order: the same rule on every data set, not a choice per
+data set). Nothing here imports Keras.
 """
 
+import os
 import tarfile
+from pathlib import Path
 
 import common
 
@@ -56,12 +59,21 @@ DATA_SETS = {
         "describe": "photos20 (Imagenette and Imagewoof photos) in two groups (dogs: 11 "
         "breeds, things: 9 classes)",
     },
+    "news20": {
+        "archive": DATA / "news20-train.tar.gz",
+        "folder": "news20-train",
+        "describe": "20 Newsgroups",
+    },
 }
+IMAGE_SETS = ("cifar10", "photos20")
+
+
+# === Command line ===
 
 
 def add_options(parser):
     """`--data-set` and `--image-size` (the data set's own side by default)."""
-    parser.add_argument("--data-set", choices=sorted(DATA_SETS), default="cifar10")
+    parser.add_argument("--data-set", choices=IMAGE_SETS, default="cifar10")
     parser.add_argument(
         "--image-size", type=int, default=None, help="side in px (cifar10: 32, photos20: 48)"
     )
@@ -83,14 +95,95 @@ def default_left_out(data_set):
     return [sorted(classes)[-1] for classes in data_set["groups"].values()]
 
 
-def extract(args, data_set):
-    """The extracted `<folder>` (with `train/` and `test/`) in `args.cache`."""
-    target = args.cache / data_set["folder"]
+def hierarchy(name):
+    """The image set's two-group `condnet.Hierarchy` (imports condnet, hence Keras)."""
+    from condnet.hierarchy import Hierarchy
+
+    return Hierarchy(DATA_SETS[name]["groups"])
+
+
+# === Files ===
+
+
+def extract(name, cache, archive=None):
+    """The data set's folder, the whole tarball (`archive`, else its own) extracted into
+    `cache` once."""
+    data_set = DATA_SETS[name]
+    target = Path(cache) / data_set["folder"]
     if not target.is_dir():
-        args.cache.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(args.data) as opened:
-            opened.extractall(args.cache, filter="data")
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive or data_set["archive"]) as opened:
+            opened.extractall(cache, filter="data")
     return target
+
+
+def extract_first(name, split, per_class, target, archive=None):
+    """The first `per_class` files of each class of the image set's `split` (in the
+    tarball's order), extracted into `target`; returns `target/<folder>/<split>`."""
+    data_set = DATA_SETS[name]
+    prefix = f"{data_set['folder']}/{split}/"
+    classes = sum(len(c) for c in data_set["groups"].values())
+    counts = {}
+    with tarfile.open(archive or data_set["archive"]) as opened:
+        for member in opened:
+            if not (member.isfile() and member.name.startswith(prefix)):
+                continue
+            label = member.name.split("/")[2]
+            if counts.get(label, 0) < per_class:
+                counts[label] = counts.get(label, 0) + 1
+                opened.extract(member, target, filter="data")
+            if len(counts) == classes and min(counts.values()) >= per_class:
+                break
+    return Path(target) / data_set["folder"] / split
+
+
+def link_first(root, groups, per_class, target):
+    """The first `per_class` files (sorted by name) of each class of `groups`
+    (`{group: [class, ...]}`) in `root/<class>/`, hard-linked as
+    `target/<group>/<class>/*`, the layout whose folders give the hierarchy. Built once
+    (through `<target>.partial`, so an interrupted call leaves no half folder)."""
+    target = Path(target)
+    if target.is_dir():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    for group, classes in groups.items():
+        for name in classes:
+            folder = partial / group / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in first(Path(root) / name, per_class):
+                if not (folder / path.name).exists():
+                    os.link(path, folder / path.name)
+    partial.rename(target)
+    return target
+
+
+def first(folder, count):
+    """The first `count` files of `folder`, sorted by name."""
+    return sorted(Path(folder).iterdir())[:count]
+
+
+# === Arrays ===
+
+
+def load_arrays(root, classes, per_class, image_size):
+    """Images (uint8 values as float32, [0, 255]) and class indices (in the order of
+    `classes`) of the first `per_class` files of each class in `root/<class>/`, each
+    decoded by Pillow and resized bilinearly to `image_size`."""
+    import numpy as np
+    from PIL import Image
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = first(Path(root) / name, per_class)
+        for path in files:
+            with Image.open(path) as image:
+                image = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                images.append(np.asarray(image, "uint8"))
+        labels += [label] * len(files)
+    return np.stack(images).astype("float32"), np.asarray(labels, "int32")
+
+
+# === Runs ===
 
 
 def train_unless_reused(args, folder, run, seed):

@@ -49,11 +49,11 @@ import json
 import os
 import statistics
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -61,94 +61,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from condnet import ConditionalModel, Hierarchy  # noqa: E402
+from condnet import ConditionalModel  # noqa: E402
 from condnet.choices import INFERENCE_ROUTINGS  # noqa: E402
+from condnet.data.folders import split_indices  # noqa: E402
 from condnet.evaluation.cost import routed_macs  # noqa: E402
 from condnet.evaluation.metrics import within_group_accuracy  # noqa: E402
 from condnet.runs.files import BASELINE, BEST, CONFIG, HISTORY, METRICS  # noqa: E402
 
-SHARED = common.REPOSITORY.parent / "shared" / "data"
-DATA_SETS = {
-    "cifar10": {
-        "archive": SHARED / "cifar10-jpeg.tar.gz",
-        "folder": "cifar10",
-        "image_size": 32,
-        "hierarchy": {
-            "vehicles": ["airplane", "automobile", "ship", "truck"],
-            "animals": ["bird", "cat", "deer", "dog", "frog", "horse"],
-        },
-    },
-    "photos20": {
-        "archive": SHARED / "photos20-96px.tar.gz",
-        "folder": "photos20",
-        "image_size": 64,
-        "hierarchy": {
-            "dogs": [
-                "australian_terrier",
-                "beagle",
-                "border_terrier",
-                "dingo",
-                "english_foxhound",
-                "english_springer",
-                "golden_retriever",
-                "old_english_sheepdog",
-                "rhodesian_ridgeback",
-                "samoyed",
-                "shih_tzu",
-            ],
-            "things": [
-                "tench",
-                "cassette_player",
-                "chain_saw",
-                "church",
-                "french_horn",
-                "garbage_truck",
-                "gas_pump",
-                "golf_ball",
-                "parachute",
-            ],
-        },
-    },
-}
+# The side each data set trains at here (photos20 at 64 px, not its 48 px elsewhere).
+IMAGE_SIZES = {"cifar10": 32, "photos20": 64}
 PLAIN_FILTERS = (32, 64, 128)
 DEFAULT_EPOCHS = 15
-
-
-# === Data ===
-
-
-def load_split(root, hierarchy, per_class, image_size):
-    """Images (uint8 as float32, [0, 255]) and class indices of `per_class` files per class."""
-    images, labels = [], []
-    for label, name in enumerate(hierarchy.classes):
-        files = sorted((root / name).iterdir())[:per_class]
-        for path in files:
-            with Image.open(path) as image:
-                image = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                images.append(np.asarray(image, "uint8"))
-        labels += [label] * len(files)
-    return np.stack(images).astype("float32"), np.asarray(labels, "int32")
-
-
-def extract(spec, cache):
-    target = cache / spec["folder"]
-    if not target.is_dir():
-        with tarfile.open(spec["archive"]) as archive:
-            archive.extractall(cache, filter="data")
-    return target
-
-
-def split_validation(x, y, share, seed):
-    """The same stratified 20% validation split for every row."""
-    rng = np.random.default_rng(seed)
-    validation = np.zeros(len(y), bool)
-    for label in np.unique(y):
-        rows = rng.permutation(np.flatnonzero(y == label))
-        validation[rows[: round(share * len(rows))]] = True
-    train = rng.permutation(np.flatnonzero(~validation))
-    return (x[train], y[train]), (x[validation], y[validation])
 
 
 # === Models ===
@@ -260,18 +184,6 @@ def score(model, hierarchy, x, y):
         scores[f"{mode}_group_accuracy"] = float(np.mean(outputs["groups"].argmax(1) == groups))
     scores["accuracy"] = scores["hard_accuracy"]  # what a user gets at inference
     return scores
-
-
-def link_folder(root, hierarchy, per_class, target):
-    """The first `per_class` files of each class, hard-linked as root/<group>/<class>/*."""
-    if target.is_dir():
-        return target
-    for name in hierarchy.classes:
-        folder = target.joinpath(*hierarchy.path(name))
-        folder.mkdir(parents=True)
-        for path in sorted((root / name).iterdir())[:per_class]:
-            os.link(path, folder / path.name)
-    return target
 
 
 RECIPE_ROWS = {  # condnet.train with its defaults, but for these options
@@ -454,12 +366,18 @@ def gap_parts(model, flat_probabilities, x, y):
     }
 
 
+def validation_split(x, y, seed):
+    """The same stratified 20% validation split for every row (`split_indices`)."""
+    train, validation = split_indices(y, 0.2, seed=seed)
+    return (x[train], y[train]), (x[validation], y[validation])
+
+
 def run_row(row, data, hierarchy, args, seed):
     keras.utils.set_random_seed(seed)
     if row in RECIPE_ROWS:
-        folder = link_folder(
+        folder = data_sets.link_first(
             args.root / "train",
-            hierarchy,
+            data_sets.DATA_SETS[args.data_set]["groups"],
             args.train_per_class,
             args.cache / f"linked-{args.data_set}-{args.train_per_class}",
         )
@@ -470,7 +388,7 @@ def run_row(row, data, hierarchy, args, seed):
     if earlier is not None:
         print(json.dumps(earlier), flush=True)
         return earlier
-    train, validation = split_validation(*data["train"], 0.2, seed)
+    train, validation = validation_split(*data["train"], seed)
     seconds, epochs = 0.0, 0
     if row == "plain":
         model = plain_cnn(args.image_size, hierarchy.num_classes)
@@ -626,7 +544,7 @@ def seed_list(text):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-set", choices=sorted(DATA_SETS), default="cifar10")
+    parser.add_argument("--data-set", choices=data_sets.IMAGE_SETS, default="cifar10")
     parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--test-per-class", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
@@ -662,18 +580,22 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    spec = DATA_SETS[args.data_set]
+    spec = data_sets.DATA_SETS[args.data_set]
     if not spec["archive"].is_file():
         print(f"{spec['archive']} is missing: nothing to measure.")
         return 0
-    args.image_size = args.image_size or spec["image_size"]
-    hierarchy = Hierarchy(spec["hierarchy"])
-    root = extract(spec, args.cache)
+    args.image_size = args.image_size or IMAGE_SIZES[args.data_set]
+    hierarchy = data_sets.hierarchy(args.data_set)
+    root = data_sets.extract(args.data_set, args.cache)
     args.root = root
     started = time.perf_counter()
     data = {
-        "train": load_split(root / "train", hierarchy, args.train_per_class, args.image_size),
-        "test": load_split(root / "test", hierarchy, args.test_per_class, args.image_size),
+        "train": data_sets.load_arrays(
+            root / "train", hierarchy.classes, args.train_per_class, args.image_size
+        ),
+        "test": data_sets.load_arrays(
+            root / "test", hierarchy.classes, args.test_per_class, args.image_size
+        ),
     }
     rows = args.rows.split(",")
     results = [run_row(r, data, hierarchy, args, seed) for seed in args.seeds for r in rows]

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import common
+import data_sets
 
 from condnet.runs.files import HIERARCHY
 
@@ -60,12 +61,14 @@ def main(argv=None):
     args = common.parse_args(__doc__, argv)
     per_class = 100 if args.quick else 300
     epochs = 2 if args.quick else 3
-    folder, root = common.extract_cifar(args.data, per_class=per_class, split="train")
-    if folder is None:
+    if not args.data.exists():
         print(f"{args.data} is missing: nothing to measure.")
         return 0
     results = {}
     with tempfile.TemporaryDirectory() as runs:
+        root = data_sets.extract_first(
+            "cifar10", "train", per_class, Path(runs) / "data", args.data
+        )
         images = sum(1 for _ in Path(root).rglob("*.jpg"))
         tree = Path(runs) / HIERARCHY
         tree.write_text(json.dumps(TWO_GROUPS))
@@ -89,7 +92,6 @@ def main(argv=None):
                 f"({seconds})",
                 flush=True,
             )
-    folder.cleanup()
     ratios = {b: results[f"{b}-2"] / results[f"{b}-1"] for b in ("jax", "tensorflow")}
     body = (
         f"`{common.command_line()}`: {images} CIFAR-10 training images (80% trained on), "

@@ -23,17 +23,17 @@ import tempfile
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from defaults import DATA_SETS, extract, plain_cnn  # noqa: E402
+from defaults import plain_cnn  # noqa: E402
 from input_pipeline import upscaled  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from condnet.data.folders import decode_image  # noqa: E402
-from condnet.hierarchy import Hierarchy  # noqa: E402
 
 
 def full_decode(path, side):
@@ -89,12 +89,12 @@ def accuracy_rows(root, hierarchy, args):
 
 def main():
     args = common.parse_args(__doc__, more=_options)
-    spec = DATA_SETS["photos20"]
-    if not spec["archive"].is_file():
-        print(f"skipped: {spec['archive']} is absent (the shared data folder)")
+    archive = data_sets.DATA_SETS["photos20"]["archive"]
+    if not archive.is_file():
+        print(f"skipped: {archive} is absent (the shared data folder)")
         return
-    hierarchy = Hierarchy(spec["hierarchy"])
-    root = extract(spec, Path("/tmp/condnet-benchmark-data"))
+    hierarchy = data_sets.hierarchy("photos20")
+    root = data_sets.extract("photos20", Path("/tmp/condnet-benchmark-data"))
     photos = [p for c in hierarchy.classes for p in sorted((root / "train" / c).iterdir())[:10]]
     with tempfile.TemporaryDirectory(prefix="condnet-draft-") as scratch:
         source = Path(scratch) / "source"

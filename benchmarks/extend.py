@@ -33,12 +33,12 @@ import json
 import os
 import statistics
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import common
-from data_sets import DATA_SETS
+import data_sets
+from data_sets import DATA_SETS, IMAGE_SETS
 
 BACKEND = common.choose_backend()
 os.environ["KERAS_BACKEND"] = BACKEND
@@ -61,7 +61,7 @@ QUICK = {"train_per_class": 20, "test_per_class": 10, "epochs": 1, "seeds": 1}
 
 
 def more_options(parser):
-    parser.add_argument("--data-set", choices=sorted(DATA_SETS), default="cifar10")
+    parser.add_argument("--data-set", choices=IMAGE_SETS, default="cifar10")
     parser.add_argument("--new", help="classes the old run lacks, comma-separated")
     parser.add_argument("--image-size", type=int, help="pixels (default: 32 CIFAR-10, 48 photos20)")
     parser.add_argument("--train-per-class", type=int, default=400)
@@ -80,34 +80,10 @@ def more_options(parser):
 # === Data ===
 
 
-def extract(archive, cache, name):
-    target = cache / name
-    if not target.is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as opened:
-            opened.extractall(cache, filter="data")
-    return target
-
-
-def nested_folder(root, tree, per_class, target):
-    """The first `per_class` training images of each class of `tree`, hard-linked as
-    target/<group>/<class>/* (the layout whose folders give the hierarchy)."""
-    if target.is_dir():
-        return target
-    partial = target.with_name(target.name + ".partial")
-    for group, classes in tree.items():
-        for name in classes:
-            folder = partial / group / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for path in first(root / "train" / name, per_class):
-                if not (folder / path.name).exists():
-                    os.link(path, folder / path.name)
-    partial.rename(target)
-    return target
-
-
-def first(folder, count):
-    return sorted(folder.iterdir())[:count]
+def linked(root, tree, args, name):
+    """The first `--train-per-class` training images of each class of `tree`, as
+    <group>/<class>/* in the cache (`data_sets.link_first`)."""
+    return data_sets.link_first(root / "train", tree, args.train_per_class, args.cache / name)
 
 
 def split_tree(groups, new):
@@ -200,7 +176,7 @@ def test_images(root, old, new, per_class):
             (path, name)
             for classes in tree.values()
             for name in classes
-            for path in first(root / "test" / name, per_class)
+            for path in data_sets.first(root / "test" / name, per_class)
         ]
 
     return {"old": pairs(old), "new": pairs(new)}
@@ -303,15 +279,13 @@ def main(argv=None):
         print(f"skipped: {archive} is missing (see ../shared/data/README.md).")
         return 0
     started = time.perf_counter()
-    root = extract(archive, args.cache, args.data_set)
+    root = data_sets.extract(args.data_set, args.cache)
     old, new = split_tree(spec["groups"], new_names)
     tag = f"{args.data_set}-{args.train_per_class}-without-{'-'.join(sorted(new_names))}"
     folders = {
-        "old": nested_folder(root, old, args.train_per_class, args.cache / f"extend-old-{tag}"),
-        "new": nested_folder(root, new, args.train_per_class, args.cache / f"extend-new-{tag}"),
-        "all": nested_folder(
-            root, spec["groups"], args.train_per_class, args.cache / f"extend-all-{tag}"
-        ),
+        "old": linked(root, old, args, f"extend-old-{tag}"),
+        "new": linked(root, new, args, f"extend-new-{tag}"),
+        "all": linked(root, spec["groups"], args, f"extend-all-{tag}"),
     }
     test = test_images(root, old, new, args.test_per_class)
     results = []

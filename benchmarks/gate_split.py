@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,7 +38,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import condnet.vision.image_model as image_model  # noqa: E402
-from condnet import Hierarchy  # noqa: E402
 from condnet.evaluation.cost import routed_macs  # noqa: E402
 from condnet.runs.files import BEST  # noqa: E402
 
@@ -83,19 +83,18 @@ def main(argv=None):
     parser.add_argument("--seeds", type=defaults.seed_list, default=defaults.seed_list("3"))
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
     args = parser.parse_args(argv)
-    spec = defaults.DATA_SETS["cifar10"]
+    spec = data_sets.DATA_SETS["cifar10"]
     if not spec["archive"].is_file():
         print(f"{spec['archive']} is missing: nothing to measure.")
         return 0
     gate = tuple(int(part) for part in args.gate.split(","))
     image_model.branch_convs = split_convs(gate, args.expert_share)
     args.name = f"gate-{'x'.join(map(str, gate))}-experts-{args.expert_share:g}"
-    args.hierarchy = Hierarchy(spec["hierarchy"])
-    root = defaults.extract(spec, args.cache)
-    test = defaults.load_split(root / "test", args.hierarchy, 300, 32)
-    folder = defaults.link_folder(
-        root / "train", args.hierarchy, 500, args.cache / "linked-cifar10-500"
-    )
+    args.hierarchy = data_sets.hierarchy("cifar10")
+    root = data_sets.extract("cifar10", args.cache)
+    test = data_sets.load_arrays(root / "test", args.hierarchy.classes, 300, 32)
+    linked = args.cache / "linked-cifar10-500"
+    folder = data_sets.link_first(root / "train", spec["groups"], 500, linked)
     results = []
     for seed in args.seeds:
         results.append(run_seed(args, seed, folder, test))

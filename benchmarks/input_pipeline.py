@@ -42,12 +42,12 @@ benchmarks/results/input_pipeline-BACKEND.json.
 import multiprocessing
 import os
 import statistics
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 
@@ -57,7 +57,7 @@ from PIL import Image  # noqa: E402
 
 from condnet.data.folders import ImageFolder, decode_image, scan_directory  # noqa: E402
 
-PHOTOS = common.REPOSITORY.parent / "shared" / "data" / "photos20-96px.tar.gz"
+PHOTOS = data_sets.DATA_SETS["photos20"]["archive"]
 BATCH = 32
 DOGS = {
     "australian_terrier", "beagle", "border_terrier", "dingo", "english_foxhound",
@@ -78,16 +78,8 @@ def scanned(root):
 
 def extract_photos(folder, count):
     """About `count` training photos of photos20 (an equal share of each of its 20 classes),
-    in class folders under `folder`."""
-    taken, share = {}, max(1, count // 20)
-    with tarfile.open(PHOTOS) as archive:
-        for member in archive:
-            if member.isfile() and member.name.startswith("photos20/train/"):
-                name = member.name.split("/")[2]
-                if taken.get(name, 0) < share:
-                    taken[name] = taken.get(name, 0) + 1
-                    archive.extract(member, folder, filter="data")
-    return Path(folder) / "photos20" / "train"
+    in class folders under `folder` (`data_sets.extract_first`)."""
+    return data_sets.extract_first("photos20", "train", max(1, count // 20), folder)
 
 
 def upscaled(source, target, side):

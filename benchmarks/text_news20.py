@@ -46,11 +46,11 @@ import json
 import os
 import shutil
 import statistics
-import tarfile
 import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -72,16 +72,8 @@ from condnet.runs.files import BASELINE, BEST, HIERARCHY, STATE  # noqa: E402
 from condnet.runs.recipe import train  # noqa: E402
 from condnet.text.text_model import build_text_model, text_trunk  # noqa: E402
 
-NEWS = common.REPOSITORY.parent / "shared" / "data" / "news20-train.tar.gz"
+NEWS = data_sets.DATA_SETS["news20"]["archive"]
 OTHER = ("alt.atheism", "misc.forsale", "soc.religion.christian")
-
-
-def news_folder(cache):
-    root = Path(cache) / "news20-train"
-    if not root.is_dir():
-        with tarfile.open(NEWS) as archive:
-            archive.extractall(cache, filter="data")
-    return root
 
 
 def hierarchy_of(root):
@@ -259,7 +251,7 @@ def main():
     if not NEWS.exists():
         print(f"skipped: {NEWS} is absent (the shared data folder)")
         return
-    root = news_folder(args.cache)
+    root = data_sets.extract("news20", args.cache)
     hierarchy, paths, labels = scan_documents(root, hierarchy_of(root))
     if args.quick:
         keep = np.concatenate([np.flatnonzero(labels == c)[:20] for c in range(20)])
