@@ -63,11 +63,11 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 from condnet import ConditionalModel  # noqa: E402
-from condnet.choices import INFERENCE_ROUTINGS  # noqa: E402
 from condnet.data.folders import split_indices  # noqa: E402
 from condnet.evaluation.cost import routed_macs  # noqa: E402
-from condnet.evaluation.metrics import within_group_accuracy  # noqa: E402
+from condnet.evaluation.evaluate import evaluate_model  # noqa: E402
 from condnet.runs.files import BASELINE, BEST, CONFIG, HISTORY, METRICS  # noqa: E402
+from condnet.runs.finish import score_run  # noqa: E402
 
 # The side each data set trains at here (photos20 at 64 px, not its 48 px elsewhere).
 IMAGE_SIZES = {"cifar10": 32, "photos20": 64}
@@ -170,20 +170,59 @@ def fit(model, train, validation, epochs, seed):
     return time.perf_counter() - start, len(history.history["loss"])
 
 
-def score(model, hierarchy, x, y):
-    """Test accuracy, routed and as the mixture (condnet), or flat."""
+class Arrays(keras.utils.PyDataset):
+    """Test arrays as the `(images, labels)` batches condnet's scoring reads, and as
+    `read_batch` (images, labels, no decoding errors) for its timing."""
+
+    def __init__(self, x, y, batch_size=256):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return -(-len(self.y) // self.batch_size)
+
+    def __getitem__(self, index):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[rows], self.y[rows]
+
+    def read_batch(self, index):
+        images, labels = self[index]
+        return images, labels, [None] * len(labels)
+
+
+def score(model, hierarchy, x, y, flat=None):
+    """Test scores through condnet's own scoring (`condnet.runs.finish.score_run`, as a
+    run scores itself): a flat model's accuracy; a conditional model's accuracy and
+    gate accuracy routed hard and as the soft mixture, and with its flat baseline `flat`
+    the parts of the gap between them (`BASELINE_KEYS`, `within_group_accuracy`)."""
+    data = Arrays(x, y)
     if not isinstance(model, ConditionalModel):
-        predicted = model.predict(x, batch_size=256, verbose=0).argmax(1)
-        return {"accuracy": float(np.mean(predicted == y))}
-    groups = hierarchy.class_to_group[y]
-    scores = {}
-    for mode in INFERENCE_ROUTINGS:
-        model.routing = mode
-        outputs = model.predict(x, batch_size=256, verbose=0)
-        scores[f"{mode}_accuracy"] = float(np.mean(outputs["classes"].argmax(1) == y))
-        scores[f"{mode}_group_accuracy"] = float(np.mean(outputs["groups"].argmax(1) == groups))
+        return {"accuracy": evaluate_model(model, data, hierarchy=hierarchy)["accuracy"]}
+    metrics = score_run(model, data, flat)[0]
+    other = "hard" if model.routing == "soft" else "soft"
+    scores = {
+        **_routed_scores(model.routing, metrics),
+        **_routed_scores(other, metrics["hard_routed" if other == "hard" else "mixture"]),
+    }
     scores["accuracy"] = scores["hard_accuracy"]  # what a user gets at inference
-    return scores
+    if "within_group_accuracy" in metrics.get("mixture", {}):  # the true group's expert
+        scores["within_group_accuracy"] = metrics["mixture"]["within_group_accuracy"]
+    if flat is None:
+        return scores
+    baseline = metrics["baseline"]["flat"]
+    return {
+        **scores,
+        "baseline_accuracy": baseline["accuracy"],
+        "baseline_group_accuracy": baseline["group_accuracy"],
+        "baseline_within_group_accuracy": baseline["within_group_accuracy"],
+    }
+
+
+def _routed_scores(routing, metrics):
+    return {
+        f"{routing}_accuracy": metrics["accuracy"],
+        f"{routing}_group_accuracy": metrics["gate_accuracy"],  # the gate's argmax
+    }
 
 
 RECIPE_ROWS = {  # condnet.train with its defaults, but for these options
@@ -229,7 +268,7 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
     ):
         with open(run / HISTORY, newline="") as history:
             seconds = sum(float(r["epoch_seconds"]) for r in csv.DictReader(history))
-        scored = score_run(run, data, hierarchy, seed, seconds, borrowed)
+        scored = score_recipe_run(run, data, hierarchy, seed, seconds, borrowed)
         return {**scored, "row": row, "reused": True}
     start = time.perf_counter()
     train(
@@ -243,7 +282,7 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
         **({"baseline": False} if borrowed else {}),
     )
     seconds = time.perf_counter() - start
-    return {**score_run(run, data, hierarchy, seed, seconds, borrowed), "row": row}
+    return {**score_recipe_run(run, data, hierarchy, seed, seconds, borrowed), "row": row}
 
 
 BASELINE_KEYS = (
@@ -307,7 +346,7 @@ def finished_run(run, wanted):
     return all(options.get(key, MISSING.get(key)) == value for key, value in wanted.items())
 
 
-def score_run(run, data, hierarchy, seed, seconds, borrowed=None):
+def score_recipe_run(run, data, hierarchy, seed, seconds, borrowed=None):
     """Score a finished run's model.keras and baseline.keras (or take the `borrowed`
     baseline figures) on the test arrays.
 
@@ -318,8 +357,7 @@ def score_run(run, data, hierarchy, seed, seconds, borrowed=None):
     model = keras.models.load_model(run / BEST)  # hard-routed, as shipped
     x, y = data["test"]
     order = np.array([model.hierarchy.classes.index(name) for name in hierarchy.classes])
-    y = order[y]
-    scores = score(model, model.hierarchy, x, y)
+    flat = None if borrowed is not None else keras.models.load_model(run / BASELINE)
     metrics = json.loads((run / METRICS).read_text())
     result = {
         "row": "condnet",
@@ -327,43 +365,12 @@ def score_run(run, data, hierarchy, seed, seconds, borrowed=None):
         "train_seconds": round(seconds, 1),
         "image_size": json.loads((run / CONFIG).read_text())["options"]["image_size"],
         "routed_mmacs": round(metrics["macs_per_image"]["routed"] / 1e6, 2),
-        **scores,
+        **score(model, model.hierarchy, x, order[y], flat),
     }
     if borrowed is not None:
-        within = within_group_accuracy(model.hierarchy, y, mixture_of(model, x))
-        return {**result, **borrowed, "within_group_accuracy": within, "borrowed_baseline": True}
-    flat = keras.models.load_model(run / BASELINE)
-    flat_probabilities = flat.predict(x, batch_size=256, verbose=0)
-    return {
-        **result,
-        "baseline_mmacs": round(metrics["baseline"]["flat"]["macs_per_image"] / 1e6, 2),
-        "baseline_accuracy": float(np.mean(flat_probabilities.argmax(1) == y)),
-        **gap_parts(model, flat_probabilities, x, y),
-    }
-
-
-def mixture_of(model, x):
-    """The class probabilities of the soft mixture of a hard-routed model (left hard)."""
-    model.routing = "soft"
-    mixture = model.predict(x, batch_size=256, verbose=0)["classes"]
-    model.routing = "hard"
-    return mixture
-
-
-def gap_parts(model, flat_probabilities, x, y):
-    """Test-set scores that split routed condnet's gap to its flat baseline: the right group
-    (the gate's; the group of the flat model's class) and the right class given the true
-    group (the true group's expert, from the soft mixture; the flat scores within it)."""
-    hierarchy = model.hierarchy
-    mixture = mixture_of(model, x)
-    groups = hierarchy.class_to_group[y]
-    return {
-        "baseline_group_accuracy": float(
-            np.mean(hierarchy.class_to_group[flat_probabilities.argmax(1)] == groups)
-        ),
-        "within_group_accuracy": within_group_accuracy(hierarchy, y, mixture),
-        "baseline_within_group_accuracy": within_group_accuracy(hierarchy, y, flat_probabilities),
-    }
+        return {**result, **borrowed, "borrowed_baseline": True}
+    flat_macs = metrics["baseline"]["flat"]["macs_per_image"]
+    return {**result, "baseline_mmacs": round(flat_macs / 1e6, 2)}
 
 
 def validation_split(x, y, seed):
@@ -488,7 +495,7 @@ def gap_table(summary):
         "images sent to their true group (for the flat model, whose class lies in it), and "
         "the accuracy when the class is chosen among the true group's classes only (the "
         "true group's expert, from the soft mixture; the flat model's scores within that "
-        "group), `condnet.evaluation.metrics.within_group_accuracy`.\n\n" + table + "\n"
+        "group), as `condnet.runs.finish.score_run` scores them.\n\n" + table + "\n"
     )
 
 

@@ -50,6 +50,7 @@ import data_sets
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import defaults  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -121,15 +122,15 @@ def run_condnet(args, folder, seed, backbone):
 
 
 def score_run(run, test):
-    """The shipped models of a run on the test arrays (labels in the run's class order)."""
+    """The shipped models of a run on the test arrays (labels in the run's class order),
+    scored as the run scores itself (`defaults.score`)."""
     model = keras.models.load_model(run / BEST)
     flat = keras.models.load_model(run / BASELINE)
-    x, y = test
-    routed = model.predict(x, batch_size=128, verbose=0)
+    scores = defaults.score(model, model.hierarchy, *test, flat)
     return {
-        "routed": float(np.mean(routed["classes"].argmax(1) == y)),
-        "gate": float(np.mean(routed["groups"].argmax(1) == model.hierarchy.class_to_group[y])),
-        "run_flat": float(np.mean(flat.predict(x, batch_size=128, verbose=0).argmax(1) == y)),
+        "routed": scores["hard_accuracy"],
+        "gate": scores["hard_group_accuracy"],
+        "run_flat": scores["baseline_accuracy"],
     }
 
 
