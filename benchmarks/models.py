@@ -14,7 +14,7 @@ import numpy as np
 
 import condnet
 from condnet.data.folders import load_folders
-from condnet.evaluation.cost import count_macs
+from condnet.evaluation.cost import count_macs, routed_macs
 
 IMAGE_SHAPE = (32, 32, 3)
 EXPERT_FILTERS = (16, 32, 64, 64)
@@ -104,9 +104,10 @@ def flat_model(target_macs, seed=0):
 
 
 def macs_of(model):
-    """MACs per image of the gate and of each expert (by group)."""
-    experts = {g: count_macs(e) for g, e in model.experts.items()}
-    return count_macs(model.gate), experts
+    """(gate MACs, {group: expert MACs}) per image, as `condnet.evaluation.cost.routed_macs`
+    counts them."""
+    costs = routed_macs(model, IMAGE_SHAPE)
+    return costs["gate"], costs["experts"]
 
 
 # === Routing balance ===
