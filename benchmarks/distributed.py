@@ -34,11 +34,12 @@ if backend == "tensorflow" and int(devices) > 1:  # before anything else runs Te
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * int(devices))
+from condnet.runs.files import HISTORY
 from condnet.runs.recipe import train
 result = train(data, out, hierarchy=tree, distribute=mode, image_size=32, batch_size=64,
                epochs=int(epochs), baseline=False, tensorboard=False, augment="none",
                verbose=0, patience=99)
-rows = [l.split(",") for l in open(out + "/history.csv").read().splitlines()]
+rows = [l.split(",") for l in open(out + "/" + HISTORY).read().splitlines()]
 column = rows[0].index("epoch_seconds")
 print("SECONDS" + json.dumps([float(r[column]) for r in rows[1:]]))
 """
