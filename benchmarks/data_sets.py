@@ -137,6 +137,26 @@ def extract_first(name, split, per_class, target, archive=None):
     return Path(target) / data_set["folder"] / split
 
 
+def extract_photos(folder, count):
+    """About `count` training photos of photos20 (an equal share of each of its 20
+    classes), in class folders under `folder`."""
+    return extract_first("photos20", "train", max(1, count // 20), folder)
+
+
+def upscaled(source, target, side):
+    """Every photo of `source` resized so that its short side is `side`, as JPEG."""
+    from PIL import Image
+
+    for path in sorted(source.rglob("*.jpg")):
+        image = Image.open(path).convert("RGB")
+        scale = side / min(image.size)
+        out = target / path.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        size = (round(image.width * scale), round(image.height * scale))
+        image.resize(size, Image.Resampling.BICUBIC).save(out, quality=90)
+    return target
+
+
 def link_first(root, groups, per_class, target):
     """The first `per_class` files (sorted by name) of each class of `groups`
     (`{group: [class, ...]}`) in `root/<class>/`, hard-linked as

@@ -30,7 +30,6 @@ os.environ["KERAS_BACKEND"] = common.choose_backend()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from defaults import plain_cnn  # noqa: E402
-from input_pipeline import upscaled  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from condnet.data.folders import decode_image  # noqa: E402
@@ -101,7 +100,7 @@ def main():
         for path in photos:
             (source / path.parent.name).mkdir(parents=True, exist_ok=True)
             (source / path.parent.name / path.name).write_bytes(path.read_bytes())
-        large = sorted(upscaled(source, Path(scratch) / "large", 480).rglob("*.jpg"))
+        large = sorted(data_sets.upscaled(source, Path(scratch) / "large", 480).rglob("*.jpg"))
         pixels = pixel_rows(photos, (48, 32, 24), "photos20 (96 px)")
         pixels += pixel_rows(large, (224, 160, 96), "photos20 upscaled to 480 px")
     accuracy = accuracy_rows(root, hierarchy, args)

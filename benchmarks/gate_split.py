@@ -107,7 +107,7 @@ def main(argv=None):
 
 
 def section(results, command):
-    """The RESULTS.md body: one row per seed and the mean."""
+    """The results section: one row per seed and the mean."""
     rows = [
         [str(r["seed"]), f"{r['accuracy']:.4f}", f"{r['hard_group_accuracy']:.4f}", str(r["mmacs"])]
         for r in results

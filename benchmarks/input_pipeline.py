@@ -57,7 +57,6 @@ from PIL import Image  # noqa: E402
 
 from condnet.data.folders import ImageFolder, decode_image, scan_directory  # noqa: E402
 
-PHOTOS = data_sets.DATA_SETS["photos20"]["archive"]
 BATCH = 32
 DOGS = {
     "australian_terrier", "beagle", "border_terrier", "dingo", "english_foxhound",
@@ -74,24 +73,6 @@ def scanned(root):
         "things": [c for c in classes if c not in DOGS],
     }
     return scan_directory(root, {g: c for g, c in groups.items() if c})
-
-
-def extract_photos(folder, count):
-    """About `count` training photos of photos20 (an equal share of each of its 20 classes),
-    in class folders under `folder` (`data_sets.extract_first`)."""
-    return data_sets.extract_first("photos20", "train", max(1, count // 20), folder)
-
-
-def upscaled(source, target, side):
-    """Every photo of `source` resized so that its short side is `side`, as JPEG."""
-    for path in sorted(source.rglob("*.jpg")):
-        image = Image.open(path).convert("RGB")
-        scale = side / min(image.size)
-        out = target / path.relative_to(source)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        size = (round(image.width * scale), round(image.height * scale))
-        image.resize(size, Image.Resampling.BICUBIC).save(out, quality=90)
-    return target
 
 
 # === The pipelines ===
@@ -203,7 +184,7 @@ def measure(name, root, side, pool, repeats):
 def many_photos(folder, count, side, pool):
     """`count` JPEGs of `side` px (quality 90) from photos20's training photos: each photo
     upscaled, then mirrored and turned upside down for more, in class folders."""
-    source = extract_photos(folder / "source", 8000)
+    source = data_sets.extract_photos(folder / "source", 8000)
     jobs = [
         (path, folder / "many" / path.parent.name / f"{variant}-{path.name}", side, variant)
         for variant in range(3)
@@ -253,16 +234,17 @@ def disk_cache(root, side, cache_dir, later=3):
 def main():
     args = common.parse_args(__doc__, more=_options)
     backend = keras.backend.backend()
-    if not PHOTOS.exists():
-        print(f"skipped: {PHOTOS} is absent (the shared data folder)")
+    archive = data_sets.DATA_SETS["photos20"]["archive"]
+    if not archive.exists():
+        print(f"skipped: {archive} is absent (the shared data folder)")
         return
     count, large, repeats = (512, 185, 2) if args.quick else (1024, 370, 7)
     with tempfile.TemporaryDirectory(prefix="condnet-input-") as scratch:
         scratch = Path(scratch)
-        small = extract_photos(scratch / "small", count)
-        few = extract_photos(scratch / "few", large)
-        big = upscaled(few, scratch / "large", 480)
-        huge = upscaled(few, scratch / "huge", 1600)
+        small = data_sets.extract_photos(scratch / "small", count)
+        few = data_sets.extract_photos(scratch / "few", large)
+        big = data_sets.upscaled(few, scratch / "large", 480)
+        huge = data_sets.upscaled(few, scratch / "huge", 1600)
         with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
             rows = [
                 measure("photos20, 96 px, read at 96", small, 96, pool, repeats),
