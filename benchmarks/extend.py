@@ -44,11 +44,10 @@ BACKEND = common.choose_backend()
 os.environ["KERAS_BACKEND"] = BACKEND
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 
 from condnet import Hierarchy  # noqa: E402
 from condnet.data.folders import ImageFolder  # noqa: E402
-from condnet.evaluation.evaluate import predict_batch  # noqa: E402
+from condnet.evaluation.evaluate import evaluate_model  # noqa: E402
 from condnet.runs.extend import extend  # noqa: E402
 from condnet.runs.files import TIMING  # noqa: E402
 from condnet.runs.recipe import train  # noqa: E402
@@ -151,7 +150,8 @@ def trained(args, folder, run, verbose, options):
 
 
 def accuracy_on(run, images, batch_size=256):
-    """Hard-routed accuracy of the run's model.keras on `images`: (path, class name) pairs."""
+    """Hard-routed accuracy of the run's model.keras on `images`, (path, class name) pairs,
+    as `condnet evaluate` scores it (`evaluate_model`)."""
     model, config = load_run(run)
     paths = [path for path, _ in images]
     labels = model.hierarchy.encode([name for _, name in images])
@@ -164,10 +164,7 @@ def accuracy_on(run, images, batch_size=256):
         batch_size=batch_size,
         substitute_unreadable=False,
     )
-    predicted = np.concatenate(
-        [predict_batch(model, folder.read_batch(i)[0])["classes"] for i in range(len(folder))]
-    )
-    return float(np.mean(predicted.argmax(-1) == labels))
+    return evaluate_model(model, folder)["accuracy"]
 
 
 def test_images(root, old, new, per_class):
