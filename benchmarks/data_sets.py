@@ -10,6 +10,7 @@ data set). Nothing here imports Keras.
 
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import common
@@ -201,6 +202,39 @@ def load_arrays(root, classes, per_class, image_size):
                 images.append(np.asarray(image, "uint8"))
         labels += [label] * len(files)
     return np.stack(images).astype("float32"), np.asarray(labels, "int32")
+
+
+def load_images(tarball, count, groups, seed=0):
+    """`count` CIFAR-10 test images (float32 in [0, 255]) and their labels in the
+    hierarchy of `groups`, read through `condnet.data.folders.load_folders`
+    (image_size=32). Without the tarball, random images and labels.
+
+    Returns `(images, labels, source)`, `source` a sentence for the results.
+    """
+    import numpy as np
+
+    from condnet.data.folders import load_folders
+    from condnet.hierarchy import Hierarchy
+
+    hierarchy = Hierarchy(groups)
+    if not Path(tarball).exists():
+        rng = np.random.default_rng(seed)
+        images = rng.uniform(0, 255, (count, 32, 32, 3)).astype("float32")
+        labels = rng.integers(0, hierarchy.num_classes, count).astype("int32")
+        return images, labels, f"{count} random images (no {tarball})"
+    with tempfile.TemporaryDirectory(prefix="condnet-bench-") as scratch:
+        per_class = -(-count // 10)
+        root = extract_first("cifar10", "test", per_class, scratch, tarball)
+        data, _ = load_folders(
+            root, hierarchy, image_size=32, batch_size=256, validation_split=0, shuffle=False
+        )
+        images, labels = data.numpy()
+    order = np.random.default_rng(seed).permutation(len(images))[:count]
+    source = (
+        f"{len(order)} CIFAR-10 test JPEGs from {Path(tarball).name}, read by "
+        "condnet.data.folders.load_folders(image_size=32)"
+    )
+    return images[order], labels[order], source
 
 
 # === Runs ===

@@ -15,6 +15,7 @@ Replaces this backend's section of benchmarks/results/expert_batch.md.
 import os
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 
@@ -30,7 +31,7 @@ EXPERT_BATCH_SIZES = (128, 256, 512, 1024, 2048)
 def main(argv=None):
     args = common.parse_args(__doc__, argv)
     count, repeats = (2048, 3) if args.quick else (4096, 5)
-    images, _, source = models.load_images(args.data, count)
+    images, _, source = data_sets.load_images(args.data, count, models.HIERARCHIES[4])
     model = models.conditional_model(4, routing="hard")
     model(images[:2])
     models.balance_gate(model.gate, images)

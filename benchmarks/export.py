@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -43,7 +44,9 @@ TARGET = "at batch 32 in onnxruntime, routed >= 2x faster than the all-experts e
 def main(argv=None):
     args = common.parse_args(__doc__, argv)
     repeats = 3 if args.quick else 7
-    images, _, source = models.load_images(args.data, max(IMAGES.values()))
+    images, _, source = data_sets.load_images(
+        args.data, max(IMAGES.values()), models.HIERARCHIES[4]
+    )
     model = models.conditional_model(4, routing="hard")
     model(images[:2])
     before, after = models.balance_gate(model.gate, images)

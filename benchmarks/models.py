@@ -1,19 +1,15 @@
-"""The models and data the benchmarks run: CIFAR-sized CNN experts, a small gate, a flat twin.
+"""The models the benchmarks run: CIFAR-sized CNN experts, a small gate, a flat twin.
 
 Imports Keras: import this module only after `common.choose_backend()` has
 set `KERAS_BACKEND`.
 """
 
-import tempfile
 import time
-from pathlib import Path
 
-import data_sets
 import keras
 import numpy as np
 
 import condnet
-from condnet.data.folders import load_folders
 from condnet.evaluation.cost import count_macs, routed_macs
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -140,37 +136,6 @@ def balance_gate(gate, images, sweeps=20):
             bias[k] = np.quantile(margin, 1 / num_groups)
     dense.set_weights([kernel, bias])
     return before, route_shares((logits + bias).argmax(1), num_groups)
-
-
-# === Data ===
-
-
-def load_images(tarball, count, seed=0):
-    """`count` CIFAR-10 test images (float32 in [0, 255]) and labels in the 4-group hierarchy.
-
-    Reads the JPEGs through `condnet.data.folders.load_folders` (image_size=32).
-    Without the tarball, random images and labels. Returns `(images,
-    labels, source)`, `source` a sentence for the results.
-    """
-    hierarchy = condnet.Hierarchy(HIERARCHIES[4])
-    if not Path(tarball).exists():
-        rng = np.random.default_rng(seed)
-        images = rng.uniform(0, 255, (count, *IMAGE_SHAPE)).astype("float32")
-        labels = rng.integers(0, hierarchy.num_classes, count).astype("int32")
-        return images, labels, f"{count} random images (no {tarball})"
-    with tempfile.TemporaryDirectory(prefix="condnet-bench-") as scratch:
-        per_class = -(-count // 10)
-        root = data_sets.extract_first("cifar10", "test", per_class, scratch, tarball)
-        data, _ = load_folders(
-            root, hierarchy, image_size=32, batch_size=256, validation_split=0, shuffle=False
-        )
-        images, labels = data.numpy()
-    order = np.random.default_rng(seed).permutation(len(images))[:count]
-    source = (
-        f"{len(order)} CIFAR-10 test JPEGs from {tarball.name}, read by "
-        "condnet.data.folders.load_folders(image_size=32)"
-    )
-    return images[order], labels[order], source
 
 
 # === Timing ===

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -62,7 +63,7 @@ TARGET = (
 def main(argv=None):
     args = common.parse_args(__doc__, argv, more=_width_option)
     requests = 64 if args.quick else 256
-    images, _, source = models.load_images(args.data, requests)
+    images, _, source = data_sets.load_images(args.data, requests, models.HIERARCHIES[4])
     # Experts --width times as wide as inference.py's (MACs grow as its square): with its
     # 5-MMAC experts, HTTP and decoding would cost more than the model.
     model = models.conditional_model(4, width=args.width, routing="hard")

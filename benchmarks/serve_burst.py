@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -62,7 +63,9 @@ SERVER_FLAGS = ["--routing", "hard", "--header-timeout", "2", "--body-timeout", 
 
 def main(argv=None):
     args = common.parse_args(__doc__, argv)
-    images, _, source = models.load_images(args.data, 64 if args.quick else 160)
+    images, _, source = data_sets.load_images(
+        args.data, 64 if args.quick else 160, models.HIERARCHIES[4]
+    )
     model = models.conditional_model(4, width=4, routing="hard")
     model(images[:2])
     models.balance_gate(model.gate, images)

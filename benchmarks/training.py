@@ -26,6 +26,7 @@ import os
 import statistics
 
 import common
+import data_sets
 
 # Pick the backend before Keras is imported (--all-backends reruns this script per backend).
 os.environ["KERAS_BACKEND"] = common.choose_backend()
@@ -47,7 +48,9 @@ def main():
     args = common.parse_args(__doc__)
     settings = QUICK if args.quick else FULL
     backend = keras.backend.backend()
-    images, labels, source = models.load_images(args.data, settings["images"])
+    images, labels, source = data_sets.load_images(
+        args.data, settings["images"], models.HIERARCHIES[4]
+    )
     print(f"backend {backend}; data: {source}", flush=True)
     trained = train_side_by_side(configurations(), images, labels, settings["epochs"])
     gate_macs, expert_macs = models.macs_of(next(iter(trained.values()))["model"])
