@@ -67,6 +67,7 @@ DATA_SETS = {
     },
 }
 IMAGE_SETS = ("cifar10", "photos20")
+NEWS20_OTHER = ("alt.atheism", "misc.forsale", "soc.religion.christian")
 
 
 # === Command line ===
@@ -181,6 +182,16 @@ def link_first(root, groups, per_class, target):
 def first(folder, count):
     """The first `count` files of `folder`, sorted by name."""
     return sorted(Path(folder).iterdir())[:count]
+
+
+def news20_groups(root):
+    """20 Newsgroups' two-level tree: the newsgroups of `root` grouped by the first part
+    of their names (comp, rec, sci, talk), the three alone in theirs under "other"."""
+    groups = {}
+    for name in sorted(p.name for p in Path(root).iterdir() if p.is_dir()):
+        prefix = name.split(".")[0]
+        groups.setdefault("other" if name in NEWS20_OTHER else prefix, []).append(name)
+    return groups
 
 
 # === Arrays ===

@@ -73,15 +73,6 @@ from condnet.runs.recipe import train  # noqa: E402
 from condnet.text.text_model import build_text_model, text_trunk  # noqa: E402
 
 NEWS = data_sets.DATA_SETS["news20"]["archive"]
-OTHER = ("alt.atheism", "misc.forsale", "soc.religion.christian")
-
-
-def hierarchy_of(root):
-    groups = {}
-    for name in sorted(p.name for p in root.iterdir() if p.is_dir()):
-        prefix = name.split(".")[0]
-        groups.setdefault("other" if name in OTHER else prefix, []).append(name)
-    return groups
 
 
 def splits(labels, seed):
@@ -252,7 +243,7 @@ def main():
         print(f"skipped: {NEWS} is absent (the shared data folder)")
         return
     root = data_sets.extract("news20", args.cache)
-    hierarchy, paths, labels = scan_documents(root, hierarchy_of(root))
+    hierarchy, paths, labels = scan_documents(root, data_sets.news20_groups(root))
     if args.quick:
         keep = np.concatenate([np.flatnonzero(labels == c)[:20] for c in range(20)])
         paths, labels = [paths[i] for i in keep], labels[keep]
