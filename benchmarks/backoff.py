@@ -24,10 +24,10 @@ over the wrong answers; 1 = the right group, 2 = the other group;
 issue's target: test accuracy of the answers given >= 0.94 at the thresholds
 chosen for 0.95 on validation.
 
-Writes `benchmarks/backoff-<data set>-<settings>.json` and the "Back-off and
-mistake severity" section of `benchmarks/RESULTS.md` (not with --quick, a
-smoke check on a few images). Data: `../shared/data/cifar10-jpeg.tar.gz` or
-`photos20-96px.tar.gz`; the script says so and exits 0 when it is absent.
+Writes the key `<data set>-<settings>` of `benchmarks/results/backoff-<backend>.json`
+and the "Back-off and mistake severity" section of `benchmarks/results/backoff.md` (not
+with --quick, a smoke check on a few images). Data: `../shared/data/cifar10-jpeg.tar.gz`
+or `photos20-96px.tar.gz`; the script says so and exits 0 when it is absent.
 """
 
 import json
@@ -44,7 +44,6 @@ BACKEND = common.choose_backend()
 os.environ["KERAS_BACKEND"] = BACKEND
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from condnet import Hierarchy  # noqa: E402
 from condnet.runs.backoff import TARGET_ACCURACY, backoff_run  # noqa: E402
 from condnet.runs.run_dir import evaluate_run  # noqa: E402
 
@@ -74,22 +73,11 @@ def more_options(parser):
 # === Data ===
 
 
-def nested_folder(root, data_set, split, per_class, cache):
-    """The first `per_class` images of each class of the data set's `split`, hard-linked
-    as <group>/<class>/* (the layout whose folders give the hierarchy)."""
-    hierarchy = Hierarchy(data_set["groups"])
+def linked(root, data_set, split, per_class, cache):
+    """The first `per_class` images of each class of the data set's `split`, as
+    <group>/<class>/* (`data_sets.link_first`)."""
     target = cache / f"backoff-{data_set['folder']}-{split}-{per_class}"
-    if target.is_dir():
-        return target
-    partial = target.with_name(target.name + ".partial")
-    for name in hierarchy.classes:
-        folder = partial.joinpath(*hierarchy.path(name))
-        folder.mkdir(parents=True, exist_ok=True)
-        for path in sorted((root / split / name).iterdir())[:per_class]:
-            if not (folder / path.name).exists():
-                os.link(path, folder / path.name)
-    partial.rename(target)
-    return target
+    return data_sets.link_first(root / split, data_set["groups"], per_class, target)
 
 
 # === One seed ===
@@ -210,27 +198,25 @@ def main(argv=None):
         print(f"skipped: {args.data} is missing (see ../shared/data/README.md).")
         return 0
     started = time.perf_counter()
-    root = data_sets.extract(args, data_set)
-    train_folder = nested_folder(root, data_set, "train", args.train_per_class, args.cache)
-    test_folder = nested_folder(root, data_set, "test", args.test_per_class, args.cache)
+    root = data_sets.extract(args.data_set, args.cache, args.data)
+    train_folder = linked(root, data_set, "train", args.train_per_class, args.cache)
+    test_folder = linked(root, data_set, "test", args.test_per_class, args.cache)
     results = [run_seed(args, train_folder, test_folder, seed) for seed in range(args.seeds)]
     body = markdown(results, args, time.perf_counter() - started)
     print(body)
     if args.quick:
-        print("(--quick: a smoke check; nothing written to RESULTS.md)")
+        print("(--quick: a smoke check; nothing written to benchmarks/results)")
         return 0
-    name = (
-        f"backoff-{args.data_set}-{args.image_size}px-{args.train_per_class}-per-class-"
-        f"{args.epochs}-epochs-{BACKEND}"
+    variant = (
+        f"{args.data_set}-{args.image_size}px-{args.train_per_class}-per-class-{args.epochs}-epochs"
     )
-    if args.data_set == "cifar10" and args.image_size == 32:  # the first results' name
-        name = f"backoff-cifar10-{args.train_per_class}-per-class-{args.epochs}-epochs-{BACKEND}"
     common.write_results(
-        name,
-        args,
-        results,
+        "backoff",
+        variant,
+        {"args": common.arguments(args), "results": results},
         f"Back-off and mistake severity: {SHOWN[args.data_set]}, {args.epochs} epochs ({BACKEND})",
         body,
+        args.results,
     )
     return 0
 

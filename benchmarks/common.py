@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: backend choice, timing, machine, results file.
+"""Helpers shared by the benchmark scripts: backend choice, timing, machine, results files.
 
 Nothing here imports Keras, so a script can pick the backend with
 `choose_backend()` before Keras is imported.
@@ -13,8 +13,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -22,13 +20,14 @@ from pathlib import Path
 BACKENDS = ("tensorflow", "jax", "torch")
 BENCHMARKS = Path(__file__).resolve().parent
 REPOSITORY = BENCHMARKS.parent
-RESULTS = BENCHMARKS / "RESULTS.md"
+RESULTS = BENCHMARKS / "results"
 CIFAR = REPOSITORY.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-_HEADER = """# Benchmark results
+_HEADER = """# {benchmark}: detailed results
 
-Written by the scripts in `benchmarks/`; each run replaces its own section.
-Absolute images/s depend on the machine and on what else it runs; compare the
-ratios, which are measured side by side in one process.
+Written by `benchmarks/{benchmark}.py`; each run replaces its own section. The
+current figures are summarised in [../RESULTS.md](../RESULTS.md). Absolute
+images/s depend on the machine and on what else it runs; compare the ratios,
+which are measured side by side in one process.
 """
 
 
@@ -47,7 +46,12 @@ def parse_args(description, argv=None, more=None, known=False):
     )
     parser.add_argument("--quick", action="store_true", help="a small subset, fewer repeats")
     parser.add_argument("--data", type=Path, default=CIFAR, help="CIFAR-10 JPEG tarball")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=details(Path(sys.argv[0]).stem),
+        help="markdown file to update (default: benchmarks/results/<script>.md)",
+    )
     if more is not None:
         more(parser)
     return parser.parse_known_args(argv)[0] if known else parser.parse_args(argv)
@@ -203,10 +207,30 @@ def _is_number(text):
         return False
 
 
-def write_section(heading, body, path=RESULTS):
-    """Put `## heading` + body in the results file, replacing a section of that heading."""
+def details(benchmark):
+    """`results/<benchmark>.md`: the benchmark's detailed sections, one per variant."""
+    return RESULTS / f"{benchmark}.md"
+
+
+def results_file(benchmark, backend=None):
+    """`results/<benchmark>-<backend>.json`: one file per benchmark and backend (the
+    backend in `KERAS_BACKEND` by default), one key per variant of its arguments."""
+    backend = backend or os.environ.get("KERAS_BACKEND", "tensorflow")
+    return RESULTS / f"{benchmark}-{backend}.json"
+
+
+def read_results(benchmark, backend=None):
+    """`{variant: {"args": ..., "results": ..., ...}}` of the benchmark's results file
+    (empty when it has none yet)."""
+    path = results_file(benchmark, backend)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_section(heading, body, path):
+    """Put `## heading` + body in the markdown file `path`, replacing a section of
+    that heading."""
     path = Path(path)
-    text = path.read_text() if path.exists() else _HEADER
+    text = path.read_text() if path.exists() else _HEADER.format(benchmark=path.stem)
     lines = text.rstrip("\n").split("\n")
     title = f"## {heading}"
     section = [title, "", *body.strip("\n").split("\n")]
@@ -222,38 +246,21 @@ def write_section(heading, body, path=RESULTS):
     return path
 
 
-def write_results(name, args, results, heading, body):
-    """`benchmarks/<name>.json` (the arguments and results) and the RESULTS.md section
-    `heading` holding `body`."""
-    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out = BENCHMARKS / f"{name}.json"
-    out.write_text(json.dumps({"args": shown, "results": results}, indent=1) + "\n")
-    write_section(heading, body, args.results)
+def write_results(benchmark, variant, document, heading, body, markdown=None, backend=None):
+    """Store `document` (JSON-able) under the key `variant` of
+    `results/<benchmark>-<backend>.json`, and `body` as the section `heading` of the
+    markdown file `markdown` (`results/<benchmark>.md` by default).
 
-
-# === Data ===
-
-
-def extract_cifar(tarball, per_class, split="test"):
-    """Extract the first `per_class` JPEGs of each CIFAR-10 class into a temp folder.
-
-    Returns the `TemporaryDirectory` (delete it with `.cleanup()`) and the
-    path of its `cifar10/<split>` folder (flat layout: `<class>/NNNN.jpg`),
-    or `(None, None)` when the tarball is absent.
+    Returns the markdown file's path.
     """
-    if not Path(tarball).exists():
-        return None, None
-    folder = tempfile.TemporaryDirectory(prefix="condnet-bench-")
-    counts = {}
-    prefix = f"cifar10/{split}/"
-    with tarfile.open(tarball) as archive:
-        for member in archive:
-            if not (member.isfile() and member.name.startswith(prefix)):
-                continue
-            name = member.name.split("/")[2]
-            if counts.get(name, 0) < per_class:
-                counts[name] = counts.get(name, 0) + 1
-                archive.extract(member, folder.name, filter="data")
-            if len(counts) == 10 and min(counts.values()) >= per_class:
-                break  # CIFAR-10 has 10 classes
-    return folder, Path(folder.name) / "cifar10" / split
+    stored = read_results(benchmark, backend)
+    stored[variant] = document
+    path = results_file(benchmark, backend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stored, indent=1) + "\n")
+    return write_section(heading, body, markdown or details(benchmark))
+
+
+def arguments(args):
+    """The parsed arguments as JSON-able `{name: value}` (paths as text)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

@@ -1,13 +1,17 @@
-"""The labelled image sets that `backoff.py` and `unknown.py` train and test on, two groups each.
+"""The data sets the benchmarks read, and the one loader of each.
 
-Each entry: the tarball in `../shared/data`, its folder inside it
-(`<folder>/{train,test}/<class>/*.jpg`), the two-group hierarchy, the image
-side the benchmarks train at, and the classes `unknown.py` leaves out by
-default (the last class of each group in sorted order: the same rule on
-every data set, not a choice per data set).
+Each entry: the tarball in `../shared/data`, its folder inside it (images:
+`<folder>/{train,test}/<class>/*.jpg`; documents: `<folder>/<class>/*`), and
+for the image sets the two-group hierarchy, the image side the benchmarks
+train at, and the classes `unknown.py` leaves out by default (the last class of
+each group in sorted order: the same rule on every data set, not a choice per
+data set). Nothing here imports Keras.
 """
 
+import os
 import tarfile
+import tempfile
+from pathlib import Path
 
 import common
 
@@ -56,12 +60,22 @@ DATA_SETS = {
         "describe": "photos20 (Imagenette and Imagewoof photos) in two groups (dogs: 11 "
         "breeds, things: 9 classes)",
     },
+    "news20": {
+        "archive": DATA / "news20-train.tar.gz",
+        "folder": "news20-train",
+        "describe": "20 Newsgroups",
+    },
 }
+IMAGE_SETS = ("cifar10", "photos20")
+NEWS20_OTHER = ("alt.atheism", "misc.forsale", "soc.religion.christian")
+
+
+# === Command line ===
 
 
 def add_options(parser):
     """`--data-set` and `--image-size` (the data set's own side by default)."""
-    parser.add_argument("--data-set", choices=sorted(DATA_SETS), default="cifar10")
+    parser.add_argument("--data-set", choices=IMAGE_SETS, default="cifar10")
     parser.add_argument(
         "--image-size", type=int, default=None, help="side in px (cifar10: 32, photos20: 48)"
     )
@@ -83,14 +97,158 @@ def default_left_out(data_set):
     return [sorted(classes)[-1] for classes in data_set["groups"].values()]
 
 
-def extract(args, data_set):
-    """The extracted `<folder>` (with `train/` and `test/`) in `args.cache`."""
-    target = args.cache / data_set["folder"]
+def hierarchy(name):
+    """The image set's two-group `condnet.Hierarchy` (imports condnet, hence Keras)."""
+    from condnet.hierarchy import Hierarchy
+
+    return Hierarchy(DATA_SETS[name]["groups"])
+
+
+# === Files ===
+
+
+def extract(name, cache, archive=None):
+    """The data set's folder, the whole tarball (`archive`, else its own) extracted into
+    `cache` once."""
+    data_set = DATA_SETS[name]
+    target = Path(cache) / data_set["folder"]
     if not target.is_dir():
-        args.cache.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(args.data) as opened:
-            opened.extractall(args.cache, filter="data")
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive or data_set["archive"]) as opened:
+            opened.extractall(cache, filter="data")
     return target
+
+
+def extract_first(name, split, per_class, target, archive=None):
+    """The first `per_class` files of each class of the image set's `split` (in the
+    tarball's order), extracted into `target`; returns `target/<folder>/<split>`."""
+    data_set = DATA_SETS[name]
+    prefix = f"{data_set['folder']}/{split}/"
+    classes = sum(len(c) for c in data_set["groups"].values())
+    counts = {}
+    with tarfile.open(archive or data_set["archive"]) as opened:
+        for member in opened:
+            if not (member.isfile() and member.name.startswith(prefix)):
+                continue
+            label = member.name.split("/")[2]
+            if counts.get(label, 0) < per_class:
+                counts[label] = counts.get(label, 0) + 1
+                opened.extract(member, target, filter="data")
+            if len(counts) == classes and min(counts.values()) >= per_class:
+                break
+    return Path(target) / data_set["folder"] / split
+
+
+def extract_photos(folder, count):
+    """About `count` training photos of photos20 (an equal share of each of its 20
+    classes), in class folders under `folder`."""
+    return extract_first("photos20", "train", max(1, count // 20), folder)
+
+
+def upscaled(source, target, side):
+    """Every photo of `source` resized so that its short side is `side`, as JPEG."""
+    from PIL import Image
+
+    for path in sorted(source.rglob("*.jpg")):
+        image = Image.open(path).convert("RGB")
+        scale = side / min(image.size)
+        out = target / path.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        size = (round(image.width * scale), round(image.height * scale))
+        image.resize(size, Image.Resampling.BICUBIC).save(out, quality=90)
+    return target
+
+
+def link_first(root, groups, per_class, target):
+    """The first `per_class` files (sorted by name) of each class of `groups`
+    (`{group: [class, ...]}`) in `root/<class>/`, hard-linked as
+    `target/<group>/<class>/*`, the layout whose folders give the hierarchy. Built once
+    (through `<target>.partial`, so an interrupted call leaves no half folder)."""
+    target = Path(target)
+    if target.is_dir():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    for group, classes in groups.items():
+        for name in classes:
+            folder = partial / group / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in first(Path(root) / name, per_class):
+                if not (folder / path.name).exists():
+                    os.link(path, folder / path.name)
+    partial.rename(target)
+    return target
+
+
+def first(folder, count):
+    """The first `count` files of `folder`, sorted by name."""
+    return sorted(Path(folder).iterdir())[:count]
+
+
+def news20_groups(root):
+    """20 Newsgroups' two-level tree: the newsgroups of `root` grouped by the first part
+    of their names (comp, rec, sci, talk), the three alone in theirs under "other"."""
+    groups = {}
+    for name in sorted(p.name for p in Path(root).iterdir() if p.is_dir()):
+        prefix = name.split(".")[0]
+        groups.setdefault("other" if name in NEWS20_OTHER else prefix, []).append(name)
+    return groups
+
+
+# === Arrays ===
+
+
+def load_arrays(root, classes, per_class, image_size):
+    """Images (uint8 values as float32, [0, 255]) and class indices (in the order of
+    `classes`) of the first `per_class` files of each class in `root/<class>/`, each
+    decoded by Pillow and resized bilinearly to `image_size`."""
+    import numpy as np
+    from PIL import Image
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = first(Path(root) / name, per_class)
+        for path in files:
+            with Image.open(path) as image:
+                image = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                images.append(np.asarray(image, "uint8"))
+        labels += [label] * len(files)
+    return np.stack(images).astype("float32"), np.asarray(labels, "int32")
+
+
+def load_images(tarball, count, groups, seed=0):
+    """`count` CIFAR-10 test images (float32 in [0, 255]) and their labels in the
+    hierarchy of `groups`, read through `condnet.data.splits.load_folders`
+    (image_size=32). Without the tarball, random images and labels.
+
+    Returns `(images, labels, source)`, `source` a sentence for the results.
+    """
+    import numpy as np
+
+    from condnet.data.splits import load_folders
+    from condnet.hierarchy import Hierarchy
+
+    hierarchy = Hierarchy(groups)
+    if not Path(tarball).exists():
+        rng = np.random.default_rng(seed)
+        images = rng.uniform(0, 255, (count, 32, 32, 3)).astype("float32")
+        labels = rng.integers(0, hierarchy.num_classes, count).astype("int32")
+        return images, labels, f"{count} random images (no {tarball})"
+    with tempfile.TemporaryDirectory(prefix="condnet-bench-") as scratch:
+        per_class = -(-count // 10)
+        root = extract_first("cifar10", "test", per_class, scratch, tarball)
+        data, _ = load_folders(
+            root, hierarchy, image_size=32, batch_size=256, validation_split=0, shuffle=False
+        )
+        images, labels = data.numpy()
+    order = np.random.default_rng(seed).permutation(len(images))[:count]
+    source = (
+        f"{len(order)} CIFAR-10 test JPEGs from {Path(tarball).name}, read by "
+        "condnet.data.splits.load_folders(image_size=32)"
+    )
+    return images[order], labels[order], source
+
+
+# === Runs ===
 
 
 def train_unless_reused(args, folder, run, seed):

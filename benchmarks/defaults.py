@@ -3,7 +3,7 @@
     python benchmarks/defaults.py [--data-set cifar10|photos20] [--train-per-class N]
         [--test-per-class N] [--epochs E] [--seeds 3] [--image-size S]
         [--rows plain,soft,hard,condnet,condnet-hard,condnet-coarse-to-fine,condnet-staged]
-        [--baseline-from defaults-....json]
+        [--baseline-from VARIANT]
 
 The yardstick is the plain Keras CNN of `../shared/tools/plain_cnn.py`, rebuilt
 here layer for layer (Rescaling, RandomFlip("horizontal"), three blocks of two
@@ -31,14 +31,14 @@ trains on the same images, split, batch size, epochs, callbacks and seed:
 - `condnet-top`: gate and experts on the whole trunk (`expert_placement="top"`);
 - `condnet-bf16`: the defaults in mixed precision (`precision="mixed_bfloat16"`).
 
-`--baseline-from JSON` trains recipe rows without their flat baseline and
-reports the baseline of that file's `condnet` row for the same seed instead
+`--baseline-from VARIANT` trains recipe rows without their flat baseline and
+reports the baseline of that variant's `condnet` row for the same seed instead
 (the same images, split, seed, epochs and flat model: half the training time).
 
 MACs per image are counted by `condnet.evaluation.cost.count_macs` (routed: trunk
-+ gate + the costliest expert). Results go to
-`benchmarks/defaults-<data>-<size>px-<rows>.json` and the
-"Defaults against the plain CNN" section of `benchmarks/RESULTS.md`.
++ gate + the costliest expert). Results go to the key `<data>-<size>px-<rows>` of
+`benchmarks/results/defaults-<backend>.json` and the
+"Defaults against the plain CNN" section of `benchmarks/results/defaults.md`.
 Data: `../shared/data/{cifar10-jpeg,photos20-96px}.tar.gz` (the script says so
 and exits 0 when they are absent).
 """
@@ -49,11 +49,11 @@ import json
 import os
 import statistics
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -61,94 +61,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from condnet import ConditionalModel, Hierarchy  # noqa: E402
-from condnet.choices import INFERENCE_ROUTINGS  # noqa: E402
+from condnet import ConditionalModel  # noqa: E402
+from condnet.data.splits import split_indices  # noqa: E402
 from condnet.evaluation.cost import routed_macs  # noqa: E402
-from condnet.evaluation.metrics import within_group_accuracy  # noqa: E402
+from condnet.evaluation.evaluate import evaluate_model  # noqa: E402
 from condnet.runs.files import BASELINE, BEST, CONFIG, HISTORY, METRICS  # noqa: E402
+from condnet.runs.finish import score_run  # noqa: E402
 
-SHARED = common.REPOSITORY.parent / "shared" / "data"
-DATA_SETS = {
-    "cifar10": {
-        "archive": SHARED / "cifar10-jpeg.tar.gz",
-        "folder": "cifar10",
-        "image_size": 32,
-        "hierarchy": {
-            "vehicles": ["airplane", "automobile", "ship", "truck"],
-            "animals": ["bird", "cat", "deer", "dog", "frog", "horse"],
-        },
-    },
-    "photos20": {
-        "archive": SHARED / "photos20-96px.tar.gz",
-        "folder": "photos20",
-        "image_size": 64,
-        "hierarchy": {
-            "dogs": [
-                "australian_terrier",
-                "beagle",
-                "border_terrier",
-                "dingo",
-                "english_foxhound",
-                "english_springer",
-                "golden_retriever",
-                "old_english_sheepdog",
-                "rhodesian_ridgeback",
-                "samoyed",
-                "shih_tzu",
-            ],
-            "things": [
-                "tench",
-                "cassette_player",
-                "chain_saw",
-                "church",
-                "french_horn",
-                "garbage_truck",
-                "gas_pump",
-                "golf_ball",
-                "parachute",
-            ],
-        },
-    },
-}
+# The side each data set trains at here (photos20 at 64 px, not its 48 px elsewhere).
+IMAGE_SIZES = {"cifar10": 32, "photos20": 64}
 PLAIN_FILTERS = (32, 64, 128)
 DEFAULT_EPOCHS = 15
-
-
-# === Data ===
-
-
-def load_split(root, hierarchy, per_class, image_size):
-    """Images (uint8 as float32, [0, 255]) and class indices of `per_class` files per class."""
-    images, labels = [], []
-    for label, name in enumerate(hierarchy.classes):
-        files = sorted((root / name).iterdir())[:per_class]
-        for path in files:
-            with Image.open(path) as image:
-                image = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                images.append(np.asarray(image, "uint8"))
-        labels += [label] * len(files)
-    return np.stack(images).astype("float32"), np.asarray(labels, "int32")
-
-
-def extract(spec, cache):
-    target = cache / spec["folder"]
-    if not target.is_dir():
-        with tarfile.open(spec["archive"]) as archive:
-            archive.extractall(cache, filter="data")
-    return target
-
-
-def split_validation(x, y, share, seed):
-    """The same stratified 20% validation split for every row."""
-    rng = np.random.default_rng(seed)
-    validation = np.zeros(len(y), bool)
-    for label in np.unique(y):
-        rows = rng.permutation(np.flatnonzero(y == label))
-        validation[rows[: round(share * len(rows))]] = True
-    train = rng.permutation(np.flatnonzero(~validation))
-    return (x[train], y[train]), (x[validation], y[validation])
 
 
 # === Models ===
@@ -246,32 +170,59 @@ def fit(model, train, validation, epochs, seed):
     return time.perf_counter() - start, len(history.history["loss"])
 
 
-def score(model, hierarchy, x, y):
-    """Test accuracy, routed and as the mixture (condnet), or flat."""
+class Arrays(keras.utils.PyDataset):
+    """Test arrays as the `(images, labels)` batches condnet's scoring reads, and as
+    `read_batch` (images, labels, no decoding errors) for its timing."""
+
+    def __init__(self, x, y, batch_size=256):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return -(-len(self.y) // self.batch_size)
+
+    def __getitem__(self, index):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[rows], self.y[rows]
+
+    def read_batch(self, index):
+        images, labels = self[index]
+        return images, labels, [None] * len(labels)
+
+
+def score(model, hierarchy, x, y, flat=None):
+    """Test scores through condnet's own scoring (`condnet.runs.finish.score_run`, as a
+    run scores itself): a flat model's accuracy; a conditional model's accuracy and
+    gate accuracy routed hard and as the soft mixture, and with its flat baseline `flat`
+    the parts of the gap between them (`BASELINE_KEYS`, `within_group_accuracy`)."""
+    data = Arrays(x, y)
     if not isinstance(model, ConditionalModel):
-        predicted = model.predict(x, batch_size=256, verbose=0).argmax(1)
-        return {"accuracy": float(np.mean(predicted == y))}
-    groups = hierarchy.class_to_group[y]
-    scores = {}
-    for mode in INFERENCE_ROUTINGS:
-        model.routing = mode
-        outputs = model.predict(x, batch_size=256, verbose=0)
-        scores[f"{mode}_accuracy"] = float(np.mean(outputs["classes"].argmax(1) == y))
-        scores[f"{mode}_group_accuracy"] = float(np.mean(outputs["groups"].argmax(1) == groups))
+        return {"accuracy": evaluate_model(model, data, hierarchy=hierarchy)["accuracy"]}
+    metrics = score_run(model, data, flat)[0]
+    other = "hard" if model.routing == "soft" else "soft"
+    scores = {
+        **_routed_scores(model.routing, metrics),
+        **_routed_scores(other, metrics["hard_routed" if other == "hard" else "mixture"]),
+    }
     scores["accuracy"] = scores["hard_accuracy"]  # what a user gets at inference
-    return scores
+    if "within_group_accuracy" in metrics.get("mixture", {}):  # the true group's expert
+        scores["within_group_accuracy"] = metrics["mixture"]["within_group_accuracy"]
+    if flat is None:
+        return scores
+    baseline = metrics["baseline"]["flat"]
+    return {
+        **scores,
+        "baseline_accuracy": baseline["accuracy"],
+        "baseline_group_accuracy": baseline["group_accuracy"],
+        "baseline_within_group_accuracy": baseline["within_group_accuracy"],
+    }
 
 
-def link_folder(root, hierarchy, per_class, target):
-    """The first `per_class` files of each class, hard-linked as root/<group>/<class>/*."""
-    if target.is_dir():
-        return target
-    for name in hierarchy.classes:
-        folder = target.joinpath(*hierarchy.path(name))
-        folder.mkdir(parents=True)
-        for path in sorted((root / name).iterdir())[:per_class]:
-            os.link(path, folder / path.name)
-    return target
+def _routed_scores(routing, metrics):
+    return {
+        f"{routing}_accuracy": metrics["accuracy"],
+        f"{routing}_group_accuracy": metrics["gate_accuracy"],  # the gate's argmax
+    }
 
 
 RECIPE_ROWS = {  # condnet.train with its defaults, but for these options
@@ -317,7 +268,7 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
     ):
         with open(run / HISTORY, newline="") as history:
             seconds = sum(float(r["epoch_seconds"]) for r in csv.DictReader(history))
-        scored = score_run(run, data, hierarchy, seed, seconds, borrowed)
+        scored = score_recipe_run(run, data, hierarchy, seed, seconds, borrowed)
         return {**scored, "row": row, "reused": True}
     start = time.perf_counter()
     train(
@@ -331,7 +282,7 @@ def run_recipe(row, data, hierarchy, args, seed, folder):
         **({"baseline": False} if borrowed else {}),
     )
     seconds = time.perf_counter() - start
-    return {**score_run(run, data, hierarchy, seed, seconds, borrowed), "row": row}
+    return {**score_recipe_run(run, data, hierarchy, seed, seconds, borrowed), "row": row}
 
 
 BASELINE_KEYS = (
@@ -343,12 +294,12 @@ BASELINE_KEYS = (
 
 
 def borrowed_baseline(args, seed):
-    """`--baseline-from JSON`: the flat baseline figures of that file's `condnet` row for
-    `seed` (the same images, split, seed and epochs: the run's own baseline would be
+    """`--baseline-from VARIANT`: the flat baseline figures of that variant's `condnet` row
+    for `seed` (the same images, split, seed and epochs: the run's own baseline would be
     the same model), so that a recipe row trains without one. None without the flag."""
     if args.baseline_from is None:
         return None
-    earlier = json.loads(args.baseline_from.read_text())
+    earlier = earlier_variant(args)
     same = ("data_set", "train_per_class", "test_per_class", "epochs", "image_size")
     if any(earlier["args"].get(key) != getattr(args, key) for key in same):
         sys.exit(f"{args.baseline_from} was measured with other {same}: {earlier['args']}")
@@ -359,13 +310,25 @@ def borrowed_baseline(args, seed):
     sys.exit(f"{args.baseline_from} has no condnet row for seed {seed}")
 
 
+def earlier_variant(args):
+    """The `--baseline-from` variant of `results/defaults-<backend>.json`."""
+    stored = common.read_results("defaults")
+    if args.baseline_from not in stored:
+        sys.exit(
+            f"{common.results_file('defaults')} has no variant {args.baseline_from!r}; it has "
+            f"{sorted(stored)}. Received: --baseline-from {args.baseline_from}"
+        )
+    return stored[args.baseline_from]
+
+
 def previous_result(args, row, seed):
     """A hand-built row's result line from an earlier call's JSON with the same data,
     sizes and epochs (these rows do not depend on condnet's defaults), or None."""
     same = ("train_per_class", "test_per_class", "epochs", "image_size")
-    for path in sorted(common.BENCHMARKS.glob(f"defaults-{args.data_set}-*.json")):
-        earlier = json.loads(path.read_text())
-        if all(earlier["args"].get(key) == getattr(args, key) for key in same):
+    for variant, earlier in sorted(common.read_results("defaults").items()):
+        if variant.startswith(f"{args.data_set}-") and all(
+            earlier["args"].get(key) == getattr(args, key) for key in same
+        ):
             for result in earlier["results"]:
                 if result["row"] == row and result["seed"] == seed:
                     return {**result, "reused": True}
@@ -383,7 +346,7 @@ def finished_run(run, wanted):
     return all(options.get(key, MISSING.get(key)) == value for key, value in wanted.items())
 
 
-def score_run(run, data, hierarchy, seed, seconds, borrowed=None):
+def score_recipe_run(run, data, hierarchy, seed, seconds, borrowed=None):
     """Score a finished run's model.keras and baseline.keras (or take the `borrowed`
     baseline figures) on the test arrays.
 
@@ -394,8 +357,7 @@ def score_run(run, data, hierarchy, seed, seconds, borrowed=None):
     model = keras.models.load_model(run / BEST)  # hard-routed, as shipped
     x, y = data["test"]
     order = np.array([model.hierarchy.classes.index(name) for name in hierarchy.classes])
-    y = order[y]
-    scores = score(model, model.hierarchy, x, y)
+    flat = None if borrowed is not None else keras.models.load_model(run / BASELINE)
     metrics = json.loads((run / METRICS).read_text())
     result = {
         "row": "condnet",
@@ -403,51 +365,26 @@ def score_run(run, data, hierarchy, seed, seconds, borrowed=None):
         "train_seconds": round(seconds, 1),
         "image_size": json.loads((run / CONFIG).read_text())["options"]["image_size"],
         "routed_mmacs": round(metrics["macs_per_image"]["routed"] / 1e6, 2),
-        **scores,
+        **score(model, model.hierarchy, x, order[y], flat),
     }
     if borrowed is not None:
-        within = within_group_accuracy(model.hierarchy, y, mixture_of(model, x))
-        return {**result, **borrowed, "within_group_accuracy": within, "borrowed_baseline": True}
-    flat = keras.models.load_model(run / BASELINE)
-    flat_probabilities = flat.predict(x, batch_size=256, verbose=0)
-    return {
-        **result,
-        "baseline_mmacs": round(metrics["baseline"]["flat"]["macs_per_image"] / 1e6, 2),
-        "baseline_accuracy": float(np.mean(flat_probabilities.argmax(1) == y)),
-        **gap_parts(model, flat_probabilities, x, y),
-    }
+        return {**result, **borrowed, "borrowed_baseline": True}
+    flat_macs = metrics["baseline"]["flat"]["macs_per_image"]
+    return {**result, "baseline_mmacs": round(flat_macs / 1e6, 2)}
 
 
-def mixture_of(model, x):
-    """The class probabilities of the soft mixture of a hard-routed model (left hard)."""
-    model.routing = "soft"
-    mixture = model.predict(x, batch_size=256, verbose=0)["classes"]
-    model.routing = "hard"
-    return mixture
-
-
-def gap_parts(model, flat_probabilities, x, y):
-    """Test-set scores that split routed condnet's gap to its flat baseline: the right group
-    (the gate's; the group of the flat model's class) and the right class given the true
-    group (the true group's expert, from the soft mixture; the flat scores within it)."""
-    hierarchy = model.hierarchy
-    mixture = mixture_of(model, x)
-    groups = hierarchy.class_to_group[y]
-    return {
-        "baseline_group_accuracy": float(
-            np.mean(hierarchy.class_to_group[flat_probabilities.argmax(1)] == groups)
-        ),
-        "within_group_accuracy": within_group_accuracy(hierarchy, y, mixture),
-        "baseline_within_group_accuracy": within_group_accuracy(hierarchy, y, flat_probabilities),
-    }
+def validation_split(x, y, seed):
+    """The same stratified 20% validation split for every row (`split_indices`)."""
+    train, validation = split_indices(y, 0.2, seed=seed)
+    return (x[train], y[train]), (x[validation], y[validation])
 
 
 def run_row(row, data, hierarchy, args, seed):
     keras.utils.set_random_seed(seed)
     if row in RECIPE_ROWS:
-        folder = link_folder(
+        folder = data_sets.link_first(
             args.root / "train",
-            hierarchy,
+            data_sets.DATA_SETS[args.data_set]["groups"],
             args.train_per_class,
             args.cache / f"linked-{args.data_set}-{args.train_per_class}",
         )
@@ -458,7 +395,7 @@ def run_row(row, data, hierarchy, args, seed):
     if earlier is not None:
         print(json.dumps(earlier), flush=True)
         return earlier
-    train, validation = split_validation(*data["train"], 0.2, seed)
+    train, validation = validation_split(*data["train"], seed)
     seconds, epochs = 0.0, 0
     if row == "plain":
         model = plain_cnn(args.image_size, hierarchy.num_classes)
@@ -558,7 +495,7 @@ def gap_table(summary):
         "images sent to their true group (for the flat model, whose class lies in it), and "
         "the accuracy when the class is chosen among the true group's classes only (the "
         "true group's expert, from the soft mixture; the flat model's scores within that "
-        "group), `condnet.evaluation.metrics.within_group_accuracy`.\n\n" + table + "\n"
+        "group), as `condnet.runs.finish.score_run` scores them.\n\n" + table + "\n"
     )
 
 
@@ -568,7 +505,7 @@ def plain_mean(summary, args):
     if "plain" in summary:
         return summary["plain"]["mean"]
     if args.baseline_from is not None:
-        earlier = json.loads(args.baseline_from.read_text())["summary"]
+        earlier = earlier_variant(args)["summary"]
         return earlier["plain"]["mean"] if "plain" in earlier else None
     return None
 
@@ -614,7 +551,7 @@ def seed_list(text):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-set", choices=sorted(DATA_SETS), default="cifar10")
+    parser.add_argument("--data-set", choices=data_sets.IMAGE_SETS, default="cifar10")
     parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--test-per-class", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
@@ -636,56 +573,56 @@ def parse_args(argv=None):
     parser.add_argument("--expert-width", type=int, default=120)
     parser.add_argument("--gate-width", type=int, default=32)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
-    parser.add_argument("--results", type=Path, default=common.RESULTS)
+    parser.add_argument("--results", type=Path, default=common.details("defaults"))
     parser.add_argument(
         "--baseline-from",
-        type=Path,
         default=None,
-        help="a defaults-*.json with a condnet row on the same data and epochs: recipe rows "
-        "train without a flat baseline and report that row's baseline of the same seed",
+        metavar="VARIANT",
+        help="a key of results/defaults-<backend>.json with a condnet row on the same data and "
+        "epochs: recipe rows train without a flat baseline and report that row's baseline of "
+        "the same seed",
     )
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    spec = DATA_SETS[args.data_set]
+    spec = data_sets.DATA_SETS[args.data_set]
     if not spec["archive"].is_file():
         print(f"{spec['archive']} is missing: nothing to measure.")
         return 0
-    args.image_size = args.image_size or spec["image_size"]
-    hierarchy = Hierarchy(spec["hierarchy"])
-    root = extract(spec, args.cache)
+    args.image_size = args.image_size or IMAGE_SIZES[args.data_set]
+    hierarchy = data_sets.hierarchy(args.data_set)
+    root = data_sets.extract(args.data_set, args.cache)
     args.root = root
     started = time.perf_counter()
     data = {
-        "train": load_split(root / "train", hierarchy, args.train_per_class, args.image_size),
-        "test": load_split(root / "test", hierarchy, args.test_per_class, args.image_size),
+        "train": data_sets.load_arrays(
+            root / "train", hierarchy.classes, args.train_per_class, args.image_size
+        ),
+        "test": data_sets.load_arrays(
+            root / "test", hierarchy.classes, args.test_per_class, args.image_size
+        ),
     }
     rows = args.rows.split(",")
     results = [run_row(r, data, hierarchy, args, seed) for seed in args.seeds for r in rows]
     summary = summarise(results, rows)
     seconds = time.perf_counter() - started
     recipe = any(row in RECIPE_ROWS for row in rows)
-    name = f"defaults-{args.data_set}-{args.image_size}px-" + "-".join(rows)
+    variant = f"{args.data_set}-{args.image_size}px-" + "-".join(rows)
     if args.epochs != DEFAULT_EPOCHS:
-        name += f"-{args.epochs}-epochs"
-    out = common.BENCHMARKS / f"{name}.json"
-    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out.write_text(
-        json.dumps({"args": shown, "results": results, "summary": summary}, indent=1) + "\n"
-    )
+        variant += f"-{args.epochs}-epochs"
+    document = {"args": common.arguments(args), "results": results, "summary": summary}
     body = markdown(summary, args, seconds)
     print(body)
     kind = "condnet train defaults" if recipe else "hand-built rows"
     if args.epochs != DEFAULT_EPOCHS:
         kind += f", {args.epochs} epochs"
-    common.write_section(
+    heading = (
         f"Defaults against the plain CNN: {args.data_set} at {args.image_size} px, {kind} "
-        f"({', '.join(rows)})",
-        body,
-        args.results,
+        f"({', '.join(rows)})"
     )
+    common.write_results("defaults", variant, document, heading, body, args.results)
     return 0
 
 

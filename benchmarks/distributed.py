@@ -11,7 +11,7 @@ MirroredStrategy. It reports training images/s from the epochs after the first
 (compilation). The "devices" share the same two CPU cores, so this measures
 the overhead of sharding, not a speedup: on real accelerators each device
 brings its own compute. Replaces the "Distributed training" section of
-benchmarks/RESULTS.md.
+benchmarks/results/distributed.md.
 """
 
 import json
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import common
+import data_sets
 
 from condnet.runs.files import HIERARCHY
 
@@ -33,11 +34,12 @@ if backend == "tensorflow" and int(devices) > 1:  # before anything else runs Te
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * int(devices))
+from condnet.runs.files import HISTORY
 from condnet.runs.recipe import train
 result = train(data, out, hierarchy=tree, distribute=mode, image_size=32, batch_size=64,
                epochs=int(epochs), baseline=False, tensorboard=False, augment="none",
                verbose=0, patience=99)
-rows = [l.split(",") for l in open(out + "/history.csv").read().splitlines()]
+rows = [l.split(",") for l in open(out + "/" + HISTORY).read().splitlines()]
 column = rows[0].index("epoch_seconds")
 print("SECONDS" + json.dumps([float(r[column]) for r in rows[1:]]))
 """
@@ -60,12 +62,14 @@ def main(argv=None):
     args = common.parse_args(__doc__, argv)
     per_class = 100 if args.quick else 300
     epochs = 2 if args.quick else 3
-    folder, root = common.extract_cifar(args.data, per_class=per_class, split="train")
-    if folder is None:
+    if not args.data.exists():
         print(f"{args.data} is missing: nothing to measure.")
         return 0
     results = {}
     with tempfile.TemporaryDirectory() as runs:
+        root = data_sets.extract_first(
+            "cifar10", "train", per_class, Path(runs) / "data", args.data
+        )
         images = sum(1 for _ in Path(root).rglob("*.jpg"))
         tree = Path(runs) / HIERARCHY
         tree.write_text(json.dumps(TWO_GROUPS))
@@ -89,7 +93,6 @@ def main(argv=None):
                 f"({seconds})",
                 flush=True,
             )
-    folder.cleanup()
     ratios = {b: results[f"{b}-2"] / results[f"{b}-1"] for b in ("jax", "tensorflow")}
     body = (
         f"`{common.command_line()}`: {images} CIFAR-10 training images (80% trained on), "
@@ -115,9 +118,17 @@ def main(argv=None):
         "TensorFlow the 2-device run also compiles without XLA (`jit_compile=False`, which "
         "MirroredStrategy needs), so its ratio includes the cost of losing XLA.\n"
     )
-    (common.BENCHMARKS / "distributed.json").write_text(json.dumps(results, indent=1) + "\n")
     print(body)
-    common.write_section("Distributed training", body, args.results)
+    variant = "quick" if args.quick else "full"
+    common.write_results(
+        "distributed",
+        variant,
+        results,
+        "Distributed training",
+        body,
+        args.results,
+        "jax-tensorflow",
+    )
     return 0
 
 

@@ -13,28 +13,26 @@ Pillow's `draft`) when the image size asked is that much smaller, then resizes
    seed, `--epochs` epochs, `--seeds` seeds, scored on the test photos decoded the
    same way.
 
-Replaces the "Reduced-scale JPEG decoding" section of benchmarks/RESULTS.md and
-writes benchmarks/draft.json.
+Replaces the "Reduced-scale JPEG decoding" section of benchmarks/results/draft.md and
+writes benchmarks/results/draft-<backend>.json.
 """
 
-import json
 import os
 import statistics
 import tempfile
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from defaults import DATA_SETS, extract, plain_cnn  # noqa: E402
-from input_pipeline import upscaled  # noqa: E402
+from defaults import plain_cnn  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from condnet.data.decode import decode_image  # noqa: E402
-from condnet.hierarchy import Hierarchy  # noqa: E402
 
 
 def full_decode(path, side):
@@ -90,19 +88,19 @@ def accuracy_rows(root, hierarchy, args):
 
 def main():
     args = common.parse_args(__doc__, more=_options)
-    spec = DATA_SETS["photos20"]
-    if not spec["archive"].is_file():
-        print(f"skipped: {spec['archive']} is absent (the shared data folder)")
+    archive = data_sets.DATA_SETS["photos20"]["archive"]
+    if not archive.is_file():
+        print(f"skipped: {archive} is absent (the shared data folder)")
         return
-    hierarchy = Hierarchy(spec["hierarchy"])
-    root = extract(spec, Path("/tmp/condnet-benchmark-data"))
+    hierarchy = data_sets.hierarchy("photos20")
+    root = data_sets.extract("photos20", Path("/tmp/condnet-benchmark-data"))
     photos = [p for c in hierarchy.classes for p in sorted((root / "train" / c).iterdir())[:10]]
     with tempfile.TemporaryDirectory(prefix="condnet-draft-") as scratch:
         source = Path(scratch) / "source"
         for path in photos:
             (source / path.parent.name).mkdir(parents=True, exist_ok=True)
             (source / path.parent.name / path.name).write_bytes(path.read_bytes())
-        large = sorted(upscaled(source, Path(scratch) / "large", 480).rglob("*.jpg"))
+        large = sorted(data_sets.upscaled(source, Path(scratch) / "large", 480).rglob("*.jpg"))
         pixels = pixel_rows(photos, (48, 32, 24), "photos20 (96 px)")
         pixels += pixel_rows(large, (224, 160, 96), "photos20 upscaled to 480 px")
     accuracy = accuracy_rows(root, hierarchy, args)
@@ -146,9 +144,11 @@ def _write(args, pixels, accuracy):
             "",
         ]
     )
-    common.write_section("Reduced-scale JPEG decoding", body, args.results)
-    out = common.BENCHMARKS / "draft.json"
-    out.write_text(json.dumps({"pixels": pixels, "accuracy": accuracy}, indent=1) + "\n")
+    variant = "quick" if args.quick else "full"
+    document = {"pixels": pixels, "accuracy": accuracy}
+    common.write_results(
+        "draft", variant, document, "Reduced-scale JPEG decoding", body, args.results
+    )
     print(body)
 
 

@@ -9,12 +9,13 @@ for several N (the rows an expert's queue collects before it runs; the trunk and
 gate run on inputs joined up to 256 rows, or N if fewer), and reports routed /
 flat. It is the evidence for the default N per backend in
 `condnet.models.dispatch` (`_EXPERT_ROWS`).
-Replaces this backend's section of benchmarks/RESULTS.md.
+Replaces this backend's section of benchmarks/results/expert_batch.md.
 """
 
 import os
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 
@@ -30,7 +31,7 @@ EXPERT_BATCH_SIZES = (128, 256, 512, 1024, 2048)
 def main(argv=None):
     args = common.parse_args(__doc__, argv)
     count, repeats = (2048, 3) if args.quick else (4096, 5)
-    images, _, source = models.load_images(args.data, count)
+    images, _, source = data_sets.load_images(args.data, count, models.HIERARCHIES[4])
     model = models.conditional_model(4, routing="hard")
     model(images[:2])
     models.balance_gate(model.gate, images)

@@ -16,16 +16,16 @@ For each, images/s at batch 1, 32 and 256 in ONNX Runtime (CPU, the session's
 default threads) and in TensorFlow (`tf.saved_model.load(...).serve`), measured
 side by side in interleaved rounds, and the largest difference from
 `model.predict` (hard routing). TensorFlow backend only (the export traces
-TensorFlow graphs). Replaces the "Export" section of benchmarks/RESULTS.md.
+TensorFlow graphs). Replaces the "Export" section of benchmarks/results/export.md.
 """
 
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -44,7 +44,9 @@ TARGET = "at batch 32 in onnxruntime, routed >= 2x faster than the all-experts e
 def main(argv=None):
     args = common.parse_args(__doc__, argv)
     repeats = 3 if args.quick else 7
-    images, _, source = models.load_images(args.data, max(IMAGES.values()))
+    images, _, source = data_sets.load_images(
+        args.data, max(IMAGES.values()), models.HIERARCHIES[4]
+    )
     model = models.conditional_model(4, routing="hard")
     model(images[:2])
     before, after = models.balance_gate(model.gate, images)
@@ -66,10 +68,11 @@ def main(argv=None):
         "max_abs_difference_from_predict": differences,
         "images_per_second": speeds,
     }
-    (common.BENCHMARKS / "export.json").write_text(json.dumps(result, indent=1) + "\n")
     body = _markdown(result)
     print(body)
-    common.write_section("Export: routed ONNX and SavedModel", body, args.results)
+    variant = "quick" if args.quick else "full"
+    heading = "Export: routed ONNX and SavedModel"
+    common.write_results("export", variant, result, heading, body, args.results)
     return 0
 
 

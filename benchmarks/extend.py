@@ -22,32 +22,32 @@ wall time of extend and of the run from scratch (each call, its evaluation and
 report included). The issue's target: old classes within 1 point of before; new
 classes within 3 points of the run from scratch, in less than half its wall time.
 
-Writes `benchmarks/extend-<data set>-<settings>.json` and the section "Growing a
-trained run: <data set>" of `benchmarks/RESULTS.md` (not with --quick, a smoke
-check). Data: `../shared/data/{cifar10-jpeg,photos20-96px}.tar.gz`; the script
-says so and exits 0 when the archive is absent.
+Writes the key `<data set>-<settings>` of `benchmarks/results/extend-<backend>.json` and
+the section "Growing a trained run: <data set>" of `benchmarks/results/extend.md` (not
+with --quick, a smoke check). Data:
+`../shared/data/{cifar10-jpeg,photos20-96px}.tar.gz`; the script says so and exits 0
+when the archive is absent.
 """
 
 import json
 import os
 import statistics
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import common
-from data_sets import DATA_SETS
+import data_sets
+from data_sets import DATA_SETS, IMAGE_SETS
 
 BACKEND = common.choose_backend()
 os.environ["KERAS_BACKEND"] = BACKEND
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 
 from condnet import Hierarchy  # noqa: E402
 from condnet.data.image_folder import ImageFolder  # noqa: E402
-from condnet.evaluation.evaluate import predict_batch  # noqa: E402
+from condnet.evaluation.evaluate import evaluate_model  # noqa: E402
 from condnet.runs.extend import extend  # noqa: E402
 from condnet.runs.files import TIMING  # noqa: E402
 from condnet.runs.recipe import train  # noqa: E402
@@ -60,7 +60,7 @@ QUICK = {"train_per_class": 20, "test_per_class": 10, "epochs": 1, "seeds": 1}
 
 
 def more_options(parser):
-    parser.add_argument("--data-set", choices=sorted(DATA_SETS), default="cifar10")
+    parser.add_argument("--data-set", choices=IMAGE_SETS, default="cifar10")
     parser.add_argument("--new", help="classes the old run lacks, comma-separated")
     parser.add_argument("--image-size", type=int, help="pixels (default: 32 CIFAR-10, 48 photos20)")
     parser.add_argument("--train-per-class", type=int, default=400)
@@ -79,34 +79,10 @@ def more_options(parser):
 # === Data ===
 
 
-def extract(archive, cache, name):
-    target = cache / name
-    if not target.is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as opened:
-            opened.extractall(cache, filter="data")
-    return target
-
-
-def nested_folder(root, tree, per_class, target):
-    """The first `per_class` training images of each class of `tree`, hard-linked as
-    target/<group>/<class>/* (the layout whose folders give the hierarchy)."""
-    if target.is_dir():
-        return target
-    partial = target.with_name(target.name + ".partial")
-    for group, classes in tree.items():
-        for name in classes:
-            folder = partial / group / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for path in first(root / "train" / name, per_class):
-                if not (folder / path.name).exists():
-                    os.link(path, folder / path.name)
-    partial.rename(target)
-    return target
-
-
-def first(folder, count):
-    return sorted(folder.iterdir())[:count]
+def linked(root, tree, args, name):
+    """The first `--train-per-class` training images of each class of `tree`, as
+    <group>/<class>/* in the cache (`data_sets.link_first`)."""
+    return data_sets.link_first(root / "train", tree, args.train_per_class, args.cache / name)
 
 
 def split_tree(groups, new):
@@ -174,7 +150,8 @@ def trained(args, folder, run, verbose, options):
 
 
 def accuracy_on(run, images, batch_size=256):
-    """Hard-routed accuracy of the run's model.keras on `images`: (path, class name) pairs."""
+    """Hard-routed accuracy of the run's model.keras on `images`, (path, class name) pairs,
+    as `condnet evaluate` scores it (`evaluate_model`)."""
     model, config = load_run(run)
     paths = [path for path, _ in images]
     labels = model.hierarchy.encode([name for _, name in images])
@@ -187,10 +164,7 @@ def accuracy_on(run, images, batch_size=256):
         batch_size=batch_size,
         substitute_unreadable=False,
     )
-    predicted = np.concatenate(
-        [predict_batch(model, folder.read_batch(i)[0])["classes"] for i in range(len(folder))]
-    )
-    return float(np.mean(predicted.argmax(-1) == labels))
+    return evaluate_model(model, folder)["accuracy"]
 
 
 def test_images(root, old, new, per_class):
@@ -199,7 +173,7 @@ def test_images(root, old, new, per_class):
             (path, name)
             for classes in tree.values()
             for name in classes
-            for path in first(root / "test" / name, per_class)
+            for path in data_sets.first(root / "test" / name, per_class)
         ]
 
     return {"old": pairs(old), "new": pairs(new)}
@@ -302,15 +276,13 @@ def main(argv=None):
         print(f"skipped: {archive} is missing (see ../shared/data/README.md).")
         return 0
     started = time.perf_counter()
-    root = extract(archive, args.cache, args.data_set)
+    root = data_sets.extract(args.data_set, args.cache)
     old, new = split_tree(spec["groups"], new_names)
     tag = f"{args.data_set}-{args.train_per_class}-without-{'-'.join(sorted(new_names))}"
     folders = {
-        "old": nested_folder(root, old, args.train_per_class, args.cache / f"extend-old-{tag}"),
-        "new": nested_folder(root, new, args.train_per_class, args.cache / f"extend-new-{tag}"),
-        "all": nested_folder(
-            root, spec["groups"], args.train_per_class, args.cache / f"extend-all-{tag}"
-        ),
+        "old": linked(root, old, args, f"extend-old-{tag}"),
+        "new": linked(root, new, args, f"extend-new-{tag}"),
+        "all": linked(root, spec["groups"], args, f"extend-all-{tag}"),
     }
     test = test_images(root, old, new, args.test_per_class)
     results = []
@@ -320,15 +292,15 @@ def main(argv=None):
     body = markdown(results, args, old, new, time.perf_counter() - started)
     print(body)
     if args.quick:
-        print("(--quick: a smoke check; nothing written to RESULTS.md)")
+        print("(--quick: a smoke check; nothing written to benchmarks/results)")
         return 0
-    name = f"extend-{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds-{BACKEND}"
     common.write_results(
-        name,
-        args,
-        results,
+        "extend",
+        f"{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds",
+        {"args": common.arguments(args), "results": results},
         f"Growing a trained run: {args.data_set}, {args.epochs} epochs ({BACKEND})",
         body,
+        args.results,
     )
     return 0
 

@@ -14,8 +14,9 @@ at the same routed MACs. It replaces `condnet.vision.image_model.branch_convs`
 `condnet.train` with its defaults otherwise (no baseline), and scores the
 run's `model.keras` on the same test images as `defaults.py`; compare with the
 `condnet` row and its flat baseline there (same images, split and seeds).
-Results: `benchmarks/gate-split-gate-<widths>-experts-<share>.json`, one line
-per seed, and the section "Gate split: ..." of `benchmarks/RESULTS.md`.
+Results: the key `gate-<widths>-experts-<share>` of
+`benchmarks/results/gate_split-<backend>.json`, one line per seed, and the section "Gate
+split: ..." of `benchmarks/results/gate_split.md`.
 """
 
 import argparse
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,7 +38,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import condnet.vision.image_model as image_model  # noqa: E402
-from condnet import Hierarchy  # noqa: E402
 from condnet.evaluation.cost import routed_macs  # noqa: E402
 from condnet.runs.files import BEST  # noqa: E402
 
@@ -82,32 +83,31 @@ def main(argv=None):
     parser.add_argument("--seeds", type=defaults.seed_list, default=defaults.seed_list("3"))
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
     args = parser.parse_args(argv)
-    spec = defaults.DATA_SETS["cifar10"]
+    spec = data_sets.DATA_SETS["cifar10"]
     if not spec["archive"].is_file():
         print(f"{spec['archive']} is missing: nothing to measure.")
         return 0
     gate = tuple(int(part) for part in args.gate.split(","))
     image_model.branch_convs = split_convs(gate, args.expert_share)
     args.name = f"gate-{'x'.join(map(str, gate))}-experts-{args.expert_share:g}"
-    args.hierarchy = Hierarchy(spec["hierarchy"])
-    root = defaults.extract(spec, args.cache)
-    test = defaults.load_split(root / "test", args.hierarchy, 300, 32)
-    folder = defaults.link_folder(
-        root / "train", args.hierarchy, 500, args.cache / "linked-cifar10-500"
-    )
+    args.hierarchy = data_sets.hierarchy("cifar10")
+    root = data_sets.extract("cifar10", args.cache)
+    test = data_sets.load_arrays(root / "test", args.hierarchy.classes, 300, 32)
+    linked = args.cache / "linked-cifar10-500"
+    folder = data_sets.link_first(root / "train", spec["groups"], 500, linked)
     results = []
     for seed in args.seeds:
         results.append(run_seed(args, seed, folder, test))
         print(json.dumps(results[-1]), flush=True)
-    out = common.BENCHMARKS / f"gate-split-{args.name}.json"
     command = common.command_line()
-    out.write_text(json.dumps({"command": command, "results": results}, indent=1))
-    common.write_section(f"Gate split: {args.name}", section(results, command))
+    body = section(results, command)
+    document = {"command": command, "results": results}
+    common.write_results("gate_split", args.name, document, f"Gate split: {args.name}", body)
     return 0
 
 
 def section(results, command):
-    """The RESULTS.md body: one row per seed and the mean."""
+    """The results section: one row per seed and the mean."""
     rows = [
         [str(r["seed"]), f"{r['accuracy']:.4f}", f"{r['hard_group_accuracy']:.4f}", str(r["mmacs"])]
         for r in results

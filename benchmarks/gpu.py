@@ -29,17 +29,17 @@ groups, at 32 px and at 160 px. Side by side in one process:
    the chosen expert of each row) against its flat baseline of equal MACs
    (`condnet.evaluation.baseline.flat_baseline`), at batch 32, 256 and 1,024.
 
-Replaces the section "GPU: BACKEND on DEVICE" of benchmarks/RESULTS.md and
-writes benchmarks/gpu-BACKEND.json.
+Replaces the section "GPU: BACKEND on DEVICE" of benchmarks/results/gpu.md and
+writes the key DEVICE[-quick|-smoke] of benchmarks/results/gpu-BACKEND.json.
 """
 
-import json
 import os
 import statistics
 import tempfile
 from pathlib import Path
 
 import common
+import data_sets
 
 # Pick the backend before Keras is imported (--all-backends reruns this script per backend).
 os.environ["KERAS_BACKEND"] = common.choose_backend()
@@ -47,7 +47,7 @@ os.environ["KERAS_BACKEND"] = common.choose_backend()
 import keras  # noqa: E402
 import models  # noqa: E402
 import numpy as np  # noqa: E402
-from input_pipeline import PHOTOS, KerasEpochs, extract_photos, upscaled  # noqa: E402
+from input_pipeline import KerasEpochs  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import condnet  # noqa: E402
@@ -206,12 +206,12 @@ def jpeg_folder(scratch, image_size, count):
     side = 96 if image_size <= 96 else 3 * image_size
     count = count if side == 96 else max(count // 3, 20)
     target = scratch / f"{image_size}px"
-    if not PHOTOS.exists():
+    if not data_sets.DATA_SETS["photos20"]["archive"].exists():
         return synthesized(target, count, side), f"synthesized JPEGs of {side} px (no photos20)"
-    photos = extract_photos(scratch / f"{image_size}px-photos", count)
+    photos = data_sets.extract_photos(scratch / f"{image_size}px-photos", count)
     if side == 96:
         return photos, "photos20, 96 px short side"
-    return upscaled(photos, target, side), f"photos20 upscaled to {side} px short side"
+    return data_sets.upscaled(photos, target, side), f"photos20 upscaled to {side} px short side"
 
 
 def synthesized(folder, count, side, seed=0):
@@ -267,10 +267,10 @@ def write(args, results):
     print(body)
     size = " (smoke)" if args.smoke else " (quick)" if args.quick else ""
     heading = f"GPU: {backend} on {device}{size}"
-    print(f"\nwrote section '{heading}' of {common.write_section(heading, body, args.results)}")
-    out = common.BENCHMARKS / f"gpu-{backend}.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out}")
+    variant = device + ("-smoke" if args.smoke else "-quick" if args.quick else "")
+    written = common.write_results("gpu", variant, results, heading, body, args.results, backend)
+    print(f"\nwrote section '{heading}' of {written}")
+    print(f"wrote {common.results_file('gpu', backend)}")
 
 
 def setup(results):

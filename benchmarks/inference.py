@@ -20,12 +20,13 @@ of, side by side in one process:
 The ideal routed/soft speedup is (G + sum_k E_k) / (G + sum_k share_k E_k) in
 MACs, with G the gate's MACs, E_k expert k's and share_k the share of images
 routed to it (about (G + K E) / (G + E) when routing is even). Prints
-markdown tables and replaces this backend's section of benchmarks/RESULTS.md.
+markdown tables and replaces this backend's section of benchmarks/results/inference.md.
 """
 
 import os
 
 import common
+import data_sets
 
 # Pick the backend before Keras is imported (--all-backends reruns this script per backend).
 os.environ["KERAS_BACKEND"] = common.choose_backend()
@@ -63,7 +64,9 @@ def main():
     args = common.parse_args(__doc__)
     settings = QUICK if args.quick else FULL
     backend = keras.backend.backend()
-    images, _, source = models.load_images(args.data, max(settings["images"].values()))
+    images, _, source = data_sets.load_images(
+        args.data, max(settings["images"].values()), models.HIERARCHIES[4]
+    )
     print(f"backend {backend}; data: {source}", flush=True)
     results = [benchmark(num_groups, images, settings) for num_groups in settings["groups"]]
     body = report(results, backend, source, settings)

@@ -35,20 +35,19 @@ default: photos20's 8,000 training photos upscaled, mirrored and turned; 1.5 GB
 decoded, more than `CACHE_BYTES`, so the default policy keeps them on disk), epoch 1
 (decode and write the cache) against the median of epochs 2-4 (read the cache), through
 Keras's iterator.
-Replaces this backend's section of benchmarks/RESULTS.md and writes
-benchmarks/input_pipeline-BACKEND.json.
+Replaces this backend's section of benchmarks/results/input_pipeline.md and writes
+benchmarks/results/input_pipeline-BACKEND.json.
 """
 
-import json
 import multiprocessing
 import os
 import statistics
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 
@@ -60,7 +59,6 @@ from condnet.data.decode import decode_image  # noqa: E402
 from condnet.data.image_folder import ImageFolder  # noqa: E402
 from condnet.data.scan import scan_directory  # noqa: E402
 
-PHOTOS = common.REPOSITORY.parent / "shared" / "data" / "photos20-96px.tar.gz"
 BATCH = 32
 DOGS = {
     "australian_terrier", "beagle", "border_terrier", "dingo", "english_foxhound",
@@ -77,32 +75,6 @@ def scanned(root):
         "things": [c for c in classes if c not in DOGS],
     }
     return scan_directory(root, {g: c for g, c in groups.items() if c})
-
-
-def extract_photos(folder, count):
-    """About `count` training photos of photos20 (an equal share of each of its 20 classes),
-    in class folders under `folder`."""
-    taken, share = {}, max(1, count // 20)
-    with tarfile.open(PHOTOS) as archive:
-        for member in archive:
-            if member.isfile() and member.name.startswith("photos20/train/"):
-                name = member.name.split("/")[2]
-                if taken.get(name, 0) < share:
-                    taken[name] = taken.get(name, 0) + 1
-                    archive.extract(member, folder, filter="data")
-    return Path(folder) / "photos20" / "train"
-
-
-def upscaled(source, target, side):
-    """Every photo of `source` resized so that its short side is `side`, as JPEG."""
-    for path in sorted(source.rglob("*.jpg")):
-        image = Image.open(path).convert("RGB")
-        scale = side / min(image.size)
-        out = target / path.relative_to(source)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        size = (round(image.width * scale), round(image.height * scale))
-        image.resize(size, Image.Resampling.BICUBIC).save(out, quality=90)
-    return target
 
 
 # === The pipelines ===
@@ -214,7 +186,7 @@ def measure(name, root, side, pool, repeats):
 def many_photos(folder, count, side, pool):
     """`count` JPEGs of `side` px (quality 90) from photos20's training photos: each photo
     upscaled, then mirrored and turned upside down for more, in class folders."""
-    source = extract_photos(folder / "source", 8000)
+    source = data_sets.extract_photos(folder / "source", 8000)
     jobs = [
         (path, folder / "many" / path.parent.name / f"{variant}-{path.name}", side, variant)
         for variant in range(3)
@@ -264,16 +236,17 @@ def disk_cache(root, side, cache_dir, later=3):
 def main():
     args = common.parse_args(__doc__, more=_options)
     backend = keras.backend.backend()
-    if not PHOTOS.exists():
-        print(f"skipped: {PHOTOS} is absent (the shared data folder)")
+    archive = data_sets.DATA_SETS["photos20"]["archive"]
+    if not archive.exists():
+        print(f"skipped: {archive} is absent (the shared data folder)")
         return
     count, large, repeats = (512, 185, 2) if args.quick else (1024, 370, 7)
     with tempfile.TemporaryDirectory(prefix="condnet-input-") as scratch:
         scratch = Path(scratch)
-        small = extract_photos(scratch / "small", count)
-        few = extract_photos(scratch / "few", large)
-        big = upscaled(few, scratch / "large", 480)
-        huge = upscaled(few, scratch / "huge", 1600)
+        small = data_sets.extract_photos(scratch / "small", count)
+        few = data_sets.extract_photos(scratch / "few", large)
+        big = data_sets.upscaled(few, scratch / "large", 480)
+        huge = data_sets.upscaled(few, scratch / "huge", 1600)
         with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
             rows = [
                 measure("photos20, 96 px, read at 96", small, 96, pool, repeats),
@@ -321,9 +294,10 @@ def _write(args, backend, rows, cache):
     body = "\n".join(
         [*common.machine(backend), "", "images/s, one pass each:", "", table, "", cached, ""]
     )
-    common.write_section(f"Input pipeline: {backend}", body, args.results)
-    out = common.BENCHMARKS / f"input_pipeline-{backend}.json"
-    out.write_text(json.dumps({"rows": rows, "disk_cache": cache}, indent=1) + "\n")
+    variant = "quick" if args.quick else "full"
+    document = {"rows": rows, "disk_cache": cache}
+    heading = f"Input pipeline: {backend}"
+    common.write_results("input_pipeline", variant, document, heading, body, args.results, backend)
     print(table)
     print(cached)
 

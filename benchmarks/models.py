@@ -1,4 +1,4 @@
-"""The models and data the benchmarks run: CIFAR-sized CNN experts, a small gate, a flat twin.
+"""The models the benchmarks run: CIFAR-sized CNN experts, a small gate, a flat twin.
 
 Imports Keras: import this module only after `common.choose_backend()` has
 set `KERAS_BACKEND`.
@@ -8,11 +8,9 @@ import time
 
 import keras
 import numpy as np
-from common import extract_cifar
 
 import condnet
-from condnet.data.splits import load_folders
-from condnet.evaluation.cost import count_macs
+from condnet.evaluation.cost import count_macs, routed_macs
 
 IMAGE_SHAPE = (32, 32, 3)
 EXPERT_FILTERS = (16, 32, 64, 64)
@@ -102,9 +100,10 @@ def flat_model(target_macs, seed=0):
 
 
 def macs_of(model):
-    """MACs per image of the gate and of each expert (by group)."""
-    experts = {g: count_macs(e) for g, e in model.experts.items()}
-    return count_macs(model.gate), experts
+    """(gate MACs, {group: expert MACs}) per image, as `condnet.evaluation.cost.routed_macs`
+    counts them."""
+    costs = routed_macs(model, IMAGE_SHAPE)
+    return costs["gate"], costs["experts"]
 
 
 # === Routing balance ===
@@ -137,38 +136,6 @@ def balance_gate(gate, images, sweeps=20):
             bias[k] = np.quantile(margin, 1 / num_groups)
     dense.set_weights([kernel, bias])
     return before, route_shares((logits + bias).argmax(1), num_groups)
-
-
-# === Data ===
-
-
-def load_images(tarball, count, seed=0):
-    """`count` CIFAR-10 test images (float32 in [0, 255]) and labels in the 4-group hierarchy.
-
-    Reads the JPEGs through `condnet.data.splits.load_folders` (image_size=32).
-    Without the tarball, random images and labels. Returns `(images,
-    labels, source)`, `source` a sentence for the results.
-    """
-    hierarchy = condnet.Hierarchy(HIERARCHIES[4])
-    folder, root = extract_cifar(tarball, per_class=-(-count // 10))
-    if folder is None:
-        rng = np.random.default_rng(seed)
-        images = rng.uniform(0, 255, (count, *IMAGE_SHAPE)).astype("float32")
-        labels = rng.integers(0, hierarchy.num_classes, count).astype("int32")
-        return images, labels, f"{count} random images (no {tarball})"
-    try:
-        data, _ = load_folders(
-            root, hierarchy, image_size=32, batch_size=256, validation_split=0, shuffle=False
-        )
-        images, labels = data.numpy()
-    finally:
-        folder.cleanup()
-    order = np.random.default_rng(seed).permutation(len(images))[:count]
-    source = (
-        f"{len(order)} CIFAR-10 test JPEGs from {tarball.name}, read by "
-        "condnet.data.splits.load_folders(image_size=32)"
-    )
-    return images[order], labels[order], source
 
 
 # === Timing ===

@@ -7,13 +7,14 @@ same images, side by side in one process: `pipeline=True` (a worker thread
 reads the next batch and runs its trunk and gate while the experts of the
 current batch run) versus `pipeline=False` (one after the other), from numpy
 arrays and from an `ImageFolder` (decoding from disk, no cache). Replaces
-this backend's section of benchmarks/RESULTS.md.
+this backend's section of benchmarks/results/pipeline.md.
 """
 
 import os
 import tempfile
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 
@@ -48,7 +49,7 @@ def main():
     args = common.parse_args(__doc__)
     backend = keras.backend.backend()
     count, repeats = (1024, 3) if args.quick else (2048, 5)
-    images, _, source = models.load_images(args.data, count)
+    images, _, source = data_sets.load_images(args.data, count, models.HIERARCHIES[4])
     model = models.conditional_model(4, routing="hard")
     models.balance_gate(model.gate, images)
     rows = []

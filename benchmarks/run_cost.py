@@ -16,8 +16,8 @@ each class, 32 px), the same epochs, one after the other on a quiet machine:
 
 The ratio of wall times is the figure; each run's `timing.json` says where its
 time went (the share that neither trains nor scores a model included).
-Replaces the "Run cost" section of benchmarks/RESULTS.md and writes
-benchmarks/run_cost-BACKEND.json.
+Replaces the "Run cost" section of benchmarks/results/run_cost.md and writes
+benchmarks/results/run_cost-BACKEND.json.
 """
 
 import json
@@ -30,12 +30,11 @@ import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 
-from defaults import DATA_SETS, extract, link_folder  # noqa: E402
 
-from condnet.hierarchy import Hierarchy  # noqa: E402
 from condnet.runs.files import METRICS, TIMING  # noqa: E402
 
 PLAIN = common.REPOSITORY.parent / "shared" / "tools" / "plain_cnn.py"
@@ -79,17 +78,18 @@ def one_seed(train, test, args, seed, scratch, env):
 def main():
     args = common.parse_args(__doc__, more=_options)
     backend = os.environ["KERAS_BACKEND"]
-    spec = DATA_SETS["cifar10"]
+    spec = data_sets.DATA_SETS["cifar10"]
     if not spec["archive"].is_file() or not PLAIN.is_file():
         print(f"skipped: {spec['archive']} or {PLAIN} is absent (the shared folder)")
         return
-    hierarchy = Hierarchy(spec["hierarchy"])
-    cache = Path("/tmp/condnet-benchmark-data")
-    root = extract(spec, cache)
+    root = data_sets.extract("cifar10", Path("/tmp/condnet-benchmark-data"))
     with tempfile.TemporaryDirectory(prefix="condnet-run-cost-") as scratch:
         scratch = Path(scratch)
-        train = link_folder(root / "train", hierarchy, args.train_per_class, scratch / "train")
-        test = link_folder(root / "test", hierarchy, args.test_per_class, scratch / "test")
+        groups = spec["groups"]
+        train = data_sets.link_first(
+            root / "train", groups, args.train_per_class, scratch / "train"
+        )
+        test = data_sets.link_first(root / "test", groups, args.test_per_class, scratch / "test")
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
         env["CONDNET_CACHE_DIR"] = str(scratch / "cache")
         rows = [one_seed(train, test, args, seed, scratch, env) for seed in range(args.seeds)]
@@ -135,10 +135,10 @@ def _write(args, backend, rows):
             "",
         ]
     )
-    common.write_section(f"Run cost: {backend}", body, args.results)
-    out = common.BENCHMARKS / f"run_cost-{backend}.json"
-    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    out.write_text(json.dumps({"args": shown, "rows": rows}, indent=1) + "\n")
+    variant = "quick" if args.quick else "full"
+    document = {"args": common.arguments(args), "rows": rows}
+    heading = f"Run cost: {backend}"
+    common.write_results("run_cost", variant, document, heading, body, args.results, backend)
     print(body)
 
 

@@ -18,7 +18,7 @@ Every response is checked against offline `predict` of the same image (class
 and expert); a lost, failed or mismatched response is counted. Reports
 requests/s and p50 / p99 latency. Client and server share this machine's two
 cores, so absolute figures are low; the ratios compare configurations under
-the same load. Replaces the "Serving" section of benchmarks/RESULTS.md.
+the same load. Replaces the "Serving" section of benchmarks/results/serve.md.
 """
 
 import asyncio
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -62,7 +63,7 @@ TARGET = (
 def main(argv=None):
     args = common.parse_args(__doc__, argv, more=_width_option)
     requests = 64 if args.quick else 256
-    images, _, source = models.load_images(args.data, requests)
+    images, _, source = data_sets.load_images(args.data, requests, models.HIERARCHIES[4])
     # Experts --width times as wide as inference.py's (MACs grow as its square): with its
     # 5-MMAC experts, HTTP and decoding would cost more than the model.
     model = models.conditional_model(4, width=args.width, routing="hard")
@@ -73,16 +74,14 @@ def main(argv=None):
         run = _save_run(model, Path(folder))
         expected = _expected(model, bodies)
         results = {name: _measure(run, flags, bodies, expected) for name, flags in CONFIGS.items()}
-    suffix = "" if args.width == 4 else f"-width-{args.width}"
-    out = common.BENCHMARKS / f"serve-{os.environ['KERAS_BACKEND']}{suffix}.json"
-    out.write_text(json.dumps({"source": source, "results": results}, indent=1) + "\n")
     expert_macs = max(models.macs_of(model)[1].values())
     body = _markdown(results, source, requests, expert_macs)
     print(body)
     title = f"Serving: {os.environ['KERAS_BACKEND']}"
     if args.width != 4:
         title += f", experts of {expert_macs / 1e6:.0f} MMACs"
-    common.write_section(title, body, args.results)
+    document = {"source": source, "results": results}
+    common.write_results("serve", f"width-{args.width}", document, title, body, args.results)
     return 0
 
 

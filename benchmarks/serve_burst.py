@@ -21,14 +21,13 @@ mismatched answer are counted, and so is a bad one answered with another status
 than expected. The server's resident memory (VmRSS of /proc/PID/status) is read
 after a warm-up (the good requests once, at the same concurrency: the model traces
 its batch shapes), after the burst and the large request, and its peak (VmHWM).
-Writes `benchmarks/serve_burst.json` and the "Serving: a burst during a large
-upload" section of benchmarks/RESULTS.md.
+Writes `benchmarks/results/serve_burst-<backend>.json` and the "Serving: a burst during a large
+upload" section of benchmarks/results/serve_burst.md.
 """
 
 import asyncio
 import http.client
 import io
-import json
 import os
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -63,7 +63,9 @@ SERVER_FLAGS = ["--routing", "hard", "--header-timeout", "2", "--body-timeout", 
 
 def main(argv=None):
     args = common.parse_args(__doc__, argv)
-    images, _, source = models.load_images(args.data, 64 if args.quick else 160)
+    images, _, source = data_sets.load_images(
+        args.data, 64 if args.quick else 160, models.HIERARCHIES[4]
+    )
     model = models.conditional_model(4, width=4, routing="hard")
     model(images[:2])
     models.balance_gate(model.gate, images)
@@ -74,11 +76,11 @@ def main(argv=None):
         run = load_test._save_run(model, Path(folder))
         result = _measure(run, good, large, expected, Path(folder) / "server.log")
     result = {"source": source, "large_request_bytes": sum(len(d) for _, d in large), **result}
-    out = common.BENCHMARKS / "serve_burst.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
     body = _markdown(result, len(large))
     print(body)
-    common.write_section("Serving: a burst during a large upload", body, args.results)
+    variant = "quick" if args.quick else "full"
+    heading = "Serving: a burst during a large upload"
+    common.write_results("serve_burst", variant, result, heading, body, args.results)
     return 0
 
 

@@ -37,19 +37,20 @@ batch 32, at most `--epochs` epochs, early stopping on validation accuracy
 
 Reported per row: test accuracy, hierarchical F1, the MACs per document that
 inference runs (routed: trunk + gate + the costliest expert), training time.
-Writes `benchmarks/text-news20.json` and the "Text: 20 Newsgroups" section of
-`benchmarks/RESULTS.md` (not with --quick, a smoke run on a few posts).
+Writes the key `--section` of `benchmarks/results/text_news20-<backend>.json` and the
+"Text: 20 Newsgroups" section of `benchmarks/results/text_news20.md` (not with --quick,
+a smoke run on a few posts).
 """
 
 import json
 import os
 import shutil
 import statistics
-import tarfile
 import time
 from pathlib import Path
 
 import common
+import data_sets
 
 os.environ["KERAS_BACKEND"] = common.choose_backend()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -71,24 +72,7 @@ from condnet.runs.files import BASELINE, BEST, HIERARCHY, STATE  # noqa: E402
 from condnet.runs.recipe import train  # noqa: E402
 from condnet.text.text_model import build_text_model, text_trunk  # noqa: E402
 
-NEWS = common.REPOSITORY.parent / "shared" / "data" / "news20-train.tar.gz"
-OTHER = ("alt.atheism", "misc.forsale", "soc.religion.christian")
-
-
-def news_folder(cache):
-    root = Path(cache) / "news20-train"
-    if not root.is_dir():
-        with tarfile.open(NEWS) as archive:
-            archive.extractall(cache, filter="data")
-    return root
-
-
-def hierarchy_of(root):
-    groups = {}
-    for name in sorted(p.name for p in root.iterdir() if p.is_dir()):
-        prefix = name.split(".")[0]
-        groups.setdefault("other" if name in OTHER else prefix, []).append(name)
-    return groups
+NEWS = data_sets.DATA_SETS["news20"]["archive"]
 
 
 def splits(labels, seed):
@@ -258,8 +242,8 @@ def main():
     if not NEWS.exists():
         print(f"skipped: {NEWS} is absent (the shared data folder)")
         return
-    root = news_folder(args.cache)
-    hierarchy, paths, labels = scan_documents(root, hierarchy_of(root))
+    root = data_sets.extract("news20", args.cache)
+    hierarchy, paths, labels = scan_documents(root, data_sets.news20_groups(root))
     if args.quick:
         keep = np.concatenate([np.flatnonzero(labels == c)[:20] for c in range(20)])
         paths, labels = [paths[i] for i in keep], labels[keep]
@@ -343,12 +327,8 @@ def _write(args, rows, seconds):
             ),
         ]
     )
-    common.write_section(args.section, body, args.results)
-    slug = "".join(c if c.isalnum() else "-" for c in args.section.lower()).strip("-")
-    out = common.BENCHMARKS / f"{slug.replace('text--20-newsgroups', 'text-news20')}.json"
-    out.write_text(json.dumps({"args": vars(args) | {"cache": str(args.cache),
-                                "results": str(args.results), "data": str(args.data)},
-                               "rows": rows}, indent=1) + "\n")  # fmt: skip
+    document = {"args": common.arguments(args), "rows": rows}
+    common.write_results("text_news20", args.section, document, args.section, body, args.results)
     print(table)
 
 

@@ -17,7 +17,7 @@ round (tracing, compiling), then the timed rounds; images/s is the median
 over timed epochs, timed by a callback from epoch begin to epoch end. The
 ideal speedup of capacity over soft is (G + K E) / (G + capacity_factor E)
 in MACs. Prints a markdown table and replaces this backend's section of
-benchmarks/RESULTS.md.
+benchmarks/results/training.md.
 """
 
 import inspect
@@ -26,6 +26,7 @@ import os
 import statistics
 
 import common
+import data_sets
 
 # Pick the backend before Keras is imported (--all-backends reruns this script per backend).
 os.environ["KERAS_BACKEND"] = common.choose_backend()
@@ -47,7 +48,9 @@ def main():
     args = common.parse_args(__doc__)
     settings = QUICK if args.quick else FULL
     backend = keras.backend.backend()
-    images, labels, source = models.load_images(args.data, settings["images"])
+    images, labels, source = data_sets.load_images(
+        args.data, settings["images"], models.HIERARCHIES[4]
+    )
     print(f"backend {backend}; data: {source}", flush=True)
     trained = train_side_by_side(configurations(), images, labels, settings["epochs"])
     gate_macs, expert_macs = models.macs_of(next(iter(trained.values()))["model"])

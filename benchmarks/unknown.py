@@ -35,8 +35,8 @@ per left-out class. Means over the seeds, with the standard deviation. The
 issue's target: better than the flat baseline's maximum softmax on the same
 left-out classes.
 
-Writes `benchmarks/unknown-<data set>-<settings>.json` and the "Unknown
-classes inside known groups" section of `benchmarks/RESULTS.md` (not with
+Writes the key `<data set>-<settings>` of `benchmarks/results/unknown-<backend>.json`
+and the "Unknown classes inside known groups" section of `benchmarks/results/unknown.md` (not with
 --quick, a smoke check on a few images). Data: `../shared/data/`
 `cifar10-jpeg.tar.gz` or `photos20-96px.tar.gz`; the script says so and exits 0
 when it is absent. `--reuse` scores the runs a previous call trained.
@@ -140,21 +140,8 @@ def training_folder(root, args, groups, hierarchy):
     <group>/<class>/* (the layout whose folders give the hierarchy)."""
     left = "-".join(sorted(set(Hierarchy(groups).classes) - set(hierarchy.classes)))
     target = args.cache / f"unknown-{root.name}-train-{args.train_per_class}-without-{left}"
-    if target.is_dir():
-        return target
-    partial = target.with_name(target.name + ".partial")
-    for name in hierarchy.classes:
-        folder = partial.joinpath(*hierarchy.path(name))
-        folder.mkdir(parents=True, exist_ok=True)
-        for path in first(root / "train" / name, args.train_per_class):
-            if not (folder / path.name).exists():
-                os.link(path, folder / path.name)
-    partial.rename(target)
-    return target
-
-
-def first(folder, count):
-    return sorted(folder.iterdir())[:count]
+    known = {group: hierarchy.classes_of(group) for group in hierarchy.groups}
+    return data_sets.link_first(root / "train", known, args.train_per_class, target)
 
 
 # === One seed ===
@@ -306,10 +293,12 @@ def test_images(root, groups, hierarchy, left_out, per_class):
     """Paths of the test images of the known classes (with their labels) and of the
     left-out ones (with their class and true group)."""
     known = [
-        (p, i) for i, c in enumerate(hierarchy.classes) for p in first(root / "test" / c, per_class)
+        (p, i)
+        for i, c in enumerate(hierarchy.classes)
+        for p in data_sets.first(root / "test" / c, per_class)
     ]
     group_of = {c: g for g, classes in groups.items() for c in classes}
-    unknown = [(p, c) for c in left_out for p in first(root / "test" / c, per_class)]
+    unknown = [(p, c) for c in left_out for p in data_sets.first(root / "test" / c, per_class)]
     return {
         "known": [p for p, _ in known],
         "known_labels": np.array([i for _, i in known]),
@@ -425,26 +414,27 @@ def main(argv=None):
         return 0
     started = time.perf_counter()
     hierarchy = known_hierarchy(data_set["groups"], left_out)
-    root = data_sets.extract(args, data_set)
+    root = data_sets.extract(args.data_set, args.cache, args.data)
     train_folder = training_folder(root, args, data_set["groups"], hierarchy)
     test = test_images(root, data_set["groups"], hierarchy, left_out, args.test_per_class)
     results = [run_seed(args, hierarchy, train_folder, test, seed) for seed in range(args.seeds)]
     body = markdown(results, args, left_out, time.perf_counter() - started)
     print(body)
     if args.quick:
-        print("(--quick: a smoke check; nothing written to RESULTS.md)")
+        print("(--quick: a smoke check; nothing written to benchmarks/results)")
         return 0
-    name = (
-        f"unknown-{args.data_set}-{args.train_per_class}-per-class-{args.epochs}-epochs-without-"
-        f"{'-'.join(left_out)}-{BACKEND}"
+    variant = (
+        f"{args.data_set}-{args.train_per_class}-per-class-{args.epochs}-epochs-without-"
+        f"{'-'.join(left_out)}"
     )
     common.write_results(
-        name,
-        args,
-        results,
+        "unknown",
+        variant,
+        {"args": common.arguments(args), "results": results},
         f"Unknown classes inside known groups: {SHOWN[args.data_set]}, {args.epochs} epochs "
         f"({BACKEND})",
         body,
+        args.results,
     )
     return 0
 

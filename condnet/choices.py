@@ -30,11 +30,8 @@ HUB_TEXT_TRUNK = "hub"
 TEXT_TRUNKS = ("bag", "cnn", "gru", "transformer", HUB_TEXT_TRUNK)
 MODALITIES = ("auto", "image", "text")
 # What `condnet train` reads documents with by default: the bag trunk, the first 256
-# words of each document, the 20,000 most frequent words of the training split. Measured
-# on 20 Newsgroups, 3 seeds (benchmarks/RESULTS.md, "Text: 20 Newsgroups, trunks" and
-# "bag sizes"): bag 0.890 against cnn 0.820 and transformer 0.870 at 1/26,000 of their
-# MACs per post; 128, 256 and 512 words within 0.1 point; 10,000 words 1.4 points lower,
-# 40,000 0.4 points higher (every seed) at about 1.5x the training time and twice the
-# embedding: within the seed spread, so 20,000, the Keras text example's size, stays;
-# 20 epochs instead of the runs' 10: 0.888 against 0.890 ("Text: 20 Newsgroups, epochs").
+# words of each document, the 20,000 most frequent words of the training split (the Keras
+# text example's size): the most accurate trunk for its cost on 20 Newsgroups, and sizes
+# within the seed spread of each other (benchmarks/text_news20.py; figures in
+# benchmarks/RESULTS.md).
 TEXT_DEFAULTS = {"text_trunk": "bag", "sequence_length": 256, "vocabulary_size": 20000}

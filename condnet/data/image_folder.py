@@ -91,9 +91,9 @@ class ImageFolder(keras.utils.PyDataset):
             decoders and resizing hold no Python lock, which is most of the
             work, and hand over the pixels without copying them; forked
             processes decode in parallel whatever the image, but send every
-            pixel back through a pipe. Threads read 1.03-1.4x the images/s of
-            processes on JPEGs (96 px photos, and 480 px read at 160) and on
-            PNGs, on TensorFlow and JAX (`benchmarks/input_pipeline.py`).
+            pixel back through a pipe. Threads read more images/s than
+            processes on JPEGs and PNGs (`benchmarks/input_pipeline.py`;
+            figures in benchmarks/RESULTS.md).
             Defaults to `"auto"`: threads.
         dtype: `"float32"` or `"uint8"`. The training batches' images (4
             times smaller as uint8; a functional Keras model casts them to

@@ -8,9 +8,9 @@ import numpy as np
 from condnet.models.routing import route_weights
 
 # Rows an expert collects before it runs ("auto"), by backend: the best of 128
-# to 2,048 in benchmarks/expert_batch.py and inference.py (several runs each,
-# 2026-12-03). TensorFlow gains up to 512; torch's eager kernels and XLA's CPU
-# convolutions lose past 256.
+# to 2,048 in benchmarks/expert_batch.py (figures: benchmarks/RESULTS.md).
+# TensorFlow gains up to 512; torch's eager kernels and XLA's CPU convolutions
+# lose past 256.
 _EXPERT_ROWS = {"tensorflow": 512}
 _DEFAULT_EXPERT_ROWS = 256
 # Rows the trunk and gate run on at once: enough to amortise a call's fixed
@@ -60,15 +60,15 @@ def routed_predict(
     progress bar. With `pipeline`, batch i+1 is read and its trunk and gate
     run while the experts of batch i run. `"auto"` pipelines inputs read from
     disk or a generator on TensorFlow and JAX, where `benchmarks/pipeline.py`
-    measured 1.09-1.25x on an `ImageFolder`; it does not pipeline in-memory
-    arrays (0.82-1.02x) nor on torch (0.67-0.91x: its kernels already use
-    every core).
+    measured a gain on an `ImageFolder`; it does not pipeline in-memory
+    arrays nor on torch, whose kernels already use every core (figures:
+    benchmarks/RESULTS.md).
 
     Args:
         expert_batch_size: int or `"auto"`. Rows an expert's queue collects
             before it runs. `"auto"` is `max(batch_size, 512)` on TensorFlow
             and `max(batch_size, 256)` on JAX and torch, the best of 128 to
-            2,048 rows on each in `benchmarks/expert_batch.py`. On JAX a
+            2,048 rows on each (`benchmarks/expert_batch.py`). On JAX a
             size off the padding buckets (`bucket_size`) is padded on every
             run.
 
@@ -225,12 +225,11 @@ def _fronts(runner, chunks, pipeline):
 
     The front runs once per chunk of batches (`_chunks`: whole batches
     joined until they hold 256 rows, or one batch if larger), not once per
-    batch: at batch 32 a call's fixed cost
-    weighed as much as the convolutions on torch (the gate ran at 10k images/s
-    on 32 rows, 27k on 256). With `pipeline`, a worker thread reads chunk i+1
-    and runs its trunk and gate while the experts of chunk i run (the
-    backends release the GIL in their kernels), so loading and the front
-    overlap the experts.
+    batch: at batch 32 a call's fixed cost weighs as much as the convolutions
+    on torch (`benchmarks/inference.py`). With `pipeline`, a worker thread
+    reads chunk i+1 and runs its trunk and gate while the experts of chunk i
+    run (the backends release the GIL in their kernels), so loading and the
+    front overlap the experts.
     """
 
     def front_of(chunk):

@@ -35,10 +35,10 @@ def resolve_precision(precision="auto"):
 
     `"auto"` is `"mixed_bfloat16"` on a TPU or a GPU of compute capability 8.0
     or newer (A100, H100, RTX 30xx and later), `"mixed_float16"` on an older
-    GPU, and `"float32"` on a CPU: most CPUs emulate bfloat16 slowly (on a Xeon
-    with AMX, mixed_bfloat16 predicted 0.7x as fast as float32 on TensorFlow and
-    1.9x on torch: measure before choosing it there). Any other value is
-    returned as it is (after a check).
+    GPU, and `"float32"` on a CPU: most CPUs emulate bfloat16 slowly, and even
+    where they do not (a Xeon with AMX) the gain differs by backend, so measure
+    before choosing it there (`benchmarks/gpu.py`). Any other value is returned
+    as it is (after a check).
     """
     check_precision(precision)
     if precision != "auto":

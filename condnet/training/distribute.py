@@ -206,10 +206,11 @@ def fit_inputs(train_data, validation):
     cost little there). On TensorFlow: `tf.data` pipelines that call the folders
     by batch index, with a callback that runs the training folder's end-of-epoch
     work (its next shuffle). Keras would wrap a `PyDataset` in
-    `Dataset.from_generator`, which moved 3x fewer cached 96 px images a second
-    (benchmarks/input_pipeline.py); and in a job of several workers it would shard
-    the batches again (every worker reading every batch to keep a slice), where
-    each worker already reads only its own slice (`for_this_process`).
+    `Dataset.from_generator`, which moved fewer cached images a second
+    (benchmarks/input_pipeline.py, figures in benchmarks/RESULTS.md); and in a
+    job of several workers it would shard the batches again (every worker
+    reading every batch to keep a slice), where each worker already reads only
+    its own slice (`for_this_process`).
     """
     if keras.backend.backend() != "tensorflow":
         return train_data, validation, []
@@ -223,8 +224,7 @@ def _pipeline(folder):
     batches at once (`AUTOTUNE`, in order), each decoded in the thread that asks
     for it (`ImageFolder.decoded_here`, which releases the GIL while libjpeg-turbo
     decodes): the folder's read-ahead pool would leave those threads waiting on
-    it (96 px photos: 7,500 against 10,000 images/s on 2 cores,
-    benchmarks/input_pipeline.py).
+    it (benchmarks/input_pipeline.py; figures in benchmarks/RESULTS.md).
     """
     if folder is None:
         return None
