@@ -1170,7 +1170,7 @@ def calibrate_run(run_dir, break_lock=False, progress=False):
 
 
 def _calibrate_locked(run_dir, progress=False):
-    from condnet.runs.recipe import check_split, load_data
+    from condnet.runs.run_data import check_split, load_data
 
     model, config = load_run(run_dir)
     _refuse_ensemble(
