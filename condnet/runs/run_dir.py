@@ -863,8 +863,9 @@ def _conditional_metrics(run_dir, model, data, progress, model_file=None):
 def _write_evaluation_report(
     report_dir, run_dir, data_dir, model, metrics, comparison, predictions
 ):
+    from condnet.evaluation.analysis import gallery_examples
     from condnet.evaluation.explain import document_weigher, explainer
-    from condnet.evaluation.report import gallery_examples, write_report
+    from condnet.evaluation.report import write_report
 
     documents = getattr(model, "preprocessor", None) is not None  # a text run's
     noun = "documents" if documents else "images"
