@@ -118,11 +118,11 @@ def train(
     as many epochs more.
 
     A folder of documents (`modality="text"`, which `"auto"` picks when most
-    of its files are text; see `resolve_modality`) trains `build_text_model`
-    with `text_trunk`, `sequence_length` and `vocabulary_size`: its
-    `TextVectorization` is adapted on the training split only and saved
-    inside model.keras, which then predicts from strings. The options of
-    image runs are refused there.
+    of its files are text; see `condnet.runs.run_config.resolve_modality`)
+    trains `build_text_model` with `text_trunk`, `sequence_length` and
+    `vocabulary_size`: its `TextVectorization` is adapted on the training
+    split only and saved inside model.keras, which then predicts from
+    strings. The options of image runs are refused there.
 
     Nothing is lost: the options, `data_dir`, a hierarchy file and the model
     are checked before anything is written; the run directory is then locked
@@ -144,7 +144,7 @@ def train(
             `verbose=0`), passed to every `fit` call. `hierarchy` may be a
             `Hierarchy`, a dict, the path of a JSON/YAML file, or `"auto"` to
             discover `discovery_groups` groups from a flat folder (see
-            `discover_for_run`). `split` is an optional pair
+            `condnet.runs.discovery.discover_for_run`). `split` is an optional pair
             `(train_indices, validation_indices)` of rows of
             `scan_directory(data_dir, hierarchy)`, used instead of
             `validation_split` (one fold of `cross_validate`).
