@@ -143,7 +143,7 @@ def device_name():
 
 
 def build(image_size, precision):
-    """The model `condnet train` builds with its default options (`recipe._build`)."""
+    """The model `condnet train` builds with its default options (`run_config._build`)."""
     keras.utils.set_random_seed(SEED)
     model = build_image_model(
         HIERARCHY,

@@ -76,7 +76,7 @@ from condnet.evaluation.unknown_features import (  # noqa: E402
     read_features,
 )
 from condnet.runs.files import BASELINE, BEST, UNKNOWN  # noqa: E402
-from condnet.runs.recipe import load_data  # noqa: E402
+from condnet.runs.run_data import load_data  # noqa: E402
 from condnet.runs.run_dir import load_run, read_unknown  # noqa: E402
 from condnet.runs.unknown import unknown_run  # noqa: E402
 

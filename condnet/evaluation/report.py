@@ -1,17 +1,17 @@
 """Write a run's metrics as report.md, report.html and PNG plots."""
 
 import html
-import math
 import re
-import warnings
 from pathlib import Path
 
-import numpy as np
-
-NO_MATPLOTLIB = (
-    'Plots were skipped because matplotlib is not installed: `pip install "condnet[plots]"`.'
+from condnet.evaluation.analysis import (
+    BACKOFF_SIDES,
+    baseline_verdict,
+    gap_sources,
 )
-NO_HISTORY = "No training history was given, so training_curves.png was not drawn."
+from condnet.evaluation.gallery import document_gallery, write_gallery
+from condnet.evaluation.plots import WIDE_PLOTS, write_plots
+
 REQUIRED_KEYS = (
     "num_samples",
     "accuracy",
@@ -111,8 +111,9 @@ def write_report(
             quoted document's caption names the words that weighed most.
             Defaults to `None` (none drawn).
         documents: bool. The examples' paths are text documents: the gallery
-            quotes the first `EXCERPT_LINES` lines of up to 8 misrouted and 8
-            misclassified ones instead of showing thumbnails. Defaults to `False`.
+            quotes the first lines (`condnet.evaluation.gallery.EXCERPT_LINES`) of
+            up to 8 misrouted and 8 misclassified ones instead of showing
+            thumbnails. Defaults to `False`.
 
     Returns:
         The list of written paths: `report.md`, `report.html`, then the PNGs.
@@ -130,11 +131,11 @@ def write_report(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     flat_history = _history_dict((baseline or {}).get("flat", {}).get("history"))
-    plots, notes = _write_plots(run_dir, hierarchy, metrics, history, flat_history)
+    plots, notes = write_plots(run_dir, hierarchy, metrics, history, flat_history)
     if documents:
-        gallery = _document_gallery(examples or [], explain)
+        gallery = document_gallery(examples or [], explain)
     else:
-        gallery = _write_gallery(run_dir, examples or [], explain)
+        gallery = write_gallery(run_dir, examples or [], explain)
     sections = _sections(hierarchy, metrics, plots, notes)
     sections[1:1] = _extra_sections(metrics, header, baseline, gallery, documents)
     sections += _options_section(header)
@@ -301,8 +302,6 @@ def _top_k_rows(conditional, flat):
 
 # === Back-off ===
 
-BACKOFF_SIDES = (("conditional", "conditional (routed)"), ("flat", "flat baseline"))
-
 
 def _backoff_items(section):
     """Coverage and accuracy at each depth of each model's back-off answers, the area
@@ -392,90 +391,6 @@ def _backoff_note(section, sides):
     )
 
 
-def baseline_verdict(conditional, flat, num_samples=None, noun="images"):
-    """One line: which model is more accurate, at what cost, and, given the
-    `num_samples` images (or other `noun`) scored, whether the difference is more
-    than noise."""
-    if "accuracy" not in conditional or "accuracy" not in flat:
-        return "No verdict: both models need an accuracy."
-    gain = conditional["accuracy"] - flat["accuracy"]
-    cost = ""
-    if conditional.get("macs_per_image") and flat.get("macs_per_image"):
-        cost = (
-            f" at {conditional['macs_per_image'] / flat['macs_per_image']:.2f}x its MACs per "
-            f"{noun[:-1]}"
-        )
-    error = difference_error(conditional["accuracy"], flat["accuracy"], num_samples)
-    if abs(gain) < 0.005:
-        noise = f"; {_error_words(error, num_samples, noun)}" if error else ""
-        return f"The conditional model ties the flat baseline ({gain:+.4f}{noise}){cost}."
-    if error and abs(gain) <= 2 * error:
-        side = "ahead of" if gain > 0 else "behind"
-        return (
-            f"The conditional model is {abs(gain):.4f} accuracy {side} the flat baseline{cost}, "
-            "within noise: less than two standard errors "
-            f"({_error_words(error, num_samples, noun)})."
-        )
-    better = "beats" if gain > 0 else "loses to"
-    noise = ""
-    if error:
-        words = _error_words(error, num_samples, noun)
-        noise = f" ({abs(gain) / error:.1f} standard errors; {words})"
-    gap = f"{abs(gain):.4f} accuracy{cost}{noise}"
-    return f"The conditional model {better} the flat baseline by {gap}."
-
-
-def difference_error(accuracy, other, num_samples):
-    """The standard error of the difference of two accuracies on `num_samples` images:
-    sqrt(p(1-p)/n) x sqrt(2) at their mean p, as if the two were scored on independent
-    images. Both models score the same images, which usually makes the true error
-    smaller, so this is a simple bound. None without a positive `num_samples`."""
-    if not num_samples or num_samples <= 0:
-        return None
-    mean = (accuracy + other) / 2
-    return math.sqrt(mean * (1 - mean) / num_samples) * math.sqrt(2)
-
-
-def _error_words(error, num_samples, noun="images"):
-    return (
-        f"standard error of the difference {error:.4f} on {num_samples} {noun}, "
-        "sqrt(p(1-p)/n) x sqrt(2): a simple bound"
-    )
-
-
-def gap_sources(conditional, flat):
-    """One line comparing the two models' gate part (the right group) and experts' part
-    (the right class given the true group), and which of them is behind, or None when
-    either model lacks `group_accuracy` or `within_group_accuracy`."""
-    keys = ("group_accuracy", "within_group_accuracy")
-    if not all(key in conditional and key in flat for key in keys):
-        return None
-    (gate, flat_group), (experts, flat_within) = ((conditional[k], flat[k]) for k in keys)
-    # Compared as printed (4 decimals), so that equal numbers read as equal.
-    gate_part, experts_part = round(gate - flat_group, 4), round(experts - flat_within, 4)
-    line = (
-        f"Where: the right group for {gate:.4f} of the images against {flat_group:.4f} for "
-        f"the flat model ({gate_part:+.4f}); given the true group, the right class "
-        f"for {experts:.4f} against {flat_within:.4f} ({experts_part:+.4f})."
-    )
-    loss = _loss_owner(gate_part, experts_part)
-    return f"{line} {loss}" if loss else line
-
-
-def _loss_owner(gate_part, experts_part):
-    """Which part of the conditional model is behind the flat model, in words."""
-    if gate_part >= 0 and experts_part >= 0:
-        return ""
-    if experts_part >= 0:
-        return "The loss is the gate's: the experts are not behind."
-    if gate_part >= 0:
-        return "The loss is the experts': the gate is not behind."
-    if gate_part == experts_part:
-        return f"The gate and the experts lose as much ({gate_part:+.4f} each)."
-    larger = "the gate's" if gate_part < experts_part else "the experts'"
-    return f"The larger loss is {larger}."
-
-
 def _cell(value):
     if value is None:
         return "-"
@@ -515,160 +430,6 @@ def _routing_rows(hierarchy, metrics):
 
 def _number(value):
     return f"{value:.4f}"
-
-
-# === Example images ===
-
-GALLERY_KINDS = (
-    ("misrouted", "sent to another group's expert"),
-    ("misclassified", "right expert, wrong class"),
-    ("correct", "right class"),
-)
-THUMBNAIL = 96
-PER_KIND = 8
-
-
-def gallery_examples(hierarchy, predictions):
-    """The `examples` of `write_report` from `evaluate_model(..., return_predictions=True)`'s
-    predictions: one dict per image. A flat classifier's (no `route`) expert is the group
-    of its class."""
-    classes = predictions["classes"].argmax(1)
-    groups = np.asarray(hierarchy.class_to_group)
-    routes = predictions.get("route", groups[classes])
-    return [
-        {
-            "path": path,
-            "true": hierarchy.classes[label],
-            "predicted": hierarchy.classes[predicted],
-            "expert": hierarchy.groups[route],
-            "true_group": hierarchy.groups[groups[label]],
-            "confidence": float(row[predicted]),
-        }
-        for path, label, predicted, route, row in zip(
-            predictions["paths"], predictions["labels"], classes, routes, predictions["classes"]
-        )
-    ]
-
-
-def _write_gallery(run_dir, examples, explain=None):
-    """Thumbnails of up to `PER_KIND` images of each kind, as report items; with
-    `explain`, the misrouted ones' occlusion maps after them."""
-    items, why = [], []
-    for kind, caption in GALLERY_KINDS:
-        chosen = across_classes([e for e in examples if _kind(e) == kind], PER_KIND)
-        if kind == "misrouted" and explain is not None:
-            why = _explanations(run_dir, chosen, explain)
-        figures = [_thumbnail(run_dir, kind, i, e) for i, e in enumerate(chosen)]
-        figures = [f for f in figures if f is not None]
-        if figures:
-            items.append(("gallery", f"{kind}: {caption}", figures))
-    return items + why
-
-
-EXCERPT_LINES = 3
-EXCERPT_WIDTH = 160  # characters kept of each quoted line
-DOCUMENT_KINDS = GALLERY_KINDS[:2]  # misrouted, misclassified: what there is to read
-
-
-def _document_gallery(examples, weigh=None):
-    """The first lines of up to `PER_KIND` misrouted and misclassified documents, as
-    report items (a document that cannot be read is left out); with `weigh`, each
-    caption also names the words that weighed most in the prediction."""
-    items = []
-    for kind, caption in DOCUMENT_KINDS:
-        chosen = across_classes([e for e in examples if _kind(e) == kind], PER_KIND)
-        read = [(e, text) for e in chosen for text in [_read(e["path"])] if text is not None]
-        words = weigh([text for _, text in read]) if weigh and read else [None] * len(read)
-        quotes = [_quote(e, text, w) for (e, text), w in zip(read, words)]
-        if quotes:
-            items.append(("documents", f"{kind}: {caption}", quotes))
-    return items
-
-
-def _read(path):
-    """A document's text, or None when it cannot be read."""
-    from condnet.data.text import read_documents
-
-    try:
-        (text,), _ = read_documents([path])
-    except (OSError, TypeError):
-        return None
-    return text
-
-
-def _quote(example, text, words=None):
-    """(caption, the document's first non-blank lines)."""
-    lines = [line.strip()[:EXCERPT_WIDTH] for line in text.splitlines() if line.strip()]
-    caption = (
-        f"{Path(example['path']).name}: true {example['true']} / predicted "
-        f"{example['predicted']} (expert {example['expert']}, {example['confidence']:.2f})"
-    )
-    if words:
-        weighed = ", ".join(f"{word} ({weight:+.2f})" for word, weight in words)
-        caption += f"; the words that weighed most: {weighed}"
-    return caption, "\n".join(lines[:EXCERPT_LINES])
-
-
-WHY_MISROUTED = (
-    "Why they were misrouted: where the gate looked for the group it chose, and where that "
-    "group's expert looked for its class (red: covering the region lowers the probability)."
-)
-
-
-def _explanations(run_dir, examples, explain):
-    """The occlusion maps of `examples` (`explain` draws each), as report items."""
-    images = []
-    for index, example in enumerate(examples):
-        name = f"examples/why-misrouted-{index:02d}.png"
-        try:
-            (run_dir / "examples").mkdir(exist_ok=True)
-            explain(example["path"], run_dir / name, f"true {example['true']}")
-        except (OSError, ValueError):
-            continue  # an image that cannot be read is left out, as from the gallery
-        images.append(("image", name))
-    return [("text", WHY_MISROUTED), *images] if images else []
-
-
-def across_classes(examples, count):
-    """Up to `count` of `examples`, taken round-robin over their true classes (in the order
-    the classes first appear; each class's examples in their order), so that one class
-    cannot fill a gallery."""
-    by_class = {}
-    for example in examples:
-        by_class.setdefault(example["true"], []).append(example)
-    queues, chosen = list(by_class.values()), []
-    for rank in range(max(map(len, queues), default=0)):
-        chosen += [queue[rank] for queue in queues if rank < len(queue)]
-    return chosen[:count]
-
-
-def _kind(example):
-    if example["expert"] != example["true_group"]:
-        return "misrouted"
-    return "correct" if example["predicted"] == example["true"] else "misclassified"
-
-
-def _thumbnail(run_dir, kind, index, example):
-    """The image as the model read it (`decode_image`: upright by its EXIF orientation,
-    its pixels capped before decoding), resized to a `THUMBNAIL`-pixel square as the
-    model's inputs are to theirs; None for an image that cannot be decoded."""
-    from PIL import Image
-
-    from condnet.data.decode import decode_image
-
-    folder = run_dir / "examples"
-    folder.mkdir(exist_ok=True)
-    name = f"examples/{kind}-{index:02d}.png"
-    try:
-        pixels = decode_image(example["path"], image_size=THUMBNAIL)
-        Image.fromarray(pixels).save(run_dir / name)
-    except (OSError, ValueError):  # ImageDecodeError is a ValueError
-        return None  # an image that cannot be read is left out of the gallery
-    caption = (
-        f"true {example['true']} / predicted {example['predicted']} "
-        f"(expert {example['expert']}, {example['confidence']:.2f})"
-    )
-    return name, caption
 
 
 # === Markdown and HTML ===
@@ -787,176 +548,6 @@ def _html_cell(text, tag):
     number = tag == "td" and NUMBER.fullmatch(text) is not None
     opening = f'<{tag} class="number">' if number else f"<{tag}>"
     return f"{opening}{html.escape(text)}</{tag}>"
-
-
-# === Plots ===
-
-
-def _write_plots(run_dir, hierarchy, metrics, history, flat_history=None):
-    """Draw the PNGs; return their paths and notes on what was skipped."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        warnings.warn(NO_MATPLOTLIB, stacklevel=3)
-        return [], [NO_MATPLOTLIB]
-    plots, notes = [], []
-    if history:
-        plots.append(_plot_history(run_dir / "training_curves.png", history, flat_history))
-    else:
-        notes.append(NO_HISTORY)
-    groups = hierarchy.groups
-    plots.append(
-        _plot_matrix(
-            run_dir / "routing_matrix.png",
-            metrics["routing_matrix"],
-            groups,
-            "expert that ran",
-            "true group",
-        )
-    )
-    if metrics["group_confusion"] != metrics["routing_matrix"]:  # e.g. soft mixture, hedging
-        plots.append(
-            _plot_matrix(
-                run_dir / "group_confusion.png",
-                metrics["group_confusion"],
-                groups,
-                "gate's top group",
-                "true group",
-            )
-        )
-    plots.append(_plot_class_confusion(run_dir / "class_confusion.png", hierarchy, metrics))
-    if metrics.get("backoff"):
-        plots.append(_plot_risk_coverage(run_dir / "risk_coverage.png", metrics["backoff"]))
-    return plots, notes
-
-
-def _plot_risk_coverage(path, section):
-    """One panel per level: the risk (share wrong) of answering the most confident
-    images, against the share answered, for each model."""
-    sides = [(key, name) for key, name in BACKOFF_SIDES if section.get(key)]
-    levels = list(section[sides[0][0]]["risk_coverage"])
-    figure = _figure(4.5 * len(levels), 3.5)
-    for index, level in enumerate(levels):
-        axes = figure.add_subplot(1, len(levels), index + 1)
-        for (key, name), style in zip(sides, ("-", "--")):
-            curve = section[key]["risk_coverage"][level]
-            axes.plot(curve["coverage"], curve["risk"], style, marker=".", label=name)
-        axes.set(title=f"risk-coverage: {level}", xlabel="coverage", ylabel="risk", xlim=(0, 1))
-        axes.legend()
-    figure.savefig(path, dpi=100)
-    return path
-
-
-def _plot_class_confusion(path, hierarchy, metrics):
-    """Row-normalised class confusion, classes grouped by group with boundary lines."""
-    counts = np.asarray(metrics["class_confusion"])
-    totals = np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    shares = counts / totals
-    names = hierarchy.classes
-    size = min(3.5 + 0.3 * len(names), 30)
-    figure = _figure(size + 1, size)
-    axes = figure.add_subplot()
-    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true class's images")
-    axes.set(
-        title="class confusion (row-normalised; counts in cells)",
-        xlabel="predicted class",
-        ylabel="true class",
-    )
-    if len(names) <= 100:
-        _label_ticks(axes, names)
-    if len(names) <= 20:
-        _annotate(axes, counts, shares)
-    for group in hierarchy.groups[:-1]:
-        edge = hierarchy.group_slice(group).stop - 0.5
-        axes.axhline(edge, color="black", linewidth=1)
-        axes.axvline(edge, color="black", linewidth=1)
-    figure.savefig(path, dpi=100)
-    return path
-
-
-def _figure(width, height):
-    # A bare Figure draws with Agg without pyplot: no global backend switch, no
-    # open windows, nothing left in pyplot's figure registry.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _plot_matrix(path, matrix, names, xlabel, ylabel):
-    """A heatmap of a square count matrix; labels and counts while they fit."""
-    matrix = np.asarray(matrix)
-    size = min(3.5 + 0.3 * len(names), 30)
-    figure = _figure(size + 1, size)
-    axes = figure.add_subplot()
-    figure.colorbar(axes.imshow(matrix, cmap="Blues"), ax=axes, shrink=0.8)
-    axes.set(title=path.stem.replace("_", " "), xlabel=xlabel, ylabel=ylabel)
-    if len(names) <= 100:
-        _label_ticks(axes, names)
-    if len(names) <= 20:
-        _annotate(axes, matrix, matrix / max(matrix.max(), 1))
-    figure.savefig(path, dpi=100)
-    return path
-
-
-def _label_ticks(axes, names):
-    fontsize = 9 if len(names) <= 30 else 6
-    axes.set_xticks(range(len(names)), names, rotation=90, fontsize=fontsize)
-    axes.set_yticks(range(len(names)), names, fontsize=fontsize)
-
-
-def _annotate(axes, matrix, shades):
-    for (i, j), count in np.ndenumerate(matrix):
-        color = "white" if shades[i, j] > 0.5 else "black"
-        axes.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
-
-
-NOT_PLOTTED = ("epoch", "phase", "epoch_seconds")  # bookkeeping columns of history.csv
-
-
-def _history_names(history):
-    """Panel names: one per metric, leaving out series that never change (fixed loss weights)."""
-    changing = [
-        key
-        for key, values in history.items()
-        if key not in NOT_PLOTTED and (len(set(values)) > 1 or len(values) == 1)
-    ]
-    return list(dict.fromkeys(key.removeprefix("val_") for key in changing))
-
-
-WIDE_PLOTS = ("training_curves.png",)  # shown across the page, not in the grid
-CURVES_WIDTH = 9  # inches: 900 px at the 100 dpi of every plot
-COMPARED = ("accuracy",)  # panels that also show the flat baseline's curves
-
-
-def _curves(name, history, flat_history):
-    """The `(label, values, line style)` series of one panel: the run's `name` and
-    `val_name`, and on the `COMPARED` panels the flat baseline's, dashed."""
-    keys = (name, f"val_{name}")
-    series = [(key, history[key], "-") for key in keys if key in history]
-    if name in COMPARED:
-        series += [(f"flat baseline {k}", flat_history[k], "--") for k in keys if k in flat_history]
-    return series
-
-
-def _plot_history(path, history, flat_history=None):
-    from matplotlib import rc_context
-
-    names = _history_names(history)
-    columns = min(len(names), 2)
-    rows = math.ceil(len(names) / columns)
-    with rc_context({"font.size": 12, "axes.titlesize": 13, "legend.fontsize": 10}):
-        figure = _figure(CURVES_WIDTH, 3.2 * rows)
-        for index, name in enumerate(names):
-            axes = figure.add_subplot(rows, columns, index + 1)
-            for label, values, style in _curves(name, history, flat_history or {}):
-                epochs = range(1, len(values) + 1)
-                axes.plot(epochs, values, style, marker=".", label=label)
-            axes.set(title=name, xlabel="epoch")
-            axes.xaxis.get_major_locator().set_params(integer=True)
-            axes.legend()
-        figure.savefig(path, dpi=100)
-    return path
 
 
 # === Input checks ===

@@ -6,8 +6,6 @@ from PIL import Image
 
 from condnet.evaluation.metrics import evaluate_predictions
 from condnet.evaluation.report import (
-    baseline_verdict,
-    gap_sources,
     summary_table,
     summary_title,
     write_report,
@@ -163,32 +161,6 @@ def test_summary_table_lists_headline_metrics():
     assert rows["class_ece"] == f"{metrics['expected_calibration_error']['class']:.4f}"
 
 
-def test_group_confusion_is_drawn_only_when_it_differs_from_the_routes(tmp_path):
-    metrics = make_metrics()  # no gate given: the routes are the predicted groups
-    same = write_report(tmp_path / "same", HIERARCHY, metrics)
-    assert "group_confusion.png" not in [path.name for path in same]
-    metrics["routing_matrix"] = [[30, 0], [0, 0]]  # routes that differ from the gate's choices
-    differ = write_report(tmp_path / "differ", HIERARCHY, metrics)
-    assert "group_confusion.png" in [path.name for path in differ]
-
-
-def test_training_curves_leave_out_series_that_never_change(tmp_path, monkeypatch):
-    drawn = []
-    from condnet.evaluation import report as report_module
-
-    real = report_module._plot_history
-    monkeypatch.setattr(
-        report_module,
-        "_plot_history",
-        lambda path, history, *rest: drawn.append(history) or real(path, history, *rest),
-    )
-    history = {**HISTORY, "gate_loss_weight": [1.0, 1.0, 1.0]}
-    write_report(tmp_path, HIERARCHY, make_metrics(), history=history)
-    assert "gate_loss_weight" in drawn[0]  # given to the plot ...
-    names = report_module._history_names({k: v for k, v in history.items()})
-    assert "gate_loss_weight" not in names  # ... which leaves it out
-
-
 def test_report_header_baseline_glossary_and_gallery(tmp_path):
     image = tmp_path / "cat.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
@@ -293,84 +265,11 @@ def test_html_tables_align_text_left_and_numbers_right(report):
     assert "<td>" in glossary and 'class="number"' not in glossary
 
 
-def _example(true, kind="correct"):
+def example_of(true, kind="correct"):
     group = HIERARCHY.group_of(true)
     expert = {"misrouted": "cat" if group == "dog" else "dog"}.get(kind, group)
     predicted = true if kind == "correct" else next(c for c in HIERARCHY.classes if c != true)
     return {"true": true, "predicted": predicted, "expert": expert, "true_group": group}
-
-
-def test_galleries_take_examples_round_robin_over_the_classes():
-    from condnet.evaluation.report import PER_KIND, across_classes
-
-    examples = [_example("persian")] * 10 + [_example("pug")] * 10 + [_example("beagle")] * 2
-    chosen = across_classes(examples, PER_KIND)
-    assert [e["true"] for e in chosen] == ["persian", "pug", "beagle"] * 2 + ["persian", "pug"]
-    assert across_classes(examples, PER_KIND) == chosen  # the same every time
-
-
-def test_report_gallery_shows_more_than_one_class(tmp_path):
-    image = tmp_path / "cat.png"
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
-    examples = [{**_example(name), "path": image, "confidence": 0.9} for name in ["persian"] * 9]
-    examples.append({**_example("pug"), "path": image, "confidence": 0.8})
-    write_report(tmp_path / "run", HIERARCHY, make_metrics(), examples=examples)
-    markdown = read(tmp_path / "run", "report.md")
-    assert "true pug / predicted pug" in markdown  # the tenth example, not a ninth persian
-    assert markdown.count("![true persian / predicted persian") == 7
-
-
-def test_gallery_thumbnails_stand_upright_by_their_exif_orientation(tmp_path):
-    pixels = np.zeros((8, 16, 3), "uint8")  # stored sideways: red on the left, blue on the right
-    pixels[:, :8], pixels[:, 8:] = (250, 0, 0), (0, 0, 250)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # a viewer turns it 90 degrees clockwise: red on top
-    photo = tmp_path / "photo.jpg"
-    Image.fromarray(pixels).save(photo, exif=exif, quality=95)
-    example = {**_example("persian"), "path": photo, "confidence": 0.9}
-    write_report(tmp_path / "run", HIERARCHY, make_metrics(), examples=[example])
-    thumbnail = np.asarray(Image.open(tmp_path / "run" / "examples" / "correct-00.png"))
-    top_right, bottom_left = thumbnail[2, -3].astype(int), thumbnail[-3, 2].astype(int)
-    assert top_right[0] > 200 > top_right[2]  # red: turned upright, not read sideways
-    assert bottom_left[2] > 200 > bottom_left[0]  # blue
-    assert thumbnail.shape == (96, 96, 3)  # decode_image's square, THUMBNAIL pixels a side
-
-
-def test_gallery_examples_of_a_flat_classifier_take_the_group_of_its_class():
-    from condnet.evaluation.report import gallery_examples
-
-    predictions = {
-        "paths": ["a.png", "b.png"],
-        "labels": np.array([0, 3]),  # persian, pug
-        "classes": np.eye(5)[[2, 3]] * 0.9,  # beagle (a dog), pug
-    }
-    rows = gallery_examples(HIERARCHY, predictions)
-    assert [(r["expert"], r["true_group"], r["predicted"]) for r in rows] == [
-        ("dog", "cat", "beagle"),
-        ("dog", "dog", "pug"),
-    ]
-    routed = gallery_examples(HIERARCHY, {**predictions, "route": np.array([0, 0])})
-    assert [r["expert"] for r in routed] == ["cat", "cat"]  # the expert that ran
-
-
-def test_training_curves_are_wide_and_show_the_flat_baselines_accuracy(tmp_path):
-    from condnet.evaluation.report import _curves
-
-    history = {**HISTORY, "accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.4, 0.6, 0.7]}
-    flat = {"accuracy": [0.5, 0.6], "val_accuracy": [0.45, 0.55], "loss": [1.0, 0.9]}
-    labels = [label for label, _, _ in _curves("accuracy", history, flat)]
-    assert labels == [
-        "accuracy",
-        "val_accuracy",
-        "flat baseline accuracy",
-        "flat baseline val_accuracy",
-    ]
-    assert [label for label, _, _ in _curves("loss", history, flat)] == ["loss", "val_loss"]
-    baseline = {"conditional": {"accuracy": 0.8}, "flat": {"accuracy": 0.7, "history": flat}}
-    write_report(tmp_path, HIERARCHY, make_metrics(), history=history, baseline=baseline)
-    with Image.open(tmp_path / "training_curves.png") as image:
-        assert image.width >= 900
-    assert '<figure class="wide"><a href="training_curves.png">' in read(tmp_path, "report.html")
 
 
 def test_report_lists_images_that_could_not_be_decoded(tmp_path):
@@ -418,123 +317,3 @@ def test_the_html_report_renders_in_a_browser(tmp_path):
         assert browser.title and "condnet" in browser.page_source
     finally:
         browser.quit()
-
-
-def test_gap_sources_splits_the_gap_between_the_gate_and_the_experts():
-    conditional = {"group_accuracy": 0.915, "within_group_accuracy": 0.692}
-    flat = {"group_accuracy": 0.930, "within_group_accuracy": 0.693}
-    line = gap_sources(conditional, flat)
-    assert "right group for 0.9150 of the images against 0.9300" in line and "(-0.0150)" in line
-    assert "right class for 0.6920 against 0.6930 (-0.0010)" in line
-    assert line.endswith("The larger loss is the gate's.")
-    experts_lose = gap_sources({**conditional, "within_group_accuracy": 0.6}, flat)
-    assert experts_lose.endswith("The larger loss is the experts'.")
-    both_ahead = gap_sources({"group_accuracy": 0.95, "within_group_accuracy": 0.7}, flat)
-    assert "larger loss" not in both_ahead
-    assert gap_sources({"group_accuracy": 0.9}, flat) is None
-
-
-@pytest.mark.parametrize(
-    "gate_part, experts_part, ending",
-    [
-        (-0.015, -0.001, " The larger loss is the gate's."),
-        (-0.015, -0.093, " The larger loss is the experts'."),
-        (-0.0117, -0.0117, " The gate and the experts lose as much (-0.0117 each)."),
-        (-0.0115, 0.0, " The loss is the gate's: the experts are not behind."),
-        (0.02, -0.03, " The loss is the experts': the gate is not behind."),
-        (0.02, 0.001, "(+0.0010)."),
-    ],
-)
-def test_gap_sources_names_the_part_that_is_behind(gate_part, experts_part, ending):
-    flat = {"group_accuracy": 0.9383, "within_group_accuracy": 0.8883}
-    conditional = {
-        "group_accuracy": flat["group_accuracy"] + gate_part,
-        "within_group_accuracy": flat["within_group_accuracy"] + experts_part,
-    }
-    line = gap_sources(conditional, flat)
-    assert line.endswith(ending)
-    assert line.count("loss") <= 1 and line.count("lose") <= 1
-
-
-def test_gap_sources_reads_equal_printed_numbers_as_equal():
-    # 0.95 - 0.9383 and 0.9 - 0.8883 differ in the last bits of a float.
-    conditional = {"group_accuracy": 0.9383, "within_group_accuracy": 0.8883}
-    flat = {"group_accuracy": 0.95, "within_group_accuracy": 0.9}
-    assert (0.9383 - 0.95) != (0.8883 - 0.9)
-    line = gap_sources(conditional, flat)
-    assert "(-0.0117); given the true group" in line and "(-0.0117)." in line
-    assert line.endswith("The gate and the experts lose as much (-0.0117 each).")
-
-
-BOUND = "sqrt(p(1-p)/n) x sqrt(2): a simple bound"
-
-
-@pytest.mark.parametrize("gain, side", [(0.048, "ahead of"), (-0.048, "behind")])
-def test_baseline_verdict_calls_a_small_difference_within_noise(gain, side):
-    # p = 0.9 on 200 images: standard error sqrt(0.09 / 200) x sqrt(2) = 0.0300.
-    conditional = {"accuracy": 0.9 + gain / 2, "macs_per_image": 100}
-    flat = {"accuracy": 0.9 - gain / 2, "macs_per_image": 100}
-    verdict = baseline_verdict(conditional, flat, num_samples=200)
-    assert verdict == (
-        f"The conditional model is 0.0480 accuracy {side} the flat baseline at 1.00x its MACs "
-        "per image, within noise: less than two standard errors (standard error of the "
-        f"difference 0.0300 on 200 images, {BOUND})."
-    )
-
-
-@pytest.mark.parametrize("gain, words", [(0.048, "beats"), (-0.048, "loses to")])
-def test_baseline_verdict_keeps_its_words_beyond_two_standard_errors(gain, words):
-    # The same gap on 2,000 images: standard error 0.0095, the gap 5.1 of them.
-    conditional, flat = {"accuracy": 0.9 + gain / 2}, {"accuracy": 0.9 - gain / 2}
-    verdict = baseline_verdict(conditional, flat, num_samples=2000)
-    assert verdict == (
-        f"The conditional model {words} the flat baseline by 0.0480 accuracy (5.1 standard "
-        f"errors; standard error of the difference 0.0095 on 2000 images, {BOUND})."
-    )
-
-
-def test_baseline_verdict_without_a_count_says_nothing_of_noise():
-    verdict = baseline_verdict({"accuracy": 0.948}, {"accuracy": 0.9})
-    assert verdict == "The conditional model beats the flat baseline by 0.0480 accuracy."
-    tie = baseline_verdict({"accuracy": 0.902}, {"accuracy": 0.9}, num_samples=600)
-    assert tie.startswith("The conditional model ties the flat baseline (+0.0020; standard ")
-
-
-def test_a_document_gallery_quotes_the_first_lines_of_misrouted_and_misclassified_ones(tmp_path):
-    from condnet.evaluation.report import EXCERPT_LINES
-
-    posts = tmp_path / "posts"
-    posts.mkdir()
-    (posts / "a").write_text(
-        "\n\nMy <script>alert(1)</script> cat | purrs\nline 2\nline 3\nline 4\n"
-    )
-    (posts / "b").write_text("a pug post\n")
-    (posts / "c").write_text("a correct post\n")
-    examples = [
-        {**_example("persian", "misrouted"), "path": str(posts / "a"), "confidence": 0.6},
-        {**_example("pug", "misclassified"), "path": str(posts / "b"), "confidence": 0.5},
-        {**_example("beagle"), "path": str(posts / "c"), "confidence": 0.9},
-        {**_example("beagle", "misrouted"), "path": str(posts / "gone"), "confidence": 0.9},
-    ]
-    run_dir = tmp_path / "report"
-    write_report(run_dir, HIERARCHY, make_metrics(), examples=examples, documents=True)
-    markdown, page = read(run_dir, "report.md"), read(run_dir, "report.html")
-    assert "> My \\<script>alert(1)\\</script> cat \\| purrs  \n> line 2  \n> line 3" in markdown
-    assert "line 4" not in markdown and EXCERPT_LINES == 3
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
-    assert "a: true persian / predicted siamese (expert dog, 0.60)" in markdown
-    assert "a pug post" in markdown and "a correct post" not in markdown  # no correct ones
-    assert not (run_dir / "examples").exists()  # no thumbnails, and "gone" is left out
-    asked = []
-
-    def weigh(texts):
-        asked.extend(texts)
-        return [[("purrs", 0.42), ("cat", 0.1)] for _ in texts]
-
-    write_report(run_dir, HIERARCHY, make_metrics(), examples=examples, documents=True,
-                 explain=weigh)  # fmt: skip
-    assert len(asked) == 2 and "a pug post" in asked[1]  # the quoted documents, read once
-    markdown = read(run_dir, "report.md")
-    assert "(expert dog, 0.60); the words that weighed most: purrs (+0.42), cat (+0.10)" in (
-        markdown
-    )

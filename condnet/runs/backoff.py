@@ -158,7 +158,7 @@ def validation_predictions(run_dir, config, model_file, progress, what):
 
 
 def _validation_split(run_dir, config):
-    from condnet.runs.recipe import check_split, load_data
+    from condnet.runs.run_data import check_split, load_data
 
     refuse_extended(run_dir, config, "backoff / unknown")
     train_data, validation = load_data(config["options"])

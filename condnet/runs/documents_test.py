@@ -57,7 +57,8 @@ def text_run(tmp_path_factory):
 
 
 def test_a_text_run_takes_the_documents_learning_rate_unless_given(tmp_path):
-    from condnet.runs.recipe import TEXT_LEARNING_RATE, train
+    from condnet.runs.recipe import train
+    from condnet.runs.run_config import TEXT_LEARNING_RATE
 
     make_documents(tmp_path / "train", per_class=6)
     options = dict(epochs=1, sequence_length=32, baseline=False, report=False)

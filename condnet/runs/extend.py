@@ -488,7 +488,7 @@ def _data(plan, settings):
     """The training images (new ones and the replay sample) and the validation images
     (the old run's validation split and the held-out new ones), labelled in the grown
     hierarchy, plus the old validation split in the old hierarchy (the score before)."""
-    from condnet.runs.recipe import check_split, load_data
+    from condnet.runs.run_data import check_split, load_data
 
     options, grown = plan["options"], plan["grown"]
     old_train, old_validation = load_data(options, plan["old_dir"])
@@ -629,13 +629,13 @@ def _write_config(out, plan, settings, options, parts):
 
 
 def _fit(model, out, options, settings, data, claim, fit_kwargs):
-    from condnet.runs.recipe import _stopping_callbacks
+    from condnet.runs.phases import stopping_callbacks
 
     model.routing = options.routing  # model.keras ships hard-routed; train as the run did
     model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]), **compile_options())
     checkpoint = ckpt.RunCheckpoint(out, 0, on_commit=claim.commit)
     stage = (settings["epochs"], settings["learning_rate"], 0)
-    stopping = _stopping_callbacks(options, data["validation"], stage, "Extend: ", fit_kwargs)
+    stopping = stopping_callbacks(options, data["validation"], stage, "Extend: ", fit_kwargs)
     x, validation_data, epoch_ends = fit_inputs(data["train"], data["validation"])
     model.fit(  # through the recipe's input pipeline (tf.data on TensorFlow)
         x,

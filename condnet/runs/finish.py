@@ -28,17 +28,13 @@ import keras
 import numpy as np
 
 from condnet.data.text import TextFolder
+from condnet.evaluation.analysis import baseline_verdict, gallery_examples, gap_sources
 from condnet.evaluation.baseline import flat_baseline
 from condnet.evaluation.cost import routed_macs
 from condnet.evaluation.evaluate import evaluate_model, within_group_of
 from condnet.evaluation.explain import document_weigher, explainer
 from condnet.evaluation.mistakes import milder_mistakes
-from condnet.evaluation.report import (
-    baseline_verdict,
-    gallery_examples,
-    gap_sources,
-    write_report,
-)
+from condnet.evaluation.report import write_report
 from condnet.models.precision import loss_scaled
 from condnet.runs import checkpoint as ckpt
 from condnet.runs.backoff import TARGET_ACCURACY, chosen_entry, write_backoff

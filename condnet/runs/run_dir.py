@@ -865,8 +865,9 @@ def _conditional_metrics(run_dir, model, data, progress, model_file=None):
 def _write_evaluation_report(
     report_dir, run_dir, data_dir, model, metrics, comparison, predictions
 ):
+    from condnet.evaluation.analysis import gallery_examples
     from condnet.evaluation.explain import document_weigher, explainer
-    from condnet.evaluation.report import gallery_examples, write_report
+    from condnet.evaluation.report import write_report
 
     documents = getattr(model, "preprocessor", None) is not None  # a text run's
     noun = "documents" if documents else "images"
@@ -1172,7 +1173,7 @@ def calibrate_run(run_dir, break_lock=False, progress=False):
 
 
 def _calibrate_locked(run_dir, progress=False):
-    from condnet.runs.recipe import check_split, load_data
+    from condnet.runs.run_data import check_split, load_data
 
     model, config = load_run(run_dir)
     _refuse_ensemble(

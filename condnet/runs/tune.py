@@ -63,10 +63,10 @@ TRIAL = "trial.json"  # in each trial's run directory: its id, the tuner that ra
 def search_modality(data_dir, options):
     """What the trials of a search on `data_dir` read, `"image"` or `"text"`: the
     `modality` of `options` (a dict of training options), or for `"auto"` what
-    `condnet train` decides (`condnet.runs.recipe.resolve_modality`: documents when more
+    `condnet train` decides (`condnet.runs.run_config.resolve_modality`: documents when more
     of the folder's files are text than images). The options are checked as a run of
     that modality checks them (a text run refuses the image options)."""
-    from condnet.runs.recipe import resolve_modality
+    from condnet.runs.run_config import resolve_modality
 
     fields, _ = TrainingOptions.fields_of(options)
     return resolve_modality(TrainingOptions(**fields), data_dir).modality

@@ -161,7 +161,7 @@ def _feature_entries(run_dir, config, model_file, score, rate, progress):
     for "mahalanobis" with statistics fitted on the training split (written to
     unknown.npz); write unknown.json."""
     from condnet.evaluation import unknown_features
-    from condnet.runs.recipe import load_data
+    from condnet.runs.run_data import load_data
 
     training = load_data(config["options"])[0] if score == "mahalanobis" else None
     validation = _validation_split(run_dir, config)
