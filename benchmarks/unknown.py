@@ -15,7 +15,7 @@ out for validation, where the run chooses each expert's unknown-class threshold 
 (`unknown.json`).
 
 On the test split, every image of a known class and of a left-out class goes
-through each model, and is scored by each score of `SCORES`: the conditional
+through each model, and is scored by each score of `UNKNOWN_SCORES`: the conditional
 model (hard-routed) in the expert the gate routes it to, the flat baseline
 over all its classes. `softmax`: the maximum softmax (for the flat baseline,
 the usual out-of-distribution baseline); `energy`: the log-sum-exp of the
@@ -58,6 +58,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from condnet import Hierarchy  # noqa: E402
+from condnet.choices import UNKNOWN_SCORES  # noqa: E402
 from condnet.data.image_folder import ImageFolder  # noqa: E402
 from condnet.evaluation.evaluate import predict_batch  # noqa: E402
 from condnet.evaluation.unknown import (  # noqa: E402
@@ -82,7 +83,6 @@ from condnet.runs.unknown import unknown_run  # noqa: E402
 
 QUICK = {"train_per_class": 20, "test_per_class": 10, "epochs": 1, "seeds": 1}
 SIDES = (("conditional", "conditional (hard-routed)", BEST), ("flat", "flat baseline", BASELINE))
-SCORES = ("softmax", "energy", "mahalanobis")
 SHOWN = {"cifar10": "CIFAR-10", "photos20": "photos20"}
 
 
@@ -178,7 +178,7 @@ def run_seed(args, hierarchy, train_folder, test, seed):
                 unknown,
                 chosen[score].get(model_file),
             )
-            for score in SCORES
+            for score in UNKNOWN_SCORES
         }
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -188,7 +188,7 @@ def run_entries(run, hierarchy):
     """The run's unknown.json entries per score: the maximum-softmax ones `condnet train`
     chose, then those `condnet unknown` chooses for its default score (what `predict
     --unknown` uses after it)."""
-    chosen = {score: {} for score in SCORES}
+    chosen = {score: {} for score in UNKNOWN_SCORES}
     stored = read_unknown(run / UNKNOWN, hierarchy)["models"]
     if any(entry.get("score", "softmax") != "softmax" for entry in stored.values()):
         stored = unknown_run(run, score="softmax")["models"]  # as train chose them
@@ -338,7 +338,7 @@ def markdown(results, args, left_out, seconds):
     rows = [
         (name, score, *(cell([r[side][score][key] for r in results]) for key, _ in COLUMNS))
         for side, name, _ in SIDES
-        for score in SCORES
+        for score in UNKNOWN_SCORES
     ]
     table = common.markdown_table(["model", "score", *(title for _, title in COLUMNS)], rows)
     per_class = [
@@ -353,7 +353,7 @@ def markdown(results, args, left_out, seconds):
         )
         for c in left_out
         for side, name, _ in SIDES
-        for score in SCORES
+        for score in UNKNOWN_SCORES
     ]
     headers = ["left-out class", "model", "score", *(title for _, title in CLASS_COLUMNS)]
     return "\n".join(
@@ -389,7 +389,7 @@ def verdicts(results):
     """Per conditional score: better than the flat baseline's maximum softmax on every
     seed (the issue's target)?"""
     lines = []
-    for score in SCORES:
+    for score in UNKNOWN_SCORES:
         better = [
             all(r["conditional"][score][key] > r["flat"]["softmax"][key] for r in results)
             for key in ("auroc", "detection_at_5")

@@ -35,3 +35,8 @@ MODALITIES = ("auto", "image", "text")
 # within the seed spread of each other (benchmarks/text_news20.py; figures in
 # benchmarks/RESULTS.md).
 TEXT_DEFAULTS = {"text_trunk": "bag", "sequence_length": 256, "vocabulary_size": 20000}
+# How an expert scores "a class of my group I do not know" (`condnet unknown --score`).
+UNKNOWN_SCORES = ("energy", "mahalanobis", "softmax")
+# `condnet tune`: KerasTuner's search algorithms, and what a search maximises.
+TUNERS = ("random", "bayesian", "hyperband")
+TUNE_OBJECTIVES = ("val_accuracy", "accuracy_per_mmac")

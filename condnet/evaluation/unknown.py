@@ -33,8 +33,9 @@ import math
 
 import numpy as np
 
+from condnet.choices import UNKNOWN_SCORES
+
 FALSE_ALARM_RATE = 0.05
-SCORES = ("energy", "mahalanobis", "softmax")
 DEFAULT_SCORE = "energy"  # of `condnet unknown`: see benchmarks/unknown.py
 
 
@@ -91,7 +92,7 @@ def flag_unknown(hierarchy, scored, thresholds, score="softmax"):
         thresholds: dict `group -> threshold` (a probability for "softmax", any
             number for another score, or None for an expert that flags
             nothing), one per group.
-        score: the score the thresholds are of (`SCORES`). Defaults to "softmax".
+        score: the score the thresholds are of (`UNKNOWN_SCORES`). Defaults to "softmax".
 
     Returns:
         A bool array; False where an image has no score (NaN).
@@ -122,7 +123,7 @@ class UnknownDetector:
         hierarchy: `Hierarchy` of the model it scores.
         thresholds: dict `group -> threshold or None`, one per group (None:
             an expert that flags nothing; see `check_unknown_thresholds`).
-        score: str, one of `SCORES`. Defaults to `"softmax"`, which reads the
+        score: str, one of `UNKNOWN_SCORES`. Defaults to `"softmax"`, which reads the
             class probabilities alone; "energy" and "mahalanobis" read the
             expert's penultimate features as well.
         statistics: dict of arrays, the class means and precision of each
@@ -263,10 +264,11 @@ def check_false_alarm_rate(false_alarm_rate):
 
 
 def check_score(score):
-    """An unknown-class score: one of `SCORES`."""
-    if score not in SCORES:
+    """An unknown-class score: one of `UNKNOWN_SCORES`."""
+    if score not in UNKNOWN_SCORES:
         raise ValueError(
-            f"The unknown-class score must be one of {list(SCORES)}. Received: score={score!r:.80}"
+            f"The unknown-class score must be one of {list(UNKNOWN_SCORES)}. "
+            f"Received: score={score!r:.80}"
         )
     return score
 

@@ -22,7 +22,7 @@ import math
 import os
 from pathlib import Path
 
-from condnet.choices import STAGED_MIN_EPOCHS
+from condnet.choices import STAGED_MIN_EPOCHS, TUNE_OBJECTIVES, TUNERS
 from condnet.runs.files import METRICS
 from condnet.runs.options import IMAGE_OPTIONS, TEXT_OPTIONS, TrainingOptions, normalised
 from condnet.runs.outputs import mark, write_file
@@ -54,8 +54,6 @@ TEXT_SPACE = {
     "loss_schedule": {"choices": ["none", "coarse_to_fine"]},
 }
 SPACES = {"image": SPACE, "text": TEXT_SPACE}
-TUNERS = ("random", "bayesian", "hyperband")
-OBJECTIVES = ("val_accuracy", "accuracy_per_mmac")
 SUMMARY = "summary.json"
 TRIAL = "trial.json"  # in each trial's run directory: its id, the tuner that ran it, its values
 
@@ -239,9 +237,9 @@ def make_tuner(
     """
     import keras_tuner as kt
 
-    if tuner not in TUNERS or objective not in OBJECTIVES:
+    if tuner not in TUNERS or objective not in TUNE_OBJECTIVES:
         raise ValueError(
-            f"tuner must be one of {list(TUNERS)} and objective one of {list(OBJECTIVES)}. "
+            f"tuner must be one of {list(TUNERS)} and objective one of {list(TUNE_OBJECTIVES)}. "
             f"Received: tuner={tuner!r}, objective={objective!r}"
         )
     modality = search_modality(data_dir, options)

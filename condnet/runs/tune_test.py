@@ -367,3 +367,17 @@ def test_tune_on_documents_trains_text_trials_and_ensembles_the_best_two(tmp_pat
     metrics = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert [member["run"] for member in metrics["members"]] == [row["run_dir"] for row in rows]
     assert metrics["num_samples"] == 4 * 3 + 1  # the empty and binary files are skipped
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_the_default_spaces_take_only_values_the_options_take(tmp_path, modality):
+    # The default space passes the check a space file passes: every choice is a value of
+    # the option's own vocabulary (condnet.choices, TrainingOptions' checks).
+    from condnet.runs.tune import SPACES
+
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(SPACES[modality]))
+    assert read_space(path, modality) == SPACES[modality]
+    path.write_text(json.dumps({"routing": {"choices": ["soft", "hardd"]}}))
+    with pytest.raises(ValueError, match="'hardd' is refused"):
+        read_space(path, modality)

@@ -4,11 +4,11 @@ import os
 import sys
 from pathlib import Path
 
+from condnet.choices import TUNE_OBJECTIVES, TUNERS
 from condnet.runs.cli.common import add_option_flags, add_verbosity_flags, given_options, verbosity
 
 
 def add_parser(commands, common):
-    from condnet.runs.tune import OBJECTIVES, TUNERS
 
     p = commands.add_parser(
         "tune",
@@ -26,7 +26,10 @@ def add_parser(commands, common):
     p.add_argument("--trials", type=int, default=10, help="trials to run (default 10)")
     p.add_argument("--tuner", choices=TUNERS, default="random", help="(default: random)")
     p.add_argument(
-        "--objective", choices=OBJECTIVES, default="val_accuracy", help="(default: val_accuracy)"
+        "--objective",
+        choices=TUNE_OBJECTIVES,
+        default="val_accuracy",
+        help="(default: val_accuracy)",
     )
     p.add_argument("--space", metavar="FILE", help="JSON / YAML: option -> choices or min/max")
     p.add_argument(

@@ -4,6 +4,7 @@
 import json
 from pathlib import Path
 
+from condnet.choices import UNKNOWN_SCORES
 from condnet.runs.cli.common import (
     EACH_MODEL_HELP,
     add_inference_flags,
@@ -40,7 +41,7 @@ def add_parser(commands, common):
     )
     p.add_argument(
         "--score",
-        choices=("energy", "mahalanobis", "softmax"),
+        choices=UNKNOWN_SCORES,
         default=None,
         help="what says an image is of no known class: energy (default: the log-sum-exp "
         "of the chosen expert's logits), mahalanobis (the distance of its features to its "
