@@ -189,9 +189,9 @@ def train(
     with times.part("scan and prepare"):
         options = resolve_modality(options, data_dir)
         options = _resolve_image_size(options, data_dir)
-    with distribute.scope(options.distribute, options.batch_size):
-        flags = (overwrite, break_lock, times)
-        return _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs)
+    job = distribute.Job(options.distribute, options.batch_size)
+    flags = (overwrite, break_lock, times)
+    return _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs, job)
 
 
 def _check_inputs(options, data_dir):
@@ -213,51 +213,54 @@ def _check_inputs(options, data_dir):
         check_discovery_installed()
 
 
-def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
-    """`train` after its checks, inside the distribution scope."""
+def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs, job):
+    """`train` after its checks: the phases in the job's scope, then the finish."""
     overwrite, break_lock, times = flags
-    if options.modality == "text" and distribute.process_count() > 1:
+    if options.modality == "text" and job.processes > 1:
         raise ValueError(
             "A text run trains in one process (its folder of documents is not sharded "
             "between processes yet). Start it without --coordinator / --num-processes or "
             "TF_CONFIG. Received: modality='text'"
         )
-    if options.hierarchy == "auto" and distribute.process_count() > 1:
+    if options.hierarchy == "auto" and job.processes > 1:
         raise ValueError(
             "hierarchy='auto' discovers the groups in one process; a job of several "
             "processes needs them first: run the discovery alone (or pass --hierarchy FILE). "
             "Received: hierarchy='auto'"
         )
-    with times.part("scan and prepare"):
+    with times.part("scan and prepare"), job.scope():
         prepared = None if options.hierarchy == "auto" else _prepare(options, data_dir)
     _time_probe(prepared, times)
     if prepared is None:
         check_num_groups(options.discovery_groups, len(flat_class_names(data_dir)))
-    with _guarded(run_dir, break_lock, overwrite) as claim:
-        if prepared is None:
-            options = discover_for_run(options, data_dir, run_dir, fit_kwargs)
-            prepared = _prepare(options, data_dir)
-        options, (train_data, validation), model = prepared
-        _announce(_data_summary(train_data, validation, options), fit_kwargs)
-        if _probe_line(train_data):
-            _announce(_probe_line(train_data), fit_kwargs)
-        if _selection_line(validation):
-            _announce(_selection_line(validation), fit_kwargs)
-        if distribute.is_chief():
-            _write_config(run_dir, data_dir, options, train_data.hierarchy)
-            write_split(run_dir, data_dir, train_data, validation)
-        if options.upcycle_epochs:
-            with times.part("fit upcycling"):
-                _upcycle(model, options, _sharded(train_data, validation), fit_kwargs)
-        state = _run_phases(
-            model,
-            run_dir,
-            options,
-            None,
-            _sharded(train_data, validation),
-            (list(callbacks or []), fit_kwargs, claim.commit, times),
-        )
-        return _finish(run_dir, options, (train_data, validation), state, fit_kwargs, times)
+    with _guarded(run_dir, break_lock, overwrite, job) as claim:
+        with job.scope():
+            if prepared is None:
+                options = discover_for_run(options, data_dir, run_dir, fit_kwargs)
+                prepared = _prepare(options, data_dir)
+            options, (train_data, validation), model = prepared
+            _announce(_data_summary(train_data, validation, options), fit_kwargs)
+            if _probe_line(train_data):
+                _announce(_probe_line(train_data), fit_kwargs)
+            if _selection_line(validation):
+                _announce(_selection_line(validation), fit_kwargs)
+            if job.is_chief:
+                _write_config(run_dir, data_dir, options, train_data.hierarchy)
+                write_split(run_dir, data_dir, train_data, validation)
+            shards = _sharded(job, train_data, validation)
+            if options.upcycle_epochs:
+                with times.part("fit upcycling"):
+                    _upcycle(model, options, shards, fit_kwargs, job.is_chief)
+            state = _run_phases(
+                model,
+                run_dir,
+                options,
+                None,
+                shards,
+                (list(callbacks or []), fit_kwargs, claim.commit, times, job),
+            )
+        data = (train_data, validation)
+        return _finish(run_dir, options, data, state, fit_kwargs, times, job)
 
 
 class _Follower:
@@ -267,9 +270,9 @@ class _Follower:
 
 
 @contextlib.contextmanager
-def _guarded(run_dir, break_lock, overwrite):
+def _guarded(run_dir, break_lock, overwrite, job):
     """The run's lock and claim, taken by the process that writes the run (the chief)."""
-    if not distribute.is_chief():
+    if not job.is_chief:
         yield _Follower()
         return
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -277,9 +280,9 @@ def _guarded(run_dir, break_lock, overwrite):
         yield claim
 
 
-def _sharded(train_data, validation):
+def _sharded(job, train_data, validation):
     """This process's slice of every batch, in a job of several processes."""
-    return distribute.for_this_process(train_data), distribute.for_this_process(validation)
+    return job.shard(train_data), job.shard(validation)
 
 
 def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **changes_and_fit_kwargs):
@@ -318,39 +321,39 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
         )
     options = _resumed_options(stored, changes)
     options = dataclasses.replace(options, learning_rate=resolve_learning_rate(options))
-    chief, times = distribute.is_chief(), RunTimes()
-    with (
-        distribute.scope(options.distribute, options.batch_size),
-        run_lock(run_dir, break_lock=break_lock) if chief else contextlib.nullcontext(),
-    ):
-        state = _reopen_phase(stored, options, _resume_state(run_dir))
-        if chief:
-            clean_temporary_files(run_dir)
-        if distribute.process_count() > 1:  # loading initialises the layers first: alike
-            keras.utils.set_random_seed(options.seed)
-        model = keras.models.load_model(run_dir / CHECKPOINTS / state["checkpoint"])
-        with times.part("scan and prepare"):  # documents: the checkpoint's own vectorizer
-            vectorizer = getattr(model, "preprocessor", None)
-            train_data, validation = load_data(options, stored_data_dir, vectorizer)
-            check_split(run_dir, stored_data_dir, train_data, validation)
-        phase = _phases(options)[state["phase"]].name
-        _announce(
-            f"Resuming {run_dir} after epoch {state['epoch']} (phase {phase!r}), from "
-            f"{CHECKPOINTS}/{state['checkpoint']}.",
-            fit_kwargs,
-        )
-        _set_learning_rate(model, stored, options, state["phase"])
-        if options != stored and chief:
-            _write_config(run_dir, stored_data_dir, options, train_data.hierarchy)
-        state = _run_phases(
-            model,
-            run_dir,
-            options,
-            state,
-            _sharded(train_data, validation),
-            (list(callbacks or []), fit_kwargs, None, times),
-        )
-        return _finish(run_dir, options, (train_data, validation), state, fit_kwargs, times)
+    job, times = distribute.Job(options.distribute, options.batch_size), RunTimes()
+    chief = job.is_chief
+    with run_lock(run_dir, break_lock=break_lock) if chief else contextlib.nullcontext():
+        with job.scope():
+            state = _reopen_phase(stored, options, _resume_state(run_dir))
+            if chief:
+                clean_temporary_files(run_dir)
+            if job.processes > 1:  # loading initialises the layers first: alike
+                keras.utils.set_random_seed(options.seed)
+            model = keras.models.load_model(run_dir / CHECKPOINTS / state["checkpoint"])
+            with times.part("scan and prepare"):  # documents: the checkpoint's own vectorizer
+                vectorizer = getattr(model, "preprocessor", None)
+                train_data, validation = load_data(options, stored_data_dir, vectorizer)
+                check_split(run_dir, stored_data_dir, train_data, validation)
+            phase = _phases(options)[state["phase"]].name
+            _announce(
+                f"Resuming {run_dir} after epoch {state['epoch']} (phase {phase!r}), from "
+                f"{CHECKPOINTS}/{state['checkpoint']}.",
+                fit_kwargs,
+            )
+            _set_learning_rate(model, stored, options, state["phase"])
+            if options != stored and chief:
+                _write_config(run_dir, stored_data_dir, options, train_data.hierarchy)
+            state = _run_phases(
+                model,
+                run_dir,
+                options,
+                state,
+                _sharded(job, train_data, validation),
+                (list(callbacks or []), fit_kwargs, None, times, job),
+            )
+        data = (train_data, validation)
+        return _finish(run_dir, options, data, state, fit_kwargs, times, job)
 
 
 def read_config(run_dir):
@@ -374,10 +377,10 @@ def read_config(run_dir):
     return found
 
 
-def _finish(run_dir, options, data, state, fit_kwargs, times):
+def _finish(run_dir, options, data, state, fit_kwargs, times, job):
     """Hard-routed metrics, the flat baseline and the report (`condnet.runs.finish`)."""
     train_data = data[0]
-    if not distribute.is_chief():  # the chief evaluates and reports
+    if not job.is_chief:  # the chief evaluates and reports
         return {"metrics": None, "model": None, "run_dir": str(run_dir)}
 
     def build():
@@ -387,7 +390,7 @@ def _finish(run_dir, options, data, state, fit_kwargs, times):
         stage = (epochs, rate, 0)
         return _stopping_callbacks(options, validation, stage, "Flat baseline: ", fit_kwargs)
 
-    with distribute.on_this_process():
+    with job.evaluation_scope():
         return finish_run(run_dir, options, data, state, build, stopping, fit_kwargs, times)
 
 
@@ -573,9 +576,9 @@ def _phase_done(state, index, end):
 
 def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extras):
     """Fit one phase from epoch `initial` to `end`; return the committed state."""
-    (index, phase), (initial, end), (train_data, validation) = indexed_phase, epochs, data
-    callbacks, fit_kwargs, on_commit, times = extras
-    chief = distribute.is_chief()
+    (index, phase), (initial, end), validation = indexed_phase, epochs, data[1]
+    callbacks, fit_kwargs, on_commit, times, job = extras
+    chief = job.is_chief
     checkpoint = ckpt.RunCheckpoint(
         run_dir,
         index,
@@ -585,9 +588,9 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
         writes=chief,
     )
     first = end - phase.epochs
-    recipe = _recipe_callbacks(run_dir, options, phase, validation, first, fit_kwargs)
+    recipe = _recipe_callbacks(run_dir, options, phase, validation, first, fit_kwargs, chief)
     with times.part("fit frozen features"):  # the backbone's pass, once, when cached
-        inputs, in_order = _fit_inputs(model, options, train_data, validation, fit_kwargs)
+        inputs, in_order = _fit_inputs(model, options, data, fit_kwargs, job)
     with times.part(f"fit {phase.name}"):
         model.fit(
             initial_epoch=initial,
@@ -603,7 +606,7 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     return ckpt.read_state(run_dir) if chief else checkpoint.committed or state
 
 
-def _fit_inputs(model, options, train_data, validation, fit_kwargs):
+def _fit_inputs(model, options, data, fit_kwargs, job):
     """`fit`'s data arguments and the callbacks that keep the folders in step.
 
     While the trunk is frozen and nothing augments the images (a pretrained
@@ -611,12 +614,12 @@ def _fit_inputs(model, options, train_data, validation, fit_kwargs):
     once per image (`condnet.training.features`) and the heads train on them:
     the trunk does not run again, epoch after epoch.
     """
-    folders = (train_data, validation)
+    folders = train_data, validation = data
     augmented = options.modality != "text" and options.augment != "none"
     # Documents: a hub backbone's features (a trunk trained from scratch is never frozen
     # outside the staged "experts" phase, which keeps running it).
     once = options.modality != "text" or _reads_hub(options)
-    once = once and distribute.process_count() == 1
+    once = once and job.processes == 1
     if not once or not features_fit(model.trunk, folders, augmented):
         x, validation_data, epoch_ends = distribute.fit_inputs(train_data, validation)
         return {"x": x, "validation_data": validation_data, **distribute.IN_ORDER}, epoch_ends
@@ -673,11 +676,11 @@ def _set_trainable(model, phase, options):
     set_phase_trainable(model, phase, **_trainable_options(model, options))
 
 
-def _recipe_callbacks(run_dir, options, phase, validation, first_epoch, fit_kwargs):
+def _recipe_callbacks(run_dir, options, phase, validation, first_epoch, fit_kwargs, chief):
     stage = (phase.epochs, phase.learning_rate, first_epoch)
     name = f"Phase {phase.name!r}: "
-    callbacks = _stopping_callbacks(options, validation, stage, name, fit_kwargs)
-    if options.tensorboard and tensorboard_available() and distribute.is_chief():
+    callbacks = _stopping_callbacks(options, validation, stage, name, fit_kwargs, chief)
+    if options.tensorboard and tensorboard_available() and chief:
         logs = Path(run_dir) / LOGS
         write_hparams(logs, options)
         callbacks.append(
@@ -716,10 +719,11 @@ def write_hparams(logs, options):
         hp.hparams(values)
 
 
-def _stopping_callbacks(options, validation, stage, name="", fit_kwargs=None):
+def _stopping_callbacks(options, validation, stage, name="", fit_kwargs=None, chief=True):
     """EarlyStopping on the metric that also picks model.keras, and the learning-rate
     schedule of one stage `(epochs, learning_rate, first_epoch)`. An early stop
-    prints one line, prefixed by `name`, on the chief unless the run is silent.
+    prints one line, prefixed by `name`, if `chief` (the process that writes the run)
+    unless the run is silent.
 
     Validation accuracy, not loss: the checkpoint keeps the epoch of best
     validation accuracy, and on small data the validation loss is noisy
@@ -756,7 +760,7 @@ def _stopping_callbacks(options, validation, stage, name="", fit_kwargs=None):
         *smoothing,
         EarlyStop(
             name=name,
-            announce=distribute.is_chief() and (fit_kwargs or {}).get("verbose", "auto") != 0,
+            announce=chief and (fit_kwargs or {}).get("verbose", "auto") != 0,
             monitor=monitor,
             mode="max",
             patience=patience,
@@ -1019,7 +1023,7 @@ def _upcycle_source(model, options, train_data):
     return upcycle_source(model, model_input_shape(options, train_data))
 
 
-def _upcycle(model, options, data, fit_kwargs):
+def _upcycle(model, options, data, fit_kwargs, chief):
     """`upcycle_epochs`: train a flat model on every class, then copy it into the
     trunk and every expert (`condnet.training.upcycle`)."""
     source = _upcycle_source(model, options, data[0])
@@ -1031,7 +1035,7 @@ def _upcycle(model, options, data, fit_kwargs):
 
     def stopping(validation, epochs, rate):
         return _stopping_callbacks(
-            options, validation, (epochs, rate, 0), "Upcycling: ", fit_kwargs
+            options, validation, (epochs, rate, 0), "Upcycling: ", fit_kwargs, chief
         )
 
     fit_flat(
