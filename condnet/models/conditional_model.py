@@ -488,9 +488,8 @@ class ConditionalModel(keras.Model):
             right_group, sample_weight=_flat_weight(sample_weight)
         )
         self.gate_accuracy_metric.update_state(true_groups, y_pred["groups"], sample_weight)
-        if self._compile_metrics is not None:
-            self._compile_metrics.update_state(labels, y_pred["classes"], sample_weight)
-        return self.get_metrics_result()
+        # Keras's own: the compiled metrics, on the "classes" output.
+        return super().compute_metrics(x, labels, y_pred["classes"], sample_weight)
 
     def fit(self, x=None, y=None, **kwargs):
         """`keras.Model.fit`, after checking the labels against the hierarchy.
@@ -681,7 +680,11 @@ def _combine(sample_weight, mask):
 
 def _scale_for_replicas(loss):
     """Divide by the replicas of a TensorFlow strategy, which sums their gradients (and
-    whose train step multiplies the logged loss back), as Keras's own losses do."""
+    whose train step multiplies the logged loss back), as Keras's own losses do.
+
+    The model's one hook for distribution (`condnet.training.distribute` holds the rest):
+    `compute_loss` replaces Keras's, so it scales its loss as Keras's would.
+    """
     replicas = replicas_in_sync()
     return loss if replicas == 1 else loss * (1.0 / replicas)
 
