@@ -1,5 +1,10 @@
 """Data-parallel training on the backends' own distribution engines.
 
+`Job` is this process's part in a training job: `condnet.train` makes one and
+passes it down (its scope, this process's slice of the data, whether it writes
+the run). Every workaround of a backend's distribution lives here; the model's
+one hook is the division of its loss by the replicas (`replicas_in_sync`).
+
 JAX: `keras.distribution.DataParallel` over every local device replicates
 the variables and splits each batch along its first axis; XLA all-reduces the
 gradients, and the BatchNormalization statistics are those of the whole
