@@ -287,7 +287,7 @@ def fit_inputs(train_data, validation):
     `Dataset.from_generator`, which moved 3x fewer cached 96 px images a second
     (benchmarks/input_pipeline.py); and in a job of several workers it would shard
     the batches again (every worker reading every batch to keep a slice), where
-    each worker already reads only its own slice (`for_this_process`).
+    each worker already reads only its own slice (`Job.shard`).
     """
     if keras.backend.backend() != "tensorflow":
         return train_data, validation, []
