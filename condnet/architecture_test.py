@@ -135,3 +135,96 @@ def test_the_name_checker_sees_a_literal_run_file_name(tmp_path):
     path = tmp_path / "probe.py"
     path.write_text('def f(run):\n    return f"{run / \'metrics.json\'}", "metrics.json.bak"\n')
     assert list(_literal_names(path, _run_file_names())) == [(2, "metrics.json")]
+
+
+# === Keras's private names ===
+
+# The private Keras names condnet still uses, why, and the only files that may use them:
+# Keras 3 has no public way to do what each does. Where a public way exists the code
+# uses it (`tap_shapes`, `get_compile_config`, `super().compute_metrics`, a model's name
+# at construction), and `PRIVATE_REFUSED` keeps the old private ways out.
+KERAS_PRIVATE_NAMES = {
+    "_flatten_layers": (
+        "every layer of a model, nested ones included: `Model.layers` lists only the "
+        "direct children, and a layer's own sublayers have no public list",
+        {
+            "models/conditional_model.py",
+            "models/precision.py",
+            "training/staged.py",
+            "runs/extend.py",
+            "runs/finish.py",
+        },
+    ),
+    "_layers": (
+        "the sublayers of one layer (a keras-hub block's attention and dense layers), "
+        "to count their MACs",
+        {"evaluation/cost.py"},
+    ),
+    "_keras_history": (
+        "the layer that made a symbolic tensor: a trunk's output layer (the default "
+        "tap), the layer before an expert's penultimate features",
+        {"models/conditional_model.py", "evaluation/unknown_features.py"},
+    ),
+    "_inbound_nodes": (
+        "the tensors a layer of a functional model was called on",
+        {"evaluation/unknown_features.py"},
+    ),
+    "__setattr__": (
+        "`object.__setattr__` on a frozen dataclass (TrainingOptions), never on a Keras object",
+        {"runs/options.py"},
+    ),
+}
+
+PRIVATE_REFUSED = (
+    "_compile_config",  # override get_compile_config
+    "_compile_metrics",  # super().compute_metrics
+    "_maybe_symbolic_build",  # training/distribute.py's strategy takes Keras's calls
+    "_symbolic_build",
+    "_distribute_strategy",  # model.distribute_strategy
+    "_tracker",
+    "_name",  # a Keras name is given at construction
+    "_tap_shapes",  # ConditionalModel.tap_shapes
+)
+
+
+def _private_uses(path):
+    """(line, name) of every attribute of `KERAS_PRIVATE_NAMES` or `PRIVATE_REFUSED`."""
+    watched = {*KERAS_PRIVATE_NAMES, *PRIVATE_REFUSED}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in watched:
+            yield node.lineno, node.attr
+
+
+def test_private_keras_names_are_used_only_where_the_list_allows():
+    sources = [*_library_files(), *BENCHMARKS.glob("*.py")]
+    found = []
+    for path in sources:
+        where = path.relative_to(PACKAGE).as_posix() if PACKAGE in path.parents else path.name
+        for line, name in _private_uses(path):
+            if where not in KERAS_PRIVATE_NAMES.get(name, ("", ()))[1]:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{line} uses {name}")
+    assert not found, (
+        "use Keras's public API, or add the name and the file to KERAS_PRIVATE_NAMES with "
+        "the reason:\n" + "\n".join(found)
+    )
+
+
+def test_every_listed_private_name_is_still_needed():
+    used = {
+        (name, path.relative_to(PACKAGE).as_posix())
+        for path in _library_files()
+        for _, name in _private_uses(path)
+    }
+    stale = [
+        f"{name} in {where}"
+        for name, (_, files) in KERAS_PRIVATE_NAMES.items()
+        for where in files
+        if (name, where) not in used
+    ]
+    assert not stale, "no longer used; take them off KERAS_PRIVATE_NAMES:\n" + "\n".join(stale)
+
+
+def test_the_private_name_checker_sees_an_attribute(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text("def f(model):\n    model._name = 'x'\n    return model.name\n")
+    assert list(_private_uses(path)) == [(2, "_name")]

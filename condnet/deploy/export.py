@@ -217,7 +217,7 @@ def _write_onnx(model, input_shape, routing, path):
 
     from condnet.deploy.onnx_graph import routed_onnx
 
-    taps = model._tap_shapes((None, *input_shape))
+    taps = model.tap_shapes((None, *input_shape))
     names = {tap: f"tap_{i}" for i, tap in enumerate(dict.fromkeys(model.expert_taps.values()))}
 
     def front(images):

@@ -70,7 +70,7 @@ def _widest_factor(model, head, trunk, budget):
 
 
 def _costliest_expert(model, input_shape):
-    taps = model._tap_shapes((None, *input_shape))
+    taps = model.tap_shapes((None, *input_shape))
     candidates = [
         (count_macs(expert, shape), tap, shape, group, expert)
         for shape, tap, group, expert, _ in functional_experts(model, taps)

@@ -107,7 +107,7 @@ def apply_temperatures(model, temperatures, input_shape=None):
     copy = type(model).from_config(config)
     copy.build(shape)
     copy.set_weights(model.get_weights())
-    taps = copy._tap_shapes(shape)
+    taps = copy.tap_shapes(shape)
     experts = {
         group: _tempered_part(expert, taps[copy.expert_taps[group]], temperatures["experts"])
         if expert is not None

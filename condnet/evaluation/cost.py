@@ -125,7 +125,7 @@ def routed_macs(model, input_shape):
     if not isinstance(model, ConditionalModel):
         macs = count_macs(model, tuple(input_shape))
         return {"routed": macs, "all_experts": macs}
-    taps = model._tap_shapes((None, *tuple(input_shape)))
+    taps = model.tap_shapes((None, *tuple(input_shape)))
     trunk = count_macs(model.trunk, tuple(input_shape)) if model.trunk is not None else 0
     gate = count_macs(model.gate, taps[model.gate_tap][1:])
     experts = {

@@ -305,7 +305,7 @@ def test_routed_macs_count_one_expert_and_all_experts():
 def test_routed_macs_of_a_nested_expert_count_its_costliest_route_and_soft_every_expert():
     model = build_image_model(NESTED, image_size=16, filters=(4, 8, 8))
     inner = model.experts["animals"]
-    taps = model._tap_shapes((None, 16, 16, 3))
+    taps = model.tap_shapes((None, 16, 16, 3))
     tap = taps[model.expert_taps["animals"]][1:]
     inner_experts = [count_macs(e, tap) for e in inner.experts.values()]
     inner_gate = count_macs(inner.gate, tap)

@@ -233,7 +233,7 @@ class ConditionalModel(keras.Model):
         """Set an option; the compiled steps are dropped only if it really changed."""
         if getattr(self, name) == value:
             return  # re-setting the same routing must not retrace and recompile
-        object.__setattr__(self, name, value)
+        setattr(self, name, value)
         self.train_function = self.test_function = self.predict_function = None
 
     # === Parts ===
@@ -249,7 +249,7 @@ class ConditionalModel(keras.Model):
         return self.routing != "soft"
 
     def build(self, input_shape):
-        taps = self._tap_shapes(input_shape)
+        taps = self.tap_shapes(input_shape)
         if not self.gate.built:
             self.gate.build(taps[self.gate_tap])
         for group, expert in self.experts.items():
@@ -406,9 +406,15 @@ class ConditionalModel(keras.Model):
             optimizer = keras.optimizers.Adam(learning_rate=1e-3)
         metrics = None if metrics == "auto" else metrics
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
-        self._compile_config.config.update(
-            dict(zip(("gate_loss_weight", "class_loss_weight", "expert_loss_weight"), weights))
-        )
+        self._compiled_loss_weights = weights
+
+    def get_compile_config(self):
+        """Keras's compile config, with the loss weights `compile` was given."""
+        config = super().get_compile_config()
+        if config:
+            names = ("gate_loss_weight", "class_loss_weight", "expert_loss_weight")
+            config.update(zip(names, self._compiled_loss_weights))
+        return config
 
     def compile_from_config(self, config):
         self.compile(**keras.saving.deserialize_keras_object(config))
@@ -482,9 +488,8 @@ class ConditionalModel(keras.Model):
             right_group, sample_weight=_flat_weight(sample_weight)
         )
         self.gate_accuracy_metric.update_state(true_groups, y_pred["groups"], sample_weight)
-        if self._compile_metrics is not None:
-            self._compile_metrics.update_state(labels, y_pred["classes"], sample_weight)
-        return _as_multi_worker_logs(self.get_metrics_result())
+        # Keras's own: the compiled metrics, on the "classes" output.
+        return super().compute_metrics(x, labels, y_pred["classes"], sample_weight)
 
     def fit(self, x=None, y=None, **kwargs):
         """`keras.Model.fit`, after checking the labels against the hierarchy.
@@ -498,21 +503,6 @@ class ConditionalModel(keras.Model):
             self._check_data_hierarchy(x.hierarchy)
             self.hierarchy.check_labels(x.labels)
         return super().fit(x, y, **kwargs)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Keras's TensorFlow trainer builds the model from a first batch, which under a
-        strategy it reduces as a whole; MultiWorkerMirroredStrategy reduces one tensor
-        at a time only, so its batch is reduced part by part here (TensorFlow only;
-        one of the two Keras 3 failures of tensorflow#72388)."""
-        strategy = getattr(self, "_distribute_strategy", None)
-        if iterator is None or strategy is None or not _is_multi_worker(strategy):
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        for _, _, batches in iterator:
-            batch = next(batches)
-            break
-        batch = keras.tree.map_structure(lambda part: strategy.reduce("MEAN", part, None), batch)
-        with strategy.scope():
-            self._symbolic_build(data_batch=batch)
 
     def _check_data_hierarchy(self, hierarchy):
         if hierarchy != self.hierarchy:
@@ -534,7 +524,7 @@ class ConditionalModel(keras.Model):
         if self._routed_runner is None:
             from condnet.models.dispatch import Runner
 
-            object.__setattr__(self, "_routed_runner", Runner(self))  # not a tracked layer
+            self._routed_runner = Runner(self)  # a plain object: Keras does not track it
         return self._routed_runner
 
     def predict(
@@ -634,7 +624,11 @@ class ConditionalModel(keras.Model):
 
     # === Shape checks ===
 
-    def _tap_shapes(self, input_shape):
+    def tap_shapes(self, input_shape):
+        """The shape of each tap for a batch of `input_shape`: {tap name: shape}.
+
+        Without a trunk, the one tap `None` is the input itself.
+        """
         shape = tuple(input_shape)
         if self.trunk is None:
             return {None: shape}
@@ -644,7 +638,7 @@ class ConditionalModel(keras.Model):
     def _check_sizes(self, input_shape):
         if input_shape is None:
             return
-        taps = self._tap_shapes(input_shape)
+        taps = self.tap_shapes(input_shape)
         gate_size = _output_size(self.gate, taps[self.gate_tap])
         if gate_size is not None and gate_size != self.hierarchy.num_groups:
             raise ValueError(
@@ -686,7 +680,11 @@ def _combine(sample_weight, mask):
 
 def _scale_for_replicas(loss):
     """Divide by the replicas of a TensorFlow strategy, which sums their gradients (and
-    whose train step multiplies the logged loss back), as Keras's own losses do."""
+    whose train step multiplies the logged loss back), as Keras's own losses do.
+
+    The model's one hook for distribution (`condnet.training.distribute` holds the rest):
+    `compute_loss` replaces Keras's, so it scales its loss as Keras's would.
+    """
     replicas = replicas_in_sync()
     return loss if replicas == 1 else loss * (1.0 / replicas)
 
@@ -961,27 +959,6 @@ def replicas_in_sync():
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _is_multi_worker(strategy):
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-
-def _as_multi_worker_logs(logs):
-    """Under MultiWorkerMirroredStrategy, each log as a vector of one value: Keras 3 takes
-    the mean of every step's logs over the workers along axis 0, which fails on scalars
-    (tensorflow#72388); the mean of `[v]` is the scalar `v`, as one device logs it."""
-    if keras.backend.backend() != "tensorflow":
-        return logs
-    import tensorflow as tf
-
-    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-        return logs
-    return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
 
 
 def flag_non_finite(inputs, outputs):

@@ -535,3 +535,27 @@ def test_fit_refuses_an_image_folder_of_another_hierarchy(tmp_path):
     model.compile()
     with pytest.raises(ValueError, match="The data's hierarchy differs from the model's"):
         model.fit(data, epochs=1, verbose=0)
+
+
+def test_the_compile_config_keeps_the_loss_weights_through_a_reload(tmp_path):
+    model = cats_and_dogs_model("soft")
+    model.compile(gate_loss_weight=0.5, expert_loss_weight=2.0)
+    config = model.get_compile_config()
+    assert (config["gate_loss_weight"], config["class_loss_weight"]) == (0.5, 1.0)
+    assert config["expert_loss_weight"] == 2.0
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_compile_config()["expert_loss_weight"] == 2.0
+    assert cats_and_dogs_model("soft").get_compile_config() == {}  # not compiled
+
+
+def test_compiled_metrics_score_the_classes_output():
+    model = cats_and_dogs_model("soft")
+    model.compile(metrics=[keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")])
+    x, y = random_data(32)
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    classes = numpy_outputs(model, x)["classes"]
+    top2 = np.argsort(classes, axis=1)[:, -2:]
+    expected = np.mean([label in row for label, row in zip(y, top2)])
+    np.testing.assert_allclose(logs["top2"], expected, atol=1e-6)
+    assert {"accuracy", "group_accuracy", "gate_accuracy"} <= set(logs)

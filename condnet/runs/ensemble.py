@@ -40,8 +40,6 @@ def build_ensemble(run_dirs, out, data_dir, batch_size=64, overwrite=False, prog
     configs = [config for _, config in loaded]
     config = _shared_config(run_dirs, configs)
     members = [model for model, _ in loaded]
-    for i, member in enumerate(members):
-        member._name = f"member_{i}"  # one archive holds them all: names must differ
     ensemble = Ensemble(members[0].hierarchy, members)
     data = folder_for(ensemble, config, data_dir, batch_size)
     scores = [_accuracy(m, data, progress, f"member {i}") for i, m in enumerate(members)]

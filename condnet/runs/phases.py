@@ -52,7 +52,7 @@ def run_phases(model, run_dir, options, state, data, extras):
     """Fit every phase not done yet; return the last committed state.
 
     `data` is `(train, validation)`, `extras` is `(callbacks, fit_kwargs, on_commit,
-    times)`.
+    times, job)` (`job`: the `condnet.training.distribute.Job` the run trains in).
     """
     start, phases = 0, phases_of(options)
     for index, phase in enumerate(phases):
@@ -100,9 +100,9 @@ def _phase_done(state, index, end):
 
 def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extras):
     """Fit one phase from epoch `initial` to `end`; return the committed state."""
-    (index, phase), (initial, end), (train_data, validation) = indexed_phase, epochs, data
-    callbacks, fit_kwargs, on_commit, times = extras
-    chief = distribute.is_chief()
+    (index, phase), (initial, end), validation = indexed_phase, epochs, data[1]
+    callbacks, fit_kwargs, on_commit, times, job = extras
+    chief = job.is_chief
     checkpoint = ckpt.RunCheckpoint(
         run_dir,
         index,
@@ -112,9 +112,9 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
         writes=chief,
     )
     first = end - phase.epochs
-    recipe = _recipe_callbacks(run_dir, options, phase, validation, first, fit_kwargs)
+    recipe = _recipe_callbacks(run_dir, options, phase, validation, first, fit_kwargs, chief)
     with times.part("fit frozen features"):  # the backbone's pass, once, when cached
-        inputs, in_order = _fit_inputs(model, options, train_data, validation, fit_kwargs)
+        inputs, in_order = _fit_inputs(model, options, data, fit_kwargs, job)
     with times.part(f"fit {phase.name}"):
         model.fit(
             initial_epoch=initial,
@@ -130,7 +130,7 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     return ckpt.read_state(run_dir) if chief else checkpoint.committed or state
 
 
-def _fit_inputs(model, options, train_data, validation, fit_kwargs):
+def _fit_inputs(model, options, data, fit_kwargs, job):
     """`fit`'s data arguments and the callbacks that keep the folders in step.
 
     While the trunk is frozen and nothing augments the images (a pretrained
@@ -138,12 +138,12 @@ def _fit_inputs(model, options, train_data, validation, fit_kwargs):
     once per image (`condnet.training.features`) and the heads train on them:
     the trunk does not run again, epoch after epoch.
     """
-    folders = (train_data, validation)
+    folders = train_data, validation = data
     augmented = options.modality != "text" and options.augment != "none"
     # Documents: a hub backbone's features (a trunk trained from scratch is never frozen
     # outside the staged "experts" phase, which keeps running it).
     once = options.modality != "text" or reads_hub(options)
-    once = once and distribute.process_count() == 1
+    once = once and job.processes == 1
     if not once or not features_fit(model.trunk, folders, augmented):
         x, validation_data, epoch_ends = distribute.fit_inputs(train_data, validation)
         return {"x": x, "validation_data": validation_data, **distribute.IN_ORDER}, epoch_ends
@@ -203,11 +203,11 @@ def _set_trainable(model, phase, options):
 # === Callbacks ===
 
 
-def _recipe_callbacks(run_dir, options, phase, validation, first_epoch, fit_kwargs):
+def _recipe_callbacks(run_dir, options, phase, validation, first_epoch, fit_kwargs, chief):
     stage = (phase.epochs, phase.learning_rate, first_epoch)
     name = f"Phase {phase.name!r}: "
-    callbacks = stopping_callbacks(options, validation, stage, name, fit_kwargs)
-    if options.tensorboard and tensorboard_available() and distribute.is_chief():
+    callbacks = stopping_callbacks(options, validation, stage, name, fit_kwargs, chief)
+    if options.tensorboard and tensorboard_available() and chief:
         logs = Path(run_dir) / LOGS
         write_hparams(logs, options)
         callbacks.append(
@@ -246,10 +246,11 @@ def write_hparams(logs, options):
         hp.hparams(values)
 
 
-def stopping_callbacks(options, validation, stage, name="", fit_kwargs=None):
+def stopping_callbacks(options, validation, stage, name="", fit_kwargs=None, chief=True):
     """EarlyStopping on the metric that also picks model.keras, and the learning-rate
     schedule of one stage `(epochs, learning_rate, first_epoch)`. An early stop
-    prints one line, prefixed by `name`, on the chief unless the run is silent.
+    prints one line, prefixed by `name`, if `chief` (the process that writes the run)
+    unless the run is silent.
 
     Validation accuracy, not loss: the checkpoint keeps the epoch of best
     validation accuracy, and on small data the validation loss is noisy
@@ -285,7 +286,7 @@ def stopping_callbacks(options, validation, stage, name="", fit_kwargs=None):
         *smoothing,
         EarlyStop(
             name=name,
-            announce=distribute.is_chief() and (fit_kwargs or {}).get("verbose", "auto") != 0,
+            announce=chief and (fit_kwargs or {}).get("verbose", "auto") != 0,
             monitor=monitor,
             mode="max",
             patience=patience,
@@ -305,7 +306,7 @@ def upcycling_source(model, options, train_data):
     return upcycle_source(model, model_input_shape(options, train_data))
 
 
-def upcycle_experts(model, options, data, fit_kwargs):
+def upcycle_experts(model, options, data, fit_kwargs, chief=True):
     """`upcycle_epochs`: train a flat model on every class, then copy it into the
     trunk and every expert (`condnet.training.upcycle`)."""
     source = upcycling_source(model, options, data[0])
@@ -316,7 +317,8 @@ def upcycle_experts(model, options, data, fit_kwargs):
     )
 
     def stopping(validation, epochs, rate):
-        return stopping_callbacks(options, validation, (epochs, rate, 0), "Upcycling: ", fit_kwargs)
+        stage = (epochs, rate, 0)
+        return stopping_callbacks(options, validation, stage, "Upcycling: ", fit_kwargs, chief)
 
     fit_flat(
         source,

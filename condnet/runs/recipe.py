@@ -173,9 +173,9 @@ def train(
     with times.part("scan and prepare"):
         options = resolve_modality(options, data_dir)
         options = resolve_image_size(options, data_dir)
-    with distribute.scope(options.distribute, options.batch_size):
-        flags = (overwrite, break_lock, times)
-        return _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs)
+    job = distribute.Job(options.distribute, options.batch_size)
+    flags = (overwrite, break_lock, times)
+    return _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs, job)
 
 
 def _check_inputs(options, data_dir):
@@ -197,51 +197,54 @@ def _check_inputs(options, data_dir):
         check_discovery_installed()
 
 
-def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs):
-    """`train` after its checks, inside the distribution scope."""
+def _start(options, data_dir, run_dir, flags, callbacks, fit_kwargs, job):
+    """`train` after its checks: the phases in the job's scope, then the finish."""
     overwrite, break_lock, times = flags
-    if options.modality == "text" and distribute.process_count() > 1:
+    if options.modality == "text" and job.processes > 1:
         raise ValueError(
             "A text run trains in one process (its folder of documents is not sharded "
             "between processes yet). Start it without --coordinator / --num-processes or "
             "TF_CONFIG. Received: modality='text'"
         )
-    if options.hierarchy == "auto" and distribute.process_count() > 1:
+    if options.hierarchy == "auto" and job.processes > 1:
         raise ValueError(
             "hierarchy='auto' discovers the groups in one process; a job of several "
             "processes needs them first: run the discovery alone (or pass --hierarchy FILE). "
             "Received: hierarchy='auto'"
         )
-    with times.part("scan and prepare"):
+    with times.part("scan and prepare"), job.scope():
         prepared = None if options.hierarchy == "auto" else _prepare(options, data_dir)
     time_probe(prepared, times)
     if prepared is None:
         check_num_groups(options.discovery_groups, len(flat_class_names(data_dir)))
-    with _guarded(run_dir, break_lock, overwrite) as claim:
-        if prepared is None:
-            options = discover_for_run(options, data_dir, run_dir, fit_kwargs)
-            prepared = _prepare(options, data_dir)
-        options, (train_data, validation), model = prepared
-        _announce(_data_summary(train_data, validation, options), fit_kwargs)
-        if probe_line(train_data):
-            _announce(probe_line(train_data), fit_kwargs)
-        if _selection_line(validation):
-            _announce(_selection_line(validation), fit_kwargs)
-        if distribute.is_chief():
-            write_config(run_dir, data_dir, options, train_data.hierarchy)
-            write_split(run_dir, data_dir, train_data, validation)
-        if options.upcycle_epochs:
-            with times.part("fit upcycling"):
-                upcycle_experts(model, options, _sharded(train_data, validation), fit_kwargs)
-        state = run_phases(
-            model,
-            run_dir,
-            options,
-            None,
-            _sharded(train_data, validation),
-            (list(callbacks or []), fit_kwargs, claim.commit, times),
-        )
-        return _finish(run_dir, options, (train_data, validation), state, fit_kwargs, times)
+    with _guarded(run_dir, break_lock, overwrite, job) as claim:
+        with job.scope():
+            if prepared is None:
+                options = discover_for_run(options, data_dir, run_dir, fit_kwargs)
+                prepared = _prepare(options, data_dir)
+            options, (train_data, validation), model = prepared
+            _announce(_data_summary(train_data, validation, options), fit_kwargs)
+            if probe_line(train_data):
+                _announce(probe_line(train_data), fit_kwargs)
+            if _selection_line(validation):
+                _announce(_selection_line(validation), fit_kwargs)
+            if job.is_chief:
+                write_config(run_dir, data_dir, options, train_data.hierarchy)
+                write_split(run_dir, data_dir, train_data, validation)
+            shards = _sharded(job, train_data, validation)
+            if options.upcycle_epochs:
+                with times.part("fit upcycling"):
+                    upcycle_experts(model, options, shards, fit_kwargs, job.is_chief)
+            state = run_phases(
+                model,
+                run_dir,
+                options,
+                None,
+                shards,
+                (list(callbacks or []), fit_kwargs, claim.commit, times, job),
+            )
+        data = (train_data, validation)
+        return _finish(run_dir, options, data, state, fit_kwargs, times, job)
 
 
 class _Follower:
@@ -251,9 +254,9 @@ class _Follower:
 
 
 @contextlib.contextmanager
-def _guarded(run_dir, break_lock, overwrite):
+def _guarded(run_dir, break_lock, overwrite, job):
     """The run's lock and claim, taken by the process that writes the run (the chief)."""
-    if not distribute.is_chief():
+    if not job.is_chief:
         yield _Follower()
         return
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -261,9 +264,9 @@ def _guarded(run_dir, break_lock, overwrite):
         yield claim
 
 
-def _sharded(train_data, validation):
+def _sharded(job, train_data, validation):
     """This process's slice of every batch, in a job of several processes."""
-    return distribute.for_this_process(train_data), distribute.for_this_process(validation)
+    return job.shard(train_data), job.shard(validation)
 
 
 def _prepare(options, data_dir):
@@ -383,39 +386,39 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
         )
     options = _resumed_options(stored, changes)
     options = dataclasses.replace(options, learning_rate=resolve_learning_rate(options))
-    chief, times = distribute.is_chief(), RunTimes()
-    with (
-        distribute.scope(options.distribute, options.batch_size),
-        run_lock(run_dir, break_lock=break_lock) if chief else contextlib.nullcontext(),
-    ):
-        state = _reopen_phase(stored, options, _resume_state(run_dir))
-        if chief:
-            clean_temporary_files(run_dir)
-        if distribute.process_count() > 1:  # loading initialises the layers first: alike
-            keras.utils.set_random_seed(options.seed)
-        model = keras.models.load_model(run_dir / CHECKPOINTS / state["checkpoint"])
-        with times.part("scan and prepare"):  # documents: the checkpoint's own vectorizer
-            vectorizer = getattr(model, "preprocessor", None)
-            train_data, validation = load_data(options, stored_data_dir, vectorizer)
-            check_split(run_dir, stored_data_dir, train_data, validation)
-        phase = phases_of(options)[state["phase"]].name
-        _announce(
-            f"Resuming {run_dir} after epoch {state['epoch']} (phase {phase!r}), from "
-            f"{CHECKPOINTS}/{state['checkpoint']}.",
-            fit_kwargs,
-        )
-        _set_learning_rate(model, stored, options, state["phase"])
-        if options != stored and chief:
-            write_config(run_dir, stored_data_dir, options, train_data.hierarchy)
-        state = run_phases(
-            model,
-            run_dir,
-            options,
-            state,
-            _sharded(train_data, validation),
-            (list(callbacks or []), fit_kwargs, None, times),
-        )
-        return _finish(run_dir, options, (train_data, validation), state, fit_kwargs, times)
+    job, times = distribute.Job(options.distribute, options.batch_size), RunTimes()
+    chief = job.is_chief
+    with run_lock(run_dir, break_lock=break_lock) if chief else contextlib.nullcontext():
+        with job.scope():
+            state = _reopen_phase(stored, options, _resume_state(run_dir))
+            if chief:
+                clean_temporary_files(run_dir)
+            if job.processes > 1:  # loading initialises the layers first: alike
+                keras.utils.set_random_seed(options.seed)
+            model = keras.models.load_model(run_dir / CHECKPOINTS / state["checkpoint"])
+            with times.part("scan and prepare"):  # documents: the checkpoint's own vectorizer
+                vectorizer = getattr(model, "preprocessor", None)
+                train_data, validation = load_data(options, stored_data_dir, vectorizer)
+                check_split(run_dir, stored_data_dir, train_data, validation)
+            phase = phases_of(options)[state["phase"]].name
+            _announce(
+                f"Resuming {run_dir} after epoch {state['epoch']} (phase {phase!r}), from "
+                f"{CHECKPOINTS}/{state['checkpoint']}.",
+                fit_kwargs,
+            )
+            _set_learning_rate(model, stored, options, state["phase"])
+            if options != stored and chief:
+                write_config(run_dir, stored_data_dir, options, train_data.hierarchy)
+            state = run_phases(
+                model,
+                run_dir,
+                options,
+                state,
+                _sharded(job, train_data, validation),
+                (list(callbacks or []), fit_kwargs, None, times, job),
+            )
+        data = (train_data, validation)
+        return _finish(run_dir, options, data, state, fit_kwargs, times, job)
 
 
 def _resumed_options(stored, changes):
@@ -495,10 +498,10 @@ def _resume_state(run_dir):
 # === The end of a run ===
 
 
-def _finish(run_dir, options, data, state, fit_kwargs, times):
+def _finish(run_dir, options, data, state, fit_kwargs, times, job):
     """Hard-routed metrics, the flat baseline and the report (`condnet.runs.finish`)."""
     train_data = data[0]
-    if not distribute.is_chief():  # the chief evaluates and reports
+    if not job.is_chief:  # the chief evaluates and reports
         return {"metrics": None, "model": None, "run_dir": str(run_dir)}
 
     def build():
@@ -508,5 +511,5 @@ def _finish(run_dir, options, data, state, fit_kwargs, times):
         stage = (epochs, rate, 0)
         return stopping_callbacks(options, validation, stage, "Flat baseline: ", fit_kwargs)
 
-    with distribute.on_this_process():
+    with job.evaluation_scope():
         return finish_run(run_dir, options, data, state, build, stopping, fit_kwargs, times)

@@ -399,7 +399,7 @@ def test_info_counts_a_nested_expert_by_its_costliest_route(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"options": {**OPTIONS, "image_size": 16}}))
     info = run_info(tmp_path)
     inner = model.experts["animals"]
-    tap = model._tap_shapes((None, 16, 16, 3))[model.expert_taps["animals"]][1:]
+    tap = model.tap_shapes((None, 16, 16, 3))[model.expert_taps["animals"]][1:]
     route = count_macs(inner.gate, tap) + max(count_macs(e, tap) for e in inner.expert_models)
     assert info["macs"]["expert animals"] == route  # was 0: one unknown layer to count_macs
     shared = info["macs"]["trunk"] + info["macs"]["gate"]

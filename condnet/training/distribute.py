@@ -1,5 +1,10 @@
 """Data-parallel training on the backends' own distribution engines.
 
+`Job` is this process's part in a training job: `condnet.train` makes one and
+passes it down (its scope, this process's slice of the data, whether it writes
+the run). Every workaround of a backend's distribution lives here; the model's
+one hook is the division of its loss by the replicas (`replicas_in_sync`).
+
 JAX: `keras.distribution.DataParallel` over every local device replicates
 the variables and splits each batch along its first axis; XLA all-reduces the
 gradients, and the BatchNormalization statistics are those of the whole
@@ -38,6 +43,7 @@ by hand: `data-parallel` is refused with a message and `auto` means one device.
 """
 
 import contextlib
+import functools
 import json
 import os
 
@@ -45,7 +51,78 @@ import keras
 
 from condnet.models.conditional_model import replicas_in_sync
 
-_JOINED = []  # (coordinator, num_processes, process_id) once this process joined a job
+
+class Job:
+    """This process's part in a training job: its devices, its slice, what it writes.
+
+    A job is this one process, or several processes that train one model
+    together (`join_processes` on JAX, `join_tf_config` on TensorFlow, each
+    called first thing in every process). `condnet.train` makes the job once
+    and passes it down: the job's `scope()` is where models are built and
+    trained, `is_chief` says which process writes the run, `shard` hands each
+    process its slice of every batch, and `evaluation_scope()` is where the
+    chief evaluates once training ends.
+
+    Args:
+        distribute: str. `"none"` (one device), `"data-parallel"` (every
+            local device; every device of the job in a job of several
+            processes) or `"auto"` (data-parallel when there are several
+            devices and the batch divides over them). Defaults to `"none"`.
+        batch_size: int. The global batch size, split over the devices.
+            Defaults to `1`.
+        processes: int or None. Processes in the job. Defaults to the job
+            this process joined (1 when it joined none).
+        index: int or None. This process's index in the job, 0 for the
+            chief. Defaults to the one it joined as (0 when it joined none).
+
+    Example:
+
+    ```python
+    job = Job("data-parallel", batch_size=64)
+    with job.scope():
+        model = build_image_model(hierarchy)  # variables on every device
+        model.compile()
+        model.fit(job.shard(train_data), epochs=5)
+    ```
+    """
+
+    def __init__(self, distribute="none", batch_size=1, processes=None, index=None):
+        joined = _joined()
+        self.backend = keras.backend.backend()
+        self.processes = joined[0] if processes is None else processes
+        self.index = joined[1] if index is None else index
+        self.distribute = resolve(distribute, batch_size, self.processes)
+
+    @property
+    def is_chief(self):
+        """Whether this process writes the run directory (process 0, or the only one)."""
+        return self.index == 0
+
+    def shard(self, folder):
+        """`folder` itself, or in a job of several processes its `shard` for this one."""
+        if folder is None or self.processes == 1:
+            return folder
+        return folder.shard(self.index, self.processes)
+
+    def scope(self):
+        """A context in which models are built and trained as the job says: a
+        `keras.distribution.DataParallel` scope (JAX), a `tf.distribute` strategy
+        scope (TensorFlow), or nothing for one device."""
+        if self.distribute == "none":
+            return contextlib.nullcontext()
+        if self.backend == "tensorflow":
+            return _strategy(self.processes, tuple(local_devices())).scope()
+        # Several processes: each feeds its own slice of every batch (already sharded).
+        return keras.distribution.DataParallel(
+            devices=local_devices(), auto_shard_dataset=self.processes == 1
+        ).scope()
+
+    def evaluation_scope(self):
+        """Where the chief evaluates and trains the baseline once training ends: the
+        job's `scope()` when the job is this one process; nothing in a job of several,
+        where the chief works alone on its own devices (a step under the job's
+        distribution would wait for the other processes)."""
+        return self.scope() if self.processes == 1 else contextlib.nullcontext()
 
 
 def join_processes(coordinator, num_processes, process_id):
@@ -55,8 +132,36 @@ def join_processes(coordinator, num_processes, process_id):
     0 listens) and `num_processes`, and its own `process_id` in
     `0..num_processes-1`. On CPUs the processes all-reduce through gloo;
     GPUs use the backend's own collectives. Seed the run (the recipe does) so
-    that every process initialises the same weights.
+    that every process initialises the same weights. JAX keeps the job:
+    `Job()` reads it back (`jax.process_count()`, `jax.process_index()`).
     """
+    _check_join(coordinator, num_processes, process_id)
+    import jax
+
+    if jax.distributed.is_initialized():
+        joined = (jax.process_count(), jax.process_index())
+        if joined != (num_processes, process_id):
+            raise RuntimeError(
+                f"This process already joined a job of {joined[0]} processes as process "
+                f"{joined[1]}; a process joins one job. Received: num_processes="
+                f"{num_processes}, process_id={process_id}"
+            )
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # What keras.distribution.initialize does, with a longer shutdown: the other
+    # processes wait at exit while the chief evaluates and trains the baseline alone.
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        shutdown_timeout_seconds=_CHIEF_FINISH_SECONDS,
+    )
+
+
+_CHIEF_FINISH_SECONDS = 24 * 3600
+
+
+def _check_join(coordinator, num_processes, process_id):
     backend = keras.backend.backend()
     if backend != "jax":
         raise ValueError(
@@ -79,29 +184,6 @@ def join_processes(coordinator, num_processes, process_id):
             "coordinator must be HOST:PORT, the address process 0 listens on (e.g. "
             f"10.0.0.1:1234). Received: coordinator={coordinator!r}"
         )
-    joined = (coordinator, num_processes, process_id)
-    if _JOINED:
-        if _JOINED[0] != joined:
-            raise RuntimeError(
-                f"This process already joined the job {_JOINED[0]}; a process joins one job. "
-                f"Received: {joined}"
-            )
-        return
-    import jax
-
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    # What keras.distribution.initialize does, with a longer shutdown: the other
-    # processes wait at exit while the chief evaluates and trains the baseline alone.
-    jax.distributed.initialize(
-        coordinator_address=coordinator,
-        num_processes=num_processes,
-        process_id=process_id,
-        shutdown_timeout_seconds=_CHIEF_FINISH_SECONDS,
-    )
-    _JOINED.append(joined)
-
-
-_CHIEF_FINISH_SECONDS = 24 * 3600
 
 
 def tf_config_workers():
@@ -141,56 +223,52 @@ def _tf_config():
 def join_tf_config():
     """Join the TensorFlow job that `TF_CONFIG` describes, before any TensorFlow work:
     creates the process's `MultiWorkerMirroredStrategy` (collective ops are configured
-    at program start-up, so a later call fails)."""
+    at program start-up, so a later call fails). `TF_CONFIG` then names the job that
+    `Job()` reads back."""
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
             "TF_CONFIG configures TensorFlow jobs; on JAX pass --coordinator HOST:PORT "
             "--num-processes N --process-id I. Received: backend "
             f"{keras.backend.backend()!r}"
         )
-    workers, index = _tf_config()
-    if workers < 2:
+    if _tf_config()[0] < 2:
         raise ValueError(
             "A job of several TensorFlow processes needs TF_CONFIG naming at least two "
             f"workers. Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}"
         )
-    joined = ("TF_CONFIG", workers, index)
-    if _JOINED:
-        if _JOINED[0] != joined:
-            raise RuntimeError(f"This process already joined the job {_JOINED[0]}.")
-        return
-    import tensorflow as tf
+    _multi_worker()
 
-    try:
-        _STRATEGIES["multi-worker"] = tf.distribute.MultiWorkerMirroredStrategy()
-    except RuntimeError as error:
-        raise RuntimeError(
-            "Join the TensorFlow job before anything else runs TensorFlow (call "
-            f"join_tf_config() first thing). TensorFlow said: {error}"
-        ) from None
-    _JOINED.append(joined)
+
+def _joined():
+    """`(processes, this process's index)` of the job this process joined; `(1, 0)` alone.
+
+    The backends keep the job: JAX once `jax.distributed` is initialised, TensorFlow
+    in the `TF_CONFIG` of its workers.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        if jax.distributed.is_initialized():
+            return jax.process_count(), jax.process_index()
+    elif backend == "tensorflow" and _tf_config()[0] > 1:
+        return _tf_config()
+    return 1, 0
 
 
 def process_count():
-    """Processes in this job: 1 unless `join_processes` was called."""
-    return _JOINED[0][1] if _JOINED else 1
+    """Processes in the job this process joined: 1 unless it joined one."""
+    return _joined()[0]
 
 
 def process_index():
     """This process's index in its job (0 for the chief, or the only process)."""
-    return _JOINED[0][2] if _JOINED else 0
+    return _joined()[1]
 
 
 def is_chief():
     """Whether this process writes the run directory (process 0, or the only one)."""
-    return not _JOINED or _JOINED[0][2] == 0
-
-
-def for_this_process(folder):
-    """`folder` itself, or in a job of several processes its `shard` for this process."""
-    if folder is None or not _JOINED:
-        return folder
-    return folder.shard(_JOINED[0][2], _JOINED[0][1])
+    return process_index() == 0
 
 
 # `fit` takes the batches in order: a folder shuffles its rows every epoch itself, and
@@ -210,7 +288,7 @@ def fit_inputs(train_data, validation):
     (benchmarks/input_pipeline.py, figures in benchmarks/RESULTS.md); and in a
     job of several workers it would shard the batches again (every worker
     reading every batch to keep a slice), where each worker already reads only
-    its own slice (`for_this_process`).
+    its own slice (`Job.shard`).
     """
     if keras.backend.backend() != "tensorflow":
         return train_data, validation, []
@@ -267,31 +345,12 @@ class _EpochEnd(keras.callbacks.Callback):
         self.folder.on_epoch_end()
 
 
-@contextlib.contextmanager
-def on_this_process():
-    """No distribution inside, in a job of several processes: the chief evaluates and
-    trains the baseline on its own devices (one process keeps its distribution)."""
-    if not _JOINED:
-        yield
-        return
-    if _multi_worker() is not None:
-        with _outside_strategy():
-            yield
-        return
-    previous = keras.distribution.distribution()
-    keras.distribution.set_distribution(None)
-    try:
-        yield
-    finally:
-        keras.distribution.set_distribution(previous)
-
-
 def local_devices():
     """The devices data-parallel training would use on this backend, else []; in a
     TensorFlow job of several workers, one name per replica of the whole job."""
-    backend, multi_worker = keras.backend.backend(), _multi_worker()
-    if multi_worker is not None:
-        return [f"replica:{i}" for i in range(multi_worker.num_replicas_in_sync)]
+    backend, processes = keras.backend.backend(), process_count()
+    if backend == "tensorflow" and processes > 1:
+        return [f"replica:{i}" for i in range(_multi_worker().num_replicas_in_sync)]
     if backend == "jax":
         return keras.distribution.list_devices()
     if backend == "tensorflow":
@@ -302,16 +361,18 @@ def local_devices():
     return []
 
 
-def resolve(distribute, batch_size):
-    """`"none"` or `"data-parallel"` for the option value `distribute`, checked."""
+def resolve(distribute, batch_size, processes=None):
+    """`"none"` or `"data-parallel"` for the option value `distribute`, checked, in a
+    job of `processes` processes (defaults to the job this process joined)."""
+    processes = process_count() if processes is None else processes
     devices = local_devices()
     if distribute == "auto":
         distribute = "data-parallel" if len(devices) > 1 else "none"
         if distribute == "data-parallel" and batch_size % len(devices):
             distribute = "none"  # auto never fails a run; data-parallel says why
-    if distribute == "none" and _JOINED:
+    if distribute == "none" and processes > 1:
         raise ValueError(
-            f"This process joined a job of {_JOINED[0][1]} processes, which trains one model "
+            f"This process joined a job of {processes} processes, which trains one model "
             "together: use distribute='data-parallel' (or 'auto'). Received: distribute='none'"
         )
     if distribute == "none":
@@ -339,62 +400,61 @@ def compile_options():
 
 
 def scope(distribute, batch_size):
-    """A context in which models are built and trained as `distribute` says."""
-    if resolve(distribute, batch_size) == "none":
-        return contextlib.nullcontext()
-    if keras.backend.backend() == "tensorflow":
-        return _entered(_multi_worker() or _mirrored(tuple(local_devices())))
-    # Several processes: each feeds its own slice of every batch (already sharded).
-    return keras.distribution.DataParallel(
-        devices=local_devices(), auto_shard_dataset=not _JOINED
-    ).scope()
+    """A context in which models are built and trained as `distribute` says, in the job
+    this process joined (`Job(distribute, batch_size).scope()`)."""
+    return Job(distribute, batch_size).scope()
 
 
-_STRATEGIES = {}
+# === TensorFlow strategies: one of each per process ===
 
 
+def _strategy(processes, devices):
+    """The job's TensorFlow strategy: MultiWorkerMirroredStrategy over several workers,
+    else MirroredStrategy over this process's `devices`."""
+    return _multi_worker() if processes > 1 else _mirrored(devices)
+
+
+@functools.cache
 def _mirrored(devices):
     """One MirroredStrategy per device set and process: a second one in the same process
     reuses collective instance keys and its all-reduces fail with shape mismatches."""
-    if devices not in _STRATEGIES:
-        import tensorflow as tf
+    import tensorflow as tf
 
-        _STRATEGIES[devices] = tf.distribute.MirroredStrategy(list(devices))
-    return _STRATEGIES[devices]
+    return tf.distribute.MirroredStrategy(list(devices))
 
 
+@functools.cache
 def _multi_worker():
-    """This process's MultiWorkerMirroredStrategy once it joined a TensorFlow job."""
-    return _STRATEGIES.get("multi-worker")
+    """This process's MultiWorkerMirroredStrategy, made once (by `join_tf_config`)."""
+    import tensorflow as tf
 
+    class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        """MultiWorkerMirroredStrategy whose `reduce` takes what Keras 3's TensorFlow
+        trainer hands it (tensorflow#72388): the first batch as a whole, to build the
+        model (reduced here one tensor at a time, as the strategy can), and each step's
+        scalar logs along axis 0 (reduced here over the replicas: the mean of scalars is
+        the value one device would log)."""
 
-_ENTERED = []  # [strategy, its entered scope] while `scope` holds a TensorFlow strategy
+        def reduce(self, reduce_op, value, axis):
+            if tf.nest.is_nested(value):
+                return tf.nest.map_structure(lambda v: self.reduce(reduce_op, v, axis), value)
+            if axis is not None and _rank(value) == 0:
+                axis = None
+            return super().reduce(reduce_op, value, axis)
 
-
-@contextlib.contextmanager
-def _entered(strategy):
-    """`strategy.scope()`, recorded so that `on_this_process` can step out of it."""
-    context = strategy.scope()
-    context.__enter__()
-    _ENTERED.append([strategy, context])
     try:
-        yield
-    finally:
-        _, context = _ENTERED.pop()
-        context.__exit__(None, None, None)
+        return KerasMultiWorkerStrategy()
+    except RuntimeError as error:
+        raise RuntimeError(
+            "Join the TensorFlow job before anything else runs TensorFlow (call "
+            f"join_tf_config() first thing). TensorFlow said: {error}"
+        ) from None
 
 
-@contextlib.contextmanager
-def _outside_strategy():
-    """Leave the strategy scope `scope` entered, and enter it again after: the chief
-    evaluates alone, and a step under the job's strategy would wait for the others."""
-    if not _ENTERED:
-        yield
-        return
-    strategy, context = _ENTERED[-1]
-    context.__exit__(None, None, None)
-    try:
-        yield
-    finally:
-        _ENTERED[-1][1] = strategy.scope()
-        _ENTERED[-1][1].__enter__()
+def _rank(value):
+    """The rank of a tensor, or of each replica's part of a distributed value."""
+    import tensorflow as tf
+
+    if isinstance(value, tf.distribute.DistributedValues):
+        value = value.values[0]
+    return value.shape.rank

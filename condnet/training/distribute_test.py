@@ -390,9 +390,30 @@ def test_joining_a_tensorflow_job_is_refused_elsewhere_and_with_one_worker(monke
         join_tf_config()
 
 
-def test_a_process_of_a_job_refuses_to_train_alone(monkeypatch):
-    from condnet.training import distribute
+def test_a_process_of_a_job_refuses_to_train_alone():
+    from condnet.training.distribute import Job
 
-    monkeypatch.setattr(distribute, "_JOINED", [("127.0.0.1:1234", 2, 1)])
     with pytest.raises(ValueError, match="joined a job of 2 processes.*distribute='none'"):
-        resolve("none", 32)
+        Job("none", 32, processes=2, index=1)
+    with pytest.raises(ValueError, match="joined a job of 2 processes.*distribute='none'"):
+        resolve("none", 32, processes=2)
+
+
+def test_a_job_of_one_process_is_its_own_chief_and_reads_every_batch():
+    from condnet.training.distribute import Job
+
+    job = Job()
+    assert (job.processes, job.index, job.is_chief, job.distribute) == (1, 0, True, "none")
+    assert job.shard("folder") == "folder" and job.shard(None) is None
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="no distribution engine on torch")
+def test_a_follower_reads_its_own_slice_and_writes_nothing():
+    from condnet.training.distribute import Job
+
+    class Folder:
+        def shard(self, index, count):
+            return ("slice", index, count)
+
+    job = Job("data-parallel", 32, processes=3, index=2)
+    assert not job.is_chief and job.shard(Folder()) == ("slice", 2, 3)

@@ -52,7 +52,7 @@ def upcycle_source(model, input_shape, name="upcycle_source"):
             f"Received: {type(model).__name__}"
         )
     input_shape = tuple(input_shape)
-    found = functional_experts(model, model._tap_shapes((None, *input_shape)))
+    found = functional_experts(model, model.tap_shapes((None, *input_shape)))
     if not found:
         raise ValueError(
             "Upcycling copies a flat head into the experts, so the model needs at least one "
@@ -88,7 +88,7 @@ def upcycle(model, source):
     if model.trunk is not None:
         model.trunk.set_weights(source.get_layer(model.trunk.name).get_weights())
     classes = model.hierarchy.classes
-    taps = model._tap_shapes((None, *source.input_shape[1:]))
+    taps = model.tap_shapes((None, *source.input_shape[1:]))
     for _, _, _, expert, names in functional_experts(model, taps):
         _check_layout(head, expert, expert.name)
         columns = np.asarray([classes.index(name) for name in names])
