@@ -25,7 +25,8 @@ def test_cats_and_dogs_example_trains_then_predicts_each_breed_with_its_routed_m
     for group, breed in routed:  # hard routing: the breed comes from the routed model
         assert breed in example.HIERARCHY[group]
     accuracy, group_accuracy = results["accuracy"], results["group_accuracy"]
-    assert f"hard-routed accuracy: {accuracy:.3f}, cat/dog accuracy: {group_accuracy:.3f}" in printed
+    line = f"hard-routed accuracy: {accuracy:.3f}, cat/dog accuracy: {group_accuracy:.3f}"
+    assert line in printed
     assert accuracy <= group_accuracy  # a right breed lies in the right group under hard routing
 
 

@@ -116,9 +116,7 @@ def test_score_run_scores_the_other_routing_beside_and_gives_the_model_its_own_b
     assert flat_predictions is None and "baseline" not in metrics
 
 
-def test_score_run_gives_the_model_its_routing_back_when_the_other_pass_fails(
-    colours, monkeypatch
-):
+def test_score_run_gives_the_model_its_routing_back_when_the_other_pass_fails(colours, monkeypatch):
     evaluate = finish.evaluate_model
 
     def second_pass_fails(model, *args, **kwargs):
