@@ -179,7 +179,6 @@ def test_calibration_needs_a_conditional_model_with_flat_experts():
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_cli_calibrate_writes_the_calibrated_model_and_report(tmp_path, capsys):
     make_shapes_dataset(tmp_path / "data", samples_per_class=10, image_size=32)
     run = tmp_path / "run"

@@ -111,7 +111,6 @@ def test_discover_from_folder_returns_the_validation_confusions(flat_shapes):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_train_with_auto_hierarchy_writes_the_discovered_hierarchy(flat_shapes, tmp_path, capsys):
     run = tmp_path / "run"
     loud = {**TINY, "verbose": 2, "baseline": False}

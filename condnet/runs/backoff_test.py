@@ -249,7 +249,6 @@ def test_thresholds_for_other_levels_are_refused_with_the_levels_expected(run, t
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_train_chooses_thresholds_and_reports_back_off_and_mistakes(tmp_path, capsys):
     from condnet.data.demo_data import make_shapes_dataset
     from condnet.runs.compare import compare_runs

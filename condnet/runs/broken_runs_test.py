@@ -22,7 +22,7 @@ import pytest
 from condnet.runs import cli_test
 from condnet.runs.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.one_backend]
+pytestmark = pytest.mark.slow
 trained = cli_test.trained  # the fixture of cli_test's one tiny real run (module-scoped)
 
 # === Damages: (file, how it is broken) ===

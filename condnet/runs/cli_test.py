@@ -338,7 +338,6 @@ def test_every_cli_option_names_its_default_once():
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_cli_demo_runs_end_to_end(tmp_path, capsys):
     sizes = ["--samples-per-class", "10", "--test-samples-per-class", "5"]
     code = main(["demo", "--out", str(tmp_path), "--epochs", "1", *sizes, "--quiet"])

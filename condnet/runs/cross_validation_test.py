@@ -102,7 +102,6 @@ def test_cross_validate_refuses_a_locked_out_dir(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_cli_cv_trains_one_run_per_fold_and_writes_the_summary(tmp_path, capsys):
     data = tmp_path / "data"
     make_shapes_dataset(data, samples_per_class=6, image_size=32)

@@ -115,7 +115,6 @@ def _assert_tensorboard_logs(logs):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_staged_strategy_runs_gate_expert_and_joint_phases(shapes, tmp_path, capsys):
     run = tmp_path / "run"
     loud = {**TINY, "verbose": 2}
@@ -151,7 +150,6 @@ train(sys.argv[1], sys.argv[2], epochs=4, callbacks=[Kill()], patience=10,
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_run_killed_mid_epoch_resumes_from_its_last_epoch(shapes, tmp_path):
     run = tmp_path / "run"
     script = tmp_path / "killed.py"
@@ -277,7 +275,6 @@ class _FailFirstBatch(keras.callbacks.Callback):
         raise RuntimeError("the new run broke")
 
 
-@pytest.mark.one_backend
 def test_overwrite_restores_the_old_run_when_the_new_one_fails_early(shapes, tmp_path):
     run = _fake_run(tmp_path / "run")
     with pytest.raises(RuntimeError, match="the new run broke"):
@@ -292,7 +289,6 @@ def test_overwrite_restores_the_old_run_when_the_new_one_fails_early(shapes, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_overwrite_replaces_only_run_files_once_the_new_run_commits(shapes, tmp_path):
     run = _fake_run(tmp_path / "run")
     (run / ".tmp-model.keras").write_text("a killed write")
@@ -312,7 +308,6 @@ def test_overwrite_replaces_only_run_files_once_the_new_run_commits(shapes, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_run_killed_before_its_first_epoch_starts_again_without_overwrite(shapes, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -341,7 +336,6 @@ class _PoisonAtEpoch(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_nan_epoch_is_never_committed_and_the_run_resumes_before_it(shapes, tmp_path):
     run = tmp_path / "run"
     poison = _PoisonAtEpoch(run, epoch=1)
@@ -360,7 +354,6 @@ def test_a_nan_epoch_is_never_committed_and_the_run_resumes_before_it(shapes, tm
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_huge_learning_rate_saves_nothing_and_says_what_to_lower(shapes, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(
@@ -414,7 +407,6 @@ def test_no_flip_and_no_rotation_drop_them_from_the_policy(flags, kept):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_resume_with_more_epochs_trains_them(trained, tmp_path):
     run = _copy(trained, tmp_path)
     resume(run, epochs=3, verbose=0)
@@ -510,7 +502,6 @@ def _fine_tuned_backbone(shapes, run, options, layers):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_transfer_recipe_freezes_the_base_then_fine_tunes_its_top(shapes, tmp_path):
     from condnet.vision.backbones import application_trunk
 
@@ -572,7 +563,6 @@ def test_a_users_model_or_preset_is_frozen_then_fine_tuned(shapes, tmp_path, mak
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_three_level_folder_trains_routes_and_reports(shapes, tmp_path):
     import shutil
 
@@ -635,7 +625,6 @@ def test_a_soft_run_ships_a_hard_routed_model_scored_beside_its_mixture_and_base
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_no_baseline_skips_it(shapes, tmp_path):
     train(shapes / "train", tmp_path / "run", epochs=1, **{**TINY, "baseline": False})
     assert "baseline" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -643,7 +632,6 @@ def test_no_baseline_skips_it(shapes, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_resume_that_adds_epochs_trains_the_baseline_as_long(shapes, tmp_path, capsys):
     run = tmp_path / "run"
     options = {**TINY, "baseline": True, "verbose": 2, "patience": 10}
@@ -713,7 +701,6 @@ class _CrashAt(keras.callbacks.Callback):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("crash_epoch", [1, 2], ids=["inside_a_phase", "at_a_phase_boundary"])
-@pytest.mark.one_backend
 def test_a_staged_run_resumes_inside_and_across_its_phases(shapes, tmp_path, crash_epoch):
     run = tmp_path / "run"
     options = dict(epochs=6, strategy="staged", patience=10, **TINY)
@@ -731,7 +718,6 @@ def test_a_staged_run_resumes_inside_and_across_its_phases(shapes, tmp_path, cra
     np.testing.assert_allclose(rates, [1e-3, 1e-3 * 0.505] * 3, rtol=1e-5)
 
 
-@pytest.mark.one_backend
 def test_plateau_schedule_keeps_the_rate_until_the_metric_stalls(shapes, tmp_path):
     run = tmp_path / "run"
     train(shapes / "train", run, epochs=2, lr_schedule="plateau", **TINY)
@@ -742,7 +728,6 @@ def test_plateau_schedule_keeps_the_rate_until_the_metric_stalls(shapes, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_train_and_resume_say_what_they_found_and_where_they_continue(shapes, tmp_path, capsys):
     run = tmp_path / "run"
     options = {**TINY, "verbose": 2}
@@ -792,7 +777,6 @@ def test_an_upcycled_run_starts_every_expert_from_one_trained_flat_model(shapes,
     assert stored["upcycle_epochs"] == 2
 
 
-@pytest.mark.one_backend
 def test_upcycling_experts_that_cannot_be_copied_fails_before_any_file_is_written(shapes, tmp_path):
     options = {**TINY, "expert_placement": "separate", "upcycle_epochs": 1}
     with pytest.raises(ValueError, match="Upcycling copies a flat classifier's columns"):
@@ -800,7 +784,6 @@ def test_upcycling_experts_that_cannot_be_copied_fails_before_any_file_is_writte
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.one_backend
 def test_expert_dropout_reaches_the_experts_only(shapes, tmp_path):
     result = train(shapes / "train", tmp_path / "run", epochs=1, expert_dropout=0.5, **TINY)
     model = result["model"]

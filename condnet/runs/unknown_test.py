@@ -234,7 +234,6 @@ def test_a_damaged_unknown_file_is_named_with_the_fix(run, tmp_path, content, pr
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_train_chooses_unknown_thresholds_for_both_models(tmp_path):
     from condnet.data.demo_data import make_shapes_dataset
     from condnet.runs.files import RUN_FILES
