@@ -1,13 +1,10 @@
 """Settings shared by the whole test suite.
 
-Tests marked `one_backend` check what condnet does around training: a run
-directory that resumes, overwrites, survives a kill or a NaN epoch, the CLI's
-commands end to end (demo, cv, calibrate), staged phases, the transfer recipe.
-That logic is condnet's and the same on every backend, while training, saving and
-loading on each backend are covered there by the unmarked tests (the models'
-tests, the recipe's run and resume tests, the README). So these run on one
-backend, TensorFlow, the default, which keeps the three-backend loop of CI within
-its time. `CONDNET_TEST_ALL_BACKENDS=1` runs them on every backend.
+The same suite runs on every backend (`KERAS_BACKEND=tensorflow|jax|torch`). A
+test that cannot may be marked `@pytest.mark.one_backend(reason="...")`: it then
+runs under TensorFlow only, and its reason, which it must give, says why (it is
+shown when the test is skipped). `CONDNET_TEST_ALL_BACKENDS=1` runs it on every
+backend anyway.
 """
 
 import os
@@ -19,12 +16,16 @@ ONE_BACKEND = "tensorflow"
 
 def pytest_collection_modifyitems(config, items):
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend == ONE_BACKEND or os.environ.get("CONDNET_TEST_ALL_BACKENDS") == "1":
-        return
-    skip = pytest.mark.skip(
-        reason=f"one_backend: runs under KERAS_BACKEND={ONE_BACKEND} "
-        "(CONDNET_TEST_ALL_BACKENDS=1 runs it here too)"
-    )
+    everywhere = backend == ONE_BACKEND or os.environ.get("CONDNET_TEST_ALL_BACKENDS") == "1"
     for item in items:
-        if "one_backend" in item.keywords:
-            item.add_marker(skip)
+        marker = item.get_closest_marker("one_backend")
+        if marker is None:
+            continue
+        reason = marker.kwargs.get("reason")
+        if not reason:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked one_backend without saying why. Give the reason "
+                'it cannot run on every backend: @pytest.mark.one_backend(reason="...").'
+            )
+        if not everywhere:
+            item.add_marker(pytest.mark.skip(reason=f"one_backend ({ONE_BACKEND}): {reason}"))

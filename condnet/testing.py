@@ -284,3 +284,31 @@ def png_header(width, height):
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def serve_in_thread(config):
+    """Run a `uvicorn.Config`'s server in a daemon thread. Returns (server, thread) once
+    it listens: the server sets an event when its startup ends, so no test polls it.
+    Stop it with `server.should_exit = True` and `thread.join()`."""
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            done.set()
+
+    def run():
+        try:
+            server.run()
+        finally:
+            done.set()  # a server that failed to start ends its thread too
+
+    done, server = threading.Event(), Server(config)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    done.wait(timeout=60)  # a safety net; startup takes well under a second
+    if not server.started:
+        raise RuntimeError(f"The test server did not start. Received: {config.host}:{config.port}")
+    return server, thread

@@ -1,4 +1,5 @@
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,20 @@ def _example():
 
 
 @pytest.mark.slow
-def test_cats_and_dogs_example_trains_and_routes(capsys):
-    results = _example().main(epochs=4, samples=800, verbose=0)
+def test_cats_and_dogs_example_trains_then_predicts_each_breed_with_its_routed_model(capsys):
+    # How accurate the example gets is its own printout's business, not a test's: one
+    # short epoch is enough to check what it does.
+    example = _example()
+    results = example.main(epochs=1, samples=64, verbose=0)
     printed = capsys.readouterr().out
-    assert results["group_accuracy"] > 0.8
-    assert results["accuracy"] > 0.5  # chance is 0.2
-    assert printed.count("routed to the") == 5
-    assert "hard-routed accuracy" in printed
+    routed = re.findall(r"routed to the (\w+) model \(p=[\d.]+\) -> (\w+)", printed)
+    assert len(routed) == 5
+    for group, breed in routed:  # hard routing: the breed comes from the routed model
+        assert breed in example.HIERARCHY[group]
+    accuracy, group_accuracy = results["accuracy"], results["group_accuracy"]
+    line = f"hard-routed accuracy: {accuracy:.3f}, cat/dog accuracy: {group_accuracy:.3f}"
+    assert line in printed
+    assert accuracy <= group_accuracy  # a right breed lies in the right group under hard routing
 
 
 def test_cats_and_dogs_example_builds_the_question_architecture():

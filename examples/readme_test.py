@@ -111,8 +111,14 @@ def test_the_walkthrough_draws_its_data_first_and_trains_on_it():
 
 # The commands are condnet's logic around training, the same on every backend; training,
 # saving and loading on JAX and torch are covered by the other tests (see conftest.py).
+@pytest.mark.one_backend(
+    reason=(
+        "runs every README command in order: the order and where files land are backend-"
+        "independent, and each command's backend-dependent part is tested on every backend in"
+        " its own module"
+    )
+)
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_the_walkthrough_runs_in_order_and_writes_only_under_runs(tmp_path, monkeypatch):
     from condnet.runs.cli import main
 

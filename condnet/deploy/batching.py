@@ -11,7 +11,6 @@ queued in a shared pool), and hands each request its own rows back.
 
 import asyncio
 import math
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,9 +27,12 @@ class MicroBatcher:
             more runs alone). 1 turns batching off.
         max_wait_ms: how long the first request of a batch waits for others
             (finite: an infinite wait would never answer).
+        sleep: coroutine function of seconds, awaited to time that wait.
+            Defaults to `asyncio.sleep`; a test passes one that returns when it
+            says so, and so decides when a batch stops waiting.
     """
 
-    def __init__(self, predict, max_batch=32, max_wait_ms=5.0):
+    def __init__(self, predict, max_batch=32, max_wait_ms=5.0, sleep=asyncio.sleep):
         if int(max_batch) < 1 or not 0 <= float(max_wait_ms) < math.inf:  # NaN fails too
             raise ValueError(
                 "max_batch must be at least 1 and max_wait_ms a finite number, at least 0. "
@@ -39,6 +41,7 @@ class MicroBatcher:
         self.predict = predict
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
+        self.sleep = sleep
         self.batch_sizes = Counter()  # images per model call -> number of calls
         self._queue = None
         self._worker = None
@@ -75,24 +78,32 @@ class MicroBatcher:
 
     async def _collect(self, batch):
         rows = len(batch[0][0])
-        deadline = time.monotonic() + self.max_wait
-        while rows < self.max_batch:
-            if self._queue.empty():
-                left = deadline - time.monotonic()
-                if left <= 0:
+        timer = asyncio.ensure_future(self.sleep(self.max_wait))
+        try:
+            while rows < self.max_batch:
+                item = await self._next(timer)
+                if item is None:
                     return
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), left)
-                except asyncio.TimeoutError:
+                if rows + len(item[0]) > self.max_batch:
+                    self._queue.put_nowait(item)  # it runs first in the next batch...
+                    self._requeue_first()
                     return
-            else:
-                item = self._queue.get_nowait()
-            if rows + len(item[0]) > self.max_batch:
-                self._queue.put_nowait(item)  # it runs first in the next batch...
-                self._requeue_first()
-                return
-            batch.append(item)
-            rows += len(item[0])
+                batch.append(item)
+                rows += len(item[0])
+        finally:
+            timer.cancel()
+
+    async def _next(self, timer):
+        """The next waiting request, or None when `timer` ends before one arrives."""
+        if self._queue.empty():
+            get = asyncio.ensure_future(self._queue.get())
+            try:
+                await asyncio.wait({get, timer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                get.cancel()  # no-op once it holds its request; else the request stays queued
+            if get.done():
+                return get.result()
+        return None if self._queue.empty() else self._queue.get_nowait()
 
     def _requeue_first(self):
         """...so move it from the back of the queue to the front (requests keep their order)."""

@@ -1,6 +1,3 @@
-import threading
-import time
-
 import numpy as np
 import pytest
 
@@ -8,7 +5,7 @@ from condnet.deploy.serve import create_app
 from condnet.deploy.serve_test import DOCUMENTS, SIZE, _expected, _expected_documents, _png
 from condnet.deploy.serve_test import model as model  # noqa: F401  (the fixture)
 from condnet.deploy.serve_test import text_model as text_model  # noqa: F401  (the fixture)
-from condnet.testing import headless_chromium
+from condnet.testing import headless_chromium, serve_in_thread
 
 uvicorn = pytest.importorskip("uvicorn")
 
@@ -20,12 +17,7 @@ def serve(model):  # noqa: F811
 
     def start(app):
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+        server, thread = serve_in_thread(config)
         servers.append((server, thread))
         port = server.servers[0].sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}"
@@ -43,13 +35,17 @@ def browser():
     driver.quit()
 
 
-def _text(browser, element_id, seconds=30):
+def _text(browser, element_id, shows="", seconds=30):
+    """The element's text once it is not empty and holds `shows` (the browser's own
+    wait for a condition; `seconds` is a safety net)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, seconds).until(
-        lambda b: b.find_element(By.ID, element_id).text.strip() or False
-    )
+    def shown(browser):
+        text = browser.find_element(By.ID, element_id).text.strip()
+        return text if text and shows in text else False
+
+    return WebDriverWait(browser, seconds).until(shown)
 
 
 def _upload(browser, path):
@@ -94,10 +90,7 @@ def test_the_page_asks_for_the_token_and_shows_errors(model, serve, browser, tmp
     assert "needs a token" in _text(browser, "model")
     browser.find_element(By.ID, "token").send_keys("s3cret")
     browser.find_element(By.ID, "use-token").click()
-    deadline = time.monotonic() + 30
-    while "Groups:" not in browser.find_element(By.ID, "model").text:
-        assert time.monotonic() < deadline, "the page never showed the model"
-        time.sleep(0.1)
+    _text(browser, "model", shows="Groups:")
     (tmp_path / "broken.png").write_bytes(b"not an image at all")
     _upload(browser, tmp_path / "broken.png")
     assert _text(browser, "error").startswith("Error 400")

@@ -178,8 +178,14 @@ def test_calibration_needs_a_conditional_model_with_flat_experts():
         calibrate(outer, (np.zeros((2, 8)), np.zeros(2)))
 
 
+@pytest.mark.one_backend(
+    reason=(
+        "the temperature fit runs on every backend in the tests above; this adds the CLI "
+        "around it (a trained run, the files it writes), the same on every backend, at the "
+        "cost of a whole run"
+    )
+)
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_cli_calibrate_writes_the_calibrated_model_and_report(tmp_path, capsys):
     make_shapes_dataset(tmp_path / "data", samples_per_class=10, image_size=32)
     run = tmp_path / "run"

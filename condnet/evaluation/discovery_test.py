@@ -110,8 +110,14 @@ def test_discover_from_folder_returns_the_validation_confusions(flat_shapes):
     assert confusion.sum(axis=1).tolist() == [2] * 6  # 20% of 10 images per class
 
 
+@pytest.mark.one_backend(
+    reason=(
+        "discovery itself runs on every backend in the tests above; this adds the run that "
+        "writes hierarchy.discovered.json, whose file handling is the same on every backend, "
+        "and a whole run per backend costs CI minutes"
+    )
+)
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_train_with_auto_hierarchy_writes_the_discovered_hierarchy(flat_shapes, tmp_path, capsys):
     run = tmp_path / "run"
     loud = {**TINY, "verbose": 2, "baseline": False}

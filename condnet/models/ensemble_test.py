@@ -119,3 +119,79 @@ def test_ensemble_predict_refuses_unknown_arguments_as_a_conditional_model_does(
         member.predict(images, verbose=0, routd=True)
     with pytest.raises(TypeError, match=r"Ensemble.predict takes .*unknown arguments: \['routd'\]"):
         ensemble.predict(images, verbose=0, routd=True)
+
+
+# === The mean of the members ===
+
+IMAGES = np.array([[[[250, 0, 0]]], [[[0, 250, 0]]], [[[0, 0, 250]]]], "float32")
+IMAGES = np.tile(IMAGES, (1, 8, 8, 1))  # plain red, green and blue images
+
+
+def flat_member(seed=0, name="flat"):
+    """A flat Keras classifier over the colour tree's four classes (random weights)."""
+    inputs = keras.Input((8, 8, 3))
+    mean = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(4, activation="softmax")
+    outputs = dense(mean)
+    kernel = np.random.default_rng(seed).normal(0, 2, (3, 4)).astype("float32")
+    dense.set_weights([kernel, np.zeros(4, "float32")])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def test_an_ensemble_predicts_the_weighted_mean_of_its_members_and_groups_that_sum_it():
+    members = [colour_model(), flat_member()]
+    ensemble = Ensemble(members[0].hierarchy, members, member_weights=[3, 1])
+    mean = 0.75 * members[0].predict(IMAGES, verbose=0)["classes"]
+    mean += 0.25 * members[1].predict(IMAGES, verbose=0)
+    outputs = ensemble.predict(IMAGES, verbose=0)
+    np.testing.assert_allclose(outputs["classes"], mean, atol=1e-6)
+    groups = ensemble.hierarchy.class_to_group
+    summed = np.stack([mean[:, groups == g].sum(axis=1) for g in range(2)], axis=1)
+    np.testing.assert_allclose(outputs["groups"], summed, atol=1e-6)
+    np.testing.assert_array_equal(outputs["route"], summed.argmax(axis=1))
+    called = ensemble(keras.ops.convert_to_tensor(IMAGES))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(called["classes"]), mean, atol=1e-5)
+
+
+def test_an_ensemble_with_weights_and_a_flat_member_reloads_safely_with_both(tmp_path):
+    members = [colour_model(), flat_member()]
+    ensemble = Ensemble(members[0].hierarchy, members, member_weights=[1, 3])
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras", safe_mode=True)
+    assert isinstance(loaded, Ensemble) and loaded.member_weights == [0.25, 0.75]
+    assert loaded.hierarchy == ensemble.hierarchy
+    assert [m.name for m in loaded.members] == [m.name for m in members]
+    np.testing.assert_allclose(
+        loaded.predict(IMAGES, verbose=0)["classes"],
+        ensemble.predict(IMAGES, verbose=0)["classes"],
+        atol=1e-6,
+    )
+
+
+def test_an_ensembles_routing_is_its_conditional_members_and_setting_it_sets_theirs():
+    hard, soft = colour_model(routing="hard"), colour_model(routing="soft")
+    soft._name = "second"
+    ensemble = Ensemble(hard.hierarchy, [hard, soft, flat_member()])
+    assert ensemble.routing == "mixed" and ensemble.routes_at_inference
+    ensemble.routing = "soft"
+    assert (hard.routing, soft.routing, ensemble.routing) == ("soft", "soft", "soft")
+    assert Ensemble(hard.hierarchy, [flat_member()]).routing is None
+
+
+def test_an_ensemble_refuses_a_member_of_another_hierarchy():
+    from condnet import Hierarchy
+
+    member = colour_model()
+    other = Hierarchy({"cool": ["blue", "green"], "warm": ["orange", "pink", "red"]})
+    with pytest.raises(ValueError, match=r"Member 0 \(.*\) has another hierarchy than the"):
+        Ensemble(other, [member])
+
+
+def test_a_text_ensembles_token_ids_sit_side_by_side_member_zero_first():
+    members = [text_member(6, "bag", name="short"), text_member(10, "bag", name="long")]
+    ensemble = Ensemble(members[0].hierarchy, members)
+    ids = ensemble.preprocessor(DOCUMENTS)
+    assert ids.shape == (5, 16) and ids.dtype == np.int32
+    np.testing.assert_array_equal(ids[:, :6], members[0].preprocess(DOCUMENTS))
+    np.testing.assert_array_equal(ids[:, 6:], members[1].preprocess(DOCUMENTS))
+    assert ensemble.member_input_shapes((None, 16)) == [(None, 6), (None, 10)]

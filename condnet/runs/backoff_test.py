@@ -249,8 +249,14 @@ def test_thresholds_for_other_levels_are_refused_with_the_levels_expected(run, t
 # === At the end of training ===
 
 
+@pytest.mark.one_backend(
+    reason=(
+        "thresholds and coverage are numpy on predictions (tested on every backend above); "
+        "this adds the training run that writes backoff.json and the report, at the cost of a"
+        " whole run per backend"
+    )
+)
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_train_chooses_thresholds_and_reports_back_off_and_mistakes(tmp_path, capsys):
     from condnet.data.demo_data import make_shapes_dataset
     from condnet.runs.compare import compare_runs

@@ -22,7 +22,14 @@ import pytest
 from condnet.runs.cli import conftest as cli_conftest
 from condnet.runs.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.one_backend]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.one_backend(
+        reason="how each command refuses a damaged run file is condnet's own file reading, "
+        "the same on every backend; loading a sound run is tested on every backend in "
+        "run_dir_test, and this corpus's trained run costs minutes per backend"
+    ),
+]
 trained = cli_conftest.trained  # the fixture of the CLI tests' one tiny real run
 
 # === Damages: (file, how it is broken) ===

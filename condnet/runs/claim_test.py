@@ -156,7 +156,7 @@ def test_sigterm_during_an_overwrite_restores_the_old_run(tmp_path):
     run = _old_run(tmp_path / "run")
     script = textwrap.dedent(
         f"""
-        import sys, time
+        import signal, sys
         from condnet.runs.cli import _terminate_as_interrupt
         from condnet.runs.claim import RunClaim
         with _terminate_as_interrupt():
@@ -164,7 +164,7 @@ def test_sigterm_during_an_overwrite_restores_the_old_run(tmp_path):
                 with RunClaim({str(run)!r}, overwrite=True):
                     open({str(run / "config.json")!r}, "w").write("new, uncommitted")
                     print("claimed", flush=True)
-                    time.sleep(120)
+                    signal.pause()  # until the test's SIGTERM
             except KeyboardInterrupt:
                 sys.exit(130)
         """

@@ -101,8 +101,13 @@ def test_cross_validate_refuses_a_locked_out_dir(tmp_path):
     assert os.listdir(tmp_path / "cv") == [LOCK]  # no fold was started
 
 
+@pytest.mark.one_backend(
+    reason=(
+        "the folds and the summary are numpy and files; training runs on every backend in "
+        "recipe_test, and a run per fold on three backends costs CI minutes"
+    )
+)
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_cli_cv_trains_one_run_per_fold_and_writes_the_summary(tmp_path, capsys):
     data = tmp_path / "data"
     make_shapes_dataset(data, samples_per_class=6, image_size=32)

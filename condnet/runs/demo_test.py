@@ -84,7 +84,6 @@ def test_demo_data_only_draws_the_data_and_trains_nothing(tmp_path, fake_run, ca
     assert len(list((tmp_path / "demo" / "data" / "test").rglob("*.png"))) == 6
 
 
-@pytest.mark.one_backend
 def test_cli_demo_data_only_writes_the_sizes_asked(tmp_path, monkeypatch):
     monkeypatch.setattr("condnet.runs.recipe.train", lambda *a, **k: pytest.fail("trained"))
     out = tmp_path / "demo"

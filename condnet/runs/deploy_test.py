@@ -3,7 +3,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import threading
 import urllib.request
 
 import keras
@@ -88,17 +88,27 @@ def test_keras_export_is_a_model_file_with_the_routing_asked_for(run):
     assert exported.routing == "soft"
 
 
-def _wait_for(url, process, seconds=120):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited: {process.stdout.read()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return json.loads(response.read())
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"no answer from {url}")
+def _wait_until_serving(process, seconds=120):
+    """Read the server's output until uvicorn says it listens. A thread reads (and goes on
+    reading, so the pipe never fills); `seconds` is only a safety net for a server that
+    hangs before it says anything."""
+    lines, serving = [], threading.Event()
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+            if "Uvicorn running on" in line:
+                serving.set()
+        serving.set()  # the server exited
+
+    threading.Thread(target=read, daemon=True).start()
+    serving.wait(seconds)
+    assert any("Uvicorn running on" in line for line in lines), f"it did not start: {lines}"
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def test_the_served_model_names_its_run_by_folder_name_only(run, tmp_path, monkeypatch):
@@ -146,7 +156,8 @@ def server(run):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     try:
-        assert _wait_for(f"http://127.0.0.1:{port}/health", process) == {"status": "ok"}
+        _wait_until_serving(process)
+        assert _get(f"http://127.0.0.1:{port}/health") == {"status": "ok"}
         yield f"http://127.0.0.1:{port}", process
     finally:
         process.terminate()
@@ -179,7 +190,7 @@ def test_condnet_serve_answers_like_predict_and_refuses_bad_requests(server, run
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="GIF")
     assert _post(f"{url}/predict", buffer.getvalue(), kind="text/plain")[0] == 415
-    assert _wait_for(f"{url}/health", process) == {"status": "ok"}
+    assert _get(f"{url}/health") == {"status": "ok"}
     assert process.poll() is None
 
 

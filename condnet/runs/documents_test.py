@@ -475,7 +475,6 @@ def test_a_hub_run_fine_tunes_the_top_of_its_backbone_when_asked(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_cli_predicts_evaluates_compares_and_describes_a_hub_run(hub_run, tmp_path, capsys):
     root, preset = hub_run
     run = str(root / "run")

@@ -15,7 +15,6 @@ from condnet.testing import tiny_resnet_backbone
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_staged_strategy_runs_gate_expert_and_joint_phases(shapes, tmp_path, capsys):
     run = tmp_path / "run"
     loud = {**TINY, "verbose": 2}
@@ -49,7 +48,6 @@ class _PoisonAtEpoch(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_nan_epoch_is_never_committed_and_the_run_resumes_before_it(shapes, tmp_path):
     run = tmp_path / "run"
     poison = _PoisonAtEpoch(run, epoch=1)
@@ -68,7 +66,6 @@ def test_a_nan_epoch_is_never_committed_and_the_run_resumes_before_it(shapes, tm
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_huge_learning_rate_saves_nothing_and_says_what_to_lower(shapes, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(
@@ -96,7 +93,6 @@ class _CrashAt(keras.callbacks.Callback):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("crash_epoch", [1, 2], ids=["inside_a_phase", "at_a_phase_boundary"])
-@pytest.mark.one_backend
 def test_a_staged_run_resumes_inside_and_across_its_phases(shapes, tmp_path, crash_epoch):
     run = tmp_path / "run"
     options = dict(epochs=6, strategy="staged", patience=10, **TINY)
@@ -114,7 +110,6 @@ def test_a_staged_run_resumes_inside_and_across_its_phases(shapes, tmp_path, cra
     np.testing.assert_allclose(rates, [1e-3, 1e-3 * 0.505] * 3, rtol=1e-5)
 
 
-@pytest.mark.one_backend
 def test_plateau_schedule_keeps_the_rate_until_the_metric_stalls(shapes, tmp_path):
     run = tmp_path / "run"
     train(shapes / "train", run, epochs=2, lr_schedule="plateau", **TINY)
@@ -179,7 +174,6 @@ def test_an_upcycled_run_starts_every_expert_from_one_trained_flat_model(shapes,
     assert stored["upcycle_epochs"] == 2
 
 
-@pytest.mark.one_backend
 def test_upcycling_experts_that_cannot_be_copied_fails_before_any_file_is_written(shapes, tmp_path):
     options = {**TINY, "expert_placement": "separate", "upcycle_epochs": 1}
     with pytest.raises(ValueError, match="Upcycling copies a flat classifier's columns"):
@@ -210,7 +204,6 @@ def _fine_tuned_backbone(shapes, run, options, layers):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_transfer_recipe_freezes_the_base_then_fine_tunes_its_top(shapes, tmp_path):
     from condnet.vision.backbones import application_trunk
 

@@ -122,7 +122,6 @@ train(sys.argv[1], sys.argv[2], epochs=4, callbacks=[Kill()], patience=10,
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_run_killed_mid_epoch_resumes_from_its_last_epoch(shapes, tmp_path):
     run = tmp_path / "run"
     script = tmp_path / "killed.py"
@@ -248,7 +247,6 @@ class _FailFirstBatch(keras.callbacks.Callback):
         raise RuntimeError("the new run broke")
 
 
-@pytest.mark.one_backend
 def test_overwrite_restores_the_old_run_when_the_new_one_fails_early(shapes, tmp_path):
     run = _fake_run(tmp_path / "run")
     with pytest.raises(RuntimeError, match="the new run broke"):
@@ -263,7 +261,6 @@ def test_overwrite_restores_the_old_run_when_the_new_one_fails_early(shapes, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_overwrite_replaces_only_run_files_once_the_new_run_commits(shapes, tmp_path):
     run = _fake_run(tmp_path / "run")
     (run / ".tmp-model.keras").write_text("a killed write")
@@ -283,7 +280,6 @@ def test_overwrite_replaces_only_run_files_once_the_new_run_commits(shapes, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_run_killed_before_its_first_epoch_starts_again_without_overwrite(shapes, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -307,7 +303,6 @@ def test_model_options_reach_the_saved_model(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_resume_with_more_epochs_trains_them(trained, tmp_path):
     run = _copy(trained, tmp_path)
     resume(run, epochs=3, verbose=0)
@@ -394,7 +389,6 @@ def user_model_file(directory):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_three_level_folder_trains_routes_and_reports(shapes, tmp_path):
     import shutil
 
@@ -457,7 +451,6 @@ def test_a_soft_run_ships_a_hard_routed_model_scored_beside_its_mixture_and_base
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_no_baseline_skips_it(shapes, tmp_path):
     train(shapes / "train", tmp_path / "run", epochs=1, **{**TINY, "baseline": False})
     assert "baseline" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -465,7 +458,6 @@ def test_no_baseline_skips_it(shapes, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_a_resume_that_adds_epochs_trains_the_baseline_as_long(shapes, tmp_path, capsys):
     run = tmp_path / "run"
     options = {**TINY, "baseline": True, "verbose": 2, "patience": 10}
@@ -518,7 +510,6 @@ def test_discovery_without_its_extra_fails_before_anything_is_written(
 
 
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_train_and_resume_say_what_they_found_and_where_they_continue(shapes, tmp_path, capsys):
     run = tmp_path / "run"
     options = {**TINY, "verbose": 2}

@@ -51,7 +51,6 @@ def test_no_flip_and_no_rotation_drop_them_from_the_policy(flags, kept):
     assert {"RandomZoom", "RandomTranslation"} <= names  # the rest of the policy stays
 
 
-@pytest.mark.one_backend
 def test_expert_dropout_reaches_the_experts_only(shapes, tmp_path):
     result = train(shapes / "train", tmp_path / "run", epochs=1, expert_dropout=0.5, **TINY)
     model = result["model"]

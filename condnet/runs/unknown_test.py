@@ -233,8 +233,14 @@ def test_a_damaged_unknown_file_is_named_with_the_fix(run, tmp_path, content, pr
 # === At the end of training ===
 
 
+@pytest.mark.one_backend(
+    reason=(
+        "thresholds are chosen in numpy from the predictions (tested on every backend above);"
+        " this adds the training run that writes unknown.json, at the cost of a whole run per"
+        " backend"
+    )
+)
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_train_chooses_unknown_thresholds_for_both_models(tmp_path):
     from condnet.data.demo_data import make_shapes_dataset
     from condnet.runs.files import RUN_FILES

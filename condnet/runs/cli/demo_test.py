@@ -5,8 +5,13 @@ import pytest
 from condnet.runs.cli import main
 
 
+@pytest.mark.one_backend(
+    reason=(
+        "the demo chains train, evaluate and report, each tested on every backend in its own "
+        "module; the chain itself is backend-independent and costs minutes per backend"
+    )
+)
 @pytest.mark.slow
-@pytest.mark.one_backend
 def test_cli_demo_runs_end_to_end(tmp_path, capsys):
     sizes = ["--samples-per-class", "10", "--test-samples-per-class", "5"]
     code = main(["demo", "--out", str(tmp_path), "--epochs", "1", *sizes, "--quiet"])
