@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from condnet.data.folders import ImageFolder, scan_directory
+from condnet.data.image_folder import ImageFolder
+from condnet.data.scan import scan_directory
 from condnet.evaluation.evaluate import evaluate_model
 from condnet.evaluation.evaluate_test import colour_model, make_colour_folders
 from condnet.runs import finish

@@ -39,7 +39,7 @@ from condnet.runs.phases import (
 from condnet.runs.run_config import (
     build_model,
     probe_line,
-    read_config,
+    read_run_options,
     reads_hub,
     resolve_image_size,
     resolve_learning_rate,
@@ -375,7 +375,7 @@ def resume(run_dir, data_dir=None, *, break_lock=False, callbacks=None, **change
     if distribute.is_chief() and run_dir.is_dir() and replaced_asides(run_dir):
         with run_lock(run_dir, break_lock=break_lock):
             print(restore_replaced(run_dir), file=sys.stderr, flush=True)
-    stored, stored_data_dir = read_config(run_dir)
+    stored, stored_data_dir = read_run_options(run_dir)
     changes, fit_kwargs = TrainingOptions.fields_of(changes_and_fit_kwargs)
     _check_fit_kwargs(fit_kwargs)
     if data_dir is not None and Path(data_dir).resolve() != Path(stored_data_dir).resolve():

@@ -25,7 +25,7 @@ from condnet.vision.image_model import build_image_model, resolve_head_units, re
 # === config.json ===
 
 
-def read_config(run_dir):
+def read_run_options(run_dir):
     """`(TrainingOptions, data_dir)` of the run in `run_dir`, from its config.json."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():

@@ -11,7 +11,7 @@ from condnet.runs.recipe import train
 from condnet.runs.recipe_test import TINY, user_model_file
 from condnet.runs.run_config import (
     _build,
-    read_config,
+    read_run_options,
     resolve_augment,
     resolve_image_size,
     resolve_learning_rate,
@@ -122,16 +122,16 @@ def test_a_written_config_reads_back_as_the_same_options(tmp_path):
     hierarchy = Hierarchy({"a": ["x", "y"], "b": ["z"]})
     options = TrainingOptions(epochs=3, image_size=48, hierarchy=hierarchy.to_dict())
     write_config(tmp_path, tmp_path / "data", options, hierarchy)
-    assert read_config(tmp_path) == (options, str(tmp_path / "data"))
+    assert read_run_options(tmp_path) == (options, str(tmp_path / "data"))
     assert Hierarchy.from_file(tmp_path / "hierarchy.json") == hierarchy
 
 
 def test_a_config_that_cannot_be_read_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no run to resume.*config.json is missing"):
-        read_config(tmp_path)
+        read_run_options(tmp_path)
     (tmp_path / "config.json").write_text('{"options": {}}')
     with pytest.raises(ValueError, match="not a readable run config.*KeyError"):
-        read_config(tmp_path)
+        read_run_options(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
 """`condnet ensemble`: average finished runs into one model and evaluate it against its members."""
 
 import json
+from pathlib import Path
 
 from condnet.runs.cli.common import add_inference_flags, inference_options
+from condnet.runs.files import BEST
 
 
 def add_parser(commands, common):
@@ -70,5 +72,5 @@ def _run(args):
         print(f"member {member['run']}: accuracy {member['accuracy']:.4f}")
     print(
         f"ensemble: accuracy {metrics['accuracy']:.4f} ({metrics['gain_over_best_member']:+.4f} "
-        f"over the best member) -> {args.out}/model.keras"
+        f"over the best member) -> {Path(args.out) / BEST}"
     )
