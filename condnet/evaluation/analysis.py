@@ -63,10 +63,11 @@ def _error_words(error, num_samples, noun="images"):
     )
 
 
-def gap_sources(conditional, flat):
+def gap_sources(conditional, flat, noun="images"):
     """One line comparing the two models' gate part (the right group) and experts' part
     (the right class given the true group), and which of them is behind, or None when
-    either model lacks `group_accuracy` or `within_group_accuracy`."""
+    either model lacks `group_accuracy` or `within_group_accuracy`. `noun`: what was
+    scored, "images" or "documents"."""
     keys = ("group_accuracy", "within_group_accuracy")
     if not all(key in conditional and key in flat for key in keys):
         return None
@@ -74,7 +75,7 @@ def gap_sources(conditional, flat):
     # Compared as printed (4 decimals), so that equal numbers read as equal.
     gate_part, experts_part = round(gate - flat_group, 4), round(experts - flat_within, 4)
     line = (
-        f"Where: the right group for {gate:.4f} of the images against {flat_group:.4f} for "
+        f"Where: the right group for {gate:.4f} of the {noun} against {flat_group:.4f} for "
         f"the flat model ({gate_part:+.4f}); given the true group, the right class "
         f"for {experts:.4f} against {flat_within:.4f} ({experts_part:+.4f})."
     )

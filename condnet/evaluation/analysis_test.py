@@ -47,6 +47,8 @@ def test_gap_sources_splits_the_gap_between_the_gate_and_the_experts():
     both_ahead = gap_sources({"group_accuracy": 0.95, "within_group_accuracy": 0.7}, flat)
     assert "larger loss" not in both_ahead
     assert gap_sources({"group_accuracy": 0.9}, flat) is None
+    documents = gap_sources(conditional, flat, "documents")
+    assert "right group for 0.9150 of the documents against 0.9300" in documents
 
 
 @pytest.mark.parametrize(

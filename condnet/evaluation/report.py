@@ -287,7 +287,7 @@ def _baseline_items(baseline, num_samples=None, documents=False):
     ]
     from condnet.evaluation.mistakes import milder_mistakes
 
-    lines = [gap_sources(conditional, flat), milder_mistakes(conditional, flat)]
+    lines = [gap_sources(conditional, flat, noun), milder_mistakes(conditional, flat)]
     return items + [("text", line) for line in lines if line]
 
 

@@ -270,7 +270,7 @@ def _compared(comparison, num_samples, noun):
     return {
         **comparison,
         "verdict": baseline_verdict(conditional, flat, num_samples, noun),
-        "where": gap_sources(conditional, flat),
+        "where": gap_sources(conditional, flat, noun),
         "milder_mistakes": milder_mistakes(conditional, flat),
     }
 
