@@ -8,6 +8,7 @@ from condnet.data.image_folder import ImageFolder
 from condnet.data.scan import scan_directory
 from condnet.evaluation.evaluate import evaluate_model
 from condnet.models.conditional_model import ConditionalModel
+from condnet.testing import truncated_jpeg
 
 COLOURS = {"red": (250, 0, 0), "orange": (250, 150, 0), "green": (0, 250, 0), "blue": (0, 0, 250)}
 TREE = {"cool": ["blue", "green"], "warm": ["orange", "red"]}  # as the folders sort
@@ -42,14 +43,6 @@ def make_colour_folders(root, per_class=6):
             for n in range(per_class):
                 Image.new("RGB", (10, 10), COLOURS[name]).save(root / group / name / f"{n}.png")
     return root
-
-
-def truncated_jpeg(path):
-    """A JPEG cut short: it passes the scan but fails to decode."""
-    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype="uint8")
-    Image.fromarray(noise).save(path, format="JPEG")
-    path.write_bytes(path.read_bytes()[:1500])
-    return path
 
 
 def test_colour_model_names_each_colour():

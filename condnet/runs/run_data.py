@@ -46,10 +46,17 @@ def load_data(options, data_dir=None, vectorizer=None):
     return load_folders(
         data_dir,
         hierarchy=options.hierarchy,
-        image_size=options.image_size,
-        batch_size=options.batch_size,
         validation_split=options.validation_split,
         seed=options.seed,
+        **_folder_options(options),
+    )
+
+
+def _folder_options(options):
+    """What every ImageFolder of a run reads its images with, from its options."""
+    return dict(
+        image_size=options.image_size,
+        batch_size=options.batch_size,
         color_mode=options.color_mode,
         cache=options.cache,
         cache_dir=options.cache_dir,
@@ -104,17 +111,7 @@ def _load_split(options, data_dir):
     hierarchy, paths, labels = scan_directory(data_dir, options.hierarchy)
     rows = _split_rows(options, len(paths), data_dir, "images")
     return split_folders(
-        hierarchy,
-        paths,
-        labels,
-        rows,
-        seed=options.seed,
-        image_size=options.image_size,
-        batch_size=options.batch_size,
-        color_mode=options.color_mode,
-        cache=options.cache,
-        cache_dir=options.cache_dir,
-        dtype=_batch_dtype(),
+        hierarchy, paths, labels, rows, seed=options.seed, **_folder_options(options)
     )
 
 

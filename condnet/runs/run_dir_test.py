@@ -10,13 +10,9 @@ import pytest
 from PIL import Image
 
 from condnet.data.scan import scan_directory
-from condnet.evaluation.evaluate_test import (
-    COLOURS,
-    colour_model,
-    make_colour_folders,
-    truncated_jpeg,
-)
+from condnet.evaluation.evaluate_test import COLOURS, colour_model, make_colour_folders
 from condnet.runs.run_dir import evaluate_run, load_run, predict_paths
+from condnet.testing import truncated_jpeg
 
 OPTIONS = {"image_size": 8, "color_mode": "rgb"}
 

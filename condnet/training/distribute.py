@@ -251,8 +251,10 @@ def _joined():
 
         if jax.distributed.is_initialized():
             return jax.process_count(), jax.process_index()
-    elif backend == "tensorflow" and _tf_config()[0] > 1:
-        return _tf_config()
+    elif backend == "tensorflow":
+        workers = _tf_config()  # TF_CONFIG read once
+        if workers[0] > 1:
+            return workers
     return 1, 0
 
 

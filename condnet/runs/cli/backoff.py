@@ -4,12 +4,7 @@ given ones)."""
 import json
 from pathlib import Path
 
-from condnet.runs.cli.common import (
-    EACH_MODEL_HELP,
-    add_inference_flags,
-    add_run_dir,
-    add_upkeep_flags,
-)
+from condnet.runs.cli.common import add_run_dir, add_stored_threshold_flags
 from condnet.runs.files import BACKOFF
 from condnet.runs.options import parse_thresholds
 
@@ -33,16 +28,13 @@ def add_parser(commands, common):
         metavar="X",
         help="the accuracy the answers given must reach at each level, in (0, 1] (default: 0.95)",
     )
-    p.add_argument(
-        "--thresholds",
-        nargs="+",
-        metavar="LEVEL=P",
-        help="store these thresholds instead of choosing them, one per level, e.g. group=0.8 "
+    add_stored_threshold_flags(
+        p,
+        "LEVEL=P",
+        "store these thresholds instead of choosing them, one per level, e.g. group=0.8 "
         "class=0.9 (never: a level that never answers)",
+        BACKOFF,
     )
-    add_inference_flags(p, ("model",), helps={"model": EACH_MODEL_HELP})
-    p.add_argument("--json", action="store_true", help="print backoff.json as one JSON object")
-    add_upkeep_flags(p)
     p.set_defaults(run=_run)
 
 

@@ -146,6 +146,15 @@ EACH_MODEL_HELP = (
 )
 
 
+def add_stored_threshold_flags(p, metavar, thresholds_help, file):
+    """The flags backoff and unknown share: --thresholds given instead of chosen, --model
+    (one model file of the run), --json (print `file` as written) and the upkeep flags."""
+    p.add_argument("--thresholds", nargs="+", metavar=metavar, help=thresholds_help)
+    add_inference_flags(p, ("model",), helps={"model": EACH_MODEL_HELP})
+    p.add_argument("--json", action="store_true", help=f"print {file} as one JSON object")
+    add_upkeep_flags(p)
+
+
 def add_verbosity_flags(p):
     loudness = group(p, "progress").add_mutually_exclusive_group()
     loudness.add_argument("--quiet", action="store_true", help="no progress bars")

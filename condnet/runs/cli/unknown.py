@@ -5,12 +5,7 @@ import json
 from pathlib import Path
 
 from condnet.choices import UNKNOWN_SCORES
-from condnet.runs.cli.common import (
-    EACH_MODEL_HELP,
-    add_inference_flags,
-    add_run_dir,
-    add_upkeep_flags,
-)
+from condnet.runs.cli.common import add_run_dir, add_stored_threshold_flags
 from condnet.runs.files import UNKNOWN
 from condnet.runs.options import parse_thresholds
 
@@ -48,16 +43,13 @@ def add_parser(commands, common):
         "classes, fitted on the training split into unknown.npz) or softmax (its maximum "
         "probability; the score of --thresholds)",
     )
-    p.add_argument(
-        "--thresholds",
-        nargs="+",
-        metavar="GROUP=P",
-        help="store these thresholds instead of choosing them, one per group, e.g. cat=0.6 "
+    add_stored_threshold_flags(
+        p,
+        "GROUP=P",
+        "store these thresholds instead of choosing them, one per group, e.g. cat=0.6 "
         "dog=0.5 (never: an expert that flags nothing)",
+        UNKNOWN,
     )
-    add_inference_flags(p, ("model",), helps={"model": EACH_MODEL_HELP})
-    p.add_argument("--json", action="store_true", help="print unknown.json as one JSON object")
-    add_upkeep_flags(p)
     p.set_defaults(run=_run)
 
 
