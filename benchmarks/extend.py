@@ -10,7 +10,8 @@ photos20: dogs, things):
    but the `--new` ones (default: one per group, so each group gains a class);
 2. **extend**: `condnet.runs.extend.extend` with the new classes' training
    images only (a replay sample of the old run's own training images is drawn by
-   extend: by default half as many per old class as each new class has), for
+   extend: by default as many per old class as each new class has, and the new
+   outputs' logits offset for the best balanced validation accuracy), for
    `--epochs` epochs: only the gate and the two growing experts train;
 3. **from scratch**: `condnet train` on every class, the same images per class,
    epochs and seed.
@@ -130,6 +131,7 @@ def run_seed(args, folders, test, seed):
         "replay_per_class": section["replay_per_class"],
         "trained": section["trained"],
         "frozen": section["frozen"],
+        "balance": section.get("balance"),
         "validation": {
             "old_before": section["old_classes"]["accuracy_before"],
             "old_after": section["old_classes"]["accuracy_after"],

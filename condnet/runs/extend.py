@@ -58,6 +58,7 @@ from condnet.runs.options import TrainingOptions
 from condnet.runs.outputs import check_output
 from condnet.runs.run_dir import EXTENDED, _refuse_ensemble, load_run
 from condnet.runs.timing import RunTimes
+from condnet.training import balance as balancing
 from condnet.training.callbacks import StopOnNaN
 from condnet.training.distribute import IN_ORDER, compile_options, fit_inputs
 
@@ -74,6 +75,7 @@ def extend(
     validation_split=None,
     learning_rate=None,
     train_trunk=False,
+    balance=True,
     old_data=None,
     overwrite=False,
     break_lock=False,
@@ -90,8 +92,9 @@ def extend(
         epochs: int. Epochs to train the gate and the changed experts.
             Defaults to None: the old run's `epochs`.
         replay: `"auto"` or int >= 1. Training images per old class drawn from
-            the old run's training split. Defaults to `"auto"`: half as many
-            as each new class has (at least 1), at most what the class has.
+            the old run's training split. Defaults to `"auto"`: as many as each
+            new class has on average (at least 1), at most what the class has,
+            so that old and new classes train on about as many images each.
         seed: int. Seed of the replay sample, the split of `data_dir` and the
             shuffles. Defaults to None: the old run's seed.
         hierarchy: `Hierarchy`, dict or file naming the group of each class of
@@ -101,6 +104,12 @@ def extend(
         learning_rate: float. Defaults to None: the old run's.
         train_trunk: bool. Train the shared trunk too (it then drifts for the
             untouched experts, whose own weights stay frozen). Defaults to False.
+        balance: bool. After training, subtract an offset from the logits of
+            the new classes of grown experts and one from the gate's logits of
+            new groups, chosen on the validation split for the best balanced
+            accuracy (`condnet.training.balance`): trained on every new image
+            and a smaller replay sample, the new outputs would otherwise take
+            old images. Defaults to True.
         old_data: folder of the old run's training images, if it moved.
             Defaults to None: the folder its config.json names.
         overwrite: bool. Replace a run already in `out`.
@@ -137,10 +146,12 @@ def extend(
             state = _fit(model, out, options, settings, data, claim, fit_kwargs)
         _restore_trainable(out, parts["trainable"])
         with times.part("evaluation"):
+            balanced = _balance(out, plan, data["validation"]) if balance else None
             shipped = _shipped(out)
             after = _accuracy(shipped, data["old_validation_grown"])
             new = _accuracy(shipped, data["new_validation"])
         section = _section(plan, settings, parts, data, (before, after, new), started)
+        section["balance"] = balanced
         extra = {"metrics": {"extend": section}, "header": _header_lines(section)}
         data = (data["train"], data["validation"])
         return finish_run(out, options, data, state, None, None, fit_kwargs, times, extra)
@@ -558,11 +569,11 @@ def _folder_options(options):
 
 
 def _replay_count(replay, new_names):
-    """Old images per old class: `replay`, or half the new classes' mean (at least 1)."""
+    """Old images per old class: `replay`, or the new classes' mean (at least 1)."""
     if replay != "auto":
         return replay
     counts = np.unique(new_names, return_counts=True)[1]
-    return max(1, math.ceil(float(np.mean(counts)) / 2)) if len(counts) else 1
+    return max(1, math.ceil(float(np.mean(counts)))) if len(counts) else 1
 
 
 def _replay_rows(labels, per_class, seed):
@@ -652,6 +663,44 @@ def _fit(model, out, options, settings, data, claim, fit_kwargs):
         )
     checkpoint.end_phase()
     return ckpt.read_state(out)
+
+
+def _balance(out, plan, validation):
+    """Offsets for the new outputs of model.keras, chosen on `validation` and written
+    into the biases of the gate (new groups) and of the grown experts (their new
+    classes); model.keras is saved again. Returns what metrics.json records."""
+    model = keras.models.load_model(out / BEST, compile=False)
+    old, grown = plan["model"].hierarchy, plan["grown"]
+    grown_experts = [
+        g
+        for g in old.groups
+        if model.experts.get(g) is not None
+        and not _is_conditional(model.experts[g])
+        and any(c not in old.classes for c in grown.classes_of(g))
+    ]
+    new_groups = np.array([g not in old.groups for g in grown.groups])
+    new_classes = np.array(
+        [c not in old.classes and grown.group_of(c) in grown_experts for c in grown.classes]
+    )
+    if not (new_groups.any() or new_classes.any()):
+        return None
+    outputs = balancing.dense_outputs(model, validation)
+    (group_offset, class_offset), scores = balancing.choose_offsets(
+        *outputs, grown, new_groups, new_classes
+    )
+    if group_offset:
+        balancing.shift_bias(model.gate, np.flatnonzero(new_groups), group_offset)
+    for group in grown_experts if class_offset else []:
+        columns = [i for i, c in enumerate(grown.classes_of(group)) if c not in old.classes]
+        balancing.shift_bias(model.experts[group], columns, class_offset)
+    ckpt.save_model_atomic(model, out / BEST)
+    return {
+        "new_group_offset": group_offset,
+        "new_class_offset": class_offset,
+        "balanced_accuracy_without": scores["without"],
+        "balanced_accuracy_with": scores["with"],
+        "chosen_on": f"the validation split ({validation.num_samples} images), hard-routed",
+    }
 
 
 def _restore_trainable(out, trainable):

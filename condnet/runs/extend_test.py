@@ -180,6 +180,9 @@ def test_extend_gives_a_new_group_an_expert_and_the_gate_an_output(grown_group, 
     assert section["old_classes"]["num_samples"] == 8  # 20% of the 40 old images
     assert section["old_classes"]["accuracy_before"] is not None
     assert section["new_classes_scores"]["num_samples"] == 4
+    balance = section["balance"]  # only the gate gained an output: no class offset
+    assert balance["new_class_offset"] == 0.0
+    assert balance["balanced_accuracy_with"] >= balance["balanced_accuracy_without"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["extend"] == section
     assert "old classes" in (out / "report.md").read_text()
@@ -217,8 +220,12 @@ def test_cli_extend_grows_a_group_s_expert(old_run, new_class, tmp_path, capsys)
     new, _ = load_run(out)
     assert new.hierarchy.classes_of("warm") == ["orange", "red", "yellow"]
     assert _same(old.experts["cool"], new.experts["cool"])
+    assert section["balance"]["new_group_offset"] == 0.0  # no new group
     assert main([*args, "--quiet"]) == 2  # the run is there now
     assert "already holds a run" in capsys.readouterr().err
+    args[4] = str(tmp_path / "as-trained")
+    assert main([*args, "--no-balance", "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["balance"] is None
 
 
 # === Errors, before anything is written ===

@@ -69,7 +69,7 @@ def add_parser(commands, common):
         default="auto",
         metavar="N",
         help="old training images per old class to train beside the new ones (default: auto, "
-        "half as many as each new class has)",
+        "as many as each new class has on average)",
     )
     training.add_argument(
         "--learning-rate", type=float, metavar="X", help="Adam's rate (default: RUN_DIR's)"
@@ -80,6 +80,14 @@ def add_parser(commands, common):
         action="store_true",
         help="train the shared trunk too (default: frozen, so untouched experts see the same "
         "features)",
+    )
+    training.add_argument(
+        "--no-balance",
+        dest="balance",
+        action="store_false",
+        help="keep the new outputs as trained (default: offset their logits, chosen on the "
+        "validation split for the best balanced accuracy, so that new classes do not take "
+        "old images)",
     )
     p.add_argument("--json", action="store_true", help="print metrics.json's extend section")
     add_verbosity_flags(p)
@@ -109,6 +117,7 @@ def _run(args):
         validation_split=args.validation_split,
         learning_rate=args.learning_rate,
         train_trunk=args.train_trunk,
+        balance=args.balance,
         old_data=args.old_data,
         overwrite=args.overwrite,
         break_lock=args.break_lock,

@@ -1,0 +1,90 @@
+"""Balancing the outputs a model gained: a logit offset for new groups and new classes.
+
+A model grown with new classes (`condnet extend`) trains on every image of the
+new classes and a smaller replay sample of the old ones, so its new outputs
+fire too often: old images are given a new class. On the data this project
+benchmarks, the grown expert ranked the old classes as well as before, and the
+whole loss of old-class accuracy came from new classes taking old images (the
+bias of class-incremental learning; Wu et al., "Large Scale Incremental
+Learning", CVPR 2019, correct it with two parameters fitted on held-out data).
+
+Here, one offset is subtracted from the logits of the new classes of the grown
+experts, and one from the gate logits of the new groups. Both are chosen on a
+validation set, on a grid, for the best balanced accuracy (the mean of each
+class's recall, so that every class counts alike however many images it has),
+then written into the classifiers' biases: the model stays an ordinary model,
+and the experts and gate outputs that were there before are untouched.
+"""
+
+import keras
+import numpy as np
+
+# Offsets tried for each of the two logits (0 first: ties keep the smallest change).
+GRID = np.concatenate([[0.0], np.arange(-2.0, 8.001, 0.25)])
+_EPSILON = 1e-12
+
+
+def dense_outputs(model, folder):
+    """`(groups, experts, labels)` of every batch of `folder`: the gate probabilities,
+    every expert's conditional class probabilities side by side, and the class labels,
+    as numpy arrays."""
+    groups, experts, labels = [], [], []
+    for index in range(len(folder)):
+        images, batch_labels = folder[index][:2]
+        gate, expert, _ = model.dense_outputs(images)
+        groups.append(keras.ops.convert_to_numpy(gate))
+        experts.append(keras.ops.convert_to_numpy(expert))
+        labels.append(np.asarray(batch_labels))
+    return np.concatenate(groups), np.concatenate(experts), np.concatenate(labels)
+
+
+def routed_classes(groups, experts, hierarchy, shifts=(None, None)):
+    """The hard-routed class of each row: the gate's argmax group, then that group's
+    argmax class. `shifts` is `(per-group logit offsets, per-class logit offsets)`,
+    subtracted from the log-probabilities (None: no offset)."""
+    group_shift, class_shift = shifts
+    gate = np.log(groups + _EPSILON)
+    if group_shift is not None:
+        gate = gate - group_shift
+    route = np.argmax(gate, axis=1)
+    scores = np.log(experts + _EPSILON)
+    if class_shift is not None:
+        scores = scores - class_shift
+    outside = hierarchy.class_to_group[None, :] != route[:, None]
+    return np.argmax(np.where(outside, -np.inf, scores), axis=1)
+
+
+def balanced_accuracy(predicted, labels):
+    """The mean over the classes present in `labels` of the share of their rows
+    predicted right."""
+    present = np.unique(labels)
+    return float(np.mean([np.mean(predicted[labels == c] == c) for c in present]))
+
+
+def choose_offsets(groups, experts, labels, hierarchy, new_groups, new_classes, grid=GRID):
+    """The `(group offset, class offset)` of the best balanced accuracy, and the balanced
+    accuracy without and with them.
+
+    `new_groups` (num_groups,) and `new_classes` (num_classes,) are boolean masks of the
+    outputs that take the offset; a mask with no True keeps its offset at 0.
+    """
+    group_grid = grid if np.any(new_groups) else [0.0]
+    class_grid = grid if np.any(new_classes) else [0.0]
+    best, chosen = -1.0, (0.0, 0.0)
+    for group_offset in group_grid:
+        for class_offset in class_grid:
+            shifts = (group_offset * new_groups, class_offset * new_classes)
+            score = balanced_accuracy(routed_classes(groups, experts, hierarchy, shifts), labels)
+            if score > best + 1e-9:
+                best, chosen = score, (float(group_offset), float(class_offset))
+    plain = balanced_accuracy(routed_classes(groups, experts, hierarchy), labels)
+    return chosen, {"without": plain, "with": best}
+
+
+def shift_bias(part, columns, offset):
+    """Subtract `offset` from the bias of `part`'s classifier (its last weight, the bias
+    of its final Dense layer) at `columns`."""
+    bias = part.weights[-1]
+    value = np.array(keras.ops.convert_to_numpy(bias))
+    value[list(columns)] -= offset
+    bias.assign(value.astype(value.dtype))

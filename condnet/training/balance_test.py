@@ -1,0 +1,80 @@
+import keras
+import numpy as np
+
+from condnet.hierarchy import Hierarchy
+from condnet.testing import cats_and_dogs_model, random_data
+from condnet.training import balance
+
+# Groups a (classes p, q, n: n is new) and b (r, s); one image of each class.
+HIERARCHY = Hierarchy({"a": ["p", "q", "n"], "b": ["r", "s"]})
+GATE = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.2, 0.8], [0.1, 0.9]])
+LABELS = np.array([0, 1, 2, 3, 4])  # p, q, n, r, s
+
+
+def _experts(new_share):
+    """Expert a gives the new class `new_share` of every row, its own class of a's rows
+    0.3 more than the other old one; expert b is always right."""
+    experts = np.zeros((5, 5))
+    for row, label in enumerate(LABELS):
+        own = label if label < 3 else 0
+        experts[row, :3] = [(1 - new_share) / 2] * 2 + [new_share]
+        if label < 2:
+            experts[row, own] += 0.15
+            experts[row, 1 - own] -= 0.15
+        experts[row, 3 + (label == 4)] = 1.0
+    return experts
+
+
+def test_routed_classes_take_the_gate_s_group_then_that_group_s_best_class():
+    experts = _experts(0.2)
+    assert balance.routed_classes(GATE, experts, HIERARCHY).tolist() == [0, 1, 0, 3, 4]
+    # An offset of the gate's logits sends the rows of a to b.
+    shifts = (np.array([3.0, 0.0]), None)
+    assert balance.routed_classes(GATE, experts, HIERARCHY, shifts).tolist() == [3, 3, 3, 3, 4]
+
+
+def test_balanced_accuracy_counts_every_class_alike():
+    labels = np.array([0, 0, 0, 0, 1])
+    assert balance.balanced_accuracy(np.array([0, 0, 0, 0, 0]), labels) == 0.5
+    assert balance.balanced_accuracy(np.array([0, 0, 0, 1, 1]), labels) == 0.875
+
+
+def test_an_offset_stops_a_new_class_from_taking_the_old_classes_images():
+    experts = _experts(0.5)  # the new class wins every row of group a
+    predicted = balance.routed_classes(GATE, experts, HIERARCHY)
+    assert predicted[:3].tolist() == [2, 2, 2]
+    new_classes = np.array([False, False, True, False, False])
+    (group_offset, class_offset), scores = balance.choose_offsets(
+        GATE, experts, LABELS, HIERARCHY, np.zeros(2, bool), new_classes
+    )
+    assert group_offset == 0.0 and class_offset > 0
+    assert scores == {"without": 0.6, "with": 1.0}
+    shifted = balance.routed_classes(GATE, experts, HIERARCHY, (None, class_offset * new_classes))
+    assert shifted.tolist() == LABELS.tolist()
+
+
+def test_without_new_outputs_the_offsets_stay_zero():
+    experts = _experts(0.2)
+    offsets, scores = balance.choose_offsets(
+        GATE, experts, LABELS, HIERARCHY, np.zeros(2, bool), np.zeros(5, bool)
+    )
+    assert offsets == (0.0, 0.0) and scores["without"] == scores["with"]
+
+
+def test_shifting_a_bias_shifts_the_routed_answers_as_the_offsets_do():
+    """The offsets chosen on arrays, written into the biases, give the model the answers
+    the arrays gave: the same columns, the same sign."""
+    model = cats_and_dogs_model(routing="hard")  # groups cat (2 classes), dog (3)
+    x, _ = random_data(256)
+    model(x[:2])
+    hierarchy = model.hierarchy
+    groups, experts = (keras.ops.convert_to_numpy(t) for t in model.dense_outputs(x)[:2])
+    new_groups, new_classes = np.array([False, True]), np.array([False, True, False, False, True])
+    shifts = (1.5 * new_groups, 2.0 * new_classes)
+    expected = balance.routed_classes(groups, experts, hierarchy, shifts)
+    assert not np.array_equal(expected, balance.routed_classes(groups, experts, hierarchy))
+    balance.shift_bias(model.gate, [1], 1.5)
+    balance.shift_bias(model.experts["cat"], [1], 2.0)
+    balance.shift_bias(model.experts["dog"], [2], 2.0)
+    shifted = (keras.ops.convert_to_numpy(t) for t in model.dense_outputs(x)[:2])
+    np.testing.assert_array_equal(balance.routed_classes(*shifted, hierarchy), expected)
