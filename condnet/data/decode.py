@@ -120,11 +120,11 @@ def decode_image_bytes(
         return _pixels(image, name, size, color_mode)
 
 
-def _decode(path, image_size, color_mode):
+def _decode(path, image_size, color_mode, out=None):
     problem = _file_problem(path)
     if problem:
         raise ImageDecodeError(path, problem)
-    pixels = _jpeg_pixels(_jpeg_bytes(path), image_size, color_mode, MAX_IMAGE_PIXELS)
+    pixels = _jpeg_pixels(_jpeg_bytes(path), image_size, color_mode, MAX_IMAGE_PIXELS, out)
     if pixels is not None:
         return pixels
     with _opened(lambda: Image.open(path), path) as image:
@@ -143,12 +143,14 @@ def _jpeg_bytes(path):
         return None
 
 
-def _jpeg_pixels(data, image_size, color_mode, max_pixels):
+def _jpeg_pixels(data, image_size, color_mode, max_pixels, out=None):
     """The pixels `_pixels` gives for JPEG `data`, decoded by libjpeg-turbo (simplejpeg) at
     the scale Pillow's `draft` picks, turned by the EXIF orientation and resized as there:
     the same array, faster. None for whatever this path does not handle exactly as Pillow
     (not a JPEG, CMYK, an XMP orientation, a corrupt or too large file...): Pillow decodes
-    those, and names what is wrong with a bad file."""
+    those, and names what is wrong with a bad file. `out`, a C-contiguous uint8 array of
+    the image's shape, receives the pixels when they need no turn nor resize (no copy);
+    it may be written to even when None is returned."""
     if simplejpeg is None or data is None or not data.startswith(_JPEG_START):
         return None
     try:
@@ -160,7 +162,10 @@ def _jpeg_pixels(data, image_size, color_mode, max_pixels):
         scale = next((s for s in (8, 4, 2) if min(width // side, height // side) >= s), 1)
         shape = (-(-height // scale), -(-width // scale))
         space = "RGB" if color_mode == "rgb" else "GRAY"
-        array = simplejpeg.decode_jpeg(data, space, min_height=shape[0], min_width=shape[1])
+        direct = out is not None and orientation not in _TRANSPOSES and shape == tuple(image_size)
+        array = simplejpeg.decode_jpeg(
+            data, space, min_height=shape[0], min_width=shape[1], buffer=out if direct else None
+        )
     except Exception:  # noqa: BLE001 - Pillow decodes it again and says what is wrong
         return None
     if array.shape[:2] != shape:
@@ -297,7 +302,10 @@ def decode_files(paths, image_size, color_mode):
     reasons = [None] * len(paths)
     for i, path in enumerate(paths):
         try:
-            images[i] = _decode(path, image_size, color_mode)
+            pixels = _decode(path, image_size, color_mode, out=images[i])
+            if not np.may_share_memory(pixels, images):  # not decoded in place
+                images[i] = pixels
         except ImageDecodeError as error:
+            images[i] = 0  # a decode into it may have begun
             reasons[i] = error.reason
     return images, reasons

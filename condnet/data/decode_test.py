@@ -59,6 +59,24 @@ def test_jpegs_decode_fast_to_exactly_what_pillow_gives(tmp_path, orientation):
             np.testing.assert_array_equal(decode_image(path, image_size, color_mode), fast)
 
 
+@pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
+def test_decode_files_decodes_into_its_batch_and_leaves_a_bad_file_s_row_zero(tmp_path, color_mode):
+    """JPEGs of the asked size are decoded straight into the batch (no copy); a file that
+    fails after a decode into its row began leaves that row all zeros."""
+    rng = np.random.default_rng(0)
+    good = [
+        _jpeg(tmp_path / f"{n}.jpg", rng.integers(0, 256, (64, 64, 3), dtype="uint8"))
+        for n in range(3)
+    ]
+    turned = _jpeg(tmp_path / "turned.jpg", rng.integers(0, 256, (64, 64, 3), "uint8"), 6)
+    paths = [good[0], truncated_jpeg(tmp_path / "cut.jpg"), good[1], turned, good[2]]
+    images, reasons = decode.decode_files([str(p) for p in paths], (64, 64), color_mode)
+    assert [reason is None for reason in reasons] == [True, False, True, True, True]
+    assert not images[1].any()
+    for row in (0, 2, 3, 4):
+        np.testing.assert_array_equal(images[row], decode_image(paths[row], 64, color_mode))
+
+
 @pytest.mark.skipif(decode.simplejpeg is None, reason="simplejpeg is not installed")
 def test_what_the_fast_path_cannot_match_goes_to_pillow(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype="uint8")

@@ -337,19 +337,30 @@ class ImageFolder(keras.utils.PyDataset):
         found = store.found(self._store_rows[rows]) if store else np.zeros(len(rows), bool)
         if store is not None and found.all():  # once cached: one copy out of the store
             return np.asarray(store.images[self._store_rows[rows]]), [None] * len(rows)
-        images = np.zeros((len(rows), *self.image_size, self.channels), "uint8")
+        row_list, absent = rows.tolist(), np.flatnonzero(~found).tolist()  # Python ints: fast
+        missing = [i for i in absent if self.paths[row_list[i]] not in self._unreadable]
+        taken = self._taken([row_list[i] for i in missing])
+        images = None
+        if len(taken) == 1 and len(missing) == len(rows):  # one chunk, all of the batch
+            ((future, places),) = taken.items()
+            if [position for _, position in places] == list(range(len(rows))):
+                pixels, why = future.result()  # the batch itself, in order: no copy
+                if pixels.shape[0] == len(rows):
+                    images, taken = pixels, {}
+                    self._keep(rows, pixels, why, store)
+        if images is None:
+            images = np.zeros((len(rows), *self.image_size, self.channels), "uint8")
         if found.any():
             images[found] = store.images[self._store_rows[rows[found]]]
-        missing = [i for i in np.flatnonzero(~found) if self.paths[rows[i]] not in self._unreadable]
-        for future, places in self._taken([rows[i] for i in missing]).items():
+        for future, places in taken.items():
             pixels, why = future.result()
             mine = [missing[j] for j, _ in places]
             theirs = [position for _, position in places]
             images[mine] = pixels[theirs]
             self._keep(rows[mine], pixels[theirs], [why[t] for t in theirs], store)
         reasons = [None] * len(rows)
-        for i in np.flatnonzero(~found):
-            reasons[i] = self._unreadable.get(self.paths[rows[i]])
+        for i in absent if self._unreadable else ():
+            reasons[i] = self._unreadable.get(self.paths[row_list[i]])
         return images, reasons
 
     def _taken(self, rows):

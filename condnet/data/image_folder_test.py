@@ -283,9 +283,9 @@ def _counting_decodes(monkeypatch):
     calls = []
     real = decode._decode
 
-    def counted(path, *args):
+    def counted(path, *args, **kwargs):
         calls.append(path)
-        return real(path, *args)
+        return real(path, *args, **kwargs)
 
     monkeypatch.setattr(decode, "_decode", counted)
     return calls
