@@ -5,6 +5,11 @@ test that cannot may be marked `@pytest.mark.one_backend(reason="...")`: it then
 runs under TensorFlow only, and its reason, which it must give, says why (it is
 shown when the test is skipped). `CONDNET_TEST_ALL_BACKENDS=1` runs it on every
 backend anyway.
+
+Every test module and every test starts from the same random state (Python's,
+NumPy's, the backend's and Keras's seed 0): what a test draws without a seed,
+e.g. a model's initial weights, does not depend on which tests ran before it in
+the same process, which differs from one machine (or `-n` worker split) to another.
 """
 
 import os
@@ -12,6 +17,23 @@ import os
 import pytest
 
 ONE_BACKEND = "tensorflow"
+
+
+def _seed_everything():
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _seeded_module():
+    """Before a module's own module-scoped fixtures (autouse ones come first)."""
+    _seed_everything()
+
+
+@pytest.fixture(autouse=True)
+def _seeded_test():
+    _seed_everything()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -93,7 +93,7 @@ def spread_gate(model, x):
     projection = (hidden - mean) @ direction
     groups = dense.get_weights()[1].shape[0]
     centres = np.quantile(projection, (np.arange(groups) + 0.5) / groups)
-    scale = 16.0 / projection.var()  # neighbouring groups' logits differ by several units
+    scale = 4.0 / projection.var()  # a group two logits above its neighbours at its centre
     kernel = scale * np.outer(direction, centres)
     bias = -scale * ((mean @ direction) * centres + centres**2 / 2)
     dense.set_weights([kernel.astype("float32"), bias.astype("float32")])
