@@ -107,9 +107,10 @@ def extend(
         balance: bool. After training, subtract an offset from the logits of
             the new classes of grown experts and one from the gate's logits of
             new groups, chosen on the validation split for the best balanced
-            accuracy (`condnet.training.balance`): trained on every new image
-            and a smaller replay sample, the new outputs would otherwise take
-            old images. Defaults to True.
+            accuracy (`condnet.training.balance`), so that the new outputs
+            answer as often as they should (with a small replay they take old
+            images). Parts whose classifier has no bias are left as trained.
+            Defaults to True.
         old_data: folder of the old run's training images, if it moved.
             Defaults to None: the folder its config.json names.
         overwrite: bool. Replace a run already in `out`.
@@ -676,9 +677,11 @@ def _balance(out, plan, validation):
         for g in old.groups
         if model.experts.get(g) is not None
         and not _is_conditional(model.experts[g])
+        and balancing.has_output_bias(model.experts[g], len(grown.classes_of(g)))
         and any(c not in old.classes for c in grown.classes_of(g))
     ]
     new_groups = np.array([g not in old.groups for g in grown.groups])
+    new_groups &= balancing.has_output_bias(model.gate, grown.num_groups)
     new_classes = np.array(
         [c not in old.classes and grown.group_of(c) in grown_experts for c in grown.classes]
     )

@@ -1,19 +1,22 @@
 """Balancing the outputs a model gained: a logit offset for new groups and new classes.
 
-A model grown with new classes (`condnet extend`) trains on every image of the
-new classes and a smaller replay sample of the old ones, so its new outputs
-fire too often: old images are given a new class. On the data this project
-benchmarks, the grown expert ranked the old classes as well as before, and the
-whole loss of old-class accuracy came from new classes taking old images (the
-bias of class-incremental learning; Wu et al., "Large Scale Incremental
-Learning", CVPR 2019, correct it with two parameters fitted on held-out data).
+A model grown with new classes (`condnet extend`) trains on the images of the
+new classes and a replay sample of the old ones, and its new outputs rarely
+fire exactly as often as they should: with a small replay, old images are given
+a new class. On the data this project benchmarks, the grown expert ranked the
+old classes as well as before, and the whole loss of old-class accuracy came
+from new classes taking old images (the bias of class-incremental learning; Wu
+et al., "Large Scale Incremental Learning", CVPR 2019, correct it with two
+parameters fitted on held-out data).
 
 Here, one offset is subtracted from the logits of the new classes of the grown
 experts, and one from the gate logits of the new groups. Both are chosen on a
 validation set, on a grid, for the best balanced accuracy (the mean of each
 class's recall, so that every class counts alike however many images it has),
 then written into the classifiers' biases: the model stays an ordinary model,
-and the experts and gate outputs that were there before are untouched.
+and the experts and gate outputs that were there before are untouched. An offset
+is positive where the new outputs took old images, negative where they answered
+too rarely.
 """
 
 import keras
@@ -81,10 +84,21 @@ def choose_offsets(groups, experts, labels, hierarchy, new_groups, new_classes, 
     return chosen, {"without": plain, "with": best}
 
 
+def has_output_bias(part, units):
+    """Whether `part`'s last weight is a bias of its `units` outputs (the bias of a final
+    Dense classifier), the weight `shift_bias` moves."""
+    return bool(part.weights) and tuple(part.weights[-1].shape) == (units,)
+
+
 def shift_bias(part, columns, offset):
     """Subtract `offset` from the bias of `part`'s classifier (its last weight, the bias
     of its final Dense layer) at `columns`."""
     bias = part.weights[-1]
+    if len(bias.shape) != 1:
+        raise ValueError(
+            f"{part.name!r} ends without a bias (its last weight has shape {bias.shape}): "
+            "there is no output logit to shift. Give its final Dense layer use_bias=True."
+        )
     value = np.array(keras.ops.convert_to_numpy(bias))
     value[list(columns)] -= offset
     bias.assign(value.astype(value.dtype))

@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import pytest
 
 from condnet.hierarchy import Hierarchy
 from condnet.testing import cats_and_dogs_model, random_data
@@ -78,3 +79,13 @@ def test_shifting_a_bias_shifts_the_routed_answers_as_the_offsets_do():
     balance.shift_bias(model.experts["dog"], [2], 2.0)
     shifted = (keras.ops.convert_to_numpy(t) for t in model.dense_outputs(x)[:2])
     np.testing.assert_array_equal(balance.routed_classes(*shifted, hierarchy), expected)
+
+
+def test_a_classifier_without_a_bias_has_no_logit_to_shift():
+    inputs = keras.Input((4,))
+    no_bias = keras.Model(inputs, keras.layers.Dense(3, use_bias=False)(inputs), name="plain")
+    with_bias = keras.Model(inputs, keras.layers.Dense(3)(inputs), name="biased")
+    assert not balance.has_output_bias(no_bias, 3)
+    assert balance.has_output_bias(with_bias, 3) and not balance.has_output_bias(with_bias, 4)
+    with pytest.raises(ValueError, match="'plain' ends without a bias"):
+        balance.shift_bias(no_bias, [0], 1.0)
