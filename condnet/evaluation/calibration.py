@@ -79,7 +79,7 @@ def fit_temperatures(model, data):
         A dict `{"gate": T_gate, "experts": T_experts}` of floats.
     """
     _check_model(model)
-    groups, experts, labels, _ = _collect(model, data)
+    groups, experts, labels, _ = dense_outputs_of(model, data)
     return _fit(model, groups, experts, labels)
 
 
@@ -156,7 +156,7 @@ def calibrate(model, data):
     ```
     """
     _check_model(model)
-    groups, experts, labels, shape = _collect(model, data)
+    groups, experts, labels, shape = dense_outputs_of(model, data)
     temperatures = _fit(model, groups, experts, labels)
     report = {
         "temperatures": temperatures,
@@ -246,7 +246,7 @@ def _scores(model, groups, experts, labels, temperatures):
 # === Helpers ===
 
 
-def _collect(model, data):
+def dense_outputs_of(model, data):
     """Gate and expert probabilities (every expert on every row), labels, input shape."""
     groups, experts, labels, shape = [], [], [], None
     for inputs, batch_labels in _batches(data):

@@ -230,9 +230,9 @@ def test_calibration_leaves_out_images_that_fail_to_decode(tmp_path):
         paths.append(path)
     paths[3].write_bytes(b"not an image")
     folder = ImageFolder(paths, [0, 1, 2, 3] * 2, hierarchy, image_size=8, batch_size=4)
-    from condnet.evaluation.calibration import _collect
+    from condnet.evaluation.calibration import dense_outputs_of
     from condnet.vision.image_model import build_image_model
 
     model = build_image_model(hierarchy, image_size=8, filters=(4, 4), expert_placement="top")
-    _, _, labels, _ = _collect(model, folder)
+    _, _, labels, _ = dense_outputs_of(model, folder)
     assert len(labels) == 7  # the broken file is neither scored nor replaced by a neighbour

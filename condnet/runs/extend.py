@@ -46,6 +46,7 @@ import numpy as np
 
 from condnet.data.image_folder import ImageFolder
 from condnet.data.splits import split_indices
+from condnet.evaluation.calibration import dense_outputs_of
 from condnet.evaluation.evaluate import evaluate_model
 from condnet.hierarchy import Hierarchy
 from condnet.runs import checkpoint as ckpt
@@ -145,10 +146,11 @@ def extend(
         _write_config(out, plan, settings, options, parts)
         with times.part("fit extend"):
             state = _fit(model, out, options, settings, data, claim, fit_kwargs)
-        _restore_trainable(out, parts["trainable"])
+        shipped = _restored(out, parts["trainable"])
         with times.part("evaluation"):
-            balanced = _balance(out, plan, data["validation"]) if balance else None
-            shipped = _shipped(out)
+            balanced = _balance(shipped, plan, data["validation"]) if balance else None
+            ckpt.save_model_atomic(shipped, out / BEST)  # as trained (its routing too)
+            shipped.routing = INFERENCE_ROUTING
             after = _accuracy(shipped, data["old_validation_grown"])
             new = _accuracy(shipped, data["new_validation"])
         section = _section(plan, settings, parts, data, (before, after, new), started)
@@ -666,11 +668,10 @@ def _fit(model, out, options, settings, data, claim, fit_kwargs):
     return ckpt.read_state(out)
 
 
-def _balance(out, plan, validation):
-    """Offsets for the new outputs of model.keras, chosen on `validation` and written
-    into the biases of the gate (new groups) and of the grown experts (their new
-    classes); model.keras is saved again. Returns what metrics.json records."""
-    model = keras.models.load_model(out / BEST, compile=False)
+def _balance(model, plan, validation):
+    """Offsets for the new outputs of `model`, chosen on `validation` and written into the
+    biases of the gate (new groups) and of the grown experts (their new classes).
+    Returns what metrics.json records."""
     old, grown = plan["model"].hierarchy, plan["grown"]
     grown_experts = [
         g
@@ -687,16 +688,15 @@ def _balance(out, plan, validation):
     )
     if not (new_groups.any() or new_classes.any()):
         return None
-    outputs = balancing.dense_outputs(model, validation)
+    groups, experts, labels, _ = dense_outputs_of(model, validation)
     (group_offset, class_offset), scores = balancing.choose_offsets(
-        *outputs, grown, new_groups, new_classes
+        groups, experts, labels, grown, new_groups, new_classes
     )
     if group_offset:
         balancing.shift_bias(model.gate, np.flatnonzero(new_groups), group_offset)
     for group in grown_experts if class_offset else []:
         columns = [i for i, c in enumerate(grown.classes_of(group)) if c not in old.classes]
         balancing.shift_bias(model.experts[group], columns, class_offset)
-    ckpt.save_model_atomic(model, out / BEST)
     return {
         "new_group_offset": group_offset,
         "new_class_offset": class_offset,
@@ -706,19 +706,13 @@ def _balance(out, plan, validation):
     }
 
 
-def _restore_trainable(out, trainable):
-    """model.keras as the old run shipped its parts: the trainable flags they had before
-    extend froze them (the weights are those of the best epoch)."""
+def _restored(out, trainable):
+    """model.keras (the best epoch's weights) with its parts' trainable flags as the old
+    run shipped them, before extend froze them."""
     model = keras.models.load_model(out / BEST, compile=False)
     layers = list(model._flatten_layers(include_self=True))
     for layer, flag in zip(layers, trainable if len(trainable) == len(layers) else []):
         layer.trainable = flag
-    ckpt.save_model_atomic(model, out / BEST)
-
-
-def _shipped(out):
-    model = keras.models.load_model(out / BEST, compile=False)
-    model.routing = INFERENCE_ROUTING
     return model
 
 

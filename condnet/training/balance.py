@@ -27,20 +27,6 @@ GRID = np.concatenate([[0.0], np.arange(-2.0, 8.001, 0.25)])
 _EPSILON = 1e-12
 
 
-def dense_outputs(model, folder):
-    """`(groups, experts, labels)` of every batch of `folder`: the gate probabilities,
-    every expert's conditional class probabilities side by side, and the class labels,
-    as numpy arrays."""
-    groups, experts, labels = [], [], []
-    for index in range(len(folder)):
-        images, batch_labels = folder[index][:2]
-        gate, expert, _ = model.dense_outputs(images)
-        groups.append(keras.ops.convert_to_numpy(gate))
-        experts.append(keras.ops.convert_to_numpy(expert))
-        labels.append(np.asarray(batch_labels))
-    return np.concatenate(groups), np.concatenate(experts), np.concatenate(labels)
-
-
 def routed_classes(groups, experts, hierarchy, shifts=(None, None)):
     """The hard-routed class of each row: the gate's argmax group, then that group's
     argmax class. `shifts` is `(per-group logit offsets, per-class logit offsets)`,
