@@ -85,24 +85,20 @@ def scanned(root):
 
 
 class KerasEpochs:
-    """Epochs of `folder` through the epoch iterator Keras's `fit` makes for this backend
-    (`TFEpochIterator`, `JAXEpochIterator`, `TorchEpochIterator`): made once, then each
-    call is one epoch of exactly as many steps as `fit` takes, one batch a step, with
-    `fit`'s own end-of-epoch calls (the adapter's and `fit_inputs`'s callbacks)."""
+    """Epochs of `data` (a folder, or a `tf.data` dataset as a user hands it to `fit`)
+    through the epoch iterator Keras's `fit` makes for this backend (`TFEpochIterator`,
+    `JAXEpochIterator`, `TorchEpochIterator`): made once, then each call is one epoch of
+    exactly as many steps as `fit` takes, one batch a step, with `fit`'s own
+    end-of-epoch calls (the adapter's and `fit_inputs`'s callbacks)."""
 
-    def __init__(self, folder):
+    def __init__(self, data):
         from condnet.training.distribute import fit_inputs
 
-        x, _, self.epoch_ends = fit_inputs(folder, None)  # what `condnet train` hands `fit`
+        if hasattr(data, "element_spec"):  # a tf.data dataset: `fit` takes it as it is
+            x, self.epoch_ends = data, []
+        else:  # what `condnet train` hands `fit`
+            x, _, self.epoch_ends = fit_inputs(data, None)
         self.iterator, self.pull = _epoch_iterator(x), _puller()
-
-    @classmethod
-    def of_dataset(cls, dataset):
-        """Epochs of a `tf.data` dataset, as `fit(dataset)` steps through it."""
-        epochs = cls.__new__(cls)
-        epochs.epoch_ends, epochs.iterator = [], _epoch_iterator(dataset)
-        epochs.pull = _puller()
-        return epochs
 
     def __call__(self):
         count = 0
@@ -200,7 +196,7 @@ def pipelines(root, side, pool):
         "condnet, processes": KerasEpochs(processes),
         "condnet, 1 thread": KerasEpochs(serial),
         "tf.data": lambda: tf_data_pass(paths, side),
-        "tf.data in fit": KerasEpochs.of_dataset(tf_data_pipeline(paths, side)),
+        "tf.data in fit": KerasEpochs(tf_data_pipeline(paths, side)),
         "decode limit": lambda: decode_limit_pass(pool, paths, side),
         "Pillow limit": lambda: decode_limit_pass(pool, paths, side, _pillow_decode),
     }
