@@ -121,26 +121,41 @@ def decode_image_bytes(
 
 
 def _decode(path, image_size, color_mode, out=None):
-    problem = _file_problem(path)
+    size, problem = _regular_file(path)
     if problem:
         raise ImageDecodeError(path, problem)
-    pixels = _jpeg_pixels(_jpeg_bytes(path), image_size, color_mode, MAX_IMAGE_PIXELS, out)
+    pixels = _jpeg_pixels(_jpeg_bytes(path, size), image_size, color_mode, MAX_IMAGE_PIXELS, out)
     if pixels is not None:
         return pixels
     with _opened(lambda: Image.open(path), path) as image:
         return _pixels(image, path, image_size, color_mode)
 
 
-def _jpeg_bytes(path):
-    """The bytes of a JPEG file, or None for any other file (or one that cannot be read:
-    Pillow then says why)."""
+def _jpeg_bytes(path, size):
+    """The bytes of a JPEG file of `size` bytes (as `os.stat` gave it), or None for any
+    other file (or one that cannot be read: Pillow then says why). One `open` and one
+    `read` of the whole file, without Python's file object: a decoding thread holds the
+    GIL for as little as it can, so that the others decode meanwhile."""
     if simplejpeg is None:
         return None
     try:
-        with open(path, "rb") as file:
-            return _JPEG_START + file.read() if file.read(2) == _JPEG_START else None
+        descriptor = os.open(path, os.O_RDONLY)
     except OSError:
         return None
+    try:
+        data = os.read(descriptor, size + 1)  # + 1: tells a file that grew since
+        if not data.startswith(_JPEG_START):
+            return None
+        if len(data) == size:
+            return data  # the whole file: the usual case
+        parts = [data]  # a short read, or a file that changed: read to its end
+        while parts[-1]:
+            parts.append(os.read(descriptor, 1 << 20))
+        return b"".join(parts)
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
 
 
 def _jpeg_pixels(data, image_size, color_mode, max_pixels, out=None):
@@ -259,18 +274,23 @@ def _opened(open_image, name, max_pixels=None):
 
 
 def _file_problem(path):
+    return _regular_file(path)[1]
+
+
+def _regular_file(path):
+    """`(size in bytes, None)` for a regular file, `(None, why not)` for anything else."""
     try:
-        mode = os.stat(path).st_mode
+        status = os.stat(path)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            return "symlink loop"
+            return None, "symlink loop"
         if os.path.islink(path):
-            return "dangling symlink"
-        return f"unreadable ({error.strerror or error})"
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
-    return f"not a regular file ({kind})"
+            return None, "dangling symlink"
+        return None, f"unreadable ({error.strerror or error})"
+    if stat.S_ISREG(status.st_mode):
+        return status.st_size, None
+    kind = next((name for test, name in _FILE_KINDS if test(status.st_mode)), "a special file")
+    return None, f"not a regular file ({kind})"
 
 
 def _as_mode(image, mode):

@@ -59,6 +59,20 @@ def test_jpegs_decode_fast_to_exactly_what_pillow_gives(tmp_path, orientation):
             np.testing.assert_array_equal(decode_image(path, image_size, color_mode), fast)
 
 
+@pytest.mark.skipif(decode.simplejpeg is None, reason="simplejpeg is not installed")
+def test_jpeg_bytes_reads_the_whole_file_whatever_size_stat_gave(tmp_path):
+    """One read of the size `stat` gave, and reads to the end when the file is longer
+    or shorter by then (it changed between the two calls); another format gives None."""
+    path = _jpeg(tmp_path / "photo.jpg", np.full((20, 20, 3), 90, "uint8"))
+    data = path.read_bytes()
+    for stated in (len(data), 10, len(data) - 1, len(data) + 500):
+        assert decode._jpeg_bytes(str(path), stated) == data
+    png = tmp_path / "flat.png"
+    write_image(png)
+    assert decode._jpeg_bytes(str(png), os.path.getsize(png)) is None
+    assert decode._jpeg_bytes(str(tmp_path / "gone.jpg"), 100) is None
+
+
 @pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
 def test_decode_files_decodes_into_its_batch_and_leaves_a_bad_file_s_row_zero(tmp_path, color_mode):
     """JPEGs of the asked size are decoded straight into the batch (no copy); a file that

@@ -300,11 +300,14 @@ def fit_inputs(train_data, validation):
 def _pipeline(folder):
     """A `tf.data` pipeline of `folder`'s batches that no strategy shards.
 
-    Its map calls the folder by batch index on tf.data's own threads, several
-    batches at once (`AUTOTUNE`, in order), each decoded in the thread that asks
-    for it (`ImageFolder.decoded_here`, which releases the GIL while libjpeg-turbo
-    decodes): the folder's read-ahead pool would leave those threads waiting on
-    it (benchmarks/input_pipeline.py; figures in benchmarks/RESULTS.md).
+    Its map calls the folder by batch index on tf.data's own threads, as many
+    batches at once as the folder has decoding workers (in order), each decoded in
+    the thread that asks for it (`ImageFolder.decoded_here`, which releases the GIL
+    while libjpeg-turbo decodes): the folder's read-ahead pool would leave those
+    threads waiting on it. tf.data's autotuner is off: with it on, whole epochs ran
+    one call at a time (the speed of one thread, 1,170 instead of 2,200 images/s at
+    160 px on 2 cores), whatever `num_parallel_calls` said
+    (benchmarks/input_pipeline.py; figures in benchmarks/RESULTS.md).
     """
     if folder is None:
         return None
@@ -323,8 +326,10 @@ def _pipeline(folder):
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    options.autotune.enabled = False
+    parallel = getattr(folder, "decode_workers", None) or os.cpu_count() or 1
     dataset = tf.data.Dataset.range(len(folder))
-    dataset = dataset.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(batch, num_parallel_calls=parallel, deterministic=True)
     return dataset.prefetch(2).with_options(options)
 
 

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import keras
 import numpy as np
@@ -188,6 +189,42 @@ def test_fit_inputs_feed_each_epoch_the_folders_batches_in_its_new_order(tmp_pat
             for got, want in zip(batch, folder[index], strict=True):  # (images, labels, valid)
                 np.testing.assert_array_equal(got, want)
                 assert got.dtype == want.dtype
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data feeds TensorFlow")
+def test_the_tensorflow_pipeline_decodes_as_many_batches_at_once_as_the_folder_has_workers(
+    tmp_path, monkeypatch
+):
+    """tf.data's autotuner is off (with it on, whole epochs ran one batch at a time):
+    the map runs `decode_workers` batches at once, each in its own thread."""
+    import time
+
+    from condnet.data import image_folder
+    from condnet.data.demo_data import make_shapes_dataset
+    from condnet.data.splits import load_folders
+
+    make_shapes_dataset(tmp_path, samples_per_class=8, image_size=16, test_samples_per_class=1)
+    train_data, _ = load_folders(tmp_path / "train", image_size=16, batch_size=4, seed=1)
+    train_data.decode_workers = 2
+    active, most, lock = [0], [0], threading.Lock()
+    decode_files = image_folder.decode_files
+
+    def slow(*arguments):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)  # releases the GIL, as libjpeg-turbo does
+        try:
+            return decode_files(*arguments)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(image_folder, "decode_files", slow)
+    x, _, _ = fit_inputs(train_data, None)
+    assert x.options().autotune.enabled is False
+    assert sum(1 for _ in x) == len(train_data)
+    assert most[0] == 2
 
 
 def test_data_parallel_is_refused_where_it_cannot_run():
