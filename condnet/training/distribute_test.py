@@ -196,9 +196,8 @@ def test_the_tensorflow_pipeline_decodes_as_many_batches_at_once_as_the_folder_h
     tmp_path, monkeypatch
 ):
     """tf.data's autotuner is off (with it on, whole epochs ran one batch at a time):
-    the map runs `decode_workers` batches at once, each in its own thread."""
-    import time
-
+    the map runs `decode_workers` batches at once, each in its own thread. The first
+    two decodes wait for each other: they meet only if they run at the same time."""
     from condnet.data import image_folder
     from condnet.data.demo_data import make_shapes_dataset
     from condnet.data.splits import load_folders
@@ -206,25 +205,26 @@ def test_the_tensorflow_pipeline_decodes_as_many_batches_at_once_as_the_folder_h
     make_shapes_dataset(tmp_path, samples_per_class=8, image_size=16, test_samples_per_class=1)
     train_data, _ = load_folders(tmp_path / "train", image_size=16, batch_size=4, seed=1)
     train_data.decode_workers = 2
-    active, most, lock = [0], [0], threading.Lock()
+    meeting, calls, met, lock = threading.Barrier(2), [0], [], threading.Lock()
     decode_files = image_folder.decode_files
 
-    def slow(*arguments):
+    def meet_then_decode(*arguments):
         with lock:
-            active[0] += 1
-            most[0] = max(most[0], active[0])
-        time.sleep(0.05)  # releases the GIL, as libjpeg-turbo does
-        try:
-            return decode_files(*arguments)
-        finally:
-            with lock:
-                active[0] -= 1
+            calls[0] += 1
+            first_two = calls[0] <= 2
+        if first_two:
+            try:
+                meeting.wait(timeout=30)
+                met.append(True)
+            except threading.BrokenBarrierError:
+                met.append(False)
+        return decode_files(*arguments)
 
-    monkeypatch.setattr(image_folder, "decode_files", slow)
+    monkeypatch.setattr(image_folder, "decode_files", meet_then_decode)
     x, _, _ = fit_inputs(train_data, None)
     assert x.options().autotune.enabled is False
-    assert sum(1 for _ in x) == len(train_data)
-    assert most[0] == 2
+    assert sum(1 for _ in x) == len(train_data) > 2
+    assert met == [True, True]
 
 
 def test_data_parallel_is_refused_where_it_cannot_run():
