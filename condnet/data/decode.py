@@ -148,10 +148,8 @@ def _jpeg_bytes(path, size):
             return None
         if len(data) == size:
             return data  # the whole file: the usual case
-        parts = [data]  # a short read, or a file that changed: read to its end
-        while parts[-1]:
-            parts.append(os.read(descriptor, 1 << 20))
-        return b"".join(parts)
+        # A short read, or a file that changed: read on to its end.
+        return b"".join([data, *iter(lambda: os.read(descriptor, 1 << 20), b"")])
     except OSError:
         return None
     finally:
@@ -244,7 +242,7 @@ def _pixels(image, name, image_size, color_mode):
 
 def _open_image(path):
     """`Image.open` on a regular file whose header says at most MAX_IMAGE_PIXELS."""
-    problem = _file_problem(path)
+    _, problem = _regular_file(path)
     if problem:
         raise ImageDecodeError(path, problem)
     return _opened(lambda: Image.open(path), path)
@@ -271,10 +269,6 @@ def _opened(open_image, name, max_pixels=None):
             f"{named}, a guard against decompression bombs)",
         )
     return image
-
-
-def _file_problem(path):
-    return _regular_file(path)[1]
 
 
 def _regular_file(path):
