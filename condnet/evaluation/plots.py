@@ -69,6 +69,7 @@ def _plot_risk_coverage(path, section):
             curve = section[key]["risk_coverage"][level]
             axes.plot(curve["coverage"], curve["risk"], style, marker=".", label=name)
         axes.set(title=f"risk-coverage: {level}", xlabel="coverage", ylabel="risk", xlim=(0, 1))
+        axes.set_ylim(bottom=0)  # a risk is never negative, even when every answer is right
         axes.legend()
     figure.savefig(path, dpi=100)
     return path

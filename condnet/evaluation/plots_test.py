@@ -47,3 +47,19 @@ def test_training_curves_are_wide_and_show_the_flat_baselines_accuracy(tmp_path)
     with Image.open(tmp_path / "training_curves.png") as image:
         assert image.width >= 900
     assert '<figure class="wide"><a href="training_curves.png">' in read(tmp_path, "report.html")
+
+
+def test_risk_coverage_axes_start_at_zero_risk_even_when_every_answer_is_right(
+    tmp_path, monkeypatch
+):
+    figures = []
+    real = plots._figure
+    monkeypatch.setattr(plots, "_figure", lambda *size: figures.append(real(*size)) or figures[-1])
+    flawless = {"coverage": [0.5, 1.0], "risk": [0.0, 0.0]}
+    section = {
+        side: {"risk_coverage": {"group": flawless, "class": flawless}}
+        for side in ("conditional", "flat")
+    }
+    plots._plot_risk_coverage(tmp_path / "risk.png", section)
+    assert [axes.get_ylim()[0] for axes in figures[0].axes] == [0.0, 0.0]
+    assert all(axes.get_ylim()[1] > 0 for axes in figures[0].axes)
