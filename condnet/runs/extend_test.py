@@ -85,7 +85,7 @@ def grown_group(old_run, new_group, tmp_path_factory):
     """The old run extended with the new group (and a digest of the old run taken before)."""
     before = _digest(old_run)
     out = tmp_path_factory.mktemp("grown") / "run"
-    result = extend(old_run, new_group, out, epochs=6, replay=8, verbose=0)
+    result = extend(old_run, new_group, out, epochs=12, replay=8, verbose=0)
     return out, result, before
 
 
@@ -203,6 +203,62 @@ def test_an_extended_run_refuses_resume_and_calibrate(grown_group):
         calibrate_run(out)
     with pytest.raises(ValueError, match="is itself an extended run"):
         extend(out, out.parent, out.parent / "again")
+
+
+# === What runs while extend trains ===
+
+
+def _trunk_calls_in_fit(monkeypatch):
+    """Counts the calls of a ConditionalModel's trunk on images (not on cached features)
+    made inside `fit`, and the images the frozen trunk's one pass reads."""
+    from condnet.models.conditional_model import ConditionalModel
+    from condnet.training import features
+
+    seen = {"fitting": False, "trunk_in_fit": 0, "features_of": []}
+    fit, tap_features, run_once = (
+        ConditionalModel.fit,
+        ConditionalModel.tap_features,
+        features._run_once,
+    )
+
+    def counted_fit(model, *args, **kwargs):
+        seen["fitting"] = True
+        try:
+            return fit(model, *args, **kwargs)
+        finally:
+            seen["fitting"] = False
+
+    def counted_taps(model, inputs, training=False):
+        seen["trunk_in_fit"] += seen["fitting"] and not isinstance(inputs, dict)
+        return tap_features(model, inputs, training=training)
+
+    def counted_once(trunk, folder, **kwargs):
+        seen["features_of"].append(folder.num_samples)
+        return run_once(trunk, folder, **kwargs)
+
+    monkeypatch.setattr(ConditionalModel, "fit", counted_fit)
+    monkeypatch.setattr(ConditionalModel, "tap_features", counted_taps)
+    monkeypatch.setattr(features, "_run_once", counted_once)
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train_trunk", [False, True])
+def test_extend_trains_the_heads_on_features_computed_once_while_the_trunk_is_frozen(
+    old_run, new_class, tmp_path, monkeypatch, train_trunk
+):
+    seen = _trunk_calls_in_fit(monkeypatch)
+    out = tmp_path / "grown"
+    result = extend(old_run, new_class, out, epochs=3, replay=8, train_trunk=train_trunk, verbose=0)
+    if train_trunk:  # the trunk trains: every epoch runs it on the images
+        assert seen["trunk_in_fit"] > 0 and seen["features_of"] == []
+    else:  # once per image (training and validation), then the heads alone
+        assert seen["trunk_in_fit"] == 0
+        assert seen["features_of"] == [8 * 4 + 8, 8 + 2]  # replay + new; old + new held out
+        old, _ = load_run(old_run)
+        assert _same(old.trunk, result["model"].trunk)
+        assert _same(old.experts["cool"], result["model"].experts["cool"])
+    assert result["model"].hierarchy.classes_of("warm") == ["orange", "red", "yellow"]
 
 
 # === A new class in a known group, through the CLI ===

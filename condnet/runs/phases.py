@@ -114,7 +114,7 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     first = end - phase.epochs
     recipe = _recipe_callbacks(run_dir, options, phase, validation, first, fit_kwargs, chief)
     with times.part("fit frozen features"):  # the backbone's pass, once, when cached
-        inputs, in_order = _fit_inputs(model, options, data, fit_kwargs, job)
+        inputs, in_order = fit_arguments(model, options, data, fit_kwargs, job.processes)
     with times.part(f"fit {phase.name}"):
         model.fit(
             initial_epoch=initial,
@@ -130,20 +130,22 @@ def _fit_phase(model, run_dir, options, state, indexed_phase, epochs, data, extr
     return ckpt.read_state(run_dir) if chief else checkpoint.committed or state
 
 
-def _fit_inputs(model, options, data, fit_kwargs, job):
-    """`fit`'s data arguments and the callbacks that keep the folders in step.
+def fit_arguments(model, options, data, fit_kwargs, processes=1):
+    """`fit`'s data arguments for `data` (`(train, validation)` folders) and the callbacks
+    that keep the folders in step.
 
     While the trunk is frozen and nothing augments the images (a pretrained
-    backbone before fine-tuning, `augment="none"`), its features are computed
-    once per image (`condnet.training.features`) and the heads train on them:
-    the trunk does not run again, epoch after epoch.
+    backbone before fine-tuning, `augment="none"`; `condnet extend`'s heads), its
+    features are computed once per image (`condnet.training.features`) and the heads
+    train on them: the trunk does not run again, epoch after epoch. `processes`: the
+    job's (features are computed once in a job of one process only).
     """
     folders = train_data, validation = data
     augmented = options.modality != "text" and options.augment != "none"
     # Documents: a hub backbone's features (a trunk trained from scratch is never frozen
     # outside the staged "experts" phase, which keeps running it).
     once = options.modality != "text" or reads_hub(options)
-    once = once and job.processes == 1
+    once = once and processes == 1
     if not once or not features_fit(model.trunk, folders, augmented):
         x, validation_data, epoch_ends = distribute.fit_inputs(train_data, validation)
         return {"x": x, "validation_data": validation_data, **distribute.IN_ORDER}, epoch_ends
