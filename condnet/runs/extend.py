@@ -660,6 +660,7 @@ def _fit(model, out, options, settings, data, claim, fit_kwargs, times):
             callbacks=[StopOnNaN(), *epoch_ends, checkpoint, *stopping],
             **{**inputs, **fit_kwargs},
         )
+    times.move(checkpoint.seconds, "fit extend", "checkpoints")  # as train's timing splits it
     if checkpoint.refused is not None:
         epoch, problem = checkpoint.refused
         raise RuntimeError(
