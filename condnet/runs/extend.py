@@ -14,9 +14,10 @@ Then only the gate and the grown or new experts train; the trunk (unless
 weights bit for bit. They train on the new images and a replay sample of the
 old run's own training images (from the folder its config.json names, or
 `old_data`), so the gate keeps routing the old groups while it learns the
-new ones. While the trunk is frozen and the run augments nothing (a pretrained
-backbone's default), the trunk runs once per image and the heads train on its
-features, as `condnet train` trains them (`condnet.training.features`).
+new ones. While the trunk is frozen and the run's `augment` is `"none"` (what
+the probe of a pretrained backbone's features usually chooses), the trunk runs
+once per image and the heads train on its features, as `condnet train` trains
+them (`condnet.training.features`).
 
 DATA_DIR holds the new classes, in a layout `condnet train` reads (nested
 `root/<group>/<class>/*`, or flat `root/<class>/*` with `hierarchy`). A class
@@ -98,8 +99,9 @@ def extend(
             the old run's training split. Defaults to `"auto"`: as many as each
             new class has on average (at least 1), at most what the class has,
             so that old and new classes train on about as many images each.
-        seed: int. Seed of the replay sample, the split of `data_dir` and the
-            shuffles. Defaults to None: the old run's seed.
+        seed: int. Seed of the replay sample, the split of `data_dir`, the new
+            outputs' initial weights and the shuffles. Defaults to None: the old
+            run's seed.
         hierarchy: `Hierarchy`, dict or file naming the group of each class of
             a flat `data_dir`. Defaults to None (nested folders).
         validation_split: float. Share of each new class held out to score it.
@@ -138,6 +140,7 @@ def extend(
         plan = _plan(run_dir, data_dir, out, hierarchy, old_data, overwrite)
         settings = _settings(plan["options"], epochs, replay, seed, validation_split, learning_rate)
         data = _data(plan, settings)
+        keras.utils.set_random_seed(settings["seed"])  # new outputs' weights, fit's shuffles
         model, parts = grow(plan["model"], plan["grown"], train_trunk=train_trunk)
     announce(_summary(plan, data), fit_kwargs)
     with times.part("evaluation"):

@@ -261,6 +261,19 @@ def test_extend_trains_the_heads_on_features_computed_once_while_the_trunk_is_fr
     assert result["model"].hierarchy.classes_of("warm") == ["orange", "red", "yellow"]
 
 
+@pytest.mark.slow
+def test_extend_with_the_same_seed_trains_the_same_weights(old_run, new_class, tmp_path):
+    first, second = (
+        extend(old_run, new_class, tmp_path / name, epochs=2, replay=8, seed=3, verbose=0)["model"]
+        for name in ("first", "second")
+    )
+    for part in (first.gate, first.experts["warm"]):
+        again = second.gate if part is first.gate else second.experts["warm"]
+        assert all(
+            np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(_weights(part), _weights(again))
+        )
+
+
 # === A new class in a known group, through the CLI ===
 
 

@@ -142,8 +142,8 @@ def fit_arguments(model, options, data, fit_kwargs, processes=1):
     """
     folders = train_data, validation = data
     augmented = options.modality != "text" and options.augment != "none"
-    # Documents: a hub backbone's features (a trunk trained from scratch is never frozen
-    # outside the staged "experts" phase, which keeps running it).
+    # Documents: a hub backbone's features (a text trunk trained from scratch is frozen
+    # only in the staged "experts" phase, which keeps running it; extend refuses text runs).
     once = options.modality != "text" or reads_hub(options)
     once = once and processes == 1
     if not once or not features_fit(model.trunk, folders, augmented):
