@@ -14,6 +14,11 @@ from condnet.models import routing as routing_lib
 from condnet.models.precision import precision_of
 
 _LOSS_PARTS = ("gate", "class", "expert")
+# Outlier exposure of the experts (`compile`'s `outlier_loss_weight`): the weight of
+# pulling each expert towards a uniform answer on other groups' images, relative to the
+# expert term. 0.5 is the weight Hendrycks et al. (ICLR 2019, "Deep anomaly detection
+# with outlier exposure") use for image classifiers; benchmarks/unknown.py measures it.
+OUTLIER_LOSS_WEIGHT = 0.5
 
 
 @keras.saving.register_keras_serializable(package="condnet")
@@ -73,6 +78,9 @@ class ConditionalModel(keras.Model):
             `batch / num_groups` while training (at least 2.0 at inference).
             Rows beyond it go to their next-best expert, or are dropped and
             counted in the `dropped_rate` metric. Defaults to `1.25`.
+        outlier_loss_weight: float >= 0. The weight of the loss's outlier-exposure
+            term (see `compile`), which `compile` may change. Defaults to
+            `OUTLIER_LOSS_WEIGHT` (0.5); 0 leaves it out.
         preprocessor: optional Keras layer that turns raw inputs into what
             the model reads, saved inside the model's `.keras` file: an
             adapted `keras.layers.TextVectorization` for a text model
@@ -134,6 +142,7 @@ class ConditionalModel(keras.Model):
         dispatch="dense",
         capacity_factor=1.25,
         preprocessor=None,
+        outlier_loss_weight=OUTLIER_LOSS_WEIGHT,
         **kwargs,
     ):
         hierarchy = _as_hierarchy(hierarchy)
@@ -177,6 +186,11 @@ class ConditionalModel(keras.Model):
         self.group_accuracy_metric = keras.metrics.Mean(name="group_accuracy")
         self.gate_accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="gate_accuracy")
         self.loss_part_metrics = [keras.metrics.Mean(name=f"{p}_loss") for p in _LOSS_PARTS]
+        self.outlier_loss_metric = keras.metrics.Mean(name="outlier_loss")
+        self.outlier_loss_weight = check_outlier_loss_weight(outlier_loss_weight)
+        # Column c of `experts` weighs 1 / (size of c's group): a mean over each expert's classes.
+        sizes = np.bincount(self._class_to_group, minlength=hierarchy.num_groups)
+        self._outlier_columns = (1.0 / sizes[self._class_to_group]).astype("float32")
         if dispatch == "capacity":
             self.dropped_metric = keras.metrics.Mean(name="dropped_rate")
         if input_shape is not None:
@@ -366,6 +380,7 @@ class ConditionalModel(keras.Model):
         gate_loss_weight=1.0,
         class_loss_weight=1.0,
         expert_loss_weight=1.0,
+        outlier_loss_weight=None,
         **kwargs,
     ):
         """Configure training; the hierarchical loss is built in.
@@ -377,9 +392,18 @@ class ConditionalModel(keras.Model):
 
         The loss is `gate_loss_weight * CE(true group, gate)` +
         `class_loss_weight * CE(true class, classes)` +
-        `expert_loss_weight * CE(true class, expert of the true group)`. The
-        expert term of a sample reaches only its own group's expert, so a dog
-        image never trains the cat expert. The weights live in a variable, so
+        `expert_loss_weight * CE(true class, expert of the true group)` +
+        `expert_loss_weight * outlier_loss_weight * CE(uniform, every other
+        expert)`. The expert term of a sample reaches only its own group's
+        expert, so a dog image never teaches the cat expert a cat. The last
+        term is outlier exposure: on a dog image, the cat expert learns to
+        spread its answer evenly over the cat classes, so an expert that an
+        image of no class it knows reaches answers with a low maximum softmax
+        and energy, which the unknown-class detector flags
+        (`condnet.evaluation.unknown`). It follows the expert weight (a phase
+        that trains only the gate trains no expert), and it needs every
+        expert on every row: under `dispatch="capacity"`, or with one group,
+        it is left out. The three weights live in a variable, so
         `LossWeightSchedule` can change them between epochs.
 
         Args:
@@ -396,23 +420,33 @@ class ConditionalModel(keras.Model):
                 none.
             gate_loss_weight, class_loss_weight, expert_loss_weight: floats
                 >= 0, the weights of the loss's parts. Default to `1.0`.
+            outlier_loss_weight: float >= 0, the outlier-exposure term's weight
+                relative to the expert term; 0 leaves it out. Defaults to `None`:
+                the model's own (its constructor's argument, 0.5 by default).
             **kwargs: the other arguments of `keras.Model.compile`, by
                 keyword (`weighted_metrics`, `run_eagerly`, `jit_compile`, ...).
         """
         _check_loss(loss, loss_weights)
         weights = (gate_loss_weight, class_loss_weight, expert_loss_weight)
         self.set_loss_weights(*weights)
+        if outlier_loss_weight is not None:
+            self.outlier_loss_weight = check_outlier_loss_weight(outlier_loss_weight)
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(learning_rate=1e-3)
         metrics = None if metrics == "auto" else metrics
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
-        self._compiled_loss_weights = weights
+        self._compiled_loss_weights = (*weights, self.outlier_loss_weight)
 
     def get_compile_config(self):
         """Keras's compile config, with the loss weights `compile` was given."""
         config = super().get_compile_config()
         if config:
-            names = ("gate_loss_weight", "class_loss_weight", "expert_loss_weight")
+            names = (
+                "gate_loss_weight",
+                "class_loss_weight",
+                "expert_loss_weight",
+                "outlier_loss_weight",
+            )
             config.update(zip(names, self._compiled_loss_weights))
         return config
 
@@ -468,9 +502,25 @@ class ConditionalModel(keras.Model):
         for metric, value in zip(self.loss_part_metrics, parts):
             metric.update_state(value)
         total = ops.sum(ops.stack(parts) * self.loss_weights_variable)
+        if self._exposes_outliers(y_pred):
+            outlier = _outlier_nll(
+                y_pred["experts"],
+                true_groups,
+                self._class_to_group,
+                self._outlier_columns,
+                sample_weight,
+            )
+            self.outlier_loss_metric.update_state(outlier)
+            total = total + self.loss_weights_variable[2] * self.outlier_loss_weight * outlier
         for extra in self.losses:
             total = total + ops.cast(extra, total.dtype)
         return _scale_for_replicas(total)
+
+    def _exposes_outliers(self, y_pred):
+        """Whether the loss has its outlier-exposure term: a weight, other groups, and
+        every expert's output on every row (not the capacity dispatch's)."""
+        dense = "dropped" not in y_pred
+        return bool(self.outlier_loss_weight) and self.hierarchy.num_groups > 1 and dense
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels = _flat_labels(y)
@@ -598,6 +648,7 @@ class ConditionalModel(keras.Model):
             "seed": self.seed,
             "dispatch": self.dispatch,
             "capacity_factor": self.capacity_factor,
+            "outlier_loss_weight": self.outlier_loss_weight,
             **(
                 {"preprocessor": serialize(self.preprocessor)}
                 if self.preprocessor is not None
@@ -692,10 +743,14 @@ def _scale_for_replicas(loss):
 def _mean_nll(probabilities, labels, sample_weight):
     picked = ops.take_along_axis(probabilities, ops.expand_dims(labels, -1), axis=-1)
     nll = -ops.log(ops.squeeze(picked, -1) + epsilon())  # NaN stays NaN: StopOnNaN sees it
+    return _weighted_mean(nll, sample_weight)
+
+
+def _weighted_mean(values, sample_weight):
     if sample_weight is None:
-        return ops.mean(nll)
-    weight = ops.reshape(ops.cast(sample_weight, nll.dtype), (-1,))
-    return ops.sum(nll * weight) / ops.maximum(ops.sum(weight), epsilon())
+        return ops.mean(values)
+    weight = ops.reshape(ops.cast(sample_weight, values.dtype), (-1,))
+    return ops.sum(values * weight) / ops.maximum(ops.sum(weight), epsilon())
 
 
 def _as_hierarchy(hierarchy):
@@ -707,6 +762,28 @@ def _as_hierarchy(hierarchy):
         "hierarchy must be a condnet.Hierarchy or a dict mapping group -> classes. "
         f"Received: hierarchy of type {type(hierarchy).__name__}"
     )
+
+
+def _outlier_nll(experts, true_groups, class_to_group, columns, sample_weight):
+    """The outlier-exposure term: per row, the cross-entropy from a uniform answer to each
+    expert of another group than the row's (`-mean over its classes of log p`), averaged
+    over those experts; then the (weighted) mean over rows. `columns` weighs each class
+    column by 1 / the size of its group."""
+    num_groups = int(class_to_group.max()) + 1
+    own = ops.take(ops.one_hot(true_groups, num_groups), class_to_group, axis=1)
+    nll = -ops.log(experts + epsilon()) * ops.convert_to_tensor(columns)
+    per_row = ops.sum((1.0 - own) * nll, axis=-1) / (num_groups - 1)
+    return _weighted_mean(per_row, sample_weight)
+
+
+def check_outlier_loss_weight(value):
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0:
+        raise ValueError(
+            "outlier_loss_weight must be a finite number >= 0 (0 leaves outlier exposure "
+            f"out). Received: outlier_loss_weight={value!r:.80}"
+        )
+    return float(value)
 
 
 def _check_loss(loss, loss_weights):

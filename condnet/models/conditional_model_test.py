@@ -4,6 +4,7 @@ import pytest
 from keras import layers
 
 from condnet import ConditionalModel, Hierarchy, LossWeightSchedule, StopOnNaN
+from condnet.models.conditional_model import OUTLIER_LOSS_WEIGHT
 from condnet.testing import (
     CATS_AND_DOGS,
     assert_reload_equal,
@@ -153,12 +154,40 @@ def _train_only_on(model, x, y, epochs=2):
 
 def test_expert_loss_trains_only_the_expert_of_the_true_group():
     model = cats_and_dogs_model("soft")
-    model.compile(gate_loss_weight=0.0, class_loss_weight=0.0, expert_loss_weight=1.0)
+    model.compile(
+        gate_loss_weight=0.0, class_loss_weight=0.0, expert_loss_weight=1.0, outlier_loss_weight=0
+    )
     x, _ = random_data(64)
     cats_only = np.random.default_rng(0).integers(0, 2, 64)  # persian / siamese
     changed = _train_only_on(model, x, cats_only)
     assert changed["cat"] > 1e-4
     assert changed["dog"] == 0.0
+
+
+def _dog_expert_on(model, x):
+    return numpy_outputs(model, x)["experts"][:, 2:]  # beagle, pug, boxer given "dog"
+
+
+def test_outlier_exposure_pulls_the_other_experts_towards_a_uniform_answer():
+    model = cats_and_dogs_model("soft")
+    model.compile(gate_loss_weight=0.0, class_loss_weight=0.0, outlier_loss_weight=1.0)
+    x, _ = random_data(64)
+    cats_only = np.random.default_rng(0).integers(0, 2, 64)
+    before = _dog_expert_on(model, x)
+    changed = _train_only_on(model, x, cats_only, epochs=10)
+    after = _dog_expert_on(model, x)
+    assert changed["dog"] > 1e-4  # a cat image reaches the dog expert: "none of mine"
+    assert after.max(-1).mean() < before.max(-1).mean() - 0.02
+    assert np.abs(after - 1 / 3).mean() < np.abs(before - 1 / 3).mean()
+
+
+def test_outlier_exposure_follows_the_expert_weight():
+    """A phase that trains only the gate (expert weight 0) trains no expert."""
+    model = cats_and_dogs_model("soft")
+    model.compile(class_loss_weight=0.0, expert_loss_weight=0.0, outlier_loss_weight=1.0)
+    x, y = random_data(64)
+    changed = _train_only_on(model, x, y)
+    assert changed == {"cat": 0.0, "dog": 0.0}
 
 
 def test_loss_parts_match_their_definitions():
@@ -172,11 +201,19 @@ def test_loss_parts_match_their_definitions():
         "gate_loss": -np.log(outputs["groups"][rows, groups]).mean(),
         "class_loss": -np.log(outputs["classes"][rows, y]).mean(),
         "expert_loss": -np.log(outputs["experts"][rows, y]).mean(),
+        # Each row's other expert (cats: columns 0-1, dogs: 2-4), against a uniform answer.
+        "outlier_loss": np.where(
+            groups == 0,
+            -np.log(outputs["experts"][:, 2:]).mean(-1),
+            -np.log(outputs["experts"][:, :2]).mean(-1),
+        ).mean(),
     }
     results = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
     for name, value in expected.items():
         np.testing.assert_allclose(results[name], value, rtol=1e-4)
-    np.testing.assert_allclose(results["loss"], sum(expected.values()), rtol=1e-4)
+    parts = [expected[f"{p}_loss"] for p in ("gate", "class", "expert")]
+    total = sum(parts) + OUTLIER_LOSS_WEIGHT * expected["outlier_loss"]
+    np.testing.assert_allclose(results["loss"], total, rtol=1e-4)
     np.testing.assert_allclose(results["accuracy"], (outputs["classes"].argmax(1) == y).mean())
     np.testing.assert_allclose(
         results["gate_accuracy"], (outputs["groups"].argmax(1) == groups).mean()
@@ -364,7 +401,7 @@ def test_compile_metrics_auto_and_none_add_nothing_to_the_built_in_metrics():
         model.compile(metrics=metrics)
         names.append(sorted(model.evaluate(x, y, verbose=0, return_dict=True)))
     built_in = ["loss", "accuracy", "group_accuracy", "gate_accuracy"]
-    built_in += ["gate_loss", "class_loss", "expert_loss"]
+    built_in += ["gate_loss", "class_loss", "expert_loss", "outlier_loss"]
     assert names[0] == names[1] == sorted(built_in)
 
 

@@ -92,6 +92,15 @@ def _positive_number(name, value):
     return value
 
 
+def _number_at_least_zero(name, value):
+    """A finite number >= 0 (inf and nan are refused)."""
+    if not _is_number(value):
+        raise TypeError(f"{label(name)} must be a number >= 0. Received: {name}={value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{label(name)} must be a finite number >= 0. Received: {name}={value!r}")
+    return value
+
+
 def _one_of(choices, optional=False):
     def check(name, value):
         if (optional and value is None) or value in choices:
@@ -455,6 +464,13 @@ class TrainingOptions:
         "dropout before each expert's classifier (the gate's is 0.3)",
         _fraction,
     )
+    outlier_loss_weight: float = _option(
+        0.5,
+        "outlier exposure: weight (relative to the expert loss) of teaching each expert to "
+        "answer evenly on other groups' images, so that it can flag a class it does not "
+        "know; 0 turns it off",
+        _number_at_least_zero,
+    )
     upcycle_epochs: int = _option(
         0,
         "first train a flat model (the trunk and one expert's head over every class) for "
@@ -608,6 +624,7 @@ HELP_GROUPS = {
         "patience",
         "seed",
         "loss_schedule",
+        "outlier_loss_weight",
         "upcycle_epochs",
     ),
     "augmentation": ("augment", "flip", "rotation"),

@@ -38,6 +38,8 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
         ({"head_units": -8}, ValueError, "--head-units / head_units: head_units must be an int"),
         ({"head_units": "wide"}, TypeError, "head_units must be an int >= 0 or 'auto'"),
         ({"expert_dropout": 1.0}, ValueError, "--expert-dropout / expert_dropout must be in"),
+        ({"outlier_loss_weight": -1}, ValueError, "outlier_loss_weight must be a finite number"),
+        ({"outlier_loss_weight": "x"}, TypeError, "outlier_loss_weight must be a number >= 0"),
         ({"filters": ()}, ValueError, "--filters / filters must be a non-empty sequence"),
         ({"discovery_groups": 1}, ValueError, "--discovery-groups / discovery_groups"),
         ({"hierarchy": 3}, TypeError, "--hierarchy / hierarchy must be a Hierarchy"),

@@ -274,7 +274,14 @@ def probe_line(train_data):
 
 def build_model(options, train_data):
     """The run's freshly initialised model: `build_text_model` on documents (reading the
-    training folder's vectorizer), else `build_image_model`."""
+    training folder's vectorizer), else `build_image_model`; with the run's outlier-exposure
+    weight (saved in the model's config)."""
+    model = _build_for(options, train_data)
+    model.outlier_loss_weight = options.outlier_loss_weight
+    return model
+
+
+def _build_for(options, train_data):
     if options.modality != "text":
         return _build(options, train_data.hierarchy, train_data.channels)
     keras.utils.set_random_seed(options.seed)

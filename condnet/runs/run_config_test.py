@@ -1,11 +1,14 @@
 """Tests of a run's configuration: its options resolved, probed and built into its model."""
 
+import csv
+
 import keras
 import pytest
 from PIL import Image
 
 from condnet.hierarchy import Hierarchy
 from condnet.runs import run_config
+from condnet.runs.files import HISTORY
 from condnet.runs.options import TrainingOptions
 from condnet.runs.recipe import train
 from condnet.runs.recipe_test import TINY, user_model_file
@@ -18,6 +21,7 @@ from condnet.runs.run_config import (
     write_config,
 )
 from condnet.runs.run_data import load_data
+from condnet.runs.run_dir import load_run
 from condnet.runs.timing import RunTimes
 
 
@@ -60,6 +64,16 @@ def test_expert_dropout_reaches_the_experts_only(shapes, tmp_path):
 
     assert all(rates(e) == [0.5] for e in model.experts.values() if e is not None)
     assert rates(model.gate) == [0.3]
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.5])
+def test_outlier_loss_weight_reaches_the_saved_model_and_its_training(shapes, tmp_path, weight):
+    result = train(shapes / "train", tmp_path / "run", epochs=1, outlier_loss_weight=weight, **TINY)
+    model, _ = load_run(tmp_path / "run")
+    assert result["model"].outlier_loss_weight == model.outlier_loss_weight == weight
+    with open(tmp_path / "run" / HISTORY, newline="") as file:
+        logged = float(list(csv.DictReader(file))[-1]["outlier_loss"])
+    assert (logged > 0) == (weight > 0)  # the term is in the loss only with a weight
 
 
 @pytest.mark.parametrize(
