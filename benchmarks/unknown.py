@@ -105,6 +105,7 @@ def more_options(parser):
         "--reuse", action="store_true", help="score the runs a previous call trained, if complete"
     )
     data_sets.add_backbone_option(parser)
+    data_sets.add_outlier_option(parser)
     data_sets.add_options(parser)
 
 
@@ -154,8 +155,8 @@ def training_folder(root, args, groups, hierarchy):
 def run_name(args):
     default = args.data_set == "cifar10" and args.image_size == 32  # the first results' names
     prefix = "" if default else f"{args.data_set}-{args.image_size}px-"
-    pretrained = data_sets.backbone_tag(args)
-    return f"unknown-run-{prefix}{BACKEND}-{args.train_per_class}-{args.epochs}-epochs{pretrained}"
+    tags = data_sets.backbone_tag(args) + data_sets.outlier_tag(args)
+    return f"unknown-run-{prefix}{BACKEND}-{args.train_per_class}-{args.epochs}-epochs{tags}"
 
 
 def run_seed(args, hierarchy, train_folder, test, seed):
@@ -371,6 +372,7 @@ def markdown(results, args, left_out, seconds):
             f"expert's threshold is chosen for 5% false alarms), {args.test_per_class} test "
             f"images per class, {args.epochs} epochs, {len(results)} seed(s): `condnet train` "
             "defaults"
+            + data_sets.outlier_words(args)
             + data_sets.backbone_words(args)
             + ". Scores: `softmax`, the maximum softmax of the expert the gate routes "
             "an image to (the flat baseline: its maximum softmax); `energy`, the log-sum-exp "
@@ -435,7 +437,7 @@ def main(argv=None):
         return 0
     variant = (
         f"{args.data_set}-{args.train_per_class}-per-class-{args.epochs}-epochs-without-"
-        f"{'-'.join(left_out)}" + data_sets.backbone_tag(args)
+        f"{'-'.join(left_out)}" + data_sets.backbone_tag(args) + data_sets.outlier_tag(args)
     )
     common.write_results(
         "unknown",
@@ -443,6 +445,7 @@ def main(argv=None):
         {"args": common.arguments(args), "results": results},
         f"Unknown classes inside known groups: {SHOWN[args.data_set]}, {args.epochs} epochs"
         + ", pretrained backbone" * bool(data_sets.backbone_tag(args))
+        + data_sets.outlier_words(args).replace(" with", ",")
         + f" ({BACKEND})",
         body,
         args.results,
