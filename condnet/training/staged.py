@@ -6,7 +6,9 @@ trainability and the model's three loss weights (gate, class, expert),
 compiles, and fits on the whole data set. Because the expert loss of a row
 reaches only its own group's expert, the "experts" phase trains each expert
 on its own group's rows without splitting or copying the data, so image
-folders stream as in any `fit`.
+folders stream as in any `fit` (the other groups' rows reach it only through
+outlier exposure, which teaches it to answer evenly on them: see
+`ConditionalModel.compile`).
 """
 
 import dataclasses
@@ -140,8 +142,10 @@ def fit_staged(
        gate (and the trunk, if any) learns the true group of every row.
     2. **experts**: the trunk and the gate are frozen; only the expert loss
        counts, and a row's expert loss reaches only its own group's expert,
-       so each expert learns from its own group's rows (a nested
-       `ConditionalModel` expert learns through its own hierarchical output).
+       so each expert learns its classes from its own group's rows (a nested
+       `ConditionalModel` expert learns through its own hierarchical output)
+       and, with outlier exposure (the model's `outlier_loss_weight`), to
+       answer evenly on the other groups' rows.
     3. **joint** (optional, `joint_epochs > 0`): everything trains with every
        loss at `joint_learning_rate`.
 
@@ -189,7 +193,7 @@ def _warn_empty_groups(model, x, y):
     for g, group in enumerate(model.hierarchy.groups):
         if model.experts[group] is not None and not np.any(groups == g):
             warnings.warn(
-                f"Group {group!r} has no training rows, so its expert will not learn. "
+                f"Group {group!r} has no training rows, so its expert will not learn its classes. "
                 "Add samples of its classes.",
                 stacklevel=3,
             )

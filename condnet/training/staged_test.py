@@ -69,6 +69,7 @@ def test_gate_phase_trains_only_the_gate():
 
 def test_expert_phase_trains_each_expert_only_on_its_group():
     model = cats_and_dogs_model()
+    model.outlier_loss_weight = 0.0  # no outlier exposure: only the masked expert loss
     x, _ = random_data(64)
     cats_only = np.random.default_rng(1).integers(0, 2, 64)
     before = _weights(model)
@@ -107,3 +108,15 @@ def test_phases_count_epochs_on_and_end_with_joint_training():
     assert seen[-1][1] == 0.25  # the schedule's epoch 0 is the joint phase's first epoch
     assert set(histories) == {"gate", "experts", "joint"}
     assert "val_group_accuracy" in histories["joint"].history
+
+
+def test_expert_phase_exposes_each_expert_to_the_other_groups_rows():
+    model = cats_and_dogs_model()  # outlier exposure on, by default
+    x, _ = random_data(64)
+    cats_only = np.random.default_rng(1).integers(0, 2, 64)
+    before = _weights(model)
+    with pytest.warns(UserWarning, match="will not learn its classes"):
+        fit_staged(model, x, cats_only, gate_epochs=0, expert_epochs=2, verbose=0)
+    changed = _changed(before, _weights(model))
+    assert changed["gate"] == 0.0
+    assert changed["dog"] > 0  # cat rows teach the dog expert to answer evenly on them
