@@ -395,18 +395,23 @@ def markdown(results, args, left_out, seconds):
 
 
 def verdicts(results):
-    """Per conditional score: better than the flat baseline's maximum softmax on every
-    seed (the issue's target)?"""
+    """Per conditional score against the flat baseline's maximum softmax (the issue's
+    target): the means over the seeds, and on how many seeds it is better."""
     lines = []
     for score in UNKNOWN_SCORES:
-        better = [
-            all(r["conditional"][score][key] > r["flat"]["softmax"][key] for r in results)
-            for key in ("auroc", "detection_at_5")
-        ]
+        parts = []
+        for key, name in (("auroc", "AUROC"), ("detection_at_5", "detection at 5% false alarms")):
+            ours = [r["conditional"][score][key] for r in results]
+            flat = [r["flat"]["softmax"][key] for r in results]
+            better = sum(a > b for a, b in zip(ours, flat))
+            parts.append(
+                f"{name} {statistics.mean(ours):.3f} against {statistics.mean(flat):.3f} "
+                f"(better on {better} of {len(results)} seeds)"
+            )
         lines.append(
-            f"- conditional `{score}` against the flat baseline's maximum softmax, every "
-            f"seed: AUROC {'better' if better[0] else 'not better'}, detection at 5% false "
-            f"alarms {'better' if better[1] else 'not better'}."
+            f"- conditional `{score}` against the flat baseline's maximum softmax: "
+            + "; ".join(parts)
+            + "."
         )
     return lines
 
