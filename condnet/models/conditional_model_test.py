@@ -393,6 +393,25 @@ def test_compile_refuses_a_loss_other_than_its_own(arguments, message):
         cats_and_dogs_model().compile(*arguments)
 
 
+@pytest.mark.parametrize("weight", [-0.5, float("nan"), "high", True])
+def test_a_bad_outlier_loss_weight_is_refused_with_what_was_received(weight):
+    with pytest.raises(ValueError, match="outlier_loss_weight must be a finite number >= 0"):
+        cats_and_dogs_model().compile(outlier_loss_weight=weight)
+    with pytest.raises(ValueError, match=f"Received: outlier_loss_weight={weight!r}"):
+        cats_and_dogs_model(outlier_loss_weight=weight)
+
+
+def test_outlier_exposure_is_left_out_where_the_experts_do_not_see_every_row():
+    """Under capacity dispatch only the routed expert runs on a row: nothing to expose."""
+    x, y = random_data(32)
+    logged = {}
+    for dispatch in ("dense", "capacity"):
+        model = cats_and_dogs_model("hard", dispatch=dispatch)
+        model.compile()
+        logged[dispatch] = model.evaluate(x, y, verbose=0, return_dict=True)["outlier_loss"]
+    assert logged["dense"] > 0 and logged["capacity"] == 0.0
+
+
 def test_compile_metrics_auto_and_none_add_nothing_to_the_built_in_metrics():
     x, y = random_data(16)
     names = []
