@@ -742,6 +742,14 @@ def _check_combinations(options):
     from condnet.models.conditional_model import check_dispatch
 
     check_dispatch(options.dispatch, options.routing, options.confidence_threshold)
+    default_weight = _FIELDS["outlier_loss_weight"].default
+    if options.dispatch == "capacity" and options.outlier_loss_weight not in (0, default_weight):
+        raise ValueError(
+            "Outlier exposure trains every expert on the other groups' rows, which "
+            "--dispatch / dispatch='capacity' does not run them on, so it is left out there. "
+            "Use --dispatch dense, or leave --outlier-loss-weight at its default. Received: "
+            f"dispatch='capacity', outlier_loss_weight={options.outlier_loss_weight!r}"
+        )
     if options.split is not None and options.hierarchy == "auto":
         raise ValueError(
             "split indices refer to the rows of a known hierarchy, so they cannot be "

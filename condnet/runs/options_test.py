@@ -55,6 +55,11 @@ TREE = {"angular": ["square", "star"], "round": ["circle", "ring"]}
             ValueError,
             "Hedging \\(confidence_threshold\\) runs two experts per row",
         ),
+        (
+            {"dispatch": "capacity", "outlier_loss_weight": 1.0},
+            ValueError,
+            "Outlier exposure trains every expert on the other groups' rows",
+        ),
         ({"weights": "imagenet"}, ValueError, "small_cnn trains from scratch"),
         (
             {"expert_placement": "branch", "backbone": "EfficientNetB0"},
