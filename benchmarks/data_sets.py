@@ -318,10 +318,11 @@ def outlier_tag(args):
     return "" if weight is None else f"-outlier-{weight:g}"
 
 
-def outlier_words(args):
-    """What a results section adds about `--outlier-loss-weight`: "" or the weight."""
+def outlier_words(args, lead=" with"):
+    """What a results section adds about `--outlier-loss-weight`: "" or `lead` and the
+    weight."""
     weight = getattr(args, "outlier_loss_weight", None)
-    return "" if weight is None else f" with `--outlier-loss-weight {weight:g}`"
+    return "" if weight is None else f"{lead} `--outlier-loss-weight {weight:g}`"
 
 
 def outlier_options(args):

@@ -450,7 +450,7 @@ def main(argv=None):
         {"args": common.arguments(args), "results": results},
         f"Unknown classes inside known groups: {SHOWN[args.data_set]}, {args.epochs} epochs"
         + ", pretrained backbone" * bool(data_sets.backbone_tag(args))
-        + data_sets.outlier_words(args).replace(" with", ",")
+        + data_sets.outlier_words(args, lead=",")
         + f" ({BACKEND})",
         body,
         args.results,

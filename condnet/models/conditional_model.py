@@ -504,11 +504,7 @@ class ConditionalModel(keras.Model):
         total = ops.sum(ops.stack(parts) * self.loss_weights_variable)
         if self._exposes_outliers(y_pred):
             outlier = _outlier_nll(
-                y_pred["experts"],
-                true_groups,
-                self._class_to_group,
-                self._outlier_columns,
-                sample_weight,
+                y_pred["experts"], true_groups, self.hierarchy, self._outlier_columns, sample_weight
             )
             self.outlier_loss_metric.update_state(outlier)
             total = total + self.loss_weights_variable[2] * self.outlier_loss_weight * outlier
@@ -764,13 +760,13 @@ def _as_hierarchy(hierarchy):
     )
 
 
-def _outlier_nll(experts, true_groups, class_to_group, columns, sample_weight):
+def _outlier_nll(experts, true_groups, hierarchy, columns, sample_weight):
     """The outlier-exposure term: per row, the cross-entropy from a uniform answer to each
     expert of another group than the row's (`-mean over its classes of log p`), averaged
     over those experts; then the (weighted) mean over rows. `columns` weighs each class
     column by 1 / the size of its group."""
-    num_groups = int(class_to_group.max()) + 1
-    own = ops.take(ops.one_hot(true_groups, num_groups), class_to_group, axis=1)
+    num_groups = hierarchy.num_groups
+    own = ops.take(ops.one_hot(true_groups, num_groups), hierarchy.class_to_group, axis=1)
     nll = -ops.log(experts + epsilon()) * ops.convert_to_tensor(columns)
     per_row = ops.sum((1.0 - own) * nll, axis=-1) / (num_groups - 1)
     return _weighted_mean(per_row, sample_weight)

@@ -83,22 +83,24 @@ def _int_at_least(low):
     return check
 
 
-def _positive_number(name, value):
-    """A finite number > 0 (inf and nan are refused)."""
-    if not _is_number(value):
-        raise TypeError(f"{label(name)} must be a number > 0. Received: {name}={value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{label(name)} must be a finite number > 0. Received: {name}={value!r}")
-    return value
+def _finite_number(zero_allowed):
+    """A check of a finite number > 0, or >= 0 with `zero_allowed` (inf and nan are
+    refused)."""
+    bound = ">= 0" if zero_allowed else "> 0"
+
+    def check(name, value):
+        if not _is_number(value):
+            raise TypeError(f"{label(name)} must be a number {bound}. Received: {name}={value!r}")
+        if not (math.isfinite(value) and (value > 0 or (zero_allowed and value == 0))):
+            raise ValueError(
+                f"{label(name)} must be a finite number {bound}. Received: {name}={value!r}"
+            )
+        return value
+
+    return check
 
 
-def _number_at_least_zero(name, value):
-    """A finite number >= 0 (inf and nan are refused)."""
-    if not _is_number(value):
-        raise TypeError(f"{label(name)} must be a number >= 0. Received: {name}={value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{label(name)} must be a finite number >= 0. Received: {name}={value!r}")
-    return value
+_positive_number = _finite_number(zero_allowed=False)
 
 
 def _one_of(choices, optional=False):
@@ -469,7 +471,7 @@ class TrainingOptions:
         "outlier exposure: weight (relative to the expert loss) of teaching each expert to "
         "answer evenly on other groups' images, so that it can flag a class it does not "
         "know; 0 turns it off",
-        _number_at_least_zero,
+        _finite_number(zero_allowed=True),
     )
     upcycle_epochs: int = _option(
         0,
