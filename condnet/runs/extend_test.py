@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -9,7 +10,8 @@ from PIL import Image
 
 from condnet.hierarchy import Hierarchy
 from condnet.runs.cli import main
-from condnet.runs.extend import extend, grow, grown_hierarchy
+from condnet.runs.extend import extend, grow, grown_hierarchy, trunk_trains
+from condnet.runs.options import TrainingOptions
 from condnet.runs.recipe import resume, train
 from condnet.runs.run_dir import calibrate_run, load_run, predict_paths
 
@@ -25,6 +27,7 @@ COLOURS = {
 OLD = {"cool": ["blue", "green"], "warm": ["orange", "red"]}
 NEW_CLASS = {"warm": ["yellow"]}  # a new class of a known group
 NEW_GROUP = {"mixed": ["cyan", "magenta"]}  # a new group
+EVERY_GROUP = {"cool": ["cyan"], "warm": ["yellow"]}  # a new class in each group
 TINY = dict(
     image_size=16,
     filters=(8, 16),
@@ -273,6 +276,29 @@ def test_extend_with_the_same_seed_trains_the_same_weights(old_run, new_class, t
         )
 
 
+@pytest.mark.slow
+def test_extend_trains_a_trunk_it_trained_from_scratch_when_every_old_expert_grows(
+    old_run, new_class, tmp_path
+):
+    old, config = load_run(old_run)
+    options = TrainingOptions.from_config(config["options"])
+    every = _colour_folders(tmp_path / "every", EVERY_GROUP, seed=3)
+    grows_all = grown_hierarchy(old.hierarchy, EVERY_GROUP)[0]
+    grows_warm = grown_hierarchy(old.hierarchy, NEW_CLASS)[0]
+    assert trunk_trains("auto", old, grows_all, options)
+    assert not trunk_trains("auto", old, grows_warm, options)  # cool's expert reads the trunk
+    pretrained = dataclasses.replace(options, backbone=str(tmp_path / "user.keras"))
+    assert not trunk_trains("auto", old, grows_all, pretrained)  # a backbone stays frozen
+    assert trunk_trains(True, old, grows_warm, options) is True
+    with pytest.raises(ValueError, match="train_trunk is 'auto', True or False.*'yes'"):
+        trunk_trains("yes", old, grows_all, options)
+    result = extend(old_run, every, tmp_path / "grown", epochs=2, replay=8, verbose=0)
+    section = result["metrics"]["extend"]
+    assert section["trained"] == ["gate", "expert cool", "expert warm", "trunk"]
+    assert section["frozen"] == []
+    assert not _same(old.trunk, result["model"].trunk)  # it trained
+
+
 # === A new class in a known group, through the CLI ===
 
 
@@ -292,8 +318,10 @@ def test_cli_extend_grows_a_group_s_expert(old_run, new_class, tmp_path, capsys)
     assert main([*args, "--quiet"]) == 2  # the run is there now
     assert "already holds a run" in capsys.readouterr().err
     args[4] = str(tmp_path / "as-trained")
-    assert main([*args, "--no-balance", "--quiet", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["balance"] is None
+    assert main([*args, "--no-balance", "--train-trunk", "--quiet", "--json"]) == 0
+    section = json.loads(capsys.readouterr().out)
+    assert section["balance"] is None
+    assert "trunk" in section["trained"] and section["frozen"] == ["expert cool"]
 
 
 # === Errors, before anything is written ===

@@ -77,9 +77,13 @@ def add_parser(commands, common):
     training.add_argument("--seed", type=int, metavar="N", help="seed (default: RUN_DIR's)")
     training.add_argument(
         "--train-trunk",
-        action="store_true",
-        help="train the shared trunk too (default: frozen, so untouched experts see the same "
-        "features)",
+        nargs="?",
+        const="yes",
+        default="auto",
+        choices=("auto", "yes", "no"),
+        help="train the shared trunk too (default: auto, trained when RUN_DIR trained it from "
+        "scratch and every old group's expert grows, frozen otherwise: a pretrained backbone, "
+        "or a trunk an untouched expert reads; --train-trunk alone: yes)",
     )
     training.add_argument(
         "--no-balance",
@@ -116,7 +120,7 @@ def _run(args):
         hierarchy=args.hierarchy,
         validation_split=args.validation_split,
         learning_rate=args.learning_rate,
-        train_trunk=args.train_trunk,
+        train_trunk={"yes": True, "no": False}.get(args.train_trunk, "auto"),
         balance=args.balance,
         old_data=args.old_data,
         overwrite=args.overwrite,
