@@ -19,9 +19,11 @@ through each model, and is scored by each score of `UNKNOWN_SCORES`: the conditi
 model (hard-routed) in the expert the gate routes it to, the flat baseline
 over all its classes. `softmax`: the maximum softmax (for the flat baseline,
 the usual out-of-distribution baseline); `energy`: the log-sum-exp of the
-logits; `mahalanobis`: minus the distance of the penultimate features to the
-nearest class mean, with a shared covariance fitted on the run's training
-split (`condnet.evaluation.unknown_features`). The table gives, per model and
+logits; `gated_energy`: that plus the log of the gate's probability of the
+routed group (the flat model's is its energy); `mahalanobis`: minus the
+distance of the penultimate features to the nearest class mean, with a
+shared covariance fitted on the run's training split
+(`condnet.evaluation.unknown_features`). The table gives, per model and
 score: the AUROC of telling the left-out images from the known ones by a low
 score (0.5 = chance); the detection rate of the left-out images at 5% false
 alarms (each expert's threshold set on the test images of known classes routed
@@ -245,7 +247,13 @@ def scored(hierarchy, model, readers, fitted, score, outputs):
     result = unknown_scores(hierarchy, outputs["classes"], scored_route(model, outputs))
     if score != "softmax":
         result["score"] = feature_scores(
-            hierarchy, readers, outputs["features"], result["route"], fitted, score
+            hierarchy,
+            readers,
+            outputs["features"],
+            result["route"],
+            fitted,
+            score,
+            groups=outputs.get("groups"),
         )
     return result
 
@@ -376,11 +384,13 @@ def markdown(results, args, left_out, seconds):
             + data_sets.backbone_words(args)
             + ". Scores: `softmax`, the maximum softmax of the expert the gate routes "
             "an image to (the flat baseline: its maximum softmax); `energy`, the log-sum-exp "
-            "of its logits; `mahalanobis`, minus the Mahalanobis distance of its penultimate "
-            "features to the nearest class mean (shared covariance fitted on the run's "
-            "training split). Figures on the test images (mean ± standard deviation over "
-            "the seeds); the run's thresholds: for softmax those `condnet train` chose, for "
-            f"{DEFAULT_SCORE} those `condnet unknown` chose (its default score).",
+            "of its logits; `gated_energy`, that plus the log of the gate's probability of "
+            "the routed group (the flat baseline's is its energy); `mahalanobis`, minus the "
+            "Mahalanobis distance of its penultimate features to the nearest class mean "
+            "(shared covariance fitted on the run's training split). Figures on the test "
+            "images (mean ± standard deviation over the seeds); the run's thresholds: for "
+            f"softmax those `condnet train` chose, for {DEFAULT_SCORE} those `condnet "
+            "unknown` chose (its default score).",
             "",
             table,
             "",

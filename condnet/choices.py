@@ -36,7 +36,7 @@ MODALITIES = ("auto", "image", "text")
 # benchmarks/RESULTS.md).
 TEXT_DEFAULTS = {"text_trunk": "bag", "sequence_length": 256, "vocabulary_size": 20000}
 # How an expert scores "a class of my group I do not know" (`condnet unknown --score`).
-UNKNOWN_SCORES = ("energy", "mahalanobis", "softmax")
+UNKNOWN_SCORES = ("gated_energy", "energy", "mahalanobis", "softmax")
 # `condnet tune`: KerasTuner's search algorithms, and what a search maximises.
 TUNERS = ("random", "bayesian", "hyperband")
 TUNE_OBJECTIVES = ("val_accuracy", "accuracy_per_mmac")

@@ -23,7 +23,8 @@ images of left-out classes from those of known ones.
 
 Other scores read what the expert computes before its softmax
 (`condnet.evaluation.unknown_features`): `"energy"` (the log-sum-exp of its
-logits) and `"mahalanobis"` (minus the Mahalanobis distance of its
+logits), `"gated_energy"` (that plus the log of the gate's probability of
+the expert's group) and `"mahalanobis"` (minus the Mahalanobis distance of its
 penultimate features to the nearest of its classes' means, fitted on the
 training split). `UnknownDetector` holds a score, its thresholds and, for
 "mahalanobis", its statistics, and flags a batch of images.
@@ -36,7 +37,7 @@ import numpy as np
 from condnet.choices import UNKNOWN_SCORES
 
 FALSE_ALARM_RATE = 0.05
-DEFAULT_SCORE = "energy"  # of `condnet unknown`: see benchmarks/unknown.py
+DEFAULT_SCORE = "gated_energy"  # of `condnet unknown`: see benchmarks/unknown.py
 
 
 # === Scores ===
@@ -124,8 +125,8 @@ class UnknownDetector:
         thresholds: dict `group -> threshold or None`, one per group (None:
             an expert that flags nothing; see `check_unknown_thresholds`).
         score: str, one of `UNKNOWN_SCORES`. Defaults to `"softmax"`, which reads the
-            class probabilities alone; "energy" and "mahalanobis" read the
-            expert's penultimate features as well.
+            class probabilities alone; the others read the expert's penultimate
+            features as well ("gated_energy" also the gate's probabilities).
         statistics: dict of arrays, the class means and precision of each
             expert (`condnet.evaluation.unknown_features.fit_statistics`);
             required by "mahalanobis". Defaults to `None`.
@@ -163,7 +164,13 @@ class UnknownDetector:
         readers = self._readers[1]
         features = unknown_features.read_features(model, readers, images)
         scored["score"] = unknown_features.feature_scores(
-            self.hierarchy, readers, features, scored["route"], self.statistics, self.score
+            self.hierarchy,
+            readers,
+            features,
+            scored["route"],
+            self.statistics,
+            self.score,
+            groups=outputs.get("groups"),
         )
         return scored
 

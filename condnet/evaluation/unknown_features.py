@@ -8,6 +8,13 @@ weights. Two scores come from them, per expert, for the image it is routed to
 
 - `energy`: the log-sum-exp of the expert's logits (features @ kernel +
   bias), whose softmax is the expert's output (Liu et al., 2020).
+- `gated_energy`: `energy` plus the log of the gate's probability of the
+  expert's group: the log-sum-exp of the path's joint logits, log p(group) +
+  the expert's logit of each class. It is low when the expert recognises none
+  of its classes or when the gate hesitates between groups, as it does on an
+  image of a class it never saw (on CIFAR-10 the gate's own confidence told
+  left-out classes apart better than any expert score; benchmarks/unknown.py).
+  A flat model has no gate: its `gated_energy` is its `energy`.
 - `mahalanobis`: minus the smallest Mahalanobis distance from the image's
   features to the mean features of one of the expert's classes, with one
   covariance shared by its classes (Lee et al., 2018), both fitted on the
@@ -152,7 +159,7 @@ def _class_gaussians(features, labels, classes):
 # === Scores ===
 
 
-def feature_scores(hierarchy, readers, features, route, statistics, score):
+def feature_scores(hierarchy, readers, features, route, statistics, score, groups=None):
     """The `score` of each image in the expert it is routed to (high: a known class).
 
     Args:
@@ -162,7 +169,10 @@ def feature_scores(hierarchy, readers, features, route, statistics, score):
         route: int array, the group index each image is scored in (-1: none), as
             in `unknown_scores`; a flat model scores every image in its one reader.
         statistics: the dict of `fit_statistics` (used by "mahalanobis").
-        score: `"energy"`, `"max_logit"` or `"mahalanobis"`.
+        score: `"energy"`, `"gated_energy"`, `"max_logit"` or `"mahalanobis"`.
+        groups: the gate's group probabilities `(num_images, num_groups)` (a
+            conditional model's `groups` output), read by "gated_energy".
+            Defaults to None: a flat model, whose "gated_energy" is its energy.
 
     Returns:
         A float array; NaN where an image has no route or its expert no statistics.
@@ -176,7 +186,19 @@ def feature_scores(hierarchy, readers, features, route, statistics, score):
     for name, rows in parts:
         if rows.any():
             result[rows] = _score(readers[name], features[name][rows], statistics, name, score)
+    if score == "gated_energy" and groups is not None and "flat" not in readers:
+        result += _log_gate(np.asarray(groups, "float64"), route)
     return result
+
+
+def _log_gate(groups, route):
+    """The log of the gate's probability of each image's routed group (NaN with no route)."""
+    chosen = np.full(len(route), np.nan)
+    routed = route >= 0
+    chosen[routed] = groups[np.flatnonzero(routed), route[routed]]
+    # A probability the float32 softmax rounded to 0 counts as the smallest it can hold,
+    # so that every score stays finite (JSON has no -inf).
+    return np.log(np.maximum(chosen, np.finfo("float32").tiny))
 
 
 def _score(reader, features, statistics, name, score):

@@ -42,6 +42,24 @@ def test_energy_is_the_log_sum_exp_of_the_logits_whose_softmax_the_model_outputs
     np.testing.assert_allclose(top, logits.max(-1))
 
 
+def test_gated_energy_adds_the_log_of_the_gate_s_probability_of_the_routed_group():
+    rng = np.random.default_rng(2)
+    readers = {
+        g: (None, None, rng.normal(size=(3, len(TREE.classes_of(g)))), rng.normal(size=1))
+        for g in TREE.groups
+    }
+    features = {g: rng.normal(size=(4, 3)) for g in TREE.groups}
+    route = np.array([0, 1, 1, -1])
+    groups = np.array([[0.9, 0.1], [0.4, 0.6], [1.0, 0.0], [0.5, 0.5]])
+    energy = feature_scores(TREE, readers, features, route, {}, "energy")
+    gated = feature_scores(TREE, readers, features, route, {}, "gated_energy", groups=groups)
+    np.testing.assert_allclose(gated[:2], energy[:2] + np.log([0.9, 0.6]))
+    assert np.isfinite(gated[2]) and gated[2] < energy[2] - 80  # a probability rounded to 0
+    assert np.isnan(gated[3])  # no route, no score
+    ungated = feature_scores(TREE, readers, features, route, {}, "gated_energy")
+    np.testing.assert_array_equal(ungated, energy)  # a flat model has no gate
+
+
 def test_readers_follow_a_head_nested_in_the_model():
     head = _classifier(3)
     inputs = keras.Input((4,))

@@ -15,10 +15,12 @@ them again (the split is drawn again from config.json), also for
 given directly. `predict --unknown` and `serve --unknown` read them.
 
 The score: `condnet train` stores thresholds of the maximum softmax;
-`condnet unknown` chooses them for `--score` (`DEFAULT_SCORE`, "energy": the
-log-sum-exp of the chosen expert's logits, which told left-out classes apart
-better than its maximum softmax on both data sets of `benchmarks/unknown.py`,
-where "mahalanobis" won on CIFAR-10 and fell below chance on photos20). The
+`condnet unknown` chooses them for `--score` (`DEFAULT_SCORE`, "gated_energy":
+the log-sum-exp of the chosen expert's logits plus the log of the gate's
+probability of its group, which told left-out classes apart better than the
+expert's energy or maximum softmax on every data set of `benchmarks/unknown.py`,
+where "mahalanobis" won on CIFAR-10 without outlier exposure and fell below
+chance on photos20). The
 Mahalanobis score's statistics (class means and precision per expert, fitted
 on the run's training split) are plain arrays in `unknown.npz` beside
 unknown.json, keyed `<model file>/<expert>/means`, so that model.keras stays

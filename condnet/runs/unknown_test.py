@@ -91,6 +91,22 @@ def test_the_mahalanobis_score_is_each_expert_s_feature_distance_stored_beside_t
         predict_paths(run, [folder], unknown=True)
 
 
+def test_gated_energy_is_the_routed_expert_s_energy_plus_the_log_of_the_gate_s_probability(
+    run, tmp_path
+):
+    folder = _with_strangers(tmp_path / "images")
+    rows = {}
+    for score in ("energy", "gated_energy"):
+        unknown_run(run, score=score)
+        for model in ("model.keras", "baseline.keras"):
+            rows[score, model] = predict_paths(run, [folder], unknown=True, model_file=model)
+    for energy, gated in zip(rows["energy", "model.keras"], rows["gated_energy", "model.keras"]):
+        gate = energy["group_probabilities"][energy["expert"]]
+        assert gated["unknown_score"] == pytest.approx(energy["unknown_score"] + np.log(gate))
+    flat = zip(rows["energy", "baseline.keras"], rows["gated_energy", "baseline.keras"])
+    assert all(e["unknown_score"] == pytest.approx(g["unknown_score"]) for e, g in flat)
+
+
 def test_predict_with_thresholds_given_and_the_flat_baseline_s_maximum_softmax(run, tmp_path):
     folder = _with_strangers(tmp_path / "images")
     never = predict_paths(run, [folder], unknown_thresholds={"cool": None, "warm": None})
@@ -125,8 +141,8 @@ def test_serve_flags_unknown_classes_as_predict_does(run, tmp_path):
     assert answer["unknown_score"] == pytest.approx(expected["unknown_score"])
     stored = read_unknown(run / "unknown.json")["models"]["model.keras"]["thresholds"]
     assert described["unknown_thresholds"] == stored
-    assert described["unknown_score"] == "energy"  # the default of `condnet unknown`
-    assert not (run / "unknown.npz").exists()  # energy reads the model's own weights only
+    assert described["unknown_score"] == "gated_energy"  # the default of `condnet unknown`
+    assert not (run / "unknown.npz").exists()  # it reads the model's own weights only
 
 
 def test_evaluate_and_its_report_show_the_share_each_model_flags(run, tmp_path, capsys):
@@ -174,7 +190,7 @@ def test_cli_unknown_stores_given_thresholds_that_predict_uses(run, tmp_path, ca
 def test_cli_unknown_chooses_for_a_false_alarm_rate(run, capsys):
     assert main(["unknown", str(run), "--false-alarm-rate", "0.05", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "baseline.keras: unknown-class thresholds (energy score) cool" in out
+    assert "baseline.keras: unknown-class thresholds (gated_energy score) cool" in out
     assert "chosen on the validation split (8 images); 0.0% of those images flagged" in out
     assert main(["unknown", str(run), "--score", "softmax", "--quiet"]) == 0
     assert "model.keras: unknown-class thresholds (softmax score) cool" in capsys.readouterr().out

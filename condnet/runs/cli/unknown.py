@@ -38,10 +38,11 @@ def add_parser(commands, common):
         "--score",
         choices=UNKNOWN_SCORES,
         default=None,
-        help="what says an image is of no known class: energy (default: the log-sum-exp "
-        "of the chosen expert's logits), mahalanobis (the distance of its features to its "
-        "classes, fitted on the training split into unknown.npz) or softmax (its maximum "
-        "probability; the score of --thresholds)",
+        help="what says an image is of no known class: gated_energy (default: the "
+        "log-sum-exp of the chosen expert's logits plus the log of the gate's probability of "
+        "its group), energy (the log-sum-exp alone), mahalanobis (the distance of its "
+        "features to its classes, fitted on the training split into unknown.npz) or softmax "
+        "(its maximum probability; the score of --thresholds)",
     )
     add_stored_threshold_flags(
         p,
