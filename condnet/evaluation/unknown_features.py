@@ -103,7 +103,9 @@ def read_features(model, readers, images):
     """Every reader's penultimate features of `images`: dict `name -> (num_images, dim)`."""
     taps = model.tap_features(images) if hasattr(model, "tap_features") else {None: images}
     return {
-        name: keras.ops.convert_to_numpy(features(taps[tap])).astype("float64")
+        # training=False: a flat baseline's trunk holds its augmentation layers, which
+        # Keras runs unless told it is not training.
+        name: keras.ops.convert_to_numpy(features(taps[tap], training=False)).astype("float64")
         for name, (tap, features, _, _) in readers.items()
     }
 

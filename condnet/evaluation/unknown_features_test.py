@@ -71,6 +71,21 @@ def test_readers_follow_a_head_nested_in_the_model():
     assert nested.shape == (2, 6)  # what the last Dense reads
 
 
+def test_features_are_read_without_the_model_s_augmentation():
+    inputs = keras.Input((4, 4, 1))
+    flipped = keras.layers.RandomFlip(seed=0)(inputs)  # a flat baseline augments inside
+    pooled = keras.layers.Flatten()(flipped)
+    hidden = keras.layers.Dense(6, activation="relu")(pooled)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden))
+    images = np.arange(64, dtype="float32").reshape(4, 4, 4, 1)
+    readers = feature_readers(model)
+    first, second = (read_features(model, readers, images)["flat"] for _ in range(2))
+    np.testing.assert_array_equal(first, second)  # no random flip between two reads
+    _, features, _, _ = readers["flat"]
+    unflipped = keras.ops.convert_to_numpy(features(images, training=False))
+    np.testing.assert_allclose(first, unflipped, rtol=1e-6)
+
+
 def test_mahalanobis_fits_class_means_per_expert_and_scores_the_routed_one():
     rng = np.random.default_rng(0)
     cat, cat_labels = _clusters(rng, [(0, 0), (4, 0)])  # persian, siamese
