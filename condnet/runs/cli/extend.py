@@ -14,10 +14,11 @@ def add_parser(commands, common):
         help="grow a trained run with new groups or classes, training only what changed",
         description="Add the groups and classes of DATA_DIR to RUN_DIR's model: a new group "
         "gets a new expert and a gate output, a new class in a known group grows that "
-        "group's expert (its old outputs copied). Only the gate and those experts train, on "
-        "DATA_DIR and a replay sample of RUN_DIR's own training images; the trunk and every "
-        "other expert keep their weights. Writes a complete run in NEW_RUN (RUN_DIR is only "
-        "read), with the old classes' accuracy before and after in metrics.json.",
+        "group's expert (its old outputs copied). Only the gate and those experts train (and "
+        "the trunk, see --train-trunk), on DATA_DIR and a replay sample of RUN_DIR's own "
+        "training images; every other expert keeps its weights. Writes a complete run in "
+        "NEW_RUN (RUN_DIR is only read), with the old classes' accuracy before and after in "
+        "metrics.json.",
     )
     add_run_dir(p)
     p.add_argument(
