@@ -8,10 +8,10 @@ that expert's class probabilities, renormalised within its group (under hard
 routing they are the expert's own softmax; under soft routing, its group's
 share of the mixture divided by the gate's probability). A low score says the
 expert recognises none of its classes. The heads end in a softmax, so the
-probabilities are all a finished model gives: energy scores would need the
-logits before it. The flat baseline's comparison point is its maximum softmax
-probability over all its classes, scored within the group of its most
-probable class.
+probabilities are all a finished model outputs; the scores that need the
+logits before it read them from the expert's last Dense (below). The flat
+baseline's comparison point is its maximum softmax probability over all its
+classes, scored within the group of its most probable class.
 
 Each expert has its own threshold, chosen on images of known classes that the
 model did not train on (the validation split) for a target false-alarm rate:

@@ -1,9 +1,10 @@
-"""Unknown-class scores from what a model computes before its softmax: energy and Mahalanobis.
+"""Unknown-class scores from what a model computes before its softmax: energy, gated energy
+and Mahalanobis.
 
 The maximum softmax of `condnet.evaluation.unknown` reads only the
 probabilities. A finished model also holds what produced them: the features
 each expert's last Dense reads (its penultimate features) and that Dense's
-weights. Two scores come from them, per expert, for the image it is routed to
+weights. Three scores come from them, per expert, for the image it is routed to
 (high: a class the expert knows, as for every score here):
 
 - `energy`: the log-sum-exp of the expert's logits (features @ kernel +
@@ -12,8 +13,9 @@ weights. Two scores come from them, per expert, for the image it is routed to
   expert's group: the log-sum-exp of the path's joint logits, log p(group) +
   the expert's logit of each class. It is low when the expert recognises none
   of its classes or when the gate hesitates between groups, as it does on an
-  image of a class it never saw (on CIFAR-10 the gate's own confidence told
-  left-out classes apart better than any expert score; benchmarks/unknown.py).
+  image of a class it never saw (in a side trial on CIFAR-10 with outlier
+  exposure, the gate's own confidence told left-out classes apart better than
+  any expert score; benchmarks/results/unknown.md).
   A flat model has no gate: its `gated_energy` is its `energy`.
 - `mahalanobis`: minus the smallest Mahalanobis distance from the image's
   features to the mean features of one of the expert's classes, with one
@@ -72,10 +74,10 @@ def feature_readers(model):
 def _penultimate(model):
     """(A model from `model`'s input to what its last Dense reads, that Dense's kernel and
     bias as float64 arrays); nested functional models are followed."""
-    dense, tensor = _last_dense(model, model.outputs[0])
-    kernel = keras.ops.convert_to_numpy(dense.kernel).astype("float64")
+    dense, tensor, scale = _last_dense(model, model.outputs[0])
+    kernel = keras.ops.convert_to_numpy(dense.kernel).astype("float64") * scale
     bias = (
-        keras.ops.convert_to_numpy(dense.bias).astype("float64")
+        keras.ops.convert_to_numpy(dense.bias).astype("float64") * scale
         if dense.use_bias
         else np.zeros(kernel.shape[1])
     )
@@ -84,14 +86,22 @@ def _penultimate(model):
 
 
 def _last_dense(model, output):
+    """`(Dense, what it reads, scale)`: the logits are that Dense's output times `scale`,
+    1 / T behind a calibrated part's `TemperatureScaling` (softmax(log(softmax(z)) / T)
+    is softmax(z / T))."""
+    from condnet.evaluation.calibration import TemperatureScaling
+
     layer, node_index, _ = output._keras_history
     inputs = layer._inbound_nodes[node_index].input_tensors
     if isinstance(layer, layers.Dense):
-        return layer, inputs[0]
+        return layer, inputs[0], 1.0
+    if isinstance(layer, TemperatureScaling):
+        dense, tensor, scale = _last_dense(model, inputs[0])
+        return dense, tensor, scale / layer.temperature
     if isinstance(layer, keras.Model) and getattr(layer, "outputs", None):
-        dense, inner = _last_dense(layer, layer.outputs[0])
+        dense, inner, scale = _last_dense(layer, layer.outputs[0])
         nested = layer.inputs[0] if len(layer.inputs) == 1 else layer.inputs
-        return dense, keras.Model(nested, inner)(inputs[0])
+        return dense, keras.Model(nested, inner)(inputs[0]), scale
     raise ValueError(
         "Feature scores need a model whose output is a Dense layer's (a softmax Dense, "
         f"the heads condnet builds); {model.name}'s output comes from a "
@@ -173,8 +183,9 @@ def feature_scores(hierarchy, readers, features, route, statistics, score, group
         statistics: the dict of `fit_statistics` (used by "mahalanobis").
         score: `"energy"`, `"gated_energy"`, `"max_logit"` or `"mahalanobis"`.
         groups: the gate's group probabilities `(num_images, num_groups)` (a
-            conditional model's `groups` output), read by "gated_energy".
-            Defaults to None: a flat model, whose "gated_energy" is its energy.
+            conditional model's `groups` output), which "gated_energy" needs for a
+            conditional model. Defaults to None; a flat model's "gated_energy" is
+            its energy.
 
     Returns:
         A float array; NaN where an image has no route or its expert no statistics.
@@ -188,7 +199,13 @@ def feature_scores(hierarchy, readers, features, route, statistics, score, group
     for name, rows in parts:
         if rows.any():
             result[rows] = _score(readers[name], features[name][rows], statistics, name, score)
-    if score == "gated_energy" and groups is not None and "flat" not in readers:
+    if score == "gated_energy" and "flat" not in readers:
+        if groups is None:
+            raise ValueError(
+                "The gated_energy score of a conditional model adds the log of the gate's "
+                "probability of each image's group: pass the model's `groups` output. "
+                "Received: groups=None"
+            )
         result += _log_gate(np.asarray(groups, "float64"), route)
     return result
 

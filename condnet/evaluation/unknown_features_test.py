@@ -56,8 +56,24 @@ def test_gated_energy_adds_the_log_of_the_gate_s_probability_of_the_routed_group
     np.testing.assert_allclose(gated[:2], energy[:2] + np.log([0.9, 0.6]))
     assert np.isfinite(gated[2]) and gated[2] < energy[2] - 80  # a probability rounded to 0
     assert np.isnan(gated[3])  # no route, no score
-    ungated = feature_scores(TREE, readers, features, route, {}, "gated_energy")
-    np.testing.assert_array_equal(ungated, energy)  # a flat model has no gate
+    with pytest.raises(ValueError, match="pass the model's `groups` output"):
+        feature_scores(TREE, readers, features, route, {}, "gated_energy")
+
+
+def test_a_calibrated_head_s_logits_are_divided_by_its_temperature():
+    from condnet.evaluation.calibration import _tempered_part
+
+    head = _classifier(3)
+    calibrated = _tempered_part(head, (None, 4), 2.0)
+    images = np.random.default_rng(3).normal(size=(5, 4)).astype("float32")
+    readers = feature_readers(calibrated)
+    features = read_features(calibrated, readers, images)
+    _, _, kernel, bias = readers["flat"]
+    logits = features["flat"] @ kernel + bias
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(softmax, keras.ops.convert_to_numpy(calibrated(images)), atol=1e-5)
+    _, _, raw_kernel, raw_bias = feature_readers(head)["flat"]
+    np.testing.assert_allclose(logits, (features["flat"] @ raw_kernel + raw_bias) / 2.0)
 
 
 def test_readers_follow_a_head_nested_in_the_model():

@@ -289,7 +289,7 @@ def trunk_trains(train_trunk, model, grown, options):
         )
     if train_trunk != "auto":
         return train_trunk
-    if model.trunk is None or is_pretrained(options.backbone, options.weights):
+    if model.trunk is None or _maybe_pretrained(options):
         return False
     old = model.hierarchy
     untouched = [
@@ -298,6 +298,15 @@ def trunk_trains(train_trunk, model, grown, options):
         if model.experts.get(g) is not None and grown.classes_of(g) == old.classes_of(g)
     ]
     return not untouched
+
+
+def _maybe_pretrained(options):
+    """Whether the old run's trunk may have arrived trained; a backbone name that no
+    longer resolves here (a moved preset folder, keras-hub missing) counts as one."""
+    try:
+        return is_pretrained(options.backbone, options.weights)
+    except (TypeError, ValueError):
+        return True
 
 
 def grow(model, grown, train_trunk=False):

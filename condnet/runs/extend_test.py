@@ -327,6 +327,19 @@ def test_cli_extend_grows_a_group_s_expert(old_run, new_class, tmp_path, capsys)
 # === Errors, before anything is written ===
 
 
+def test_cli_extend_takes_one_trunk_flag(capsys):
+    from condnet.runs.cli import build_parser
+
+    parser = build_parser()
+    base = ["extend", "run", "data", "--out", "grown"]
+    assert parser.parse_args(base).train_trunk == "auto"
+    assert parser.parse_args([*base, "--train-trunk"]).train_trunk is True
+    assert parser.parse_args(["extend", "--freeze-trunk", *base[1:]]).train_trunk is False
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--freeze-trunk", "--train-trunk"])
+    assert "not allowed with argument --freeze-trunk" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_extend_refuses_bad_input_before_writing(old_run, new_class, tmp_path):
     out = tmp_path / "out"

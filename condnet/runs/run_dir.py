@@ -608,7 +608,7 @@ def run_unknown_detector(run_dir, hierarchy, model_file=None):
         return None
     score = entry.get("score", "softmax")
     statistics = None
-    if score == "mahalanobis":  # energy reads the model's own weights only
+    if score == "mahalanobis":  # energy and gated_energy read the model's own weights only
         statistics = _statistics_of(Path(run_dir) / UNKNOWN_STATISTICS, key)
     return UnknownDetector(hierarchy, entry["thresholds"], score, statistics)
 

@@ -107,6 +107,17 @@ def test_gated_energy_is_the_routed_expert_s_energy_plus_the_log_of_the_gate_s_p
     assert all(e["unknown_score"] == pytest.approx(g["unknown_score"]) for e, g in flat)
 
 
+def test_the_default_score_is_chosen_for_a_calibrated_model_too(run):
+    from condnet.runs.run_dir import calibrate_run
+
+    calibrate_run(run)
+    record = unknown_run(run)  # gated_energy, which reads the calibrated experts' Dense
+    assert set(record["models"]) == {"model.keras", "model.calibrated.keras", "baseline.keras"}
+    calibrated = record["models"]["model.calibrated.keras"]
+    assert calibrated["score"] == "gated_energy"
+    assert all(t is None or np.isfinite(t) for t in calibrated["thresholds"].values())
+
+
 def test_predict_with_thresholds_given_and_the_flat_baseline_s_maximum_softmax(run, tmp_path):
     folder = _with_strangers(tmp_path / "images")
     never = predict_paths(run, [folder], unknown_thresholds={"cool": None, "warm": None})

@@ -76,15 +76,23 @@ def add_parser(commands, common):
         "--learning-rate", type=float, metavar="X", help="Adam's rate (default: RUN_DIR's)"
     )
     training.add_argument("--seed", type=int, metavar="N", help="seed (default: RUN_DIR's)")
-    training.add_argument(
+    trunk = training.add_mutually_exclusive_group()
+    trunk.add_argument(
         "--train-trunk",
-        nargs="?",
-        const="yes",
+        dest="train_trunk",
+        action="store_const",
+        const=True,
         default="auto",
-        choices=("auto", "yes", "no"),
-        help="train the shared trunk too (default: auto, trained when RUN_DIR trained it from "
-        "scratch and every old group's expert grows, frozen otherwise: a pretrained backbone, "
-        "or a trunk an untouched expert reads; --train-trunk alone: yes)",
+        help="train the shared trunk in every case (default: trained when RUN_DIR trained it "
+        "from scratch and every old group's expert grows; frozen otherwise: a pretrained "
+        "backbone, or a trunk an untouched expert reads)",
+    )
+    trunk.add_argument(
+        "--freeze-trunk",
+        dest="train_trunk",
+        action="store_const",
+        const=False,
+        help="keep the shared trunk frozen in every case (cheaper; see the default above)",
     )
     training.add_argument(
         "--no-balance",
@@ -121,7 +129,7 @@ def _run(args):
         hierarchy=args.hierarchy,
         validation_split=args.validation_split,
         learning_rate=args.learning_rate,
-        train_trunk={"yes": True, "no": False}.get(args.train_trunk, "auto"),
+        train_trunk=args.train_trunk,
         balance=args.balance,
         old_data=args.old_data,
         overwrite=args.overwrite,
