@@ -293,6 +293,11 @@ def trunk_tag(args):
     return "" if args.train_trunk == "auto" else f"-train-trunk-{args.train_trunk}"
 
 
+def trunk_words(args):
+    """What a results heading adds about `--train-trunk`: nothing for auto, the default."""
+    return "" if args.train_trunk == "auto" else f", train trunk {args.train_trunk}"
+
+
 def main(argv=None):
     args = common.parse_args(__doc__, argv, more=more_options)
     if args.quick:
@@ -337,7 +342,7 @@ def main(argv=None):
         {"args": common.arguments(args), "results": results},
         f"Growing a trained run: {args.data_set}, {args.epochs} epochs"
         + ", pretrained backbone" * bool(data_sets.backbone_tag(args))
-        + trunk_tag(args).replace("-", ", ", 1).replace("-", " ")
+        + trunk_words(args)
         + f" ({BACKEND})",
         body,
         args.results,
