@@ -117,8 +117,9 @@ def extend(
             experts keep their own weights but see new features).
         balance: bool. After training, subtract an offset from the logits of
             the new classes of grown experts and one from the gate's logits of
-            new groups, chosen on the validation split for the best balanced
-            accuracy (`condnet.training.balance`), so that the new outputs
+            new groups, chosen on the validation split by balanced accuracy
+            (the offsets nearest 0 within one standard error of the best,
+            `condnet.training.balance`), so that the new outputs
             answer as often as they should (with a small replay they take old
             images). Parts whose classifier has no bias are left as trained.
             Defaults to True.
@@ -754,7 +755,10 @@ def _balance(model, plan, validation):
         "new_class_offset": class_offset,
         "balanced_accuracy_without": scores["without"],
         "balanced_accuracy_with": scores["with"],
-        "chosen_on": f"the validation split ({validation.num_samples} images), hard-routed",
+        "balanced_accuracy_best": scores["best"],
+        "standard_error": scores["standard_error"],
+        "chosen_on": f"the validation split ({validation.num_samples} images), hard-routed; "
+        "the offsets nearest 0 within one standard error of the best",
     }
 
 

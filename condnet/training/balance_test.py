@@ -49,7 +49,8 @@ def test_an_offset_stops_a_new_class_from_taking_the_old_classes_images():
         GATE, experts, LABELS, HIERARCHY, np.zeros(2, bool), new_classes
     )
     assert group_offset == 0.0 and class_offset > 0
-    assert scores == {"without": 0.6, "with": 1.0}
+    # One image per class, every one right: no noise, the best offset is taken.
+    assert scores == {"without": 0.6, "with": 1.0, "best": 1.0, "standard_error": 0.0}
     shifted = balance.routed_classes(GATE, experts, HIERARCHY, (None, class_offset * new_classes))
     assert shifted.tolist() == LABELS.tolist()
 
@@ -89,3 +90,57 @@ def test_a_classifier_without_a_bias_has_no_logit_to_shift():
     assert balance.has_output_bias(with_bias, 3) and not balance.has_output_bias(with_bias, 4)
     with pytest.raises(ValueError, match="'plain' ends without a bias"):
         balance.shift_bias(no_bias, [0], 1.0)
+
+
+def test_a_gain_within_the_noise_keeps_the_offsets_at_zero():
+    # 40 images per class: new class n takes 2 of the 40 images of p and q without an
+    # offset; an offset wins them back (balanced accuracy +0.02), a gain within one
+    # standard error, so the rule keeps the outputs as trained.
+    hierarchy, gate, experts, labels = _noisy_group(taken=2)
+    new_classes = np.array([False, False, True, False, False])
+    offsets, scores = balance.choose_offsets(
+        gate, experts, labels, hierarchy, np.zeros(2, bool), new_classes
+    )
+    assert scores["best"] > scores["without"] and scores["standard_error"] > 0
+    assert scores["best"] - scores["without"] <= scores["standard_error"]
+    assert offsets == (0.0, 0.0) and scores["with"] == scores["without"]
+
+
+def test_a_gain_beyond_the_noise_moves_the_offset():
+    hierarchy, gate, experts, labels = _noisy_group(taken=20)
+    new_classes = np.array([False, False, True, False, False])
+    (group_offset, class_offset), scores = balance.choose_offsets(
+        gate, experts, labels, hierarchy, np.zeros(2, bool), new_classes
+    )
+    assert scores["best"] - scores["without"] > scores["standard_error"]
+    assert group_offset == 0.0 and class_offset > 0
+    assert scores["with"] >= scores["best"] - scores["standard_error"]
+    # The smallest offset within the noise: a smaller one of the grid scores lower.
+    smaller = balance.GRID[(balance.GRID > 0) & (balance.GRID < class_offset)]
+    for offset in smaller:
+        shifts = (None, offset * new_classes)
+        predicted = balance.routed_classes(gate, experts, hierarchy, shifts)
+        score = balance.balanced_accuracy(predicted, labels)
+        assert score < scores["best"] - scores["standard_error"]
+
+
+def _noisy_group(taken, per_class=40, wrong=16):
+    """Group a (p, q, new n) and b (r, s), `per_class` images each, routed right. Expert a
+    gives the new class n the first `taken` rows of p and of q (by a margin growing with
+    the row); the last `wrong` rows of p, q, r and s go to the other old class of their
+    group, so recalls are near 0.6 and the standard error is a few points; n's own rows
+    are right."""
+    labels = np.repeat(np.arange(5), per_class)
+    gate = np.where(labels[:, None] < 3, [0.9, 0.1], [0.1, 0.9])
+    experts = np.zeros((len(labels), 5))
+    for row, label in enumerate(labels):
+        index, columns = row % per_class, (slice(0, 3) if label < 3 else slice(3, 5))
+        experts[row, columns] = 0.1
+        experts[row, label] = 0.8
+        if label != 2 and index >= per_class - wrong:
+            other = {0: 1, 1: 0, 3: 4, 4: 3}[label]
+            experts[row, label], experts[row, other] = 0.1, 0.8
+        elif label < 2 and index < taken:
+            margin = 0.02 * (index + 1)
+            experts[row, label], experts[row, 2] = 0.45 - margin / 2, 0.45 + margin / 2
+    return HIERARCHY, gate, experts, labels

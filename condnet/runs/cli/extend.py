@@ -99,8 +99,8 @@ def add_parser(commands, common):
         dest="balance",
         action="store_false",
         help="keep the new outputs as trained (default: offset their logits, chosen on the "
-        "validation split for the best balanced accuracy, so that new classes do not take "
-        "old images)",
+        "validation split by balanced accuracy, nearest 0 within one standard error of the "
+        "best, so that new classes neither take old images nor answer too rarely)",
     )
     p.add_argument("--json", action="store_true", help="print metrics.json's extend section")
     add_verbosity_flags(p)
