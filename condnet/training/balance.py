@@ -95,12 +95,9 @@ def balanced_accuracy_error(predicted, labels):
     """The standard error of `balanced_accuracy(predicted, labels)`: each class's recall
     a binomial share of its rows, the classes independent."""
     present = np.unique(labels)
-    variance = sum(
-        np.mean(predicted[labels == c] == c) * np.mean(predicted[labels == c] != c)
-        / np.sum(labels == c)
-        for c in present
-    )
-    return float(np.sqrt(variance) / len(present))
+    recalls = np.array([np.mean(predicted[labels == c] == c) for c in present])
+    sizes = np.array([np.sum(labels == c) for c in present])
+    return float(np.sqrt(np.sum(recalls * (1 - recalls) / sizes)) / len(present))
 
 
 def has_output_bias(part, units):
