@@ -1,5 +1,6 @@
 """Scanning: the labelled files of a data folder, and the files it skips."""
 
+import contextlib
 import errno
 import os
 import warnings
@@ -25,11 +26,12 @@ SKIP_REASONS = (
     "unsupported extension",
     "dangling symlink",
     "symlink loop",
-    "symlink outside the data folder",
+    "symlink outside the data folder",  # OUTSIDE
     "empty",  # documents (condnet.data.text)
     "binary content",
 )
 _SHOWN_PATHS = 5
+OUTSIDE = "symlink outside the data folder"
 
 
 def scan_directory(root, hierarchy=None):
@@ -92,20 +94,42 @@ def scan_folder(root, hierarchy, kind):
     """`scan_directory` for files of any `FileKind` (images, documents)."""
     root = _check_root(root)
     skipped = {}  # path -> one of SKIP_REASONS
-    if hierarchy is None:
-        _refuse_flat_layout(root, skipped, kind)
-        hierarchy = _read_nested_hierarchy(root, skipped, kind)
-        folders = [root.joinpath(*hierarchy.path(name)) for name in hierarchy.classes]
-    else:
-        hierarchy = _as_hierarchy(hierarchy)
-        folders = _flat_class_folders(root, hierarchy, skipped)
-    paths, labels = [], []
-    for label, folder in enumerate(folders):
-        files = _class_files(folder, root, skipped, kind)
-        paths += files
-        labels += [label] * len(files)
+    with _naming_outside_links(root, skipped):
+        if hierarchy is None:
+            _refuse_flat_layout(root, skipped, kind)
+            hierarchy = _read_nested_hierarchy(root, skipped, kind)
+            folders = [root.joinpath(*hierarchy.path(name)) for name in hierarchy.classes]
+        else:
+            hierarchy = _as_hierarchy(hierarchy)
+            folders = _flat_class_folders(root, hierarchy, skipped)
+        paths, labels = [], []
+        for label, folder in enumerate(folders):
+            files = _class_files(folder, root, skipped, kind)
+            paths += files
+            labels += [label] * len(files)
     _warn_skipped(root, skipped)
     return hierarchy, paths, np.array(labels, dtype="int32")
+
+
+@contextlib.contextmanager
+def _naming_outside_links(root, skipped):
+    """A layout error raised while links that point outside `root` were skipped says so:
+    a folder of symlinks into a data set kept elsewhere otherwise reads as empty."""
+    try:
+        yield
+    except ValueError as error:
+        outside = sorted(p for p, reason in skipped.items() if reason == OUTSIDE)
+        if not outside:
+            raise
+        shown = ", ".join(repr(p) for p in outside[:_SHOWN_PATHS])
+        raise ValueError(
+            f"{error} Note: {len(outside)} symlink(s) under {str(root)!r} point outside it "
+            f"and were skipped ({shown}{' ...' if len(outside) > _SHOWN_PATHS else ''}): "
+            "condnet reads only what lies inside the data folder. Hard-link the files in "
+            "instead (`cp -al SOURCE DEST` makes hard links on the same disk, without "
+            "copying the data), "
+            "copy them, or pass the folder that holds them."
+        ) from None
 
 
 def _check_root(root):
@@ -317,7 +341,7 @@ def _link_problem(path, root):
         return "symlink loop" if error.errno == errno.ELOOP else "dangling symlink"
     target, inside = os.path.realpath(path), os.path.realpath(root)
     if not _contains(inside, target):
-        return "symlink outside the data folder"
+        return OUTSIDE
     if os.path.isdir(target) and _contains(target, os.path.realpath(path.parent)):
         return "symlink loop"
     return None

@@ -160,6 +160,22 @@ def test_scan_directory_error_names_what_was_skipped_in_an_empty_class(tmp_path)
         scan_directory(tmp_path / "data")
 
 
+def test_class_folders_linked_from_outside_are_named_with_the_fix(tmp_path):
+    # A hierarchy of symlinks into a data set kept elsewhere: every link is skipped, and
+    # the layout error says so instead of only "no class folders".
+    nested_images(tmp_path / "elsewhere", per_class=1)
+    for group in ("round", "angular"):
+        (tmp_path / "data" / group).mkdir(parents=True)
+        for source in sorted((tmp_path / "elsewhere" / group).iterdir()):
+            (tmp_path / "data" / group / source.name).symlink_to(source, target_is_directory=True)
+    with pytest.raises(ValueError) as caught:
+        scan_directory(tmp_path / "data")
+    message = str(caught.value)
+    assert "has no class folders" in message
+    assert "3 symlink(s) under" in message and "point outside it and were skipped" in message
+    assert "cp -al" in message
+
+
 def test_scan_directory_error_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="does not exist.*Received: root=.*nowhere"):
         scan_directory(tmp_path / "nowhere")

@@ -238,36 +238,37 @@ def scan_new(data_dir, hierarchy=None):
     from condnet.data import scan
 
     root, skipped = scan._check_root(data_dir), {}
-    if hierarchy is None:
-        scan._refuse_flat_layout(root, skipped, scan.IMAGES)
-        groups = scan._entries(root, root, skipped)[0]
-        if not groups:
-            raise ValueError(
-                f"DATA_DIR {str(data_dir)!r} holds no folder. Expected root/<group>/<class>/* "
-                f"(or root/<class>/* with --hierarchy). Received: DATA_DIR={str(data_dir)!r}"
-            )
-        found = {g.name: scan._read_node(g, root, skipped, scan.IMAGES, 1) for g in groups}
-        places = {
-            (g, c): root / g / c for g, cs in found.items() if isinstance(cs, list) for c in cs
-        }
-    else:
-        tree = scan._as_hierarchy(hierarchy)
-        present = {f.name for f in scan._entries(root, root, skipped)[0]}
-        extra = sorted(present - set(tree.classes))
-        if extra:
-            raise ValueError(
-                f"{len(extra)} class folder(s) in {str(data_dir)!r} are in no group of the "
-                f"hierarchy: {extra[:10]}. Add them to the hierarchy file. Received: "
-                f"hierarchy={tree.to_dict()}"
-            )
-        found = {g: [c for c in tree.classes_of(g) if c in present] for g in tree.groups}
-        found = {g: cs for g, cs in found.items() if cs}
-        places = {(g, c): root / c for g, cs in found.items() for c in cs}
-    paths, names = [], []
-    for (_, name), folder in places.items():
-        images = scan._class_files(folder, root, skipped, scan.IMAGES)
-        paths += images
-        names += [name] * len(images)
+    with scan._naming_outside_links(root, skipped):  # a folder of links is named as such
+        if hierarchy is None:
+            scan._refuse_flat_layout(root, skipped, scan.IMAGES)
+            groups = scan._entries(root, root, skipped)[0]
+            if not groups:
+                raise ValueError(
+                    f"DATA_DIR {str(data_dir)!r} holds no folder. Expected root/<group>/<class>/* "
+                    f"(or root/<class>/* with --hierarchy). Received: DATA_DIR={str(data_dir)!r}"
+                )
+            found = {g.name: scan._read_node(g, root, skipped, scan.IMAGES, 1) for g in groups}
+            places = {
+                (g, c): root / g / c for g, cs in found.items() if isinstance(cs, list) for c in cs
+            }
+        else:
+            tree = scan._as_hierarchy(hierarchy)
+            present = {f.name for f in scan._entries(root, root, skipped)[0]}
+            extra = sorted(present - set(tree.classes))
+            if extra:
+                raise ValueError(
+                    f"{len(extra)} class folder(s) in {str(data_dir)!r} are in no group of the "
+                    f"hierarchy: {extra[:10]}. Add them to the hierarchy file. Received: "
+                    f"hierarchy={tree.to_dict()}"
+                )
+            found = {g: [c for c in tree.classes_of(g) if c in present] for g in tree.groups}
+            found = {g: cs for g, cs in found.items() if cs}
+            places = {(g, c): root / c for g, cs in found.items() for c in cs}
+        paths, names = [], []
+        for (_, name), folder in places.items():
+            images = scan._class_files(folder, root, skipped, scan.IMAGES)
+            paths += images
+            names += [name] * len(images)
     scan._warn_skipped(root, skipped)
     return found, paths, np.asarray(names, dtype=object)
 
