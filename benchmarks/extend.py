@@ -128,11 +128,11 @@ def split_tree(groups, new):
 # === One seed ===
 
 
-def run_seed(args, folders, test, seed):
+def run_seed(args, folders, test, seed, new_names):
     pretrained = data_sets.backbone_tag(args)
     base = args.cache / (
         f"extend-{args.data_set}-{args.image_size}px-{BACKEND}-{args.train_per_class}-{args.epochs}"
-        f"{pretrained}"
+        f"{pretrained}-without-{'-'.join(sorted(new_names))}"  # old runs differ by what they lack
     )
     verbose = 0 if args.quick else 2
     common_options = dict(
@@ -360,7 +360,7 @@ def main(argv=None):
     test = test_images(root, old, new, args.test_per_class)
     results = []
     for seed in range(args.seeds):
-        results.append(run_seed(args, folders, test, seed))
+        results.append(run_seed(args, folders, test, seed, new_names))
         print(json.dumps(results[-1]), flush=True)
     body = markdown(results, args, old, new, time.perf_counter() - started)
     print(body)
