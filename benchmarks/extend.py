@@ -15,9 +15,9 @@ photos20: dogs, things):
    extend: by default as many per old class as each new class has, `--replay N`
    sets it; the new outputs' logits offset by balanced validation accuracy), for
    `--epochs` epochs (`--extend-epochs N` sets extend's alone): the gate and
-   the two growing experts train, and the trunk as `--train-trunk` says (default
-   auto: trained when the old run trained it from scratch and every old expert
-   grows, as here; a pretrained backbone stays frozen);
+   the growing experts train, and the trunk as `--train-trunk` says (default
+   auto: trained when the old run trained it from scratch; a pretrained backbone
+   stays frozen);
 3. **from scratch**: `condnet train` on every class, the same images per class,
    epochs and seed.
 
@@ -374,6 +374,7 @@ def main(argv=None):
         + variant_tag(args),
         {"args": common.arguments(args), "results": results},
         f"Growing a trained run: {args.data_set}, {args.epochs} epochs"
+        + (f", new {', '.join(sorted(new_names))}" if args.new else "")  # not the default
         + ", pretrained backbone" * bool(data_sets.backbone_tag(args))
         + variant_words(args)
         + f" ({BACKEND})",

@@ -27,7 +27,6 @@ COLOURS = {
 OLD = {"cool": ["blue", "green"], "warm": ["orange", "red"]}
 NEW_CLASS = {"warm": ["yellow"]}  # a new class of a known group
 NEW_GROUP = {"mixed": ["cyan", "magenta"]}  # a new group
-EVERY_GROUP = {"cool": ["cyan"], "warm": ["yellow"]}  # a new class in each group
 TINY = dict(
     image_size=16,
     filters=(8, 16),
@@ -153,13 +152,13 @@ def test_grow_copies_the_old_rows_of_a_growing_head_and_shares_untouched_experts
 
 
 @pytest.mark.slow
-def test_extend_keeps_untouched_experts_and_the_trunk_bit_for_bit(old_run, grown_group):
+def test_extend_keeps_untouched_experts_bit_for_bit_while_the_trunk_trains(old_run, grown_group):
     out, _, _ = grown_group
     old, _ = load_run(old_run)
     new, _ = load_run(out)
     for group in OLD:
         assert _same(old.experts[group], new.experts[group]), group
-    assert _same(old.trunk, new.trunk)
+    assert not _same(old.trunk, new.trunk)  # trained from scratch in the old run: it trains
     assert not _same(old.gate, new.gate)  # the gate trained
 
 
@@ -176,10 +175,10 @@ def test_extend_gives_a_new_group_an_expert_and_the_gate_an_output(grown_group, 
     assert np.mean([row["class"] == row["path"].split("/")[-2] for row in rows]) >= 0.75
     section = result["metrics"]["extend"]
     assert section["new_groups"] == ["mixed"] and section["frozen"] == [
-        "trunk",
         "expert cool",
         "expert warm",
     ]
+    assert section["trained"] == ["gate", "expert mixed", "trunk"]
     assert section["old_classes"]["num_samples"] == 8  # 20% of the 40 old images
     assert section["old_classes"]["accuracy_before"] is not None
     assert section["new_classes_scores"]["num_samples"] == 4
@@ -265,38 +264,51 @@ def test_extend_trains_the_heads_on_features_computed_once_while_the_trunk_is_fr
 
 
 @pytest.mark.slow
-def test_extend_with_the_same_seed_trains_the_same_weights(old_run, new_class, tmp_path):
+@pytest.mark.parametrize("train_trunk", [False, "auto"])  # the features path; the images path
+def test_extend_with_the_same_seed_trains_the_same_weights(
+    old_run, new_class, tmp_path, train_trunk
+):
     first, second = (
-        extend(old_run, new_class, tmp_path / name, epochs=2, replay=8, seed=3, verbose=0)["model"]
+        extend(
+            old_run,
+            new_class,
+            tmp_path / name,
+            epochs=2,
+            replay=8,
+            seed=3,
+            train_trunk=train_trunk,
+            verbose=0,
+        )["model"]
         for name in ("first", "second")
     )
-    for part, again in ((first.gate, second.gate), (first.experts["warm"], second.experts["warm"])):
+    parts = ("gate", "trunk")
+    pairs = [(getattr(first, p), getattr(second, p)) for p in parts]
+    for part, again in [*pairs, (first.experts["warm"], second.experts["warm"])]:
         assert all(
             np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(_weights(part), _weights(again))
         )
 
 
 @pytest.mark.slow
-def test_extend_trains_a_trunk_it_trained_from_scratch_when_every_old_expert_grows(
+def test_extend_trains_a_trunk_it_trained_from_scratch_and_keeps_untouched_experts(
     old_run, new_class, tmp_path
 ):
     old, config = load_run(old_run)
     options = TrainingOptions.from_config(config["options"])
-    every = _colour_folders(tmp_path / "every", EVERY_GROUP, seed=3)
-    grows_all = grown_hierarchy(old.hierarchy, EVERY_GROUP)[0]
-    grows_warm = grown_hierarchy(old.hierarchy, NEW_CLASS)[0]
-    assert trunk_trains("auto", old, grows_all, options)
-    assert not trunk_trains("auto", old, grows_warm, options)  # cool's expert reads the trunk
+    assert trunk_trains("auto", old, options)  # small_cnn, trained from scratch
     pretrained = dataclasses.replace(options, backbone=str(tmp_path / "user.keras"))
-    assert not trunk_trains("auto", old, grows_all, pretrained)  # a backbone stays frozen
-    assert trunk_trains(True, old, grows_warm, options) is True
+    assert not trunk_trains("auto", old, pretrained)  # a backbone stays frozen
+    assert trunk_trains(True, old, pretrained) is True
+    assert trunk_trains(False, old, options) is False
     with pytest.raises(ValueError, match="train_trunk is 'auto', True or False.*'yes'"):
-        trunk_trains("yes", old, grows_all, options)
-    result = extend(old_run, every, tmp_path / "grown", epochs=2, replay=8, verbose=0)
+        trunk_trains("yes", old, options)
+    # Only warm grows: cool's expert is untouched, and the trunk trains all the same.
+    result = extend(old_run, new_class, tmp_path / "grown", epochs=2, replay=8, verbose=0)
     section = result["metrics"]["extend"]
-    assert section["trained"] == ["gate", "expert cool", "expert warm", "trunk"]
-    assert section["frozen"] == []
+    assert section["trained"] == ["gate", "expert warm", "trunk"]
+    assert section["frozen"] == ["expert cool"]
     assert not _same(old.trunk, result["model"].trunk)  # it trained
+    assert _same(old.experts["cool"], result["model"].experts["cool"])  # bit for bit
 
 
 # === A new class in a known group, through the CLI ===
@@ -309,7 +321,7 @@ def test_cli_extend_grows_a_group_s_expert(old_run, new_class, tmp_path, capsys)
     assert main([*args, "--quiet", "--json"]) == 0
     section = json.loads(capsys.readouterr().out)
     assert section["new_classes"] == {"warm": ["yellow"]}
-    assert section["frozen"] == ["trunk", "expert cool"]
+    assert section["frozen"] == ["expert cool"] and "trunk" in section["trained"]
     old, _ = load_run(old_run)
     new, _ = load_run(out)
     assert new.hierarchy.classes_of("warm") == ["orange", "red", "yellow"]
@@ -318,10 +330,10 @@ def test_cli_extend_grows_a_group_s_expert(old_run, new_class, tmp_path, capsys)
     assert main([*args, "--quiet"]) == 2  # the run is there now
     assert "already holds a run" in capsys.readouterr().err
     args[4] = str(tmp_path / "as-trained")
-    assert main([*args, "--no-balance", "--train-trunk", "--quiet", "--json"]) == 0
+    assert main([*args, "--no-balance", "--freeze-trunk", "--quiet", "--json"]) == 0
     section = json.loads(capsys.readouterr().out)
     assert section["balance"] is None
-    assert "trunk" in section["trained"] and section["frozen"] == ["expert cool"]
+    assert "trunk" not in section["trained"] and section["frozen"] == ["trunk", "expert cool"]
 
 
 # === Errors, before anything is written ===

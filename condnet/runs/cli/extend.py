@@ -84,8 +84,8 @@ def add_parser(commands, common):
         const=True,
         default="auto",
         help="train the shared trunk in every case (default: trained when RUN_DIR trained it "
-        "from scratch and every old group's expert grows; frozen otherwise: a pretrained "
-        "backbone, or a trunk an untouched expert reads)",
+        "from scratch, frozen when it is a pretrained backbone; untouched experts keep their "
+        "weights either way)",
     )
     trunk.add_argument(
         "--freeze-trunk",
