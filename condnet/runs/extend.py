@@ -279,12 +279,12 @@ def trunk_trains(train_trunk, model, options):
 
     A trunk learned from the old classes alone has no features made for the new ones.
     On CIFAR-10 with the trunk frozen, new classes came 9 points below a run from
-    scratch when both groups gained a class, and 6 below when only animals gained
-    horse; with it trained they came 2.8 and 3.2 points above, and the old classes
+    scratch when both groups gained a class, and 12 below when only animals gained
+    horse; with it trained they came 2.8 and 2.7 points above, and the old classes
     gained too (benchmarks/RESULTS.md). An untouched expert does not hold the trunk
     back: it keeps its weights bit for bit, and its loss on the replayed images of its
     group keeps the trunk's features readable to it (on CIFAR-10 with vehicles
-    untouched, old classes +2.5 points with the trunk trained, -0.8 with it frozen). A
+    untouched, old classes +2.6 points with the trunk trained, -0.3 with it frozen). A
     pretrained backbone stays frozen, as `condnet train` starts it.
     """
     if train_trunk not in ("auto", True, False):
