@@ -311,6 +311,12 @@ def targets(results):
     }
 
 
+def new_words(new_names, data_set):
+    """What a results heading adds for `--new`: nothing for the data set's default."""
+    default = sorted(NEW_CLASSES[data_set].split(","))
+    return "" if sorted(new_names) == default else f", new {', '.join(sorted(new_names))}"
+
+
 def variant_tag(args):
     """What result names add for extend's own settings (`--train-trunk`, `--replay`,
     `--extend-epochs`) where they differ from the defaults: `-train-trunk-no`, ..."""
@@ -374,7 +380,7 @@ def main(argv=None):
         + variant_tag(args),
         {"args": common.arguments(args), "results": results},
         f"Growing a trained run: {args.data_set}, {args.epochs} epochs"
-        + (f", new {', '.join(sorted(new_names))}" if args.new else "")  # not the default
+        + new_words(new_names, args.data_set)
         + ", pretrained backbone" * bool(data_sets.backbone_tag(args))
         + variant_words(args)
         + f" ({BACKEND})",

@@ -92,9 +92,9 @@ class FileKind(NamedTuple):
 
 def scan_folder(root, hierarchy, kind):
     """`scan_directory` for files of any `FileKind` (images, documents)."""
-    root = _check_root(root)
     skipped = {}  # path -> one of SKIP_REASONS
     with _naming_outside_links(root, skipped):
+        root = _check_root(root, skipped)
         if hierarchy is None:
             _refuse_flat_layout(root, skipped, kind)
             hierarchy = _read_nested_hierarchy(root, skipped, kind)
@@ -113,26 +113,54 @@ def scan_folder(root, hierarchy, kind):
 
 @contextlib.contextmanager
 def _naming_outside_links(root, skipped):
-    """A layout error raised while links that point outside `root` were skipped says so:
-    a folder of symlinks into a data set kept elsewhere otherwise reads as empty."""
+    """An error that found a folder empty, raised while links pointing outside `root`
+    were skipped, says so: a folder of symlinks into a data set kept elsewhere
+    otherwise reads as empty."""
     try:
         yield
     except ValueError as error:
         outside = sorted(p for p, reason in skipped.items() if reason == OUTSIDE)
-        if not outside:
+        if not outside or not any(words in str(error) for words in _EMPTY_WORDS):
             raise
-        shown = ", ".join(repr(p) for p in outside[:_SHOWN_PATHS])
-        raise ValueError(
-            f"{error} Note: {len(outside)} symlink(s) under {str(root)!r} point outside it "
-            f"and were skipped ({shown}{' ...' if len(outside) > _SHOWN_PATHS else ''}): "
-            "condnet reads only what lies inside the data folder. Hard-link the files in "
-            "instead (`cp -al SOURCE DEST` makes hard links on the same disk, without "
-            "copying the data), "
-            "copy them, or pass the folder that holds them."
-        ) from None
+        raise ValueError(f"{error}{_links_note(outside, root)}") from None
 
 
-def _check_root(root):
+# What the errors of an empty folder say (no class folder, no file, no folder at all).
+_EMPTY_WORDS = ("has no ", "Found no ", "have no folder", "holds no folder")
+
+
+def outside_links_note(root, depth=3):
+    """The note an error adds when symlinks under `root`, down to `depth` folders deep
+    (root/<group>/<class>), point outside it and are skipped; "" when none does."""
+    root, found = Path(root), []
+
+    def walk(folder, level):
+        for path in _visible(folder):
+            problem = _link_problem(path, root)
+            if problem == OUTSIDE:
+                found.append(str(path))
+            elif problem is None and level < depth and path.is_dir():
+                walk(path, level + 1)
+
+    try:
+        walk(root, 1)
+    except (OSError, ValueError):
+        return ""  # the scan names an unreadable folder itself
+    return _links_note(sorted(found), root) if found else ""
+
+
+def _links_note(outside, root):
+    shown = ", ".join(repr(p) for p in outside[:_SHOWN_PATHS])
+    more = " ..." if len(outside) > _SHOWN_PATHS else ""
+    return (
+        f" Note: {len(outside)} symlink(s) under {str(root)!r} point outside it and were "
+        f"skipped ({shown}{more}): condnet reads only what lies inside the data folder. "
+        "Hard-link the files in instead (`cp -al SOURCE DEST` makes hard links on the "
+        "same disk, without copying the data), copy them, or pass the folder that holds them."
+    )
+
+
+def _check_root(root, skipped=None):
     path = Path(root)
     if not path.exists():
         raise ValueError(
@@ -144,7 +172,7 @@ def _check_root(root):
             "The image root must be a folder of class (or group) folders, not a "
             f"file. Received: root={str(root)!r}"
         )
-    if not _entries(path, path, {})[0]:
+    if not _entries(path, path, {} if skipped is None else skipped)[0]:
         raise ValueError(
             f"Found no class or group folders in {str(root)!r} (it holds "
             f"{len(_visible(path))} visible entries). Put the images in "

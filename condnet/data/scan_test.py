@@ -176,6 +176,30 @@ def test_class_folders_linked_from_outside_are_named_with_the_fix(tmp_path):
     assert "cp -al" in message
 
 
+@pytest.mark.parametrize("hierarchy", [None, {"round": ["circle", "ring"], "angular": ["square"]}])
+def test_folders_linked_from_outside_at_the_top_are_named_too(tmp_path, hierarchy):
+    # data/<group> -> elsewhere/<group> (nested), or data/<class> -> ... (flat).
+    nested_images(tmp_path / "elsewhere", per_class=1)
+    (tmp_path / "data").mkdir()
+    sources = sorted((tmp_path / "elsewhere").iterdir())
+    if hierarchy is not None:
+        sources = sorted(p for group in sources for p in group.iterdir())
+    for source in sources:
+        (tmp_path / "data" / source.name).symlink_to(source, target_is_directory=True)
+    with pytest.raises(ValueError, match=r"Found no class or group folders.*point outside it"):
+        scan_directory(tmp_path / "data", hierarchy)
+
+
+def test_an_error_unrelated_to_emptiness_gets_no_note_about_links(tmp_path):
+    # One group only, and a stray link to a file outside: the error is the hierarchy's.
+    nested_images(tmp_path / "data", tree={"round": ["circle", "ring"]}, per_class=2)
+    write_image(tmp_path / "outside.png")
+    (tmp_path / "data" / "round" / "ring" / "9.png").symlink_to(tmp_path / "outside.png")
+    with pytest.raises(ValueError) as caught:
+        scan_directory(tmp_path / "data")
+    assert "symlink" not in str(caught.value)
+
+
 def test_scan_directory_error_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="does not exist.*Received: root=.*nowhere"):
         scan_directory(tmp_path / "nowhere")

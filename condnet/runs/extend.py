@@ -237,8 +237,9 @@ def scan_new(data_dir, hierarchy=None):
     """
     from condnet.data import scan
 
-    root, skipped = scan._check_root(data_dir), {}
-    with scan._naming_outside_links(root, skipped):  # a folder of links is named as such
+    skipped = {}
+    with scan._naming_outside_links(data_dir, skipped):  # a folder of links is named as such
+        root = scan._check_root(data_dir, skipped)
         if hierarchy is None:
             scan._refuse_flat_layout(root, skipped, scan.IMAGES)
             groups = scan._entries(root, root, skipped)[0]
@@ -511,12 +512,13 @@ def _plan(run_dir, data_dir, out, hierarchy, old_data, overwrite):
 def _loading_seed(run_dir, seed):
     """The seed set before the old model is read: Keras seeds the random layers it reads
     back (dropout) from the global random state, and they run while the trunk trains."""
-    if seed is not None:
-        return seed
-    try:
-        return int(json.loads((run_dir / CONFIG).read_text())["options"]["seed"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return 0  # `_plan` then names what is wrong with the run
+    if seed is None:
+        try:
+            seed = json.loads((run_dir / CONFIG).read_text())["options"]["seed"]
+        except (OSError, ValueError, TypeError, KeyError):
+            seed = None
+    valid = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32
+    return seed if valid else 0  # `_plan` and `_settings` then name what is wrong
 
 
 def _check_folder(folder, flag, what):

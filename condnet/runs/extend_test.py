@@ -185,6 +185,8 @@ def test_extend_gives_a_new_group_an_expert_and_the_gate_an_output(grown_group, 
     balance = section["balance"]  # only the gate gained an output: no class offset
     assert balance["new_class_offset"] == 0.0
     assert balance["balanced_accuracy_with"] >= balance["balanced_accuracy_without"]
+    best, error = balance["balanced_accuracy_best"], balance["standard_error"]
+    assert best - error - 1e-9 <= balance["balanced_accuracy_with"] <= best
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["extend"] == section
     assert "old classes" in (out / "report.md").read_text()
@@ -337,6 +339,13 @@ def test_cli_extend_grows_a_group_s_expert(old_run, new_class, tmp_path, capsys)
 
 
 # === Errors, before anything is written ===
+
+
+@pytest.mark.parametrize("seed", [-1, "3", True])
+def test_extend_refuses_a_bad_seed_with_its_own_message(old_run, new_class, tmp_path, seed):
+    with pytest.raises((ValueError, TypeError), match="seed must be an int >= 0"):
+        extend(old_run, new_class, tmp_path / "grown", seed=seed, verbose=0)
+    assert not (tmp_path / "grown").exists()
 
 
 def test_cli_extend_takes_one_trunk_flag(capsys):

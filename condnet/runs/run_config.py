@@ -4,7 +4,6 @@ import dataclasses
 import json
 import platform
 import time
-import warnings
 from pathlib import Path
 
 import keras
@@ -94,16 +93,6 @@ def _holds_files(folder):
     return any(path.is_file() for path in visible)
 
 
-def _raise_layout_error(data_dir, hierarchy):
-    """Raise the scan's own error for `data_dir` when its layout has one (no class folder,
-    links skipped, ...); return when the scan finds images."""
-    from condnet.data.scan import scan_directory
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the run's own scan warns later
-        scan_directory(data_dir, hierarchy)
-
-
 def resolve_image_size(options, data_dir, sample=200):
     """`image_size="auto"`: the median shorter side of up to `sample` training images,
     rounded to a multiple of 8 and kept within 32..224 px."""
@@ -111,7 +100,7 @@ def resolve_image_size(options, data_dir, sample=200):
         return options
     from PIL import Image
 
-    from condnet.data.scan import IMAGE_EXTENSIONS
+    from condnet.data.scan import IMAGE_EXTENSIONS, outside_links_note
 
     files = sorted(
         path
@@ -126,11 +115,10 @@ def resolve_image_size(options, data_dir, sample=200):
         except (OSError, ValueError):
             continue  # the scan reports unreadable files
     if not sides:
-        _raise_layout_error(data_dir, options.hierarchy)  # a precise reason, when the scan has one
         raise ValueError(
             f"--image-size auto reads the size of the training images, but no image in "
-            f"{str(data_dir)!r} could be opened. Pass --image-size PIXELS or check the folder. "
-            f"Received: DATA_DIR={str(data_dir)!r}"
+            f"{str(data_dir)!r} could be opened. Pass --image-size PIXELS or check the folder."
+            f"{outside_links_note(data_dir)} Received: DATA_DIR={str(data_dir)!r}"
         )
     side = int(np.clip(round(float(np.median(sides)) / 8) * 8, 32, 224))
     return dataclasses.replace(options, image_size=side)

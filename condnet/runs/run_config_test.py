@@ -160,12 +160,14 @@ def test_auto_image_size_is_the_median_shorter_side(tmp_path, sides, size):
     assert options.image_size == size  # a multiple of 8 within 32..224
 
 
-def test_auto_image_size_on_a_folder_of_outside_links_gives_the_scan_s_reason(tmp_path):
+@pytest.mark.parametrize("hierarchy", [None, "auto"])
+def test_auto_image_size_on_a_folder_of_outside_links_names_them(tmp_path, hierarchy):
     # Before, "no image could be opened" hid why: every class folder was a symlink
     # pointing outside DATA_DIR, which the scan skips.
     (tmp_path / "elsewhere" / "x").mkdir(parents=True)
     Image.new("RGB", (40, 40)).save(tmp_path / "elsewhere" / "x" / "0.png")
     (tmp_path / "data" / "a").mkdir(parents=True)
     (tmp_path / "data" / "a" / "x").symlink_to(tmp_path / "elsewhere" / "x")
-    with pytest.raises(ValueError, match="has no class folders.*1 symlink.*outside"):
-        resolve_image_size(TrainingOptions(image_size="auto"), tmp_path / "data")
+    options = TrainingOptions(image_size="auto", hierarchy=hierarchy)
+    with pytest.raises(ValueError, match=r"could be opened.*1 symlink\(s\).*outside.*cp -al"):
+        resolve_image_size(options, tmp_path / "data")

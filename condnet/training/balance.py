@@ -23,8 +23,8 @@ too rarely.
 import keras
 import numpy as np
 
-# Offsets tried for each of the two logits (0 first: ties keep the smallest change).
-GRID = np.concatenate([[0.0], np.arange(-2.0, 8.001, 0.25)])
+# Offsets tried for each of the two logits (0 among them).
+GRID = np.arange(-2.0, 8.001, 0.25)
 _EPSILON = 1e-12
 
 
@@ -69,9 +69,13 @@ def choose_offsets(groups, experts, labels, hierarchy, new_groups, new_classes, 
     `(chosen, scores)`, `scores` holding the balanced accuracy `"without"` offsets,
     `"with"` the chosen ones, the `"best"` one of the grid and its `"standard_error"`.
     """
+    if len(labels) == 0:
+        raise ValueError("Offsets are chosen on validation images; received none.")
     group_grid = grid if np.any(new_groups) else [0.0]
     class_grid = grid if np.any(new_classes) else [0.0]
-    scored, best = {}, (-1.0, None)
+    plain = routed_classes(groups, experts, hierarchy)
+    scored = {(0.0, 0.0): balanced_accuracy(plain, labels)}  # as trained, whatever the grid
+    best = (scored[(0.0, 0.0)], plain)
     for group_offset in group_grid:
         for class_offset in class_grid:
             shifts = (group_offset * new_groups, class_offset * new_classes)
@@ -82,7 +86,9 @@ def choose_offsets(groups, experts, labels, hierarchy, new_groups, new_classes, 
                 best = (scored[pair], predicted)
     error = balanced_accuracy_error(best[1], labels)
     near = [pair for pair, score in scored.items() if score >= best[0] - error - 1e-9]
-    chosen = min(near, key=lambda pair: (abs(pair[0]) + abs(pair[1]), -scored[pair]))
+    # Nearest 0 first; then the higher score; then the larger offsets (new outputs
+    # answering less: the usual bias of outputs trained beside a small replay).
+    chosen = min(near, key=lambda p: (abs(p[0]) + abs(p[1]), -scored[p], -sum(p)))
     return chosen, {
         "without": scored[(0.0, 0.0)],
         "with": scored[chosen],

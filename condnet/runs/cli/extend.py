@@ -63,7 +63,8 @@ def add_parser(commands, common):
         "--epochs",
         type=int,
         metavar="N",
-        help="epochs of the gate and changed experts (default: RUN_DIR's)",
+        help="epochs of what trains: the gate, the changed experts and a trunk trained from "
+        "scratch (default: RUN_DIR's)",
     )
     training.add_argument(
         "--replay",
