@@ -19,6 +19,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff") + 
     (".webp",) if features.check("webp") else ()
 )
 
+OUTSIDE = "symlink outside the data folder"
 SKIP_REASONS = (
     "unreadable",
     "too many pixels",
@@ -26,12 +27,11 @@ SKIP_REASONS = (
     "unsupported extension",
     "dangling symlink",
     "symlink loop",
-    "symlink outside the data folder",  # OUTSIDE
+    OUTSIDE,
     "empty",  # documents (condnet.data.text)
     "binary content",
 )
 _SHOWN_PATHS = 5
-OUTSIDE = "symlink outside the data folder"
 
 
 def scan_directory(root, hierarchy=None):

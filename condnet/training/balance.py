@@ -78,9 +78,11 @@ def choose_offsets(groups, experts, labels, hierarchy, new_groups, new_classes, 
     best = (scored[(0.0, 0.0)], plain)
     for group_offset in group_grid:
         for class_offset in class_grid:
+            pair = (float(group_offset), float(class_offset))
+            if pair in scored:  # (0, 0), scored above
+                continue
             shifts = (group_offset * new_groups, class_offset * new_classes)
             predicted = routed_classes(groups, experts, hierarchy, shifts)
-            pair = (float(group_offset), float(class_offset))
             scored[pair] = balanced_accuracy(predicted, labels)
             if scored[pair] > best[0] + 1e-9:
                 best = (scored[pair], predicted)
